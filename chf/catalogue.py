@@ -782,7 +782,7 @@ def _load_tariff(errs: _Errors, name: str, raw: Any, known_zones: frozenset[str]
         if end_s and end is None:
             bt.err("to", f"must be a local time 'HH:MM' from 00:00 to 24:00, got {end_s!r}")
         if start is not None and end is not None:
-            if start == end % 1440:
+            if start == end:
                 bt.err("to", f"must differ from 'from' ({start_s}); use 00:00 to 24:00 for a whole day")
             else:
                 bands.append(Band(frozenset(days), start, end, bprice))
