@@ -89,9 +89,12 @@ def period_end(period: str, start_epoch: int, cycle_day: int, tz: ZoneInfo) -> i
     days = parse_period(period)
     local = datetime.fromtimestamp(start_epoch, tz)
     if days:
-        end = _wall_to_epoch(local.replace(tzinfo=None) + timedelta(days=days), tz)
+        day = local.date()
+        if start_epoch == _local_midnight(day, tz):
+            # a day boundary (even one whose 00:00 fell in a DST gap) ends on a day boundary
+            return _local_midnight(day + timedelta(days=days), tz)
         # N >= 1 day of wall clock is always later than the start, even across a DST change.
-        return end
+        return _wall_to_epoch(local.replace(tzinfo=None) + timedelta(days=days), tz)
     _check_cycle_day(cycle_day)
     y, m = local.year, local.month
     for _ in range(3):
@@ -106,7 +109,8 @@ def first_period_start(period: str, now_epoch: int, cycle_day: int, tz: ZoneInfo
     """Start of the period containing ``now_epoch``.
 
     month: the latest cycle-day local midnight <= now. Day-based periods: local midnight of today (so a
-    period chain started here runs midnight to midnight).
+    period chain started here runs midnight to midnight). An "<N>d" period with N > 1 has no calendar anchor:
+    use this once (when the plan is assigned), store the start, and chain with :func:`period_end`.
     """
     days = parse_period(period)
     local = datetime.fromtimestamp(now_epoch, tz)
