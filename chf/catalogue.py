@@ -395,7 +395,9 @@ class Plan:
         """Allowances usable for ``rating_group``, in consumption (priority) order.
 
         An allowance qualifies if it covers the rating group and its unit is the unit of the group's tariff,
-        or it is a ``money`` allowance covering the group. Empty if the group has no tariff.
+        or it is a ``money`` allowance covering the group. Empty if the group has no tariff. Bonus buckets
+        (:meth:`bonus_allowances`) and IoT pools (:meth:`pool_allowance`) are not included: they are
+        granted once / per period as buckets and the engine checks ``covers()`` on them directly.
         """
         r = self._allow_by_rg.get(rating_group)
         return r if r is not None else self._allow_default
