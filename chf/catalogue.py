@@ -381,9 +381,7 @@ class Plan:
     default_tariff: Tariff | None
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
-    _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(
-        default_factory=_empty_map, repr=False, compare=False
-    )
+    _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)
     _allow_default: tuple[Allowance, ...] = field(default=(), repr=False, compare=False)
 
     def tariff_for(self, rating_group: int) -> Tariff | None:
@@ -529,13 +527,7 @@ class _Table:
                 self.err(key, "required")
                 return 0
             return int(default)
-        what = (
-            "a positive integer"
-            if minimum == 1
-            else "a non-negative integer"
-            if minimum == 0
-            else "an integer"
-        )
+        what = "a positive integer" if minimum == 1 else "a non-negative integer" if minimum == 0 else "an integer"
         if maximum is not None and minimum is not None:
             what = f"an integer in {minimum}..{maximum}"
         if isinstance(v, bool) or not isinstance(v, int):
@@ -982,9 +974,7 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
             _Table(errs, owner, pre, rp, ())  # reports "must be a table"
             continue
         else:
-            errs.add(
-                _fmt_where(owner, f"{pre}kind"), f"must be one of {' | '.join(PROMOTION_KINDS)}, got {kind!r}"
-            )
+            errs.add(_fmt_where(owner, f"{pre}kind"), f"must be one of {' | '.join(PROMOTION_KINDS)}, got {kind!r}")
             continue
         promotions.append(promo)
 
@@ -1099,9 +1089,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     zones = _load_zones(errs, doc.get("zones"))
     known = frozenset(zones) | {z for z in (settings.home_zone, settings.default_zone) if z}
     if settings.home_zone and settings.home_zone == settings.default_zone:
-        errs.add(
-            "settings: default_zone", "must differ from home_zone (unlisted networks must not count as home)"
-        )
+        errs.add("settings: default_zone", "must differ from home_zone (unlisted networks must not count as home)")
 
     tariffs: dict[str, Tariff | None] = _named_tables(
         errs, "tariff", doc.get("tariffs"), lambda n, r: _load_tariff(errs, n, r, known)

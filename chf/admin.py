@@ -1,0 +1,553 @@
+"""Provisioning and balance management: tenants, accounts, lines, plans, top-ups and adjustments.
+
+Each function runs inside one store write transaction (`store.Txn`), validates everything before it writes
+anything, writes an audit event for every balance or lifecycle change, and returns an `OpResult` whose
+signals tell the front-ends which sessions to re-authorise or abort once the change is durable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from chf.catalogue import CatalogueError
+from chf.engine import Context, Engine, account_owner, line_owner
+from chf.model import OpResult, RequestError, Signal
+from store.lmdbstore import Txn
+from store.schema import (
+    ACTIVE,
+    LINE_STATES,
+    LINE_TRANSITIONS,
+    PAYMENT_TYPES,
+    PROVISIONED,
+    TERMINATED,
+    Account,
+    Bucket,
+    Subscriber,
+    Tenant,
+)
+
+
+class NotFound(RequestError):
+    """The named tenant, account or line does not exist."""
+
+
+class Conflict(RequestError):
+    """The change contradicts what is stored (an identity already in use, a forbidden transition)."""
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_IMSI_RE = re.compile(r"^[0-9]{6,15}$")
+_MSISDN_RE = re.compile(r"^[0-9]{6,15}$")
+_ICCID_RE = re.compile(r"^[0-9]{18,21}[0-9Ff]?$")
+_EID_RE = re.compile(r"^[0-9]{32}$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+
+
+def check_id(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise RequestError(field, f"must be 1-64 letters, digits, '_', '.', ':' or '-', got {value!r}")
+    return value
+
+
+def check_identity(field: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RequestError(field, f"must be {what}, got {value!r}")
+    return value
+
+
+def check_amount(field: str, value: Any, *, positive: bool = True) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(field, f"must be an integer number of micro-units, got {value!r}")
+    if positive and value <= 0:
+        raise RequestError(field, f"must be positive, got {value}")
+    return value
+
+
+def _signals(txn: Txn, line_ids: list[int], kind: str) -> list[Signal]:
+    out: list[Signal] = []
+    for line_id in line_ids:
+        for s in txn.sessions_of_line(line_id):
+            if not s.closed:
+                out.append(Signal(kind, s.key, s.protocol, s.notify, tuple(sorted(s.reservations))))
+    return out
+
+
+def idempotent(txn: Txn, key: str | None, now: int, window: int, fn: Callable[[], OpResult]) -> OpResult:
+    """Run `fn` once per idempotency key: a repeat returns the stored value and changes nothing."""
+    if key is None:
+        return fn()
+    stored_key = "api:" + key
+    stored = txn.get_idem(stored_key, now)
+    if stored is not None:
+        return OpResult(stored, [], duplicate=True)
+    result = fn()
+    txn.put_idem(stored_key, now + window, result.value)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tenants and accounts
+# ------------------------------------------------------------------------------------------------------------------
+def create_tenant(txn: Txn, tenant_id: str, name: str, currency: str, now: int) -> OpResult:
+    check_id("tenant", tenant_id)
+    if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+        raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
+    if txn.get_tenant(tenant_id) is not None:
+        raise Conflict("tenant", f"tenant {tenant_id!r} already exists")
+    tenant = Tenant(tenant_id, name or tenant_id, currency, now)
+    txn.put_tenant(tenant)
+    return OpResult(tenant.as_dict())
+
+
+def create_account(
+    txn: Txn,
+    engine: Engine,
+    *,
+    account_id: str,
+    tenant: str,
+    payment: str,
+    now: int,
+    currency: str | None = None,
+    balance: int = 0,
+    credit_limit: int = 0,
+    cycle_day: int = 1,
+    parent: str | None = None,
+    plan: str | None = None,
+    actor: str = "admin",
+) -> OpResult:
+    check_id("account", account_id)
+    tenant_rec = txn.get_tenant(check_id("tenant", tenant))
+    if tenant_rec is None:
+        raise NotFound("tenant", f"no tenant {tenant!r}")
+    if payment not in PAYMENT_TYPES:
+        raise RequestError("payment", f"must be one of {', '.join(PAYMENT_TYPES)}, got {payment!r}")
+    currency = currency or tenant_rec.currency
+    if not _CURRENCY_RE.match(currency):
+        raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
+    check_amount("balance", balance, positive=False)
+    check_amount("credit_limit", credit_limit, positive=False)
+    if credit_limit < 0:
+        raise RequestError("credit_limit", f"must not be negative, got {credit_limit}")
+    if payment == "prepaid" and credit_limit:
+        raise RequestError("credit_limit", "a prepaid account has no credit limit")
+    if isinstance(cycle_day, bool) or not isinstance(cycle_day, int) or not 1 <= cycle_day <= 28:
+        raise RequestError("cycle_day", f"must be a day of the month from 1 to 28, got {cycle_day!r}")
+    if parent is not None and txn.get_account(check_id("parent", parent)) is None:
+        raise NotFound("parent", f"no account {parent!r}")
+    if txn.get_account(account_id) is not None:
+        raise Conflict("account", f"account {account_id!r} already exists")
+    account = Account(account_id, tenant, payment, currency, 0, 0, credit_limit, cycle_day, parent, None, now, 0)
+    plan_rec = _plan(engine, plan, account) if plan is not None else None
+    txn.put_account(account)
+    if balance or plan_rec is not None:
+        ctx = engine.account_context(txn, account.id, now)
+        assert ctx is not None
+        if balance:
+            account.balance = balance
+            ctx.account_dirty = True
+            event = ctx.base_event("topup", actor, "opening balance")
+            event["amount"] = balance
+            event["impacts"].append(ctx.wallet_impact(balance))
+            ctx.events.append(event)
+        if plan_rec is not None:
+            engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason="account created")
+        ctx.flush()
+    return OpResult(account.as_dict())
+
+
+def _account_context(txn: Txn, engine: Engine, account_id: str, now: int) -> Context:
+    check_id("account", account_id)
+    ctx = engine.account_context(txn, account_id, now)
+    if ctx is None:
+        raise NotFound("account", f"no account {account_id!r}")
+    return ctx
+
+
+def _plan(engine: Engine, name: str, account: Account | None = None) -> Any:
+    try:
+        plan = engine.catalogue.plan(name)
+    except CatalogueError as exc:
+        raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
+    if account is not None and plan.payment != account.payment:
+        raise Conflict("plan", f"plan {name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    return plan
+
+
+def topup(
+    txn: Txn,
+    engine: Engine,
+    account_id: str,
+    amount: int,
+    *,
+    now: int,
+    actor: str,
+    reason: str,
+    idempotency_key: str | None = None,
+) -> OpResult:
+    """Credit the wallet; retry renewals that waited for money; re-authorise the account's open sessions."""
+    check_amount("amount", amount)
+
+    def run() -> OpResult:
+        ctx = _account_context(txn, engine, account_id, now)
+        account = ctx.account
+        account.balance += amount
+        ctx.account_dirty = True
+        event = ctx.base_event("topup", actor, reason)
+        event["amount"] = amount
+        event["impacts"].append(ctx.wallet_impact(amount))
+        ctx.events.append(event)
+        engine.retry_pending_renewal(ctx)
+        lines = list(txn.lines_of_account(account.id))
+        for line_id in lines:
+            bs = txn.get_line_balances(line_id)
+            if bs is not None and bs.renewal_pending:
+                sub = txn.get_subscriber(line_id)
+                if sub is None:
+                    continue
+                # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
+                line_ctx = Context(txn, engine.catalogue, now, sub, account)
+                line_ctx.line_bs = bs
+                engine.retry_pending_renewal(line_ctx)
+                ctx.events.extend(line_ctx.events)
+                txn.put_line_balances(line_id, bs)
+        ctx.flush()
+        return OpResult(account.as_dict(), _signals(txn, lines, "reauth"))
+
+    return idempotent(txn, idempotency_key, now, engine.config.idempotency_window, run)
+
+
+def adjust(
+    txn: Txn,
+    engine: Engine,
+    account_id: str,
+    amount: int,
+    *,
+    now: int,
+    actor: str,
+    reason: str,
+    line_id: int | None = None,
+    bucket_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> OpResult:
+    """A signed correction of the wallet (or of one bucket of a line) with a mandatory reason."""
+    check_amount("amount", amount, positive=False)
+    if amount == 0:
+        raise RequestError("amount", "an adjustment of 0 changes nothing")
+    if not reason:
+        raise RequestError("reason", "an adjustment needs a reason")
+
+    def run() -> OpResult:
+        if bucket_id is None:
+            ctx = _account_context(txn, engine, account_id, now)
+            ctx.account.balance += amount
+            ctx.account_dirty = True
+            event = ctx.base_event("adjustment", actor, reason)
+            event["amount"] = amount
+            event["impacts"].append(ctx.wallet_impact(amount))
+            ctx.events.append(event)
+            ctx.flush()
+            return OpResult(ctx.account.as_dict())
+        if line_id is None:
+            raise RequestError("line", "a bucket adjustment names the line that owns the bucket")
+        sub = txn.get_subscriber(line_id)
+        if sub is None or sub.account != account_id:
+            raise NotFound("line", f"no line {line_id} in account {account_id!r}")
+        ctx = engine.context(txn, sub, now)
+        bucket = ctx.line_bs.bucket(bucket_id) if ctx.line_bs is not None else None
+        if bucket is None:
+            raise NotFound("bucket", f"line {line_id} has no bucket {bucket_id}")
+        if bucket.remaining + amount < bucket.reserved:
+            raise RequestError(
+                "amount", f"would leave {bucket.remaining + amount}, below the {bucket.reserved} reserved"
+            )
+        bucket.remaining += amount
+        ctx.line_bs_dirty = True
+        event = ctx.base_event("adjustment", actor, reason)
+        event["amount"] = amount
+        event["impacts"].append(
+            {
+                "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
+                "unit": bucket.unit,
+                "delta": amount,
+                "after": bucket.remaining,
+            }
+        )
+        ctx.events.append(event)
+        ctx.flush()
+        return OpResult(bucket.as_dict())
+
+    return idempotent(txn, idempotency_key, now, engine.config.idempotency_window, run)
+
+
+def grant_bucket(
+    txn: Txn,
+    engine: Engine,
+    line_id: int,
+    *,
+    name: str,
+    unit: str,
+    amount: int,
+    valid_to: int,
+    now: int,
+    actor: str,
+    reason: str,
+    rating_groups: list[int] | None = None,
+    priority: int = 50,
+) -> OpResult:
+    """Add a one-off bucket to a line (goodwill, add-on purchase)."""
+    if unit not in ("bytes", "seconds", "events", "money"):
+        raise RequestError("unit", f"must be bytes, seconds, events or money, got {unit!r}")
+    check_amount("amount", amount)
+    sub = txn.get_subscriber(line_id)
+    if sub is None:
+        raise NotFound("line", f"no line {line_id}")
+    ctx = engine.context(txn, sub, now)
+    assert ctx.line_bs is not None
+    bs = ctx.line_bs
+    bucket = Bucket(
+        bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
+    )
+    bs.buckets.append(bucket)
+    ctx.line_bs_dirty = True
+    event = ctx.base_event("bucket_grant", actor, reason)
+    event["impacts"].append(
+        {"balance": f"{line_owner(sub.id)}:bucket:{bucket.id}", "unit": unit, "delta": amount, "after": amount}
+    )
+    ctx.events.append(event)
+    ctx.flush()
+    return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Lines
+# ------------------------------------------------------------------------------------------------------------------
+def add_line(
+    txn: Txn,
+    engine: Engine,
+    *,
+    account: str,
+    imsi: str,
+    now: int,
+    msisdn: str | None = None,
+    iccid: str | None = None,
+    eid: str | None = None,
+    plan: str | None = None,
+    state: str = ACTIVE,
+    actor: str = "admin",
+) -> OpResult:
+    check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
+    if msisdn is not None:
+        check_identity("msisdn", msisdn, _MSISDN_RE, "6 to 15 digits in international format, no '+'")
+    if iccid is not None:
+        check_identity("iccid", iccid, _ICCID_RE, "18 to 22 digits")
+    if eid is not None:
+        check_identity("eid", eid, _EID_RE, "32 digits")
+    if state not in (PROVISIONED, ACTIVE):
+        raise RequestError("state", f"a new line is provisioned or active, got {state!r}")
+    acct = txn.get_account(check_id("account", account))
+    if acct is None:
+        raise NotFound("account", f"no account {account!r}")
+    plan_rec = _plan(engine, plan, acct) if plan is not None else None
+    for kind, value in (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)):
+        if value and txn.subscriber_id_by(kind, value) is not None:
+            raise Conflict(kind, f"{kind} {value} is already in use by another line")
+    line_id = txn.new_subscriber_id()
+    sub = Subscriber(
+        line_id,
+        acct.tenant,
+        acct.id,
+        imsi,
+        msisdn,
+        iccid,
+        eid,
+        state,
+        now,
+        plan,
+        now,
+        [[None, state, now, actor, "created"]],
+    )
+    txn.put_subscriber(sub)
+    ctx = engine.context(txn, sub, now)
+    event = ctx.base_event("lifecycle", actor, "line created")
+    event["state"] = state
+    ctx.events.append(event)
+    if state == ACTIVE:
+        _line_activated(engine, ctx)
+    if plan_rec is not None:
+        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
+    ctx.line_bs_dirty = True
+    ctx.flush()
+    return OpResult(sub.as_dict())
+
+
+def _line_activated(engine: Engine, ctx: Context) -> None:
+    """One more active line: a flexible IoT pool grows by its per-line amount for the current period."""
+    ctx.account.active_lines += 1
+    ctx.account_dirty = True
+    if ctx.account.plan is None or ctx.acct_bs is None:
+        return
+    plan = engine.catalogue.plans.get(ctx.account.plan)
+    if plan is None or plan.pool != "flexible" or not plan.pool_per_line:
+        return
+    for bucket in ctx.acct_bs.buckets:
+        if bucket.kind == "pool" and bucket.valid_from <= ctx.now < bucket.valid_to:
+            bucket.remaining += plan.pool_per_line
+            bucket.initial += plan.pool_per_line
+            ctx.acct_bs_dirty = True
+            event = ctx.base_event("pool_resize", "system", "line activated")
+            event["impacts"].append(
+                {
+                    "balance": f"{account_owner(ctx.account.id)}:bucket:{bucket.id}",
+                    "unit": bucket.unit,
+                    "delta": plan.pool_per_line,
+                    "after": bucket.remaining,
+                }
+            )
+            ctx.events.append(event)
+            return
+
+
+def get_line(txn: Txn, ref: str) -> Subscriber:
+    """A line by internal id ("#12" or "12"), IMSI, MSISDN or ICCID."""
+    ref = str(ref).strip()
+    if ref.startswith("#") and ref[1:].isdigit():
+        sub = txn.get_subscriber(int(ref[1:]))
+        if sub is not None:
+            return sub
+    for kind in ("imsi", "msisdn", "iccid"):
+        sub = txn.subscriber_by(kind, ref)
+        if sub is not None:
+            return sub
+    if ref.isdigit() and len(ref) <= 9:
+        sub = txn.get_subscriber(int(ref))
+        if sub is not None:
+            return sub
+    raise NotFound("line", f"no line with id, IMSI, MSISDN or ICCID {ref!r}")
+
+
+def set_state(txn: Txn, engine: Engine, line_ref: str, state: str, *, now: int, actor: str, reason: str) -> OpResult:
+    """A lifecycle transition. Suspending or terminating a line aborts its open sessions (their final usage is
+    still charged when the client reports it); activation counts the line into a flexible pool."""
+    if state not in LINE_STATES:
+        raise RequestError("state", f"must be one of {', '.join(LINE_STATES)}, got {state!r}")
+    sub = get_line(txn, line_ref)
+    if state == sub.state:
+        return OpResult(sub.as_dict())
+    if state not in LINE_TRANSITIONS[sub.state]:
+        raise Conflict("state", f"a {sub.state} line cannot become {state}")
+    previous = Subscriber.decode(sub.encode())
+    ctx = engine.context(txn, sub, now)
+    was_active = sub.state == ACTIVE
+    sub.history.append([sub.state, state, now, actor, reason])
+    sub.state = state
+    sub.state_since = now
+    if state == ACTIVE:
+        _line_activated(engine, ctx)
+    elif was_active:
+        ctx.account.active_lines = max(0, ctx.account.active_lines - 1)
+        ctx.account_dirty = True
+    event = ctx.base_event("lifecycle", actor, reason)
+    event["from"] = previous.state
+    event["state"] = state
+    ctx.events.append(event)
+    ctx.flush()
+    txn.put_subscriber(sub, previous)
+    signals = _signals(txn, [sub.id], "abort") if state != ACTIVE else []
+    return OpResult(sub.as_dict(), signals)
+
+
+def move_line(
+    txn: Txn, engine: Engine, line_ref: str, account_id: str, *, now: int, actor: str, reason: str
+) -> OpResult:
+    """Transfer a line to another account of the same tenant. Open sessions are released (their reservations
+    were made against the old account) and aborted; the client reconnects and is charged to the new one."""
+    sub = get_line(txn, line_ref)
+    if sub.state == TERMINATED:
+        raise Conflict("line", "a terminated line cannot be moved")
+    target = txn.get_account(check_id("account", account_id))
+    if target is None:
+        raise NotFound("account", f"no account {account_id!r}")
+    if target.id == sub.account:
+        return OpResult(sub.as_dict())
+    if target.tenant != sub.tenant:
+        raise Conflict("account", f"account {account_id!r} belongs to another tenant")
+    signals = _signals(txn, [sub.id], "abort")
+    for signal in signals:
+        engine.release_session(txn, signal.session, now, "line moved to another account", actor)
+    previous = Subscriber.decode(sub.encode())
+    old_ctx = engine.context(txn, sub, now)
+    if sub.state == ACTIVE:
+        old_ctx.account.active_lines = max(0, old_ctx.account.active_lines - 1)
+        old_ctx.account_dirty = True
+    event = old_ctx.base_event("line_move", actor, reason)
+    event["to_account"] = target.id
+    old_ctx.events.append(event)
+    old_ctx.flush()
+    sub.account = target.id
+    sub.history.append([sub.state, sub.state, now, actor, f"moved from {previous.account} to {target.id}"])
+    txn.put_subscriber(sub, previous)
+    new_ctx = engine.context(txn, sub, now)
+    if sub.state == ACTIVE:
+        _line_activated(engine, new_ctx)
+    new_ctx.flush()
+    return OpResult(sub.as_dict(), signals)
+
+
+def assign_plan(
+    txn: Txn,
+    engine: Engine,
+    plan: str,
+    *,
+    now: int,
+    actor: str,
+    reason: str,
+    line_ref: str | None = None,
+    account_id: str | None = None,
+) -> OpResult:
+    """Put a line (or an account: shared allowances, IoT pools) on a plan from now; re-authorise sessions."""
+    if (line_ref is None) == (account_id is None):
+        raise RequestError("target", "name exactly one of a line or an account")
+    if line_ref is not None:
+        sub = get_line(txn, line_ref)
+        plan_rec = _plan(engine, plan, txn.get_account(sub.account))
+        previous = Subscriber.decode(sub.encode())
+        sub.plan = plan_rec.name
+        txn.put_subscriber(sub, previous)
+        ctx = engine.context(txn, sub, now)
+        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        ctx.flush()
+        return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
+    assert account_id is not None
+    ctx = _account_context(txn, engine, account_id, now)
+    plan_rec = _plan(engine, plan, ctx.account)
+    engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
+    ctx.flush()
+    return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
+
+
+def line_view(txn: Txn, engine: Engine, sub: Subscriber, now: int) -> dict[str, Any]:
+    """A line with its account, buckets (its own and shared) and open sessions, as the CLI and API show it."""
+    out = sub.as_dict()
+    account = txn.get_account(sub.account)
+    out["account_detail"] = account.as_dict() if account is not None else None
+    bs = txn.get_line_balances(sub.id)
+    out["buckets"] = [b.as_dict() for b in bs.buckets] if bs is not None else []
+    out["period"] = (
+        {
+            "plan": bs.plan,
+            "start": bs.period_start,
+            "end": bs.period_end,
+            "index": bs.period_index,
+            "renewal_pending": bs.renewal_pending,
+            "usage": bs.usage,
+        }
+        if bs is not None and bs.plan is not None
+        else None
+    )
+    if account is not None:
+        abs_ = txn.get_account_balances(account.id)
+        out["shared_buckets"] = [b.as_dict() for b in abs_.buckets] if abs_ is not None else []
+    out["sessions"] = [s.as_dict() for s in txn.sessions_of_line(sub.id) if not s.closed]
+    return out

@@ -1,0 +1,256 @@
+"""The charging service: the engine on the group-commit store, inside an asyncio process.
+
+Front-ends call `charge()` and the management operations; each call is queued for the next group commit and
+answered only when the transaction holding it is durable. Requests of one session that arrive together are
+applied in arrival order inside one batch, which serialises them without locks.
+
+Background work, all bounded and incremental so it never stalls the event loop:
+- the sweeper walks the balance sub-database a slice at a time and queues the release of reservations whose
+  client fell silent (reaper), the renewal of periods that ended on idle lines, and the deletion of closed
+  sessions whose replay window ended;
+- the idempotency purge deletes expired one-shot answers.
+After each commit the signals of management operations (re-authorise, abort) go to the front-ends through
+the `SignalBus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chf.catalogue import Catalogue, load_catalogue
+from chf.engine import Engine, EngineConfig
+from chf.model import ChargingAnswer, ChargingRequest, OpResult, Signal
+from store.lmdbstore import Store, Txn
+from store.schema import BalanceSet, Session, unpack
+
+log = logging.getLogger("chf.service")
+
+Clock = Callable[[], float]
+SignalHandler = Callable[[Signal], None]
+
+
+class SignalBus:
+    """Front-ends subscribe by protocol ("gy", "nchf"); the core publishes after the change is durable."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[SignalHandler]] = {}
+        self.published = 0
+        self.undelivered = 0
+
+    def subscribe(self, protocol: str, handler: SignalHandler) -> None:
+        self._handlers.setdefault(protocol, []).append(handler)
+
+    def publish(self, signals: list[Signal]) -> None:
+        for signal in signals:
+            handlers = self._handlers.get(signal.protocol, []) + self._handlers.get("*", [])
+            if not handlers:
+                self.undelivered += 1
+                log.info(
+                    "event=signal_undelivered kind=%s session=%s protocol=%s",
+                    signal.kind,
+                    signal.session,
+                    signal.protocol,
+                )
+            for handler in handlers:
+                try:
+                    handler(signal)
+                except Exception:
+                    log.exception("event=signal_handler_failed kind=%s session=%s", signal.kind, signal.session)
+            self.published += 1
+
+
+class ChargingService:
+    def __init__(
+        self,
+        store: Store,
+        catalogue: Catalogue,
+        *,
+        catalogue_path: str | None = None,
+        engine_config: EngineConfig | None = None,
+        clock: Clock = time.time,
+        sweep_interval: float = 0.05,
+        sweep_slice: int = 500,
+        purge_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.engine = Engine(catalogue, engine_config)
+        self.catalogue_path = catalogue_path
+        self.clock = clock
+        self.bus = SignalBus()
+        self.sweep_interval = sweep_interval
+        self.sweep_slice = sweep_slice
+        self.purge_interval = purge_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_from = b""
+        self.reaped = 0
+        self.renewed = 0
+        self.sweeps = 0
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.engine.catalogue
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.store.start(asyncio.get_running_loop())
+        self._tasks = [
+            asyncio.create_task(self._sweeper(), name="chf-sweeper"),
+            asyncio.create_task(self._purger(), name="chf-idem-purge"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.store.stop()
+
+    def reload_catalogue(self) -> Catalogue:
+        """Load and validate the catalogue file again; on success new grants use it (open reservations keep
+        the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises."""
+        if self.catalogue_path is None:
+            raise RuntimeError("the service was started without a catalogue file")
+        catalogue = load_catalogue(self.catalogue_path)
+        self.engine.catalogue = catalogue
+        log.info("event=catalogue_reloaded digest=%s plans=%d", catalogue.digest[:12], len(catalogue.plans))
+        return catalogue
+
+    # -- requests ---------------------------------------------------------------------------------------------------
+    async def charge(self, request: ChargingRequest) -> ChargingAnswer:
+        """Decide a charging request; the answer arrives once its effects are durable."""
+        engine = self.engine
+        clock = self.clock
+
+        def op(txn: Txn) -> ChargingAnswer:
+            return engine.charge(txn, request, int(clock()))
+
+        result: ChargingAnswer = await self.store.submit(op)
+        return result
+
+    async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
+        """Run a management operation (chf.admin) durably, then publish its signals."""
+        engine = self.engine
+        clock = self.clock
+
+        def op(txn: Txn) -> OpResult:
+            return fn(txn, engine, int(clock()))
+
+        result: OpResult = await self.store.submit(op)
+        if result.signals:
+            self.bus.publish(result.signals)
+        return result
+
+    def read(self) -> Any:
+        return self.store.read()
+
+    # -- background work --------------------------------------------------------------------------------------------
+    def sweep_slice_once(self, now: int) -> tuple[list[str], list[tuple[str, int | str]]]:
+        """Scan the next slice of the balance sub-database. Returns (sessions to reap, owners to renew)."""
+        store = self.store
+        expired: list[str] = []
+        due: list[tuple[str, int | str]] = []
+        db = store._db[b"balances"]
+        with store.env.begin() as txn, txn.cursor(db=db) as cur:
+            positioned = cur.set_range(self._sweep_from) if self._sweep_from else cur.first()
+            if not positioned:
+                self._sweep_from = b""
+                self.sweeps += 1
+                return expired, due
+            for n, (key, raw) in enumerate(cur, 1):
+                if n > self.sweep_slice:
+                    self._sweep_from = key
+                    break
+                kind = key[9:10] if key[:1] == b"L" else b"\x00"
+                if kind == b"\x01":
+                    fields = unpack(raw)
+                    if fields[7] <= now:  # Session.expires
+                        expired.append(fields[1])
+                elif key[-1:] == b"\x00":
+                    bs = BalanceSet.decode(raw)
+                    if (bs.plan is not None and bs.period_end <= now) or any(b.valid_to <= now for b in bs.buckets):
+                        if key[:1] == b"L":
+                            due.append(("line", int.from_bytes(key[1:9], "big")))
+                        else:
+                            due.append(("account", key[1:-1].decode()))
+            else:
+                self._sweep_from = b""
+                self.sweeps += 1
+        return expired, due
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self._sweep_step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=sweep_failed")
+
+    async def _sweep_step(self) -> None:
+        now = self.now()
+        expired, due = self.sweep_slice_once(now)
+        engine = self.engine
+        waits = []
+        for key in expired:
+            waits.append(self.store.submit(lambda txn, k=key: engine.reap(txn, k, int(self.clock()))))
+        for owner in due:
+            waits.append(self.store.submit(lambda txn, o=owner: self._upkeep(txn, o)))
+        if waits:
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for key, res in zip(expired, results, strict=False):
+                if isinstance(res, BaseException):
+                    log.error("event=reap_failed session=%s error=%r", key, res)
+                elif res:
+                    self.reaped += 1
+                    log.info("event=session_reaped session=%s", key)
+            self.renewed += sum(1 for r in results[len(expired) :] if r is True)
+
+    def _upkeep(self, txn: Txn, owner: tuple[str, int | str]) -> bool:
+        now = int(self.clock())
+        engine = self.engine
+        kind, ident = owner
+        if kind == "line":
+            sub = txn.get_subscriber(int(ident))
+            if sub is None:
+                return False
+            ctx = engine.context(txn, sub, now)
+        else:
+            account_ctx = engine.account_context(txn, str(ident), now)
+            if account_ctx is None:
+                return False
+            ctx = account_ctx
+        ctx.flush()
+        return True
+
+    async def _purger(self) -> None:
+        while True:
+            await asyncio.sleep(self.purge_interval)
+            try:
+                gone = await self.store.submit(lambda txn: txn.purge_idem(self.now(), 10_000))
+                if gone:
+                    log.info("event=idempotency_purged records=%d", gone)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=idempotency_purge_failed")
+
+
+def open_sessions(txn: Txn, limit: int = 1000) -> list[Session]:
+    out: list[Session] = []
+    for s in txn.sessions():
+        if not s.closed:
+            out.append(s)
+            if len(out) >= limit:
+                break
+    return out

@@ -1,0 +1,545 @@
+"""The LMDB balance store: environment, key layout, typed transactions and the group-commit writer.
+
+Key layout (one LMDB environment, named sub-databases):
+
+    meta          b"event_seq" / b"next_subscriber" -> 8-byte big-endian counters; b"store_id"; b"schema"
+    tenants       tenant id -> Tenant
+    accounts      account id -> Account (with its wallet)
+    subscribers   8-byte line id -> Subscriber
+    idx_imsi, idx_msisdn, idx_iccid
+                  identity -> 8-byte line id
+    account_lines account id + 0x00 + 8-byte line id -> b""     (lines of an account)
+    balances      b"L" + line id + 0x00        -> BalanceSet of the line
+                  b"L" + line id + 0x01 + key  -> Session of the line (with its reservations)
+                  b"A" + account id + 0x00     -> BalanceSet of the account (shared allowances, IoT pools)
+    sessions      session key -> b"L" + line id  (the index from a session to its line)
+    idem          idempotency key -> [expires, answer]   (one-shot requests and API operations)
+    events        8-byte big-endian sequence -> rated or audit event (the spool)
+    cursors       exporter name -> 8-byte sequence
+
+A line's balance set and its sessions sit under adjacent keys of one sub-database, so the common update
+(commit used units from the line's buckets, reserve the next grant, remember the answer) dirties one leaf
+page instead of three: with fsync, page writes are what bounds throughput (DESIGN.md section 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+
+from store.schema import (
+    SCHEMA_VERSION,
+    Account,
+    BalanceSet,
+    SchemaError,
+    Session,
+    Subscriber,
+    Tenant,
+    pack,
+    unpack,
+)
+
+log = logging.getLogger("chf.store")
+
+T = TypeVar("T")
+
+_DBS = (
+    b"meta",
+    b"tenants",
+    b"accounts",
+    b"subscribers",
+    b"idx_imsi",
+    b"idx_msisdn",
+    b"idx_iccid",
+    b"account_lines",
+    b"balances",
+    b"sessions",
+    b"idem",
+    b"events",
+    b"cursors",
+)
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class StoreBusy(StoreError):
+    """The write queue is full: the caller answers "too busy" (DESIGN.md invariant 7)."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed while a request was waiting."""
+
+
+def _u64(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def line_key(line_id: int) -> bytes:
+    return b"L" + line_id.to_bytes(8, "big")
+
+
+class Txn:
+    """A typed view of one LMDB transaction. Writes are only possible inside the group-commit writer."""
+
+    __slots__ = ("_db", "_store", "_txn", "write")
+
+    def __init__(self, store: Store, txn: lmdb.Transaction, write: bool) -> None:
+        self._store = store
+        self._txn = txn
+        self._db = store._db
+        self.write = write
+
+    # -- counters ---------------------------------------------------------------------------------------------------
+    def _counter(self, name: bytes) -> int:
+        raw = self._txn.get(name, db=self._db[b"meta"])
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def _bump(self, name: bytes) -> int:
+        n = self._counter(name) + 1
+        self._txn.put(name, _u64(n), db=self._db[b"meta"])
+        return n
+
+    def last_event_seq(self) -> int:
+        return self._counter(b"event_seq")
+
+    def new_subscriber_id(self) -> int:
+        return self._bump(b"next_subscriber")
+
+    # -- tenants and accounts ---------------------------------------------------------------------------------------
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        raw = self._txn.get(tenant_id.encode(), db=self._db[b"tenants"])
+        return Tenant.decode(raw) if raw is not None else None
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        self._txn.put(tenant.id.encode(), tenant.encode(), db=self._db[b"tenants"])
+
+    def tenants(self) -> Iterator[Tenant]:
+        with self._txn.cursor(db=self._db[b"tenants"]) as cur:
+            for _, raw in cur:
+                yield Tenant.decode(raw)
+
+    def get_account(self, account_id: str) -> Account | None:
+        raw = self._txn.get(account_id.encode(), db=self._db[b"accounts"])
+        return Account.decode(raw) if raw is not None else None
+
+    def put_account(self, account: Account) -> None:
+        self._txn.put(account.id.encode(), account.encode(), db=self._db[b"accounts"])
+
+    def accounts(self) -> Iterator[Account]:
+        with self._txn.cursor(db=self._db[b"accounts"]) as cur:
+            for _, raw in cur:
+                yield Account.decode(raw)
+
+    def lines_of_account(self, account_id: str) -> Iterator[int]:
+        prefix = account_id.encode() + b"\x00"
+        with self._txn.cursor(db=self._db[b"account_lines"]) as cur:
+            if not cur.set_range(prefix):
+                return
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    return
+                yield int.from_bytes(key[len(prefix) :], "big")
+
+    # -- lines ------------------------------------------------------------------------------------------------------
+    def get_subscriber(self, line_id: int) -> Subscriber | None:
+        raw = self._txn.get(_u64(line_id), db=self._db[b"subscribers"])
+        return Subscriber.decode(raw) if raw is not None else None
+
+    def subscriber_id_by(self, kind: str, value: str) -> int | None:
+        raw = self._txn.get(value.encode(), db=self._db[b"idx_" + kind.encode()])
+        return int.from_bytes(raw, "big") if raw is not None else None
+
+    def subscriber_by(self, kind: str, value: str) -> Subscriber | None:
+        line_id = self.subscriber_id_by(kind, value)
+        return self.get_subscriber(line_id) if line_id is not None else None
+
+    def put_subscriber(self, sub: Subscriber, previous: Subscriber | None = None) -> None:
+        """Write a line and keep its identity indexes and account membership in step with it."""
+        db = self._db
+        key = _u64(sub.id)
+        for kind in ("imsi", "msisdn", "iccid"):
+            old = getattr(previous, kind) if previous is not None else None
+            new = getattr(sub, kind)
+            if old == new:
+                continue
+            idx = db[b"idx_" + kind.encode()]
+            if old:
+                self._txn.delete(old.encode(), db=idx)
+            if new:
+                self._txn.put(new.encode(), key, db=idx)
+        if previous is None or previous.account != sub.account:
+            if previous is not None:
+                self._txn.delete(previous.account.encode() + b"\x00" + key, db=db[b"account_lines"])
+            self._txn.put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        self._txn.put(key, sub.encode(), db=db[b"subscribers"])
+
+    def subscribers(self) -> Iterator[Subscriber]:
+        with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
+            for _, raw in cur:
+                yield Subscriber.decode(raw)
+
+    def subscriber_count(self) -> int:
+        return int(self._txn.stat(self._db[b"subscribers"])["entries"])
+
+    # -- balance sets -----------------------------------------------------------------------------------------------
+    def get_line_balances(self, line_id: int) -> BalanceSet | None:
+        raw = self._txn.get(line_key(line_id) + b"\x00", db=self._db[b"balances"])
+        return BalanceSet.decode(raw) if raw is not None else None
+
+    def put_line_balances(self, line_id: int, balances: BalanceSet) -> None:
+        self._txn.put(line_key(line_id) + b"\x00", balances.encode(), db=self._db[b"balances"])
+
+    def get_account_balances(self, account_id: str) -> BalanceSet | None:
+        raw = self._txn.get(b"A" + account_id.encode() + b"\x00", db=self._db[b"balances"])
+        return BalanceSet.decode(raw) if raw is not None else None
+
+    def put_account_balances(self, account_id: str, balances: BalanceSet) -> None:
+        self._txn.put(b"A" + account_id.encode() + b"\x00", balances.encode(), db=self._db[b"balances"])
+
+    def balance_owners(self) -> Iterator[tuple[str, int | str]]:
+        """Every owner of a balance set: ("line", id) or ("account", id)."""
+        with self._txn.cursor(db=self._db[b"balances"]) as cur:
+            for key in cur.iternext(keys=True, values=False):
+                if key[-1:] != b"\x00":
+                    continue
+                if key[:1] == b"L" and len(key) == 10:
+                    yield "line", int.from_bytes(key[1:9], "big")
+                elif key[:1] == b"A":
+                    yield "account", key[1:-1].decode()
+
+    # -- sessions ---------------------------------------------------------------------------------------------------
+    def get_session(self, key: str) -> Session | None:
+        owner = self._txn.get(key.encode(), db=self._db[b"sessions"])
+        if owner is None:
+            return None
+        raw = self._txn.get(owner + b"\x01" + key.encode(), db=self._db[b"balances"])
+        return Session.decode(raw) if raw is not None else None
+
+    def put_session(self, session: Session) -> None:
+        owner = line_key(session.subscriber)
+        k = session.key.encode()
+        sessions = self._db[b"sessions"]
+        if self._txn.get(k, db=sessions) != owner:
+            self._txn.put(k, owner, db=sessions)
+        self._txn.put(owner + b"\x01" + k, session.encode(), db=self._db[b"balances"])
+
+    def delete_session(self, session: Session) -> None:
+        k = session.key.encode()
+        self._txn.delete(k, db=self._db[b"sessions"])
+        self._txn.delete(line_key(session.subscriber) + b"\x01" + k, db=self._db[b"balances"])
+
+    def sessions_of_line(self, line_id: int) -> Iterator[Session]:
+        prefix = line_key(line_id) + b"\x01"
+        with self._txn.cursor(db=self._db[b"balances"]) as cur:
+            if not cur.set_range(prefix):
+                return
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    return
+                yield Session.decode(raw)
+
+    def sessions(self) -> Iterator[Session]:
+        with self._txn.cursor(db=self._db[b"balances"]) as cur:
+            for key, raw in cur:
+                if key[:1] == b"L" and key[9:10] == b"\x01":
+                    yield Session.decode(raw)
+
+    def session_count(self) -> int:
+        return int(self._txn.stat(self._db[b"sessions"])["entries"])
+
+    # -- idempotency ------------------------------------------------------------------------------------------------
+    def get_idem(self, key: str, now: int) -> Any:
+        raw = self._txn.get(key.encode(), db=self._db[b"idem"])
+        if raw is None:
+            return None
+        expires, answer = unpack(raw)
+        return answer if expires > now else None
+
+    def put_idem(self, key: str, expires: int, answer: Any) -> None:
+        self._txn.put(key.encode(), pack([expires, answer]), db=self._db[b"idem"])
+
+    def purge_idem(self, now: int, limit: int) -> int:
+        """Delete up to `limit` expired idempotency records; returns how many."""
+        gone = 0
+        db = self._db[b"idem"]
+        with self._txn.cursor(db=db) as cur:
+            victims = []
+            for key, raw in cur:
+                if unpack(raw)[0] <= now:
+                    victims.append(key)
+                    if len(victims) >= limit:
+                        break
+        for key in victims:
+            self._txn.delete(key, db=db)
+            gone += 1
+        return gone
+
+    # -- events -----------------------------------------------------------------------------------------------------
+    def append_event(self, event: dict[str, Any]) -> int:
+        """Append an event to the spool with the next sequence number and a unique id; returns the number."""
+        seq = self._bump(b"event_seq")
+        event["seq"] = seq
+        event["id"] = f"{self._store.store_id}-{seq}"
+        self._txn.put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
+        return seq
+
+    def events(self, after: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        with self._txn.cursor(db=self._db[b"events"]) as cur:
+            if not cur.set_range(_u64(after + 1)):
+                return
+            for n, (_, raw) in enumerate(cur, 1):
+                yield unpack(raw)
+                if limit is not None and n >= limit:
+                    return
+
+    def last_events(self, count: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self._txn.cursor(db=self._db[b"events"]) as cur:
+            if not cur.last():
+                return out
+            for _, raw in cur.iterprev():
+                out.append(unpack(raw))
+                if len(out) >= count:
+                    break
+        out.reverse()
+        return out
+
+    def get_cursor(self, name: str) -> int:
+        raw = self._txn.get(name.encode(), db=self._db[b"cursors"])
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def put_cursor(self, name: str, seq: int) -> None:
+        self._txn.put(name.encode(), _u64(seq), db=self._db[b"cursors"])
+
+
+Op = Callable[[Txn], Any]
+
+
+class _Pending:
+    __slots__ = ("fn", "future", "result")
+
+    def __init__(self, fn: Op, future: asyncio.Future[Any] | None) -> None:
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+
+
+class Store:
+    """An LMDB environment with typed transactions and a group-commit writer.
+
+    durability "fsync" (default): every commit is flushed to disk (fdatasync) before any request in it is
+    answered. durability "os": commits reach the OS page cache only and are flushed every `sync_interval`
+    seconds; a crash of this process loses nothing, but an OS crash or power loss can lose the commits of the
+    last interval and, as LMDB documents for MDB_NOSYNC, can leave the database corrupt.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "fsync",
+        map_size: int = 32 << 30,
+        max_batch: int = 4096,
+        max_queue: int = 65536,
+        sync_interval: float = 1.0,
+    ) -> None:
+        if durability not in ("fsync", "os"):
+            raise ValueError(f"durability must be 'fsync' or 'os', got {durability!r}")
+        self.path = os.fspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.durability = durability
+        self.env = lmdb.open(
+            self.path,
+            map_size=map_size,
+            max_dbs=len(_DBS) + 2,
+            sync=durability == "fsync",
+            metasync=durability == "fsync",
+            readahead=False,
+            max_readers=256,
+        )
+        self._db = {name: self.env.open_db(name) for name in _DBS}
+        with self.env.begin(write=True) as txn:
+            meta = self._db[b"meta"]
+            schema = txn.get(b"schema", db=meta)
+            if schema is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
+                txn.put(b"store_id", secrets.token_hex(4).encode(), db=meta)
+            elif int(schema) != SCHEMA_VERSION:
+                raise SchemaError(f"store {self.path} has schema {int(schema)}, this code reads {SCHEMA_VERSION}")
+            self.store_id: str = txn.get(b"store_id", db=meta).decode()
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.sync_interval = sync_interval
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._last_sync = time.monotonic()
+        # Observers of each committed batch: (batch size, commit seconds). Metrics hook in here.
+        self.on_commit: list[Callable[[int, float], None]] = []
+        self.commits = 0
+        self.committed_ops = 0
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def read(self) -> _ReadContext:
+        """A read-only snapshot; reads never wait for the writer (LMDB MVCC)."""
+        return _ReadContext(self)
+
+    # -- writing, synchronously (CLI, tests, benchmarks, maintenance) -----------------------------------------------
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Apply one operation in its own durable transaction and return its result (or raise its error)."""
+        result = self.run_batch([fn])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_batch(self, fns: list[Op]) -> list[Any]:
+        """Apply operations in one write transaction, each atomically (a failing one leaves no trace), commit
+        durably, and return each one's result or the exception it raised."""
+        results: list[Any] = []
+        started = time.perf_counter()
+        with self.env.begin(write=True) as txn:
+            for fn in fns:
+                results.append(self._apply(txn, fn))
+        self._committed(len(fns), time.perf_counter() - started)
+        return results
+
+    def _apply(self, txn: lmdb.Transaction, fn: Op) -> Any:
+        child = self.env.begin(write=True, parent=txn)
+        try:
+            result = fn(Txn(self, child, True))
+        except Exception as exc:  # the operation's own failure: roll back just this operation
+            child.abort()
+            return exc
+        child.commit()
+        return result
+
+    def _committed(self, count: int, seconds: float) -> None:
+        self.commits += 1
+        self.committed_ops += count
+        if self.durability == "os":
+            now = time.monotonic()
+            if now - self._last_sync >= self.sync_interval:
+                self.env.sync(True)
+                self._last_sync = now
+        for observer in self.on_commit:
+            observer(count, seconds)
+
+    # -- writing, asynchronously: the group-commit writer -----------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the writer thread; `submit` may be called from `loop` afterwards."""
+        if self._thread is not None:
+            return
+        self._loop = loop or asyncio.get_running_loop()
+        self._closing = False
+        self._thread = threading.Thread(target=self._writer, name="chf-store-writer", daemon=True)
+        self._thread.start()
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, fn: Op) -> asyncio.Future[Any]:
+        """Queue an operation for the next group commit. The returned future resolves with the operation's
+        result only after the transaction holding it is durable (or with its exception; nothing was written)."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            raise StoreClosed("store writer is not running")
+        if len(self._queue) >= self.max_queue:
+            raise StoreBusy(f"write queue full ({self.max_queue} operations waiting)")
+        future = loop.create_future()
+        with self._cond:
+            self._queue.append(_Pending(fn, future))
+            if len(self._queue) == 1:
+                self._cond.notify()
+        return future
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                batch: list[_Pending] = []
+                queue = self._queue
+                while queue and len(batch) < self.max_batch:
+                    batch.append(queue.popleft())
+            started = time.perf_counter()
+            try:
+                with self.env.begin(write=True) as txn:
+                    for item in batch:
+                        item.result = self._apply(txn, item.fn)
+            except Exception as exc:  # the commit itself failed: nothing in the batch was written
+                log.error("event=store_commit_failed batch=%d error=%r", len(batch), exc)
+                for item in batch:
+                    item.result = StoreError(f"commit failed: {exc}")
+            else:
+                self._committed(len(batch), time.perf_counter() - started)
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, batch)
+
+    async def stop(self) -> None:
+        """Let the writer finish everything queued, then stop it."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._thread = None
+
+    def close(self) -> None:
+        if self._thread is not None:
+            raise StoreError("stop the writer before closing the store")
+        if self.durability == "os":
+            self.env.sync(True)
+        self.env.close()
+
+    def stat(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            out = {name.decode(): int(txn.stat(self._db[name])["entries"]) for name in _DBS}
+        out["map_size"] = int(self.env.info()["map_size"])
+        out["last_page"] = int(self.env.info()["last_pgno"])
+        return out
+
+
+def _resolve(batch: list[_Pending]) -> None:
+    for item in batch:
+        fut = item.future
+        if fut is None or fut.done():
+            continue
+        if isinstance(item.result, BaseException):
+            fut.set_exception(item.result)
+        else:
+            fut.set_result(item.result)
+
+
+class _ReadContext:
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> Txn:
+        self._txn = self._store.env.begin(write=False)
+        return Txn(self._store, self._txn, False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None

@@ -1,0 +1,563 @@
+"""Records kept in the balance store, and their msgpack encoding.
+
+Every record is a msgpack array whose first element is the record's schema version: positional arrays are
+1.6x faster than maps and 45% smaller (DESIGN.md section 8). A reader that meets a version it does not know
+raises `SchemaError` instead of guessing.
+
+Money is an int in micro-units of the account currency; units are ints (octets, seconds, events).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+# Line lifecycle (DESIGN.md section 3).
+PROVISIONED = "provisioned"
+ACTIVE = "active"
+SUSPENDED = "suspended"
+TERMINATED = "terminated"
+LINE_STATES = (PROVISIONED, ACTIVE, SUSPENDED, TERMINATED)
+LINE_TRANSITIONS: dict[str, frozenset[str]] = {
+    PROVISIONED: frozenset({ACTIVE, TERMINATED}),
+    ACTIVE: frozenset({SUSPENDED, TERMINATED}),
+    SUSPENDED: frozenset({ACTIVE, TERMINATED}),
+    TERMINATED: frozenset(),
+}
+
+PAYMENT_TYPES = ("prepaid", "postpaid", "hybrid")
+
+# Where a reserved or consumed amount comes from (Reservation.portions, event impacts).
+SRC_LINE = 0  # a bucket of the line's own balance set
+SRC_ACCOUNT = 1  # a bucket of the account's balance set (shared allowance, IoT pool)
+SRC_WALLET = 2  # the account wallet (money)
+
+
+class SchemaError(Exception):
+    """A stored record has a schema version this code does not understand."""
+
+
+def _check(version: int, kind: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{kind} record has schema version {version}, this code reads {SCHEMA_VERSION}")
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    return _packer.pack(obj)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+
+
+class Tenant:
+    __slots__ = ("created", "currency", "id", "name")
+
+    def __init__(self, id: str, name: str, currency: str, created: int) -> None:
+        self.id = id
+        self.name = name
+        self.currency = currency
+        self.created = created
+
+    def encode(self) -> bytes:
+        return pack([SCHEMA_VERSION, self.id, self.name, self.currency, self.created])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Tenant:
+        v, id_, name, currency, created = unpack(data)
+        _check(v, "tenant")
+        return cls(id_, name, currency, created)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "currency": self.currency, "created": self.created}
+
+
+class Account:
+    """An account: its wallet (money), credit limit, billing cycle and optional account-level plan.
+
+    `balance` is opening + credits - debits (it may go below zero for postpaid and hybrid accounts, down to
+    -credit_limit, and for any account when usage beyond a grant is charged). `reserved` is money held for
+    open grants. Available money = balance - reserved + credit_limit.
+    """
+
+    __slots__ = (
+        "active_lines",
+        "balance",
+        "created",
+        "credit_limit",
+        "currency",
+        "cycle_day",
+        "id",
+        "parent",
+        "payment",
+        "plan",
+        "reserved",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        tenant: str,
+        payment: str,
+        currency: str,
+        balance: int = 0,
+        reserved: int = 0,
+        credit_limit: int = 0,
+        cycle_day: int = 1,
+        parent: str | None = None,
+        plan: str | None = None,
+        created: int = 0,
+        active_lines: int = 0,
+    ) -> None:
+        self.id = id
+        self.tenant = tenant
+        self.payment = payment
+        self.currency = currency
+        self.balance = balance
+        self.reserved = reserved
+        self.credit_limit = credit_limit
+        self.cycle_day = cycle_day
+        self.parent = parent
+        self.plan = plan
+        self.created = created
+        self.active_lines = active_lines
+
+    def available(self) -> int:
+        return self.balance - self.reserved + self.credit_limit
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.id,
+                self.tenant,
+                self.payment,
+                self.currency,
+                self.balance,
+                self.reserved,
+                self.credit_limit,
+                self.cycle_day,
+                self.parent,
+                self.plan,
+                self.created,
+                self.active_lines,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Account:
+        r = unpack(data)
+        _check(r[0], "account")
+        return cls(*r[1:])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "payment": self.payment,
+            "currency": self.currency,
+            "balance": self.balance,
+            "reserved": self.reserved,
+            "available": self.available(),
+            "credit_limit": self.credit_limit,
+            "cycle_day": self.cycle_day,
+            "parent": self.parent,
+            "plan": self.plan,
+            "active_lines": self.active_lines,
+            "created": self.created,
+        }
+
+
+class Subscriber:
+    """One line (SIM or eSIM). Identities are indexed; `history` keeps every lifecycle transition."""
+
+    __slots__ = (
+        "account",
+        "created",
+        "eid",
+        "history",
+        "iccid",
+        "id",
+        "imsi",
+        "msisdn",
+        "plan",
+        "state",
+        "state_since",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        tenant: str,
+        account: str,
+        imsi: str,
+        msisdn: str | None,
+        iccid: str | None,
+        eid: str | None,
+        state: str,
+        state_since: int,
+        plan: str | None,
+        created: int,
+        history: list[list[Any]] | None = None,
+    ) -> None:
+        self.id = id
+        self.tenant = tenant
+        self.account = account
+        self.imsi = imsi
+        self.msisdn = msisdn
+        self.iccid = iccid
+        self.eid = eid
+        self.state = state
+        self.state_since = state_since
+        self.plan = plan
+        self.created = created
+        self.history = history if history is not None else []
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.id,
+                self.tenant,
+                self.account,
+                self.imsi,
+                self.msisdn,
+                self.iccid,
+                self.eid,
+                self.state,
+                self.state_since,
+                self.plan,
+                self.created,
+                self.history,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Subscriber:
+        r = unpack(data)
+        _check(r[0], "subscriber")
+        return cls(*r[1:])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "account": self.account,
+            "imsi": self.imsi,
+            "msisdn": self.msisdn,
+            "iccid": self.iccid,
+            "eid": self.eid,
+            "state": self.state,
+            "state_since": self.state_since,
+            "plan": self.plan,
+            "created": self.created,
+            "history": [{"from": h[0], "to": h[1], "at": h[2], "actor": h[3], "reason": h[4]} for h in self.history],
+        }
+
+
+class Bucket:
+    """An allowance: `remaining` units of one type, `reserved` of them held for open grants."""
+
+    __slots__ = (
+        "id",
+        "initial",
+        "kind",
+        "name",
+        "priority",
+        "rating_groups",
+        "remaining",
+        "reserved",
+        "unit",
+        "valid_from",
+        "valid_to",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        kind: str,
+        unit: str,
+        rating_groups: list[int] | None,
+        priority: int,
+        initial: int,
+        remaining: int,
+        reserved: int,
+        valid_from: int,
+        valid_to: int,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.kind = kind  # plan | bonus | pool | rollover | adjustment
+        self.unit = unit
+        self.rating_groups = rating_groups
+        self.priority = priority
+        self.initial = initial
+        self.remaining = remaining
+        self.reserved = reserved
+        self.valid_from = valid_from
+        self.valid_to = valid_to
+
+    def available(self) -> int:
+        return self.remaining - self.reserved
+
+    def usable(self, unit: str, rating_group: int, now: int) -> bool:
+        return (
+            self.unit == unit
+            and self.valid_from <= now < self.valid_to
+            and (self.rating_groups is None or rating_group in self.rating_groups)
+        )
+
+    def pack(self) -> list[Any]:
+        return [
+            self.id,
+            self.name,
+            self.kind,
+            self.unit,
+            self.rating_groups,
+            self.priority,
+            self.initial,
+            self.remaining,
+            self.reserved,
+            self.valid_from,
+            self.valid_to,
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "unit": self.unit,
+            "rating_groups": self.rating_groups,
+            "priority": self.priority,
+            "initial": self.initial,
+            "remaining": self.remaining,
+            "reserved": self.reserved,
+            "available": self.available(),
+            "valid_from": self.valid_from,
+            "valid_to": self.valid_to,
+        }
+
+
+class BalanceSet:
+    """Everything that renews with an owner's plan: its buckets, usage counters and period.
+
+    The owner is a line (its own allowances) or an account (shared allowances and IoT pools). Usage counters
+    per rating group feed tiered prices and reset at each period boundary.
+    """
+
+    __slots__ = (
+        "buckets",
+        "next_bucket_id",
+        "period_end",
+        "period_index",
+        "period_start",
+        "plan",
+        "renewal_pending",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        plan: str | None = None,
+        period_start: int = 0,
+        period_end: int = 0,
+        period_index: int = 0,
+        buckets: list[Bucket] | None = None,
+        usage: dict[int, int] | None = None,
+        next_bucket_id: int = 1,
+        renewal_pending: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.period_start = period_start
+        self.period_end = period_end
+        self.period_index = period_index
+        self.buckets = buckets if buckets is not None else []
+        self.usage = usage if usage is not None else {}
+        self.next_bucket_id = next_bucket_id
+        # The period's fee could not be paid: its allowances were not granted.
+        self.renewal_pending = renewal_pending
+
+    def bucket(self, bucket_id: int) -> Bucket | None:
+        for b in self.buckets:
+            if b.id == bucket_id:
+                return b
+        return None
+
+    def new_bucket_id(self) -> int:
+        bid = self.next_bucket_id
+        self.next_bucket_id += 1
+        return bid
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.plan,
+                self.period_start,
+                self.period_end,
+                self.period_index,
+                [b.pack() for b in self.buckets],
+                self.usage,
+                self.next_bucket_id,
+                self.renewal_pending,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> BalanceSet:
+        r = unpack(data)
+        _check(r[0], "balance set")
+        return cls(r[1], r[2], r[3], r[4], [Bucket(*b) for b in r[5]], r[6], r[7], r[8])
+
+
+class Reservation:
+    """Units granted to one rating group of a session, and the balances that hold them.
+
+    `portions` is a list of [source, bucket_id, units] in consumption order (SRC_LINE / SRC_ACCOUNT buckets),
+    `money` the wallet money held for the units beyond the buckets, priced with `tariff` in `zone`.
+    """
+
+    __slots__ = ("granted", "money", "portions", "rating_group", "tariff", "unit", "zone")
+
+    def __init__(
+        self,
+        rating_group: int,
+        unit: str,
+        granted: int,
+        portions: list[list[int]],
+        money: int,
+        tariff: str | None,
+        zone: str,
+    ) -> None:
+        self.rating_group = rating_group
+        self.unit = unit
+        self.granted = granted
+        self.portions = portions
+        self.money = money
+        self.tariff = tariff
+        self.zone = zone
+
+    def pack(self) -> list[Any]:
+        return [self.rating_group, self.unit, self.granted, self.portions, self.money, self.tariff, self.zone]
+
+
+class Session:
+    """An open charging session of one line, with its reservations per rating group.
+
+    `answers` keeps the most recent answers by request number: a retransmitted request is answered from here,
+    with no extra page write (the session is rewritten on every request anyway).
+    """
+
+    __slots__ = (
+        "account",
+        "answers",
+        "closed",
+        "created",
+        "expires",
+        "key",
+        "last_request",
+        "notify",
+        "protocol",
+        "reservations",
+        "serving_network",
+        "subscriber",
+        "updated",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        subscriber: int,
+        account: str,
+        protocol: str,
+        created: int,
+        updated: int,
+        expires: int,
+        last_request: int,
+        closed: bool,
+        reservations: dict[int, Reservation],
+        answers: list[list[Any]],
+        serving_network: str | None,
+        notify: Any = None,
+    ) -> None:
+        self.key = key
+        self.subscriber = subscriber
+        self.account = account
+        self.protocol = protocol
+        self.created = created
+        self.updated = updated
+        self.expires = expires
+        self.last_request = last_request
+        self.closed = closed
+        self.reservations = reservations
+        self.answers = answers
+        self.serving_network = serving_network
+        self.notify = notify  # front-end data needed to reach the client (peer, notify URI)
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.key,
+                self.subscriber,
+                self.account,
+                self.protocol,
+                self.created,
+                self.updated,
+                self.expires,
+                self.last_request,
+                self.closed,
+                [r.pack() for r in self.reservations.values()],
+                self.answers,
+                self.serving_network,
+                self.notify,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Session:
+        r = unpack(data)
+        _check(r[0], "session")
+        reservations = {x[0]: Reservation(*x) for x in r[10]}
+        return cls(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], reservations, r[11], r[12], r[13])
+
+    def answer_for(self, request_number: int) -> Any:
+        for num, answer in self.answers:
+            if num == request_number:
+                return answer
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "subscriber": self.subscriber,
+            "account": self.account,
+            "protocol": self.protocol,
+            "created": self.created,
+            "updated": self.updated,
+            "expires": self.expires,
+            "last_request": self.last_request,
+            "closed": self.closed,
+            "serving_network": self.serving_network,
+            "reservations": [
+                {
+                    "rating_group": r.rating_group,
+                    "unit": r.unit,
+                    "granted": r.granted,
+                    "money": r.money,
+                    "tariff": r.tariff,
+                    "zone": r.zone,
+                }
+                for r in self.reservations.values()
+            ],
+        }

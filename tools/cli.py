@@ -1,0 +1,220 @@
+"""The `chf` command: one console script with subcommands.
+
+Every subcommand prints readable output, or JSON with `--json`; bad input gives a message naming the field and a
+non-zero exit status, with nothing written. Commands that change data open the store directly (LMDB allows
+it while `chf serve` runs) and commit durably before they report success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from typing import Any
+
+from chf import admin
+from chf.catalogue import CatalogueError, load_catalogue
+from chf.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from chf.engine import Engine
+from chf.model import RequestError
+from store.lmdbstore import Store, StoreError
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad input: nothing was written
+EXIT_FAILED = 1  # the operation could not be carried out (not found, conflict)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Env:
+    """What a subcommand needs, opened lazily: configuration, catalogue, store and engine."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = bool(getattr(args, "json", False))
+        self._config: Config | None = None
+        self._store: Store | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.args.config)
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(load_catalogue(self.config.catalogue))
+        return self._engine
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from tools.serve import open_store
+
+            self._store = open_store(self.config)
+        return self._store
+
+    def now(self) -> int:
+        return int(time.time())
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def out(self, value: Any, text: str | Callable[[], str] | None = None) -> None:
+        if self.json or text is None:
+            print(json.dumps(value, indent=2, sort_keys=True, default=str))
+        else:
+            print(text() if callable(text) else text)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# init and serve
+# ----------------------------------------------------------------------------------------------------------------------
+def load_demo(env: Env, path: str) -> dict[str, int]:
+    """Load tenants, accounts and lines from a demo TOML file; entries that already exist are skipped."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    engine = env.engine
+    now = env.now()
+    counts = {"tenants": 0, "accounts": 0, "lines": 0, "skipped": 0}
+
+    def apply(txn: Any) -> None:
+        for t in data.get("tenants", []):
+            if txn.get_tenant(t["id"]) is not None:
+                counts["skipped"] += 1
+                continue
+            admin.create_tenant(txn, t["id"], t.get("name", t["id"]), t.get("currency", "EUR"), now)
+            counts["tenants"] += 1
+        for a in data.get("accounts", []):
+            if txn.get_account(a["id"]) is not None:
+                counts["skipped"] += 1
+                continue
+            admin.create_account(
+                txn,
+                engine,
+                account_id=a["id"],
+                tenant=a["tenant"],
+                payment=a["payment"],
+                now=now,
+                currency=a.get("currency"),
+                balance=a.get("balance", 0),
+                credit_limit=a.get("credit_limit", 0),
+                cycle_day=a.get("cycle_day", 1),
+                parent=a.get("parent"),
+                plan=a.get("plan"),
+                actor="demo",
+            )
+            counts["accounts"] += 1
+        for line in data.get("lines", []):
+            if txn.subscriber_id_by("imsi", line["imsi"]) is not None:
+                counts["skipped"] += 1
+                continue
+            admin.add_line(
+                txn,
+                engine,
+                account=line["account"],
+                imsi=line["imsi"],
+                msisdn=line.get("msisdn"),
+                iccid=line.get("iccid"),
+                eid=line.get("eid"),
+                plan=line.get("plan"),
+                state=line.get("state", "active"),
+                now=now,
+                actor="demo",
+            )
+            counts["lines"] += 1
+
+    env.store.write(apply)
+    return counts
+
+
+def cmd_init(env: Env) -> int:
+    store = env.store  # creates the environment and its sub-databases
+    result: dict[str, Any] = {"store": env.config.store.path, "store_id": store.store_id}
+    if env.args.demo:
+        with store.read() as txn:
+            empty = txn.subscriber_count() == 0 and next(txn.tenants(), None) is None
+        if empty or not env.args.if_empty:
+            result["demo"] = load_demo(env, env.args.demo_file)
+        else:
+            result["demo"] = "store not empty: demo data not loaded"
+    env.out(result, lambda: "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return EXIT_OK
+
+
+def cmd_serve(env: Env) -> int:
+    from tools.serve import serve
+
+    config = env.config
+    env.close()
+    return serve(config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# argument parsing
+# ----------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=None, help=f"configuration file (default {DEFAULT_CONFIG} if present)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser = argparse.ArgumentParser(prog="chf", description="Online charging function", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="create the store; --demo loads the demo tenant and lines")
+    p.add_argument("--demo", action="store_true", help="load demo tenants, accounts and lines")
+    p.add_argument("--demo-file", default="conf/demo.toml")
+    p.add_argument("--if-empty", action="store_true", help="with --demo: only into an empty store")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the charging function in the foreground")
+    p.set_defaults(func=cmd_serve)
+
+    for register in SUBCOMMANDS:
+        register(sub, common)
+    return parser
+
+
+# Further subcommand groups (subscriber, account, catalogue, events, ...) register here.
+SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = Env(args)
+    try:
+        return int(args.func(env))
+    except CliError as exc:
+        print(f"chf: {exc}", file=sys.stderr)
+        return exc.status
+    except RequestError as exc:
+        print(f"chf: {exc.field}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED if isinstance(exc, admin.NotFound | admin.Conflict) else EXIT_USAGE
+    except (ConfigError, CatalogueError) as exc:
+        print("chf: " + "\nchf: ".join(exc.errors), file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"chf: store: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"chf: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
