@@ -43,6 +43,10 @@ class Component(Protocol):
 ComponentFactory = Callable[[Config, ChargingService], list[Component]]
 COMPONENT_FACTORIES: list[ComponentFactory] = []
 
+from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
+
+COMPONENT_FACTORIES.append(gy_components)
+
 
 class KeyValueFormatter(logging.Formatter):
     """One line per event: time, level, logger, then the message's own key=value pairs."""
