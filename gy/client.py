@@ -119,6 +119,8 @@ class DiameterClient(asyncio.Protocol):
         self._e2e = itertools.count(0x10000)
         self.server_requests: asyncio.Queue[Message] = asyncio.Queue()
         self.answer_server_requests = answer_server_requests
+        self.answer_watchdog = True
+        self.received: dict[int, int] = {}  # server-initiated requests by command code
         self.closed = asyncio.get_event_loop().create_future()
 
     @classmethod
@@ -159,6 +161,9 @@ class DiameterClient(asyncio.Protocol):
                     fut.set_result(msg)
 
     def _server_request(self, msg: Message) -> None:
+        self.received[msg.code] = self.received.get(msg.code, 0) + 1
+        if msg.code == CMD_DW and not self.answer_watchdog:
+            return
         ident = [
             E("Origin-Host").octets(self.origin_host.encode()),
             E("Origin-Realm").octets(self.origin_realm.encode()),

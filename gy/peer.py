@@ -194,19 +194,19 @@ class PeerConnection:
         self.suspect = False
         while len(buf) >= 4:
             length = message_length(buf)
-            if buf[0] != 1:
-                # RFC 6733 7.1.5: answer 5011 if we can frame the message at all, then give up on the stream.
-                if HEADER_LEN <= length <= len(buf):
-                    msg = decode_header(bytes(buf[:length]))
-                    if msg.is_request:
-                        self.send(self.answer(msg, self._result(UNSUPPORTED_VERSION), error=True))
-                return events + self._close("unsupported protocol version")
             if length < HEADER_LEN or length > MAX_MESSAGE or length & 3:
+                # The stream cannot be framed any more: nothing after this point can be trusted.
                 return events + self._close(f"invalid message length {length}")
             if len(buf) < length:
                 break
             raw = bytes(buf[:length])
             del buf[:length]
+            if raw[0] != 1:
+                # RFC 6733 7.1.5 DIAMETER_UNSUPPORTED_VERSION; the length field still frames the stream.
+                msg = decode_header(raw)
+                if msg.is_request:
+                    self.send(self.answer(msg, self._result(UNSUPPORTED_VERSION)))
+                continue
             events.extend(self._message(decode_header(raw), now))
             if self.state == CLOSED:
                 break

@@ -198,10 +198,10 @@ async def running_server(tmp: Path, *, gy: str = "", port: int | None = None) ->
     try:
         yield running
     finally:
-        for c in running.clients:
-            c.close()
         os.kill(os.getpid(), signal.SIGTERM)  # run() handles SIGTERM: the same shutdown path as `chf serve`
         await asyncio.wait_for(task, 30)
+        for c in running.clients:
+            c.close()
 
 
 def provision(

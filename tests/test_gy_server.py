@@ -190,3 +190,36 @@ async def test_concurrent_updates_of_one_session(tmp_path: Path) -> None:
         for n, a in zip((1, 2, 3), answers, strict=True):
             assert rc(a) == 2001 and msccs(a)[9 + n]["rc"] == 2001
         assert balance_of(srv, "a1") == 10_000_000 - 3 * 10_000
+
+
+async def test_reauth_after_topup_and_abort_after_suspension(tmp_path: Path) -> None:
+    from chf import admin
+
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(balance=15_000))
+        client = await srv.client()
+        cca = await client.ccr(ccr("r;1", 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})]))
+        assert rc(cca) == 2001 and msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr("r;1", 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+        assert msccs(cca)[10]["rc"] == 4012 and msccs(cca)[10]["fua"] == 0  # 5,000 left: not a whole MB
+        await srv.service.operate(
+            lambda txn, engine, now: admin.topup(txn, engine, "a1", 5_000_000, now=now, actor="t", reason="shop")
+        )
+        rar = await asyncio.wait_for(client.server_requests.get(), 5)
+        assert rar.code == 258 and rar.is_request
+        assert find(rar.avps, 285).i32() == 0 and find(rar.avps, 258).u32() == 4
+        assert find(rar.avps, 293).data == b"pgw.test" and find(rar.avps, 283).data == b"test"
+        # the client asks again and now gets quota
+        session = find(rar.avps, 263).text()
+        assert session == "r;1"
+        cca = await client.ccr(ccr(session, 2, 2, mscc=[Mscc(10, {})]))
+        assert rc(cca) == 2001 and msccs(cca)[10]["bytes"] == 1_000_000
+        await srv.service.operate(
+            lambda txn, engine, now: admin.set_state(
+                txn, engine, "208010000000001", "suspended", now=now, actor="t", reason="fraud"
+            )
+        )
+        asr = await asyncio.wait_for(client.server_requests.get(), 5)
+        assert asr.code == 274 and find(asr.avps, 263).text() == session
+        await asyncio.sleep(0.1)
+        assert srv.gy.pending_signals == {}  # both answers were matched
