@@ -45,6 +45,14 @@ CATALOGUE = textwrap.dedent(
     [grants.rating_groups."20"]
     quota_holding_time = 30
 
+    # Rating groups of the Magma captures: the OCS there granted 2,000 octets at a time.
+    [grants.rating_groups."1"]
+    bytes = 2_000
+    [grants.rating_groups."2"]
+    bytes = 2_000
+    [grants.rating_groups."3"]
+    bytes = 2_000
+
     [zones]
     home = ["20801", "00101", "34001"]
     eu = ["26201"]
@@ -116,6 +124,27 @@ CATALOGUE = textwrap.dedent(
     overage = "charge"
       [plans.data-only.rating]
       "10" = "data"
+
+    # Sized against the usage in the Magma FUI captures (see test_gy_captures.py).
+    [plans.capture-fui-1rg]
+    payment = "prepaid"
+    overage = "deny"
+      [plans.capture-fui-1rg.rating]
+      default = "data"
+      [[plans.capture-fui-1rg.allowances]]
+      name = "data"
+      unit = "bytes"
+      amount = 7_000
+
+    [plans.capture-fui-2rg]
+    payment = "prepaid"
+    overage = "deny"
+      [plans.capture-fui-2rg.rating]
+      default = "data"
+      [[plans.capture-fui-2rg.allowances]]
+      name = "data"
+      unit = "bytes"
+      amount = 7_000
 
     [plans.wallet]
     payment = "prepaid"
