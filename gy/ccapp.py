@@ -124,6 +124,7 @@ REQUIRED = (SESSION_ID, ORIGIN_HOST, ORIGIN_REALM, DESTINATION_REALM, AUTH_APPLI
 AT_MOST_ONCE = frozenset(
     (*REQUIRED, 293, USER_NAME, 55, REQUESTED_ACTION, RSU, 295, 278, SERVICE_IDENTIFIER, SERVICE_INFORMATION_3GPP)
 )
+_KNOWN_BASE = frozenset(code for code in range(1, 2**16) if lookup(code, 0) is not None)
 # AVPs that belong to answers and make no sense in a CCR (RFC 6733 7.1.5 DIAMETER_AVP_NOT_ALLOWED).
 NOT_ALLOWED_IN_CCR = frozenset((268, 297, 431, 430, 423, 422, 294, 448))
 
@@ -264,16 +265,28 @@ def parse_mscc(mscc: Avp, ccr: ParsedCCR) -> UnitRequest:
 def parse_ccr(msg: Message) -> ParsedCCR:
     """A CCR's AVPs -> ParsedCCR, or DecodeError with the Result-Code and Failed-AVP."""
     avps = msg.avps
-    _check_flags(avps)
+    # One pass over the top level: flag bits, unknown mandatory AVPs, AVPs a CCR must not carry, repeats.
+    seen: set[int] = set()
     for a in avps:
-        if a.vendor == 0 and a.code in NOT_ALLOWED_IN_CCR:
+        flags = a.flags
+        if flags & AVP_RESERVED_BITS:
+            raise DecodeError(3009, f"{a!r}: reserved flag bits set", a.raw())
+        if a.vendor:
+            if flags & 0x40 and lookup(a.code, a.vendor) is None:
+                raise DecodeError(5001, f"AVP {a.code} (vendor {a.vendor}) with the M bit is not supported", a.raw())
+            continue
+        code = a.code
+        if code in AT_MOST_ONCE:
+            if code in seen:
+                raise DecodeError(5009, f"{a!r} occurs more than once", a.raw())
+            seen.add(code)
+        elif code in NOT_ALLOWED_IN_CCR:
             raise DecodeError(5008, f"{a!r} is not allowed in a CCR", a.raw())
+        elif flags & 0x40 and code not in _KNOWN_BASE:
+            raise DecodeError(5001, f"AVP {code} with the M bit is not supported", a.raw())
     for code in REQUIRED:
-        if find(avps, code) is None:
+        if code not in seen:
             raise DecodeError(5005, f"missing AVP {lookup(code).name}", example_avp(code))  # type: ignore[union-attr]
-    for a in avps:
-        if a.vendor == 0 and a.code in AT_MOST_ONCE:
-            _once(avps, a.code)
     session_avp = find(avps, SESSION_ID)
     assert session_avp is not None
     session_id = session_avp.text()

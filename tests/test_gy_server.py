@@ -101,16 +101,16 @@ async def test_final_unit_indication(tmp_path: Path, plan: str, action: int) -> 
     async with running_server(tmp_path) as srv:
         await srv.op(provision(plan=plan, balance=0))
         client = await srv.client()
-        cca = await client.ccr(ccr("f;1", 1, 0, imsi="208010000000001", mscc=[Mscc(1, {})]))
-        assert msccs(cca)[1]["bytes"] == 1_000_000 and "fua" not in msccs(cca)[1]
-        cca = await client.ccr(ccr("f;1", 2, 1, mscc=[Mscc(1, {}, used=[{"bytes": 1_000_000}])]))
-        m = msccs(cca)[1]
+        cca = await client.ccr(ccr("f;1", 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})]))
+        assert msccs(cca)[10]["bytes"] == 1_000_000 and "fua" not in msccs(cca)[10]
+        cca = await client.ccr(ccr("f;1", 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+        m = msccs(cca)[10]
         left = 2_500_000 if plan == "capped" else 1_500_000
         assert m["bytes"] == min(1_000_000, left - 1_000_000)
         if plan == "capped":
             assert "fua" not in m
-            cca = await client.ccr(ccr("f;1", 2, 2, mscc=[Mscc(1, {}, used=[{"bytes": 1_000_000}])]))
-            m = msccs(cca)[1]
+            cca = await client.ccr(ccr("f;1", 2, 2, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+            m = msccs(cca)[10]
             assert m["bytes"] == 500_000
         assert m["fua"] == action
         fui = {a.code: a for a in m["fui"]}  # type: ignore[attr-defined]
