@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine clean
+.PHONY: run test lint format bench-engine bench-gy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ format: $(TEST_STAMP)
 # Engine throughput with 1,000,000 preloaded lines (see loadtest/bench_engine.py --help).
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
+
+# Gy over real TCP, generator included: fsync on, then off (see loadtest/gy.py --help for the knobs).
+bench-gy: $(STAMP)
+	$(BIN)/python -m loadtest.gy --durability fsync --sessions 1000 --duration 20
+	$(BIN)/python -m loadtest.gy --durability os --sessions 1000 --duration 20
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
