@@ -108,9 +108,8 @@ async def session_loop(
     while time.monotonic() < stop_at:
         sid = f"{host};{n};{next(session_counter)}"
         imsi = str(IMSI_BASE + n)
-        number = 0
         kinds = ["I"] + ["U"] * updates + ["T"]
-        for kind in kinds:
+        for number, kind in enumerate(kinds):
             if kind == "U" and pace is not None:
                 await pace.acquire()
             if kind == "I":
@@ -130,7 +129,6 @@ async def session_loop(
                 return
             stats.latencies[kind].append(time.perf_counter() - started)
             stats.codes[find(answer.avps, 268).u32()] += 1  # type: ignore[union-attr]
-            number += 1
             if time.monotonic() >= stop_at and kind != "T":
                 break
 
