@@ -394,6 +394,15 @@ class Engine:
                 return ChargingAnswer.unpack(stored, duplicate=True)
             if session.closed:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="session already terminated")
+            applied = session.was_applied(req.number)
+            if applied is None or applied:
+                # Applied before but its answer is no longer kept, or older than anything we can vouch for:
+                # applying it again could charge twice, so it is refused and changes nothing.
+                raise RequestError(
+                    "request number",
+                    f"{req.number} was already applied or is too old for session {req.session} "
+                    f"(last request {session.last_request})",
+                )
         if req.kind == INITIAL:
             sub = self.resolve_line(txn, req.identities)
             if sub is None:
@@ -468,7 +477,7 @@ class Engine:
     ) -> None:
         now = ctx.now
         session.updated = now
-        session.last_request = max(session.last_request, req.number)
+        session.mark_applied(req.number)
         if closed or (not session.reservations and req.kind == INITIAL and answer.result != SUCCESS):
             session.closed = True
             session.reservations = {}
