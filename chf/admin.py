@@ -144,6 +144,7 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
+        account = ctx.account  # the context's copy is the one written back
         if balance:
             account.balance = balance
             ctx.account_dirty = True
