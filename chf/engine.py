@@ -70,7 +70,7 @@ FOREVER = 2**62
 @dataclass(slots=True)
 class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
-    answers_kept: int = 4  # recent answers kept in a session for retransmissions
+    answers_kept: int = 2  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
 
 
@@ -492,7 +492,7 @@ class Engine:
             del answers[: len(answers) - self.config.answers_kept]
         ctx.line_bs_dirty = True  # the session lives beside the line's balances: one page either way
         ctx.flush()
-        ctx.txn.put_session(session)
+        ctx.txn.put_session(session, indexed=req.kind != INITIAL)
 
     # -- commit -----------------------------------------------------------------------------------------------------
     def _commit_usage(

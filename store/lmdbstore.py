@@ -228,12 +228,14 @@ class Txn:
         raw = self._txn.get(owner + b"\x01" + key.encode(), db=self._db[b"balances"])
         return Session.decode(raw) if raw is not None else None
 
-    def put_session(self, session: Session) -> None:
+    def put_session(self, session: Session, indexed: bool = False) -> None:
+        """Write a session; `indexed` says it was read from this store and its index entry is in place."""
         owner = line_key(session.subscriber)
         k = session.key.encode()
-        sessions = self._db[b"sessions"]
-        if self._txn.get(k, db=sessions) != owner:
-            self._txn.put(k, owner, db=sessions)
+        if not indexed:
+            sessions = self._db[b"sessions"]
+            if self._txn.get(k, db=sessions) != owner:
+                self._txn.put(k, owner, db=sessions)
         self._txn.put(owner + b"\x01" + k, session.encode(), db=self._db[b"balances"])
 
     def delete_session(self, session: Session) -> None:

@@ -550,7 +550,9 @@ class Session:
 
     def mark_applied(self, number: int) -> None:
         if number > self.last_request:
-            self.seen = (self.seen << (number - self.last_request) | 1) & ((1 << self.SEEN_WINDOW) - 1)
+            gap = number - self.last_request
+            # A jump past the window forgets everything older (never shift by an unbounded, client-chosen gap).
+            self.seen = ((self.seen << gap) | 1) & ((1 << self.SEEN_WINDOW) - 1) if gap < self.SEEN_WINDOW else 1
             self.last_request = number
         else:
             self.seen |= 1 << (self.last_request - number)
