@@ -270,6 +270,7 @@ def adjust(
         event["impacts"].append(
             {
                 "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
+                "name": bucket.name,
                 "unit": bucket.unit,
                 "delta": amount,
                 "after": bucket.remaining,
@@ -314,7 +315,13 @@ def grant_bucket(
     ctx.line_bs_dirty = True
     event = ctx.base_event("bucket_grant", actor, reason)
     event["impacts"].append(
-        {"balance": f"{line_owner(sub.id)}:bucket:{bucket.id}", "unit": unit, "delta": amount, "after": amount}
+        {
+            "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
+            "name": name,
+            "unit": unit,
+            "delta": amount,
+            "after": amount,
+        }
     )
     ctx.events.append(event)
     ctx.flush()
@@ -401,6 +408,7 @@ def _line_activated(engine: Engine, ctx: Context) -> None:
             event["impacts"].append(
                 {
                     "balance": f"{account_owner(ctx.account.id)}:bucket:{bucket.id}",
+                    "name": bucket.name,
                     "unit": bucket.unit,
                     "delta": plan.pool_per_line,
                     "after": bucket.remaining,

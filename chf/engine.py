@@ -151,7 +151,13 @@ class Context:
 
 
 def _bucket_impact(owner: str, bucket: Bucket, delta: int) -> dict[str, Any]:
-    return {"balance": f"{owner}:bucket:{bucket.id}", "unit": bucket.unit, "delta": delta, "after": bucket.remaining}
+    return {
+        "balance": f"{owner}:bucket:{bucket.id}",
+        "name": bucket.name,
+        "unit": bucket.unit,
+        "delta": delta,
+        "after": bucket.remaining,
+    }
 
 
 class Engine:
