@@ -328,6 +328,12 @@ class Txn:
         raw = self._txn.get(name.encode(), db=self._db[b"cursors"])
         return int.from_bytes(raw, "big") if raw else 0
 
+    def cursors(self) -> Iterator[tuple[str, int]]:
+        """Every exporter cursor: (name, sequence of the last event it has delivered)."""
+        with self._txn.cursor(db=self._db[b"cursors"]) as cur:
+            for key, raw in cur:
+                yield key.decode(), int.from_bytes(raw, "big")
+
     def put_cursor(self, name: str, seq: int) -> None:
         self._txn.put(name.encode(), _u64(seq), db=self._db[b"cursors"])
 
