@@ -92,7 +92,9 @@ def test_by_tenant(charged: tuple[Path, int]) -> None:
     assert t1["revenue"] == {"EUR": 350_000 + 4_990_000 - 80_000}
     assert t1["active_lines"] == {"EUR": 2}
     assert t1["arpu"] == {"EUR": 2_630_000}
-    allowances = {a["name"]: (a["unit"], a["granted"], a["consumed"], a["utilisation_percent"]) for a in t1["allowances"]}
+    allowances = {
+        a["name"]: (a["unit"], a["granted"], a["consumed"], a["utilisation_percent"]) for a in t1["allowances"]
+    }
     assert allowances == {
         "welcome-data": ("bytes", 1_000_000_000, 1_000_000_000, "100.00"),
         "data": ("bytes", 5_000_000_000, 500_000_000, "10.00"),
@@ -160,6 +162,9 @@ def test_cli(charged: tuple[Path, int], tmp_path: Path, capsys: pytest.CaptureFi
     assert cli.main(["report", "usage", "--config", config, "--from", FROM, "--to", TO, "--by", "plan"]) == 0
     out = capsys.readouterr().out
     assert "welcome-data" in out and "100.00" in out and "file" in out
+    assert cli.main(["report", "revenue", "--config", config, "--from", FROM, "--to", TO, "--by", "plan"]) == 0
+    out = capsys.readouterr().out
+    assert "(no plan)" in out and "5.00" in out  # the goodwill adjustment, shown apart from revenue
     assert cli.main(["report", "usage", "--json", "--config", config, "--from", FROM, "--to", TO]) == 0
     assert json.loads(capsys.readouterr().out)["report"] == "usage"
     assert cli.main(["report", "usage", "--config", config, "--from", TO, "--to", FROM]) == 2

@@ -281,12 +281,16 @@ def _backlog_dict(backlogs: list[Backlog], last_seq: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Text output
 # ----------------------------------------------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """Columns padded to their widest cell: the first `text_columns` aligned left, numbers right."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    out = ["  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for row in rows:
-        out.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    return out
+
+    def render(cells: list[str]) -> str:
+        return "  " + "  ".join(
+            c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [render(header)] + [render(row) for row in rows]
 
 
 def _money_cell(totals: dict[str, Any]) -> str:
@@ -317,17 +321,18 @@ def usage_text(report: dict[str, Any]) -> str:
     ]
     lines += ["", "allowance utilisation (granted in the period, consumed from those buckets)"]
     if allowance_rows:
-        lines += _table([report["by"], "allowance", "unit", "granted", "consumed", "used %"], allowance_rows)
+        header = [report["by"], "allowance", "unit", "granted", "consumed", "used %"]
+        lines += _table(header, allowance_rows, text_columns=3)
     else:
         lines.append("  no allowance was granted in the period")
-    return "\n".join(lines + [""] + backlog_text(report["unexported"]))
+    return "\n".join([*lines, "", *backlog_text(report["unexported"])])
 
 
 def revenue_text(report: dict[str, Any]) -> str:
     lines = [f"revenue {report['from']} .. {report['to']} (UTC days) by {report['by']}", ""]
     rows = []
     for g in report["groups"]:
-        for currency in g["revenue"]:
+        for currency in sorted(g["revenue"].keys() | g["adjustments"].keys()):
             rows.append(
                 [
                     g["group"],
@@ -335,15 +340,15 @@ def revenue_text(report: dict[str, Any]) -> str:
                     money(g["charges"].get(currency, 0)),
                     money(g["fees"].get(currency, 0)),
                     money(g["refunds"].get(currency, 0)),
-                    money(g["revenue"][currency]),
-                    str(g["active_lines"][currency]),
-                    money(g["arpu"][currency]) if g["arpu"][currency] is not None else "-",
+                    money(g["revenue"].get(currency, 0)),
+                    str(g["active_lines"].get(currency, 0)),
+                    money(g["arpu"][currency]) if g["arpu"].get(currency) is not None else "-",
                     money(g["adjustments"].get(currency, 0)),
                 ]
             )
     header = [report["by"], "cur", "usage", "fees", "refunds", "revenue", "lines", "ARPU", "adjustments"]
-    lines += _table(header, rows) if rows else ["  no revenue in the period"]
-    return "\n".join(lines + [""] + backlog_text(report["unexported"]))
+    lines += _table(header, rows, text_columns=2) if rows else ["  no revenue in the period"]
+    return "\n".join([*lines, "", *backlog_text(report["unexported"])])
 
 
 def backlog_text(unexported: dict[str, Any]) -> list[str]:
