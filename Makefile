@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine clean
+.PHONY: run test lint format bench-engine bench-reconcile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ format: $(TEST_STAMP)
 # Engine throughput with 1,000,000 preloaded lines (see loadtest/bench_engine.py --help).
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
+
+# Wholesale reconciliation of a month of records for 100,000 lines (see loadtest/bench_reconcile.py --help).
+bench-reconcile: $(STAMP)
+	$(BIN)/python -m loadtest.bench_reconcile
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

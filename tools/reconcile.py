@@ -3,7 +3,7 @@
 An MVNO pays its host MNO for the usage of its lines. This command compares the MNO's usage records with the
 usage we rated (the `usage` events of the store's event spool) and lists every discrepancy:
 
-* ``leakage``: the MNO billed usage of one of our lines that we never rated (revenue we lose);
+* ``leakage``: the MNO billed usage of one of our lines that we never rated (we pay for it and bill nobody);
 * ``unknown_line``: the MNO billed usage of an IMSI that is not a line of ours at all;
 * ``unreported``: we rated usage the MNO never reported;
 * ``difference``: both sides saw usage, but they differ by more than the tolerance;
@@ -170,9 +170,12 @@ def parse_timestamp(text: str) -> int:
 def parse_day(text: str, option: str) -> int:
     """A UTC day (YYYY-MM-DD) as days since the epoch."""
     try:
-        return (date.fromisoformat(text.strip()) - date(1970, 1, 1)).days
+        day = (date.fromisoformat(text.strip()) - date(1970, 1, 1)).days
     except ValueError as exc:
         raise ReconcileError(f"{option}: not a date (YYYY-MM-DD): {text!r}") from exc
+    if day < 0:
+        raise ReconcileError(f"{option}: {text} is before 1970-01-01")
+    return day
 
 
 def day_text(day: int) -> str:
@@ -325,7 +328,51 @@ def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iter
 # ----------------------------------------------------------------------------------------------------------------------
 # Reconciliation
 # ----------------------------------------------------------------------------------------------------------------------
-Key = tuple[str, int, int]  # imsi, UTC day, rating group
+class Table:
+    """Both sides' aggregates in one dict, keyed by one int per (line, day, service).
+
+    A key packs the IMSI's index (in order of first sight), the UTC day and the rating group + 1 (our side
+    rates requests without a rating group as -1) into one int, which costs a fraction of a tuple; the value
+    holds [our bytes, seconds, events, MNO bytes, seconds, events, MNO rows, first MNO line]. One table for
+    both sides keeps the data in memory once.
+    """
+
+    DAY_SHIFT = 34
+    IMSI_SHIFT = 50
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[int]] = {}
+        self.imsi_index: dict[str, int] = {}
+        self.imsis: list[str] = []
+
+    def key(self, imsi: str, day: int, rating_group: int) -> int:
+        index = self.imsi_index.get(imsi)
+        if index is None:
+            index = self.imsi_index[imsi] = len(self.imsis)
+            self.imsis.append(imsi)
+        return (index << self.IMSI_SHIFT) | (day << self.DAY_SHIFT) | (rating_group + 1)
+
+    def entry(self, key: int) -> list[int]:
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = [0, 0, 0, 0, 0, 0, 0, 0]
+        return row
+
+    def sorted_keys(self) -> list[int]:
+        """Keys in (IMSI, day, rating group) order."""
+        rank = [0] * len(self.imsis)
+        for position, index in enumerate(sorted(range(len(self.imsis)), key=self.imsis.__getitem__)):
+            rank[index] = position
+        low = (1 << self.IMSI_SHIFT) - 1
+        shift = self.IMSI_SHIFT
+        return sorted(self.rows, key=lambda k: (rank[k >> shift] << shift) | (k & low))
+
+    def split(self, key: int) -> tuple[str, int, int]:
+        return (
+            self.imsis[key >> self.IMSI_SHIFT],
+            (key >> self.DAY_SHIFT) & ((1 << (self.IMSI_SHIFT - self.DAY_SHIFT)) - 1),
+            (key & ((1 << self.DAY_SHIFT) - 1)) - 1,
+        )
 
 
 @dataclass(slots=True)
@@ -350,15 +397,12 @@ def catalogue_units(catalogue: Catalogue | None) -> tuple[dict[int, set[str]], s
     return by_rg, default
 
 
-def aggregate_ours(
-    store: Store, options: Options, summary: Summary
-) -> tuple[dict[Key, list[int]], dict[int, set[str]]]:
-    """Our rated usage per (imsi, day, rating group), in the unit each event was rated in."""
+def aggregate_ours(store: Store, options: Options, summary: Summary, table: Table) -> dict[int, set[str]]:
+    """Add our rated usage per (imsi, day, rating group) to `table`, in the unit each event was rated in;
+    returns the unit types seen per rating group."""
     first = options.day_from * DAY
     stop = (options.day_to + 1) * DAY
-    ours: dict[Key, list[int]] = {}
     units: dict[int, set[str]] = {}
-    imsis: dict[str, str] = {}  # one string object per IMSI: keys share it
     with store.read() as txn:
         for event in txn.events():
             if event.get("kind") != "usage":
@@ -373,16 +417,11 @@ def aggregate_ours(
             index = MEASURE_INDEX.get(unit)
             if index is None:
                 continue  # money-rated services have no counterpart in a wholesale file
-            imsi = imsis.setdefault(imsi, imsi)
-            key = (imsi, when // DAY, rg)
-            totals = ours.get(key)
-            if totals is None:
-                totals = ours[key] = [0, 0, 0]
             used = int(event.get("used", 0))
-            totals[index] += used
+            table.entry(table.key(imsi, when // DAY, rg))[index] += used
             summary.our_totals[unit] += used
             summary.our_events += 1
-    return ours, units
+    return units
 
 
 def _within(diff: int, mno: int, unit: str, options: Options) -> bool:
@@ -402,24 +441,24 @@ def reconcile(
     malformed_sample_size: int = 20,
 ) -> Result:
     summary = Summary()
-    ours, our_units = aggregate_ours(store, options, summary)
+    table = Table()
+    our_units = aggregate_ours(store, options, summary, table)
     cat_units, default_units = catalogue_units(catalogue)
 
+    compared_cache: dict[int, tuple[str, ...]] = {}
+
     def compared(rg: int) -> tuple[str, ...]:
-        units = our_units.get(rg) or cat_units.get(rg) or default_units
-        chosen = tuple(m for m in MEASURES if m in units)
-        return chosen or MEASURES
+        chosen = compared_cache.get(rg)
+        if chosen is None:
+            units = our_units.get(rg) or cat_units.get(rg) or default_units
+            chosen = compared_cache[rg] = tuple(m for m in MEASURES if m in units) or MEASURES
+        return chosen
 
     os.makedirs(out_dir, exist_ok=True)
     disc_path = os.path.join(out_dir, "discrepancies.csv")
     bad_path = os.path.join(out_dir, "malformed.csv")
     sample: list[Malformed] = []
-    # per key: bytes, seconds, events, rows, first line
-    theirs: dict[Key, list[int]] = {}
-    seen: dict[bytes, int] = {}
-    imsis: dict[str, str] = {}
-    for key in ours:
-        imsis.setdefault(key[0], key[0])
+    seen: dict[bytes, int] = {}  # record fingerprint -> line where it was first seen
     try:
         source = open(wholesale, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed below, errors mapped)
     except OSError as exc:
@@ -476,48 +515,43 @@ def reconcile(
                         )
                     continue
                 seen[fingerprint] = item.line
-                imsi = imsis.setdefault(item.imsi, item.imsi)
-                key = (imsi, day, item.rating_group)
-                totals = theirs.get(key)
-                if totals is None:
-                    totals = theirs[key] = [0, 0, 0, 0, item.line]
-                totals[0] += amounts[0]
-                totals[1] += amounts[1]
-                totals[2] += amounts[2]
-                totals[3] += 1
+                totals = table.entry(table.key(item.imsi, day, item.rating_group))
+                totals[3] += amounts[0]
+                totals[4] += amounts[1]
+                totals[5] += amounts[2]
+                totals[6] += 1
+                if not totals[7]:
+                    totals[7] = item.line
                 for i, m in enumerate(MEASURES):
                     summary.mno_totals[m] += amounts[i]
         except UnicodeDecodeError as exc:
             raise ReconcileError(f"{wholesale}: not UTF-8 text: {exc.reason}") from exc
         seen.clear()
-        _compare(store, ours, theirs, compared, options, summary, disc)
+        _compare(store, table, compared, options, summary, disc)
     return Result(summary, disc_path, bad_path, sample)
 
 
 def _compare(
     store: Store,
-    ours: dict[Key, list[int]],
-    theirs: dict[Key, list[int]],
+    table: Table,
     compared: Any,
     options: Options,
     summary: Summary,
     disc: Any,
 ) -> None:
     known: dict[str, bool] = {}
-    empty_ours = [0, 0, 0]
-    empty_theirs = [0, 0, 0, 0, 0]
-    keys = sorted(ours.keys() | theirs.keys())
+    keys = table.sorted_keys()
     summary.keys = len(keys)
+    rows = table.rows
     with store.read() as txn:
         for key in keys:
-            imsi, day, rg = key
-            mine = ours.get(key, empty_ours)
-            other = theirs.get(key, empty_theirs)
+            imsi, day, rg = table.split(key)
+            entry = rows[key]
             for unit in compared(rg):
                 i = MEASURE_INDEX[unit]
-                o, t = mine[i], other[i]
+                o, t = entry[i], entry[3 + i]
                 if o == t:
-                    if o or other[3]:
+                    if o or entry[6]:
                         summary.matched += 1
                     continue
                 diff = t - o
@@ -549,8 +583,8 @@ def _compare(
                         t,
                         o,
                         diff,
-                        other[3],
-                        other[4] or "",
+                        entry[6],
+                        entry[7] or "",
                         detail,
                     )
                 )
