@@ -144,6 +144,8 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
+        # The context read its own copy of the account: credit that one, or flush() writes back a zero wallet.
+        account = ctx.account
         if balance:
             account.balance = balance
             ctx.account_dirty = True
