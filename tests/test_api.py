@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chf.api import ApiConfig, ApiServer, parse_api_config
 from chf.catalogue import load_catalogue
 from chf.config import ConfigError
-from chf.model import INITIAL, ChargingRequest, Signal, UnitRequest
+from chf.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
 from chf.openapi import OPENAPI
 from chf.service import ChargingService
 from store.lmdbstore import Store
@@ -315,8 +315,20 @@ async def test_catalogue_reload_rejects_an_invalid_file(api: Api, tmp_path: Path
 
 
 async def test_metrics_health_and_readiness(api: Api) -> None:
+    from chf import metrics
+
     await provision(api)
+    granted_before = metrics.UNITS_GRANTED.labels("bytes")._value.get()
+    consumed_before = metrics.UNITS_CONSUMED.labels("bytes")._value.get()
     await open_session(api)
+    update = ChargingRequest(
+        UPDATE,
+        "gy:sess-1",
+        1,
+        [("imsi", "001010000000001")],
+        [UnitRequest(rating_group=10, requested={}, used=[UsageReport({"bytes_in": 1000, "bytes_out": 234})])],
+    )
+    assert (await api.service.charge(update)).result == "success"
     status, body, resp = await api.call("GET", "/healthz", auth=False)
     assert status == 200 and body == {"status": "ok"}
     status, body, resp = await api.call("GET", "/readyz", auth=False)
@@ -326,6 +338,8 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("chf_open_sessions", ())] == 1
+    assert samples[("chf_consumed_units_total", (("unit", "bytes"),))] - consumed_before == 1234
+    assert samples[("chf_granted_units_total", (("unit", "bytes"),))] > granted_before
     assert ("chf_store_write_queue_operations", ()) in samples
     assert samples[("chf_store_commit_duration_seconds_count", ())] >= 4
     assert samples[("chf_store_batch_size_operations_count", ())] >= 4
