@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,12 +54,14 @@ class Spool:
             )
         )
 
-    def produce(self, count: int, batch: int = 25) -> None:
+    def produce(self, count: int, batch: int = 25, pace: float = 0.0) -> None:
         now = int(time.time())
         op = lambda txn: admin.topup(txn, self.engine, "acct", 1_000, now=now, actor="test", reason="load")  # noqa: E731
         for start in range(0, count, batch):
             for result in self.store.run_batch([op] * min(batch, count - start)):
                 assert not isinstance(result, BaseException), result
+            if pace:
+                time.sleep(pace)  # a steady stream rather than one burst
 
     def last(self) -> int:
         with self.store.read() as txn:
@@ -71,6 +74,21 @@ class Spool:
     def ids(self) -> list[str]:
         with self.store.read() as txn:
             return [e["id"] for e in txn.events()]
+
+
+class Producer:
+    """Commits events from a thread while the test kills things, so every kill lands mid-stream."""
+
+    def __init__(self, spool: Spool, count: int) -> None:
+        self.thread = threading.Thread(target=spool.produce, args=(count, 25, 0.01), daemon=True)
+        self.thread.start()
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self) -> None:
+        self.thread.join(60)
+        assert not self.thread.is_alive()
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -189,12 +207,12 @@ def test_file_sink_survives_a_killed_exporter_and_restarts(tmp_path: Path) -> No
     out = tmp_path / "export"
     worker = start_worker(str(tmp_path / "chf.lmdb"), "files", str(out), "20000")
     try:
-        spool.produce(600)
+        producer = Producer(spool, 1500)
         wait_for(lambda: spool.cursor("files") >= 300, 30, "the exporter to pass 300 events")
-        spool.produce(200)  # committed while the exporter dies
         kill(worker)
         cursor_at_kill = spool.cursor("files")
-        spool.produce(400)
+        assert producer.running() and cursor_at_kill < spool.last(), "killed mid-stream"
+        producer.join()
         worker = start_worker(str(tmp_path / "chf.lmdb"), "files", str(out), "20000")
         wait_for(lambda: spool.cursor("files") == spool.last(), 30, "the exporter to catch up")
         assert spool.cursor("files") > cursor_at_kill
@@ -354,10 +372,11 @@ def test_nats_sink_survives_a_killed_exporter(tmp_path: Path, nats_server: NatsS
     spool = Spool(tmp_path / "chf.lmdb")
     worker = start_worker(str(tmp_path / "chf.lmdb"), "nats", nats_server.url)
     try:
-        spool.produce(600)
+        producer = Producer(spool, 2000)
         wait_for(lambda: spool.cursor("nats") >= 200, 30, "the exporter to pass 200 events")
         kill(worker)
-        spool.produce(300)
+        assert producer.running() and spool.cursor("nats") < spool.last(), "killed mid-stream"
+        producer.join()
         worker = start_worker(str(tmp_path / "chf.lmdb"), "nats", nats_server.url)
         wait_for(lambda: spool.cursor("nats") == spool.last(), 60, "the exporter to catch up")
         terminate(worker)
@@ -373,11 +392,12 @@ def test_nats_sink_survives_a_killed_broker(tmp_path: Path, nats_server: NatsSer
     spool = Spool(tmp_path / "chf.lmdb")
     worker = start_worker(str(tmp_path / "chf.lmdb"), "nats", nats_server.url)
     try:
-        spool.produce(600)
+        producer = Producer(spool, 2000)
         wait_for(lambda: spool.cursor("nats") >= 200, 30, "the exporter to pass 200 events")
         nats_server.kill()
         at_kill = spool.cursor("nats")
-        spool.produce(300)
+        assert producer.running() and at_kill < spool.last(), "broker killed mid-stream"
+        producer.join()
         time.sleep(0.5)  # the exporter keeps failing and retrying meanwhile
         assert spool.cursor("nats") <= at_kill + 50, "nothing is acknowledged while the broker is down"
         nats_server.start()  # same port, same JetStream store directory
