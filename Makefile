@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine clean
+.PHONY: run test lint format bench-engine bench-export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ format: $(TEST_STAMP)
 # Engine throughput with 1,000,000 preloaded lines (see loadtest/bench_engine.py --help).
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
+
+# Exporter throughput from a preloaded spool into files and NATS JetStream (see loadtest/bench_export.py --help).
+bench-export: $(STAMP)
+	$(BIN)/python -m loadtest.bench_export
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
