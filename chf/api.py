@@ -303,6 +303,8 @@ class ApiServer:
         status = response.status
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="chf"'
+        if 400 <= status < 500:
+            metrics.PROTOCOL_ERRORS.labels("api", str(status)).inc()
         if status >= 400:
             log.info(
                 "event=api_refused operation=%s status=%d detail=%s",

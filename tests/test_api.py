@@ -329,6 +329,8 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
         [UnitRequest(rating_group=10, requested={}, used=[UsageReport({"bytes_in": 1000, "bytes_out": 234})])],
     )
     assert (await api.service.charge(update)).result == "success"
+    status, _, _ = await api.call("GET", "/v1/tenants", auth=False)
+    assert status == 401
     status, body, resp = await api.call("GET", "/healthz", auth=False)
     assert status == 200 and body == {"status": "ok"}
     status, body, resp = await api.call("GET", "/readyz", auth=False)
@@ -351,6 +353,7 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
     ]
     assert created and created[0] >= 1
     assert any(name == "chf_request_duration_seconds_bucket" for name, _ in samples)
+    assert samples[("chf_protocol_errors_total", (("error", "401"), ("interface", "api")))] >= 1
     for family in families.values():
         assert family.name.startswith("chf_"), family.name
         for sample in family.samples:

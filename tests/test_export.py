@@ -211,7 +211,7 @@ def test_file_sink_survives_a_killed_exporter_and_restarts(tmp_path: Path) -> No
         wait_for(lambda: spool.cursor("files") >= 300, 30, "the exporter to pass 300 events")
         kill(worker)
         cursor_at_kill = spool.cursor("files")
-        assert producer.running() and cursor_at_kill < spool.last(), "killed mid-stream"
+        assert producer.running(), "killed mid-stream: events are still being committed"
         producer.join()
         worker = start_worker(str(tmp_path / "chf.lmdb"), "files", str(out), "20000")
         wait_for(lambda: spool.cursor("files") == spool.last(), 30, "the exporter to catch up")
@@ -274,7 +274,9 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
 
     spool = Spool(tmp_path / "chf.lmdb")
     spool.store.start(asyncio.get_running_loop())
-    exporter = Exporter(spool.store, DeadSink(), backlog_limit=5, poll_interval=0.01, retry_initial=0.01)
+    exporter = Exporter(
+        spool.store, DeadSink(), backlog_limit=5, poll_interval=0.01, retry_initial=0.01, retry_max=0.02
+    )
     await exporter.start()
     try:
         failures_before = metrics.EXPORT_FAILED.labels("dead")._value.get()
@@ -288,7 +290,11 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
         assert spool.cursor("dead") == 0
         assert export.backlogs(spool.store)["dead"] == (20, 5)
         assert metrics.EXPORT_FAILED.labels("dead")._value.get() > failures_before
-        assert metrics.EXPORT_BACKLOG.labels("dead")._value.get() >= 20
+        for _ in range(200):  # the gauge is refreshed at each retry
+            if metrics.EXPORT_BACKLOG.labels("dead")._value.get() == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.EXPORT_BACKLOG.labels("dead")._value.get() == 20
     finally:
         await exporter.stop()
         await spool.store.stop()
@@ -375,7 +381,7 @@ def test_nats_sink_survives_a_killed_exporter(tmp_path: Path, nats_server: NatsS
         producer = Producer(spool, 2000)
         wait_for(lambda: spool.cursor("nats") >= 200, 30, "the exporter to pass 200 events")
         kill(worker)
-        assert producer.running() and spool.cursor("nats") < spool.last(), "killed mid-stream"
+        assert producer.running(), "killed mid-stream: events are still being committed"
         producer.join()
         worker = start_worker(str(tmp_path / "chf.lmdb"), "nats", nats_server.url)
         wait_for(lambda: spool.cursor("nats") == spool.last(), 60, "the exporter to catch up")
@@ -396,7 +402,7 @@ def test_nats_sink_survives_a_killed_broker(tmp_path: Path, nats_server: NatsSer
         wait_for(lambda: spool.cursor("nats") >= 200, 30, "the exporter to pass 200 events")
         nats_server.kill()
         at_kill = spool.cursor("nats")
-        assert producer.running() and at_kill < spool.last(), "broker killed mid-stream"
+        assert producer.running(), "broker killed mid-stream: events are still being committed"
         producer.join()
         time.sleep(0.5)  # the exporter keeps failing and retrying meanwhile
         assert spool.cursor("nats") <= at_kill + 50, "nothing is acknowledged while the broker is down"
