@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-gy clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(BIN)/chf serve
 
 test: $(TEST_STAMP)
+	@command -v nats-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq nats-server; }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -36,6 +37,12 @@ format: $(TEST_STAMP)
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
 
+# Wholesale reconciliation of a month of records for 100,000 lines (see loadtest/bench_reconcile.py --help).
+bench-reconcile: $(STAMP)
+	$(BIN)/python -m loadtest.bench_reconcile
+# Exporter throughput from a preloaded spool into files and NATS JetStream (see loadtest/bench_export.py --help).
+bench-export: $(STAMP)
+	$(BIN)/python -m loadtest.bench_export
 # Gy over real TCP, generator included: fsync on, then off (see loadtest/gy.py --help for the knobs).
 bench-gy: $(STAMP)
 	$(BIN)/python -m loadtest.gy --durability fsync --sessions 1000 --duration 20

@@ -21,6 +21,7 @@ from chf.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from chf.engine import Engine
 from chf.model import RequestError
 from store.lmdbstore import Store, StoreError
+from tools import reconcile, reports
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input: nothing was written
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Further subcommand groups (subscriber, account, catalogue, events, ...) register here.
-SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [reconcile.register, reports.register]
 
 
 def main(argv: list[str] | None = None) -> int:
