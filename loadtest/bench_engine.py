@@ -145,7 +145,7 @@ async def drive(
             )
             t0 = time.perf_counter()
             try:
-                answer = await store.submit(lambda txn, req=req: engine.charge(txn, req, now))
+                answer = await store.submit(lambda txn, req=req: engine.charge(txn, req, now), nested=False)
             except Exception:
                 failures += 1
                 continue

@@ -92,13 +92,22 @@ def line_key(line_id: int) -> bytes:
 class Txn:
     """A typed view of one LMDB transaction. Writes are only possible inside the group-commit writer."""
 
-    __slots__ = ("_db", "_store", "_txn", "write")
+    __slots__ = ("_db", "_store", "_txn", "write", "wrote")
 
     def __init__(self, store: Store, txn: lmdb.Transaction, write: bool) -> None:
         self._store = store
         self._txn = txn
         self._db = store._db
         self.write = write
+        self.wrote = False  # whether this view changed anything (see Store._apply)
+
+    def _put(self, key: bytes, value: bytes, db: Any, append: bool = False) -> None:
+        self.wrote = True
+        self._txn.put(key, value, db=db, append=append)
+
+    def _delete(self, key: bytes, db: Any) -> None:
+        self.wrote = True
+        self._txn.delete(key, db=db)
 
     # -- counters ---------------------------------------------------------------------------------------------------
     def _counter(self, name: bytes) -> int:
@@ -107,7 +116,7 @@ class Txn:
 
     def _bump(self, name: bytes) -> int:
         n = self._counter(name) + 1
-        self._txn.put(name, _u64(n), db=self._db[b"meta"])
+        self._put(name, _u64(n), db=self._db[b"meta"])
         return n
 
     def last_event_seq(self) -> int:
@@ -124,7 +133,7 @@ class Txn:
         return Tenant.decode(raw) if raw is not None else None
 
     def put_tenant(self, tenant: Tenant) -> None:
-        self._txn.put(tenant.id.encode(), tenant.encode(), db=self._db[b"tenants"])
+        self._put(tenant.id.encode(), tenant.encode(), db=self._db[b"tenants"])
 
     def tenants(self) -> Iterator[Tenant]:
         with self._txn.cursor(db=self._db[b"tenants"]) as cur:
@@ -136,7 +145,7 @@ class Txn:
         return Account.decode(raw) if raw is not None else None
 
     def put_account(self, account: Account) -> None:
-        self._txn.put(account.id.encode(), account.encode(), db=self._db[b"accounts"])
+        self._put(account.id.encode(), account.encode(), db=self._db[b"accounts"])
 
     def accounts(self) -> Iterator[Account]:
         with self._txn.cursor(db=self._db[b"accounts"]) as cur:
@@ -177,14 +186,14 @@ class Txn:
                 continue
             idx = db[b"idx_" + kind.encode()]
             if old:
-                self._txn.delete(old.encode(), db=idx)
+                self._delete(old.encode(), db=idx)
             if new:
-                self._txn.put(new.encode(), key, db=idx)
+                self._put(new.encode(), key, db=idx)
         if previous is None or previous.account != sub.account:
             if previous is not None:
-                self._txn.delete(previous.account.encode() + b"\x00" + key, db=db[b"account_lines"])
-            self._txn.put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
-        self._txn.put(key, sub.encode(), db=db[b"subscribers"])
+                self._delete(previous.account.encode() + b"\x00" + key, db=db[b"account_lines"])
+            self._put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        self._put(key, sub.encode(), db=db[b"subscribers"])
 
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
@@ -200,14 +209,14 @@ class Txn:
         return BalanceSet.decode(raw) if raw is not None else None
 
     def put_line_balances(self, line_id: int, balances: BalanceSet) -> None:
-        self._txn.put(line_key(line_id) + b"\x00", balances.encode(), db=self._db[b"balances"])
+        self._put(line_key(line_id) + b"\x00", balances.encode(), db=self._db[b"balances"])
 
     def get_account_balances(self, account_id: str) -> BalanceSet | None:
         raw = self._txn.get(b"A" + account_id.encode() + b"\x00", db=self._db[b"balances"])
         return BalanceSet.decode(raw) if raw is not None else None
 
     def put_account_balances(self, account_id: str, balances: BalanceSet) -> None:
-        self._txn.put(b"A" + account_id.encode() + b"\x00", balances.encode(), db=self._db[b"balances"])
+        self._put(b"A" + account_id.encode() + b"\x00", balances.encode(), db=self._db[b"balances"])
 
     def balance_owners(self) -> Iterator[tuple[str, int | str]]:
         """Every owner of a balance set: ("line", id) or ("account", id)."""
@@ -235,13 +244,13 @@ class Txn:
         if not indexed:
             sessions = self._db[b"sessions"]
             if self._txn.get(k, db=sessions) != owner:
-                self._txn.put(k, owner, db=sessions)
-        self._txn.put(owner + b"\x01" + k, session.encode(), db=self._db[b"balances"])
+                self._put(k, owner, db=sessions)
+        self._put(owner + b"\x01" + k, session.encode(), db=self._db[b"balances"])
 
     def delete_session(self, session: Session) -> None:
         k = session.key.encode()
-        self._txn.delete(k, db=self._db[b"sessions"])
-        self._txn.delete(line_key(session.subscriber) + b"\x01" + k, db=self._db[b"balances"])
+        self._delete(k, db=self._db[b"sessions"])
+        self._delete(line_key(session.subscriber) + b"\x01" + k, db=self._db[b"balances"])
 
     def sessions_of_line(self, line_id: int) -> Iterator[Session]:
         prefix = line_key(line_id) + b"\x01"
@@ -271,7 +280,7 @@ class Txn:
         return answer if expires > now else None
 
     def put_idem(self, key: str, expires: int, answer: Any) -> None:
-        self._txn.put(key.encode(), pack([expires, answer]), db=self._db[b"idem"])
+        self._put(key.encode(), pack([expires, answer]), db=self._db[b"idem"])
 
     def purge_idem(self, now: int, limit: int) -> int:
         """Delete up to `limit` expired idempotency records; returns how many."""
@@ -285,7 +294,7 @@ class Txn:
                     if len(victims) >= limit:
                         break
         for key in victims:
-            self._txn.delete(key, db=db)
+            self._delete(key, db=db)
             gone += 1
         return gone
 
@@ -300,7 +309,7 @@ class Txn:
             store._event_seq = seq
         event["seq"] = seq
         event["id"] = f"{self._store.store_id}-{seq}"
-        self._txn.put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
+        self._put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
         return seq
 
     def events(self, after: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
@@ -335,19 +344,24 @@ class Txn:
                 yield key.decode(), int.from_bytes(raw, "big")
 
     def put_cursor(self, name: str, seq: int) -> None:
-        self._txn.put(name.encode(), _u64(seq), db=self._db[b"cursors"])
+        self._put(name.encode(), _u64(seq), db=self._db[b"cursors"])
 
 
 Op = Callable[[Txn], Any]
 
 
 class _Pending:
-    __slots__ = ("fn", "future", "result")
+    __slots__ = ("fn", "future", "nested", "result")
 
-    def __init__(self, fn: Op, future: asyncio.Future[Any] | None) -> None:
+    def __init__(self, fn: Op, future: asyncio.Future[Any] | None, nested: bool = True) -> None:
         self.fn = fn
         self.future = future
+        self.nested = nested
         self.result: Any = None
+
+
+class _BatchAborted(Exception):
+    """An operation that runs without its own nested transaction failed after writing: the batch is void."""
 
 
 class Store:
@@ -449,9 +463,22 @@ class Store:
         if seq is not None and seq != self._event_seq_start:
             txn.put(b"event_seq", _u64(seq), db=self._db[b"meta"])
 
-    def _apply(self, txn: lmdb.Transaction, fn: Op) -> Any:
-        child = self.env.begin(write=True, parent=txn)
+    def _apply(self, txn: lmdb.Transaction, fn: Op, nested: bool = True) -> Any:
+        """Apply one operation. A nested transaction makes it atomic on its own. Operations that decide
+        everything before their first write (the engine's charging requests) may skip it: it costs more than
+        the operation's own writes, and more still while the event loop competes for the GIL. If such an
+        operation fails after writing anyway, the whole batch is abandoned (nothing in it is acknowledged)."""
         seq = self._event_seq
+        if not nested:
+            view = Txn(self, txn, True)
+            try:
+                return fn(view)
+            except Exception as exc:
+                if view.wrote:
+                    raise _BatchAborted(f"operation failed after writing: {exc!r}") from exc
+                self._event_seq = seq
+                return exc
+        child = self.env.begin(write=True, parent=txn)
         try:
             result = fn(Txn(self, child, True))
         except Exception as exc:  # the operation's own failure: roll back just this operation
@@ -485,9 +512,10 @@ class Store:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, fn: Op) -> asyncio.Future[Any]:
+    def submit(self, fn: Op, *, nested: bool = True) -> asyncio.Future[Any]:
         """Queue an operation for the next group commit. The returned future resolves with the operation's
-        result only after the transaction holding it is durable (or with its exception; nothing was written)."""
+        result only after the transaction holding it is durable (or with its exception; nothing was written).
+        `nested=False` is for operations that write only after every check passed (see `_apply`)."""
         loop = self._loop
         if loop is None or self._thread is None:
             raise StoreClosed("store writer is not running")
@@ -495,7 +523,7 @@ class Store:
             raise StoreBusy(f"write queue full ({self.max_queue} operations waiting)")
         future = loop.create_future()
         with self._cond:
-            self._queue.append(_Pending(fn, future))
+            self._queue.append(_Pending(fn, future, nested))
             if len(self._queue) == 1:
                 self._cond.notify()
         return future
@@ -511,24 +539,34 @@ class Store:
                 queue = self._queue
                 while queue and len(batch) < self.max_batch:
                     batch.append(queue.popleft())
-            started = time.perf_counter()
+            self._commit_batch(batch)
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, batch)
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        for attempt in (0, 1):
             try:
                 with self.env.begin(write=True) as txn:
                     self._begin_write(txn)
                     try:
                         for item in batch:
-                            item.result = self._apply(txn, item.fn)
+                            # The second attempt isolates every operation: the one that broke the first
+                            # attempt fails alone.
+                            item.result = self._apply(txn, item.fn, item.nested or attempt == 1)
                     finally:
                         self._end_write(txn)
+            except _BatchAborted as exc:
+                log.error("event=store_batch_retried batch=%d error=%r", len(batch), exc)
+                continue
             except Exception as exc:  # the commit itself failed: nothing in the batch was written
                 log.error("event=store_commit_failed batch=%d error=%r", len(batch), exc)
                 for item in batch:
                     item.result = StoreError(f"commit failed: {exc}")
-            else:
-                self._committed(len(batch), time.perf_counter() - started)
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, batch)
+                return
+            self._committed(len(batch), time.perf_counter() - started)
+            return
 
     async def stop(self) -> None:
         """Let the writer finish everything queued, then stop it."""

@@ -135,3 +135,34 @@ async def test_full_queue_answers_busy(tmp_path: Path) -> None:
     with store.read() as txn:
         assert txn.get_account("one-too-many") is None
     store.close()
+
+
+async def test_unnested_operation_failing_after_writing_fails_alone(tmp_path: Path) -> None:
+    """An operation submitted without its own nested transaction that breaks after writing must not take the
+    rest of its batch down, nor leave a partial write: the batch is redone with every operation isolated."""
+    store = Store(tmp_path / "db")
+    store.start(asyncio.get_running_loop())
+
+    def breaks_late(txn: Txn) -> None:
+        _account(txn, "half-written", 1)
+        raise RuntimeError("bug after the first write")
+
+    def refuses_early(txn: Txn) -> None:
+        raise ValueError("bad input, nothing written")
+
+    before = store.submit(lambda t: _account(t, "a1"), nested=False)
+    broken = store.submit(breaks_late, nested=False)
+    refused = store.submit(refuses_early, nested=False)
+    after = store.submit(lambda t: _account(t, "a2"), nested=False)
+    assert await before == "a1"
+    with pytest.raises(RuntimeError):
+        await broken
+    with pytest.raises(ValueError):
+        await refused
+    assert await after == "a2"
+    await store.stop()
+    with store.read() as txn:
+        assert txn.get_account("half-written") is None
+        assert [e["account"] for e in txn.events()] == ["a1", "a2"]
+        assert [e["seq"] for e in txn.events()] == [1, 2]
+    store.close()
