@@ -29,6 +29,7 @@ class StoreConfig:
     max_batch: int = 4096
     max_queue: int = 65536
     sync_interval: float = 1.0
+    writer: str = "thread"  # thread | inline
 
 
 @dataclass(slots=True)
@@ -111,7 +112,7 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> Config:
         "store",
         raw.get("store"),
         errors,
-        {"path", "durability", "map_size_mb", "max_batch", "max_queue", "sync_interval"},
+        {"path", "durability", "map_size_mb", "max_batch", "max_queue", "sync_interval", "writer"},
     )
     cfg.store.path = st.str("path", os.path.join(cfg.data_dir, "chf.lmdb"))
     cfg.store.durability = st.str("durability", "fsync", ("fsync", "os"))
@@ -119,6 +120,7 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> Config:
     cfg.store.max_batch = st.int("max_batch", cfg.store.max_batch, 1)
     cfg.store.max_queue = st.int("max_queue", cfg.store.max_queue, 1)
     cfg.store.sync_interval = st.float("sync_interval", cfg.store.sync_interval, 0.01)
+    cfg.store.writer = st.str("writer", cfg.store.writer, ("thread", "inline"))
     en = _Reader(source, "engine", raw.get("engine"), errors, {"idempotency_window", "reap_factor", "answers_kept"})
     cfg.engine.idempotency_window = en.int("idempotency_window", cfg.engine.idempotency_window, 1)
     cfg.engine.reap_factor = en.int("reap_factor", cfg.engine.reap_factor, 1)

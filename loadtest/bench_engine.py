@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--durability", choices=["fsync", "os", "both"], default="both")
     ap.add_argument("--store", default=None, help="store directory (default: a temporary one)")
+    ap.add_argument("--writer", choices=["thread", "inline"], default="thread")
     ap.add_argument("--keep", action="store_true", help="keep the store for the next run")
     args = ap.parse_args(argv)
 
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         rates = []
         for run in range(args.runs):
-            store = Store(path, durability=mode)
+            store = Store(path, durability=mode, writer=args.writer)
             try:
                 res = runner(drive(store, engine, args.lines, args.concurrency, args.duration, now))
             finally:

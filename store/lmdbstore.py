@@ -382,7 +382,10 @@ class Store:
         max_batch: int = 4096,
         max_queue: int = 65536,
         sync_interval: float = 1.0,
+        writer: str = "thread",
     ) -> None:
+        if writer not in ("thread", "inline"):
+            raise ValueError(f"writer must be 'thread' or 'inline', got {writer!r}")
         if durability not in ("fsync", "os"):
             raise ValueError(f"durability must be 'fsync' or 'os', got {durability!r}")
         self.path = os.fspath(path)
@@ -416,6 +419,9 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._last_sync = time.monotonic()
+        self.writer = writer
+        self._inline_started = False
+        self._inline_scheduled = False
         self._event_seq: int | None = None  # the event counter while a write transaction is open
         self._event_seq_start = 0
         # Observers of each committed batch: (batch size, commit seconds). Metrics hook in here.
@@ -501,13 +507,24 @@ class Store:
 
     # -- writing, asynchronously: the group-commit writer -----------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Start the writer thread; `submit` may be called from `loop` afterwards."""
-        if self._thread is not None:
+        """Start the writer; `submit` may be called from `loop` afterwards."""
+        if self._thread is not None or self._inline_started:
             return
         self._loop = loop or asyncio.get_running_loop()
         self._closing = False
+        if self.writer == "inline":
+            self._inline_started = True
+            return
         self._thread = threading.Thread(target=self._writer, name="chf-store-writer", daemon=True)
         self._thread.start()
+
+    def _drain_inline(self) -> None:
+        self._inline_scheduled = False
+        queue = self._queue
+        while queue:
+            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            self._commit_batch(batch)
+            _resolve(batch)
 
     def queued(self) -> int:
         return len(self._queue)
@@ -517,11 +534,17 @@ class Store:
         result only after the transaction holding it is durable (or with its exception; nothing was written).
         `nested=False` is for operations that write only after every check passed (see `_apply`)."""
         loop = self._loop
-        if loop is None or self._thread is None:
+        if loop is None or (self._thread is None and not self._inline_started):
             raise StoreClosed("store writer is not running")
         if len(self._queue) >= self.max_queue:
             raise StoreBusy(f"write queue full ({self.max_queue} operations waiting)")
         future = loop.create_future()
+        if self._inline_started:
+            self._queue.append(_Pending(fn, future, nested))
+            if not self._inline_scheduled:
+                self._inline_scheduled = True
+                loop.call_soon(self._drain_inline)
+            return future
         with self._cond:
             self._queue.append(_Pending(fn, future, nested))
             if len(self._queue) == 1:
@@ -570,6 +593,10 @@ class Store:
 
     async def stop(self) -> None:
         """Let the writer finish everything queued, then stop it."""
+        if self._inline_started:
+            self._drain_inline()
+            self._inline_started = False
+            return
         thread = self._thread
         if thread is None:
             return

@@ -66,8 +66,9 @@ def test_durability_setting_is_validated(tmp_path: Path) -> None:
         Store(tmp_path / "db", durability="maybe")
 
 
-async def test_group_commit_batches_and_answers_only_after_commit(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db")
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+async def test_group_commit_batches_and_answers_only_after_commit(tmp_path: Path, writer: str) -> None:
+    store = Store(tmp_path / "db", writer=writer)
     commits: list[int] = []
     store.on_commit.append(lambda n, _s: commits.append(n))
     store.start(asyncio.get_running_loop())
@@ -137,10 +138,11 @@ async def test_full_queue_answers_busy(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_unnested_operation_failing_after_writing_fails_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+async def test_unnested_operation_failing_after_writing_fails_alone(tmp_path: Path, writer: str) -> None:
     """An operation submitted without its own nested transaction that breaks after writing must not take the
     rest of its batch down, nor leave a partial write: the batch is redone with every operation isolated."""
-    store = Store(tmp_path / "db")
+    store = Store(tmp_path / "db", writer=writer)
     store.start(asyncio.get_running_loop())
 
     def breaks_late(txn: Txn) -> None:

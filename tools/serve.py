@@ -93,6 +93,7 @@ def open_store(config: Config) -> Store:
         max_batch=sc.max_batch,
         max_queue=sc.max_queue,
         sync_interval=sc.sync_interval,
+        writer=sc.writer,
     )
 
 
