@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/chf serve
 
 test: $(TEST_STAMP)
-	@command -v nats-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq nats-server; }
+	@bash .ci/system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
