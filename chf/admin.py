@@ -144,6 +144,7 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
+        account = ctx.account  # the context holds its own copy, and that copy is what flush() writes back
         if balance:
             account.balance = balance
             ctx.account_dirty = True

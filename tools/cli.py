@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Further subcommand groups (subscriber, account, catalogue, events, ...) register here.
 SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
 
+from tools import cli_admin  # noqa: E402  (defined after SUBCOMMANDS; it does not import this module)
+
+SUBCOMMANDS.append(cli_admin.register)  # tenant, account, subscriber (+ import), catalogue, events
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
