@@ -165,9 +165,13 @@ def cmd_serve(env: Env) -> int:
 # argument parsing
 # ----------------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before and after the subcommand. Their defaults are SUPPRESS (filled in
+    # by main): a subparser's own default would otherwise overwrite the value of `chf --json account show ...`.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=None, help=f"configuration file (default {DEFAULT_CONFIG} if present)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help=f"configuration file (default {DEFAULT_CONFIG} if present)"
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     parser = argparse.ArgumentParser(prog="chf", description="Online charging function", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -196,6 +200,9 @@ SUBCOMMANDS.append(cli_admin.register)  # tenant, account, subscriber (+ import)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name, default in (("config", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     env = Env(args)
     try:
         return int(args.func(env))
