@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine clean
+.PHONY: run test lint format bench-engine bench-import clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ format: $(TEST_STAMP)
 # Engine throughput with 1,000,000 preloaded lines (see loadtest/bench_engine.py --help).
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
+
+# `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
+bench-import: $(STAMP)
+	$(BIN)/python -m loadtest.bench_import
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

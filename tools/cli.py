@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -218,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"chf: store: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader went away (`chf events tail | head`): not a failure of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         print(f"chf: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
