@@ -533,3 +533,19 @@ def test_events_follow_and_entry_point(home: Path) -> None:
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+def test_import_stops_cleanly_when_the_store_is_full(demo: Any, home: Path) -> None:
+    from loadtest.gen_import import generate
+
+    text = (home / "chf.toml").read_text().replace("map_size_mb = 256", "map_size_mb = 16")
+    (home / "chf.toml").write_text(text)
+    demo("account", "create", "mig-0", "--tenant", "demo", "--payment", "prepaid", "--balance", "1000000")
+    generate(str(home / "big.csv"), 40_000, 1, "prepaid-s", "csv", "mig-")
+    r = demo("--json", "subscriber", "import", "big.csv", "--batch", "2000")
+    assert r.status == 1 and "Traceback" not in r.err
+    summary = r.json()
+    assert summary["stopped"] and "not imported" in summary["stopped"]
+    assert 0 < summary["imported"] < 40_000 and summary["imported"] % 2000 == 0  # whole batches only
+    shown = demo("--json", "account", "show", "mig-0", "--lines", "0").json()
+    assert shown["line_count"] == summary["imported"]

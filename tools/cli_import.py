@@ -18,9 +18,11 @@ from array import array
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import lmdb
+
 from chf import admin
 from chf.model import RequestError
-from store.lmdbstore import Txn
+from store.lmdbstore import StoreError, Txn
 
 if TYPE_CHECKING:
     from tools.cli import Env
@@ -47,6 +49,10 @@ answers are not held back by more than a few tens of milliseconds.
 
 class ImportFileError(RequestError):
     """The file as a whole cannot be imported (unreadable, bad header): nothing is written."""
+
+
+class ImportStopped(RequestError):
+    """A batch could not be committed: the import stops; the batches committed before it stay."""
 
 
 Row = tuple[int, dict[str, Any] | RequestError]
@@ -211,7 +217,13 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
             emit()
             return
         payload = [r for _, r in batch]
-        results = store.write(lambda txn: _add(txn, payload))
+        try:
+            results = store.write(lambda txn: _add(txn, payload))
+        except (StoreError, lmdb.Error) as exc:  # e.g. the store's map is full: this batch left no trace
+            first, last = batch[0][0], batch[-1][0]
+            raise ImportStopped(
+                "store", f"lines {first}-{last} not imported ({exc}); {imported:,} lines of earlier batches were"
+            ) from None
         for (line_no, row), result in zip(batch, results, strict=True):
             if isinstance(result, RequestError):
                 report(line_no, explain_duplicate(result, row))
@@ -229,24 +241,30 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
     def _add(txn: Txn, payload: list[dict[str, Any]]) -> list[int | RequestError]:
         return admin.add_lines(txn, engine, payload, now=now, actor=who)
 
-    for line_no, row in rows:
-        read += 1
-        if isinstance(row, RequestError):
-            report(line_no, row)
-        else:
-            if a.account is not None and not row.get("account"):
-                row["account"] = a.account
-            if a.plan is not None and not row.get("plan"):
-                row["plan"] = a.plan
-            if "account" not in row or row["account"] is None:
-                report(line_no, RequestError("account", "no account in the row and no --account default"))
+    stopped: str | None = None
+    try:
+        for line_no, row in rows:
+            read += 1
+            if isinstance(row, RequestError):
+                report(line_no, row)
             else:
-                batch.append((line_no, row))
-                if len(batch) >= a.batch:
-                    flush()
-        if read % 4096 == 0:
-            progress.update(_position(handle), read, len(errors) + len(pending))
-    flush()
+                if a.account is not None and not row.get("account"):
+                    row["account"] = a.account
+                if a.plan is not None and not row.get("plan"):
+                    row["plan"] = a.plan
+                if row.get("account") is None:
+                    report(line_no, RequestError("account", "no account in the row and no --account default"))
+                else:
+                    batch.append((line_no, row))
+                    if len(batch) >= a.batch:
+                        flush()
+            if read % 4096 == 0:
+                progress.update(_position(handle), read, len(errors) + len(pending))
+        flush()
+    except ImportStopped as exc:
+        emit()
+        stopped = f"{exc.field}: {exc.message}"
+        print(f"chf: {stopped}", file=sys.stderr)
     progress.update(size, read, len(errors), final=True)
     seconds = time.perf_counter() - started
     summary = {
@@ -255,6 +273,7 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
         "read": read,
         "imported": imported,
         "skipped": len(errors),
+        "stopped": stopped,
         "seconds": round(seconds, 3),
         "lines_per_second": round(read / seconds) if seconds > 0 else None,
         "errors": [{"line": n, "field": f, "message": m} for n, f, m in errors],
@@ -267,9 +286,9 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
             print(f"chf: ... {hidden} more bad rows not shown (--json lists all)", file=sys.stderr)
         print(
             f"read {read:,}, imported {imported:,}, skipped {len(errors):,} in {seconds:.1f} s "
-            f"({summary['lines_per_second'] or 0:,} lines/s)"
+            f"({summary['lines_per_second'] or 0:,} lines/s)" + (" - stopped early" if stopped else "")
         )
-    return 0 if not errors else 1
+    return 0 if not errors and not stopped else 1
 
 
 def _position(handle: Any) -> int:
