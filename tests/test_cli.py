@@ -424,6 +424,15 @@ def test_catalogue_reload_without_a_server(chf: Any, home: Path) -> None:
     (home / "var" / "chf.pid").write_text("999999999\n")
     r = chf("catalogue", "reload")
     assert r.status == 1 and "stale pid file" in r.err
+    other = subprocess.Popen(["sleep", "30"])  # a live process that is not chf: never signalled
+    try:
+        (home / "var" / "chf.pid").write_text(f"{other.pid}\n")
+        r = chf("catalogue", "reload")
+        assert r.status == 1 and "is not chf serve" in r.err
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _wait_for(proc: subprocess.Popen[str], log: list[str], pattern: str, timeout: float = 20.0) -> str:

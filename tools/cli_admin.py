@@ -353,7 +353,6 @@ def cmd_subscriber_show(env: Env) -> int:
     with env.store.read() as txn:
         sub = admin.get_line(txn, env.args.ref)
         view = admin.line_view(txn, env.engine, sub, env.now())
-    view["history"] = view.get("history", [])
     env.out(view, lambda: line_text(view))
     return EXIT_OK
 
@@ -560,21 +559,22 @@ def cmd_catalogue_show(env: Env) -> int:
     return EXIT_OK
 
 
-def server_pid(env: Env) -> int:
-    """The pid of the running `chf serve` from <data_dir>/chf.pid, checked to be alive and to be chf."""
+def server_pid(env: Env) -> tuple[int | None, str]:
+    """The pid of the running `chf serve` from <data_dir>/chf.pid, checked to be alive and to be chf; or None
+    and the reason why there is none."""
     pid_path = os.path.join(env.config.data_dir, "chf.pid")
     try:
         with open(pid_path, encoding="ascii") as f:
             text = f.read().strip()
     except FileNotFoundError:
-        raise admin.NotFound("server", f"no chf serve is running (no pid file {pid_path})") from None
+        return None, f"no chf serve is running (no pid file {pid_path})"
     if not text.isdigit():
-        raise admin.NotFound("server", f"pid file {pid_path} does not hold a process id")
+        return None, f"pid file {pid_path} does not hold a process id"
     pid = int(text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        raise admin.NotFound("server", f"no chf serve is running (stale pid file {pid_path}: pid {pid})") from None
+        return None, f"no chf serve is running (stale pid file {pid_path}: pid {pid})"
     except PermissionError:
         pass  # alive, another user's: the SIGHUP below reports the refusal
     cmdline_path = f"/proc/{pid}/cmdline"
@@ -582,14 +582,26 @@ def server_pid(env: Env) -> int:
         with open(cmdline_path, "rb") as f:
             cmdline = f.read()
         if b"chf" not in cmdline and b"tools.cli" not in cmdline:
-            raise admin.NotFound("server", f"pid {pid} in {pid_path} is not chf serve (stale pid file)")
-    return pid
+            return None, f"pid {pid} in {pid_path} is not chf serve (stale pid file)"
+    return pid, ""
+
+
+def server_path(pid: int | None, path: str) -> str:
+    """A relative catalogue path as the server resolves it: from its working directory (Linux), not ours."""
+    if pid is None or os.path.isabs(path):
+        return path
+    try:
+        return os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+    except OSError:
+        return path
 
 
 def cmd_catalogue_reload(env: Env) -> int:
-    path = env.config.catalogue
+    pid, why_not = server_pid(env)
+    path = server_path(pid, env.config.catalogue)
     catalogue = check_catalogue(env, path)  # an invalid file never reaches the server
-    pid = server_pid(env)
+    if pid is None:
+        raise admin.NotFound("server", f"{why_not}; {path} is valid but nothing was reloaded")
     try:
         os.kill(pid, signal.SIGHUP)
     except PermissionError:
