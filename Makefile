@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-import clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-import clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(BIN)/chf serve
 
 test: $(TEST_STAMP)
+	@command -v nats-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq nats-server; }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -36,6 +37,12 @@ format: $(TEST_STAMP)
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtest.bench_engine
 
+# Wholesale reconciliation of a month of records for 100,000 lines (see loadtest/bench_reconcile.py --help).
+bench-reconcile: $(STAMP)
+	$(BIN)/python -m loadtest.bench_reconcile
+# Exporter throughput from a preloaded spool into files and NATS JetStream (see loadtest/bench_export.py --help).
+bench-export: $(STAMP)
+	$(BIN)/python -m loadtest.bench_export
 # `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
 bench-import: $(STAMP)
 	$(BIN)/python -m loadtest.bench_import

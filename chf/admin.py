@@ -145,7 +145,7 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
-        account = ctx.account  # the context holds its own copy, and that copy is what flush() writes back
+        account = ctx.account  # the context's copy is the one written back
         if balance:
             account.balance = balance
             ctx.account_dirty = True
@@ -271,6 +271,7 @@ def adjust(
         event["impacts"].append(
             {
                 "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
+                "name": bucket.name,
                 "unit": bucket.unit,
                 "delta": amount,
                 "after": bucket.remaining,
@@ -315,7 +316,13 @@ def grant_bucket(
     ctx.line_bs_dirty = True
     event = ctx.base_event("bucket_grant", actor, reason)
     event["impacts"].append(
-        {"balance": f"{line_owner(sub.id)}:bucket:{bucket.id}", "unit": unit, "delta": amount, "after": amount}
+        {
+            "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
+            "name": name,
+            "unit": unit,
+            "delta": amount,
+            "after": amount,
+        }
     )
     ctx.events.append(event)
     ctx.flush()
@@ -494,6 +501,7 @@ def _line_activated(engine: Engine, ctx: Context) -> None:
             event["impacts"].append(
                 {
                     "balance": f"{account_owner(ctx.account.id)}:bucket:{bucket.id}",
+                    "name": bucket.name,
                     "unit": bucket.unit,
                     "delta": plan.pool_per_line,
                     "after": bucket.remaining,

@@ -35,7 +35,7 @@ class StoreConfig:
 class EngineSettings:
     idempotency_window: int = 3600
     reap_factor: int = 2
-    answers_kept: int = 4
+    answers_kept: int = 2
 
 
 @dataclass(slots=True)

@@ -70,7 +70,7 @@ FOREVER = 2**62
 @dataclass(slots=True)
 class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
-    answers_kept: int = 4  # recent answers kept in a session for retransmissions
+    answers_kept: int = 2  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
 
 
@@ -151,7 +151,13 @@ class Context:
 
 
 def _bucket_impact(owner: str, bucket: Bucket, delta: int) -> dict[str, Any]:
-    return {"balance": f"{owner}:bucket:{bucket.id}", "unit": bucket.unit, "delta": delta, "after": bucket.remaining}
+    return {
+        "balance": f"{owner}:bucket:{bucket.id}",
+        "name": bucket.name,
+        "unit": bucket.unit,
+        "delta": delta,
+        "after": bucket.remaining,
+    }
 
 
 class Engine:
@@ -394,6 +400,15 @@ class Engine:
                 return ChargingAnswer.unpack(stored, duplicate=True)
             if session.closed:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="session already terminated")
+            applied = session.was_applied(req.number)
+            if applied is None or applied:
+                # Applied before but its answer is no longer kept, or older than anything we can vouch for:
+                # applying it again could charge twice, so it is refused and changes nothing.
+                raise RequestError(
+                    "request number",
+                    f"{req.number} was already applied or is too old for session {req.session} "
+                    f"(last request {session.last_request})",
+                )
         if req.kind == INITIAL:
             sub = self.resolve_line(txn, req.identities)
             if sub is None:
@@ -468,7 +483,7 @@ class Engine:
     ) -> None:
         now = ctx.now
         session.updated = now
-        session.last_request = max(session.last_request, req.number)
+        session.mark_applied(req.number)
         if closed or (not session.reservations and req.kind == INITIAL and answer.result != SUCCESS):
             session.closed = True
             session.reservations = {}
@@ -483,7 +498,7 @@ class Engine:
             del answers[: len(answers) - self.config.answers_kept]
         ctx.line_bs_dirty = True  # the session lives beside the line's balances: one page either way
         ctx.flush()
-        ctx.txn.put_session(session)
+        ctx.txn.put_session(session, indexed=req.kind != INITIAL)
 
     # -- commit -----------------------------------------------------------------------------------------------------
     def _commit_usage(

@@ -6,6 +6,8 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -90,3 +92,24 @@ def observe_commit(batch: int, seconds: float) -> None:
     """Store hook: `store.on_commit.append(observe_commit)`."""
     COMMIT_BATCH.observe(batch)
     COMMIT_LATENCY.observe(seconds)
+
+
+def observe_charge(request: Any, answer: Any) -> None:
+    """Service hook after each durable charging answer: units granted (reserved) and reported used, by unit type.
+    A retransmission answered from the stored answer counts nothing: its units were counted the first time."""
+    if answer.duplicate:
+        return
+    for unit_answer in answer.units:
+        if unit_answer.granted and unit_answer.unit:
+            UNITS_GRANTED.labels(unit_answer.unit).inc(unit_answer.granted)
+    for unit_request in request.units:
+        for report in unit_request.used:
+            units = report.units
+            # bytes_in / bytes_out split the total; the engine rates their sum when no total is given.
+            total_bytes = units.get("bytes") or units.get("bytes_in", 0) + units.get("bytes_out", 0)
+            if total_bytes > 0:
+                UNITS_CONSUMED.labels("bytes").inc(total_bytes)
+            for unit in ("seconds", "events", "money"):
+                value = units.get(unit, 0)
+                if value > 0:
+                    UNITS_CONSUMED.labels(unit).inc(value)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from chf import metrics
 from chf.catalogue import Catalogue, load_catalogue
 from chf.engine import Engine, EngineConfig
 from chf.model import ChargingAnswer, ChargingRequest, OpResult, Signal
@@ -135,6 +136,7 @@ class ChargingService:
             return engine.charge(txn, request, int(clock()))
 
         result: ChargingAnswer = await self.store.submit(op)
+        metrics.observe_charge(request, result)
         return result
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:

@@ -111,6 +111,8 @@ class Txn:
         return n
 
     def last_event_seq(self) -> int:
+        if self.write and self._store._event_seq is not None:
+            return self._store._event_seq
         return self._counter(b"event_seq")
 
     def new_subscriber_id(self) -> int:
@@ -226,12 +228,14 @@ class Txn:
         raw = self._txn.get(owner + b"\x01" + key.encode(), db=self._db[b"balances"])
         return Session.decode(raw) if raw is not None else None
 
-    def put_session(self, session: Session) -> None:
+    def put_session(self, session: Session, indexed: bool = False) -> None:
+        """Write a session; `indexed` says it was read from this store and its index entry is in place."""
         owner = line_key(session.subscriber)
         k = session.key.encode()
-        sessions = self._db[b"sessions"]
-        if self._txn.get(k, db=sessions) != owner:
-            self._txn.put(k, owner, db=sessions)
+        if not indexed:
+            sessions = self._db[b"sessions"]
+            if self._txn.get(k, db=sessions) != owner:
+                self._txn.put(k, owner, db=sessions)
         self._txn.put(owner + b"\x01" + k, session.encode(), db=self._db[b"balances"])
 
     def delete_session(self, session: Session) -> None:
@@ -288,7 +292,12 @@ class Txn:
     # -- events -----------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:
         """Append an event to the spool with the next sequence number and a unique id; returns the number."""
-        seq = self._bump(b"event_seq")
+        # The counter lives in memory for the duration of a write transaction and is stored once at its end
+        # (Store._begin_write / _end_write): one meta page write per batch instead of two lookups per event.
+        store = self._store
+        seq = store._event_seq + 1 if store._event_seq is not None else self._bump(b"event_seq")
+        if store._event_seq is not None:
+            store._event_seq = seq
         event["seq"] = seq
         event["id"] = f"{self._store.store_id}-{seq}"
         self._txn.put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
@@ -331,6 +340,12 @@ class Txn:
     def get_cursor(self, name: str) -> int:
         raw = self._txn.get(name.encode(), db=self._db[b"cursors"])
         return int.from_bytes(raw, "big") if raw else 0
+
+    def cursors(self) -> Iterator[tuple[str, int]]:
+        """Every exporter cursor: (name, sequence of the last event it has delivered)."""
+        with self._txn.cursor(db=self._db[b"cursors"]) as cur:
+            for key, raw in cur:
+                yield key.decode(), int.from_bytes(raw, "big")
 
     def put_cursor(self, name: str, seq: int) -> None:
         self._txn.put(name.encode(), _u64(seq), db=self._db[b"cursors"])
@@ -400,6 +415,8 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._last_sync = time.monotonic()
+        self._event_seq: int | None = None  # the event counter while a write transaction is open
+        self._event_seq_start = 0
         # Observers of each committed batch: (batch size, commit seconds). Metrics hook in here.
         self.on_commit: list[Callable[[int, float], None]] = []
         self.commits = 0
@@ -424,17 +441,35 @@ class Store:
         results: list[Any] = []
         started = time.perf_counter()
         with self.env.begin(write=True) as txn:
-            for fn in fns:
-                results.append(self._apply(txn, fn))
+            self._begin_write(txn)
+            try:
+                for fn in fns:
+                    results.append(self._apply(txn, fn))
+            finally:
+                self._end_write(txn)
         self._committed(len(fns), time.perf_counter() - started)
         return results
 
+    def _begin_write(self, txn: lmdb.Transaction) -> None:
+        # Read at the start of every write transaction: another process (the CLI) may have written since.
+        raw = txn.get(b"event_seq", db=self._db[b"meta"])
+        self._event_seq = int.from_bytes(raw, "big") if raw else 0
+        self._event_seq_start = self._event_seq
+
+    def _end_write(self, txn: lmdb.Transaction) -> None:
+        seq = self._event_seq
+        self._event_seq = None
+        if seq is not None and seq != self._event_seq_start:
+            txn.put(b"event_seq", _u64(seq), db=self._db[b"meta"])
+
     def _apply(self, txn: lmdb.Transaction, fn: Op) -> Any:
         child = self.env.begin(write=True, parent=txn)
+        seq = self._event_seq
         try:
             result = fn(Txn(self, child, True))
         except Exception as exc:  # the operation's own failure: roll back just this operation
             child.abort()
+            self._event_seq = seq  # its events were rolled back with it: no gap in the sequence
             return exc
         child.commit()
         return result
@@ -492,8 +527,12 @@ class Store:
             started = time.perf_counter()
             try:
                 with self.env.begin(write=True) as txn:
-                    for item in batch:
-                        item.result = self._apply(txn, item.fn)
+                    self._begin_write(txn)
+                    try:
+                        for item in batch:
+                            item.result = self._apply(txn, item.fn)
+                    finally:
+                        self._end_write(txn)
             except Exception as exc:  # the commit itself failed: nothing in the batch was written
                 log.error("event=store_commit_failed batch=%d error=%r", len(batch), exc)
                 for item in batch:

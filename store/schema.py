@@ -469,6 +469,7 @@ class Session:
         "notify",
         "protocol",
         "reservations",
+        "seen",
         "serving_network",
         "subscriber",
         "updated",
@@ -489,6 +490,7 @@ class Session:
         answers: list[list[Any]],
         serving_network: str | None,
         notify: Any = None,
+        seen: int = 1,
     ) -> None:
         self.key = key
         self.subscriber = subscriber
@@ -503,6 +505,9 @@ class Session:
         self.answers = answers
         self.serving_network = serving_network
         self.notify = notify  # front-end data needed to reach the client (peer, notify URI)
+        # Request numbers already applied, as a bit mask below last_request (bit i: last_request - i), so that
+        # requests arriving out of order are applied once each, even after their answers left `answers`.
+        self.seen = seen
 
     def encode(self) -> bytes:
         return pack(
@@ -521,6 +526,7 @@ class Session:
                 self.answers,
                 self.serving_network,
                 self.notify,
+                self.seen,
             ]
         )
 
@@ -529,7 +535,27 @@ class Session:
         r = unpack(data)
         _check(r[0], "session")
         reservations = {x[0]: Reservation(*x) for x in r[10]}
-        return cls(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], reservations, r[11], r[12], r[13])
+        return cls(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], reservations, r[11], r[12], r[13], r[14])
+
+    SEEN_WINDOW = 64
+
+    def was_applied(self, number: int) -> bool | None:
+        """True if request `number` was applied, False if not, None if it is too old to tell."""
+        if number > self.last_request:
+            return False
+        back = self.last_request - number
+        if back >= self.SEEN_WINDOW:
+            return None
+        return bool(self.seen >> back & 1)
+
+    def mark_applied(self, number: int) -> None:
+        if number > self.last_request:
+            gap = number - self.last_request
+            # A jump past the window forgets everything older (never shift by an unbounded, client-chosen gap).
+            self.seen = ((self.seen << gap) | 1) & ((1 << self.SEEN_WINDOW) - 1) if gap < self.SEEN_WINDOW else 1
+            self.last_request = number
+        else:
+            self.seen |= 1 << (self.last_request - number)
 
     def answer_for(self, request_number: int) -> Any:
         for num, answer in self.answers:

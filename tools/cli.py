@@ -22,6 +22,7 @@ from chf.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from chf.engine import Engine
 from chf.model import RequestError
 from store.lmdbstore import Store, StoreError
+from tools import cli_admin, reconcile, reports
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input: nothing was written
@@ -191,11 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Further subcommand groups (subscriber, account, catalogue, events, ...) register here.
-SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
-
-from tools import cli_admin  # noqa: E402  (defined after SUBCOMMANDS; it does not import this module)
-
-SUBCOMMANDS.append(cli_admin.register)  # tenant, account, subscriber (+ import), catalogue, events
+# cli_admin: tenant, account, subscriber (with import), catalogue, events.
+SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    reconcile.register,
+    reports.register,
+    cli_admin.register,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

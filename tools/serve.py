@@ -19,9 +19,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from chf.api import api_components
 from chf.catalogue import CatalogueError, load_catalogue
 from chf.config import Config
 from chf.engine import EngineConfig
+from chf.export import export_components
 from chf.service import ChargingService
 from store.lmdbstore import Store
 
@@ -42,6 +44,8 @@ class Component(Protocol):
 # own here, so `chf serve` stays the one place that knows every part.
 ComponentFactory = Callable[[Config, ChargingService], list[Component]]
 COMPONENT_FACTORIES: list[ComponentFactory] = []
+COMPONENT_FACTORIES.append(api_components)
+COMPONENT_FACTORIES.append(export_components)
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -1,0 +1,474 @@
+"""The OpenAPI 3.0 document of the management API (chf/api.py), served at /openapi.json.
+
+Written by hand (not generated) so it states the contract, including the conventions of money in integer
+micro-units, bearer tokens and problem+json errors naming the field. tests/test_api.py validates it with
+openapi-spec-validator and checks that every route of the server is documented and vice versa.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MONEY = {
+    "type": "integer",
+    "format": "int64",
+    "description": "Money in micro-units of the account's currency (1 EUR = 1000000). Never a float.",
+}
+_TIME = {"type": "integer", "format": "int64", "description": "UNIX time in seconds (UTC)."}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}
+
+
+_ERRORS = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "404": {"$ref": "#/components/responses/NotFound"},
+    "503": {"$ref": "#/components/responses/Busy"},
+}
+_CHANGE_ERRORS = {**_ERRORS, "409": {"$ref": "#/components/responses/Conflict"}}
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    status: str = "200",
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    change: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "responses": {status: ok, **(_CHANGE_ERRORS if change else _ERRORS)},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "integer"},
+    }
+
+
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A repeat with the same key (per token) within the idempotency window returns the first answer "
+    "with `Idempotency-Replayed: true` and changes nothing.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+_LINE = _path_param("line", "The line: internal id, IMSI, MSISDN or ICCID.")
+_ACCOUNT = _path_param("account", "The account id.")
+
+
+def _obj(required: list[str], props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_REASON = {"type": "string", "minLength": 1, "description": "Why; recorded in the audit event."}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "chf management API",
+        "version": "1",
+        "description": "Provisioning, balances, sessions, events and catalogue of the charging function. Money is "
+        "always an integer number of micro-units of the currency (1 EUR = 1000000); times are UNIX seconds. "
+        "Errors are application/problem+json whose invalidParams name the field at fault; a refused request "
+        "changes nothing. Lifecycle, plan and top-up changes re-authorise or abort the line's open sessions on "
+        "Gy and Nchf once durable.",
+    },
+    "servers": [{"url": "http://127.0.0.1:8081"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The process answers")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the store writer runs; export backlogs are reported",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "Ready"),
+                    "503": _json({"type": "object"}, "Not ready"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text exposition format)",
+                "security": [],
+                "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": _STR}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
+            }
+        },
+        "/v1/tenants": {
+            "get": _op("list_tenants", "List tenants", _json({"type": "object"}, "Tenants")),
+            "post": _op(
+                "create_tenant",
+                "Create a tenant (an MVNO brand)",
+                _json(_ref("Tenant"), "Created"),
+                status="201",
+                change=True,
+                body=_obj(
+                    ["id", "currency"],
+                    {"id": _STR, "name": _STR, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+                ),
+            ),
+        },
+        "/v1/tenants/{tenant}": {
+            "get": _op(
+                "get_tenant",
+                "A tenant",
+                _json(_ref("Tenant"), "The tenant"),
+                params=[_path_param("tenant", "Tenant id")],
+            )
+        },
+        "/v1/accounts": {
+            "get": _op(
+                "list_accounts",
+                "List accounts",
+                _json({"type": "object"}, "Accounts"),
+                params=[
+                    _query("tenant", "Only this tenant's", {"type": "string"}),
+                    _query("limit", "At most this many"),
+                ],
+            ),
+            "post": _op(
+                "create_account",
+                "Create an account",
+                _json(_ref("Account"), "Created"),
+                status="201",
+                change=True,
+                body=_obj(
+                    ["id", "tenant", "payment"],
+                    {
+                        "id": _STR,
+                        "tenant": _STR,
+                        "payment": {"type": "string", "enum": ["prepaid", "postpaid", "hybrid"]},
+                        "currency": _STR,
+                        "balance": _MONEY,
+                        "credit_limit": _MONEY,
+                        "cycle_day": {"type": "integer", "minimum": 1, "maximum": 28},
+                        "parent": _STR,
+                        "plan": _STR,
+                    },
+                ),
+            ),
+        },
+        "/v1/accounts/{account}": {
+            "get": _op(
+                "get_account", "An account with its wallet", _json(_ref("Account"), "The account"), params=[_ACCOUNT]
+            )
+        },
+        "/v1/accounts/{account}/balances": {
+            "get": _op(
+                "account_balances",
+                "Wallet and shared buckets (family allowances, IoT pools)",
+                _json({"type": "object"}, "Balances"),
+                params=[_ACCOUNT],
+            )
+        },
+        "/v1/accounts/{account}/lines": {
+            "get": _op("account_lines", "Lines of an account", _json({"type": "object"}, "Lines"), params=[_ACCOUNT])
+        },
+        "/v1/accounts/{account}/plan": {
+            "put": _op(
+                "account_plan",
+                "Put an account on a plan (shared allowances, pools); re-authorises its lines' sessions",
+                _json(_ref("Account"), "The account"),
+                params=[_ACCOUNT],
+                change=True,
+                body=_obj(["plan"], {"plan": _STR, "reason": _REASON}),
+            )
+        },
+        "/v1/accounts/{account}/topups": {
+            "post": _op(
+                "topup",
+                "Credit the wallet; re-authorises the account's open sessions",
+                _json(_ref("Account"), "The account after the top-up"),
+                params=[_ACCOUNT, _IDEMPOTENCY],
+                change=True,
+                body=_obj(["amount", "reason"], {"amount": {**_MONEY, "minimum": 1}, "reason": _REASON}),
+            )
+        },
+        "/v1/accounts/{account}/adjustments": {
+            "post": _op(
+                "adjust",
+                "A signed correction of the wallet, or of one bucket of a line (units of the bucket)",
+                _json({"type": "object"}, "The account or the bucket after the adjustment"),
+                params=[_ACCOUNT, _IDEMPOTENCY],
+                change=True,
+                body=_obj(
+                    ["amount", "reason"],
+                    {
+                        "amount": {"type": "integer", "description": "Micro-units for the wallet; units for a bucket."},
+                        "reason": _REASON,
+                        "line": {"type": "string", "description": "The line owning the bucket"},
+                        "bucket": _INT,
+                    },
+                ),
+            )
+        },
+        "/v1/lines": {
+            "post": _op(
+                "create_line",
+                "Create a line (SIM or eSIM)",
+                _json(_ref("Line"), "Created"),
+                status="201",
+                change=True,
+                body=_obj(
+                    ["account", "imsi"],
+                    {
+                        "account": _STR,
+                        "imsi": {"type": "string", "pattern": "^[0-9]{6,15}$"},
+                        "msisdn": {"type": "string", "pattern": "^[0-9]{6,15}$"},
+                        "iccid": _STR,
+                        "eid": _STR,
+                        "plan": _STR,
+                        "state": {"type": "string", "enum": ["provisioned", "active"]},
+                    },
+                ),
+            )
+        },
+        "/v1/lines/{line}": {
+            "get": _op(
+                "get_line",
+                "A line with its account, buckets and open sessions",
+                _json(_ref("Line"), "The line"),
+                params=[_LINE],
+            )
+        },
+        "/v1/lines/{line}/state": {
+            "post": _op(
+                "line_state",
+                "Lifecycle transition; suspending or terminating aborts the line's open sessions",
+                _json(_ref("Line"), "The line"),
+                params=[_LINE],
+                change=True,
+                body=_obj(
+                    ["state", "reason"],
+                    {
+                        "state": {"type": "string", "enum": ["provisioned", "active", "suspended", "terminated"]},
+                        "reason": _REASON,
+                    },
+                ),
+            )
+        },
+        "/v1/lines/{line}/move": {
+            "post": _op(
+                "move_line",
+                "Move a line to another account of its tenant; its open sessions are released and aborted",
+                _json(_ref("Line"), "The line"),
+                params=[_LINE],
+                change=True,
+                body=_obj(["account", "reason"], {"account": _STR, "reason": _REASON}),
+            )
+        },
+        "/v1/lines/{line}/plan": {
+            "put": _op(
+                "line_plan",
+                "Put a line on a plan from now; re-authorises its sessions",
+                _json(_ref("Line"), "The line"),
+                params=[_LINE],
+                change=True,
+                body=_obj(["plan"], {"plan": _STR, "reason": _REASON}),
+            )
+        },
+        "/v1/lines/{line}/balances": {
+            "get": _op(
+                "line_balances",
+                "Wallet, buckets, shared buckets and period of a line",
+                _json({"type": "object"}, "Balances"),
+                params=[_LINE],
+            )
+        },
+        "/v1/lines/{line}/buckets": {
+            "post": _op(
+                "grant_bucket",
+                "Add a one-off bucket (goodwill, add-on) to a line",
+                _json(_ref("Bucket"), "Created"),
+                status="201",
+                params=[_LINE],
+                change=True,
+                body=_obj(
+                    ["name", "unit", "amount", "valid_to", "reason"],
+                    {
+                        "name": _STR,
+                        "unit": {"type": "string", "enum": ["bytes", "seconds", "events", "money"]},
+                        "amount": {"type": "integer", "minimum": 1},
+                        "valid_to": _TIME,
+                        "reason": _REASON,
+                        "rating_groups": {"type": "array", "items": _INT},
+                        "priority": _INT,
+                    },
+                ),
+            )
+        },
+        "/v1/lines/{line}/sessions": {
+            "get": _op(
+                "line_sessions", "Open sessions of a line", _json({"type": "object"}, "Sessions"), params=[_LINE]
+            )
+        },
+        "/v1/lines/{line}/events": {
+            "get": _op(
+                "line_events",
+                "Rated and audit events of a line in [from, to), in sequence order; page with after=next_after",
+                _json({"type": "object"}, "Events and next_after (null when the spool was read to its end)"),
+                params=[
+                    _LINE,
+                    _query("from", "From this time (UNIX seconds, inclusive)"),
+                    _query("to", "Up to this time (exclusive)"),
+                    _query("after", "Only events after this sequence number"),
+                    _query("limit", "At most this many (<= 1000)"),
+                ],
+            )
+        },
+        "/v1/sessions": {
+            "get": _op(
+                "list_sessions",
+                "Open charging sessions",
+                _json({"type": "object"}, "Sessions"),
+                params=[_query("limit", "At most this many")],
+            )
+        },
+        "/v1/catalogue/reload": {
+            "post": {
+                "operationId": "reload_catalogue",
+                "summary": "Load and validate the catalogue file again; an invalid file keeps the running one",
+                "responses": {
+                    "200": _json({"type": "object"}, "The new catalogue's digest and plans"),
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "422": _problem("The file is invalid; errors lists every problem"),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token of [api.tokens]"}},
+        "responses": {
+            "BadRequest": _problem("Invalid input; invalidParams names the field. Nothing was changed."),
+            "Unauthorized": _problem("Missing or invalid bearer token"),
+            "NotFound": _problem("The named tenant, account, line, plan or bucket does not exist"),
+            "Conflict": _problem("The change contradicts the stored state (identity in use, forbidden transition)"),
+            "Busy": _problem("Too busy (write queue full); retry after Retry-After seconds"),
+        },
+        "schemas": {
+            "ProblemDetails": {
+                "type": "object",
+                "required": ["title", "status"],
+                "properties": {
+                    "type": _STR,
+                    "title": _STR,
+                    "status": _INT,
+                    "detail": _STR,
+                    "invalidParams": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["param"],
+                            "properties": {"param": _STR, "reason": _STR},
+                        },
+                    },
+                },
+            },
+            "Tenant": {
+                "type": "object",
+                "properties": {"id": _STR, "name": _STR, "currency": _STR, "created": _TIME},
+            },
+            "Account": {
+                "type": "object",
+                "properties": {
+                    "id": _STR,
+                    "tenant": _STR,
+                    "payment": _STR,
+                    "currency": _STR,
+                    "balance": _MONEY,
+                    "reserved": _MONEY,
+                    "available": _MONEY,
+                    "credit_limit": _MONEY,
+                    "cycle_day": _INT,
+                    "parent": {"type": "string", "nullable": True},
+                    "plan": {"type": "string", "nullable": True},
+                    "active_lines": _INT,
+                    "created": _TIME,
+                },
+            },
+            "Line": {
+                "type": "object",
+                "properties": {
+                    "id": _INT,
+                    "tenant": _STR,
+                    "account": _STR,
+                    "imsi": _STR,
+                    "msisdn": {"type": "string", "nullable": True},
+                    "iccid": {"type": "string", "nullable": True},
+                    "eid": {"type": "string", "nullable": True},
+                    "state": _STR,
+                    "state_since": _TIME,
+                    "plan": {"type": "string", "nullable": True},
+                    "created": _TIME,
+                    "history": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "Bucket": {
+                "type": "object",
+                "properties": {
+                    "id": _INT,
+                    "name": _STR,
+                    "kind": _STR,
+                    "unit": _STR,
+                    "rating_groups": {"type": "array", "items": _INT, "nullable": True},
+                    "priority": _INT,
+                    "initial": _INT,
+                    "remaining": _INT,
+                    "reserved": _INT,
+                    "available": _INT,
+                    "valid_from": _TIME,
+                    "valid_to": _TIME,
+                },
+            },
+        },
+    },
+}

@@ -1,0 +1,93 @@
+"""Export throughput: how fast the exporters drain a spool of N events into each sink.
+
+    python -m loadtest.bench_export [--events 50000] [--batch 500] [--nats-server PATH]
+
+Preloads N top-up events into a temporary store (fsync durability), then times one exporter per sink from
+cursor 0 to the end: the file sink (JSON Lines, fsync per batch) and, when nats-server is installed, the
+JetStream sink against a nats-server started here on an ephemeral port (publish acknowledgements awaited one
+by one, which keeps stream order across broker restarts). Prints events/s per sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from chf import admin
+from chf.catalogue import load_catalogue
+from chf.engine import Engine
+from chf.export import Exporter, FileSink, NatsSink, Sink
+from store.lmdbstore import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def preload(store: Store, events: int) -> None:
+    engine = Engine(load_catalogue(ROOT / "conf" / "catalogue.toml"))
+    now = int(time.time())
+    store.write(lambda txn: admin.create_tenant(txn, "bench", "Bench", "EUR", now))
+    store.write(
+        lambda txn: admin.create_account(txn, engine, account_id="a", tenant="bench", payment="prepaid", now=now)
+    )
+    op = lambda txn: admin.topup(txn, engine, "a", 1, now=now, actor="bench", reason="bench")  # noqa: E731
+    for start in range(0, events, 1000):
+        store.run_batch([op] * min(1000, events - start))
+
+
+async def drain(store: Store, sink: Sink, batch: int) -> tuple[int, float]:
+    exporter = Exporter(store, sink, batch=batch)
+    await sink.open()
+    started = time.perf_counter()
+    total = 0
+    while n := await exporter.step():
+        total += n
+    elapsed = time.perf_counter() - started
+    await sink.close()
+    return total, elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--nats-server", default=shutil.which("nats-server") or "/usr/sbin/nats-server")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="chf-bench-export-") as tmp:
+        store = Store(Path(tmp) / "chf.lmdb", map_size=4 << 30)
+        t0 = time.perf_counter()
+        preload(store, args.events)
+        print(f"preloaded {args.events} events in {time.perf_counter() - t0:.1f}s")
+        store.start(asyncio.get_running_loop())
+        n, s = await drain(store, FileSink(str(Path(tmp) / "export"), name="files", max_bytes=16 << 20), args.batch)
+        print(f"files: {n} events in {s:.2f}s = {n / s:,.0f} events/s (batch {args.batch}, fsync per batch)")
+        if Path(args.nats_server).exists():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            proc = subprocess.Popen(
+                [args.nats_server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(Path(tmp) / "js")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.sleep(0.5)
+                sink = NatsSink([f"nats://127.0.0.1:{port}"], name="nats")
+                n, s = await drain(store, sink, args.batch)
+                print(f"nats: {n} events in {s:.2f}s = {n / s:,.0f} events/s (acknowledged one by one)")
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        else:
+            print("nats: skipped (nats-server not installed)")
+        await store.stop()
+        store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,392 @@
+"""The management API over real HTTP against a real server, a real service and an LMDB store on disk.
+
+Every endpoint is exercised, with bad input for each change (a 4xx problem+json naming the field, and the store
+unchanged), idempotent top-up replay, signals to the front-ends, /metrics parsed with prometheus-client's
+parser, and the OpenAPI document validated and checked against the server's routes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from chf.api import ApiConfig, ApiServer, parse_api_config
+from chf.catalogue import load_catalogue
+from chf.config import ConfigError
+from chf.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
+from chf.openapi import OPENAPI
+from chf.service import ChargingService
+from store.lmdbstore import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOGUE = ROOT / "conf" / "catalogue.toml"
+TOKEN = "test-token-0123456789abcdef"
+
+
+class Api:
+    def __init__(self, server: ApiServer, http: aiohttp.ClientSession, service: ChargingService) -> None:
+        self.server = server
+        self.http = http
+        self.service = service
+        self.base = f"http://127.0.0.1:{server.port}"
+        self.signals: list[Signal] = []
+        self.auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None, auth: bool = True
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        hdrs = dict(self.auth) if auth else {}
+        hdrs.update(headers or {})
+        kwargs: dict[str, Any] = {"headers": hdrs}
+        if isinstance(body, bytes | str):
+            kwargs["data"] = body
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.http.request(method, self.base + path, **kwargs) as resp:
+            if resp.content_type in ("application/json", "application/problem+json"):
+                data = await resp.json(content_type=None)
+            else:
+                data = await resp.text()
+            return resp.status, data, resp
+
+    def snapshot(self) -> tuple[int, dict[str, int]]:
+        """What a refused request must leave unchanged: the last event sequence and every entry count."""
+        with self.service.read() as txn:
+            seq = txn.last_event_seq()
+        return seq, self.service.store.stat()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    store = Store(tmp_path / "chf.lmdb")
+    service = ChargingService(store, load_catalogue(CATALOGUE), catalogue_path=str(CATALOGUE))
+    await service.start()
+    server = ApiServer(service, ApiConfig(port=0, tokens={"crm": TOKEN}))
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        client = Api(server, http, service)
+        service.bus.subscribe("*", client.signals.append)
+        yield client
+    await server.stop()
+    await service.stop()
+    store.close()
+
+
+async def provision(api: Api) -> int:
+    """A tenant, a prepaid account with 5 EUR and one active line on prepaid-s; returns the line id."""
+    status, _, _ = await api.call("POST", "/v1/tenants", {"id": "mvno", "name": "MVNO", "currency": "EUR"})
+    assert status == 201
+    status, acct, _ = await api.call(
+        "POST", "/v1/accounts", {"id": "alice", "tenant": "mvno", "payment": "prepaid", "balance": 5_000_000}
+    )
+    assert status == 201, acct
+    assert acct["balance"] == 5_000_000
+    status, line, _ = await api.call(
+        "POST",
+        "/v1/lines",
+        {"account": "alice", "imsi": "001010000000001", "msisdn": "33600000001", "plan": "prepaid-s"},
+    )
+    assert status == 201, line
+    return int(line["id"])
+
+
+async def open_session(api: Api, key: str = "gy:sess-1") -> None:
+    answer = await api.service.charge(
+        ChargingRequest(INITIAL, key, 0, [("imsi", "001010000000001")], [UnitRequest(rating_group=10, requested={})])
+    )
+    assert answer.result == "success", answer
+
+
+def assert_problem(status: int, data: Any, resp: aiohttp.ClientResponse, expected: int, field: str) -> None:
+    assert status == expected, data
+    assert resp.content_type == "application/problem+json"
+    assert data["status"] == expected
+    assert data["invalidParams"][0]["param"] == field, data
+
+
+async def test_provisioning_reads_and_lifecycle_with_signals(api: Api) -> None:
+    line_id = await provision(api)
+    status, tenants, _ = await api.call("GET", "/v1/tenants")
+    assert status == 200 and [t["id"] for t in tenants["tenants"]] == ["mvno"]
+    status, tenant, _ = await api.call("GET", "/v1/tenants/mvno")
+    assert status == 200 and tenant["currency"] == "EUR"
+    status, accounts, _ = await api.call("GET", "/v1/accounts?tenant=mvno")
+    assert status == 200 and [a["id"] for a in accounts["accounts"]] == ["alice"]
+    status, acct, _ = await api.call("GET", "/v1/accounts/alice")
+    assert status == 200 and acct["payment"] == "prepaid"
+    status, lines, _ = await api.call("GET", "/v1/accounts/alice/lines")
+    assert status == 200 and [x["id"] for x in lines["lines"]] == [line_id]
+    for ref in (str(line_id), "001010000000001", "33600000001"):
+        status, line, _ = await api.call("GET", f"/v1/lines/{ref}")
+        assert status == 200 and line["id"] == line_id and line["plan"] == "prepaid-s"
+    status, bal, _ = await api.call("GET", f"/v1/lines/{line_id}/balances")
+    assert status == 200 and {b["name"] for b in bal["buckets"]} >= {"data", "voice", "sms"}
+
+    await open_session(api)
+    status, sessions, _ = await api.call("GET", "/v1/sessions")
+    assert status == 200 and [s["key"] for s in sessions["sessions"]] == ["gy:sess-1"]
+    status, sessions, _ = await api.call("GET", f"/v1/lines/{line_id}/sessions")
+    assert status == 200 and len(sessions["sessions"]) == 1
+
+    # A top-up re-authorises the open session once it is durable.
+    status, acct, _ = await api.call("POST", "/v1/accounts/alice/topups", {"amount": 2_000_000, "reason": "shop"})
+    assert status == 200 and acct["balance"] < 7_000_000 + 1
+    assert [(s.kind, s.session) for s in api.signals] == [("reauth", "gy:sess-1")]
+    # Suspension aborts it.
+    status, line, _ = await api.call("POST", f"/v1/lines/{line_id}/state", {"state": "suspended", "reason": "lost SIM"})
+    assert status == 200 and line["state"] == "suspended"
+    assert [(s.kind, s.session) for s in api.signals][-1] == ("abort", "gy:sess-1")
+    status, line, _ = await api.call("POST", f"/v1/lines/{line_id}/state", {"state": "active", "reason": "found"})
+    assert status == 200 and line["state"] == "active"
+
+    # Plans on lines and accounts, a goodwill bucket, a bucket adjustment.
+    status, line, _ = await api.call("PUT", f"/v1/lines/{line_id}/plan", {"plan": "payg", "reason": "downgrade"})
+    assert status == 200 and line["plan"] == "payg"
+    status, bucket, _ = await api.call(
+        "POST",
+        f"/v1/lines/{line_id}/buckets",
+        {"name": "goodwill", "unit": "bytes", "amount": 1000, "valid_to": int(time.time()) + 3600, "reason": "sorry"},
+    )
+    assert status == 201 and bucket["remaining"] == 1000
+    status, adjusted, _ = await api.call(
+        "POST",
+        "/v1/accounts/alice/adjustments",
+        {"amount": -400, "reason": "correction", "line": str(line_id), "bucket": bucket["id"]},
+    )
+    assert status == 200 and adjusted["remaining"] == 600
+    status, acct, _ = await api.call(
+        "POST", "/v1/accounts", {"id": "fam", "tenant": "mvno", "payment": "postpaid", "credit_limit": 10_000_000}
+    )
+    assert status == 201
+    status, acct, _ = await api.call("PUT", "/v1/accounts/fam/plan", {"plan": "family-50g", "reason": "new family"})
+    assert status == 200 and acct["plan"] == "family-50g"
+    status, bal, _ = await api.call("GET", "/v1/accounts/fam/balances")
+    assert status == 200 and bal["buckets"] and bal["wallet"]["credit_limit"] == 10_000_000
+
+    # Move the line, then read its events by time range.
+    status, _, _ = await api.call("POST", "/v1/accounts", {"id": "alice2", "tenant": "mvno", "payment": "prepaid"})
+    assert status == 201
+    status, line, _ = await api.call("POST", f"/v1/lines/{line_id}/move", {"account": "alice2", "reason": "split"})
+    assert status == 200 and line["account"] == "alice2"
+    status, events, _ = await api.call("GET", f"/v1/lines/{line_id}/events?from=0&limit=1000")
+    assert status == 200
+    kinds = [e["kind"] for e in events["events"]]
+    assert "lifecycle" in kinds and "plan_change" in kinds and "line_move" in kinds
+    assert all(e["subscriber"] == line_id for e in events["events"])
+    seqs = [e["seq"] for e in events["events"]]
+    assert seqs == sorted(seqs)
+    status, page, _ = await api.call("GET", f"/v1/lines/{line_id}/events?limit=2")
+    assert status == 200 and [e["seq"] for e in page["events"]] == seqs[:2] and page["next_after"] == seqs[1]
+    status, page2, _ = await api.call("GET", f"/v1/lines/{line_id}/events?limit=2&after={page['next_after']}")
+    assert [e["seq"] for e in page2["events"]] == seqs[2:4]
+    future = int(time.time()) + 86400 * 400
+    status, none, _ = await api.call("GET", f"/v1/lines/{line_id}/events?from={future}")
+    assert status == 200 and none["events"] == [] and none["next_after"] is None
+
+    status, cat, _ = await api.call("POST", "/v1/catalogue/reload")
+    assert status == 200 and "prepaid-s" in cat["plans"]
+
+
+async def test_idempotent_topup_replay(api: Api) -> None:
+    await provision(api)
+    key = {"Idempotency-Key": "order-42"}
+    status, first, resp = await api.call(
+        "POST", "/v1/accounts/alice/topups", {"amount": 1_500_000, "reason": "web"}, headers=key
+    )
+    assert status == 200 and "Idempotency-Replayed" not in resp.headers
+    before = api.snapshot()
+    status, again, resp = await api.call(
+        "POST", "/v1/accounts/alice/topups", {"amount": 1_500_000, "reason": "web"}, headers=key
+    )
+    assert status == 200 and resp.headers["Idempotency-Replayed"] == "true"
+    assert again == first
+    assert api.snapshot() == before
+    status, acct, _ = await api.call("GET", "/v1/accounts/alice")
+    # 5.00 EUR opening balance - 4.99 EUR first (promotional) fee of prepaid-s + 1.50 EUR
+    assert acct["balance"] == first["balance"] == 1_510_000
+    # An adjustment with its own key is applied once as well.
+    adj = {"Idempotency-Key": "adj-1"}
+    for _ in range(2):
+        status, _, _ = await api.call(
+            "POST", "/v1/accounts/alice/adjustments", {"amount": -500_000, "reason": "fee"}, headers=adj
+        )
+        assert status == 200
+    status, acct, _ = await api.call("GET", "/v1/accounts/alice")
+    assert acct["balance"] == 1_010_000
+
+
+BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
+    ("POST", "/v1/tenants", {"id": "x y", "currency": "EUR"}, 400, "tenant"),
+    ("POST", "/v1/tenants", {"id": "t2", "currency": "euro"}, 400, "currency"),
+    ("POST", "/v1/tenants", {"id": "t2"}, 400, "currency"),
+    ("POST", "/v1/tenants", {"id": "mvno", "currency": "EUR"}, 409, "tenant"),
+    ("POST", "/v1/tenants", {"id": "t2", "currency": "EUR", "colour": "red"}, 400, "colour"),
+    ("POST", "/v1/tenants", b"{not json", 400, "body"),
+    ("POST", "/v1/tenants", b"[1, 2]", 400, "body"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "nope", "payment": "prepaid"}, 404, "tenant"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "cash"}, 400, "payment"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "prepaid", "balance": 1.5}, 400, "balance"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "postpaid", "cycle_day": 31}, 400, "cycle_day"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": 10.0, "reason": "x"}, 400, "amount"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": "10", "reason": "x"}, 400, "amount"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": -5, "reason": "x"}, 400, "amount"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": 5}, 400, "reason"),
+    ("POST", "/v1/accounts/nobody/topups", {"amount": 5, "reason": "x"}, 404, "account"),
+    ("POST", "/v1/accounts/alice/adjustments", {"amount": 0, "reason": "x"}, 400, "amount"),
+    ("POST", "/v1/accounts/alice/adjustments", {"amount": 5, "reason": "x", "bucket": 999, "line": "1"}, 404, "bucket"),
+    ("PUT", "/v1/accounts/alice/plan", {"plan": "no-such-plan"}, 404, "plan"),
+    ("PUT", "/v1/accounts/alice/plan", {"plan": "postpaid-l"}, 409, "plan"),
+    ("POST", "/v1/lines", {"account": "alice", "imsi": "12ab"}, 400, "imsi"),
+    ("POST", "/v1/lines", {"account": "alice", "imsi": "001010000000001"}, 409, "imsi"),
+    ("POST", "/v1/lines", {"account": "alice", "imsi": "001010000000002", "msisdn": "+33"}, 400, "msisdn"),
+    ("POST", "/v1/lines", {"account": "ghost", "imsi": "001010000000002"}, 404, "account"),
+    ("POST", "/v1/lines", {"account": "alice", "imsi": "001010000000002", "state": "suspended"}, 400, "state"),
+    ("POST", "/v1/lines/1/state", {"state": "sleeping", "reason": "x"}, 400, "state"),
+    ("POST", "/v1/lines/1/state", {"state": "provisioned", "reason": "x"}, 409, "state"),
+    ("POST", "/v1/lines/1/state", {"state": "active"}, 400, "reason"),
+    ("POST", "/v1/lines/999999/state", {"state": "active", "reason": "x"}, 404, "line"),
+    ("POST", "/v1/lines/1/move", {"account": "ghost", "reason": "x"}, 404, "account"),
+    ("PUT", "/v1/lines/1/plan", {"plan": "postpaid-l"}, 409, "plan"),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "litres", "amount": 1, "valid_to": 2**40, "reason": "x"},
+        400,
+        "unit",
+    ),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "bytes", "amount": 1, "valid_to": 5, "reason": "x"},
+        400,
+        "valid_to",
+    ),
+    ("GET", "/v1/lines/1/events?from=abc", None, 400, "from"),
+    ("GET", "/v1/lines/1/events?from=10&to=5", None, 400, "to"),
+    ("GET", "/v1/lines/1/events?limit=0", None, 400, "limit"),
+    ("GET", "/v1/lines/nobody", None, 404, "line"),
+    ("GET", "/v1/accounts/ghost", None, 404, "account"),
+    ("GET", "/v1/tenants/ghost", None, 404, "tenant"),
+]
+
+
+async def test_bad_input_names_the_field_and_changes_nothing(api: Api) -> None:
+    await provision(api)
+    for method, path, body, expected, field in BAD_REQUESTS:
+        before = api.snapshot()
+        status, data, resp = await api.call(method, path, body)
+        assert_problem(status, data, resp, expected, field)
+        assert api.snapshot() == before, (method, path, body)
+    # Auth: missing or wrong token.
+    before = api.snapshot()
+    status, data, resp = await api.call("POST", "/v1/tenants", {"id": "t9", "currency": "EUR"}, auth=False)
+    assert_problem(status, data, resp, 401, "Authorization")
+    status, data, resp = await api.call(
+        "GET", "/v1/tenants", auth=False, headers={"Authorization": "Bearer wrong-token-0000000000"}
+    )
+    assert_problem(status, data, resp, 401, "Authorization")
+    assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    assert api.snapshot() == before
+    # Unknown route and method: still problem+json.
+    status, data, resp = await api.call("GET", "/v1/nothing-here")
+    assert status == 404 and resp.content_type == "application/problem+json"
+    status, data, resp = await api.call("DELETE", "/v1/tenants")
+    assert status == 405 and resp.content_type == "application/problem+json"
+    # A body over the limit.
+    status, data, resp = await api.call("POST", "/v1/tenants", b"{" + b" " * 100_000 + b"}")
+    assert status == 413 and data["invalidParams"][0]["param"] == "body"
+
+
+async def test_catalogue_reload_rejects_an_invalid_file(api: Api, tmp_path: Path) -> None:
+    bad = tmp_path / "catalogue.toml"
+    bad.write_text(CATALOGUE.read_text() + '\n[plans.broken]\npayment = "cash"\n')
+    api.service.catalogue_path = str(bad)
+    digest = api.service.catalogue.digest
+    status, data, resp = await api.call("POST", "/v1/catalogue/reload")
+    assert_problem(status, data, resp, 422, "catalogue")
+    assert data["errors"] and api.service.catalogue.digest == digest
+
+
+async def test_metrics_health_and_readiness(api: Api) -> None:
+    from chf import metrics
+
+    await provision(api)
+    granted_before = metrics.UNITS_GRANTED.labels("bytes")._value.get()
+    consumed_before = metrics.UNITS_CONSUMED.labels("bytes")._value.get()
+    await open_session(api)
+    update = ChargingRequest(
+        UPDATE,
+        "gy:sess-1",
+        1,
+        [("imsi", "001010000000001")],
+        [UnitRequest(rating_group=10, requested={}, used=[UsageReport({"bytes_in": 1000, "bytes_out": 234})])],
+    )
+    assert (await api.service.charge(update)).result == "success"
+    status, _, _ = await api.call("GET", "/v1/tenants", auth=False)
+    assert status == 401
+    status, body, resp = await api.call("GET", "/healthz", auth=False)
+    assert status == 200 and body == {"status": "ok"}
+    status, body, resp = await api.call("GET", "/readyz", auth=False)
+    assert status == 200 and body["status"] == "ready"
+    status, text, resp = await api.call("GET", "/metrics", auth=False)
+    assert status == 200 and resp.content_type == "text/plain"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("chf_open_sessions", ())] == 1
+    assert samples[("chf_consumed_units_total", (("unit", "bytes"),))] - consumed_before == 1234
+    assert samples[("chf_granted_units_total", (("unit", "bytes"),))] > granted_before
+    assert ("chf_store_write_queue_operations", ()) in samples
+    assert samples[("chf_store_commit_duration_seconds_count", ())] >= 4
+    assert samples[("chf_store_batch_size_operations_count", ())] >= 4
+    created = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "chf_requests_total"
+        and dict(labels) == {"interface": "api", "operation": "create_line", "result": "201"}
+    ]
+    assert created and created[0] >= 1
+    assert any(name == "chf_request_duration_seconds_bucket" for name, _ in samples)
+    assert samples[("chf_protocol_errors_total", (("error", "401"), ("interface", "api")))] >= 1
+    for family in families.values():
+        assert family.name.startswith("chf_"), family.name
+        for sample in family.samples:
+            for value in sample.labels.values():
+                assert "001010000000001" not in value and "sess-1" not in value
+    # The store hook is registered once however many servers share the store.
+    assert api.service.store.on_commit.count(__import__("chf.metrics").metrics.observe_commit) == 1
+    # Not ready once the writer has stopped.
+    await api.service.store.stop()
+    status, body, _ = await api.call("GET", "/readyz", auth=False)
+    assert status == 503 and body["checks"]["writer"] is False
+    api.service.store.start()
+
+
+async def test_openapi_document_is_valid_and_matches_the_routes(api: Api) -> None:
+    status, doc, _ = await api.call("GET", "/openapi.json", auth=False)
+    assert status == 200 and doc == OPENAPI
+    validate(doc)
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in api.server.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    assert documented == served
+    op_ids = {op["operationId"] for ops in doc["paths"].values() for op in ops.values()}
+    assert op_ids == {r.name for r in api.server.app.router.routes() if r.name}
+
+
+def test_api_config_errors_name_the_field() -> None:
+    cfg = parse_api_config({"port": 9000, "tokens": {"crm": TOKEN}})
+    assert cfg.port == 9000 and cfg.tokens == {"crm": TOKEN}
+    with pytest.raises(ConfigError) as exc:
+        parse_api_config({"port": "x", "tokens": {"crm": "short"}, "colour": 1})
+    text = str(exc.value)
+    assert "[api] port" in text and "[api.tokens] crm" in text and "[api] colour" in text

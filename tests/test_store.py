@@ -1,0 +1,137 @@
+"""The LMDB store and its group-commit writer, on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from store.lmdbstore import Store, StoreBusy, Txn
+from store.schema import Account, SchemaError, Tenant
+
+
+def _account(txn: Txn, account_id: str, balance: int = 0) -> str:
+    txn.put_account(Account(account_id, "t", "prepaid", "EUR", balance=balance))
+    txn.append_event({"kind": "topup", "account": account_id, "amount": balance})
+    return account_id
+
+
+def test_write_is_durable_across_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.write(lambda txn: _account(txn, "a1", 5))
+    store_id = store.store_id
+    store.close()
+    again = Store(tmp_path / "db")
+    with again.read() as txn:
+        acc = txn.get_account("a1")
+        assert acc is not None and acc.balance == 5
+        events = list(txn.events())
+    assert again.store_id == store_id
+    assert [e["seq"] for e in events] == [1]
+    assert events[0]["id"] == f"{store_id}-1"
+    again.close()
+
+
+def test_failing_operation_leaves_no_trace_and_no_sequence_gap(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+
+    def fails(txn: Txn) -> None:
+        _account(txn, "ghost", 1)
+        raise ValueError("refused after writing")
+
+    results = store.run_batch([lambda t: _account(t, "a1"), fails, lambda t: _account(t, "a2")])
+    assert results[0] == "a1" and results[2] == "a2"
+    assert isinstance(results[1], ValueError)
+    with store.read() as txn:
+        assert txn.get_account("ghost") is None
+        assert [e["account"] for e in txn.events()] == ["a1", "a2"]
+        assert [e["seq"] for e in txn.events()] == [1, 2]
+        assert txn.last_event_seq() == 2
+    store.close()
+
+
+def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    with store.env.begin(write=True) as txn:
+        txn.put(b"schema", b"99", db=store._db[b"meta"])
+    store.close()
+    with pytest.raises(SchemaError, match="schema 99"):
+        Store(tmp_path / "db")
+
+
+def test_durability_setting_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        Store(tmp_path / "db", durability="maybe")
+
+
+async def test_group_commit_batches_and_answers_only_after_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    commits: list[int] = []
+    store.on_commit.append(lambda n, _s: commits.append(n))
+    store.start(asyncio.get_running_loop())
+    seen_at_answer: list[int] = []
+
+    async def one(i: int) -> None:
+        await store.submit(lambda txn: _account(txn, f"a{i}", i))
+        # The future resolves on the loop after the commit that holds the operation: its batch is counted.
+        seen_at_answer.append(sum(commits))
+        with store.read() as txn:
+            assert txn.get_account(f"a{i}") is not None
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+    await store.stop()
+    assert sum(commits) == 300
+    assert len(commits) < 300, "requests waiting together must share commits"
+    assert max(commits) > 1
+    assert all(n >= 1 for n in seen_at_answer)
+    with store.read() as txn:
+        seqs = [e["seq"] for e in txn.events()]
+    assert seqs == list(range(1, 301))
+    store.close()
+
+
+async def test_operation_error_reaches_only_its_caller(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.start(asyncio.get_running_loop())
+
+    def bad(txn: Txn) -> None:
+        txn.put_tenant(Tenant("t1", "x", "EUR", 0))
+        raise KeyError("nope")
+
+    ok1 = store.submit(lambda t: _account(t, "a1"))
+    failing = store.submit(bad)
+    ok2 = store.submit(lambda t: _account(t, "a2"))
+    assert await ok1 == "a1"
+    with pytest.raises(KeyError):
+        await failing
+    assert await ok2 == "a2"
+    await store.stop()
+    with store.read() as txn:
+        assert txn.get_tenant("t1") is None
+    store.close()
+
+
+async def test_full_queue_answers_busy(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", max_queue=5)
+    store.start(asyncio.get_running_loop())
+    # Hold the writer so the queue fills: the first operation blocks until released.
+    gate = threading.Event()
+
+    def slow(txn: Txn) -> str:
+        gate.wait(5)
+        return "slow"
+
+    first = store.submit(slow)
+    await asyncio.sleep(0.05)  # the writer has taken `slow` and waits on the gate
+    queued = [store.submit(lambda t, i=i: _account(t, f"q{i}")) for i in range(5)]
+    with pytest.raises(StoreBusy):
+        store.submit(lambda t: _account(t, "one-too-many"))
+    gate.set()
+    assert await first == "slow"
+    assert [await q for q in queued] == [f"q{i}" for i in range(5)]
+    await store.stop()
+    with store.read() as txn:
+        assert txn.get_account("one-too-many") is None
+    store.close()
