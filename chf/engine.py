@@ -523,7 +523,9 @@ class Engine:
                 for k, v in r.units.items():
                     units[k] = units.get(k, 0) + v
         reason = reports[-1].reason or unit_req.reason
-        reservation = session.reservations.pop(rg, None)
+        # Looked at, not yet taken: a report of zero units returns below and leaves the reservation in the
+        # session, where the caller's release (final report, new request, terminate) frees it.
+        reservation = session.reservations.get(rg)
         tariff = self._tariff(plan, rg, reservation)
         unit = reservation.unit if reservation is not None else (tariff.unit if tariff is not None else None)
         if unit is None:
@@ -538,6 +540,7 @@ class Engine:
             raise RequestError("used units", f"negative {unit} reported for rating group {rg}")
         if used == 0:
             return
+        session.reservations.pop(rg, None)
         event = ctx.base_event("usage", f"network:{session.protocol}", reason)
         event.update(
             session=session.key,

@@ -47,6 +47,10 @@ COMPONENT_FACTORIES: list[ComponentFactory] = []
 COMPONENT_FACTORIES.append(api_components)
 COMPONENT_FACTORIES.append(export_components)
 
+from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
+
+COMPONENT_FACTORIES.append(gy_components)
+
 
 class KeyValueFormatter(logging.Formatter):
     """One line per event: time, level, logger, then the message's own key=value pairs."""

@@ -1,0 +1,560 @@
+"""The Diameter credit-control application (RFC 4006, TS 32.299 Gy): CCR -> ChargingRequest, ChargingAnswer -> CCA.
+
+Only translation lives here (DESIGN.md section 1). Every check that RFC 6733 / RFC 4006 asks of a receiver is
+made before the request reaches the core, so a malformed CCR changes nothing and gets a precise Result-Code
+with Failed-AVP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chf.model import (
+    CHECK_BALANCE,
+    CREDIT_CONTROL_NOT_APPLICABLE,
+    CREDIT_LIMIT_REACHED,
+    DIRECT_DEBITING,
+    END_USER_SERVICE_DENIED,
+    EVENT,
+    FUA_REDIRECT,
+    FUA_RESTRICT,
+    INITIAL,
+    NO_RATING_GROUP,
+    PRICE_ENQUIRY,
+    RATING_FAILED,
+    REFUND_ACCOUNT,
+    SESSION_UNKNOWN,
+    SUCCESS,
+    TERMINATE,
+    UPDATE,
+    USER_UNKNOWN,
+    ChargingAnswer,
+    ChargingRequest,
+    FinalUnit,
+    UnitAnswer,
+    UnitRequest,
+    UsageReport,
+)
+from gy.codec import AVP_RESERVED_BITS, Avp, DecodeError, E, Message, encode_raw, find
+from gy.dictionary import VENDOR_3GPP, lookup
+
+APP_CREDIT_CONTROL = 4
+CMD_CC = 272
+
+RESULT_CODES = {
+    SUCCESS: 2001,
+    END_USER_SERVICE_DENIED: 4010,
+    CREDIT_CONTROL_NOT_APPLICABLE: 4011,
+    CREDIT_LIMIT_REACHED: 4012,
+    SESSION_UNKNOWN: 5002,
+    USER_UNKNOWN: 5030,
+    RATING_FAILED: 5031,
+}
+UNABLE_TO_COMPLY = 5012
+
+REQUEST_TYPES = {1: INITIAL, 2: UPDATE, 3: TERMINATE, 4: EVENT}
+REQUEST_TYPE_CODES = {v: k for k, v in REQUEST_TYPES.items()}
+REQUESTED_ACTIONS = {0: DIRECT_DEBITING, 1: REFUND_ACCOUNT, 2: CHECK_BALANCE, 3: PRICE_ENQUIRY}
+SUBSCRIPTION_ID_TYPES = {0: "msisdn", 1: "imsi", 2: "sip", 3: "nai", 4: "private"}
+# TS 32.299 7.2.175 3GPP-Reporting-Reason, passed to the core lower-cased.
+REPORTING_REASONS = {
+    0: "threshold",
+    1: "qht",
+    2: "final",
+    3: "quota_exhausted",
+    4: "validity_time",
+    5: "other_quota_type",
+    6: "rating_condition_change",
+    7: "forced_reauthorisation",
+    8: "pool_exhausted",
+    9: "unused_quota_timer",
+}
+# TS 29.061 3GPP-RAT-Type values.
+RAT_TYPES = {
+    1: "utran", 2: "geran", 3: "wlan", 4: "gan", 5: "hspa_evolution", 6: "eutran", 7: "virtual", 8: "eutran_nb_iot"
+}  # fmt: skip
+FINAL_UNIT_ACTIONS = {"terminate": 0, FUA_REDIRECT: 1, FUA_RESTRICT: 2}
+# ISO 4217 numeric codes (Currency-Code is numeric on the wire).
+CURRENCIES = {
+    "EUR": 978, "USD": 840, "GBP": 826, "CHF": 756, "INR": 356, "JPY": 392, "SEK": 752, "NOK": 578, "DKK": 208,
+    "PLN": 985, "CZK": 203, "HUF": 348, "RON": 946, "CAD": 124, "AUD": 36, "BRL": 986, "MXN": 484, "ZAR": 710,
+    "TRY": 949, "CNY": 156, "MAD": 504, "XOF": 952, "XAF": 950, "NGN": 566, "KES": 404, "IDR": 360, "PHP": 608,
+}  # fmt: skip
+GY_CONTEXT_SUFFIX = "32251@3gpp.org"
+
+# AVP codes (base / RFC 4006 unless marked 3GPP).
+SESSION_ID = 263
+ORIGIN_HOST = 264
+ORIGIN_REALM = 296
+DESTINATION_REALM = 283
+AUTH_APPLICATION_ID = 258
+SERVICE_CONTEXT_ID = 461
+CC_REQUEST_TYPE = 416
+CC_REQUEST_NUMBER = 415
+REQUESTED_ACTION = 436
+SUBSCRIPTION_ID = 443
+SUBSCRIPTION_ID_TYPE = 450
+SUBSCRIPTION_ID_DATA = 444
+USER_NAME = 1
+MSCC = 456
+RSU = 437
+USU = 446
+RATING_GROUP = 432
+SERVICE_IDENTIFIER = 439
+CC_TIME = 420
+CC_MONEY = 413
+CC_TOTAL_OCTETS = 421
+CC_INPUT_OCTETS = 412
+CC_OUTPUT_OCTETS = 414
+CC_SSU = 417
+UNIT_VALUE = 445
+VALUE_DIGITS = 447
+EXPONENT = 429
+CURRENCY_CODE = 425
+TARIFF_CHANGE_USAGE = 452
+REPORTING_REASON_3GPP = 872
+SERVICE_INFORMATION_3GPP = 873
+PS_INFORMATION_3GPP = 874
+SGSN_MCC_MNC_3GPP = 18
+RAT_TYPE_3GPP = 21
+CALLED_STATION_ID = 30
+
+REQUIRED = (SESSION_ID, ORIGIN_HOST, ORIGIN_REALM, DESTINATION_REALM, AUTH_APPLICATION_ID, SERVICE_CONTEXT_ID,
+            CC_REQUEST_TYPE, CC_REQUEST_NUMBER)  # fmt: skip
+AT_MOST_ONCE = frozenset(
+    (*REQUIRED, 293, USER_NAME, 55, REQUESTED_ACTION, RSU, 295, 278, SERVICE_IDENTIFIER, SERVICE_INFORMATION_3GPP)
+)
+_KNOWN_BASE = frozenset(code for code in range(1, 2**16) if lookup(code, 0) is not None)
+# AVPs that belong to answers and make no sense in a CCR (RFC 6733 7.1.5 DIAMETER_AVP_NOT_ALLOWED).
+NOT_ALLOWED_IN_CCR = frozenset((268, 297, 431, 430, 423, 422, 294, 448))
+
+
+@dataclass(slots=True)
+class ParsedCCR:
+    request: ChargingRequest
+    request_type: int
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    uses_mscc: bool = False
+    top_level_units: bool = False
+    currency_code: int | None = None
+    requested_action: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def example_avp(code: int, vendor: int = 0) -> bytes:
+    """RFC 6733 7.5: a missing AVP is reported as an example of it with a zeroed value of minimum length."""
+    d = lookup(code, vendor)
+    size = {"uint32": 4, "int32": 4, "uint64": 8, "int64": 8, "time": 4, "address": 6}.get(d.type if d else "", 0)
+    flags = 0x40 if d is None or d.mandatory else 0
+    return encode_raw(code, flags, vendor, b"\0" * size)
+
+
+def _once(avps: list[Avp], code: int, vendor: int = 0) -> Avp | None:
+    found = None
+    for a in avps:
+        if a.code == code and a.vendor == vendor:
+            if found is not None:
+                raise DecodeError(5009, f"AVP {code} occurs more than once", a.raw())
+            found = a
+    return found
+
+
+def _check_flags(avps: list[Avp]) -> None:
+    for a in avps:
+        if a.flags & AVP_RESERVED_BITS:
+            raise DecodeError(3009, f"{a!r}: reserved flag bits set", a.raw())
+        if a.flags & 0x40 and lookup(a.code, a.vendor) is None:
+            raise DecodeError(5001, f"AVP {a.code} (vendor {a.vendor}) with the M bit is not supported", a.raw())
+
+
+def _invalid(a: Avp, why: str) -> DecodeError:
+    return DecodeError(5004, f"{a!r}: {why}", a.raw())
+
+
+def money_micro(cc_money: Avp) -> tuple[int, int | None]:
+    """CC-Money -> (integer micro-units, Currency-Code). Unit-Value = Value-Digits x 10^Exponent, exactly."""
+    children = cc_money.children
+    unit_value = _once(children, UNIT_VALUE)
+    if unit_value is None:
+        raise DecodeError(5005, "CC-Money without Unit-Value", example_avp(UNIT_VALUE))
+    digits_avp = _once(unit_value.children, VALUE_DIGITS)
+    if digits_avp is None:
+        raise DecodeError(5005, "Unit-Value without Value-Digits", example_avp(VALUE_DIGITS))
+    digits = digits_avp.i64()
+    exponent_avp = _once(unit_value.children, EXPONENT)
+    exponent = exponent_avp.i32() if exponent_avp is not None else 0
+    shift = exponent + 6
+    if shift >= 0:
+        if shift > 18:
+            raise _invalid(unit_value, f"exponent {exponent} out of range")
+        micro = digits * 10**shift
+    else:
+        divisor = 10**-shift if shift > -19 else 0
+        if divisor == 0 or digits % divisor:
+            raise _invalid(unit_value, f"{digits}e{exponent} is not a whole number of micro-units")
+        micro = digits // divisor
+    if micro < 0:
+        raise _invalid(unit_value, "negative amount")
+    currency = _once(children, CURRENCY_CODE)
+    return micro, currency.u32() if currency is not None else None
+
+
+def parse_units(group: Avp, ccr: ParsedCCR) -> dict[str, int]:
+    units: dict[str, int] = {}
+    for a in group.children:
+        if a.vendor:
+            continue
+        c = a.code
+        if c == CC_TOTAL_OCTETS:
+            units["bytes"] = a.u64()
+        elif c == CC_INPUT_OCTETS:
+            units["bytes_in"] = a.u64()
+        elif c == CC_OUTPUT_OCTETS:
+            units["bytes_out"] = a.u64()
+        elif c == CC_TIME:
+            units["seconds"] = a.u32()
+        elif c == CC_SSU:
+            units["events"] = a.u64()
+        elif c == CC_MONEY:
+            units["money"], currency = money_micro(a)
+            if currency is not None:
+                ccr.currency_code = currency
+    if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
+        units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
+    return units
+
+
+def _reason(avps: list[Avp]) -> str | None:
+    a = _once(avps, REPORTING_REASON_3GPP, VENDOR_3GPP)
+    if a is None:
+        return None
+    value = a.i32()
+    return REPORTING_REASONS.get(value, str(value))
+
+
+def parse_usage(usu: Avp, ccr: ParsedCCR) -> UsageReport:
+    children = usu.children
+    _check_flags(children)
+    report = UsageReport(parse_units(usu, ccr), _reason(children))
+    tcu = _once(children, TARIFF_CHANGE_USAGE)
+    if tcu is not None:
+        value = tcu.i32()
+        if value not in (0, 1, 2):
+            raise _invalid(tcu, f"Tariff-Change-Usage {value} is not 0, 1 or 2")
+    return report
+
+
+def parse_mscc(mscc: Avp, ccr: ParsedCCR) -> UnitRequest:
+    children = mscc.children
+    _check_flags(children)
+    rg = _once(children, RATING_GROUP)
+    si = find(children, SERVICE_IDENTIFIER)
+    rsu = _once(children, RSU)
+    unit = UnitRequest(
+        rating_group=rg.u32() if rg is not None else NO_RATING_GROUP,
+        service_id=si.u32() if si is not None else None,
+        requested=parse_units(rsu, ccr) if rsu is not None else None,
+        used=[parse_usage(u, ccr) for u in children if u.code == USU and not u.vendor],
+        reason=_reason(children),
+    )
+    return unit
+
+
+def parse_ccr(msg: Message) -> ParsedCCR:
+    """A CCR's AVPs -> ParsedCCR, or DecodeError with the Result-Code and Failed-AVP."""
+    avps = msg.avps
+    # One pass over the top level: flag bits, unknown mandatory AVPs, AVPs a CCR must not carry, repeats.
+    seen: set[int] = set()
+    for a in avps:
+        flags = a.flags
+        if flags & AVP_RESERVED_BITS:
+            raise DecodeError(3009, f"{a!r}: reserved flag bits set", a.raw())
+        if a.vendor:
+            if flags & 0x40 and lookup(a.code, a.vendor) is None:
+                raise DecodeError(5001, f"AVP {a.code} (vendor {a.vendor}) with the M bit is not supported", a.raw())
+            continue
+        code = a.code
+        if code in AT_MOST_ONCE:
+            if code in seen:
+                raise DecodeError(5009, f"{a!r} occurs more than once", a.raw())
+            seen.add(code)
+        elif code in NOT_ALLOWED_IN_CCR:
+            raise DecodeError(5008, f"{a!r} is not allowed in a CCR", a.raw())
+        elif flags & 0x40 and code not in _KNOWN_BASE:
+            raise DecodeError(5001, f"AVP {code} with the M bit is not supported", a.raw())
+    for code in REQUIRED:
+        if code not in seen:
+            raise DecodeError(5005, f"missing AVP {lookup(code).name}", example_avp(code))  # type: ignore[union-attr]
+    session_avp = find(avps, SESSION_ID)
+    assert session_avp is not None
+    session_id = session_avp.text()
+    if not session_id:
+        raise _invalid(session_avp, "empty Session-Id")
+    app = find(avps, AUTH_APPLICATION_ID)
+    assert app is not None
+    if app.u32() != APP_CREDIT_CONTROL:
+        raise _invalid(app, "Auth-Application-Id must be 4 (credit control)")
+    type_avp = find(avps, CC_REQUEST_TYPE)
+    assert type_avp is not None
+    request_type = type_avp.i32()
+    kind = REQUEST_TYPES.get(request_type)
+    if kind is None:
+        raise _invalid(type_avp, f"CC-Request-Type {request_type} is not 1 to 4")
+    number_avp = find(avps, CC_REQUEST_NUMBER)
+    assert number_avp is not None
+    number = number_avp.u32()
+    context = find(avps, SERVICE_CONTEXT_ID).text()  # type: ignore[union-attr]
+    host = find(avps, ORIGIN_HOST).data.decode("utf-8", "replace")  # type: ignore[union-attr]
+    realm = find(avps, ORIGIN_REALM).data.decode("utf-8", "replace")  # type: ignore[union-attr]
+    request = ChargingRequest(kind, "gy:" + session_id, number, [], notify=[host, realm])
+    ccr = ParsedCCR(request, request_type, session_id, host, realm)
+    identities = request.identities
+    for sid in avps:
+        if sid.code != SUBSCRIPTION_ID or sid.vendor:
+            continue
+        children = sid.children
+        id_type = _once(children, SUBSCRIPTION_ID_TYPE)
+        id_data = _once(children, SUBSCRIPTION_ID_DATA)
+        if id_type is None:
+            raise DecodeError(5005, "Subscription-Id without Subscription-Id-Type", example_avp(SUBSCRIPTION_ID_TYPE))
+        if id_data is None:
+            raise DecodeError(5005, "Subscription-Id without Subscription-Id-Data", example_avp(SUBSCRIPTION_ID_DATA))
+        name = SUBSCRIPTION_ID_TYPES.get(id_type.i32())
+        if name is None:
+            raise _invalid(id_type, f"Subscription-Id-Type {id_type.i32()} is not 0 to 4")
+        value = id_data.text()
+        if name == "msisdn":
+            value = value.lstrip("+")
+        identities.append((name, value))
+    user_name = find(avps, USER_NAME)
+    if user_name is not None:
+        identities.append(("nai", user_name.text()))
+    if kind == EVENT:
+        action_avp = find(avps, REQUESTED_ACTION)
+        action = action_avp.i32() if action_avp is not None else 0  # RFC 4006 8.41: default DIRECT_DEBITING
+        if action not in REQUESTED_ACTIONS:
+            raise _invalid(action_avp, f"Requested-Action {action} is not 0 to 3")  # type: ignore[arg-type]
+        request.action = REQUESTED_ACTIONS[action]
+        ccr.requested_action = action
+    top_si = find(avps, SERVICE_IDENTIFIER)
+    for a in avps:
+        if a.code == MSCC and not a.vendor:
+            request.units.append(parse_mscc(a, ccr))
+            ccr.uses_mscc = True
+    top_rsu = find(avps, RSU)
+    top_usu = [a for a in avps if a.code == USU and not a.vendor]
+    if top_rsu is not None or top_usu:
+        if ccr.uses_mscc:
+            culprit = top_rsu if top_rsu is not None else top_usu[0]
+            raise DecodeError(5008, "RSU/USU beside Multiple-Services-Credit-Control", culprit.raw())
+        ccr.top_level_units = True
+        request.units.append(
+            UnitRequest(
+                service_id=top_si.u32() if top_si is not None else None,
+                requested=parse_units(top_rsu, ccr) if top_rsu is not None else None,
+                used=[parse_usage(u, ccr) for u in top_usu],
+            )
+        )
+    if context.endswith(GY_CONTEXT_SUFFIX):
+        _service_information(avps, request)
+    return ccr
+
+
+def _service_information(avps: list[Avp], request: ChargingRequest) -> None:
+    si = _once(avps, SERVICE_INFORMATION_3GPP, VENDOR_3GPP)
+    if si is None:
+        return
+    ps = _once(si.children, PS_INFORMATION_3GPP, VENDOR_3GPP)
+    if ps is None:
+        return
+    children = ps.children
+    mcc_mnc = _once(children, SGSN_MCC_MNC_3GPP, VENDOR_3GPP)
+    if mcc_mnc is not None:
+        value = mcc_mnc.text()
+        if not value.isdigit() or len(value) not in (5, 6):
+            raise _invalid(mcc_mnc, f"3GPP-SGSN-MCC-MNC {value!r} is not 5 or 6 digits")
+        request.serving_network = value
+    rat = _once(children, RAT_TYPE_3GPP, VENDOR_3GPP)
+    if rat is not None and rat.end > rat.start:
+        code = rat.buf[rat.start]
+        request.rat = RAT_TYPES.get(code, str(code))
+    apn = _once(children, CALLED_STATION_ID)
+    if apn is not None:
+        request.apn = apn.text()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Answers
+# ----------------------------------------------------------------------------------------------------------------
+_E_SESSION = E("Session-Id")
+_E_RESULT = E("Result-Code")
+_E_TYPE = E("CC-Request-Type")
+_E_NUMBER = E("CC-Request-Number")
+_E_MSCC = E("Multiple-Services-Credit-Control")
+_E_GSU = E("Granted-Service-Unit")
+_E_RG = E("Rating-Group")
+_E_SI = E("Service-Identifier")
+_E_VALIDITY = E("Validity-Time")
+_E_TOTAL = E("CC-Total-Octets")
+_E_TIME = E("CC-Time")
+_E_SSU = E("CC-Service-Specific-Units")
+_E_MONEY = E("CC-Money")
+_E_UNIT_VALUE = E("Unit-Value")
+_E_DIGITS = E("Value-Digits")
+_E_EXPONENT = E("Exponent")
+_E_CURRENCY = E("Currency-Code")
+_E_VQT = E("Volume-Quota-Threshold")
+_E_TQT = E("Time-Quota-Threshold")
+_E_QHT = E("Quota-Holding-Time")
+_E_FUI = E("Final-Unit-Indication")
+_E_FUA = E("Final-Unit-Action")
+_E_REDIRECT = E("Redirect-Server")
+_E_REDIRECT_TYPE = E("Redirect-Address-Type")
+_E_REDIRECT_ADDRESS = E("Redirect-Server-Address")
+_E_FILTER_ID = E("Filter-Id")
+_E_RESTRICTION = E("Restriction-Filter-Rule")
+_E_CHECK_BALANCE = E("Check-Balance-Result")
+_E_COST = E("Cost-Information")
+_E_FAILED = E("Failed-AVP")
+_E_ERROR_MESSAGE = E("Error-Message")
+
+
+def money_avp(micro: int, currency: str | None) -> list[bytes]:
+    """Unit-Value (and Currency-Code) for an amount in micro-units: Value-Digits x 10^-6, exactly."""
+    out = [_E_UNIT_VALUE.grouped((_E_DIGITS.i64(micro), _E_EXPONENT.i32(-6)))]
+    code = CURRENCIES.get(currency or "")
+    if code is not None:
+        out.append(_E_CURRENCY.u32(code))
+    return out
+
+
+def _granted(unit: str | None, amount: int, currency: str | None) -> bytes:
+    if unit == "bytes":
+        return _E_GSU.octets(_E_TOTAL.u64(amount))
+    if unit == "seconds":
+        return _E_GSU.octets(_E_TIME.u32(amount))
+    if unit == "events":
+        return _E_GSU.octets(_E_SSU.u64(amount))
+    return _E_GSU.octets(_E_MONEY.grouped(money_avp(amount, currency)))
+
+
+def _redirect_type(address: str) -> int:
+    if "://" in address:
+        return 2  # URL
+    if address.startswith("sip:"):
+        return 3  # SIP URI
+    if ":" in address:
+        return 1  # IPv6
+    return 0  # IPv4
+
+
+def final_unit_avp(final: FinalUnit) -> bytes:
+    parts = [_E_FUA.i32(FINAL_UNIT_ACTIONS.get(final.action, 0))]
+    if final.action == FUA_REDIRECT and final.redirect_address:
+        parts.append(
+            _E_REDIRECT.grouped(
+                (_E_REDIRECT_TYPE.i32(_redirect_type(final.redirect_address)),
+                 _E_REDIRECT_ADDRESS.text(final.redirect_address))
+            )
+        )  # fmt: skip
+    elif final.action == FUA_RESTRICT:
+        parts.extend(_E_RESTRICTION.octets(rule.encode()) for rule in final.restriction_rules or ())
+        if final.filter_id:
+            parts.append(_E_FILTER_ID.text(final.filter_id))
+    return _E_FUI.grouped(parts)
+
+
+def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
+    """GSU, Validity-Time, thresholds, QHT and FUI of one rating group (inside MSCC or at top level)."""
+    out: list[bytes] = []
+    if u.granted:
+        out.append(_granted(u.unit, u.granted, currency))
+    if u.validity_time and u.result in (SUCCESS, CREDIT_LIMIT_REACHED):
+        out.append(_E_VALIDITY.u32(u.validity_time))
+    if u.volume_threshold:
+        out.append(_E_VQT.u32(u.volume_threshold))
+    if u.time_threshold:
+        out.append(_E_TQT.u32(u.time_threshold))
+    if u.quota_holding_time:
+        out.append(_E_QHT.u32(u.quota_holding_time))
+    if u.final is not None:
+        out.append(final_unit_avp(u.final))
+    return out
+
+
+class AnswerEncoder:
+    """Encodes CCAs; Origin-Host, Origin-Realm, Auth-Application-Id and the failure-handling AVPs are encoded
+    once and reused in every answer."""
+
+    def __init__(self, identity: list[bytes], ccfh: int | None, session_failover: int | None) -> None:
+        self.identity = b"".join(identity)
+        tail = [E("Auth-Application-Id").u32(APP_CREDIT_CONTROL)]
+        self.identity_app = self.identity + b"".join(tail)
+        fh = []
+        if ccfh is not None:
+            fh.append(E("Credit-Control-Failure-Handling").i32(ccfh))
+        if session_failover is not None:
+            fh.append(E("CC-Session-Failover").i32(session_failover))
+        self.failure_handling = b"".join(fh)
+
+    def cca(self, ccr: ParsedCCR, answer: ChargingAnswer) -> list[bytes]:
+        result = RESULT_CODES.get(answer.result, UNABLE_TO_COMPLY)
+        out = [
+            _E_SESSION.text(ccr.session_id),
+            _E_RESULT.u32(result),
+            self.identity_app,
+            _E_TYPE.i32(ccr.request_type),
+            _E_NUMBER.u32(ccr.request.number),
+        ]
+        if ccr.request_type != 4:
+            out.append(self.failure_handling)
+        currency = answer.currency
+        if ccr.uses_mscc:
+            for u in answer.units:
+                parts = [_E_RESULT.u32(RESULT_CODES.get(u.result, UNABLE_TO_COMPLY))]
+                if u.rating_group != NO_RATING_GROUP:
+                    parts.append(_E_RG.u32(u.rating_group))
+                if u.service_id is not None:
+                    parts.append(_E_SI.u32(u.service_id))
+                parts.extend(unit_avps(u, currency))
+                out.append(_E_MSCC.grouped(parts))
+        elif answer.units:
+            out.extend(unit_avps(answer.units[0], currency))
+        if ccr.requested_action is not None and answer.result == SUCCESS:
+            action = ccr.request.action
+            if action == CHECK_BALANCE and answer.enough_credit is not None:
+                out.append(_E_CHECK_BALANCE.i32(0 if answer.enough_credit else 1))
+            elif action == PRICE_ENQUIRY and answer.cost is not None:
+                out.append(_E_COST.grouped(money_avp(answer.cost, currency)))
+        return out
+
+    def failure(
+        self, msg: Message, result_code: int, failed_avp: bytes | None, error_message: str | None
+    ) -> list[bytes]:
+        """The answer to a CCR we refuse before the core sees it (5xxx, with Failed-AVP), echoing what we can."""
+        out: list[bytes] = []
+        session = find(msg.avps, SESSION_ID) if _avps_ok(msg) else None
+        if session is not None:
+            out.append(_E_SESSION.octets(session.data))
+        out.append(_E_RESULT.u32(result_code))
+        out.append(self.identity_app if msg.code == CMD_CC else self.identity)
+        if msg.code == CMD_CC and _avps_ok(msg):
+            for code, enc in ((CC_REQUEST_TYPE, _E_TYPE), (CC_REQUEST_NUMBER, _E_NUMBER)):
+                a = find(msg.avps, code)
+                if a is not None and a.end - a.start == 4:
+                    out.append(enc.octets(a.data))
+        if error_message:
+            out.append(_E_ERROR_MESSAGE.text(error_message[:200]))
+        if failed_avp is not None:
+            out.append(_E_FAILED.octets(failed_avp))
+        return out
+
+
+def _avps_ok(msg: Message) -> bool:
+    try:
+        msg.avps  # noqa: B018 - parsing is the check
+    except DecodeError:
+        return False
+    return True

@@ -1,0 +1,286 @@
+"""Gy load generator: sessions over several Diameter connections doing CCR-I, k x CCR-U, CCR-T.
+
+By default it starts its own `chf serve` core in a child process (a fresh store in a temporary directory,
+the demo catalogue, lines provisioned for every session) and reports the server's CPU alongside the
+generator's; `--connect HOST:PORT` drives a server that is already running (with lines 208990000000000 + n
+provisioned by `--provision-only`).
+
+Examples:
+    python -m loadtest.gy --duration 20 --sessions 2000 --updates 20          # maximum rate, fsync on
+    python -m loadtest.gy --durability os --duration 20                        # fsync off
+    python -m loadtest.gy --rate 5000 --duration 30                            # a target rate of CCR-U/s
+Prints: requests/s by kind, p50/p99/p999 latency, result-code counts, server and generator CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from gy.client import DiameterClient, Mscc, ccr_avps
+from gy.codec import find
+
+REPO = Path(__file__).resolve().parents[1]
+IMSI_BASE = 208990000000000
+
+
+def server_config(tmp: Path, port: int, durability: str) -> Path:
+    path = tmp / "chf.toml"
+    path.write_text(
+        f"""
+[chf]
+data_dir = "{tmp}"
+catalogue = "{REPO / "conf" / "catalogue.toml"}"
+log_level = "warning"
+
+[store]
+path = "{tmp / "chf.lmdb"}"
+durability = "{durability}"
+map_size_mb = 4096
+
+[gy]
+listen = "127.0.0.1"
+port = {port}
+origin_host = "chf.localdomain"
+origin_realm = "localdomain"
+allow_unknown_peers = true
+max_inflight_per_peer = 100000
+max_inflight = 100000
+"""
+    )
+    return path
+
+
+def provision(config: Path, lines: int) -> None:
+    """Lines on the postpaid plan (data on every rating group) with a large credit limit, straight into the
+    store: one durable batch of operations."""
+    from chf import admin
+    from chf.config import load_config
+    from tools.serve import build_service, open_store
+
+    cfg = load_config(str(config))
+    store = open_store(cfg)
+    service = build_service(cfg, store)
+    engine = service.engine
+    now = int(time.time())
+
+    def setup(txn):  # type: ignore[no-untyped-def]
+        admin.create_tenant(txn, "load", "load", "EUR", now)
+        admin.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
+                             credit_limit=10**15, plan="postpaid-l")  # fmt: skip
+
+    store.write(setup)
+    for start in range(0, lines, 2000):
+        ops = [
+            (lambda txn, n=n: admin.add_line(txn, engine, account="load", imsi=str(IMSI_BASE + n), now=now))
+            for n in range(start, min(lines, start + 2000))
+        ]
+        for r in store.run_batch(ops):
+            if isinstance(r, BaseException):
+                raise r
+    store.close()
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {"I": [], "U": [], "T": []}
+        self.codes: Counter[int] = Counter()
+        self.errors = 0
+
+
+async def session_loop(
+    n: int, client: DiameterClient, stats: Stats, updates: int, stop_at: float, pace: asyncio.Semaphore | None,
+    session_counter: itertools.count,  # type: ignore[type-arg]
+) -> None:  # fmt: skip
+    host = client.origin_host
+    while time.monotonic() < stop_at:
+        sid = f"{host};{n};{next(session_counter)}"
+        imsi = str(IMSI_BASE + n)
+        kinds = ["I"] + ["U"] * updates + ["T"]
+        for number, kind in enumerate(kinds):
+            if kind == "U" and pace is not None:
+                await pace.acquire()
+            if kind == "I":
+                avps = ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi,
+                                mscc=[Mscc(10, {})])  # fmt: skip
+            elif kind == "U":
+                avps = ccr_avps(sid, 2, number, origin_host=host, origin_realm="localdomain",
+                                mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])])  # fmt: skip
+            else:
+                avps = ccr_avps(sid, 3, number, origin_host=host, origin_realm="localdomain",
+                                mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])])  # fmt: skip
+            started = time.perf_counter()
+            try:
+                answer = await client.ccr(avps, timeout=30)
+            except (TimeoutError, ConnectionError):
+                stats.errors += 1
+                return
+            stats.latencies[kind].append(time.perf_counter() - started)
+            stats.codes[find(answer.avps, 268).u32()] += 1  # type: ignore[union-attr]
+            if time.monotonic() >= stop_at and kind != "T":
+                break
+
+
+async def pacer(sem: asyncio.Semaphore, rate: float, stop_at: float) -> None:
+    """Releases `rate` CCR-U tokens per second in 1 ms steps."""
+    step = 0.001
+    credit = 0.0
+    last = time.monotonic()
+    while time.monotonic() < stop_at:
+        await asyncio.sleep(step)
+        now = time.monotonic()
+        credit += (now - last) * rate
+        last = now
+        whole = int(credit)
+        credit -= whole
+        for _ in range(whole):
+            sem.release()
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))] * 1000
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int | None) -> dict[str, object]:
+    clients = [
+        (await DiameterClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
+        for i in range(args.connections)
+    ]
+    stats = Stats()
+    warm_until = time.monotonic() + args.warmup
+    stop_at = warm_until + args.duration
+    pace = asyncio.Semaphore(0) if args.rate else None
+    counter = itertools.count()
+    tasks = [
+        asyncio.create_task(session_loop(n, clients[n % len(clients)], stats, args.updates, stop_at, pace, counter))
+        for n in range(args.sessions)
+    ]
+    if pace is not None:
+        tasks.append(asyncio.create_task(pacer(pace, args.rate, stop_at)))
+    await asyncio.sleep(args.warmup)
+    stats.latencies = {"I": [], "U": [], "T": []}
+    stats.codes.clear()
+    cpu0 = proc_cpu(server_pid) if server_pid else 0.0
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    await asyncio.sleep(args.duration)
+    elapsed = time.monotonic() - t0
+    cpu1 = proc_cpu(server_pid) if server_pid else 0.0
+    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    counts = {k: len(v) for k, v in stats.latencies.items()}
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in clients:
+        c.close()
+    every = [x for v in stats.latencies.values() for x in v]
+    return {
+        "duration_s": round(elapsed, 2),
+        "requests_per_s": round(len(every) / elapsed),
+        "ccr_u_per_s": round(counts["U"] / elapsed),
+        "by_kind": counts,
+        "latency_ms": {
+            "p50": round(pct(every, 0.5), 2),
+            "p99": round(pct(every, 0.99), 2),
+            "p999": round(pct(every, 0.999), 2),
+        },
+        "ccr_u_latency_ms": {
+            "p50": round(pct(stats.latencies["U"], 0.5), 2),
+            "p99": round(pct(stats.latencies["U"], 0.99), 2),
+            "p999": round(pct(stats.latencies["U"], 0.999), 2),
+        },
+        "result_codes": dict(stats.codes),
+        "errors": stats.errors,
+        "server_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed) if server_pid else None,
+        "generator_cpu_percent": round(
+            100 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="loadtest.gy", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--sessions", type=int, default=1000, help="concurrent sessions (one request in flight each)")
+    p.add_argument("--updates", type=int, default=20, help="CCR-U per session between CCR-I and CCR-T")
+    p.add_argument("--rate", type=float, default=0, help="target CCR-U per second (0 = as fast as possible)")
+    p.add_argument("--duration", type=float, default=20)
+    p.add_argument("--warmup", type=float, default=3)
+    p.add_argument("--durability", choices=("fsync", "os"), default="fsync")
+    p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    if args.connect:
+        host, port = args.connect.rsplit(":", 1)
+        result = runner(drive(args, host, int(port), None))
+    else:
+        with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            config = server_config(Path(tmp), port, args.durability)
+            provision(config, args.sessions)
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from tools.cli import main; raise SystemExit(main())",
+                    "serve",
+                    "--config",
+                    str(config),
+                ],
+                cwd=REPO,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit("server did not start")
+                    time.sleep(0.1)
+                result = runner(drive(args, "127.0.0.1", port, server.pid))
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(30)
+        result["durability"] = args.durability
+    result["settings"] = {k: getattr(args, k) for k in ("connections", "sessions", "updates", "rate")}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
