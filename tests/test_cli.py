@@ -368,6 +368,10 @@ def test_import_of_many_lines_in_several_batches(demo: Any, home: Path) -> None:
     assert shown["line_count"] == 2500 and len(shown["lines"]) == 3 and shown["active_lines"] == 2500
     r = demo("--json", "subscriber", "import", "many.csv", "--batch", "2000")  # again: every row a duplicate
     assert r.status == 1 and r.json()["imported"] == 0 and r.json()["skipped"] == 5000
+    generate(str(home / "more.csv"), 100, 2, "", "csv", "mig-", start=5000)
+    r = demo("subscriber", "import", "more.csv")
+    assert r.status == 0 and r.err == ""  # no progress bar when stderr is not a terminal and no --progress
+    assert re.fullmatch(r"read 100, imported 100, skipped 0 in [0-9.]+ s \([0-9,]+ lines/s\)\n", r.out)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -526,16 +530,17 @@ def test_events_follow_and_entry_point(home: Path) -> None:
     subprocess.run([*cli, "init", "--demo", "--demo-file", str(DEMO)], cwd=home, env=env, check=True,
                    capture_output=True)  # fmt: skip
     follower = subprocess.Popen(
-        [*cli, "--json", "events", "tail", "-n", "0", "--follow", "--kind", "topup", "--follow-for", "15"],
+        [*cli, "--json", "events", "tail", "-n", "1", "--follow", "--kind", "topup", "--follow-for", "60"],
         cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(0.5)
+        assert follower.stdout is not None
+        # The last existing top-up comes first: once it is printed, the follower is past its starting point.
+        assert json.loads(follower.stdout.readline())["reason"] == "opening balance"
         for _ in range(2):
             done = subprocess.run([*cli, "account", "topup", "alice", "1.25", "--reason", "follow test"], cwd=home,
                                   env=env, capture_output=True, text=True)  # fmt: skip
             assert done.returncode == 0, done.stderr
-        assert follower.stdout is not None
         seen = [json.loads(follower.stdout.readline()) for _ in range(2)]
         assert [e["amount"] for e in seen] == [1_250_000, 1_250_000]
         assert all(e["reason"] == "follow test" for e in seen)
