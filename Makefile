@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-export: $(STAMP)
 bench-gy: $(STAMP)
 	$(BIN)/python -m loadtest.gy --durability fsync --sessions 1000 --duration 20
 	$(BIN)/python -m loadtest.gy --durability os --sessions 1000 --duration 20
+# `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
+bench-import: $(STAMP)
+	$(BIN)/python -m loadtest.bench_import
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -23,6 +23,7 @@ from store.schema import (
     PROVISIONED,
     TERMINATED,
     Account,
+    BalanceSet,
     Bucket,
     Subscriber,
     Tenant,
@@ -331,6 +332,67 @@ def grant_bucket(
 # ------------------------------------------------------------------------------------------------------------------
 # Lines
 # ------------------------------------------------------------------------------------------------------------------
+def _check_new_line(
+    txn: Txn,
+    engine: Engine,
+    get_account: Callable[[str], Account | None],
+    *,
+    account: str,
+    imsi: str,
+    msisdn: str | None,
+    iccid: str | None,
+    eid: str | None,
+    plan: str | None,
+    state: str,
+) -> tuple[Account, Any]:
+    """Every check of a new line, before anything is written: returns its account and plan (or None)."""
+    check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
+    if msisdn is not None:
+        check_identity("msisdn", msisdn, _MSISDN_RE, "6 to 15 digits in international format, no '+'")
+    if iccid is not None:
+        check_identity("iccid", iccid, _ICCID_RE, "18 to 22 digits")
+    if eid is not None:
+        check_identity("eid", eid, _EID_RE, "32 digits")
+    if state not in (PROVISIONED, ACTIVE):
+        raise RequestError("state", f"a new line is provisioned or active, got {state!r}")
+    acct = get_account(check_id("account", account))
+    if acct is None:
+        raise NotFound("account", f"no account {account!r}")
+    plan_rec = _plan(engine, plan, acct) if plan is not None else None
+    for kind, value in (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)):
+        if value and txn.subscriber_id_by(kind, value) is not None:
+            raise Conflict(kind, f"{kind} {value} is already in use by another line")
+    return acct, plan_rec
+
+
+def _write_new_line(
+    engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, record_line: bool = True
+) -> Subscriber:
+    """Write a checked new line with its creation, activation and plan events into `ctx` (not flushed)."""
+    sub = ctx.sub
+    if record_line:
+        ctx.txn.put_subscriber(sub)
+    event = ctx.base_event("lifecycle", actor, "line created")
+    event["state"] = sub.state
+    ctx.events.append(event)
+    if sub.state == ACTIVE:
+        _line_activated(engine, ctx)
+    if plan_rec is not None:
+        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
+    ctx.line_bs_dirty = True
+    return sub
+
+
+def _new_subscriber(
+    line_id: int, acct: Account, imsi: str, msisdn: str | None, iccid: str | None, eid: str | None,
+    state: str, plan: str | None, now: int, actor: str,
+) -> Subscriber:  # fmt: skip
+    return Subscriber(
+        line_id, acct.tenant, acct.id, imsi, msisdn, iccid, eid, state, now, plan, now,
+        [[None, state, now, actor, "created"]],
+    )  # fmt: skip
+
+
 def add_line(
     txn: Txn,
     engine: Engine,
@@ -345,49 +407,80 @@ def add_line(
     state: str = ACTIVE,
     actor: str = "admin",
 ) -> OpResult:
-    check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
-    if msisdn is not None:
-        check_identity("msisdn", msisdn, _MSISDN_RE, "6 to 15 digits in international format, no '+'")
-    if iccid is not None:
-        check_identity("iccid", iccid, _ICCID_RE, "18 to 22 digits")
-    if eid is not None:
-        check_identity("eid", eid, _EID_RE, "32 digits")
-    if state not in (PROVISIONED, ACTIVE):
-        raise RequestError("state", f"a new line is provisioned or active, got {state!r}")
-    acct = txn.get_account(check_id("account", account))
-    if acct is None:
-        raise NotFound("account", f"no account {account!r}")
-    plan_rec = _plan(engine, plan, acct) if plan is not None else None
-    for kind, value in (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)):
-        if value and txn.subscriber_id_by(kind, value) is not None:
-            raise Conflict(kind, f"{kind} {value} is already in use by another line")
-    line_id = txn.new_subscriber_id()
-    sub = Subscriber(
-        line_id,
-        acct.tenant,
-        acct.id,
-        imsi,
-        msisdn,
-        iccid,
-        eid,
-        state,
-        now,
-        plan,
-        now,
-        [[None, state, now, actor, "created"]],
-    )
+    acct, plan_rec = _check_new_line(
+        txn, engine, txn.get_account, account=account, imsi=imsi, msisdn=msisdn, iccid=iccid, eid=eid, plan=plan,
+        state=state,
+    )  # fmt: skip
+    sub = _new_subscriber(txn.new_subscriber_id(), acct, imsi, msisdn, iccid, eid, state, plan, now, actor)
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
-    event = ctx.base_event("lifecycle", actor, "line created")
-    event["state"] = state
-    ctx.events.append(event)
-    if state == ACTIVE:
-        _line_activated(engine, ctx)
-    if plan_rec is not None:
-        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
-    ctx.line_bs_dirty = True
+    _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
     ctx.flush()
     return OpResult(sub.as_dict())
+
+
+LINE_FIELDS = ("account", "imsi", "msisdn", "iccid", "eid", "plan", "state")
+
+
+def add_lines(
+    txn: Txn, engine: Engine, rows: list[dict[str, Any]], *, now: int, actor: str = "admin"
+) -> list[int | RequestError]:
+    """Add many lines in one transaction (bulk import): per row, the new line id or the RequestError that
+    refused it. Each row gets exactly the checks, records and events of `add_line`; a refused row writes
+    nothing (all its checks run before its first write). Rows see the lines of earlier rows, so a duplicate
+    identity within `rows` is refused like one already in the store.
+
+    Faster than `add_line` per row because each account (and its shared balance set) is read, brought up to
+    date and written once per call instead of once per line; the rows' events are the same."""
+    results: list[int | RequestError] = []
+    accounts: dict[str, Context | None] = {}
+    events: list[dict[str, Any]] = []
+
+    def get_account(account_id: str) -> Account | None:
+        if account_id not in accounts:
+            ctx = engine.account_context(txn, account_id, now)
+            if ctx is not None:
+                ctx.flush()  # renewals that were due when the import began, before the lines' events
+            accounts[account_id] = ctx
+        actx = accounts[account_id]
+        return actx.account if actx is not None else None
+
+    catalogue = engine.catalogue
+    for row in rows:
+        state = row.get("state") or ACTIVE
+        try:
+            acct, plan_rec = _check_new_line(
+                txn, engine, get_account, account=row.get("account"), imsi=row.get("imsi"),
+                msisdn=row.get("msisdn"), iccid=row.get("iccid"), eid=row.get("eid"), plan=row.get("plan"),
+                state=state,
+            )  # fmt: skip
+        except RequestError as exc:
+            results.append(exc)
+            continue
+        actx = accounts[acct.id]
+        assert actx is not None
+        sub = _new_subscriber(
+            txn.new_subscriber_id(), acct, row["imsi"], row.get("msisdn"), row.get("iccid"), row.get("eid"), state,
+            row.get("plan"), now, actor,
+        )  # fmt: skip
+        ctx = Context(txn, catalogue, now, sub, acct)
+        ctx.line_bs = BalanceSet()
+        ctx.acct_bs = actx.acct_bs  # shared: a flexible pool grows with each activated line
+        _write_new_line(engine, ctx, plan_rec, actor)
+        # The account and its balance set are written once, after the last row.
+        actx.account_dirty |= ctx.account_dirty
+        actx.acct_bs_dirty |= ctx.acct_bs_dirty
+        ctx.account_dirty = ctx.acct_bs_dirty = False
+        # The events too are appended once, in the order the rows produced them.
+        events.extend(ctx.events)
+        ctx.events.clear()
+        ctx.flush()
+        results.append(sub.id)
+    txn.append_events(events)
+    for actx in accounts.values():
+        if actx is not None:
+            actx.flush()
+    return results
 
 
 def _line_activated(engine: Engine, ctx: Context) -> None:
