@@ -48,8 +48,10 @@ COMPONENT_FACTORIES.append(api_components)
 COMPONENT_FACTORIES.append(export_components)
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
+from nchf.component import nchf_components  # noqa: E402
 
 COMPONENT_FACTORIES.append(gy_components)
+COMPONENT_FACTORIES.append(nchf_components)
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -1,0 +1,206 @@
+"""Nchf_ConvergedCharging operations (create, update, release) on the charging service.
+
+A translator only: route, check the bearer token, decode JSON, map it to a ChargingRequest, await the service
+(which answers after the group commit), map the answer back. Everything a client sent that is wrong ends in a
+ProblemDetails with the TS 32.291 cause, a log line and a metric; a 500 only ever means our own bug.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from chf import metrics
+from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, RequestError
+from chf.service import ChargingService
+from nchf.auth import BearerAuth, Unauthorized
+from nchf.http import Request, Response
+from nchf.mapping import (
+    SESSION_RESULT,
+    InvalidRequest,
+    ParsedRequest,
+    charging_data_response,
+    parse_request,
+    problem,
+    to_charging_request,
+)
+from store.lmdbstore import StoreBusy, StoreClosed
+
+log = logging.getLogger("nchf")
+
+API_ROOT = "/nchf-convergedcharging/v3"
+COLLECTION = API_ROOT + "/chargingdata"
+SESSION_PREFIX = "nchf:"
+_REF_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JSON = [("content-type", "application/json")]
+_PROBLEM = [("content-type", "application/problem+json")]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def problem_response(status: int, cause: str, detail: str, invalid: list[dict[str, str]] | None = None) -> Response:
+    headers = list(_PROBLEM)
+    if status == 503:
+        headers.append(("retry-after", "1"))
+    elif status == 405:
+        headers.append(("allow", "POST"))
+    elif status == 401:
+        headers.append(("www-authenticate", 'Bearer scope="nchf-convergedcharging"'))
+    return Response(status, _dumps(problem(status, cause, detail, invalid)), headers)
+
+
+def transport_error(status: int, detail: str) -> Response:
+    """Errors the HTTP layer answers by itself (size limits, malformed framing)."""
+    cause = {413: "REQUEST_TOO_LARGE", 431: "REQUEST_TOO_LARGE", 411: "LENGTH_REQUIRED", 500: "SYSTEM_FAILURE"}
+    return problem_response(status, cause.get(status, "INVALID_MSG_FORMAT"), detail)
+
+
+class NchfApp:
+    def __init__(
+        self,
+        service: ChargingService,
+        *,
+        auth: BearerAuth | None = None,
+        max_in_flight: int = 8192,
+    ) -> None:
+        self.service = service
+        self.auth = auth
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        # Requests that carry invocationSequenceNumber 0 after the create (free5GC's SMF never numbers them) are
+        # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
+        # across restarts (microseconds since the epoch).
+        self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
+        self._requests = {}  # (operation, result) -> bound counter: label lookups off the hot path
+        self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
+
+    # -- entry point ------------------------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        path = request.path.split("?", 1)[0]
+        if path == COLLECTION:
+            operation, ref = "create", None
+        elif path.startswith(COLLECTION + "/"):
+            ref, _, action = path[len(COLLECTION) + 1 :].partition("/")
+            if action not in ("update", "release") or not ref:
+                return self._refuse("unknown", 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+            operation = action
+        else:
+            return self._refuse("unknown", 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+        if request.method != "POST":
+            return self._refuse(operation, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST")
+        if self.auth is not None:
+            try:
+                self.auth.check(request.headers.get("authorization"))
+            except Unauthorized as exc:
+                return self._refuse(operation, 401, "UNAUTHORIZED", str(exc))
+        if self.in_flight >= self.max_in_flight:
+            metrics.OVERLOAD.labels("nchf").inc()
+            return self._refuse(operation, 503, "NF_CONGESTION", "too many requests in progress; retry later")
+        if ref is not None and not _REF_RE.match(ref):
+            return self._refuse(operation, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference")
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("application/json"):
+            return self._refuse(
+                operation,
+                400,
+                "INVALID_MSG_FORMAT",
+                "the body must be application/json",
+                [{"param": "header content-type", "reason": "must be application/json"}],
+            )
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._refuse(
+                operation, 400, "INVALID_MSG_FORMAT", "the body is not valid JSON", [{"param": "/", "reason": str(exc)}]
+            )
+        try:
+            parsed = parse_request(body, creating=ref is None)
+        except InvalidRequest as exc:
+            return self._refuse(operation, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params)
+        self.in_flight += 1
+        try:
+            response = await self._charge(operation, ref, parsed, request)
+        finally:
+            self.in_flight -= 1
+        self._latency[operation].observe(time.perf_counter() - started)
+        return response
+
+    def _refuse(
+        self, operation: str, status: int, cause: str, detail: str, invalid: list[dict[str, str]] | None = None
+    ) -> Response:
+        metrics.PROTOCOL_ERRORS.labels("nchf", str(status)).inc()
+        self._count(operation, cause)
+        log.info(
+            "event=nchf_refused operation=%s status=%d cause=%s detail=%s",
+            operation,
+            status,
+            cause,
+            json.dumps(detail if not invalid else f"{detail}: {invalid}"),
+        )
+        return problem_response(status, cause, detail, invalid)
+
+    def _count(self, operation: str, result: str) -> None:
+        key = (operation, result)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = metrics.REQUESTS.labels("nchf", operation, result)
+        counter.inc()
+
+    # -- operations -------------------------------------------------------------------------------------------------
+    async def _charge(self, operation: str, ref: str | None, parsed: ParsedRequest, request: Request) -> Response:
+        if ref is None:
+            ref = secrets.token_hex(16)
+            kind = INITIAL
+            number = parsed.sequence_number
+        else:
+            kind = UPDATE if operation == "update" else TERMINATE
+            number = parsed.sequence_number or next(self._unnumbered)
+        session = SESSION_PREFIX + ref
+        charging_request = to_charging_request(parsed, kind, session, number, notify=parsed.notify_uri)
+        try:
+            answer: ChargingAnswer = await self.service.charge(charging_request)
+        except RequestError as exc:
+            log.info(
+                "event=nchf_request_error session=%s field=%s detail=%s", session, exc.field, json.dumps(exc.message)
+            )
+            self._count(operation, "CHARGING_FAILED")
+            return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": exc.field, "reason": exc.message}])
+        except (StoreBusy, StoreClosed) as exc:
+            metrics.OVERLOAD.labels("nchf").inc()
+            log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))
+            self._count(operation, "NF_CONGESTION")
+            return problem_response(503, "NF_CONGESTION", "the charging function is busy; retry later")
+        if answer.duplicate:
+            metrics.DUPLICATES.labels("nchf").inc()
+        if answer.result != SUCCESS:
+            status, cause = SESSION_RESULT.get(answer.result, (400, "CHARGING_FAILED"))
+            if answer.result == "session_unknown":
+                detail = f"no open charging data resource {ref}"
+            else:
+                detail = answer.detail or answer.result.replace("_", " ")
+            log.info(
+                "event=nchf_denied session=%s operation=%s cause=%s detail=%s",
+                session,
+                operation,
+                cause,
+                json.dumps(detail),
+            )
+            self._count(operation, cause)
+            return problem_response(status, cause, detail)
+        self._count(operation, "SUCCESS")
+        if kind == TERMINATE:
+            return Response(204)
+        body = _dumps(charging_data_response(answer, parsed.sequence_number))
+        if kind == INITIAL:
+            authority = request.authority or "localhost"
+            location = f"{request.scheme}://{authority}{COLLECTION}/{ref}"
+            return Response(201, body, [("content-type", "application/json"), ("location", location)])
+        return Response(200, body, _JSON)

@@ -1,0 +1,494 @@
+"""An HTTP/2 server on our own asyncio transport (the sans-IO `h2` library), with HTTP/1.1 on the same port.
+
+Cleartext connections start with the HTTP/2 connection preface (h2c with prior knowledge, what SMFs send) or
+an HTTP/1.1 request line (curl, schemathesis, health probes); the first bytes decide. TLS connections follow
+the ALPN result ("h2" or "http/1.1"). Each connection writes once per event-loop iteration, whatever number of
+responses became ready in it (DESIGN.md section 8). Connections are never closed after N requests; PINGs are
+answered by h2 itself; stream count, header and body sizes are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+log = logging.getLogger("nchf.http")
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Limits:
+    max_concurrent_streams: int = 256  # per HTTP/2 connection
+    max_header_bytes: int = 16384  # header list (HTTP/2) or header block (HTTP/1.1)
+    max_body_bytes: int = 65536
+    stream_window: int = 1 << 20  # flow-control windows we grant peers: large, so uploads never stall
+    connection_window: int = 16 << 20
+    max_connections: int = 1024
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+    scheme: str = "http"
+    authority: str = ""
+    http2: bool = True
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+# What the server answers when it cannot hand a request to the handler (too big, malformed framing).
+ErrorResponder = Callable[[int, str], Response]
+
+
+def _plain_error(status: int, detail: str) -> Response:
+    return Response(status, detail.encode(), [("content-type", "text/plain")])
+
+
+class _H2Stream:
+    __slots__ = ("body", "cancelled", "headers", "pending", "too_big")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.body = bytearray()
+        self.too_big = False
+        self.cancelled = False
+        self.pending = b""  # response data still waiting for flow-control window
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection; HTTP/2 or HTTP/1.1, decided by its first bytes (or by ALPN under TLS)."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.mode: str | None = None  # "h2" | "http1"
+        self.scheme = "http"
+        self.buffer = bytearray()
+        self.h2: h2.connection.H2Connection | None = None
+        self.streams: dict[int, _H2Stream] = {}
+        self.flush_scheduled = False
+        self.closed = False
+        self.in_flight = 0
+        # HTTP/1.1: one request at a time; pipelined ones wait in the buffer.
+        self.h1_busy = False
+        self.h1_close_after = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.scheme = "https"
+            self.mode = "h2" if ssl_object.selected_alpn_protocol() == "h2" else "http1"
+            if self.mode == "h2":
+                self._start_h2()
+        if len(self.server.connections) > self.server.limits.max_connections:
+            log.warning("event=connection_refused reason=too_many_connections")
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for stream in self.streams.values():
+            stream.cancelled = True
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.mode == "h2":
+            self._h2_received(data)
+            return
+        if self.mode == "http1":
+            self.buffer += data
+            self._h1_process()
+            return
+        self.buffer += data
+        head = bytes(self.buffer[: len(H2_PREFACE)])
+        if H2_PREFACE.startswith(head) and len(head) < len(H2_PREFACE):
+            return  # could still be the preface: wait for more
+        if head == H2_PREFACE:
+            self.mode = "h2"
+            self._start_h2()
+            data, self.buffer = bytes(self.buffer), bytearray()
+            self._h2_received(data)
+        else:
+            self.mode = "http1"
+            self._h1_process()
+
+    # -- HTTP/2 -----------------------------------------------------------------------------------------------------
+    def _start_h2(self) -> None:
+        limits = self.server.limits
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # Validation costs ~20 % of the h2 CPU per request; h2 still enforces framing and HPACK rules.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config=config)
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            },
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window(limits.connection_window - 65535)
+        self.h2 = conn
+        self._write_now()
+
+    def _h2_received(self, data: bytes) -> None:
+        conn = self.h2
+        assert conn is not None
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.info("event=h2_protocol_error error=%r", exc)
+            self._write_now()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                self._h2_request(event)  # type: ignore[arg-type]
+            elif kind is h2.events.DataReceived:
+                self._h2_data(event)  # type: ignore[arg-type]
+            elif kind is h2.events.StreamEnded:
+                self._h2_stream_ended(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is h2.events.StreamReset:
+                stream = self.streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                if stream is not None:
+                    stream.cancelled = True
+            elif kind is h2.events.WindowUpdated:
+                self._h2_resume_pending()
+            elif kind is h2.events.ConnectionTerminated:
+                self._write_now()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        self._write_now()
+
+    def _h2_request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        self.streams[stream_id] = _H2Stream(event.headers or [])
+        if event.stream_ended is not None:
+            self._h2_stream_ended(stream_id)
+
+    def _h2_data(self, event: h2.events.DataReceived) -> None:
+        conn = self.h2
+        assert conn is not None
+        stream = self.streams.get(event.stream_id)
+        if event.flow_controlled_length:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if stream is None or stream.too_big:
+            return
+        stream.body += event.data or b""
+        if len(stream.body) > self.server.limits.max_body_bytes:
+            stream.too_big = True
+            stream.body = bytearray()
+            self._h2_send(event.stream_id, self.server.error_responder(413, "the request body exceeds the size limit"))
+            stream_gone = self.streams.pop(event.stream_id, None)
+            if stream_gone is not None:
+                with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _h2_stream_ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.too_big:
+            return
+        method = path = authority = ""
+        headers: dict[str, str] = {}
+        for name, value in stream.headers:
+            n = name.decode("latin-1") if isinstance(name, bytes) else name
+            v = value.decode("latin-1") if isinstance(value, bytes) else value
+            if n[:1] == ":":
+                if n == ":method":
+                    method = v
+                elif n == ":path":
+                    path = v
+                elif n == ":authority":
+                    authority = v
+                continue
+            n = n.lower()
+            headers[n] = headers[n] + ", " + v if n in headers else v
+        request = Request(method, path, headers, bytes(stream.body), self.scheme, authority or headers.get("host", ""))
+        self._dispatch(request, stream_id, stream)
+
+    def _h2_send(self, stream_id: int, response: Response) -> None:
+        conn = self.h2
+        if conn is None or self.closed:
+            return
+        headers = [(":status", str(response.status))]
+        headers.extend(response.headers)
+        body = response.body
+        if body:
+            headers.append(("content-length", str(len(body))))
+        try:
+            conn.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+                if len(body) <= window:
+                    conn.send_data(stream_id, body, end_stream=True)
+                else:
+                    stream = self.streams.setdefault(stream_id, _H2Stream([]))
+                    stream.pending = body
+                    self._h2_resume_pending()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return  # the client reset the stream meanwhile: nobody to answer
+        self._schedule_flush()
+
+    def _h2_resume_pending(self) -> None:
+        conn = self.h2
+        if conn is None:
+            return
+        for stream_id, stream in list(self.streams.items()):
+            while stream.pending:
+                try:
+                    window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                    stream.pending = b""
+                    break
+                if window <= 0:
+                    break
+                chunk, stream.pending = stream.pending[:window], stream.pending[window:]
+                conn.send_data(stream_id, chunk, end_stream=not stream.pending)
+                if not stream.pending:
+                    self.streams.pop(stream_id, None)
+        self._schedule_flush()
+
+    # -- HTTP/1.1 ---------------------------------------------------------------------------------------------------
+    def _h1_process(self) -> None:
+        if self.h1_busy or self.closed:
+            return
+        buf = self.buffer
+        end = buf.find(b"\r\n\r\n")
+        limits = self.server.limits
+        if end < 0:
+            if len(buf) > limits.max_header_bytes:
+                self._h1_fail(431, "the request headers exceed the size limit")
+            return
+        if end > limits.max_header_bytes:
+            self._h1_fail(431, "the request headers exceed the size limit")
+            return
+        head = bytes(buf[:end]).decode("latin-1")
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._h1_fail(400, "malformed request line")
+            return
+        method, path, version = parts
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                self._h1_fail(400, "malformed header line")
+                return
+            n = name.lower()
+            v = value.strip()
+            headers[n] = headers[n] + ", " + v if n in headers else v
+        if "transfer-encoding" in headers:
+            self._h1_fail(411, "chunked request bodies are not supported: send Content-Length")
+            return
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            self._h1_fail(400, "Content-Length must be a number")
+            return
+        length = int(length_text)
+        if length > limits.max_body_bytes:
+            self._h1_fail(413, "the request body exceeds the size limit")
+            return
+        if len(buf) < end + 4 + length:
+            return
+        body = bytes(buf[end + 4 : end + 4 + length])
+        del buf[: end + 4 + length]
+        connection = headers.get("connection", "").lower()
+        self.h1_close_after = (version == "HTTP/1.0" and "keep-alive" not in connection) or "close" in connection
+        self.h1_busy = True
+        request = Request(method, path, headers, body, self.scheme, headers.get("host", ""), http2=False)
+        self._dispatch(request, 0, None)
+
+    def _h1_send(self, response: Response) -> None:
+        if self.closed or self.transport is None:
+            return
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}"]
+        lines.extend(f"{n}: {v}" for n, v in response.headers)
+        if response.status != 204:
+            lines.append(f"content-length: {len(response.body)}")
+        if self.h1_close_after:
+            lines.append("connection: close")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body)
+        self.h1_busy = False
+        if self.h1_close_after:
+            self.transport.close()
+            return
+        if self.buffer:
+            self._h1_process()
+
+    def _h1_fail(self, status: int, detail: str) -> None:
+        self.h1_close_after = True
+        self.buffer.clear()
+        self._h1_send(self.server.error_responder(status, detail))
+
+    # -- both -------------------------------------------------------------------------------------------------------
+    def _dispatch(self, request: Request, stream_id: int, stream: _H2Stream | None) -> None:
+        self.in_flight += 1
+        self.server.in_flight += 1
+        task = self.loop.create_task(self._run(request, stream_id, stream))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _run(self, request: Request, stream_id: int, stream: _H2Stream | None) -> None:
+        try:
+            try:
+                response = await self.server.handler(request)
+            except Exception:
+                log.exception("event=handler_failed path=%s", request.path)
+                response = self.server.error_responder(500, "internal error")
+            if stream is None:
+                self._h1_send(response)
+            elif not stream.cancelled:
+                if not stream.pending:
+                    self.streams.pop(stream_id, None)
+                self._h2_send(stream_id, response)
+        finally:
+            self.in_flight -= 1
+            self.server.in_flight -= 1
+
+    def _schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        self._write_now()
+
+    def _write_now(self) -> None:
+        conn = self.h2
+        if conn is None or self.transport is None or self.closed:
+            return
+        data = conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def goaway(self) -> None:
+        """Tell the client no new streams will be served (graceful shutdown)."""
+        if self.h2 is not None and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self._write_now()
+        elif self.mode == "http1" and not self.h1_busy and self.transport is not None:
+            self.transport.close()
+
+
+class HttpServer:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
+        error_responder: ErrorResponder = _plain_error,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.limits = limits or Limits()
+        self.error_responder = error_responder
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.in_flight = 0
+        self._server: asyncio.AbstractServer | None = None
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context, backlog=1024
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    async def stop(self, drain_seconds: float = 5.0) -> None:
+        """Stop accepting, tell clients (GOAWAY), let in-flight requests finish, then close the connections."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.goaway()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=drain_seconds)
+        await asyncio.sleep(0)  # let scheduled flushes write the last responses
+        for conn in list(self.connections):
+            conn._write_now()
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS 1.2+ with ALPN: "h2" for SMFs, "http/1.1" for ordinary tools."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx

@@ -1,0 +1,480 @@
+"""Nchf_ConvergedCharging front-end over real sockets: every response is checked against the 3GPP OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chf import admin
+from nchf.auth import make_jwt
+from nchf.client import H2Client
+from nchf.component import NchfSettings, parse_settings
+from nchf.http import HttpServer, Request, Response
+from tests.nchf_harness import (
+    API,
+    IMSI,
+    IMSI_BROKE,
+    IMSI_CAPPED,
+    IMSI_SUSPENDED,
+    MSISDN,
+    Chf,
+    request_body,
+    start_chf,
+    stop_chf,
+    usage,
+)
+from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
+
+MB = 1_000_000
+
+
+@pytest.fixture
+async def chf(tmp_path: Path) -> AsyncIterator[Chf]:
+    specs_or_skip()
+    running = await start_chf(tmp_path)
+    try:
+        yield running
+    finally:
+        await stop_chf(running)
+
+
+async def test_create_update_release_flow(chf: Chf) -> None:
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    assert created.status == 201
+    assert created.headers["location"] == f"http://127.0.0.1:{chf.port}{API}/chargingdata/{created.ref}"
+    assert created.body["invocationSequenceNumber"] == 1
+    [mui] = created.body["multipleUnitInformation"]
+    assert mui["resultCode"] == "SUCCESS" and mui["ratingGroup"] == 10
+    assert mui["grantedUnit"] == {"totalVolume": 10 * MB}
+    assert mui["validityTime"] == 3600 and mui["volumeQuotaThreshold"] == 2 * MB
+    assert {t["triggerType"] for t in mui["triggers"]} >= {"VALIDITY_TIME", "QUOTA_THRESHOLD"}
+    assert chf.bucket(IMSI) == (100 * MB, 10 * MB)
+    for n in range(2, 7):
+        updated = await chf.call(
+            client, "update", request_body(n, units=[usage(10, {"totalVolume": 3 * MB}, seq=n)]), created.ref
+        )
+        assert updated.status == 200, updated.body
+        assert updated.body["invocationSequenceNumber"] == n
+        assert updated.body["multipleUnitInformation"][0]["grantedUnit"] == {"totalVolume": 10 * MB}
+        assert chf.bucket(IMSI) == (100 * MB - 3 * MB * (n - 1), 10 * MB)
+    # Usage split into uplink/downlink only, and the final report on release.
+    released = await chf.call(
+        client,
+        "release",
+        request_body(
+            7, units=[usage(10, {"uplinkVolume": MB // 2, "downlinkVolume": MB // 2}, request=False, final=True)]
+        ),
+        created.ref,
+    )
+    assert released.status == 204 and released.raw == b""
+    assert chf.bucket(IMSI) == (100 * MB - 16 * MB, 0)
+    assert chf.wallet("acct-a") == (5_000_000, 0)  # all within the allowance
+    # The resource is gone: a further update is a 404.
+    again = await chf.call(client, "update", request_body(8, units=[usage(10)]), created.ref)
+    assert again.status == 404 and again.body["cause"] == "CONTEXT_NOT_FOUND"
+    await client.close()
+
+
+async def test_voice_and_sms_units_and_gpsi(chf: Chf) -> None:
+    client = await chf.client()
+    body = request_body(
+        0, supi=None, units=[usage(20), {"ratingGroup": 40, "requestedUnit": {"serviceSpecificUnits": 1}}]
+    )
+    body["pDUSessionChargingInformation"]["userInformation"] = {"servedGPSI": "msisdn-" + MSISDN}
+    created = await chf.call(client, "create", body)
+    assert created.status == 201, created.body
+    by_rg = {m["ratingGroup"]: m for m in created.body["multipleUnitInformation"]}
+    assert by_rg[20]["grantedUnit"] == {"time": 600} and by_rg[20]["timeQuotaThreshold"] == 120
+    assert by_rg[40]["grantedUnit"] == {"serviceSpecificUnits": 1}
+    before = chf.wallet("acct-a")[0]
+    update = request_body(1, units=[usage(20, {"time": 90}), usage(40, {"serviceSpecificUnits": 1})])
+    updated = await chf.call(client, "update", update, created.ref)
+    assert updated.status == 200
+    # 90 s = 2 started minutes at 0.10 EUR, one SMS at 0.08 EUR, from the wallet.
+    assert chf.wallet("acct-a")[0] == before - 200_000 - 80_000
+    await client.close()
+
+
+async def test_repeated_sequence_number_charges_once(chf: Chf) -> None:
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(0, units=[usage(10)]))
+    body = request_body(5, units=[usage(10, {"totalVolume": 4 * MB})])
+    first = await chf.call(client, "update", body, created.ref)
+    after_first = chf.bucket(IMSI)
+    second = await chf.call(client, "update", body, created.ref)
+    assert second.status == first.status == 200
+    first.body.pop("invocationTimeStamp")
+    second.body.pop("invocationTimeStamp")
+    assert second.body == first.body
+    assert chf.bucket(IMSI) == after_first == (96 * MB, 10 * MB)
+    await client.close()
+
+
+async def test_unnumbered_client_like_free5gc(chf: Chf) -> None:
+    """free5GC's SMF sends Create with no multipleUnitUsage and leaves invocationSequenceNumber at 0."""
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(0, units=None))
+    assert created.status == 201 and "multipleUnitInformation" not in created.body
+    for _ in range(3):
+        body = request_body(0, units=[usage(10, {"totalVolume": 2 * MB})])
+        updated = await chf.call(client, "update", body, created.ref)
+        assert updated.status == 200
+        assert updated.body["invocationSequenceNumber"] == 0
+    # Three separate reports of 2 MB each: all charged (none taken for a retransmission).
+    assert chf.bucket(IMSI) == (94 * MB, 10 * MB)
+    released = await chf.call(client, "release", request_body(0, units=None), created.ref)
+    assert released.status == 204
+    assert chf.bucket(IMSI) == (94 * MB, 0)
+    await client.close()
+
+
+async def test_partial_grant_final_unit_and_quota_limit(chf: Chf) -> None:
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, supi="imsi-" + IMSI_CAPPED, units=[usage(10)]))
+    assert created.body["multipleUnitInformation"][0]["grantedUnit"] == {"totalVolume": 10 * MB}
+    updated = await chf.call(
+        client, "update", request_body(2, supi=None, units=[usage(10, {"totalVolume": 10 * MB})]), created.ref
+    )
+    [mui] = updated.body["multipleUnitInformation"]
+    assert mui["grantedUnit"] == {"totalVolume": 5 * MB}
+    assert mui["finalUnitIndication"] == {
+        "finalUnitAction": "REDIRECT",
+        "redirectServer": {"redirectAddressType": "URL", "redirectServerAddress": "http://topup.example/"},
+    }
+    broke = await chf.call(client, "create", request_body(1, supi="imsi-" + IMSI_BROKE, units=[usage(10)]))
+    assert broke.status == 403 and broke.body["cause"] == "QUOTA_LIMIT_REACHED"
+    assert "location" not in broke.headers
+    await client.close()
+
+
+async def test_session_level_refusals(chf: Chf) -> None:
+    client = await chf.client()
+    unknown = await chf.call(client, "create", request_body(1, supi="imsi-999990000000001", units=[usage(10)]))
+    assert unknown.status == 404 and unknown.body["cause"] == "USER_UNKNOWN"
+    suspended = await chf.call(client, "create", request_body(1, supi="imsi-" + IMSI_SUSPENDED, units=[usage(10)]))
+    assert suspended.status == 403 and suspended.body["cause"] == "END_USER_REQUEST_DENIED"
+    roaming = await chf.call(client, "create", request_body(1, units=[usage(10)], plmn=("310", "260")))
+    assert roaming.status == 403 and roaming.body["cause"] == "END_USER_REQUEST_DENIED"  # data barred in "world"
+    nothing = await chf.call(client, "update", request_body(1, units=[usage(10)]), "no-such-ref")
+    assert nothing.status == 404 and nothing.body["cause"] == "CONTEXT_NOT_FOUND"
+    gone = await chf.call(client, "release", request_body(1), "no-such-ref")
+    assert gone.status == 404
+    assert chf.bucket(IMSI) == (100 * MB, 0)
+    await client.close()
+
+
+async def test_invalid_requests_name_every_bad_field_and_change_nothing(chf: Chf) -> None:
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    state = chf.bucket(IMSI)
+    bad = request_body(
+        2,
+        units=[
+            {"ratingGroup": "ten"},
+            {"ratingGroup": 11, "requestedUnit": {"totalVolume": -5}},
+            {"ratingGroup": 10, "usedUnitContainer": [{"totalVolume": 5, "triggers": [{"triggerType": "FINAL"}]}]},
+        ],
+    )
+    del bad["invocationTimeStamp"]
+    bad["nfConsumerIdentification"] = {}
+    bad["oneTimeEvent"] = "yes"
+    result = await chf.call(client, "update", bad, created.ref)
+    assert result.status == 400 and result.body["cause"] == "CHARGING_FAILED"
+    assert {p["param"] for p in result.body["invalidParams"]} == {
+        "/invocationTimeStamp",
+        "/nfConsumerIdentification/nodeFunctionality",
+        "/oneTimeEvent",
+        "/multipleUnitUsage/0/ratingGroup",
+        "/multipleUnitUsage/1/requestedUnit/totalVolume",
+        "/multipleUnitUsage/2/usedUnitContainer/0/localSequenceNumber",
+        "/multipleUnitUsage/2/usedUnitContainer/0/triggers/0/triggerCategory",
+    }
+    not_json = await chf.call(client, "update", None, created.ref, raw=b"{not json")
+    assert not_json.status == 400 and not_json.body["cause"] == "INVALID_MSG_FORMAT"
+    array = await chf.call(client, "create", None, raw=b"[]")
+    assert array.status == 400 and array.body["invalidParams"][0]["param"] == "/"
+    no_identity = await chf.call(client, "create", request_body(1, supi=None, units=[usage(10)]))
+    assert no_identity.status == 400 and no_identity.body["invalidParams"][0]["param"] == "/subscriberIdentifier"
+    bad_supi = await chf.call(client, "create", request_body(1, supi="imsi-12ab"))
+    assert bad_supi.status == 400 and bad_supi.body["invalidParams"][0]["param"] == "/subscriberIdentifier"
+    huge = await chf.call(client, "update", None, created.ref, raw=b'{"x": "' + b"a" * 70000 + b'"}')
+    assert huge.status == 413
+    wrong_type = await client.request("POST", f"{API}/chargingdata", b"<xml/>", [("content-type", "text/xml")])
+    check_response("create", wrong_type.status, wrong_type.headers, wrong_type.body)
+    assert wrong_type.status == 400
+    get = await client.request("GET", f"{API}/chargingdata")
+    check_response("create", get.status, get.headers, get.body)
+    assert get.status == 405 and get.headers["allow"] == "POST"
+    elsewhere = await client.request("POST", "/nchf-convergedcharging/v2/chargingdata", b"{}")
+    assert elsewhere.status == 404
+    assert json.loads(elsewhere.body)["cause"] == "RESOURCE_URI_STRUCTURE_NOT_FOUND"
+    assert chf.bucket(IMSI) == state
+    # The connection survived every refusal.
+    ok = await chf.call(client, "update", request_body(3, units=[usage(10, {"totalVolume": MB})]), created.ref)
+    assert ok.status == 200
+    await client.close()
+
+
+async def test_overload_answers_503_with_retry_after(chf: Chf) -> None:
+    chf.component.app.max_in_flight = 1
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    # Sent together, the first waits for its group commit while the second arrives.
+    results = await asyncio.gather(
+        *[
+            chf.call(client, "update", request_body(n, units=[usage(10, {"totalVolume": MB})]), created.ref)
+            for n in (2, 3, 4)
+        ]
+    )
+    statuses = sorted(r.status for r in results)
+    assert statuses[0] == 200 and statuses[-1] == 503
+    busy = next(r for r in results if r.status == 503)
+    assert busy.headers["retry-after"] == "1" and busy.body["cause"] == "NF_CONGESTION"
+    await client.close()
+
+
+async def test_long_lived_connection_concurrent_streams_and_ping(chf: Chf) -> None:
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    for batch in range(4):
+        results = await asyncio.gather(
+            *[
+                chf.call(
+                    client,
+                    "update",
+                    request_body(2 + batch * 50 + i, units=[usage(10, {"totalVolume": 1000})]),
+                    created.ref,
+                )
+                for i in range(50)
+            ]
+        )
+        assert all(r.status == 200 for r in results)
+        # A PING is answered (h2 raises PingAckReceived on our side): the connection is alive and open.
+        client.conn.ping(b"12345678")
+        client._flush()
+    await asyncio.sleep(0.05)
+    assert client.usable
+    assert chf.bucket(IMSI) == (100 * MB - 200 * 1000, 10 * MB)
+    await client.close()
+
+
+async def test_http1_on_the_same_port(chf: Chf) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", chf.port)
+    body = json.dumps(request_body(1, units=[usage(10)])).encode()
+    head = f"POST {API}/chargingdata HTTP/1.1\r\nHost: chf\r\nContent-Type: application/json\r\n"
+    for _ in range(2):  # keep-alive: two requests on one connection
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        payload = await reader.readexactly(int(headers["content-length"]))
+        assert status_line.startswith(b"HTTP/1.1 201"), status_line
+        check_response("create", 201, headers, payload)
+        assert headers["location"].startswith(f"http://chf{API}/chargingdata/")
+    writer.close()
+    await writer.wait_closed()
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
+    curl = _tool("curl")
+    body = tmp_path / "create.json"
+    body.write_text(json.dumps(request_body(1, units=[usage(10)])))
+    headers_file = tmp_path / "headers.txt"
+    proc = await asyncio.create_subprocess_exec(
+        curl,
+        "--silent",
+        "--show-error",
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        f"@{body}",
+        "-D",
+        str(headers_file),
+        "-w",
+        "\n%{http_version} %{http_code}",
+        f"http://127.0.0.1:{chf.port}{API}/chargingdata",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    payload, _, trailer = out.decode().rpartition("\n")
+    assert trailer == "2 201", (trailer, err)
+    headers = {}
+    for line in headers_file.read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.lower()] = value.strip()
+    check_response("create", 201, headers, payload.encode())
+
+
+class NotifyReceiver:
+    """The SMF side of ChargingNotify: a real h2c server that records what it receives."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.status = status
+        self.received: asyncio.Queue[tuple[Request, Any]] = asyncio.Queue()
+        self.server = HttpServer(self.handle, port=0)
+
+    async def handle(self, request: Request) -> Response:
+        await self.received.put((request, json.loads(request.body)))
+        return Response(self.status)
+
+
+async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
+    receiver = NotifyReceiver()
+    await receiver.server.start()
+    client = await chf.client()
+    uri = f"http://127.0.0.1:{receiver.server.port}/nsmf-callback/sm-contexts/7/charging-notify"
+    created = await chf.call(client, "create", request_body(1, units=[usage(10), usage(20)], notify_uri=uri))
+    assert created.status == 201
+    await chf.service.operate(
+        lambda txn, engine, now: admin.topup(txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up")
+    )
+    request, body = await asyncio.wait_for(receiver.received.get(), 5)
+    assert request.http2 and request.method == "POST"
+    assert request.path == "/nsmf-callback/sm-contexts/7/charging-notify"
+    assert not schema_errors("TS32291_Nchf_ConvergedCharging.yaml#/components/schemas/ChargingNotifyRequest", body)
+    assert body == {
+        "notificationType": "REAUTHORIZATION",
+        "reauthorizationDetails": [{"ratingGroup": 10}, {"ratingGroup": 20}],
+    }
+    await chf.service.operate(
+        lambda txn, engine, now: admin.set_state(
+            txn, engine, IMSI, "suspended", now=now, actor="test", reason="fraud check"
+        )
+    )
+    _, body = await asyncio.wait_for(receiver.received.get(), 5)
+    assert body == {"notificationType": "ABORT_CHARGING"}
+    assert chf.component.notifier.delivered == 2
+    await client.close()
+    await receiver.server.stop()
+
+
+async def test_notify_failure_is_bounded_and_never_blocks_charging(chf: Chf) -> None:
+    notifier = chf.component.notifier
+    notifier.settings.timeout, notifier.settings.retries, notifier.settings.backoff = 0.5, 1, 0.01
+    receiver = NotifyReceiver(status=500)
+    await receiver.server.start()
+    client = await chf.client()
+    dead = f"http://127.0.0.1:{receiver.server.port}/notify"
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)], notify_uri=dead))
+    started = time.monotonic()
+    await chf.service.operate(
+        lambda txn, engine, now: admin.topup(txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up")
+    )
+    updated = await chf.call(client, "update", request_body(2, units=[usage(10, {"totalVolume": MB})]), created.ref)
+    assert updated.status == 200 and time.monotonic() - started < 0.5
+    for _ in range(2):  # the first attempt and one retry, then it gives up
+        await asyncio.wait_for(receiver.received.get(), 5)
+    for _ in range(100):
+        if notifier.failed:
+            break
+        await asyncio.sleep(0.01)
+    assert notifier.failed == 1 and notifier.delivered == 0
+    await client.close()
+    await receiver.server.stop()
+
+
+async def test_bearer_token_and_jwt(tmp_path: Path) -> None:
+    specs_or_skip()
+    key = b"nrf-signing-key-for-tests"
+    key_file = tmp_path / "jwt.key"
+    key_file.write_bytes(key)
+    settings = parse_settings({"port": 0, "auth_tokens": ["static-token"], "jwt_key_file": str(key_file)})
+    chf = await start_chf(tmp_path, settings)
+    try:
+        client = await chf.client()
+        body = request_body(1, units=[usage(10)])
+        missing = await chf.call(client, "create", body)
+        assert missing.status == 401 and missing.body["cause"] == "UNAUTHORIZED"
+        wrong = await chf.call(client, "create", body, headers=[("authorization", "Bearer nope")])
+        assert wrong.status == 401
+        static = await chf.call(client, "create", body, headers=[("authorization", "Bearer static-token")])
+        assert static.status == 201
+        claims = {"scope": "nchf-convergedcharging", "exp": int(time.time()) + 60, "sub": "smf"}
+        jwt = make_jwt(claims, key)
+        signed = await chf.call(client, "create", body, headers=[("authorization", f"Bearer {jwt}")])
+        assert signed.status == 201
+        expired = make_jwt({**claims, "exp": int(time.time()) - 1}, key)
+        late = await chf.call(client, "create", body, headers=[("authorization", f"Bearer {expired}")])
+        assert late.status == 401 and "expired" in late.body["detail"]
+        forged = make_jwt(claims, b"another key")
+        assert (await chf.call(client, "create", body, headers=[("authorization", f"Bearer {forged}")])).status == 401
+        await client.close()
+    finally:
+        await stop_chf(chf)
+
+
+def test_settings_errors_name_the_field() -> None:
+    with pytest.raises(Exception) as info:
+        parse_settings({"port": "eight", "max_body_bytes": 10, "tls_cert": "a.pem", "colour": 1})
+    text = str(info.value)
+    for field in ("port", "max_body_bytes", "tls_cert", "colour"):
+        assert f"[nchf] {field}:" in text
+    assert parse_settings({}).port == 8000
+
+
+async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
+    specs_or_skip()
+    openssl = _tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    chf = await start_chf(tmp_path, NchfSettings(port=0, tls_cert=str(cert), tls_key=str(key)))
+    try:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(cert))
+        client = await H2Client.connect("127.0.0.1", chf.port, tls=ctx)
+        assert client.transport is not None
+        assert client.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+        assert created.status == 201 and created.headers["location"].startswith("https://")
+        await client.close()
+    finally:
+        await stop_chf(chf)
