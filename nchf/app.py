@@ -38,6 +38,12 @@ COLLECTION = API_ROOT + "/chargingdata"
 SESSION_PREFIX = "nchf:"
 _REF_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON = [("content-type", "application/json")]
+# The core names the culprit of a RequestError in its own words; the client gets the JSON pointer.
+CORE_FIELDS = {
+    "request number": "/invocationSequenceNumber",
+    "used units": "/multipleUnitUsage",
+    "session": "{ChargingDataRef}",
+}
 _PROBLEM = [("content-type", "application/problem+json")]
 
 
@@ -46,11 +52,11 @@ def _dumps(value: Any) -> bytes:
 
 
 def problem_response(status: int, cause: str, detail: str, invalid: list[dict[str, str]] | None = None) -> Response:
+    if status == 405:  # TS 29.571 defines 405 without a body
+        return Response(405, b"", [("allow", "POST")])
     headers = list(_PROBLEM)
     if status == 503:
         headers.append(("retry-after", "1"))
-    elif status == 405:
-        headers.append(("allow", "POST"))
     elif status == 401:
         headers.append(("www-authenticate", 'Bearer scope="nchf-convergedcharging"'))
     return Response(status, _dumps(problem(status, cause, detail, invalid)), headers)
@@ -172,7 +178,8 @@ class NchfApp:
                 "event=nchf_request_error session=%s field=%s detail=%s", session, exc.field, json.dumps(exc.message)
             )
             self._count(operation, "CHARGING_FAILED")
-            return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": exc.field, "reason": exc.message}])
+            param = CORE_FIELDS.get(exc.field, exc.field)
+            return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": param, "reason": exc.message}])
         except (StoreBusy, StoreClosed) as exc:
             metrics.OVERLOAD.labels("nchf").inc()
             log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))

@@ -370,6 +370,10 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
     )
     _, body = await asyncio.wait_for(receiver.received.get(), 5)
     assert body == {"notificationType": "ABORT_CHARGING"}
+    for _ in range(100):  # the notifier counts once the SMF's answer is in
+        if chf.component.notifier.delivered == 2:
+            break
+        await asyncio.sleep(0.01)
     assert chf.component.notifier.delivered == 2
     await client.close()
     await receiver.server.stop()
