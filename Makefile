@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-gy: $(STAMP)
 # `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
 bench-import: $(STAMP)
 	$(BIN)/python -m loadtest.bench_import
+# Nchf updates over HTTP/2 with h2load (Debian nghttp2-client), fsync on (see loadtest/bench_nchf.py --help).
+bench-nchf: $(STAMP)
+	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -80,8 +80,7 @@ class H2Client(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(1 << 24)
         transport.write(self.conn.data_to_send())

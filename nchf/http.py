@@ -114,8 +114,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.server.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:

@@ -1,0 +1,255 @@
+"""Nchf update throughput over real HTTP/2: h2load (nghttp2) against the Nchf front-end, fsync on.
+
+The benchmark preloads L lines with an open Nchf charging session each (a prepaid plan with a large data
+allowance), starts the charging service and the Nchf server in this process (uvloop, as `chf serve` does),
+then runs h2load: C connections with M concurrent streams each, cycling over the sessions' update URIs with one
+ChargingDataRequest body (rating group 10: 1000 bytes used, a new grant requested, invocationSequenceNumber 0 so
+every request is a real update, never a retransmission). Latency percentiles come from h2load's per-request log.
+At the end the committed usage is checked against the number of successful updates.
+
+    python -m loadtest.bench_nchf                            # 10,000 lines, 4 x 8 streams, 15 s, fsync
+    python -m loadtest.bench_nchf --connections 8 --streams 16 --duration 20
+    python -m loadtest.bench_nchf --rps 3000                 # fixed offered load instead of as fast as possible
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from chf import admin
+from chf.catalogue import parse_catalogue
+from chf.engine import Engine
+from chf.model import INITIAL, ChargingRequest, UnitRequest
+from chf.service import ChargingService
+from nchf.component import NchfComponent, NchfSettings
+from store.lmdbstore import Store, Txn
+
+CATALOGUE = """
+[settings]
+currency = "EUR"
+timezone = "UTC"
+home_zone = "home"
+default_zone = "world"
+
+[grants]
+bytes = 1_000_000
+validity_time = 3600
+volume_threshold_percent = 20
+
+[zones]
+home = ["20801"]
+
+[tariffs.data]
+unit = "bytes"
+block = 1_000_000
+price = 10_000
+
+[plans.bench]
+payment = "prepaid"
+overage = "charge"
+  [plans.bench.rating]
+  default = "data"
+  [[plans.bench.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 1_000_000_000_000
+  priority = 10
+"""
+
+IMSI_BASE = 208_019_000_000_000
+RATING_GROUP = 10
+USED_PER_UPDATE = 1000
+API = "/nchf-convergedcharging/v3/chargingdata"
+
+UPDATE_BODY = {
+    "nfConsumerIdentification": {"nodeFunctionality": "SMF", "nFName": "8bd2d3b4-5c7a-4a7a-9f3c-1c2d3e4f5a6b"},
+    "invocationTimeStamp": "2026-11-22T10:00:00Z",
+    "invocationSequenceNumber": 0,
+    "multipleUnitUsage": [
+        {
+            "ratingGroup": RATING_GROUP,
+            "requestedUnit": {},
+            "usedUnitContainer": [
+                {
+                    "localSequenceNumber": 1,
+                    "totalVolume": USED_PER_UPDATE,
+                    "uplinkVolume": USED_PER_UPDATE // 2,
+                    "downlinkVolume": USED_PER_UPDATE // 2,
+                    "triggers": [{"triggerType": "QUOTA_THRESHOLD", "triggerCategory": "IMMEDIATE_REPORT"}],
+                }
+            ],
+        }
+    ],
+    "pDUSessionChargingInformation": {
+        "pduSessionInformation": {
+            "pduSessionID": 1,
+            "dnnId": "internet",
+            "ratType": "NR",
+            "servingCNPlmnId": {"mcc": "208", "mnc": "01"},
+        }
+    },
+}
+
+
+def preload(store: Store, engine: Engine, lines: int, now: int) -> None:
+    store.write(lambda t: admin.create_tenant(t, "bench", "Bench", "EUR", now))
+    chunk = 5000
+    for first in range(0, lines, chunk):
+        last = min(lines, first + chunk)
+
+        def load(txn: Txn, first: int = first, last: int = last) -> None:
+            for i in range(first, last):
+                account = f"b{i}"
+                imsi = str(IMSI_BASE + i)
+                admin.create_account(
+                    txn, engine, account_id=account, tenant="bench", payment="prepaid", now=now, balance=10_000_000
+                )
+                admin.add_line(txn, engine, account=account, imsi=imsi, plan="bench", now=now)
+                request = ChargingRequest(
+                    INITIAL, f"nchf:b{i}", 0, [("imsi", imsi)], [UnitRequest(RATING_GROUP, requested={})], "nchf"
+                )
+                engine.charge(txn, request, now)
+
+        store.write(load)
+
+
+def consumed(store: Store, lines: int) -> int:
+    total = 0
+    with store.read() as txn:
+        for i in range(lines):
+            bs = txn.get_line_balances(i + 1)
+            if bs is not None:
+                total += sum(b.initial - b.remaining for b in bs.buckets)
+    return total
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    catalogue = parse_catalogue(CATALOGUE, "bench-catalogue.toml")
+    store = Store(workdir / "chf.lmdb", durability="fsync")
+    engine = Engine(catalogue)
+    now = int(time.time())
+    started = time.perf_counter()
+    preload(store, engine, args.lines, now)
+    print(f"preloaded {args.lines} lines with open sessions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    service = ChargingService(store, catalogue)
+    await service.start()
+    component = NchfComponent(service, NchfSettings(port=0))
+    await component.start()
+    port = component.port
+    uris = workdir / "uris.txt"
+    uris.write_text("".join(f"http://127.0.0.1:{port}{API}/b{i}/update\n" for i in range(args.lines)))
+    body = workdir / "update.json"
+    body.write_text(json.dumps(UPDATE_BODY))
+    log_file = workdir / "h2load.log"
+    cmd = [
+        args.h2load,
+        "-c", str(args.connections),
+        "-m", str(args.streams),
+        "-t", "1",
+        "-D", str(args.duration),
+        "--warm-up-time", str(args.warmup),
+        "-i", str(uris),
+        "-d", str(body),
+        "-H", "content-type: application/json",
+        "--log-file", str(log_file),
+    ]  # fmt: skip
+    if args.rps:
+        cmd += ["--rps", str(max(1, args.rps // args.connections))]
+    commits0, ops0 = store.commits, store.committed_ops
+    cpu0 = time.process_time()
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    cpu = time.process_time() - cpu0
+    commits, ops = store.commits - commits0, store.committed_ops - ops0
+    await component.stop()
+    await service.stop()
+    text = out.decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"h2load failed ({proc.returncode}): {err.decode()}\n{text}")
+    durations: list[int] = []
+    statuses: dict[str, int] = {}
+    for line in log_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            statuses[parts[1]] = statuses.get(parts[1], 0) + 1
+            durations.append(int(parts[2]))
+    durations.sort()
+
+    def pct(p: float) -> float:
+        return durations[min(len(durations) - 1, int(p * len(durations)))] / 1000 if durations else 0.0
+
+    match = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    rate = float(match.group(3)) if match else 0.0
+    ok = statuses.get("200", 0)
+    # Every successful update charged its 1000 bytes exactly once (warm-up requests included).
+    charged = consumed(store, args.lines)
+    store.close()
+    return {
+        "h2load": " ".join(cmd[1:]).replace(str(workdir), "<tmp>"),
+        "rate": rate,
+        "requests_logged": len(durations),
+        "statuses": statuses,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "max_ms": durations[-1] / 1000 if durations else 0.0,
+        "mean_ms": statistics.fmean(durations) / 1000 if durations else 0.0,
+        "batch": ops / commits if commits else 0,
+        "server_cpu_us_per_request": cpu / ops * 1e6 if ops else 0,
+        "usage_charged_bytes": charged,
+        "usage_expected_min_bytes": ok * USED_PER_UPDATE,
+        "h2load_summary": "\n".join(
+            line for line in text.splitlines() if line.startswith(("finished", "requests:", "status codes:"))
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=10_000)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
+    ap.add_argument("--duration", type=int, default=15, help="measured seconds")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds before measuring")
+    ap.add_argument("--rps", type=int, default=0, help="offered requests/s in total (0: as fast as possible)")
+    ap.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
+    args = ap.parse_args(argv)
+    if shutil.which(args.h2load) is None:
+        print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    workdir = Path(tempfile.mkdtemp(prefix="chf-bench-nchf-"))
+    try:
+        res = runner(run(args, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(res["h2load_summary"])
+    print(
+        f"nchf update (fsync): {res['rate']:,.0f} req/s  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
+        f"p99.9 {res['p999_ms']:.1f} ms  max {res['max_ms']:.1f} ms  batch {res['batch']:.0f}  "
+        f"server cpu {res['server_cpu_us_per_request']:.0f} us/request  statuses {res['statuses']}"
+    )
+    print(f"  h2load {res['h2load']}")
+    if res["usage_charged_bytes"] < res["usage_expected_min_bytes"]:
+        print(f"  USAGE MISMATCH: charged {res['usage_charged_bytes']} < {res['usage_expected_min_bytes']}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
