@@ -183,10 +183,12 @@ def _identity(check: _Checker, value: Any, pointer: str) -> tuple[str, str] | No
         return prefix, rest
     if prefix == "nai" and rest:
         return "nai", rest
-    if prefix in ("extid", "gci", "gli") and rest:
-        return prefix, rest  # well-formed, but no line is known by these: the core answers USER_UNKNOWN
-    check.bad(pointer, "must be imsi-<digits>, msisdn-<digits> or nai-<nai>")
-    return None
+    if not text:
+        check.bad(pointer, "must not be empty")
+        return None
+    # Other forms (extid-, gci-, gli-, or none the spec names) are valid identifiers no line is known by: the
+    # core answers USER_UNKNOWN.
+    return "other", text
 
 
 def _unit_request(check: _Checker, value: Any, pointer: str) -> dict[str, int]:

@@ -151,6 +151,7 @@ class Chf:
     service: ChargingService
     component: NchfComponent
     lines: dict[str, int] = field(default_factory=dict)
+    loop: Any = None  # the server's event loop, when it runs in another thread
 
     @property
     def port(self) -> int:
