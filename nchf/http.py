@@ -124,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
         # HTTP/1.1: one request at a time; pipelined ones wait in the buffer.
         self.h1_busy = False
         self.h1_close_after = False
+        self.h1_continued = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -368,7 +369,11 @@ class HttpConnection(asyncio.Protocol):
             self._h1_fail(413, "the request body exceeds the size limit")
             return
         if len(buf) < end + 4 + length:
+            if headers.get("expect", "").lower() == "100-continue" and not self.h1_continued and self.transport:
+                self.h1_continued = True  # curl waits a second for this before sending a body over 1 KiB
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
+        self.h1_continued = False
         body = bytes(buf[end + 4 : end + 4 + length])
         del buf[: end + 4 + length]
         connection = headers.get("connection", "").lower()

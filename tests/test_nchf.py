@@ -482,3 +482,39 @@ async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
         await client.close()
     finally:
         await stop_chf(chf)
+
+
+async def test_flow_control_windows_reopen_on_a_long_connection(tmp_path: Path) -> None:
+    """Bodies totalling many times the connection window: the server keeps reopening it (in bulk)."""
+    specs_or_skip()
+    settings = NchfSettings(port=0)
+    settings.limits.connection_window = 256 * 1024
+    chf = await start_chf(tmp_path, settings)
+    try:
+        client = await chf.client()
+        created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+        for n in range(2, 42):  # 40 x 30 KB = 1.2 MB through a 256 KB window
+            body = request_body(n, units=[usage(10, {"totalVolume": 1000})])
+            body["tenantIdentifier"] = "x" * 30_000  # an ignored field, to make the body large
+            result = await asyncio.wait_for(chf.call(client, "update", body, created.ref), 5)
+            assert result.status == 200
+        assert chf.bucket(IMSI) == (100 * MB - 40 * 1000, 10 * MB)
+        await client.close()
+    finally:
+        await stop_chf(chf)
+
+
+async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
+    curl = _tool("curl")
+    body = request_body(1, units=[usage(10)])
+    body["tenantIdentifier"] = "x" * 2000  # over 1 KiB: curl sends Expect: 100-continue
+    path = tmp_path / "create.json"
+    path.write_text(json.dumps(body))
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        curl, "--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json",
+        "--data-binary", f"@{path}", f"http://127.0.0.1:{chf.port}{API}/chargingdata",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert out == b"201" and time.monotonic() - started < 0.9  # no one-second wait for 100 Continue
