@@ -518,3 +518,42 @@ async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
     )  # fmt: skip
     out, _ = await proc.communicate()
     assert out == b"201" and time.monotonic() - started < 0.9  # no one-second wait for 100 Continue
+
+
+async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
+    """`chf serve` with an [nchf] section: the factory registered in tools/serve.py starts the server."""
+    specs_or_skip()
+    import signal
+    import socket
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "chf.toml"
+    config.write_text(
+        f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{repo / "conf" / "catalogue.toml"}"\n'
+        f'[store]\npath = "{tmp_path / "chf.lmdb"}"\nmap_size_mb = 64\n'
+        f'[nchf]\nlisten = "127.0.0.1"\nport = {port}\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
+        cwd=repo, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        while True:
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "chf serve exited before it was ready"
+            if b"event=ready" in line:
+                assert b"components=nchf" in line
+                break
+        client = await H2Client.connect("127.0.0.1", port)
+        response = await client.post_json(f"{API}/chargingdata", json.dumps(request_body(1)).encode())
+        check_response("create", response.status, response.headers, response.body)
+        assert response.status == 404 and json.loads(response.body)["cause"] == "USER_UNKNOWN"  # empty store
+        await client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
