@@ -96,26 +96,31 @@ class NchfApp:
         elif path.startswith(COLLECTION + "/"):
             ref, _, action = path[len(COLLECTION) + 1 :].partition("/")
             if action not in ("update", "release") or not ref:
-                return self._refuse("unknown", 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+                return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
             operation = action
         else:
-            return self._refuse("unknown", 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+            return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
         if request.method != "POST":
-            return self._refuse(operation, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST")
+            return self._refuse(
+                operation, ref, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST"
+            )
         if self.auth is not None:
             try:
                 self.auth.check(request.headers.get("authorization"))
             except Unauthorized as exc:
-                return self._refuse(operation, 401, "UNAUTHORIZED", str(exc))
+                return self._refuse(operation, ref, 401, "UNAUTHORIZED", str(exc))
         if self.in_flight >= self.max_in_flight:
             metrics.OVERLOAD.labels("nchf").inc()
-            return self._refuse(operation, 503, "NF_CONGESTION", "too many requests in progress; retry later")
+            return self._refuse(operation, ref, 503, "NF_CONGESTION", "too many requests in progress; retry later")
         if ref is not None and not _REF_RE.match(ref):
-            return self._refuse(operation, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference")
+            return self._refuse(
+                operation, ref, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference"
+            )
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("application/json"):
             return self._refuse(
                 operation,
+                ref,
                 400,
                 "INVALID_MSG_FORMAT",
                 "the body must be application/json",
@@ -130,7 +135,9 @@ class NchfApp:
         try:
             parsed = parse_request(body, creating=ref is None)
         except InvalidRequest as exc:
-            return self._refuse(operation, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params)
+            return self._refuse(
+                operation, ref, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params
+            )
         self.in_flight += 1
         try:
             response = await self._charge(operation, ref, parsed, request)
@@ -140,12 +147,19 @@ class NchfApp:
         return response
 
     def _refuse(
-        self, operation: str, status: int, cause: str, detail: str, invalid: list[dict[str, str]] | None = None
+        self,
+        operation: str,
+        ref: str | None,
+        status: int,
+        cause: str,
+        detail: str,
+        invalid: list[dict[str, str]] | None = None,
     ) -> Response:
         metrics.PROTOCOL_ERRORS.labels("nchf", str(status)).inc()
         self._count(operation, cause)
         log.info(
-            "event=nchf_refused operation=%s status=%d cause=%s detail=%s",
+            "event=nchf_refused session=%s operation=%s status=%d cause=%s detail=%s",
+            SESSION_PREFIX + ref if ref and _REF_RE.match(ref) else "-",
             operation,
             status,
             cause,
