@@ -130,7 +130,12 @@ class NchfApp:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._refuse(
-                operation, 400, "INVALID_MSG_FORMAT", "the body is not valid JSON", [{"param": "/", "reason": str(exc)}]
+                operation,
+                ref,
+                400,
+                "INVALID_MSG_FORMAT",
+                "the body is not valid JSON",
+                [{"param": "/", "reason": str(exc)}],
             )
         try:
             parsed = parse_request(body, creating=ref is None)
