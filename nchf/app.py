@@ -84,7 +84,8 @@ class NchfApp:
         # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
         # across restarts (microseconds since the epoch).
         self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
-        self._requests = {}  # (operation, result) -> bound counter: label lookups off the hot path
+        # (operation, result) -> bound counter: label lookups off the hot path
+        self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
 
     # -- entry point ------------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class H2Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(1 << 24)
-        transport.write(self.conn.data_to_send())
+        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(ClientError(f"connection lost: {exc!r}" if exc else "connection closed"))
