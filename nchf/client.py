@@ -53,6 +53,7 @@ class H2Client(asyncio.Protocol):
         self.pending: dict[int, _Pending] = {}
         self.closed = asyncio.Event()
         self.error: Exception | None = None
+        self.pings_acknowledged = 0
 
     @classmethod
     async def connect(
@@ -124,6 +125,8 @@ class H2Client(asyncio.Protocol):
                     p.future.set_exception(ClientError(f"stream reset by the server (error {event.error_code})"))
             elif isinstance(event, h2.events.WindowUpdated):
                 self._send_pending_data()
+            elif isinstance(event, h2.events.PingAckReceived):
+                self.pings_acknowledged += 1
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.error = ClientError(f"GOAWAY (error {event.error_code})")
                 for stream_id, p in list(self.pending.items()):

@@ -259,10 +259,14 @@ async def test_long_lived_connection_concurrent_streams_and_ping(chf: Chf) -> No
             ]
         )
         assert all(r.status == 200 for r in results)
-        # A PING is answered (h2 raises PingAckReceived on our side): the connection is alive and open.
+        # A PING is answered with a PING ACK; the connection stays open.
         client.conn.ping(b"12345678")
         client._flush()
-    await asyncio.sleep(0.05)
+    for _ in range(100):
+        if client.pings_acknowledged == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert client.pings_acknowledged == 4
     assert client.usable
     assert chf.bucket(IMSI) == (100 * MB - 200 * 1000, 10 * MB)
     await client.close()
