@@ -135,7 +135,7 @@ def consumed(store: Store, lines: int) -> int:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     catalogue = parse_catalogue(CATALOGUE, "bench-catalogue.toml")
-    store = Store(workdir / "chf.lmdb", durability="fsync")
+    store = Store(workdir / "chf.lmdb", durability="fsync", writer=args.writer)
     engine = Engine(catalogue)
     now = int(time.time())
     started = time.perf_counter()
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=15, help="measured seconds")
     ap.add_argument("--warmup", type=int, default=2, help="seconds before measuring")
     ap.add_argument("--rps", type=int, default=0, help="offered requests/s in total (0: as fast as possible)")
+    ap.add_argument("--writer", choices=["thread", "inline"], default="thread", help="[store] writer")
     ap.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     args = ap.parse_args(argv)
     if shutil.which(args.h2load) is None:
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(res["h2load_summary"])
     print(
-        f"nchf update (fsync): {res['rate']:,.0f} req/s  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
+        f"nchf update (fsync, {args.writer} writer): {res['rate']:,.0f} req/s  p50 {res['p50_ms']:.1f} ms  "
+        f"p99 {res['p99_ms']:.1f} ms  "
         f"p99.9 {res['p999_ms']:.1f} ms  max {res['max_ms']:.1f} ms  batch {res['batch']:.0f}  "
         f"server cpu {res['server_cpu_us_per_request']:.0f} us/request  statuses {res['statuses']}"
     )
