@@ -561,3 +561,23 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_metrics_count_by_operation_and_never_name_a_subscriber(chf: Chf) -> None:
+    from prometheus_client import generate_latest
+
+    from chf.metrics import REGISTRY
+
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    await chf.call(client, "update", request_body(2, units=[usage(10, {"totalVolume": MB})]), created.ref)
+    await chf.call(client, "update", request_body(2, units=[usage(10, {"totalVolume": MB})]), created.ref)
+    await chf.call(client, "update", request_body(3, units=[usage(10)]), "no-such-ref")
+    await client.close()
+    text = generate_latest(REGISTRY).decode()
+    assert 'chf_requests_total{interface="nchf",operation="create",result="SUCCESS"}' in text
+    assert 'chf_requests_total{interface="nchf",operation="update",result="CONTEXT_NOT_FOUND"}' in text
+    assert 'chf_duplicate_requests_total{interface="nchf"}' in text
+    assert 'chf_request_duration_seconds_count{interface="nchf",operation="update"}' in text
+    for secret in (IMSI, MSISDN, created.ref, "nchf:"):
+        assert secret not in text
