@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,15 @@ ErrorResponder = Callable[[int, str], Response]
 
 def _plain_error(status: int, detail: str) -> Response:
     return Response(status, detail.encode(), [("content-type", "text/plain")])
+
+
+_REQUEST_LINE_START = re.compile(rb"^[A-Z]{1,16}( |$)")
+
+
+def _looks_like_http1(buf: bytearray) -> bool:
+    """Whether the bytes so far can begin an HTTP/1.1 request (so waiting for the rest makes sense): a TLS
+    ClientHello or binary noise on the cleartext port is refused at once instead of held open."""
+    return _REQUEST_LINE_START.match(bytes(buf[:17])) is not None
 
 
 class _H2Stream:
@@ -335,7 +345,9 @@ class HttpConnection(asyncio.Protocol):
         end = buf.find(b"\r\n\r\n")
         limits = self.server.limits
         if end < 0:
-            if len(buf) > limits.max_header_bytes:
+            if not _looks_like_http1(buf):
+                self._h1_fail(400, "not an HTTP/1.1 request (nor the HTTP/2 preface)")
+            elif len(buf) > limits.max_header_bytes:
                 self._h1_fail(431, "the request headers exceed the size limit")
             return
         if end > limits.max_header_bytes:

@@ -581,3 +581,40 @@ async def test_metrics_count_by_operation_and_never_name_a_subscriber(chf: Chf) 
     assert 'chf_request_duration_seconds_count{interface="nchf",operation="update"}' in text
     for secret in (IMSI, MSISDN, created.ref, "nchf:"):
         assert secret not in text
+
+
+async def test_garbage_and_abrupt_disconnects_leave_the_server_serving(chf: Chf) -> None:
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for junk in (
+        preface + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00garbage-frames" * 3,  # bad WINDOW_UPDATE, then noise
+        b"GET / HTTP/9\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+        b"\x16\x03\x01\x02\x00" + b"\x00" * 64,  # a TLS hello on the cleartext port
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", chf.port)
+        writer.write(junk)
+        await writer.drain()
+        await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+    # A client that sends an update and vanishes: the change is still made, once; nothing else breaks.
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    await client.close()
+    ghost = await chf.client()
+    path = f"{API}/chargingdata/{created.ref}/update"
+    body = json.dumps(request_body(2, units=[usage(10, {"totalVolume": MB})])).encode()
+    pending = asyncio.ensure_future(ghost.post_json(path, body))
+    await asyncio.sleep(0)
+    assert ghost.transport is not None
+    ghost.transport.abort()
+    with pytest.raises(Exception):  # noqa: B017 - whichever way the connection loss surfaces
+        await pending
+    client = await chf.client()
+    for _ in range(100):
+        if chf.bucket(IMSI) == (99 * MB, 10 * MB):
+            break
+        await asyncio.sleep(0.01)
+    again = await chf.call(client, "update", request_body(2, units=[usage(10, {"totalVolume": MB})]), created.ref)
+    assert again.status == 200  # the stored answer: the retransmission charges nothing
+    assert chf.bucket(IMSI) == (99 * MB, 10 * MB)
+    await client.close()
