@@ -141,7 +141,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     preload(store, engine, args.lines, now)
     print(f"preloaded {args.lines} lines with open sessions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    service = ChargingService(store, catalogue)
+    service = ChargingService(
+        store, catalogue, **({"sweep_interval": args.sweep_interval} if args.sweep_interval else {})
+    )
     await service.start()
     component = NchfComponent(service, NchfSettings(port=0))
     await component.start()
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="seconds before measuring")
     ap.add_argument("--rps", type=int, default=0, help="offered requests/s in total (0: as fast as possible)")
     ap.add_argument("--writer", choices=["thread", "inline"], default="thread", help="[store] writer")
+    ap.add_argument(
+        "--sweep-interval", type=float, default=0.0, help="seconds between sweeper slices (0: the service default)"
+    )
     ap.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     args = ap.parse_args(argv)
     if shutil.which(args.h2load) is None:
