@@ -26,6 +26,7 @@ _KEYS = {
     "max_body_bytes",
     "max_connections",
     "max_in_flight",
+    "request_timeout",
     "auth_tokens",
     "jwt_key_file",
     "notify_timeout",
@@ -90,6 +91,11 @@ def parse_settings(section: dict[str, Any], source: str = "conf/chf.toml") -> Nc
     lim.max_body_bytes = integer("max_body_bytes", lim.max_body_bytes, 1024)
     lim.max_connections = integer("max_connections", lim.max_connections, 1)
     s.max_in_flight = integer("max_in_flight", s.max_in_flight, 1)
+    request_timeout = section.get("request_timeout", lim.request_timeout)
+    if isinstance(request_timeout, bool) or not isinstance(request_timeout, int | float) or request_timeout <= 0:
+        err("request_timeout", f"must be a positive number of seconds, got {request_timeout!r}")
+    else:
+        lim.request_timeout = float(request_timeout)
     tokens = section.get("auth_tokens", [])
     if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
         err("auth_tokens", "must be a list of non-empty strings")

@@ -66,6 +66,7 @@ class Limits:
     stream_window: int = 1 << 20  # flow-control windows we grant peers: large, so uploads never stall
     connection_window: int = 16 << 20
     max_connections: int = 1024
+    request_timeout: float = 10.0  # seconds for a started HTTP/1.1 request (or the HTTP/2 preface) to arrive
 
 
 @dataclass(slots=True)
@@ -135,6 +136,7 @@ class HttpConnection(asyncio.Protocol):
         self.h1_busy = False
         self.h1_close_after = False
         self.h1_continued = False
+        self.partial_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,6 +154,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.partial_timer is not None:
+            self.partial_timer.cancel()
+            self.partial_timer = None
         self.server.connections.discard(self)
         for stream in self.streams.values():
             stream.cancelled = True
@@ -172,10 +177,12 @@ class HttpConnection(asyncio.Protocol):
         if self.mode == "http1":
             self.buffer += data
             self._h1_process()
+            self._watch_partial_request()
             return
         self.buffer += data
         head = bytes(self.buffer[: len(H2_PREFACE)])
         if H2_PREFACE.startswith(head) and len(head) < len(H2_PREFACE):
+            self._watch_partial_request()
             return  # could still be the preface: wait for more
         if head == H2_PREFACE:
             self.mode = "h2"
@@ -185,6 +192,23 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.mode = "http1"
             self._h1_process()
+            self._watch_partial_request()
+
+    def _watch_partial_request(self) -> None:
+        """A request (or preface) that started must complete within request_timeout: a peer that trickles bytes
+        or stops half-way is not allowed to hold a connection slot for ever."""
+        waiting = bool(self.buffer) and not self.h1_busy and not self.closed
+        if waiting and self.partial_timer is None:
+            self.partial_timer = self.loop.call_later(self.server.limits.request_timeout, self._partial_expired)
+        elif not waiting and self.partial_timer is not None:
+            self.partial_timer.cancel()
+            self.partial_timer = None
+
+    def _partial_expired(self) -> None:
+        self.partial_timer = None
+        if self.buffer and not self.h1_busy and not self.closed and self.transport is not None:
+            log.info("event=request_timeout mode=%s buffered=%d", self.mode or "undecided", len(self.buffer))
+            self.transport.close()
 
     # -- HTTP/2 -----------------------------------------------------------------------------------------------------
     def _start_h2(self) -> None:
@@ -410,6 +434,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.buffer:
             self._h1_process()
+        self._watch_partial_request()
 
     def _h1_fail(self, status: int, detail: str) -> None:
         self.h1_close_after = True

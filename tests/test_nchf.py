@@ -618,3 +618,27 @@ async def test_garbage_and_abrupt_disconnects_leave_the_server_serving(chf: Chf)
     assert again.status == 200  # the stored answer: the retransmission charges nothing
     assert chf.bucket(IMSI) == (99 * MB, 10 * MB)
     await client.close()
+
+
+async def test_a_request_that_never_completes_is_cut_off(tmp_path: Path) -> None:
+    specs_or_skip()
+    settings = NchfSettings(port=0)
+    settings.limits.request_timeout = 0.3
+    chf = await start_chf(tmp_path, settings)
+    try:
+        for start in (b"POST /nchf-convergedcharging/v3/chargingdata HTTP/1.1\r\nHost: x\r\n", b"PRI * HTTP/2.0\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", chf.port)
+            writer.write(start)
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert 0.25 < time.monotonic() - started < 3
+            writer.close()
+        # Long-lived connections that complete their requests are never cut.
+        client = await chf.client()
+        created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+        await asyncio.sleep(0.5)
+        again = await chf.call(client, "update", request_body(2, units=[usage(10)]), created.ref)
+        assert again.status == 200
+        await client.close()
+    finally:
+        await stop_chf(chf)
