@@ -121,7 +121,7 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
-        self.loop = server.loop
+        self.loop = asyncio.get_running_loop()  # connections exist only inside the running server
         self.transport: asyncio.Transport | None = None
         self.mode: str | None = None  # "h2" | "http1"
         self.scheme = "http"
@@ -516,11 +516,9 @@ class HttpServer:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.in_flight = 0
         self._server: asyncio.AbstractServer | None = None
-        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
 
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
+        self._server = await asyncio.get_running_loop().create_server(
             lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context, backlog=1024
         )
         sock = self._server.sockets[0]
