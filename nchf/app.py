@@ -207,7 +207,12 @@ class NchfApp:
             return problem_response(503, "NF_CONGESTION", "the charging function is busy; retry later")
         if answer.duplicate:
             metrics.DUPLICATES.labels("nchf").inc()
-        if answer.result != SUCCESS:
+        # On an update the resource stays open whatever the rating groups got: their results (with the Final-Unit-
+        # Indication the SMF must apply) go back per rating group in a 200, as a CCA carries them in its MSCCs.
+        # A 403 would drop them. The request as a whole fails only when nothing was rated (unknown resource) or
+        # on create (no resource was made).
+        unit_level = kind == UPDATE and bool(answer.units)
+        if answer.result != SUCCESS and not unit_level:
             status, cause = SESSION_RESULT.get(answer.result, (400, "CHARGING_FAILED"))
             if answer.result == "session_unknown":
                 detail = f"no open charging data resource {ref}"
@@ -222,7 +227,8 @@ class NchfApp:
             )
             self._count(operation, cause)
             return problem_response(status, cause, detail)
-        self._count(operation, "SUCCESS")
+        result = "SUCCESS" if answer.result == SUCCESS else SESSION_RESULT.get(answer.result, (0, "CHARGING_FAILED"))[1]
+        self._count(operation, result)
         if kind == TERMINATE:
             return Response(204)
         body = _dumps(charging_data_response(answer, parsed.sequence_number))

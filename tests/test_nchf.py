@@ -151,6 +151,16 @@ async def test_partial_grant_final_unit_and_quota_limit(chf: Chf) -> None:
         "finalUnitAction": "REDIRECT",
         "redirectServer": {"redirectAddressType": "URL", "redirectServerAddress": "http://topup.example/"},
     }
+    # The allowance is gone and the plan redirects: the update still answers 200, the rating group carries
+    # QUOTA_LIMIT_REACHED and the Final-Unit-Indication the SMF must apply.
+    exhausted = await chf.call(
+        client, "update", request_body(3, supi=None, units=[usage(10, {"totalVolume": 5 * MB})]), created.ref
+    )
+    assert exhausted.status == 200
+    [mui] = exhausted.body["multipleUnitInformation"]
+    assert mui["resultCode"] == "QUOTA_LIMIT_REACHED" and mui["grantedUnit"] == {"totalVolume": 0}
+    assert mui["finalUnitIndication"]["finalUnitAction"] == "REDIRECT"
+    assert chf.bucket(IMSI_CAPPED) == (0, 0)
     broke = await chf.call(client, "create", request_body(1, supi="imsi-" + IMSI_BROKE, units=[usage(10)]))
     assert broke.status == 403 and broke.body["cause"] == "QUOTA_LIMIT_REACHED"
     assert "location" not in broke.headers
