@@ -225,18 +225,18 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
             )
         )
         chf_lines[imsi] = result.value["id"]
-    # The broke line has used its whole allowance: nothing left to grant, and no money.
+    # The broke line has used its whole allowance (an audited adjustment of its bucket): nothing to grant.
+    broke = chf_lines[IMSI_BROKE]
     with store.read() as txn:
-        bs = txn.get_line_balances(chf_lines[IMSI_BROKE])
+        bs = txn.get_line_balances(broke)
     assert bs is not None
-
-    def drain(txn: Any) -> None:
-        bs = txn.get_line_balances(chf_lines[IMSI_BROKE])
-        for b in bs.buckets:
-            b.remaining = 0
-        txn.put_line_balances(chf_lines[IMSI_BROKE], bs)
-
-    await service.store.submit(drain)
+    bucket = bs.buckets[0].id
+    await op(
+        lambda txn, engine, now: admin.adjust(
+            txn, engine, "acct-broke", -15_000_000, now=now, actor="test", reason="used up",
+            line_id=broke, bucket_id=bucket,
+        )
+    )  # fmt: skip
     await op(
         lambda txn, engine, now: admin.set_state(
             txn, engine, IMSI_SUSPENDED, "suspended", now=now, actor="test", reason="test"
