@@ -270,7 +270,15 @@ class HttpConnection(asyncio.Protocol):
 
     def _h2_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
-        self.streams[stream_id] = _H2Stream(event.headers or [])
+        headers = event.headers or []
+        stream = self.streams[stream_id] = _H2Stream(headers)
+        # h2 applies our SETTINGS_MAX_HEADER_LIST_SIZE only once the client acknowledged it (64 KiB before):
+        # the limit is checked here, sized as RFC 9113 counts it (name + value + 32 per field).
+        if sum(len(n) + len(v) + 32 for n, v in headers) > self.server.limits.max_header_bytes:
+            stream.too_big = True
+            self._h2_send(stream_id, self.server.error_responder(431, "the request headers exceed the size limit"))
+            self.streams.pop(stream_id, None)
+            return
         if event.stream_ended is not None:
             self._h2_stream_ended(stream_id)
 

@@ -652,3 +652,22 @@ async def test_a_request_that_never_completes_is_cut_off(tmp_path: Path) -> None
         await client.close()
     finally:
         await stop_chf(chf)
+
+
+async def test_oversized_headers_are_refused_and_the_server_stays_up(chf: Chf) -> None:
+    client = await chf.client()
+    body = json.dumps(request_body(1, units=[usage(10)])).encode()
+    big = await client.post_json(f"{API}/chargingdata", body, [("x-padding", "p" * 40_000)], timeout=5)
+    assert big.status == 431 and json.loads(big.body)["cause"] == "REQUEST_TOO_LARGE"
+    ok = await chf.call(client, "create", request_body(1, units=[usage(10)]))  # the connection lives on
+    assert ok.status == 201
+    await client.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", chf.port)
+    writer.write(b"POST / HTTP/1.1\r\nX-Padding: " + b"p" * 40_000 + b"\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    writer.close()
+    fresh = await chf.client()
+    ok = await chf.call(fresh, "create", request_body(1, units=[usage(10)]))
+    assert ok.status == 201
+    await fresh.close()
