@@ -374,7 +374,9 @@ def unit_information(ua: UnitAnswer) -> dict[str, Any]:
     """One MultipleUnitInformation from the core's answer for a rating group."""
     out: dict[str, Any] = {"resultCode": UNIT_RESULT.get(ua.result, "RATING_FAILED"), "ratingGroup": ua.rating_group}
     if ua.unit is not None and ua.granted is not None and (name := GRANTED_FIELD.get(ua.unit)) is not None:
-        out["grantedUnit"] = {name: ua.granted}
+        # time is a Uint32 on the wire; a larger grant (only from an absurd catalogue quantum) is capped, never
+        # sent out of range.
+        out["grantedUnit"] = {name: min(ua.granted, UINT32_MAX) if name == "time" else ua.granted}
     triggers: list[dict[str, str]] = []
     if ua.validity_time:
         out["validityTime"] = ua.validity_time
@@ -385,7 +387,7 @@ def unit_information(ua: UnitAnswer) -> dict[str, Any]:
     if ua.volume_threshold is not None:
         out["volumeQuotaThreshold"] = ua.volume_threshold
     if ua.time_threshold is not None:
-        out["timeQuotaThreshold"] = ua.time_threshold
+        out["timeQuotaThreshold"] = min(ua.time_threshold, UINT32_MAX)
     if ua.volume_threshold is not None or ua.time_threshold is not None:
         triggers.append({"triggerType": "QUOTA_THRESHOLD", "triggerCategory": _TRIGGER_CATEGORY})
     if ua.granted:

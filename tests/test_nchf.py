@@ -671,3 +671,38 @@ async def test_oversized_headers_are_refused_and_the_server_stays_up(chf: Chf) -
     ok = await chf.call(fresh, "create", request_body(1, units=[usage(10)]))
     assert ok.status == 201
     await fresh.close()
+
+
+def test_unit_information_stays_in_range_for_any_grant() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from chf.model import FinalUnit, UnitAnswer
+    from nchf.mapping import unit_information
+    from tests.nchf_openapi import schema_errors
+
+    ref = "TS32291_Nchf_ConvergedCharging.yaml#/components/schemas/MultipleUnitInformation"
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(
+        rg=st.integers(0, 2**32 - 1),
+        unit=st.sampled_from(["bytes", "seconds", "events", "money", None]),
+        granted=st.none() | st.integers(0, 2**64 - 1),
+        validity=st.none() | st.integers(0, 2**31),
+        threshold=st.none() | st.integers(0, 2**64 - 1),
+        final=st.none() | st.sampled_from(["terminate", "redirect", "restrict_access"]),
+        result=st.sampled_from(["success", "credit_limit_reached", "end_user_service_denied", "rating_failed"]),
+    )
+    def check(rg: int, unit: str | None, granted: int | None, validity: int | None, threshold: int | None,
+              final: str | None, result: str) -> None:  # fmt: skip
+        ua = UnitAnswer(rg, result, unit=unit, granted=granted, validity_time=validity)
+        if unit == "bytes":
+            ua.volume_threshold = threshold
+        elif unit == "seconds":
+            ua.time_threshold = threshold
+        if final is not None:
+            ua.final = FinalUnit(final, redirect_address="http://portal.example/", filter_id="restricted")
+        assert not schema_errors(ref, unit_information(ua))
+
+    specs_or_skip()
+    check()
