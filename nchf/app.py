@@ -7,11 +7,12 @@ ProblemDetails with the TS 32.291 cause, a log line and a metric; a 500 only eve
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
@@ -84,6 +85,7 @@ class NchfApp:
         # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
         # across restarts (microseconds since the epoch).
         self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
+        self._ref_key = ("nchf-ref:" + service.store.store_id).encode()
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
@@ -152,6 +154,13 @@ class NchfApp:
         self._latency[operation].observe(time.perf_counter() - started)
         return response
 
+    def _resource_ref(self, body: bytes) -> str:
+        """The ChargingDataRef of a create: a keyed hash of the request body. A retransmitted create (the same
+        message again, after a timeout) names the same resource with the same invocationSequenceNumber, so the
+        core answers it from the stored answer and reserves nothing twice. Any other create differs at least in
+        its invocationTimeStamp. The key is the store's own id, so two stores never hand out the same reference."""
+        return hmac.new(self._ref_key, body, hashlib.blake2b).hexdigest()[:32]
+
     def _refuse(
         self,
         operation: str,
@@ -183,7 +192,7 @@ class NchfApp:
     # -- operations -------------------------------------------------------------------------------------------------
     async def _charge(self, operation: str, ref: str | None, parsed: ParsedRequest, request: Request) -> Response:
         if ref is None:
-            ref = secrets.token_hex(16)
+            ref = self._resource_ref(request.body)
             kind = INITIAL
             number = parsed.sequence_number
         else:

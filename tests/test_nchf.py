@@ -120,6 +120,19 @@ async def test_repeated_sequence_number_charges_once(chf: Chf) -> None:
     await client.close()
 
 
+async def test_retransmitted_create_reserves_once(chf: Chf) -> None:
+    client = await chf.client()
+    body = request_body(0, units=[usage(10)])
+    first = await chf.call(client, "create", body)
+    again = await chf.call(client, "create", body)  # the SMF timed out and sent the same message again
+    assert first.status == again.status == 201 and again.ref == first.ref
+    assert chf.bucket(IMSI) == (100 * MB, 10 * MB)  # one reservation
+    other = await chf.call(client, "create", {**body, "invocationTimeStamp": "2026-11-22T10:00:01Z"})
+    assert other.status == 201 and other.ref != first.ref  # a new session: a second reservation
+    assert chf.bucket(IMSI) == (100 * MB, 20 * MB)
+    await client.close()
+
+
 async def test_unnumbered_client_like_free5gc(chf: Chf) -> None:
     """free5GC's SMF sends Create with no multipleUnitUsage and leaves invocationSequenceNumber at 0."""
     client = await chf.client()
