@@ -144,6 +144,9 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
+        # The context read its own copy of the account back from the transaction and writes that copy on
+        # flush: the opening balance and the plan must land on it, not on the record built above.
+        account = ctx.account
         if balance:
             account.balance = balance
             ctx.account_dirty = True
