@@ -394,6 +394,11 @@ class Engine:
                 return ChargingAnswer.unpack(stored, duplicate=True)
             if session.closed:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="session already terminated")
+            if req.kind != INITIAL and req.number <= session.last_request:
+                # A retransmission older than the answers kept: applying it again would charge twice.
+                raise RequestError(
+                    "request number", f"{req.number} was already handled (last {session.last_request}), answer gone"
+                )
         if req.kind == INITIAL:
             sub = self.resolve_line(txn, req.identities)
             if sub is None:
