@@ -1,0 +1,279 @@
+"""Stateful property test of the charging core: random interleavings of everything the core does, with the
+invariants of DESIGN.md section 2 checked after every step.
+
+Lines on prepaid, postpaid and hybrid accounts, a family shared allowance and a flexible IoT pool get session
+requests, one-shot events, top-ups, adjustments, clock jumps (to exact period boundaries too), suspensions,
+line moves and reaping, in any order. After every step: conservation (balances recomputable from the events,
+`after` fields consistent), reservations consistent with the open sessions and never above what a bucket
+holds, new money grants within the account's funds, gap-free event sequence, unique ids. Any earlier request
+re-sent returns the identical answer and changes nothing.
+
+Default run: a few dozen examples (~30 s). `HYPOTHESIS_PROFILE=long` runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from chf import admin
+from chf.model import (
+    CHECK_BALANCE,
+    DIRECT_DEBITING,
+    PRICE_ENQUIRY,
+    REFUND_ACCOUNT,
+    SUCCESS,
+    ChargingRequest,
+    RequestError,
+)
+from chf.periods import period_end
+from tests.corekit import World, check_invariants, event, initial, snapshot, terminate, update
+
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+
+# account id -> (payment, account plan, credit limit, opening balance)
+ACCOUNTS: dict[str, tuple[str, str | None, int, int]] = {
+    "pre1": ("prepaid", None, 0, 3_000),
+    "pre2": ("prepaid", None, 0, 500),
+    "post": ("postpaid", None, 4_000, 0),
+    "hyb": ("hybrid", None, 5_000, 400),
+    "fam": ("postpaid", "fam", 10_000, 0),
+    "iot": ("postpaid", "iotflex", 2_000, 0),
+}
+# (account, line plan, rating group it uses)
+LINES = [
+    ("pre1", "payg", 10),
+    ("pre1", "pre", 10),
+    ("pre2", "payg", 40),
+    ("post", "post", 10),
+    ("hyb", "hyb", 10),
+    ("fam", None, 10),
+    ("fam", None, 10),
+    ("iot", None, 30),
+]
+PREPAID_ACCOUNTS = ("pre1", "pre2")  # lines of these move between them
+
+
+class ChargingCore(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="chf-prop-"))
+        self.world = World(self.dir / "store")
+        self.lines: list[tuple[int, str, int]] = []  # (line id, imsi, rating group)
+        self.open: dict[str, list[int]] = {}  # session key -> [line index, last request number]
+        self.sessions_made = 0
+        self.events_made = 0
+        # Every request sent whose answer must be replayable: (request, first answer, time sent)
+        self.history: list[tuple[Any, Any, int]] = []
+
+    def teardown(self) -> None:
+        self.world.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @initialize()
+    def provision(self) -> None:
+        w = self.world
+        w.tenant()
+        for account_id, (payment, plan, credit_limit, balance) in ACCOUNTS.items():
+            w.account(account_id, payment=payment, plan=plan, credit_limit=credit_limit, balance=balance)
+        for account_id, plan, rg in LINES:
+            line_id, imsi = w.line(account_id, plan=plan)
+            self.lines.append((line_id, imsi, rg))
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def snap(self) -> dict[str, Any]:
+        with self.world.store.read() as txn:
+            return snapshot(txn)
+
+    def charge(self, req: ChargingRequest) -> Any:
+        """Send a session or event request and check the no-overspend rules that depend on it."""
+        w = self.world
+        answer = w.charge(req)
+        if req.kind == "event":
+            return answer
+        session = w.session(req.session)
+        for ua in answer.units:
+            if ua.granted:
+                policy = w.engine.catalogue.grant_policy(ua.rating_group)
+                assert ua.granted <= policy.quantum(ua.unit), ua
+                assert session is not None and ua.rating_group in session.reservations
+                reservation = session.reservations[ua.rating_group]
+                assert reservation.granted == ua.granted
+                if reservation.money:
+                    # A new money grant: the account's holdings must fit its funds right after it.
+                    account = w.acct(session.account)
+                    limit = account.balance + (0 if account.payment == "hybrid" else account.credit_limit)
+                    assert account.reserved <= limit, (account.as_dict(), reservation.pack())
+        return answer
+
+    # -- sessions ---------------------------------------------------------------------------------------------------
+    @rule(line=st.integers(0, len(LINES) - 1), network=st.sampled_from([None, None, "20801", "26201", "310260"]))
+    def start_session(self, line: int, network: str | None) -> None:
+        _, imsi, rg = self.lines[line]
+        self.sessions_made += 1
+        key = f"s{self.sessions_made}"
+        req = initial(key, imsi, rg=rg, serving_network=network)
+        if rg == 40:
+            req.units[0].requested = {"events": 1}
+        answer = self.charge(req)
+        session = self.world.session(key)
+        if session is not None:
+            self.history.append((req, answer, self.world.now))
+            if not session.closed:
+                self.open[key] = [line, 0]
+
+    def _unit_type(self, line: int) -> str:
+        return "events" if self.lines[line][2] == 40 else "bytes"
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), used=st.integers(0, 2500), more=st.booleans())
+    def update_session(self, data: st.DataObject, used: int, more: bool) -> None:
+        key = data.draw(st.sampled_from(sorted(self.open)))
+        line, number = self.open[key]
+        _, imsi, rg = self.lines[line]
+        unit_type = self._unit_type(line)
+        if unit_type == "events":
+            used = min(used, 2)
+        req = update(key, number + 1, imsi, used=used, rg=rg, unit_type=unit_type, more=more)
+        answer = self.charge(req)
+        self.open[key][1] = number + 1
+        self.history.append((req, answer, self.world.now))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), used=st.integers(0, 2500))
+    def terminate_session(self, data: st.DataObject, used: int) -> None:
+        key = data.draw(st.sampled_from(sorted(self.open)))
+        line, number = self.open.pop(key)
+        _, imsi, rg = self.lines[line]
+        req = terminate(key, number + 1, imsi, used=used, rg=rg, unit_type=self._unit_type(line))
+        answer = self.charge(req)
+        self.history.append((req, answer, self.world.now))
+
+    # -- one-shot events and money ----------------------------------------------------------------------------------
+    @rule(
+        line=st.integers(0, len(LINES) - 1),
+        action=st.sampled_from([DIRECT_DEBITING, DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY]),
+        count=st.integers(1, 30),
+        keyed=st.booleans(),
+    )
+    def one_shot_event(self, line: int, action: str, count: int, keyed: bool) -> None:
+        _, imsi, _ = self.lines[line]
+        self.events_made += 1
+        key = f"e{self.events_made}"
+        req = event(key, imsi, action, rg=40, amount={"events": count}, idempotency_key=f"k-{key}" if keyed else None)
+        answer = self.charge(req)
+        if action in (DIRECT_DEBITING, REFUND_ACCOUNT):
+            self.history.append((req, answer, self.world.now))
+
+    @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(1, 5_000), keyed=st.booleans())
+    def topup(self, account: str, amount: int, keyed: bool) -> None:
+        self.events_made += 1
+        key = f"t{self.events_made}" if keyed else None
+        result = self.world.admin(admin.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
+        if key is not None:
+            self.history.append((("topup", account, amount, key), result.value, self.world.now))
+
+    @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(-3_000, 3_000).filter(bool))
+    def adjust_wallet(self, account: str, amount: int) -> None:
+        self.world.admin(admin.adjust, account, amount, actor="prop", reason="correction")
+
+    # -- time, lifecycle, moves, reaper -----------------------------------------------------------------------------
+    @rule(step=st.sampled_from([1, 50, 199, 200, 3_599, 86_400, 10 * 86_400, "boundary"]))
+    def clock_jump(self, step: int | str) -> None:
+        w = self.world
+        if step == "boundary":
+            # Every account renews on cycle day 1 and every plan here is monthly: land exactly on the next one.
+            w.now = period_end("month", w.now, 1, w.engine.catalogue.settings.timezone)
+        else:
+            w.now += int(step)
+
+    @rule(line=st.integers(0, len(LINES) - 1), state=st.sampled_from(["suspended", "active"]))
+    def set_state(self, line: int, state: str) -> None:
+        line_id, _, _ = self.lines[line]
+        with self.world.store.read() as txn:
+            before = txn.get_subscriber(line_id).state
+            open_sessions = {s.key for s in txn.sessions_of_line(line_id) if not s.closed}
+        result = self.world.admin(admin.set_state, f"#{line_id}", state, actor="prop", reason="lifecycle")
+        if state == "suspended" and before == "active":
+            assert {s.session for s in result.signals if s.kind == "abort"} == open_sessions
+
+    @rule(line=st.sampled_from([i for i, spec in enumerate(LINES) if spec[0] in PREPAID_ACCOUNTS]))
+    def move_line(self, line: int) -> None:
+        line_id, _, _ = self.lines[line]
+        with self.world.store.read() as txn:
+            current = txn.get_subscriber(line_id).account
+        target = PREPAID_ACCOUNTS[1] if current == PREPAID_ACCOUNTS[0] else PREPAID_ACCOUNTS[0]
+        result = self.world.admin(admin.move_line, f"#{line_id}", target, actor="prop", reason="move")
+        for signal in result.signals:
+            self.open.pop(signal.session, None)  # released and aborted
+
+    @rule()
+    def reap(self) -> None:
+        w = self.world
+        with w.store.read() as txn:
+            keys = [s.key for s in txn.sessions() if s.expires <= w.now]
+        for key in keys:
+            w.write(lambda txn, k=key: w.engine.reap(txn, k, w.now))
+            self.open.pop(key, None)
+
+    # -- exactly once -----------------------------------------------------------------------------------------------
+    @precondition(lambda self: self.history)
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        w = self.world
+        request, first, sent_at = data.draw(st.sampled_from(self.history))
+        window = w.engine.config.idempotency_window
+        before = self.snap()
+        if isinstance(request, tuple):  # an admin top-up with an idempotency key
+            _, account, amount, key = request
+            if w.now >= sent_at + window:
+                return  # the key has expired: a new top-up by design
+            again = w.admin(admin.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
+            assert again.duplicate and again.value == first
+        elif request.kind == "event":
+            if w.now >= sent_at + window:
+                return
+            again = w.charge(request)
+            assert again.duplicate and again.pack() == first.pack()
+        else:
+            session = w.session(request.session)
+            if session is None:
+                return  # forgotten after its replay window: out of scope
+            kept = session.answer_for(request.number)
+            if kept is not None:
+                again = w.charge(request)
+                assert again.duplicate and again.pack() == first.pack()
+            elif request.kind == "initial":
+                return  # an initial request re-using an open session id restarts it (design question, reported)
+            else:
+                try:
+                    again = w.charge(request)
+                except RequestError:
+                    pass  # refused: the answer is gone and applying it again would charge twice
+                else:
+                    assert again.result != SUCCESS, again
+        assert self.snap() == before, "a replayed request changed the store"
+
+    # -- after every step -------------------------------------------------------------------------------------------
+    @invariant()
+    def invariants_hold(self) -> None:
+        if not self.lines:
+            return
+        with self.world.store.read() as txn:
+            check_invariants(txn)
+
+
+ChargingCore.TestCase.settings = settings(
+    max_examples=400 if LONG else 25,
+    stateful_step_count=60 if LONG else 30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestChargingCore = ChargingCore.TestCase
