@@ -262,10 +262,12 @@ test_catalogue.__test__ = False  # type: ignore[attr-defined]  # not a pytest te
 class World:
     """A store on disk, an engine and a clock that only moves when the test moves it."""
 
-    def __init__(self, path: Path, catalogue: Catalogue | None = None, now: int = T0) -> None:
+    def __init__(
+        self, path: Path, catalogue: Catalogue | None = None, now: int = T0, config: EngineConfig | None = None
+    ) -> None:
         self.path = path
         self.store = Store(path)
-        self.engine = Engine(catalogue or test_catalogue(), EngineConfig())
+        self.engine = Engine(catalogue or test_catalogue(), config or EngineConfig())
         self.now = now
         self._imsi = 208010000000000
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chf import admin
+from chf.engine import EngineConfig
 from chf.model import (
     CHECK_BALANCE,
     DIRECT_DEBITING,
@@ -65,7 +66,8 @@ class ChargingCore(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="chf-prop-"))
-        self.world = World(self.dir / "store")
+        # Two kept answers per session (default 4): retransmissions older than the kept answers come up often.
+        self.world = World(self.dir / "store", config=EngineConfig(answers_kept=2))
         self.lines: list[tuple[int, str, int]] = []  # (line id, imsi, rating group)
         self.open: dict[str, list[int]] = {}  # session key -> [line index, last request number]
         self.sessions_made = 0
@@ -133,18 +135,28 @@ class ChargingCore(RuleBasedStateMachine):
         return "events" if self.lines[line][2] == 40 else "bytes"
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data(), used=st.integers(0, 2500), more=st.booleans())
-    def update_session(self, data: st.DataObject, used: int, more: bool) -> None:
+    @rule(data=st.data(), reports=st.lists(st.integers(0, 2500), min_size=1, max_size=4), more=st.booleans())
+    def update_session(self, data: st.DataObject, reports: list[int], more: bool) -> None:
+        """One to four updates in a row (sessions long enough that early answers are no longer kept)."""
         key = data.draw(st.sampled_from(sorted(self.open)))
-        line, number = self.open[key]
+        line = self.open[key][0]
         _, imsi, rg = self.lines[line]
         unit_type = self._unit_type(line)
-        if unit_type == "events":
-            used = min(used, 2)
-        req = update(key, number + 1, imsi, used=used, rg=rg, unit_type=unit_type, more=more)
-        answer = self.charge(req)
-        self.open[key][1] = number + 1
-        self.history.append((req, answer, self.world.now))
+        for n, used in enumerate(reports):
+            number = self.open[key][1] + 1
+            ask = more or n < len(reports) - 1
+            req = update(
+                key,
+                number,
+                imsi,
+                used=min(used, 2) if unit_type == "events" else used,
+                rg=rg,
+                unit_type=unit_type,
+                more=ask,
+            )
+            answer = self.charge(req)
+            self.open[key][1] = number
+            self.history.append((req, answer, self.world.now))
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), used=st.integers(0, 2500))
@@ -228,7 +240,8 @@ class ChargingCore(RuleBasedStateMachine):
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:
         w = self.world
-        request, first, sent_at = data.draw(st.sampled_from(self.history))
+        recent = data.draw(st.booleans())  # half the time one of the latest requests, the likely retransmission
+        request, first, sent_at = data.draw(st.sampled_from(self.history[-6:] if recent else self.history))
         window = w.engine.config.idempotency_window
         before = self.snap()
         if isinstance(request, tuple):  # an admin top-up with an idempotency key
@@ -260,6 +273,23 @@ class ChargingCore(RuleBasedStateMachine):
                 else:
                     assert again.result != SUCCESS, again
         assert self.snap() == before, "a replayed request changed the store"
+
+    @precondition(lambda self: any(n >= 3 for _, n in self.open.values()))
+    @rule(data=st.data())
+    def retransmit_old_update(self, data: st.DataObject) -> None:
+        """A retransmission older than the answers the session keeps must change nothing."""
+        key = data.draw(st.sampled_from(sorted(k for k, (_, n) in self.open.items() if n >= 3)))
+        old = next(
+            r for r, _, _ in self.history if isinstance(r, ChargingRequest) and r.session == key and r.number == 1
+        )
+        before = self.snap()
+        try:
+            again = self.world.charge(old)
+        except RequestError:
+            pass
+        else:
+            assert again.duplicate or again.result != SUCCESS, again
+        assert self.snap() == before, "an old retransmission was applied again"
 
     # -- after every step -------------------------------------------------------------------------------------------
     @invariant()
