@@ -374,6 +374,13 @@ class Engine:
             if plan is None:
                 continue
             owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
+            # Periods that ended while the fee stayed unpaid and nobody touched the line (service down, sweeper
+            # not there yet) are skipped, not charged: the retried renewal starts the period holding `now`.
+            while ctx.now >= bs.period_end:
+                bs.period_start = bs.period_end
+                bs.period_end = period_end_of(self.catalogue, plan, bs.period_start, ctx.account.cycle_day)
+                bs.period_index += 1
+                bs.usage = {}
             self._start_period(ctx, bs, plan, owner, is_account=is_account, at=ctx.now, reason="renewal retried")
             if is_account:
                 ctx.acct_bs_dirty = True
