@@ -6,6 +6,7 @@ costs 10 micro-units per started 100 bytes at home (20 in the EU, denied elsewhe
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from chf.model import (
     FUA_RESTRICT,
     FUA_TERMINATE,
     PRICE_ENQUIRY,
+    RATING_FAILED,
     REFUND_ACCOUNT,
     SESSION_UNKNOWN,
     SUCCESS,
@@ -40,6 +42,7 @@ from tests.corekit import (
     snapshot,
     terminate,
     test_catalogue,
+    unit,
     update,
 )
 
@@ -562,3 +565,137 @@ def test_bad_admin_input_changes_nothing(world: World) -> None:
         with pytest.raises(RequestError):
             call()
     assert world.last_seq() == seq and world.acct("a").balance == 100
+
+
+def test_topup_after_missed_periods_starts_the_current_period(world: World) -> None:
+    """A renewal that failed for lack of funds, then months of silence, then a top-up: the fee is charged once,
+    for the current period, and the allowance is valid until the current period ends."""
+    world.account("a", balance=1_500)
+    line, imsi = world.line("a", plan="pre")  # 500 left after the first fee
+    first_end = period_end_of_line(world, line)
+    world.now = first_end
+    world.charge(event("q1", imsi, CHECK_BALANCE))  # renewal fails: 500 < 1000
+    with world.store.read() as txn:
+        assert txn.get_line_balances(line).renewal_pending
+    world.now = int(datetime(2026, 6, 10, tzinfo=UTC).timestamp())  # two more period boundaries pass silently
+    world.admin(admin.topup, "a", 5_000, actor="shop", reason="top-up")
+    current_end = int(datetime(2026, 7, 1, tzinfo=UTC).timestamp())
+    data = bucket_named(world.line_buckets(line), "data")
+    assert (data.remaining, data.valid_to) == (3000, current_end)
+    assert world.acct("a").balance == 500 + 5_000 - 1_000
+    # Using the line afterwards charges nothing more this period.
+    world.charge(event("q2", imsi, CHECK_BALANCE))
+    assert world.acct("a").balance == 4_500
+    assert bucket_named(world.line_buckets(line), "data").remaining == 3000
+
+
+def test_multiple_rating_groups_in_one_request(world: World) -> None:
+    world.account("a", balance=10_000)
+    line, imsi = world.line("a", plan="pre")
+    req = initial("s1", imsi)
+    req.units.append(unit(20, {}))
+    req.units.append(unit(99, {}))  # no tariff for 99: rated as a failure, the others still granted
+    ans = world.charge(req)
+    assert ans.result == SUCCESS
+    assert (ans.unit(10).granted, ans.unit(20).granted, ans.unit(99).result) == (1000, 60, RATING_FAILED)
+    assert world.acct("a").reserved == 240  # 60 s of voice at 4 per second (noon)
+    end = ChargingRequest(
+        "terminate", "s1", 1, [("imsi", imsi)], [unit(10, None, {"bytes": 700}), unit(20, None, {"seconds": 45})]
+    )
+    ans = world.charge(end)
+    assert (ans.unit(10).charged, ans.unit(20).charged) == (0, 180)
+    assert world.acct("a").balance == 9_000 - 180 and world.acct("a").reserved == 0
+    assert bucket_named(world.line_buckets(line), "data").remaining == 2300
+
+
+def test_bucket_adjustment_idempotent_and_bounded_by_reservation(world: World) -> None:
+    world.account("a", balance=10_000)
+    line, imsi = world.line("a", plan="pre")
+    data = bucket_named(world.line_buckets(line), "data")
+    world.charge(initial("s1", imsi))  # 1000 reserved
+    first = world.admin(
+        admin.adjust,
+        "a",
+        -500,
+        actor="ops",
+        reason="goodwill reversal",
+        line_id=line,
+        bucket_id=data.id,
+        idempotency_key="adj-1",
+    )
+    again = world.admin(
+        admin.adjust,
+        "a",
+        -500,
+        actor="ops",
+        reason="goodwill reversal",
+        line_id=line,
+        bucket_id=data.id,
+        idempotency_key="adj-1",
+    )
+    assert again.duplicate and again.value == first.value
+    assert bucket_named(world.line_buckets(line), "data").remaining == 2500
+    with pytest.raises(RequestError) as refused:
+        world.admin(admin.adjust, "a", -2000, actor="ops", reason="too much", line_id=line, bucket_id=data.id)
+    assert refused.value.field == "amount"
+    assert bucket_named(world.line_buckets(line), "data").remaining == 2500
+
+
+def test_terminated_line_final_report_charged(world: World) -> None:
+    world.account("a", balance=10_000)
+    line, imsi = world.line("a", plan="payg")
+    world.charge(initial("s1", imsi))
+    result = world.admin(admin.set_state, f"#{line}", "terminated", actor="ops", reason="churn")
+    assert [s.session for s in result.signals] == ["s1"]
+    assert world.charge(terminate("s1", 1, imsi, used=400)).unit(10).charged == 40
+    assert world.charge(initial("s2", imsi)).result == END_USER_SERVICE_DENIED
+    assert world.acct("a").active_lines == 0
+    with pytest.raises(RequestError):
+        world.admin(admin.move_line, f"#{line}", "a", actor="ops", reason="x")
+
+
+def test_postpaid_rollover_at_boundary(world: World) -> None:
+    world.account("b", payment="postpaid", credit_limit=100_000)
+    line, imsi = world.line("b", plan="post")
+    world.charge(initial("s1", imsi))
+    world.charge(terminate("s1", 1, imsi, used=1200))
+    world.now = period_end_of_line(world, line)
+    world.charge(event("q", imsi, CHECK_BALANCE))
+    buckets = {b.name: b for b in world.line_buckets(line)}
+    assert buckets["data"].remaining == 2000 and buckets["data-rollover"].remaining == 800
+    assert buckets["data-rollover"].priority < buckets["data"].priority  # carried-over data goes first
+    assert world.acct("b").balance == -4_000  # two fees on the bill
+
+
+async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(tmp_path: Path) -> None:
+    world = World(tmp_path / "store")
+    world.tenant()
+    world.account("a", balance=10_000)
+    line, imsi = world.line("a", plan="payg")
+    clock = [T0]
+    service = ChargingService(world.store, world.engine.catalogue, clock=lambda: clock[0], sweep_interval=0.01)
+    received: list[Signal] = []
+    service.bus.subscribe("gy", received.append)
+    await service.start()
+    try:
+        assert (await service.charge(initial("s1", imsi))).result == SUCCESS
+        assert (await service.charge(initial("s2", imsi))).result == SUCCESS
+        await service.operate(
+            lambda txn, engine, now: admin.set_state(
+                txn, engine, f"#{line}", "suspended", now=now, actor="ops", reason="unpaid"
+            )
+        )
+        assert sorted(s.session for s in received if s.kind == "abort") == ["s1", "s2"]
+        await service.charge(terminate("s1", 1, imsi, used=100))
+        clock[0] = T0 + world.engine.config.reap_factor * 100  # s2 stays silent: the sweeper releases it
+        for _ in range(200):
+            if service.reaped:
+                break
+            await asyncio.sleep(0.01)
+        assert service.reaped == 1
+        with world.store.read() as txn:
+            assert txn.get_account("a").reserved == 0 and txn.get_session("s2").closed
+            check_invariants(txn)
+    finally:
+        await service.stop()
+    world.close()
