@@ -213,6 +213,7 @@ overage = "restrict"
 filter_id = "family-throttle"
   [plans.fam.rating]
   "10" = "data"
+  "40" = "sms"
   [[plans.fam.allowances]]
   name = "family-data"
   unit = "bytes"
@@ -220,6 +221,12 @@ filter_id = "family-throttle"
   rating_groups = [10]
   priority = 10
   shared = true
+  [[plans.fam.allowances]]
+  name = "sms"
+  unit = "events"
+  amount = 5
+  rating_groups = [40]
+  priority = 10
 
 [plans.iotstatic]
 payment = "postpaid"

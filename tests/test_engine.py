@@ -342,8 +342,8 @@ def test_bonus_and_intro_price(world: World) -> None:
 def test_family_shared_allowance_used_by_two_lines(world: World) -> None:
     world.account("fam", payment="postpaid", credit_limit=100_000, plan="fam")
     assert world.acct("fam").balance == -3_000  # the account pays the fee once
-    _l1, imsi1 = world.line("fam")
-    _l2, imsi2 = world.line("fam")
+    l1, imsi1 = world.line("fam", plan="fam")  # a line on its account's plan: own SMS, no second fee
+    _l2, imsi2 = world.line("fam", plan="fam")
     world.charge(initial("s1", imsi1))
     world.charge(initial("s2", imsi2))
     shared = bucket_named(world.account_buckets("fam"), "family-data")
@@ -356,6 +356,10 @@ def test_family_shared_allowance_used_by_two_lines(world: World) -> None:
     assert ans.unit(10).granted == 500 and ans.unit(10).final.action == FUA_RESTRICT
     assert ans.unit(10).final.filter_id == "family-throttle"
     assert world.acct("fam").balance == -3_000  # no wallet charge on a restrict plan
+    assert bucket_named(world.line_buckets(l1), "sms").remaining == 5  # per-line allowance of the family plan
+    debit = world.charge(event("sms1", imsi1, DIRECT_DEBITING, amount={"events": 2}))
+    assert (debit.result, debit.cost) == (SUCCESS, 0)
+    assert bucket_named(world.line_buckets(l1), "sms").remaining == 3
 
 
 def test_static_iot_pool(world: World) -> None:

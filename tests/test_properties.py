@@ -35,6 +35,7 @@ from chf.model import (
     RequestError,
 )
 from chf.periods import period_end
+from chf.service import ChargingService
 from tests.corekit import World, check_invariants, event, initial, snapshot, terminate, update
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -55,10 +56,12 @@ LINES = [
     ("pre2", "payg", 40),
     ("post", "post", 10),
     ("hyb", "hyb", 10),
-    ("fam", None, 10),
-    ("fam", None, 10),
-    ("iot", None, 30),
+    ("fam", "fam", 10),
+    ("fam", "fam", 40),
+    ("iot", "iotflex", 30),
+    ("iot", "iotflex", 30),
 ]
+LAST_IOT_LINE = len(LINES) - 1  # the one line that may be terminated (for good)
 PREPAID_ACCOUNTS = ("pre1", "pre2")  # lines of these move between them
 
 
@@ -180,9 +183,61 @@ class ChargingCore(RuleBasedStateMachine):
         self.events_made += 1
         key = f"e{self.events_made}"
         req = event(key, imsi, action, rg=40, amount={"events": count}, idempotency_key=f"k-{key}" if keyed else None)
+        line_id = self.lines[line][0]
+        with self.world.store.read() as txn:
+            account = txn.get_account(txn.get_subscriber(line_id).account)
+            funds = account.balance - account.reserved + (0 if account.payment == "hybrid" else account.credit_limit)
         answer = self.charge(req)
+        if action == DIRECT_DEBITING and answer.result == SUCCESS and not answer.duplicate:
+            assert answer.cost <= max(funds, 0), (answer, funds)  # a debit never spends money that is not there
         if action in (DIRECT_DEBITING, REFUND_ACCOUNT):
             self.history.append((req, answer, self.world.now))
+
+    @rule(line=st.integers(0, len(LINES) - 1), amount=st.integers(1, 3_000), days=st.integers(0, 40))
+    def grant_bucket(self, line: int, amount: int, days: int) -> None:
+        w = self.world
+        line_id, _, rg = self.lines[line]
+        unit_type = "events" if rg == 40 else "bytes"
+        w.admin(
+            admin.grant_bucket,
+            line_id,
+            name="goodwill",
+            unit=unit_type,
+            amount=amount,
+            valid_to=w.now + days * 86_400 + 1,
+            actor="prop",
+            reason="goodwill",
+            rating_groups=[rg],
+        )
+
+    @rule(line=st.sampled_from([0, 1]), plan=st.sampled_from(["pre", "payg", "promo"]))
+    def change_plan(self, line: int, plan: str) -> None:
+        line_id, _, _ = self.lines[line]
+        self.world.admin(admin.assign_plan, plan, actor="prop", reason="plan change", line_ref=f"#{line_id}")
+
+    @rule()
+    def terminate_line(self) -> None:
+        line_id, _, _ = self.lines[LAST_IOT_LINE]
+        with self.world.store.read() as txn:
+            if txn.get_subscriber(line_id).state == "terminated":
+                return
+        self.world.admin(admin.set_state, f"#{line_id}", "terminated", actor="prop", reason="churn")
+
+    @rule()
+    def sweep(self) -> None:
+        """What the service's sweeper does: renew ended periods of idle owners, reap silent sessions."""
+        w = self.world
+        service = ChargingService(w.store, w.engine.catalogue, clock=lambda: w.now)
+        service.engine = w.engine
+        while True:
+            expired, due = service.sweep_slice_once(w.now)
+            for owner in due:
+                w.write(lambda txn, o=owner: service._upkeep(txn, o))
+            for key in expired:
+                w.write(lambda txn, k=key: w.engine.reap(txn, k, w.now))
+                self.open.pop(key, None)
+            if service._sweep_from == b"":
+                break
 
     @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(1, 5_000), keyed=st.booleans())
     def topup(self, account: str, amount: int, keyed: bool) -> None:
@@ -212,6 +267,8 @@ class ChargingCore(RuleBasedStateMachine):
         with self.world.store.read() as txn:
             before = txn.get_subscriber(line_id).state
             open_sessions = {s.key for s in txn.sessions_of_line(line_id) if not s.closed}
+        if before == "terminated":
+            return
         result = self.world.admin(admin.set_state, f"#{line_id}", state, actor="prop", reason="lifecycle")
         if state == "suspended" and before == "active":
             assert {s.session for s in result.signals if s.kind == "abort"} == open_sessions
