@@ -257,7 +257,10 @@ class Engine:
             b.remaining = 0
             event["impacts"].append(_bucket_impact(owner, b, -remaining))
             rolled = None
-            if period_end and plan is not None and b.kind == "plan" and remaining > 0:
+            # Units held by an open grant at the boundary are in use: the report that follows is settled against
+            # this (now expired) bucket, so carrying them over too would hand them out twice.
+            carried = remaining - b.reserved
+            if period_end and plan is not None and b.kind == "plan" and carried > 0:
                 allowance = next((a for a in plan.allowances if a.name == b.name and a.rollover), None)
                 if allowance is not None:
                     rolled = Bucket(
@@ -267,14 +270,14 @@ class Engine:
                         b.unit,
                         b.rating_groups,
                         b.priority - 1,
-                        remaining,
-                        remaining,
+                        carried,
+                        carried,
                         0,
                         at,
                         period_end_of(self.catalogue, plan, at, ctx.account.cycle_day),
                     )
                     keep.append(rolled)
-                    event["impacts"].append(_bucket_impact(owner, rolled, remaining))
+                    event["impacts"].append(_bucket_impact(owner, rolled, carried))
                     event["reason"] = "rollover"
             ctx.events.append(event)
         bs.buckets = keep
