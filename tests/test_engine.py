@@ -703,3 +703,16 @@ async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(tmp_p
     finally:
         await service.stop()
     world.close()
+
+
+def test_rollover_does_not_carry_units_in_use(world: World) -> None:
+    """Data reserved by an open session at the boundary is being used: it is settled against the expired bucket
+    when reported, so only the rest rolls over (carrying it too would give the same bytes twice)."""
+    world.account("b", payment="postpaid", credit_limit=100_000)
+    line, imsi = world.line("b", plan="post")  # 2000 bytes, rollover
+    world.charge(initial("s1", imsi))  # 1000 reserved
+    world.now = period_end_of_line(world, line) + 5
+    ans = world.charge(terminate("s1", 1, imsi, used=1000))
+    assert ans.result == SUCCESS and ans.unit(10).charged == 0
+    buckets = {b.name: b for b in world.line_buckets(line)}
+    assert (buckets["data-rollover"].remaining, buckets["data"].remaining) == (1000, 2000)
