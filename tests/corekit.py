@@ -270,17 +270,23 @@ class World:
     """A store on disk, an engine and a clock that only moves when the test moves it."""
 
     def __init__(
-        self, path: Path, catalogue: Catalogue | None = None, now: int = T0, config: EngineConfig | None = None
+        self,
+        path: Path,
+        catalogue: Catalogue | None = None,
+        now: int = T0,
+        config: EngineConfig | None = None,
+        durability: str = "fsync",
     ) -> None:
         self.path = path
-        self.store = Store(path)
+        self.durability = durability
+        self.store = Store(path, durability=durability)
         self.engine = Engine(catalogue or test_catalogue(), config or EngineConfig())
         self.now = now
         self._imsi = 208010000000000
 
     def reopen(self) -> None:
         self.store.close()
-        self.store = Store(self.path)
+        self.store = Store(self.path, durability=self.durability)
 
     def close(self) -> None:
         self.store.close()
