@@ -537,6 +537,10 @@ class Engine:
         if used < 0:
             raise RequestError("used units", f"negative {unit} reported for rating group {rg}")
         if used == 0:
+            if reservation is not None:
+                # Nothing used (e.g. a report on validity-time expiry), but the grant still ends: release it.
+                session.reservations[rg] = reservation
+                self._release(ctx, session, rg)
             return
         event = ctx.base_event("usage", f"network:{session.protocol}", reason)
         event.update(
