@@ -30,6 +30,7 @@ from chf.model import (
     ChargingRequest,
     RequestError,
     Signal,
+    UsageReport,
 )
 from chf.service import ChargingService
 from tests.corekit import (
@@ -716,3 +717,21 @@ def test_rollover_does_not_carry_units_in_use(world: World) -> None:
     assert ans.result == SUCCESS and ans.unit(10).charged == 0
     buckets = {b.name: b for b in world.line_buckets(line)}
     assert (buckets["data-rollover"].remaining, buckets["data"].remaining) == (1000, 2000)
+
+
+def test_zero_usage_report_ends_the_grant(world: World) -> None:
+    """A report of 0 units (validity time expired, no traffic) ends the grant: what it held is released."""
+    world.account("a", balance=10_000)
+    line, imsi = world.line("a", plan="pre")
+    world.charge(initial("s1", imsi, rg=20))  # 60 s of voice: 240 held in the wallet
+    world.charge(initial("s2", imsi))  # 1000 bytes held in the data allowance
+    assert world.acct("a").reserved == 240
+    # A Used-Service-Unit that is present but zero, and no new request.
+    zero_voice = ChargingRequest("update", "s1", 1, [("imsi", imsi)], [unit(20, None, {"seconds": 0})])
+    assert world.charge(zero_voice).result == SUCCESS
+    zero_data = ChargingRequest("update", "s2", 1, [("imsi", imsi)], [unit(10, {}, None)])
+    zero_data.units[0].used = [UsageReport({"bytes": 0})]
+    assert world.charge(zero_data).unit(10).granted == 1000  # released and granted again, not held twice
+    assert world.acct("a").reserved == 0
+    assert bucket_named(world.line_buckets(line), "data").reserved == 1000
+    assert not world.session("s1").reservations

@@ -33,6 +33,8 @@ from chf.model import (
     SUCCESS,
     ChargingRequest,
     RequestError,
+    UnitRequest,
+    UsageReport,
 )
 from chf.periods import period_end
 from chf.service import ChargingService
@@ -62,7 +64,10 @@ LINES = [
     ("iot", "iotflex", 30),
 ]
 LAST_IOT_LINE = len(LINES) - 1  # the one line that may be terminated (for good)
-PREPAID_ACCOUNTS = ("pre1", "pre2")  # lines of these move between them
+PREPAID_ACCOUNTS = ("pre1", "pre2")
+VOICE_TOO = (
+    1  # this line's session requests also carry rating group 20 (voice, seconds)  # lines of these move between them
+)
 
 
 class ChargingCore(RuleBasedStateMachine):
@@ -98,14 +103,28 @@ class ChargingCore(RuleBasedStateMachine):
         with self.world.store.read() as txn:
             return snapshot(txn)
 
+    def _voice_line(self, req: ChargingRequest) -> bool:
+        return req.identities[0][1] == self.lines[VOICE_TOO][1]
+
+    def _add_voice(self, req: ChargingRequest) -> None:
+        """Mirror the data unit of a request as a voice unit (used seconds = used bytes / 20)."""
+        data = req.units[0]
+        used = [UsageReport({"seconds": r.units.get("bytes", 0) // 20}, r.reason) for r in data.used]
+        requested = None if data.requested is None else {}
+        req.units.append(UnitRequest(rating_group=20, requested=requested, used=used, reason=data.reason))
+
     def charge(self, req: ChargingRequest) -> Any:
         """Send a session or event request and check the no-overspend rules that depend on it."""
         w = self.world
+        if req.kind != "event" and req.units and req.units[0].rating_group == 10 and self._voice_line(req):
+            self._add_voice(req)
         answer = w.charge(req)
         if req.kind == "event":
             return answer
+        if answer.duplicate:
+            return answer
         session = w.session(req.session)
-        for ua in answer.units:
+        for n, ua in enumerate(answer.units):
             if ua.granted:
                 policy = w.engine.catalogue.grant_policy(ua.rating_group)
                 assert ua.granted <= policy.quantum(ua.unit), ua
@@ -113,10 +132,12 @@ class ChargingCore(RuleBasedStateMachine):
                 reservation = session.reservations[ua.rating_group]
                 assert reservation.granted == ua.granted
                 if reservation.money:
-                    # A new money grant: the account's holdings must fit its funds right after it.
+                    # A new money grant: the account's holdings fitted its funds right after it. Usage beyond a
+                    # grant reported for a later rating group of the same request may have been charged since.
+                    charged_after = sum(u.charged for u in answer.units[n + 1 :])
                     account = w.acct(session.account)
                     limit = account.balance + (0 if account.payment == "hybrid" else account.credit_limit)
-                    assert account.reserved <= limit, (account.as_dict(), reservation.pack())
+                    assert account.reserved <= limit + charged_after, (account.as_dict(), reservation.pack())
         return answer
 
     # -- sessions ---------------------------------------------------------------------------------------------------
