@@ -199,7 +199,9 @@ unit = "bytes"
 amount = -5
 """
     )
-    assert errs == ["catalogue.toml: plan 'family-20': allowances[1].amount: must be a positive integer, got -5"]
+    assert errs == [
+        "catalogue.toml: plan 'family-20': allowances[1].amount: must be a positive integer, got -5"
+    ]
 
 
 def test_typo_key_is_an_error_with_hint() -> None:
@@ -436,7 +438,8 @@ def test_toml_syntax_error_and_unreadable_file(tmp_path: Path) -> None:
 def test_home_and_default_zone_must_differ() -> None:
     errs = errors_of(BASE.replace('default_zone = "world"', 'default_zone = "home"') + PLAN)
     assert errs == [
-        "catalogue.toml: settings: default_zone: must differ from home_zone (unlisted networks must not count as home)"
+        "catalogue.toml: settings: default_zone: must differ from home_zone "
+        "(unlisted networks must not count as home)"
     ]
 
 
