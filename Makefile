@@ -54,5 +54,10 @@ bench-import: $(STAMP)
 bench-nchf: $(STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
 
+# Long run of the charging core's stateful property test (2000 examples; the suite runs 200).
+.PHONY: bench-properties
+bench-properties: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -145,7 +145,9 @@ def create_account(
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
         assert ctx is not None
-        account = ctx.account  # the context's copy is the one written back
+        # The context read its own copy of the account back from the transaction and writes that copy on
+        # flush: the opening balance and the plan must land on it, not on the record built above.
+        account = ctx.account
         if balance:
             account.balance = balance
             ctx.account_dirty = True

@@ -263,7 +263,10 @@ class Engine:
             b.remaining = 0
             event["impacts"].append(_bucket_impact(owner, b, -remaining))
             rolled = None
-            if period_end and plan is not None and b.kind == "plan" and remaining > 0:
+            # Units held by an open grant at the boundary are in use: the report that follows is settled against
+            # this (now expired) bucket, so carrying them over too would hand them out twice.
+            carried = remaining - b.reserved
+            if period_end and plan is not None and b.kind == "plan" and carried > 0:
                 allowance = next((a for a in plan.allowances if a.name == b.name and a.rollover), None)
                 if allowance is not None:
                     rolled = Bucket(
@@ -273,14 +276,14 @@ class Engine:
                         b.unit,
                         b.rating_groups,
                         b.priority - 1,
-                        remaining,
-                        remaining,
+                        carried,
+                        carried,
                         0,
                         at,
                         period_end_of(self.catalogue, plan, at, ctx.account.cycle_day),
                     )
                     keep.append(rolled)
-                    event["impacts"].append(_bucket_impact(owner, rolled, remaining))
+                    event["impacts"].append(_bucket_impact(owner, rolled, carried))
                     event["reason"] = "rollover"
             ctx.events.append(event)
         bs.buckets = keep
@@ -380,6 +383,13 @@ class Engine:
             if plan is None:
                 continue
             owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
+            # Periods that ended while the fee stayed unpaid and nobody touched the line (service down, sweeper
+            # not there yet) are skipped, not charged: the retried renewal starts the period holding `now`.
+            while ctx.now >= bs.period_end:
+                bs.period_start = bs.period_end
+                bs.period_end = period_end_of(self.catalogue, plan, bs.period_start, ctx.account.cycle_day)
+                bs.period_index += 1
+                bs.usage = {}
             self._start_period(ctx, bs, plan, owner, is_account=is_account, at=ctx.now, reason="renewal retried")
             if is_account:
                 ctx.acct_bs_dirty = True
@@ -523,8 +533,6 @@ class Engine:
                 for k, v in r.units.items():
                     units[k] = units.get(k, 0) + v
         reason = reports[-1].reason or unit_req.reason
-        # Looked at, not yet taken: a report of zero units returns below and leaves the reservation in the
-        # session, where the caller's release (final report, new request, terminate) frees it.
         reservation = session.reservations.get(rg)
         tariff = self._tariff(plan, rg, reservation)
         unit = reservation.unit if reservation is not None else (tariff.unit if tariff is not None else None)
@@ -539,6 +547,8 @@ class Engine:
         if used < 0:
             raise RequestError("used units", f"negative {unit} reported for rating group {rg}")
         if used == 0:
+            # Nothing used (e.g. a report on validity-time expiry), but a report ends its grant: release it.
+            self._release(ctx, session, rg)
             return
         session.reservations.pop(rg, None)
         event = ctx.base_event("usage", f"network:{session.protocol}", reason)

@@ -1,0 +1,478 @@
+"""Shared helpers for the charging-core tests: a small catalogue with round numbers, a store-on-disk world
+with an injected clock, request builders and the invariant checker (DESIGN.md section 2).
+
+The catalogue here is deliberately small (quanta of 1000 bytes, prices of a few micro-units) so every
+expected number in a test can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chf import admin
+from chf.catalogue import Catalogue, parse_catalogue
+from chf.engine import Engine, EngineConfig, account_owner, line_owner
+from chf.model import (
+    EVENT,
+    INITIAL,
+    TERMINATE,
+    UPDATE,
+    ChargingAnswer,
+    ChargingRequest,
+    UnitRequest,
+    UsageReport,
+)
+from store.lmdbstore import Store, Txn
+from store.schema import SRC_LINE
+
+T = TypeVar("T")
+
+# Wednesday 4 March 2026, 12:00 UTC: a weekday noon, far from any period boundary.
+T0 = int(datetime(2026, 3, 4, 12, 0, tzinfo=UTC).timestamp())
+
+TENANT = "t1"
+
+CATALOGUE_TOML = """
+[settings]
+currency = "EUR"
+timezone = "UTC"
+home_zone = "home"
+default_zone = "world"
+
+[grants]
+bytes = 1000
+seconds = 60
+events = 1
+money = 1000
+validity_time = 100
+volume_threshold_percent = 20
+time_threshold_percent = 0
+
+[grants.rating_groups."30"]
+bytes = 500
+
+[zones]
+home = ["20801"]
+eu = ["26201"]
+
+[tariffs.data]
+unit = "bytes"
+block = 100
+price = 10
+  [tariffs.data.zones.eu]
+  price = 20
+  [tariffs.data.zones.world]
+  deny = true
+
+[tariffs.data-tier]
+unit = "bytes"
+block = 100
+  [[tariffs.data-tier.tiers]]
+  upto = 1000
+  price = 10
+  [[tariffs.data-tier.tiers]]
+  price = 5
+
+[tariffs.voice-tod]
+unit = "seconds"
+block = 1
+price = 4
+  [[tariffs.voice-tod.bands]]
+  from = "20:00"
+  to = "08:00"
+  price = 2
+
+[tariffs.sms]
+unit = "events"
+block = 1
+price = 50
+
+[tariffs.iot]
+unit = "bytes"
+block = 100
+price = 1
+
+[plans.pre]
+payment = "prepaid"
+fee = 1000
+overage = "charge"
+  [plans.pre.rating]
+  "10" = "data"
+  "11" = "data-tier"
+  "20" = "voice-tod"
+  "40" = "sms"
+  [[plans.pre.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 3000
+  rating_groups = [10]
+  priority = 10
+
+[plans.promo]
+payment = "prepaid"
+fee = 1000
+overage = "charge"
+  [plans.promo.rating]
+  "10" = "data"
+  [[plans.promo.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 3000
+  rating_groups = [10]
+  priority = 10
+  [[plans.promo.promotions]]
+  kind = "intro_price"
+  fee = 400
+  periods = 1
+  [[plans.promo.promotions]]
+  kind = "bonus"
+  name = "welcome"
+  unit = "bytes"
+  amount = 500
+  rating_groups = [10]
+  priority = 5
+  validity_days = 1
+
+[plans.post]
+payment = "postpaid"
+fee = 2000
+overage = "charge"
+  [plans.post.rating]
+  "10" = "data"
+  "40" = "sms"
+  [[plans.post.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 2000
+  rating_groups = [10]
+  priority = 10
+  rollover = true
+
+[plans.hyb]
+payment = "hybrid"
+fee = 0
+overage = "charge"
+  [plans.hyb.rating]
+  "10" = "data"
+  [[plans.hyb.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 1000
+  rating_groups = [10]
+  priority = 10
+
+[plans.redir]
+payment = "prepaid"
+overage = "redirect"
+redirect_address = "https://topup.example.net/"
+  [plans.redir.rating]
+  "10" = "data"
+  [[plans.redir.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 1500
+  priority = 10
+
+[plans.restr]
+payment = "prepaid"
+overage = "restrict"
+filter_id = "throttle"
+  [plans.restr.rating]
+  "10" = "data"
+  [[plans.restr.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 1500
+  priority = 10
+
+[plans.deny]
+payment = "prepaid"
+overage = "deny"
+  [plans.deny.rating]
+  "10" = "data"
+  [[plans.deny.allowances]]
+  name = "data"
+  unit = "bytes"
+  amount = 1500
+  priority = 10
+
+[plans.homeonly]
+payment = "prepaid"
+overage = "charge"
+roaming = false
+  [plans.homeonly.rating]
+  "10" = "data"
+
+[plans.fam]
+payment = "postpaid"
+fee = 3000
+overage = "restrict"
+filter_id = "family-throttle"
+  [plans.fam.rating]
+  "10" = "data"
+  "40" = "sms"
+  [[plans.fam.allowances]]
+  name = "family-data"
+  unit = "bytes"
+  amount = 5000
+  rating_groups = [10]
+  priority = 10
+  shared = true
+  [[plans.fam.allowances]]
+  name = "sms"
+  unit = "events"
+  amount = 5
+  rating_groups = [40]
+  priority = 10
+
+[plans.iotstatic]
+payment = "postpaid"
+overage = "deny"
+pool = "static"
+pool_unit = "bytes"
+pool_amount = 4000
+pool_rating_groups = [30]
+  [plans.iotstatic.rating]
+  "30" = "iot"
+
+[plans.iotflex]
+payment = "postpaid"
+overage = "charge"
+pool = "flexible"
+pool_unit = "bytes"
+pool_per_line = 1000
+pool_rating_groups = [30]
+  [plans.iotflex.rating]
+  "30" = "iot"
+
+[plans.payg]
+payment = "prepaid"
+overage = "charge"
+  [plans.payg.rating]
+  "10" = "data"
+  "11" = "data-tier"
+  "20" = "voice-tod"
+  "40" = "sms"
+"""
+
+
+def test_catalogue(text: str = CATALOGUE_TOML) -> Catalogue:
+    return parse_catalogue(text, "corekit-catalogue.toml")
+
+
+test_catalogue.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
+
+
+class World:
+    """A store on disk, an engine and a clock that only moves when the test moves it."""
+
+    def __init__(
+        self,
+        path: Path,
+        catalogue: Catalogue | None = None,
+        now: int = T0,
+        config: EngineConfig | None = None,
+        durability: str = "fsync",
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.store = Store(path, durability=durability)
+        self.engine = Engine(catalogue or test_catalogue(), config or EngineConfig())
+        self.now = now
+        self._imsi = 208010000000000
+
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = Store(self.path, durability=self.durability)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        return self.store.write(fn)
+
+    def charge(self, req: ChargingRequest) -> ChargingAnswer:
+        return self.store.write(lambda txn: self.engine.charge(txn, req, self.now))
+
+    def admin(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a chf.admin function that takes (txn, engine, ..., now=...)."""
+        return self.store.write(lambda txn: fn(txn, self.engine, *args, now=self.now, **kwargs))
+
+    # -- provisioning shortcuts -----------------------------------------------------------------------------------
+    def tenant(self, tenant_id: str = TENANT) -> None:
+        self.store.write(lambda txn: admin.create_tenant(txn, tenant_id, tenant_id, "EUR", self.now))
+
+    def account(self, account_id: str, payment: str = "prepaid", **kwargs: Any) -> dict[str, Any]:
+        result = self.admin(admin.create_account, account_id=account_id, tenant=TENANT, payment=payment, **kwargs)
+        return result.value
+
+    def line(self, account_id: str, plan: str | None = None, state: str = "active") -> tuple[int, str]:
+        """Add a line; returns (line id, IMSI)."""
+        self._imsi += 1
+        imsi = str(self._imsi)
+        result = self.admin(admin.add_line, account=account_id, imsi=imsi, plan=plan, state=state)
+        return result.value["id"], imsi
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def acct(self, account_id: str) -> Any:
+        with self.store.read() as txn:
+            return txn.get_account(account_id)
+
+    def line_buckets(self, line_id: int) -> list[Any]:
+        with self.store.read() as txn:
+            bs = txn.get_line_balances(line_id)
+            return list(bs.buckets) if bs is not None else []
+
+    def account_buckets(self, account_id: str) -> list[Any]:
+        with self.store.read() as txn:
+            bs = txn.get_account_balances(account_id)
+            return list(bs.buckets) if bs is not None else []
+
+    def session(self, key: str) -> Any:
+        with self.store.read() as txn:
+            return txn.get_session(key)
+
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        with self.store.read() as txn:
+            return list(txn.events(after))
+
+    def last_seq(self) -> int:
+        with self.store.read() as txn:
+            return txn.last_event_seq()
+
+
+# -- request builders -------------------------------------------------------------------------------------------
+def unit(
+    rg: int = 10, requested: dict[str, int] | None = None, used: dict[str, int] | None = None, final: bool = False
+) -> UnitRequest:
+    reports = [UsageReport(used, "final" if final else None)] if used else []
+    return UnitRequest(rating_group=rg, requested=requested, used=reports, reason="final" if final else None)
+
+
+def initial(
+    session: str, imsi: str, rg: int = 10, requested: dict[str, int] | None = None, **kw: Any
+) -> ChargingRequest:
+    return ChargingRequest(INITIAL, session, 0, [("imsi", imsi)], [unit(rg, requested or {})], **kw)
+
+
+def update(
+    session: str,
+    number: int,
+    imsi: str,
+    used: int,
+    rg: int = 10,
+    unit_type: str = "bytes",
+    requested: dict[str, int] | None = None,
+    more: bool = True,
+) -> ChargingRequest:
+    req_units = (requested if requested is not None else {}) if more else None
+    return ChargingRequest(
+        UPDATE, session, number, [("imsi", imsi)], [unit(rg, req_units, {unit_type: used} if used else None)]
+    )
+
+
+def terminate(
+    session: str, number: int, imsi: str, used: int, rg: int = 10, unit_type: str = "bytes"
+) -> ChargingRequest:
+    units = [unit(rg, None, {unit_type: used} if used else None)] if used else []
+    return ChargingRequest(TERMINATE, session, number, [("imsi", imsi)], units)
+
+
+def event(
+    key: str, imsi: str, action: str, rg: int = 40, amount: dict[str, int] | None = None, **kw: Any
+) -> ChargingRequest:
+    units = [UnitRequest(rating_group=rg, requested=amount or {"events": 1})]
+    return ChargingRequest(EVENT, key, 0, [("imsi", imsi)], units, action=action, **kw)
+
+
+# -- invariants -----------------------------------------------------------------------------------------------------
+def balances_now(txn: Txn) -> dict[str, int]:
+    """Every balance by the name events use for it: wallets and buckets, with their current value."""
+    out: dict[str, int] = {}
+    for account in txn.accounts():
+        out[f"{account_owner(account.id)}:wallet"] = account.balance
+        bs = txn.get_account_balances(account.id)
+        if bs is not None:
+            for b in bs.buckets:
+                out[f"{account_owner(account.id)}:bucket:{b.id}"] = b.remaining
+    for sub in txn.subscribers():
+        bs = txn.get_line_balances(sub.id)
+        if bs is not None:
+            for b in bs.buckets:
+                out[f"{line_owner(sub.id)}:bucket:{b.id}"] = b.remaining
+    return out
+
+
+def snapshot(txn: Txn) -> dict[str, Any]:
+    """Everything a replayed request must leave untouched: balances, reservations and the event count."""
+    reserved: dict[str, int] = {}
+    for account in txn.accounts():
+        reserved[account.id] = account.reserved
+    return {"balances": balances_now(txn), "reserved": reserved, "events": txn.last_event_seq()}
+
+
+def check_invariants(txn: Txn) -> dict[str, Any]:
+    """Assert DESIGN.md invariants 3-5 on one committed state; returns a few totals for the caller.
+
+    - events: sequence numbers 1..N without gaps, ids unique;
+    - conservation: for every balance the deltas of all event impacts sum to its current value (a balance that
+      is gone, like an expired bucket, must sum to 0), and each impact's `after` is the running sum;
+    - reservations: every bucket has 0 <= reserved <= remaining; each bucket's `reserved` and each account's
+      reserved money equal what the open sessions hold against them (nothing leaks, nothing is double-held).
+    """
+    # Events: gap-free, unique, and the running sums.
+    running: dict[str, int] = {}
+    ids: set[str] = set()
+    expected_seq = 0
+    for ev in txn.events():
+        expected_seq += 1
+        assert ev["seq"] == expected_seq, f"event sequence gap: expected {expected_seq}, found {ev['seq']}"
+        assert ev["id"] not in ids, f"duplicate event id {ev['id']}"
+        ids.add(ev["id"])
+        for impact in ev["impacts"]:
+            assert isinstance(impact["delta"], int) and isinstance(impact["after"], int), impact
+            value = running.get(impact["balance"], 0) + impact["delta"]
+            running[impact["balance"]] = value
+            assert impact["after"] == value, f"event {ev['seq']} {ev['kind']}: after {impact['after']} != {value}"
+    assert txn.last_event_seq() == expected_seq, "event counter and spool disagree"
+
+    current = balances_now(txn)
+    for name, value in current.items():
+        assert isinstance(value, int), f"{name} is not an int: {value!r}"
+        assert running.get(name, 0) == value, f"{name}: events sum to {running.get(name, 0)}, balance is {value}"
+    for name, value in running.items():
+        if name not in current:
+            assert value == 0, f"{name} is gone but its events sum to {value}"
+
+    # Reservations held by open sessions, per bucket and per account.
+    held_bucket: dict[tuple[str, int], int] = {}
+    held_money: dict[str, int] = {}
+    for session in txn.sessions():
+        if session.closed:
+            assert not session.reservations, f"closed session {session.key} still holds reservations"
+            continue
+        for r in session.reservations.values():
+            assert r.granted > 0 and r.money >= 0, f"session {session.key}: reservation {r.pack()}"
+            assert sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: portions exceed the grant"
+            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            for src, bucket_id, amount in r.portions:
+                assert amount > 0
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
+    for account in txn.accounts():
+        assert account.reserved == held_money.get(account.id, 0), (
+            f"account {account.id}: reserved {account.reserved}, sessions hold {held_money.get(account.id, 0)}"
+        )
+    owners: list[tuple[str, Any]] = [(account_owner(a.id), txn.get_account_balances(a.id)) for a in txn.accounts()]
+    owners += [(line_owner(s.id), txn.get_line_balances(s.id)) for s in txn.subscribers()]
+    for owner, bs in owners:
+        if bs is None:
+            continue
+        for b in bs.buckets:
+            assert 0 <= b.reserved <= b.remaining, f"{owner} bucket {b.id}: reserved {b.reserved} of {b.remaining}"
+            held = held_bucket.get((owner, b.id), 0)
+            assert b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions hold {held}"
+    return {"events": expected_seq, "balances": current}
