@@ -36,7 +36,7 @@ class StoreConfig:
 class EngineSettings:
     idempotency_window: int = 3600
     reap_factor: int = 2
-    answers_kept: int = 2
+    answers_kept: int = 4
 
 
 @dataclass(slots=True)

@@ -70,7 +70,7 @@ FOREVER = 2**62
 @dataclass(slots=True)
 class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
-    answers_kept: int = 2  # recent answers kept in a session for retransmissions (older: refused)
+    answers_kept: int = 4  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
 
 
