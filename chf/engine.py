@@ -161,9 +161,27 @@ def _bucket_impact(owner: str, bucket: Bucket, delta: int) -> dict[str, Any]:
 
 
 class Engine:
+    # Catalogues replaced by a reload stay reachable by their digest for this many reloads, so that usage inside
+    # a grant is charged at the price the grant was made with (DESIGN.md: reloads apply to new grants).
+    KEPT_CATALOGUES = 8
+
     def __init__(self, catalogue: Catalogue, config: EngineConfig | None = None) -> None:
+        self._by_version: dict[str, Catalogue] = {}
         self.catalogue = catalogue
         self.config = config or EngineConfig()
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self._catalogue
+
+    @catalogue.setter
+    def catalogue(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+        self._version = catalogue.digest[:12]
+        self._by_version.pop(self._version, None)
+        self._by_version[self._version] = catalogue
+        while len(self._by_version) > self.KEPT_CATALOGUES:
+            del self._by_version[next(iter(self._by_version))]
 
     # ==============================================================================================================
     # Loading what a request needs
@@ -625,8 +643,12 @@ class Engine:
         ctx.events.append(event)
 
     def _tariff(self, plan: Plan | None, rg: int, reservation: Reservation | None) -> Tariff | None:
+        """The tariff that prices usage: the one the reservation was granted with ("name@catalogue-version"),
+        from the catalogue of that version while it is kept (after a restart, the current one)."""
         if reservation is not None and reservation.tariff is not None:
-            t = self.catalogue.tariffs.get(reservation.tariff)
+            name, _, version = reservation.tariff.partition("@")
+            catalogue = self._by_version.get(version, self._catalogue)
+            t = catalogue.tariffs.get(name) or self._catalogue.tariffs.get(name)
             if t is not None:
                 return t
         return plan.tariff_for(rg) if plan is not None else None
@@ -791,7 +813,9 @@ class Engine:
             unit_answer.volume_threshold = granted * policy.volume_threshold_percent // 100
         elif unit == "seconds" and policy.time_threshold_percent:
             unit_answer.time_threshold = granted * policy.time_threshold_percent // 100
-        session.reservations[rg] = Reservation(rg, unit, granted, portions, money, tariff.name, zone)
+        session.reservations[rg] = Reservation(
+            rg, unit, granted, portions, money, f"{tariff.name}@{self._version}", zone
+        )
 
     @staticmethod
     def _final_unit(plan: Plan) -> FinalUnit:
@@ -921,8 +945,8 @@ class Engine:
 
     @staticmethod
     def _funds(account: Account) -> int:
-        if account.payment == "hybrid":
-            return account.balance - account.reserved
+        """Money a grant or debit may take: the wallet, then the credit limit (postpaid and hybrid; a prepaid
+        account has none). A hybrid account differs from a postpaid one in being topped up, not in this."""
         return account.available()
 
 

@@ -187,15 +187,20 @@ def test_postpaid_grants_down_to_credit_limit(world: World) -> None:
     assert world.acct("b").balance == -2_150
 
 
-def test_hybrid_uses_wallet_money_only(world: World) -> None:
-    world.account("h", payment="hybrid", balance=50, credit_limit=10_000)
-    _, imsi = world.line("h", plan="hyb")  # 1000 bytes included, no fee
+def test_hybrid_pays_from_the_wallet_then_the_credit_limit(world: World) -> None:
+    world.account("h", payment="hybrid", balance=50, credit_limit=100)
+    _, imsi = world.line("h", plan="hyb")  # 1000 bytes included, no fee; 10 per 100 bytes beyond
     world.charge(initial("s1", imsi))
     ans = world.charge(update("s1", 1, imsi, used=1000))
-    # Allowance gone: the wallet's 50 buys 500 bytes; the credit limit is for the bill, not for grants.
+    # Allowance gone: the wallet's 50 and then the 100 of credit buy 1500 bytes; a quantum is 1000.
+    assert ans.unit(10).granted == 1000 and ans.unit(10).final is None
+    ans = world.charge(update("s1", 2, imsi, used=1000))
+    assert world.acct("h").balance == -50
+    # What is left of the credit limit (50) buys 500 bytes, with a final-unit indication.
     assert ans.unit(10).granted == 500 and ans.unit(10).final is not None
-    ans = world.charge(terminate("s1", 2, imsi, used=500))
-    assert world.acct("h").balance == 0
+    ans = world.charge(update("s1", 3, imsi, used=500))
+    assert world.acct("h").balance == -100
+    assert ans.unit(10).result == CREDIT_LIMIT_REACHED
 
 
 def test_tiered_price_through_engine(world: World) -> None:
@@ -517,11 +522,6 @@ def test_line_move_releases_and_charges_new_account(world: World) -> None:
     assert (world.acct("a").balance, world.acct("b").balance) == (10_000, 4_900)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (reported): a reservation stores only the tariff name, so usage inside a grant made before "
-    "ChargingService.reload_catalogue is charged at the new price, not the one it was granted with",
-)
 async def test_catalogue_reload_applies_to_new_grants_only(tmp_path: Path) -> None:
     cat_path = tmp_path / "catalogue.toml"
     cat_path.write_text(CATALOGUE_TOML)
