@@ -2,10 +2,10 @@
 
 An update is what a CCR-U / Nchf update asks of the core: commit the units used since the last report, release
 the rest of the grant and reserve the next one, remember the answer for replay, write the rated event. The
-benchmark preloads N lines (default 1,000,000, each on a prepaid plan with allowances, each with an open data
-session), then keeps C requests in flight from an asyncio client on random lines for D seconds, through
-`Store.submit` (the group-commit writer), and reports updates/s and latency percentiles. It runs R times per
-durability mode and prints the median.
+benchmark preloads N lines (default 1,000,000, each on a prepaid plan with allowances, 1000 lines per
+account, each with an open data session), then keeps C requests in flight from an asyncio client on random
+lines for D seconds, through `Store.submit` (the group-commit writer), and reports updates/s and latency
+percentiles. It runs R times per durability mode and prints the median.
 
     python -m loadtest.bench_engine                      # 1M lines, fsync and os durability, 3 runs each
     python -m loadtest.bench_engine --lines 100000 --runs 1 --duration 5
@@ -88,19 +88,28 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
         if have >= lines:
             print(f"preload: store already holds {have} lines", file=sys.stderr)
             return
-        store.write(lambda t: admin.create_tenant(t, "bench", "Bench", "EUR", now))
-        chunk = 10_000
+        accounts = max(1, lines // 1000)  # 1000 lines per account, as an MVNO's bulk import would have
+        if have == 0:
+            store.write(lambda t: admin.create_tenant(t, "bench", "Bench", "EUR", now))
+            for a in range(accounts):
+                store.write(
+                    lambda t, a=a: admin.create_account(
+                        t, engine, account_id=f"b{a}", tenant="bench", payment="prepaid", now=now, balance=10**9
+                    )
+                )
+        chunk = 20_000
         started = time.perf_counter()
         for first in range(have, lines, chunk):
             last = min(lines, first + chunk)
 
             def load(txn: Txn, first: int = first, last: int = last) -> None:
+                rows = [
+                    {"account": f"b{i % accounts}", "imsi": imsi(i), "plan": "bench"} for i in range(first, last)
+                ]
+                for result in admin.add_lines(txn, engine, rows, now=now):
+                    if isinstance(result, Exception):
+                        raise result
                 for i in range(first, last):
-                    acct = f"b{i}"
-                    admin.create_account(
-                        txn, engine, account_id=acct, tenant="bench", payment="prepaid", now=now, balance=10_000_000
-                    )
-                    admin.add_line(txn, engine, account=acct, imsi=imsi(i), plan="bench", now=now)
                     req = ChargingRequest(
                         INITIAL, session_key(i), 0, [("imsi", imsi(i))], [UnitRequest(RATING_GROUP, requested={})]
                     )
