@@ -219,7 +219,7 @@ class Engine:
         if account is None:
             return None
         pseudo = Subscriber(0, account.tenant, account.id, "", None, None, None, ACTIVE, 0, account.plan, 0)
-        ctx = Context(txn, self.catalogue, now, pseudo, account)
+        ctx = Context(txn, self._catalogue, now, pseudo, account)
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
             self.bring_up_to_date(ctx)
@@ -243,14 +243,14 @@ class Engine:
         name = ctx.sub.plan or ctx.account.plan
         if name is None:
             return None
-        return self.catalogue.plans.get(name)
+        return self._catalogue.plans.get(name)
 
     # ==============================================================================================================
     # Plans, periods and renewals
     # ==============================================================================================================
     def _renew_owner(self, ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
         owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
-        plan = self.catalogue.plans.get(bs.plan) if bs.plan is not None else None
+        plan = self._catalogue.plans.get(bs.plan) if bs.plan is not None else None
         # Periods: at most one catch-up per missed period, bounded so a long-idle line cannot stall a batch.
         for _ in range(400):
             if plan is None or ctx.now < bs.period_end:
@@ -258,7 +258,7 @@ class Engine:
             boundary = bs.period_end
             self._expire_buckets(ctx, bs, owner, boundary, period_end=True)
             bs.period_start = boundary
-            bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, self.catalogue.settings.timezone)
+            bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, self._catalogue.settings.timezone)
             bs.period_index += 1
             bs.usage = {}
             self._start_period(ctx, bs, plan, owner, is_account=is_account, at=boundary, reason="renewal")
@@ -269,7 +269,7 @@ class Engine:
             ctx.line_bs_dirty = True
 
     def _expire_buckets(self, ctx: Context, bs: BalanceSet, owner: str, at: int, *, period_end: bool) -> None:
-        plan = self.catalogue.plans.get(bs.plan) if bs.plan is not None else None
+        plan = self._catalogue.plans.get(bs.plan) if bs.plan is not None else None
         keep: list[Bucket] = []
         for b in bs.buckets:
             if b.valid_to > at:
@@ -298,7 +298,7 @@ class Engine:
                         carried,
                         0,
                         at,
-                        period_end_of(self.catalogue, plan, at, ctx.account.cycle_day),
+                        period_end_of(self._catalogue, plan, at, ctx.account.cycle_day),
                     )
                     keep.append(rolled)
                     event["impacts"].append(_bucket_impact(owner, rolled, carried))
@@ -373,7 +373,7 @@ class Engine:
         ctx.events.append(change)
         bs.plan = plan.name
         bs.period_start = now
-        bs.period_end = period_end_of(self.catalogue, plan, now, ctx.account.cycle_day)
+        bs.period_end = period_end_of(self._catalogue, plan, now, ctx.account.cycle_day)
         bs.period_index = 0
         bs.usage = {}
         self._start_period(ctx, bs, plan, owner, is_account=is_account, at=now, reason="plan assigned")
@@ -397,7 +397,7 @@ class Engine:
         for bs, is_account in ((ctx.line_bs, False), (ctx.acct_bs, True)):
             if bs is None or not bs.renewal_pending or bs.plan is None:
                 continue
-            plan = self.catalogue.plans.get(bs.plan)
+            plan = self._catalogue.plans.get(bs.plan)
             if plan is None:
                 continue
             owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
@@ -405,7 +405,7 @@ class Engine:
             # not there yet) are skipped, not charged: the retried renewal starts the period holding `now`.
             while ctx.now >= bs.period_end:
                 bs.period_start = bs.period_end
-                bs.period_end = period_end_of(self.catalogue, plan, bs.period_start, ctx.account.cycle_day)
+                bs.period_end = period_end_of(self._catalogue, plan, bs.period_start, ctx.account.cycle_day)
                 bs.period_index += 1
                 bs.usage = {}
             self._start_period(ctx, bs, plan, owner, is_account=is_account, at=ctx.now, reason="renewal retried")
@@ -518,7 +518,7 @@ class Engine:
             session.expires = now + self.config.idempotency_window
         else:
             if not validity:
-                validity = self.catalogue.grants.validity_time
+                validity = self._catalogue.grants.validity_time
             session.expires = now + self.config.reap_factor * validity
         answers = session.answers
         answers.append([req.number, answer.pack()])
@@ -569,19 +569,17 @@ class Engine:
             self._release(ctx, session, rg)
             return
         session.reservations.pop(rg, None)
-        event = ctx.base_event("usage", f"network:{session.protocol}", reason)
-        event.update(
-            session=session.key,
-            rating_group=rg,
-            service_id=unit_req.service_id,
-            units={k: v for k, v in units.items() if v},
-            unit=unit,
-            used=used,
-        )
+        event = ctx.base_event("usage", "network:" + session.protocol, reason)
+        event["session"] = session.key
+        event["rating_group"] = rg
+        event["service_id"] = unit_req.service_id
+        event["units"] = units if all(units.values()) else {k: v for k, v in units.items() if v}
+        event["unit"] = unit
+        event["used"] = used
         impacts = event["impacts"]
         left = used
         granted = 0
-        zone = self.catalogue.zone_of(session.serving_network)
+        zone = self._catalogue.zone_of(session.serving_network)
         if reservation is not None:
             granted = reservation.granted
             zone = reservation.zone
@@ -620,11 +618,11 @@ class Engine:
             if tariff is None:
                 event["flag"] = "unrated"
             else:
-                local = self.catalogue.local_time(ctx.now)
+                local = self._catalogue.local_time(ctx.now)
                 usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
                 # Usage reported from a zone the tariff bars (it was never granted there) is still charged,
                 # at the home price: revenue is never dropped.
-                price_zone = self.catalogue.settings.home_zone if tariff.is_denied(zone) else zone
+                price_zone = self._catalogue.settings.home_zone if tariff.is_denied(zone) else zone
                 charge = tariff.charge(left, price_zone, local, usage)
                 if charge:
                     ctx.account.balance -= charge
@@ -753,7 +751,7 @@ class Engine:
         serving_network: str | None,
     ) -> None:
         rg = unit_req.rating_group
-        catalogue = self.catalogue
+        catalogue = self._catalogue
         if plan is None:
             unit_answer.result = RATING_FAILED
             return
@@ -843,8 +841,8 @@ class Engine:
         ctx = self.context(txn, sub, now)
         answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
         plan = self.line_plan(ctx)
-        zone = self.catalogue.zone_of(req.serving_network)
-        local = self.catalogue.local_time(now)
+        zone = self._catalogue.zone_of(req.serving_network)
+        local = self._catalogue.local_time(now)
         writes = False
         if sub.state != ACTIVE and req.action in (DIRECT_DEBITING, CHECK_BALANCE):
             answer.result = END_USER_SERVICE_DENIED
@@ -862,7 +860,7 @@ class Engine:
                 if tariff is None or plan is None:
                     ua.result = RATING_FAILED
                     continue
-                if self.catalogue.is_denied(plan, rg, zone):
+                if self._catalogue.is_denied(plan, rg, zone):
                     ua.result = END_USER_SERVICE_DENIED
                     continue
                 amounts = unit_req.requested or (unit_req.used[0].units if unit_req.used else {})

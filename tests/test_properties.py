@@ -136,7 +136,7 @@ class ChargingCore(RuleBasedStateMachine):
                     # grant reported for a later rating group of the same request may have been charged since.
                     charged_after = sum(u.charged for u in answer.units[n + 1 :])
                     account = w.acct(session.account)
-                    limit = account.balance + (0 if account.payment == "hybrid" else account.credit_limit)
+                    limit = account.balance + account.credit_limit  # hybrid too: wallet, then credit
                     assert account.reserved <= limit + charged_after, (account.as_dict(), reservation.pack())
         return answer
 
@@ -208,7 +208,7 @@ class ChargingCore(RuleBasedStateMachine):
         line_id = self.lines[line][0]
         with self.world.store.read() as txn:
             account = txn.get_account(txn.get_subscriber(line_id).account)
-            funds = account.balance - account.reserved + (0 if account.payment == "hybrid" else account.credit_limit)
+            funds = account.balance - account.reserved + account.credit_limit
         answer = self.charge(req)
         if action == DIRECT_DEBITING and answer.result == SUCCESS and not answer.duplicate:
             assert answer.cost <= max(funds, 0), (answer, funds)  # a debit never spends money that is not there
