@@ -576,6 +576,9 @@ class Engine:
         event["units"] = units if all(units.values()) else {k: v for k, v in units.items() if v}
         event["unit"] = unit
         event["used"] = used
+        # The container this report closes: from the session's previous request (its grant) to now.
+        event["opened"] = session.updated
+        event["session_started"] = session.created
         impacts = event["impacts"]
         left = used
         granted = 0

@@ -38,8 +38,13 @@ exists; the rest are the rating fields of this charging function:
     actor, reason        who or what caused the event and why (audit)
     details              the remaining fields of the event (amount, state, from, plan, released, ...)
 
-Not provided: recordOpeningTime and duration of a whole session (the spool records each report, not session
-records); timeUsage is the reported duration of that report.
+    recordOpeningTime, duration
+                         for usage: the start of the container this report closes (the session's previous
+                         request, when the units were granted) and the seconds from then to timeOfReport
+    sessionStartTime     for usage: when the charging session began
+
+The spool records each report, not whole-session records: a session's records share chargingSessionId and
+together cover it from sessionStartTime; timeUsage is the reported duration of one report.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ log = logging.getLogger("chf.export")
 # Event fields that are mapped to a record field of their own (everything else goes to `details`).
 _MAPPED = frozenset(
     {
+        "opened",
+        "session_started",
         "id",
         "seq",
         "kind",
@@ -129,6 +136,11 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "currency": event.get("currency"),
         "balanceImpacts": event.get("impacts", []),
         "overGrant": event.get("over_grant"),
+        "recordOpeningTime": iso_time(int(event["opened"])) if event.get("opened") is not None else None,
+        "duration": int(event["time"]) - int(event["opened"]) if event.get("opened") is not None else None,
+        "sessionStartTime": iso_time(int(event["session_started"]))
+        if event.get("session_started") is not None
+        else None,
         "actor": event.get("actor"),
         "reason": event.get("reason"),
     }

@@ -15,7 +15,7 @@ from chf.service import ChargingService
 from store.lmdbstore import Store
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = 1_790_000_000  # 2026-09-21T12:53:20Z
+T0 = 1_790_000_000  # 2026-09-21T14:13:20Z
 
 
 class Clock:
