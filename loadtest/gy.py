@@ -162,6 +162,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the server's event-loop thread (the main thread) and of all its other threads together
+    (the store writer runs the engine there)."""
+    out = {"loop": 0.0, "other": 0.0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        out["loop" if int(tid) == pid else "other"] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int | None) -> dict[str, object]:
     clients = [
         (await DiameterClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
@@ -182,11 +196,13 @@ async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int 
     stats.latencies = {"I": [], "U": [], "T": []}
     stats.codes.clear()
     cpu0 = proc_cpu(server_pid) if server_pid else 0.0
+    threads0 = thread_cpu(server_pid) if server_pid else {}
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     await asyncio.sleep(args.duration)
     elapsed = time.monotonic() - t0
     cpu1 = proc_cpu(server_pid) if server_pid else 0.0
+    threads1 = thread_cpu(server_pid) if server_pid else {}
     own1 = resource.getrusage(resource.RUSAGE_SELF)
     counts = {k: len(v) for k, v in stats.latencies.items()}
     for t in tasks:
@@ -213,6 +229,15 @@ async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int 
         "result_codes": dict(stats.codes),
         "errors": stats.errors,
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed) if server_pid else None,
+        # CPU per answered request: the robust number on a shared machine (throughput depends on the neighbours).
+        "server_cpu_us_per_request": (
+            {
+                "total": round(1e6 * (cpu1 - cpu0) / max(1, len(every))),
+                **{k: round(1e6 * (threads1[k] - threads0[k]) / max(1, len(every))) for k in threads1},
+            }
+            if server_pid
+            else None
+        ),
         "generator_cpu_percent": round(
             100 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed
         ),
