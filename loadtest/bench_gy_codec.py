@@ -8,18 +8,23 @@ Examples:
     python -m loadtest.bench_gy_codec                 # both messages, ~2 s each
     python -m loadtest.bench_gy_codec --seconds 5 --profile
 Prints CPU µs per decode (header, AVP walk, CCR -> ChargingRequest), per encode (ChargingAnswer -> CCA bytes),
-and the sum, as the median of --repeat runs.
+and the sum, as the median of --repeat runs; then the CPU µs per request of GyServer's event-loop side with the
+store stubbed out (framing, decoding, submitting, resolving, encoding, metrics, writing).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import json
 import pstats
 import statistics
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from chf.model import ChargingAnswer, UnitAnswer
 from gy.ccapp import AnswerEncoder, parse_ccr
@@ -27,6 +32,7 @@ from gy.client import Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, decode_header, encode_message
 from gy.peer import LocalIdentity, PeerConnection, PeerPolicy
 
+REPO = Path(__file__).resolve().parents[1]
 SESSION = "pgw1.operator.example;1700000000;4242;ab12"
 
 
@@ -132,12 +138,79 @@ def bench(raw: bytes, seconds: float, repeat: int) -> dict[str, float]:
     }
 
 
+class _StubStore:
+    """Stands in for the LMDB store: keeps the futures `submit` hands out, resolved by the benchmark."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any]) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written = 0
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.writes += 1
+
+    def close(self) -> None:
+        pass
+
+
+async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
+    """CPU µs per request of the event-loop side of `GyServer` (framing, peer state machine, decoding, the
+    duplicate cache, submitting to the store, resolving, encoding, metrics, one write per loop iteration), with
+    the store and engine stubbed out: what the event-loop thread spends beyond the engine."""
+    from chf.catalogue import load_catalogue
+    from chf.service import ChargingService
+    from gy.client import CMD_CE
+    from gy.server import GyConfig, GyProtocol, GyServer
+
+    store = _StubStore()
+    service = ChargingService(store, load_catalogue(str(REPO / "conf" / "catalogue.toml")))  # type: ignore[arg-type]
+    server = GyServer(GyConfig(allow_unknown_peers=True), service)
+    protocol = GyProtocol(server)
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    cer = [E("Origin-Host").octets(b"pgw.bench"), E("Origin-Realm").octets(b"bench"),
+           E("Host-IP-Address").address("127.0.0.1"), E("Vendor-Id").u32(0), E("Product-Name").text("bench"),
+           E("Auth-Application-Id").u32(4)]  # fmt: skip
+    protocol.data_received(encode_message(CMD_CE, FLAG_REQUEST, 0, 1, 1, cer))
+    answer = answer_for(7)
+    set_ids = struct.Struct("!II").pack_into
+    chunk = bytearray(raw * batch)
+    e2e = 0
+    spent = 0.0
+    for _ in range(requests // batch):
+        for i in range(batch):  # fresh End-to-End ids: no duplicate-cache hits
+            e2e += 1
+            set_ids(chunk, i * len(raw) + 12, e2e, e2e)
+        data = bytes(chunk)
+        started = time.process_time()
+        protocol.data_received(data)
+        pending, store.pending = store.pending, []
+        for future in pending:
+            future.set_result(answer)
+        await asyncio.sleep(0)  # the answers' callbacks
+        await asyncio.sleep(0)  # the flush
+        spent += time.process_time() - started
+    assert transport.writes >= requests // batch and not server.inflight
+    return spent / requests * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="loadtest.bench_gy_codec", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     p.add_argument("--seconds", type=float, default=2.0, help="time per message and direction")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
     p.add_argument("--profile", action="store_true", help="cProfile the PGW-like decode + encode instead")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the event-loop side of GyServer")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.profile:
@@ -155,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {name: bench(make(), args.seconds, args.repeat)
                for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u))}  # fmt: skip
+    if not args.no_pipeline:
+        for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u)):
+            runs = [asyncio.run(_pipeline(make(), 20_000, 100)) for _ in range(args.repeat)]
+            results[name]["event_loop_us_per_request"] = round(statistics.median(runs), 2)
     if args.json:
         print(json.dumps(results))
     else:
