@@ -410,6 +410,7 @@ _unpack_u32 = struct.Struct("!I").unpack_from
 _unpack_i32 = struct.Struct("!i").unpack_from
 _unpack_u64 = struct.Struct("!Q").unpack_from
 _KNOWN = frozenset(BY_KEY)
+_KNOWN_BASE_CODES = frozenset(code for code, vendor in BY_KEY if vendor == 0)
 _REQUIRED_SET = frozenset(REQUIRED)
 _FLAG_RESERVED = AVP_RESERVED_BITS << 24
 _FLAG_MANDATORY = 0x40 << 24
@@ -438,13 +439,6 @@ def _frame(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, int
             out.append((code, 0, word, pos + 8, pos + length))
         pos += (length + 3) & ~3
     return out
-
-
-def _checked(children: list[tuple[int, int, int, int, int]]) -> None:
-    """`_check_flags`: no reserved flag bits, no unknown AVP with the M bit."""
-    for code, vendor, word, _s, _e in children:
-        if word & _FLAG_RESERVED or (word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN):
-            raise _FALLBACK
 
 
 def _fast_u32(buf: bytes, start: int, end: int) -> int:
@@ -487,61 +481,82 @@ def _fast_units(buf: bytes, children: list[tuple[int, int, int, int, int]]) -> d
     return units
 
 
-def _fast_reason(buf: bytes, found: tuple[int, int] | None) -> str | None:
-    if found is None:
-        return None
-    value = _fast_i32(buf, *found)
-    return REPORTING_REASONS.get(value, str(value))
+def _reason_name(value: int | None) -> str | None:
+    return None if value is None else REPORTING_REASONS.get(value, str(value))
 
 
+# The group parsers below check flags, repeats and values in the same single pass over the children; the order in
+# which they notice a problem does not matter, since any problem sends the message to the reference.
 def _fast_usage(buf: bytes, start: int, end: int) -> UsageReport:
-    children = _frame(buf, start, end)
-    _checked(children)
-    reason = tcu = None
-    for code, vendor, _w, s, e in children:
-        if code == REPORTING_REASON_3GPP and vendor == VENDOR_3GPP:
-            if reason is not None:
-                raise _FALLBACK
-            reason = (s, e)
-        elif code == TARIFF_CHANGE_USAGE and not vendor:
-            if tcu is not None:
-                raise _FALLBACK
-            tcu = (s, e)
-    report = UsageReport(_fast_units(buf, children), _fast_reason(buf, reason))
-    if tcu is not None and _fast_i32(buf, *tcu) not in (0, 1, 2):
-        raise _FALLBACK
-    return report
-
-
-def _fast_mscc(buf: bytes, start: int, end: int) -> UnitRequest:
-    children = _frame(buf, start, end)
-    _checked(children)
-    rg = si = rsu = reason = None
-    used: list[tuple[int, int]] = []
-    for code, vendor, _w, s, e in children:
+    units: dict[str, int] = {}
+    reason = tariff_change = None
+    for code, vendor, word, s, e in _frame(buf, start, end):
+        if word & _FLAG_RESERVED:
+            raise _FALLBACK
         if vendor:
             if code == REPORTING_REASON_3GPP and vendor == VENDOR_3GPP:
                 if reason is not None:
                     raise _FALLBACK
-                reason = (s, e)
+                reason = _fast_i32(buf, s, e)
+            elif word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN:
+                raise _FALLBACK
+        elif code == CC_TOTAL_OCTETS:
+            units["bytes"] = _fast_u64(buf, s, e)
+        elif code == CC_INPUT_OCTETS:
+            units["bytes_in"] = _fast_u64(buf, s, e)
+        elif code == CC_OUTPUT_OCTETS:
+            units["bytes_out"] = _fast_u64(buf, s, e)
+        elif code == CC_TIME:
+            units["seconds"] = _fast_u32(buf, s, e)
+        elif code == CC_SSU:
+            units["events"] = _fast_u64(buf, s, e)
+        elif code == TARIFF_CHANGE_USAGE:
+            if tariff_change is not None:
+                raise _FALLBACK
+            tariff_change = _fast_i32(buf, s, e)
+            if tariff_change not in (0, 1, 2):
+                raise _FALLBACK
+        elif code == CC_MONEY or (word & _FLAG_MANDATORY and code not in _KNOWN_BASE_CODES):
+            raise _FALLBACK
+    if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
+        units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
+    return UsageReport(units, _reason_name(reason))
+
+
+def _fast_mscc(buf: bytes, start: int, end: int) -> UnitRequest:
+    rating_group = service_id = requested = reason = None
+    used: list[UsageReport] = []
+    for code, vendor, word, s, e in _frame(buf, start, end):
+        if word & _FLAG_RESERVED:
+            raise _FALLBACK
+        if vendor:
+            if code == REPORTING_REASON_3GPP and vendor == VENDOR_3GPP:
+                if reason is not None:
+                    raise _FALLBACK
+                reason = _fast_i32(buf, s, e)
+            elif word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN:
+                raise _FALLBACK
         elif code == USU:
-            used.append((s, e))
+            used.append(_fast_usage(buf, s, e))
         elif code == RATING_GROUP:
-            if rg is not None:
+            if rating_group is not None:
                 raise _FALLBACK
-            rg = (s, e)
+            rating_group = _fast_u32(buf, s, e)
         elif code == RSU:
-            if rsu is not None:
+            if requested is not None:
                 raise _FALLBACK
-            rsu = (s, e)
-        elif code == SERVICE_IDENTIFIER and si is None:
-            si = (s, e)
+            requested = _fast_units(buf, _frame(buf, s, e))
+        elif code == SERVICE_IDENTIFIER:
+            if service_id is None:  # the first one counts (the reference uses `find`)
+                service_id = _fast_u32(buf, s, e)
+        elif word & _FLAG_MANDATORY and code not in _KNOWN_BASE_CODES:
+            raise _FALLBACK
     return UnitRequest(
-        rating_group=_fast_u32(buf, *rg) if rg is not None else NO_RATING_GROUP,
-        service_id=_fast_u32(buf, *si) if si is not None else None,
-        requested=_fast_units(buf, _frame(buf, *rsu)) if rsu is not None else None,
-        used=[_fast_usage(buf, s, e) for s, e in used],
-        reason=_fast_reason(buf, reason),
+        rating_group=NO_RATING_GROUP if rating_group is None else rating_group,
+        service_id=service_id,
+        requested=requested,
+        used=used,
+        reason=_reason_name(reason),
     )
 
 
@@ -553,6 +568,42 @@ def _fast_once(children: list[tuple[int, int, int, int, int]], code: int, vendor
                 raise _FALLBACK
             found = (s, e)
     return found
+
+
+def _fast_ps_information(buf: bytes, pos: int, end: int) -> tuple[tuple[int, int] | None, ...]:
+    """(3GPP-SGSN-MCC-MNC, 3GPP-RAT-Type, Called-Station-Id) of a PS-Information, each at most once. A PGW sends
+    a dozen more children on every request: walked for the framing and the repeats only, no tuples built."""
+    mcc_mnc = rat = apn = None
+    while pos < end:
+        if end - pos < 8:
+            raise _FALLBACK
+        if buf[pos + 4] & 0x80:
+            if end - pos < 12:
+                raise _FALLBACK
+            code, word, vendor = _unpack_vhdr(buf, pos)
+            length = word & 0xFFFFFF
+            if length < 12 or pos + length > end:
+                raise _FALLBACK
+            if vendor == VENDOR_3GPP:
+                if code == SGSN_MCC_MNC_3GPP:
+                    if mcc_mnc is not None:
+                        raise _FALLBACK
+                    mcc_mnc = (pos + 12, pos + length)
+                elif code == RAT_TYPE_3GPP:
+                    if rat is not None:
+                        raise _FALLBACK
+                    rat = (pos + 12, pos + length)
+        else:
+            code, word = _unpack_hdr(buf, pos)
+            length = word & 0xFFFFFF
+            if length < 8 or pos + length > end:
+                raise _FALLBACK
+            if code == CALLED_STATION_ID:
+                if apn is not None:
+                    raise _FALLBACK
+                apn = (pos + 8, pos + length)
+        pos += (length + 3) & ~3
+    return mcc_mnc, rat, apn
 
 
 def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
@@ -658,10 +709,7 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
             raise _FALLBACK
         ps = _fast_once(_frame(buf, *service_info[0]), PS_INFORMATION_3GPP, VENDOR_3GPP)
         if ps is not None:
-            children = _frame(buf, *ps)
-            mcc_mnc = _fast_once(children, SGSN_MCC_MNC_3GPP, VENDOR_3GPP)
-            rat = _fast_once(children, RAT_TYPE_3GPP, VENDOR_3GPP)
-            apn = _fast_once(children, CALLED_STATION_ID, 0)
+            mcc_mnc, rat, apn = _fast_ps_information(buf, *ps)
             if mcc_mnc is not None:
                 value = buf[mcc_mnc[0] : mcc_mnc[1]].decode()
                 if not value.isdigit() or len(value) not in (5, 6):
