@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-gy-codec clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-export: $(STAMP)
 bench-gy: $(STAMP)
 	$(BIN)/python -m loadtest.gy --durability fsync --sessions 1000 --duration 20
 	$(BIN)/python -m loadtest.gy --durability os --sessions 1000 --duration 20
+# Gy codec: decode a CCR-U + encode the CCA-U, and the server's event-loop side (see loadtest/bench_gy_codec.py).
+bench-gy-codec: $(STAMP)
+	$(BIN)/python -m loadtest.bench_gy_codec
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
