@@ -23,6 +23,7 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	@command -v nats-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq nats-server; }
+	@dpkg -s erlang-diameter erlang-dev erlang-examples >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || { apt-get update -qq && apt-get install -y -qq erlang-base erlang-diameter erlang-dev erlang-examples; }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
