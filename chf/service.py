@@ -150,7 +150,7 @@ class ChargingService:
             return engine.charge(txn, request, int(clock()))
 
         def resolved(future: asyncio.Future[ChargingAnswer]) -> None:
-            if future.exception() is None:
+            if not future.cancelled() and future.exception() is None:
                 metrics.observe_charge(request, future.result())
             done(future)
 

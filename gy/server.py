@@ -231,7 +231,7 @@ class GyProtocol(asyncio.Protocol):
         try:
             # A callback, not a Task per request (DESIGN.md section 8: the Task cost more than the decoding).
             server.service.charge_soon(ccr.request, done)
-        except StoreBusy as exc:
+        except Exception as exc:  # StoreBusy (3004), or a store that is not running: answered by `_charged`
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             done(failed)
@@ -242,7 +242,7 @@ class GyProtocol(asyncio.Protocol):
         server.inflight -= 1
         operation = OPERATIONS[ccr.request_type]
         waiting = server.answers.pop(dup_key, None)
-        exc = task.exception()
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             answer = task.result()
             if answer.duplicate:
