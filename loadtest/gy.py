@@ -159,6 +159,10 @@ async def session_loop(
     session_counter: itertools.count,  # type: ignore[type-arg]
 ) -> None:  # fmt: skip
     host = client.origin_host
+    # Session n's first session is cut short to n mod (updates + 1) updates: session ends and starts (CCR-T,
+    # CCR-I, which --rate does not pace) then spread over time instead of all sessions turning over at once,
+    # which measured a burst of 2,000 unpaced requests, and a p99 of 50-100 ms from it, every cycle.
+    session_updates = n % (updates + 1)
     while time.monotonic() < stop_at:
         sid = f"{host};{n};{next(session_counter)}"
         imsi = str(IMSI_BASE + n)
@@ -170,7 +174,8 @@ async def session_loop(
             "T": ccr_template(ccr_avps(sid, 3, 0, origin_host=host, origin_realm="localdomain",
                                        mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])])),
         }  # fmt: skip
-        kinds = ["I"] + ["U"] * updates + ["T"]
+        kinds = ["I"] + ["U"] * session_updates + ["T"]
+        session_updates = updates
         for number, kind in enumerate(kinds):
             if kind == "U" and pace is not None:
                 await pace.acquire()
