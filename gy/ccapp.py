@@ -3,6 +3,10 @@
 Only translation lives here (DESIGN.md section 1). Every check that RFC 6733 / RFC 4006 asks of a receiver is
 made before the request reaches the core, so a malformed CCR changes nothing and gets a precise Result-Code
 with Failed-AVP.
+
+Speed (DESIGN.md section 8): `parse_ccr` walks a well-formed CCR once with precompiled structs and gives up on
+anything else, which `parse_ccr_reference` then decides; `AnswerEncoder.encode_cca` builds the CCA from
+pre-encoded runs. Both are checked against their references in tests/test_gy_fastpath.py.
 """
 
 from __future__ import annotations
