@@ -194,10 +194,10 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
         data = bytes(chunk)
         started = time.process_time()
         protocol.data_received(data)
-        pending, store.pending = store.pending, []
-        for future in pending:
-            future.set_result(answer)
-        while server.inflight:  # the answers' callbacks (more than one step when a Task carries each request)
+        while server.inflight:  # resolve what reached the store (later when a Task carries each request)
+            pending, store.pending = store.pending, []
+            for future in pending:
+                future.set_result(answer)
             await asyncio.sleep(0)
         await asyncio.sleep(0)  # the flush
         spent += time.process_time() - started
