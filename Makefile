@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 
-.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf clean
+.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-nchf: $(STAMP)
 .PHONY: bench-properties
 bench-properties: $(TEST_STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
+# Gy codec: decode a CCR-U + encode the CCA-U, and the server's event-loop side (see loadtest/bench_gy_codec.py).
+bench-gy-codec: $(STAMP)
+	$(BIN)/python -m loadtest.bench_gy_codec
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

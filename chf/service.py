@@ -74,8 +74,8 @@ class ChargingService:
         catalogue_path: str | None = None,
         engine_config: EngineConfig | None = None,
         clock: Clock = time.time,
-        sweep_interval: float = 0.05,
-        sweep_slice: int = 500,
+        sweep_interval: float = 0.25,  # 500 records every 0.25 s: 2,000 records/s, a full pass over 1M lines in
+        sweep_slice: int = 500,  # ~8 minutes; each slice is read on the event loop, so keep it gentle
         purge_interval: float = 60.0,
     ) -> None:
         self.store = store
@@ -138,6 +138,23 @@ class ChargingService:
         result: ChargingAnswer = await self.store.submit(op)
         metrics.observe_charge(request, result)
         return result
+
+    def charge_soon(self, request: ChargingRequest, done: Callable[[asyncio.Future[ChargingAnswer]], None]) -> None:
+        """`charge()` for front-ends that answer from a callback: `done(future)` runs once the answer is durable
+        (or the operation failed). No coroutine and no Task per request: on the Diameter path they cost more
+        than decoding the request. StoreBusy is raised here, synchronously."""
+        engine = self.engine
+        clock = self.clock
+
+        def op(txn: Txn) -> ChargingAnswer:
+            return engine.charge(txn, request, int(clock()))
+
+        def resolved(future: asyncio.Future[ChargingAnswer]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                metrics.observe_charge(request, future.result())
+            done(future)
+
+        self.store.submit(op).add_done_callback(resolved)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.admin) durably, then publish its signals."""

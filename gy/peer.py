@@ -31,7 +31,6 @@ from gy.codec import (
     encode_message,
     find,
     find_all,
-    message_length,
 )
 
 log = logging.getLogger("gy.peer")
@@ -61,6 +60,11 @@ CLOSED = "closed"
 DISCONNECT_REBOOTING = 0
 DISCONNECT_BUSY = 1
 DISCONNECT_DO_NOT_WANT_TO_TALK = 2
+
+
+# A request without the E bit or reserved header bits; base-protocol commands the state machine answers itself.
+_PLAIN_REQUEST_MASK = FLAG_REQUEST | FLAG_ERROR | HEADER_RESERVED_BITS
+_BASE = frozenset((CMD_CE, CMD_DW, CMD_DP))
 
 
 @dataclass(slots=True)
@@ -188,28 +192,42 @@ class PeerConnection:
         if self.state == CLOSED:
             return []
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            data = bytes(buf)
+        elif type(data) is not bytes:
+            data = bytes(data)
+        # Messages are cut from `data` by offset and the remainder kept once: a chunk holds dozens of messages
+        # under load, and cutting each from the front of a bytearray moves the rest every time.
         events: list[object] = []
         self._last_rx = now
         self.suspect = False
-        while len(buf) >= 4:
-            length = message_length(buf)
+        pos = 0
+        size = len(data)
+        while size - pos >= 4:
+            length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
             if length < HEADER_LEN or length > MAX_MESSAGE or length & 3:
                 # The stream cannot be framed any more: nothing after this point can be trusted.
+                buf.clear()
                 return events + self._close(f"invalid message length {length}")
-            if len(buf) < length:
+            if size - pos < length:
                 break
-            raw = bytes(buf[:length])
-            del buf[:length]
+            raw = data[pos : pos + length]
+            pos += length
             if raw[0] != 1:
                 # RFC 6733 7.1.5 DIAMETER_UNSUPPORTED_VERSION; the length field still frames the stream.
                 msg = decode_header(raw)
                 if msg.is_request:
                     self.send(self.answer(msg, self._result(UNSUPPORTED_VERSION)))
                 continue
-            events.extend(self._message(decode_header(raw), now))
+            msg = decode_header(raw)
+            if self.state == OPEN and msg.flags & _PLAIN_REQUEST_MASK == FLAG_REQUEST and msg.code not in _BASE:
+                events.append(RequestReceived(msg))  # the common case, straight through `_message`
+                continue
+            events.extend(self._message(msg, now))
             if self.state == CLOSED:
                 break
+        buf[:] = data[pos:] if pos < size and self.state != CLOSED else b""
         return events
 
     def _result(self, code: int, *extra: bytes) -> list[bytes]:

@@ -18,6 +18,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from chf import metrics
@@ -46,6 +47,11 @@ APPLICATION_UNSUPPORTED = 3007
 UNABLE_TO_COMPLY = 5012
 OPERATIONS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
 CCFH_VALUES = {"terminate": 0, "continue": 1, "retry_and_terminate": 2}
+
+# Labelled metric children of the per-request path, looked up once (`.labels()` showed in profiles).
+_requests = metrics.labelled(metrics.REQUESTS)
+_latency = metrics.labelled(metrics.REQUEST_LATENCY)
+_duplicates = metrics.DUPLICATES.labels("gy")
 
 
 class GyConfigError(ValueError):
@@ -203,7 +209,7 @@ class GyProtocol(asyncio.Protocol):
         dup_key = (peer.peer_host, msg.e2e)
         cached = server.answers.get(dup_key)
         if cached is not None:
-            metrics.DUPLICATES.labels("gy").inc()
+            _duplicates.inc()
             if isinstance(cached, bytes):
                 self.write_answer(peer_answer_ids(cached, msg))
             else:  # the first copy is still being charged: answer this one when it is
@@ -218,27 +224,31 @@ class GyProtocol(asyncio.Protocol):
         except DecodeError as exc:
             self._refuse(msg, exc.result_code, exc.failed_avp, str(exc))
             return
-        future = server.service.charge(ccr.request)  # StoreBusy surfaces in _charged
         server.answers[dup_key] = []
         self.inflight += 1
         server.inflight += 1
-        task = asyncio.ensure_future(future)
-        started = time.perf_counter()
-        task.add_done_callback(lambda t: self._charged(t, msg, ccr, dup_key, started))
+        done = partial(self._charged, msg, ccr, dup_key, time.perf_counter())
+        try:
+            # A callback, not a Task per request: creating and stepping the Task was 7% of the loop in profiles.
+            server.service.charge_soon(ccr.request, done)
+        except Exception as exc:  # StoreBusy (3004), or a store that is not running: answered by `_charged`
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            done(failed)
 
-    def _charged(self, task: asyncio.Future[Any], msg: Message, ccr: ParsedCCR, dup_key: Any, started: float) -> None:
+    def _charged(self, msg: Message, ccr: ParsedCCR, dup_key: Any, started: float, task: asyncio.Future[Any]) -> None:
         server = self.server
         self.inflight -= 1
         server.inflight -= 1
         operation = OPERATIONS[ccr.request_type]
         waiting = server.answers.pop(dup_key, None)
-        exc = task.exception()
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             answer = task.result()
             if answer.duplicate:
-                metrics.DUPLICATES.labels("gy").inc()
-            data = self.peer.answer(msg, server.encoder.cca(ccr, answer))
-            metrics.REQUESTS.labels("gy", operation, answer.result).inc()
+                _duplicates.inc()
+            data = server.encoder.encode_cca(msg, ccr, answer)
+            _requests("gy", operation, answer.result).inc()
             if answer.result != "success":
                 log.info(
                     "event=cca session=%s number=%d result=%s detail=%s",
@@ -257,8 +267,8 @@ class GyProtocol(asyncio.Protocol):
                 log.warning("event=cca session=%s result=%d error=%s", ccr.session_id, code, text)
                 data = self.peer.answer(msg, server.encoder.failure(msg, code, None, text))
             metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
-            metrics.REQUESTS.labels("gy", operation, str(code)).inc()
-        metrics.REQUEST_LATENCY.labels("gy", operation).observe(time.perf_counter() - started)
+            _requests("gy", operation, str(code)).inc()
+        _latency("gy", operation).observe(time.perf_counter() - started)
         server.remember(dup_key, data)
         if self.transport is not None:
             self.write_answer(data)

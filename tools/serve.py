@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -174,6 +175,11 @@ def serve(config: Config) -> int:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:  # uvloop is optional where it does not build
         runner = asyncio.run
+    # The process is the server from here on. What is loaded by now (modules, dictionaries) lives as long as it
+    # does: freezing it keeps it out of the collector's full passes (~90 ms each under Gy load), and rarer
+    # older-generation passes halve the collector's share of a request (a request's objects die by refcount).
+    gc.freeze()
+    gc.set_threshold(2000, 20, 100)
     try:
         runner(run(config))
     except CatalogueError as exc:

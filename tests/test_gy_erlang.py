@@ -1,0 +1,130 @@
+"""Interop with another implementation: Erlang/OTP's `diameter` application as the PGW (tests/erlang/).
+
+OTP performs CER/CEA and the RFC 3539 watchdog itself; tests/erlang/gy_interop.erl drives CCR-I, CCR-U, CCR-E
+and CCR-T with the RFC 4006 dictionary that ships with OTP's diameter examples (rfc4006_cc.dia, compiled here
+with diameterc), answers our RAR (after a top-up) and ASR (after a suspension), and ends with DPR/DPA.
+Debian packages: erlang-base erlang-diameter erlang-dev erlang-examples (.ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chf import admin
+from tests.gy_support import REPO, provision, running_server
+
+ERLANG_DIR = REPO / "tests" / "erlang"
+TOOLS = ("erl", "erlc", "diameterc")
+IMSI = "208010000000001"
+
+
+def _tools_or_skip() -> None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{', '.join(missing)} not installed (.ci/run installs the Erlang packages)")
+        pytest.skip(f"{', '.join(missing)} not installed")
+
+
+def _build(out: Path) -> None:
+    """rfc4005_nas (rfc4006_cc takes Filter-Id from it) and rfc4006_cc from OTP's examples, our Gy dictionary on
+    top of them, and the peer module. The examples say `@inherits common`: that is OTP's base dictionary."""
+    lib = subprocess.run(
+        ["erl", "-noshell", "-eval", 'io:format("~s", [code:lib_dir(diameter)]), halt().'],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    examples = Path(lib) / "examples" / "dict"
+    if not (examples / "rfc4006_cc.dia").exists():
+        message = f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    base = ["--inherits", "common/diameter_gen_base_rfc6733"]
+    steps = [
+        ["diameterc", "-o", str(out), *base, str(examples / "rfc4005_nas.dia")],
+        ["erlc", "-o", str(out), str(out / "rfc4005_nas.erl")],
+        ["diameterc", "-o", str(out), "-i", str(out), *base, str(examples / "rfc4006_cc.dia")],
+        ["erlc", "-o", str(out), str(out / "rfc4006_cc.erl")],
+        ["diameterc", "-o", str(out), "-i", str(out), str(ERLANG_DIR / "gy_test.dia")],
+        ["erlc", "-o", str(out), str(out / "gy_test.erl")],
+        ["erlc", "-o", str(out), str(ERLANG_DIR / "gy_interop.erl")],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=120, cwd=out)
+        assert done.returncode == 0, f"{' '.join(step)}: {done.stdout}{done.stderr}"
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+async def test_otp_diameter_peer(tmp_path: Path) -> None:
+    _tools_or_skip()
+    build = tmp_path / "erl"
+    build.mkdir()
+    await asyncio.to_thread(_build, build)
+    async with running_server(tmp_path, gy="allow_unknown_peers = true\ntw = 3.0") as srv:
+        await srv.op(provision(imsi=IMSI, balance=15_000))
+        peer = await asyncio.create_subprocess_exec(
+            "erl", "-noshell", "-pa", str(build), "-run", "gy_interop", "main", "127.0.0.1", str(srv.gy.port), IMSI,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert peer.stdout is not None
+        lines: dict[str, dict[str, str]] = {}
+        transcript: list[str] = []
+
+        async def until(step: str) -> dict[str, str]:
+            while step not in lines:
+                raw = await asyncio.wait_for(peer.stdout.readline(), 30)  # type: ignore[union-attr]
+                if not raw:
+                    raise AssertionError(f"the Erlang peer ended before {step!r}:\n" + "".join(transcript))
+                line = raw.decode(errors="replace")
+                transcript.append(line)
+                name, _, rest = line.strip().partition(" ")
+                lines[name] = _fields(rest)
+            return lines[step]
+
+        try:
+            await until("cea")
+            assert srv.gy.by_host.keys() == {"erl.test"}
+            # CCR-I: 1 MB granted on rating group 10 (0.01 EUR of the 0.015 EUR balance reserved)
+            assert await until("ccr_i") == {"rc": "2001", "mscc_rc": "2001", "granted": "1000000", "validity": "600",
+                                            "volume_threshold": "200000"}  # fmt: skip
+            # CCR-U: the MB used; 0.005 EUR left is not a whole MB: 4012 (CREDIT_LIMIT_REACHED)
+            assert await until("ccr_u") == {"rc": "4012", "mscc_rc": "4012"}
+            # CCR-E price enquiry: 2 SMS at 0.08 EUR = 160,000 x 10^-6 EUR (978)
+            assert await until("ccr_e") == {"rc": "2001", "cost_digits": "160000", "cost_exponent": "-6",
+                                            "currency": "978"}  # fmt: skip
+            session = (await until("ready"))["session"]
+            await srv.service.operate(
+                lambda txn, engine, now: admin.topup(txn, engine, "a1", 5_000_000, now=now, actor="t", reason="t")
+            )
+            # AUTHORIZE_ONLY, every rating group of the session (no Rating-Group)
+            assert await until("rar") == {"session": session, "type": "0", "rating_group": "undefined"}
+            await srv.service.operate(
+                lambda txn, engine, now: admin.set_state(txn, engine, IMSI, "suspended", now=now, actor="t",
+                                                         reason="t")
+            )  # fmt: skip
+            assert await until("asr") == {"session": session}
+            assert (await until("ccr_t"))["rc"] == "2001"
+            watchdog = await until("watchdog")
+            assert int(watchdog["dwr_received"]) >= 1 and int(watchdog["dwa_received"]) >= 1, watchdog
+            await until("dpr")
+            assert await asyncio.wait_for(peer.wait(), 30) == 0, "".join(transcript)
+        finally:
+            if peer.returncode is None:
+                peer.kill()
+                await peer.wait()
+        for _ in range(50):  # the server closes its side after the DPA
+            if not srv.gy.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert not srv.gy.connections and not srv.gy.by_host
+        assert srv.gy.pending_signals == {}  # the RAA and ASA were matched to our RAR and ASR
