@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
 
 
-def server_config(tmp: Path, port: int, durability: str) -> Path:
+def server_config(tmp: Path, port: int, durability: str, writer: str = "thread") -> Path:
     path = tmp / "chf.toml"
     path.write_text(
         f"""
@@ -49,6 +49,7 @@ log_level = "warning"
 [store]
 path = "{tmp / "chf.lmdb"}"
 durability = "{durability}"
+writer = "{writer}"
 map_size_mb = 4096
 
 [gy]
@@ -64,9 +65,11 @@ max_inflight = 100000
     return path
 
 
-def provision(config: Path, lines: int) -> None:
-    """Lines on the postpaid plan (data on every rating group) with a large credit limit, straight into the
-    store: one durable batch of operations."""
+def provision(config: Path, lines: int, plan_on: str = "account") -> None:
+    """Lines of one postpaid account with a large credit limit, straight into the store. plan_on "account":
+    the account holds plan postpaid-l and every line rates with it, so each request charges the one shared
+    wallet (an IoT fleet's shape: one record written by every request). plan_on "line": every line has
+    postpaid-l itself and spends its own allowance (a consumer base's shape)."""
     from chf import admin
     from chf.config import load_config
     from tools.serve import build_service, open_store
@@ -80,12 +83,21 @@ def provision(config: Path, lines: int) -> None:
     def setup(txn):  # type: ignore[no-untyped-def]
         admin.create_tenant(txn, "load", "load", "EUR", now)
         admin.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
-                             credit_limit=10**15, plan="postpaid-l")  # fmt: skip
+                             credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
 
     store.write(setup)
     for start in range(0, lines, 2000):
         ops = [
-            (lambda txn, n=n: admin.add_line(txn, engine, account="load", imsi=str(IMSI_BASE + n), now=now))
+            (
+                lambda txn, n=n: admin.add_line(
+                    txn,
+                    engine,
+                    account="load",
+                    imsi=str(IMSI_BASE + n),
+                    now=now,
+                    plan="postpaid-l" if plan_on == "line" else None,
+                )
+            )
             for n in range(start, min(lines, start + 2000))
         ]
         for r in store.run_batch(ops):
@@ -314,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--durability", choices=("fsync", "os"), default="fsync")
     p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--writer", choices=("thread", "inline"), default="thread", help="the store's [store] writer")
+    p.add_argument(
+        "--plan-on",
+        choices=("account", "line"),
+        default="account",
+        help="account: every request charges one shared wallet; line: each line spends its own allowance",
+    )
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -331,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            config = server_config(Path(tmp), port, args.durability)
-            provision(config, args.sessions)
+            config = server_config(Path(tmp), port, args.durability, args.writer)
+            provision(config, args.sessions, args.plan_on)
             server = subprocess.Popen(
                 [
                     sys.executable,
