@@ -367,9 +367,7 @@ def _check_new_line(
     return acct, plan_rec
 
 
-def _write_new_line(
-    engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, record_line: bool = True
-) -> Subscriber:
+def _write_new_line(engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, record_line: bool = True) -> Subscriber:
     """Write a checked new line with its creation, activation and plan events into `ctx` (not flushed)."""
     sub = ctx.sub
     if record_line:

@@ -103,9 +103,7 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
             last = min(lines, first + chunk)
 
             def load(txn: Txn, first: int = first, last: int = last) -> None:
-                rows = [
-                    {"account": f"b{i % accounts}", "imsi": imsi(i), "plan": "bench"} for i in range(first, last)
-                ]
+                rows = [{"account": f"b{i % accounts}", "imsi": imsi(i), "plan": "bench"} for i in range(first, last)]
                 for result in admin.add_lines(txn, engine, rows, now=now):
                     if isinstance(result, Exception):
                         raise result

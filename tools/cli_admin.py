@@ -841,4 +841,3 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--line", help="only events of this line (IMSI, MSISDN, ICCID or #id)")
     p.add_argument("--kind", help="only events of this kind (usage, topup, adjustment, lifecycle, renewal, ...)")
     p.set_defaults(func=cmd_events_tail)
-
