@@ -26,10 +26,13 @@ from chf import metrics
 from chf.catalogue import Catalogue, load_catalogue
 from chf.engine import Engine, EngineConfig
 from chf.model import ChargingAnswer, ChargingRequest, OpResult, Signal
-from store.lmdbstore import Store, Txn
+from store.lmdbstore import Store, StoreBusy, StoreClosed, Txn
 from store.schema import BalanceSet, Session, unpack
 
 log = logging.getLogger("chf.service")
+
+# Front-ends (one floor up) see the store's "too busy" and "not running" through the service.
+__all__ = ["ChargingService", "SignalBus", "StoreBusy", "StoreClosed"]
 
 Clock = Callable[[], float]
 SignalHandler = Callable[[Signal], None]

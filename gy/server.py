@@ -22,8 +22,9 @@ from functools import partial
 from typing import Any
 
 from chf import metrics
+from chf.config import ConfigError
 from chf.model import RequestError, Signal
-from chf.service import ChargingService
+from chf.service import ChargingService, StoreBusy
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
 from gy.peer import (
@@ -37,7 +38,6 @@ from gy.peer import (
     PeerPolicy,
     RequestReceived,
 )
-from store.lmdbstore import StoreBusy
 
 log = logging.getLogger("gy.server")
 
@@ -54,8 +54,8 @@ _latency = metrics.labelled(metrics.REQUEST_LATENCY)
 _duplicates = metrics.DUPLICATES.labels("gy")
 
 
-class GyConfigError(ValueError):
-    pass
+class GyConfigError(ConfigError):
+    """A bad [gy] section: every error names the file, the section and the field."""
 
 
 @dataclass(slots=True)
@@ -119,7 +119,7 @@ class GyConfig:
         if not 0 <= cfg.port <= 65535:
             errors.append(f"{source}: [gy] port: must be 0 to 65535, got {cfg.port}")
         if errors:
-            raise GyConfigError("\n".join(errors))
+            raise GyConfigError(errors)
         return cfg
 
 

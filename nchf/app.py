@@ -18,7 +18,7 @@ from typing import Any
 
 from chf import metrics
 from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, RequestError
-from chf.service import ChargingService
+from chf.service import ChargingService, StoreBusy, StoreClosed
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.http import Request, Response
 from nchf.mapping import (
@@ -30,7 +30,6 @@ from nchf.mapping import (
     problem,
     to_charging_request,
 )
-from store.lmdbstore import StoreBusy, StoreClosed
 
 log = logging.getLogger("nchf")
 

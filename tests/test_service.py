@@ -155,3 +155,30 @@ def test_reload_rejects_an_invalid_catalogue_and_keeps_the_running_one(service: 
     assert service.catalogue.digest == digest
     path.write_text(path.read_text().replace('unit = "bites"', 'unit = "bytes"', 1) + "\n# changed\n")
     assert service.reload_catalogue().digest != digest
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ('[gy]\nport = "abc"\n', "[gy] port"),
+        ("[nchf]\nport = -1\n", "[nchf] port"),
+        ("[api]\nport = 99999\n", "[api] port"),
+    ],
+)
+def test_serve_refuses_a_bad_section_without_a_traceback(tmp_path: Path, section: str, field: str) -> None:
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "conf" / "catalogue.toml", tmp_path / "catalogue.toml")
+    config = tmp_path / "chf.toml"
+    config.write_text(
+        f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{tmp_path / "catalogue.toml"}"\n'
+        f'[store]\npath = "{tmp_path / "db"}"\n{section}'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert field in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from chf.api import api_components
 from chf.catalogue import CatalogueError, load_catalogue
-from chf.config import Config
+from chf.config import Config, ConfigError
 from chf.engine import EngineConfig
 from chf.export import export_components
 from chf.service import ChargingService
@@ -111,11 +111,16 @@ def build_service(config: Config, store: Store) -> ChargingService:
 
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
     store = open_store(config)
-    service = build_service(config, store)
+    try:
+        service = build_service(config, store)
+        # Every section is checked before anything starts: a bad one stops start-up with its errors.
+        components: list[Component] = []
+        for factory in COMPONENT_FACTORIES:
+            components.extend(factory(config, service))
+    except BaseException:
+        store.close()
+        raise
     await service.start()
-    components: list[Component] = []
-    for factory in COMPONENT_FACTORIES:
-        components.extend(factory(config, service))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -184,5 +189,8 @@ def serve(config: Config) -> int:
         runner(run(config))
     except CatalogueError as exc:
         log.error("event=catalogue_invalid errors=%s", json.dumps(exc.errors))
+        return 2
+    except ConfigError as exc:
+        log.error("event=config_invalid errors=%s", json.dumps(exc.errors))
         return 2
     return 0
