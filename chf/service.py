@@ -138,7 +138,8 @@ class ChargingService:
         def op(txn: Txn) -> ChargingAnswer:
             return engine.charge(txn, request, int(clock()))
 
-        result: ChargingAnswer = await self.store.submit(op)
+        # The engine decides before it writes, so the request needs no nested transaction of its own.
+        result: ChargingAnswer = await self.store.submit(op, nested=False)
         metrics.observe_charge(request, result)
         return result
 
@@ -157,7 +158,8 @@ class ChargingService:
                 metrics.observe_charge(request, future.result())
             done(future)
 
-        self.store.submit(op).add_done_callback(resolved)
+        # Like charge(): the engine decides before it writes, so no nested transaction of its own.
+        self.store.submit(op, nested=False).add_done_callback(resolved)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.admin) durably, then publish its signals."""
