@@ -130,16 +130,20 @@ class ChargingService:
         return catalogue
 
     # -- requests ---------------------------------------------------------------------------------------------------
-    async def charge(self, request: ChargingRequest) -> ChargingAnswer:
-        """Decide a charging request; the answer arrives once its effects are durable."""
+    def _submit_charge(self, request: ChargingRequest) -> asyncio.Future[ChargingAnswer]:
+        """Queue a charging request for the next group commit. The engine decides before it writes, so the
+        request needs no nested transaction of its own. StoreBusy is raised here, synchronously."""
         engine = self.engine
         clock = self.clock
 
         def op(txn: Txn) -> ChargingAnswer:
             return engine.charge(txn, request, int(clock()))
 
-        # The engine decides before it writes, so the request needs no nested transaction of its own.
-        result: ChargingAnswer = await self.store.submit(op, nested=False)
+        return self.store.submit(op, nested=False)
+
+    async def charge(self, request: ChargingRequest) -> ChargingAnswer:
+        """Decide a charging request; the answer arrives once its effects are durable."""
+        result: ChargingAnswer = await self._submit_charge(request)
         metrics.observe_charge(request, result)
         return result
 
@@ -147,19 +151,13 @@ class ChargingService:
         """`charge()` for front-ends that answer from a callback: `done(future)` runs once the answer is durable
         (or the operation failed). No coroutine and no Task per request: on the Diameter path they cost more
         than decoding the request. StoreBusy is raised here, synchronously."""
-        engine = self.engine
-        clock = self.clock
-
-        def op(txn: Txn) -> ChargingAnswer:
-            return engine.charge(txn, request, int(clock()))
 
         def resolved(future: asyncio.Future[ChargingAnswer]) -> None:
             if not future.cancelled() and future.exception() is None:
                 metrics.observe_charge(request, future.result())
             done(future)
 
-        # Like charge(): the engine decides before it writes, so no nested transaction of its own.
-        self.store.submit(op, nested=False).add_done_callback(resolved)
+        self._submit_charge(request).add_done_callback(resolved)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.admin) durably, then publish its signals."""
