@@ -443,7 +443,7 @@ class Engine:
                 return ChargingAnswer(USER_UNKNOWN, req.session, req.number, detail="no line with these identities")
             if session is not None:
                 ctx = self.context(txn, sub, now, session.account)
-                self._release_all(ctx, session, "session restarted")
+                self._release_all(ctx, session)
             else:
                 ctx = self.context(txn, sub, now)
             session = Session(
@@ -499,7 +499,7 @@ class Engine:
             if unit_answer.validity_time:
                 validity = max(validity, unit_answer.validity_time)
         if terminating:
-            self._release_all(ctx, session, "session terminated")
+            self._release_all(ctx, session)
         if req.units and all(u.result != SUCCESS for u in answer.units):
             # Every rating group failed: the request as a whole carries the (first) failure.
             answer.result = answer.units[0].result
@@ -703,7 +703,7 @@ class Engine:
             ctx.account.reserved -= reservation.money
             ctx.account_dirty = True
 
-    def _release_all(self, ctx: Context, session: Session, reason: str) -> None:
+    def _release_all(self, ctx: Context, session: Session) -> None:
         for rg in list(session.reservations):
             self._release(ctx, session, rg)
 
@@ -724,7 +724,7 @@ class Engine:
             {"rating_group": r.rating_group, "unit": r.unit, "units": r.granted, "money": r.money}
             for r in session.reservations.values()
         ]
-        self._release_all(ctx, session, reason)
+        self._release_all(ctx, session)
         ctx.events.append(event)
         session.closed = True
         session.expires = now + self.config.idempotency_window

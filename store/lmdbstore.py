@@ -218,18 +218,6 @@ class Txn:
     def put_account_balances(self, account_id: str, balances: BalanceSet) -> None:
         self._put(b"A" + account_id.encode() + b"\x00", balances.encode(), db=self._db[b"balances"])
 
-    def balance_owners(self) -> Iterator[tuple[str, int | str]]:
-        """Every owner of a balance set: ("line", id) or ("account", id)."""
-        with self._txn.cursor(db=self._db[b"balances"]) as cur:
-            for key in cur.iternext(keys=True, values=False):
-                if key[-1:] != b"\x00":
-                    continue
-                if key[:1] == b"L" and len(key) == 10:
-                    yield "line", int.from_bytes(key[1:9], "big")
-                elif key[:1] == b"A":
-                    yield "account", key[1:-1].decode()
-
-    # -- sessions ---------------------------------------------------------------------------------------------------
     def get_session(self, key: str) -> Session | None:
         owner = self._txn.get(key.encode(), db=self._db[b"sessions"])
         if owner is None:
@@ -333,18 +321,6 @@ class Txn:
                 yield unpack(raw)
                 if limit is not None and n >= limit:
                     return
-
-    def last_events(self, count: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        with self._txn.cursor(db=self._db[b"events"]) as cur:
-            if not cur.last():
-                return out
-            for _, raw in cur.iterprev():
-                out.append(unpack(raw))
-                if len(out) >= count:
-                    break
-        out.reverse()
-        return out
 
     def get_cursor(self, name: str) -> int:
         raw = self._txn.get(name.encode(), db=self._db[b"cursors"])
