@@ -228,13 +228,13 @@ class Engine:
     def bring_up_to_date(self, ctx: Context) -> None:
         """Renew periods that ended and expire buckets whose validity ended, each at its exact boundary."""
         now = ctx.now
-        if ctx.line_bs is not None and self._needs_upkeep(ctx.line_bs, now):
+        if ctx.line_bs is not None and self.needs_upkeep(ctx.line_bs, now):
             self._renew_owner(ctx, ctx.line_bs, is_account=False)
-        if ctx.acct_bs is not None and self._needs_upkeep(ctx.acct_bs, now):
+        if ctx.acct_bs is not None and self.needs_upkeep(ctx.acct_bs, now):
             self._renew_owner(ctx, ctx.acct_bs, is_account=True)
 
     @staticmethod
-    def _needs_upkeep(bs: BalanceSet, now: int) -> bool:
+    def needs_upkeep(bs: BalanceSet, now: int) -> bool:
         if bs.plan is not None and now >= bs.period_end:
             return True
         return any(b.valid_to <= now for b in bs.buckets)

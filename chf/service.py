@@ -199,7 +199,7 @@ class ChargingService:
                         expired.append(fields[1])
                 elif key[-1:] == b"\x00":
                     bs = BalanceSet.decode(raw)
-                    if (bs.plan is not None and bs.period_end <= now) or any(b.valid_to <= now for b in bs.buckets):
+                    if Engine.needs_upkeep(bs, now):
                         if key[:1] == b"L":
                             due.append(("line", int.from_bytes(key[1:9], "big")))
                         else:
