@@ -130,34 +130,44 @@ class ChargingService:
         return catalogue
 
     # -- requests ---------------------------------------------------------------------------------------------------
-    def _submit_charge(self, request: ChargingRequest) -> asyncio.Future[ChargingAnswer]:
-        """Queue a charging request for the next group commit. The engine decides before it writes, so the
-        request needs no nested transaction of its own. StoreBusy is raised here, synchronously."""
+    def _charge_op(self, request: ChargingRequest) -> Callable[[Txn], ChargingAnswer]:
         engine = self.engine
         clock = self.clock
 
         def op(txn: Txn) -> ChargingAnswer:
             return engine.charge(txn, request, int(clock()))
 
-        return self.store.submit(op, nested=False)
+        return op
 
     async def charge(self, request: ChargingRequest) -> ChargingAnswer:
-        """Decide a charging request; the answer arrives once its effects are durable."""
-        result: ChargingAnswer = await self._submit_charge(request)
+        """Decide a charging request; the answer arrives once its effects are durable. The engine decides
+        before it writes, so the request needs no nested transaction of its own. StoreBusy is raised at once."""
+        result: ChargingAnswer = await self.store.submit(self._charge_op(request), nested=False)
         metrics.observe_charge(request, result)
         return result
 
+    def charge_then(self, request: ChargingRequest, done: Callable[[ChargingAnswer | BaseException], None]) -> None:
+        """`charge()` for front-ends that answer from a callback: `done(answer)` runs on the event loop once the
+        answer is durable, or `done(exception)` if the operation failed (nothing was written). No coroutine,
+        Task or future per request: on the Diameter path they cost more than decoding the request. StoreBusy
+        is raised here, synchronously."""
+
+        def resolved(result: ChargingAnswer | BaseException) -> None:
+            if not isinstance(result, BaseException):
+                metrics.observe_charge(request, result)
+            done(result)
+
+        self.store.submit_then(self._charge_op(request), resolved, nested=False)
+
     def charge_soon(self, request: ChargingRequest, done: Callable[[asyncio.Future[ChargingAnswer]], None]) -> None:
-        """`charge()` for front-ends that answer from a callback: `done(future)` runs once the answer is durable
-        (or the operation failed). No coroutine and no Task per request: on the Diameter path they cost more
-        than decoding the request. StoreBusy is raised here, synchronously."""
+        """`charge()` answered through `done(future)` once the answer is durable. Prefer `charge_then`."""
 
         def resolved(future: asyncio.Future[ChargingAnswer]) -> None:
             if not future.cancelled() and future.exception() is None:
                 metrics.observe_charge(request, future.result())
             done(future)
 
-        self._submit_charge(request).add_done_callback(resolved)
+        self.store.submit(self._charge_op(request), nested=False).add_done_callback(resolved)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.admin) durably, then publish its signals."""

@@ -3,9 +3,10 @@
 An update is what a CCR-U / Nchf update asks of the core: commit the units used since the last report, release
 the rest of the grant and reserve the next one, remember the answer for replay, write the rated event. The
 benchmark preloads N lines (default 1,000,000, each on a prepaid plan with allowances, 1000 lines per
-account, each with an open data session), then keeps C requests in flight from an asyncio client on random
-lines for D seconds, through `Store.submit` (the group-commit writer), and reports updates/s and latency
-percentiles. It runs R times per durability mode and prints the median.
+account, each with an open data session), then keeps C requests in flight on random lines for D seconds
+through the group-commit writer, the way the front-ends do (`Store.submit_then`: each answer's callback sends
+that client's next request), and reports updates/s and latency percentiles. It runs R times per durability
+mode and prints the median.
 
     python -m loadtest.bench_engine                      # 1M lines, fsync and os durability, 3 runs each
     python -m loadtest.bench_engine --lines 100000 --runs 1 --duration 5
@@ -137,34 +138,51 @@ async def drive(
     stop_at = time.perf_counter() + duration
     rand = random.Random(42)
 
-    async def client() -> None:
-        nonlocal done, failures
-        while time.perf_counter() < stop_at:
-            i = rand.randrange(lines)
-            n = numbers.get(i, base) + 1
-            numbers[i] = n
-            req = ChargingRequest(
-                UPDATE,
-                session_key(i),
-                n,
-                [],
-                [UnitRequest(RATING_GROUP, requested={}, used=[UsageReport({"bytes": USED_PER_UPDATE})])],
-            )
-            t0 = time.perf_counter()
-            try:
-                answer = await store.submit(lambda txn, req=req: engine.charge(txn, req, now), nested=False)
-            except Exception:
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    idle_clients = 0
+
+    def issue() -> None:
+        """Send the next request of one client, as a front-end does: from the previous answer's callback."""
+        nonlocal idle_clients, failures
+        if time.perf_counter() >= stop_at:
+            idle_clients += 1
+            if idle_clients == concurrency and not finished.done():
+                finished.set_result(None)
+            return
+        i = rand.randrange(lines)
+        n = numbers.get(i, base) + 1
+        numbers[i] = n
+        req = ChargingRequest(
+            UPDATE,
+            session_key(i),
+            n,
+            [],
+            [UnitRequest(RATING_GROUP, requested={}, used=[UsageReport({"bytes": USED_PER_UPDATE})])],
+        )
+        t0 = time.perf_counter()
+
+        def answered(answer: Any) -> None:
+            nonlocal done, failures
+            if isinstance(answer, BaseException) or answer.result != "success":
                 failures += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-            if answer.result != "success":
-                failures += 1
-            done += 1
+            else:
+                latencies.append(time.perf_counter() - t0)
+                done += 1
+            issue()
+
+        try:
+            store.submit_then(lambda txn: engine.charge(txn, req, now), answered, nested=False)
+        except Exception:
+            failures += 1
+            loop.call_later(0.001, issue)
 
     commits0 = store.commits
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    for _ in range(concurrency):
+        issue()
+    await finished
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     commits = store.commits - commits0
