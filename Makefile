@@ -4,24 +4,34 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
+NATIVE_STAMP = $(VENV)/.built-native
+# The hot path, compiled with Cython (setup.py); rebuilt in place, incrementally, when a source changes.
+NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt)
 
-.PHONY: run test lint format bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
+.PHONY: run test lint format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
 
-$(STAMP): pyproject.toml
+# The editable install itself compiles nothing (CHF_PURE_PYTHON=1): $(NATIVE_STAMP) does, in parallel and
+# incrementally. A plain `pip install .` compiles in one go.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	CHF_PURE_PYTHON=1 $(BIN)/pip install --quiet -e .
+	touch $@
+
+$(NATIVE_STAMP): $(STAMP) setup.py native-modules.txt $(NATIVE_SOURCES)
+	$(BIN)/pip install --quiet 'cython>=3.0'
+	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-run: $(STAMP)
+run: $(NATIVE_STAMP)
 	$(BIN)/chf init --demo --if-empty
 	$(BIN)/chf serve
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(NATIVE_STAMP)
 	@bash .ci/system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
@@ -34,24 +44,24 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 
 # Engine throughput with 1,000,000 preloaded lines (see loadtest/bench_engine.py --help).
-bench-engine: $(STAMP)
+bench-engine: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_engine
 
 # Wholesale reconciliation of a month of records for 100,000 lines (see loadtest/bench_reconcile.py --help).
-bench-reconcile: $(STAMP)
+bench-reconcile: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_reconcile
 # Exporter throughput from a preloaded spool into files and NATS JetStream (see loadtest/bench_export.py --help).
-bench-export: $(STAMP)
+bench-export: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_export
 # Gy over real TCP, generator included: fsync on, then off (see loadtest/gy.py --help for the knobs).
-bench-gy: $(STAMP)
+bench-gy: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.gy --durability fsync --sessions 1000 --duration 20
 	$(BIN)/python -m loadtest.gy --durability os --sessions 1000 --duration 20
 # `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
-bench-import: $(STAMP)
+bench-import: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_import
 # Nchf updates over HTTP/2 with h2load (Debian nghttp2-client), fsync on (see loadtest/bench_nchf.py --help).
-bench-nchf: $(STAMP)
+bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
 
 # Long run of the charging core's stateful property test (2000 examples; the suite runs 200).
@@ -59,8 +69,14 @@ bench-nchf: $(STAMP)
 bench-properties: $(TEST_STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
 # Gy codec: decode a CCR-U + encode the CCA-U, and the server's event-loop side (see loadtest/bench_gy_codec.py).
-bench-gy-codec: $(STAMP)
+bench-gy-codec: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_gy_codec
 
-clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
+# Run the hot path as plain Python (e.g. to profile it with py-spy): remove the compiled modules. `make run`
+# or `make test` compiles them again.
+pure:
+	rm -f $(NATIVE_STAMP) $(patsubst %.py,%.c,$(NATIVE_SOURCES))
+	for src in $(NATIVE_SOURCES); do rm -f $${src%.py}.cpython-*.so $${src%.py}.abi3.so; done
+
+clean: pure
+	rm -rf $(VENV) var build .pytest_cache .ruff_cache .hypothesis
