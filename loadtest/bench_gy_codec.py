@@ -144,7 +144,8 @@ class _StubStore:
     def __init__(self) -> None:
         self.pending: list[asyncio.Future[Any]] = []
 
-    def submit(self, fn: Callable[..., Any]) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[..., Any], *, nested: bool = True) -> asyncio.Future[Any]:
+        """The store's signature (chf/service.py passes `nested=False` for charging requests)."""
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         return future
