@@ -999,6 +999,14 @@ def _mscc_body(u: UnitAnswer, currency: str | None) -> bytes:
     return b"".join(parts)
 
 
+def _mscc_avp(u: UnitAnswer, currency: str | None) -> bytes:
+    body = _mscc_body(u, currency)
+    return _pack_avp_header(MSCC, _MSCC_WORD | (8 + len(body))) + body
+
+
+_MSCC_CACHE = 4096  # distinct encoded MSCCs kept; beyond, the cache starts again (bounded memory)
+
+
 class AnswerEncoder:
     """Encodes CCAs; Origin-Host, Origin-Realm, Auth-Application-Id and the failure-handling AVPs are encoded
     once and reused in every answer."""
@@ -1014,6 +1022,7 @@ class AnswerEncoder:
             fh.append(E("CC-Session-Failover").i32(session_failover))
         self.failure_handling = b"".join(fh)
         self._heads: dict[tuple[int, int], bytes] = {}
+        self._msccs: dict[tuple[object, ...], bytes] = {}  # encoded MSCCs without Final-Unit-Indication
 
     def encode_cca(self, msg: Message, ccr: ParsedCCR, answer: ChargingAnswer) -> bytes:
         """The whole CCA message; the same bytes as `encode_message` over `cca()`, with the constant runs
@@ -1038,10 +1047,20 @@ class AnswerEncoder:
             parts.append(self.failure_handling)
         currency = answer.currency
         if ccr.uses_mscc:
+            msccs = self._msccs
             for u in answer.units:
-                mscc = _mscc_body(u, currency)
-                parts.append(_pack_avp_header(MSCC, _MSCC_WORD | (8 + len(mscc))))
-                parts.append(mscc)
+                if u.final is None:
+                    # The same grant goes to many sessions (a quantum per rating group): its MSCC is encoded once.
+                    key = (u.result, u.rating_group, u.service_id, u.unit, u.granted, u.validity_time,
+                           u.volume_threshold, u.time_threshold, u.quota_holding_time, currency)  # fmt: skip
+                    mscc = msccs.get(key)
+                    if mscc is None:
+                        if len(msccs) >= _MSCC_CACHE:
+                            msccs.clear()
+                        mscc = msccs[key] = _mscc_avp(u, currency)
+                    parts.append(mscc)
+                else:
+                    parts.append(_mscc_avp(u, currency))
         elif answer.units:
             parts.extend(unit_avps(answer.units[0], currency))
         if ccr.requested_action is not None and answer.result == SUCCESS:

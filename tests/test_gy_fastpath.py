@@ -329,6 +329,32 @@ def test_encode_cca_gives_the_reference_bytes(ccfh: int | None, failover: int | 
     assert checked == len(_valid_ccrs()) * 2 * len(_answers())
 
 
+def test_encoded_msccs_are_reused_only_for_the_same_grant() -> None:
+    """MSCCs are encoded once per distinct grant: answers that differ in any one field still get their own bytes."""
+    peer = PeerConnection(LocalIdentity(), PeerPolicy(allow_unknown=True), 0.0)
+    encoder = AnswerEncoder(peer.identity_avps, 2, 0)
+    msg = decode_header(_valid_ccrs()[1])
+    ccr = parse_ccr(msg)
+    base = {"unit": "bytes", "granted": 1000, "validity_time": 600, "volume_threshold": 100}
+    variants = [
+        {}, {"granted": 1001}, {"unit": "seconds"}, {"unit": "events"}, {"unit": "money"}, {"validity_time": 601},
+        {"volume_threshold": 101}, {"time_threshold": 5}, {"quota_holding_time": 7}, {"service_id": 3},
+        {"final": FinalUnit(FUA_RESTRICT, filter_id="f")}, {"final": FinalUnit(FUA_RESTRICT, filter_id="g")},
+    ]  # fmt: skip
+    seen = set()
+    for _round in range(2):
+        for rating_group in (10, 11):
+            for result in ("success", CREDIT_LIMIT_REACHED):
+                for currency in ("EUR", "USD"):
+                    for variant in variants:
+                        unit = UnitAnswer(rating_group, result, **{**base, **variant})  # type: ignore[arg-type]
+                        answer = ChargingAnswer("success", "gy:s", 1, [unit], currency=currency)
+                        data = encoder.encode_cca(msg, ccr, answer)
+                        assert data == peer.answer(msg, encoder.cca(ccr, answer))
+                        seen.add(data)
+    assert len(seen) == 2 * 2 * (len(variants) + 1)  # money answers differ by currency too
+
+
 def test_peer_frames_messages_split_anywhere() -> None:
     """The receive path cuts messages by offset and keeps the remainder: any split of the stream gives the same
     requests, in order, with the same bytes."""
