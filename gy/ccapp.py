@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
 
 from chf.model import (
     CHECK_BALANCE,
@@ -403,6 +405,14 @@ def _service_information(avps: list[Avp], request: ChargingRequest) -> None:
 # decides an error: on anything unusual (a malformed or unexpected AVP, a duplicate, CC-Money, ...) it gives up
 # and the reference parses the message, so errors and rare shapes behave exactly as before.
 # tests/test_gy_fastpath.py compares the two on valid and mutated CCRs.
+#
+# It works in two steps. `_walk` reads only AVP headers (codes, flags, lengths, vendors) and returns a `_Layout`:
+# where the data of every AVP the mapping needs lies, with every check that depends on headers alone made.
+# `_build` reads the values at those offsets, makes the checks that depend on values, and builds the request.
+# The walk is most of the work and a client sends the same shape over and over (a session's CCR-Us differ only
+# in values), so layouts are cached: a CCR of the same length whose headers at the walked offsets are byte for
+# byte those of a cached layout has that layout, since the walk saw nothing else (one `itemgetter` of slices and
+# a tuple comparison instead of the walk).
 class _Fallback(Exception):
     pass
 
@@ -420,9 +430,46 @@ _FLAG_RESERVED = AVP_RESERVED_BITS << 24
 _FLAG_MANDATORY = 0x40 << 24
 _FLAG_VENDOR = 0x80 << 24
 
+Span = tuple[int, int]  # (data start, data end) of one AVP
+# A unit AVP of a Requested- or Used-Service-Unit: (key in the units dict, 64 bits wide, data start, data end).
+UnitSpan = tuple[str, bool, int, int]
+# A Used-Service-Unit: (its unit AVPs, 3GPP-Reporting-Reason, Tariff-Change-Usage).
+UsageLayout = tuple[tuple[UnitSpan, ...], Span | None, Span | None]
+# A Multiple-Services-Credit-Control: (Rating-Group, first Service-Identifier, Requested-Service-Unit's unit AVPs,
+# Used-Service-Units, 3GPP-Reporting-Reason).
+MsccLayout = tuple[Span | None, Span | None, tuple[UnitSpan, ...] | None, tuple[UsageLayout, ...], Span | None]
+_UNIT_AVPS: dict[int, tuple[str, bool]] = {
+    CC_TOTAL_OCTETS: ("bytes", True),
+    CC_INPUT_OCTETS: ("bytes_in", True),
+    CC_OUTPUT_OCTETS: ("bytes_out", True),
+    CC_TIME: ("seconds", False),
+    CC_SSU: ("events", True),
+}
+# What `_Layout.ps` holds when Service-Information cannot be taken by the fast path (repeated or malformed); that
+# matters only for a Gy Service-Context-Id, a value, so `_build` decides.
+_PS_UNUSABLE = (None, None, None, None)
 
-def _frame(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """The AVPs of a group as (code, vendor, flag word, data start, data end)."""
+
+class _Layout:
+    """Where the data of a CCR's AVPs lies, from its headers alone (see above)."""
+
+    __slots__ = ("check", "headers", "msccs", "once", "ps", "subscription_ids", "top_rsu", "top_usus")
+
+    def __init__(self) -> None:
+        self.check: itemgetter[Any] | None = None  # the walked headers of a CCR, as a tuple of bytes
+        self.headers: Any = None  # check(the walked CCR)
+        self.once: dict[int, Span] = {}  # base AVPs that may occur at most once
+        self.subscription_ids: list[tuple[Span, Span]] = []  # (Subscription-Id-Type, Subscription-Id-Data)
+        self.msccs: list[MsccLayout] = []
+        self.top_rsu: tuple[UnitSpan, ...] | None = None
+        self.top_usus: list[UsageLayout] = []
+        # PS-Information's (3GPP-SGSN-MCC-MNC, 3GPP-RAT-Type, Called-Station-Id), () without PS-Information, None
+        # without Service-Information, _PS_UNUSABLE.
+        self.ps: tuple[Span | None, ...] | None = None
+
+
+def _frame(buf: bytes, pos: int, end: int, heads: list[slice]) -> list[tuple[int, int, int, int, int]]:
+    """The AVPs of a group as (code, vendor, flag word, data start, data end); their headers go to `heads`."""
     out = []
     while pos < end:
         if end - pos < 8:
@@ -434,12 +481,14 @@ def _frame(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, int
             length = word & 0xFFFFFF
             if length < 12 or pos + length > end:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 12))
             out.append((code, vendor, word, pos + 12, pos + length))
         else:
             code, word = _unpack_hdr(buf, pos)
             length = word & 0xFFFFFF
             if length < 8 or pos + length > end:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 8))
             out.append((code, 0, word, pos + 8, pos + length))
         pos += (length + 3) & ~3
     return out
@@ -463,108 +512,84 @@ def _fast_u64(buf: bytes, start: int, end: int) -> int:
     return _unpack_u64(buf, start)[0]  # type: ignore[no-any-return]
 
 
-def _fast_units(buf: bytes, children: list[tuple[int, int, int, int, int]]) -> dict[str, int]:
-    units: dict[str, int] = {}
-    for code, vendor, _w, start, end in children:
-        if vendor:
-            continue
-        if code == CC_TOTAL_OCTETS:
-            units["bytes"] = _fast_u64(buf, start, end)
-        elif code == CC_INPUT_OCTETS:
-            units["bytes_in"] = _fast_u64(buf, start, end)
-        elif code == CC_OUTPUT_OCTETS:
-            units["bytes_out"] = _fast_u64(buf, start, end)
-        elif code == CC_TIME:
-            units["seconds"] = _fast_u32(buf, start, end)
-        elif code == CC_SSU:
-            units["events"] = _fast_u64(buf, start, end)
-        elif code == CC_MONEY:
-            raise _FALLBACK  # money and its Currency-Code: rare on Gy, left to the reference
-    if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
-        units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
-    return units
-
-
 def _reason_name(value: int | None) -> str | None:
     return None if value is None else REPORTING_REASONS.get(value, str(value))
 
 
-# The group parsers below check flags, repeats and values in the same single pass over the children; the order in
+# -- the walk: headers only. The group walkers check flags and repeats in one pass over the children; the order in
 # which they notice a problem does not matter, since any problem sends the message to the reference.
-def _fast_usage(buf: bytes, start: int, end: int) -> UsageReport:
-    units: dict[str, int] = {}
+def _walk_units(children: list[tuple[int, int, int, int, int]]) -> tuple[UnitSpan, ...]:
+    units = []
+    for code, vendor, _w, start, end in children:
+        if vendor:
+            continue
+        unit = _UNIT_AVPS.get(code)
+        if unit is not None:
+            units.append((unit[0], unit[1], start, end))
+        elif code == CC_MONEY:
+            raise _FALLBACK  # money and its Currency-Code: rare on Gy, left to the reference
+    return tuple(units)
+
+
+def _walk_usage(buf: bytes, start: int, end: int, heads: list[slice]) -> UsageLayout:
+    units = []
     reason = tariff_change = None
-    for code, vendor, word, s, e in _frame(buf, start, end):
+    for code, vendor, word, s, e in _frame(buf, start, end, heads):
         if word & _FLAG_RESERVED:
             raise _FALLBACK
         if vendor:
             if code == REPORTING_REASON_3GPP and vendor == VENDOR_3GPP:
                 if reason is not None:
                     raise _FALLBACK
-                reason = _fast_i32(buf, s, e)
+                reason = (s, e)
             elif word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN:
                 raise _FALLBACK
-        elif code == CC_TOTAL_OCTETS:
-            units["bytes"] = _fast_u64(buf, s, e)
-        elif code == CC_INPUT_OCTETS:
-            units["bytes_in"] = _fast_u64(buf, s, e)
-        elif code == CC_OUTPUT_OCTETS:
-            units["bytes_out"] = _fast_u64(buf, s, e)
-        elif code == CC_TIME:
-            units["seconds"] = _fast_u32(buf, s, e)
-        elif code == CC_SSU:
-            units["events"] = _fast_u64(buf, s, e)
+            continue
+        unit = _UNIT_AVPS.get(code)
+        if unit is not None:
+            units.append((unit[0], unit[1], s, e))
         elif code == TARIFF_CHANGE_USAGE:
             if tariff_change is not None:
                 raise _FALLBACK
-            tariff_change = _fast_i32(buf, s, e)
-            if tariff_change not in (0, 1, 2):
-                raise _FALLBACK
+            tariff_change = (s, e)
         elif code == CC_MONEY or (word & _FLAG_MANDATORY and code not in _KNOWN_BASE_CODES):
             raise _FALLBACK
-    if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
-        units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
-    return UsageReport(units, _reason_name(reason))
+    return tuple(units), reason, tariff_change
 
 
-def _fast_mscc(buf: bytes, start: int, end: int) -> UnitRequest:
-    rating_group = service_id = requested = reason = None
-    used: list[UsageReport] = []
-    for code, vendor, word, s, e in _frame(buf, start, end):
+def _walk_mscc(buf: bytes, start: int, end: int, heads: list[slice]) -> MsccLayout:
+    rating_group = service_id = reason = None
+    requested: tuple[UnitSpan, ...] | None = None
+    used: list[UsageLayout] = []
+    for code, vendor, word, s, e in _frame(buf, start, end, heads):
         if word & _FLAG_RESERVED:
             raise _FALLBACK
         if vendor:
             if code == REPORTING_REASON_3GPP and vendor == VENDOR_3GPP:
                 if reason is not None:
                     raise _FALLBACK
-                reason = _fast_i32(buf, s, e)
+                reason = (s, e)
             elif word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN:
                 raise _FALLBACK
         elif code == USU:
-            used.append(_fast_usage(buf, s, e))
+            used.append(_walk_usage(buf, s, e, heads))
         elif code == RATING_GROUP:
             if rating_group is not None:
                 raise _FALLBACK
-            rating_group = _fast_u32(buf, s, e)
+            rating_group = (s, e)
         elif code == RSU:
             if requested is not None:
                 raise _FALLBACK
-            requested = _fast_units(buf, _frame(buf, s, e))
+            requested = _walk_units(_frame(buf, s, e, heads))
         elif code == SERVICE_IDENTIFIER:
             if service_id is None:  # the first one counts (the reference uses `find`)
-                service_id = _fast_u32(buf, s, e)
+                service_id = (s, e)
         elif word & _FLAG_MANDATORY and code not in _KNOWN_BASE_CODES:
             raise _FALLBACK
-    return UnitRequest(
-        rating_group=NO_RATING_GROUP if rating_group is None else rating_group,
-        service_id=service_id,
-        requested=requested,
-        used=used,
-        reason=_reason_name(reason),
-    )
+    return rating_group, service_id, requested, tuple(used), reason
 
 
-def _fast_once(children: list[tuple[int, int, int, int, int]], code: int, vendor: int) -> tuple[int, int] | None:
+def _fast_once(children: list[tuple[int, int, int, int, int]], code: int, vendor: int) -> Span | None:
     found = None
     for c, v, _w, s, e in children:
         if c == code and v == vendor:
@@ -574,7 +599,7 @@ def _fast_once(children: list[tuple[int, int, int, int, int]], code: int, vendor
     return found
 
 
-def _fast_ps_information(buf: bytes, pos: int, end: int) -> tuple[tuple[int, int] | None, ...]:
+def _walk_ps_information(buf: bytes, pos: int, end: int, heads: list[slice]) -> tuple[Span | None, ...]:
     """(3GPP-SGSN-MCC-MNC, 3GPP-RAT-Type, Called-Station-Id) of a PS-Information, each at most once. A PGW sends
     a dozen more children on every request: walked for the framing and the repeats only, no tuples built."""
     mcc_mnc = rat = apn = None
@@ -588,6 +613,7 @@ def _fast_ps_information(buf: bytes, pos: int, end: int) -> tuple[tuple[int, int
             length = word & 0xFFFFFF
             if length < 12 or pos + length > end:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 12))
             if vendor == VENDOR_3GPP:
                 if code == SGSN_MCC_MNC_3GPP:
                     if mcc_mnc is not None:
@@ -602,6 +628,7 @@ def _fast_ps_information(buf: bytes, pos: int, end: int) -> tuple[tuple[int, int
             length = word & 0xFFFFFF
             if length < 8 or pos + length > end:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 8))
             if code == CALLED_STATION_ID:
                 if apn is not None:
                     raise _FALLBACK
@@ -610,15 +637,18 @@ def _fast_ps_information(buf: bytes, pos: int, end: int) -> tuple[tuple[int, int
     return mcc_mnc, rat, apn
 
 
-def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
+def _walk(buf: bytes) -> _Layout:
+    """The layout of a CCR; raises _FALLBACK on anything its headers make unusual."""
     # One pass over the top level: framing, the checks of the reference's first loop, and where things are.
+    layout = _Layout()
+    heads: list[slice] = []
     end = len(buf)
     pos = HEADER_LEN
-    once: dict[int, tuple[int, int]] = {}  # base AVPs that may occur at most once -> (data start, data end)
-    subscription_ids: list[tuple[int, int]] = []
-    msccs: list[tuple[int, int]] = []
-    top_usus: list[tuple[int, int]] = []
-    service_info: list[tuple[int, int]] = []
+    once = layout.once
+    subscription_ids: list[Span] = []
+    msccs: list[Span] = []
+    top_usus: list[Span] = []
+    service_info: list[Span] = []
     while pos < end:
         if end - pos < 8:
             raise _FALLBACK
@@ -629,6 +659,7 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
             length = word & 0xFFFFFF
             if length < 12 or pos + length > end or word & _FLAG_RESERVED:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 12))
             if code == SERVICE_INFORMATION_3GPP and vendor == VENDOR_3GPP:
                 service_info.append((pos + 12, pos + length))
             elif word & _FLAG_MANDATORY and (code, vendor) not in _KNOWN:
@@ -638,6 +669,7 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
             length = word & 0xFFFFFF
             if length < 8 or pos + length > end or word & _FLAG_RESERVED:
                 raise _FALLBACK
+            heads.append(slice(pos, pos + 8))
             if code in AT_MOST_ONCE:
                 if code in once:
                     raise _FALLBACK
@@ -653,6 +685,67 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
         pos += (length + 3) & ~3
     if not once.keys() >= _REQUIRED_SET:
         raise _FALLBACK
+    for start, stop in subscription_ids:
+        children = _frame(buf, start, stop, heads)
+        id_type = _fast_once(children, SUBSCRIPTION_ID_TYPE, 0)
+        id_data = _fast_once(children, SUBSCRIPTION_ID_DATA, 0)
+        if id_type is None or id_data is None:
+            raise _FALLBACK
+        layout.subscription_ids.append((id_type, id_data))
+    layout.msccs = [_walk_mscc(buf, start, stop, heads) for start, stop in msccs]
+    top_rsu = once.get(RSU)
+    if top_rsu is not None or top_usus:
+        if msccs:
+            raise _FALLBACK
+        if top_rsu is not None:
+            layout.top_rsu = _walk_units(_frame(buf, top_rsu[0], top_rsu[1], heads))
+        layout.top_usus = [_walk_usage(buf, start, stop, heads) for start, stop in top_usus]
+    cacheable = True
+    if len(service_info) > 1:
+        layout.ps = _PS_UNUSABLE
+    elif service_info:
+        try:
+            ps = _fast_once(_frame(buf, *service_info[0], heads), PS_INFORMATION_3GPP, VENDOR_3GPP)
+            layout.ps = () if ps is None else _walk_ps_information(buf, ps[0], ps[1], heads)
+        except _Fallback:
+            layout.ps = _PS_UNUSABLE
+            cacheable = False  # the walk of Service-Information stopped half-way: its headers were not all seen
+    if cacheable:
+        layout.check = itemgetter(*heads)
+        layout.headers = layout.check(buf)
+    return layout
+
+
+# -- the build: values at the layout's offsets.
+def _units(buf: bytes, spans: tuple[UnitSpan, ...]) -> dict[str, int]:
+    units: dict[str, int] = {}
+    for key, wide, start, end in spans:
+        units[key] = _fast_u64(buf, start, end) if wide else _fast_u32(buf, start, end)
+    if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
+        units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
+    return units
+
+
+def _usage(buf: bytes, usage: UsageLayout) -> UsageReport:
+    spans, reason, tariff_change = usage
+    if tariff_change is not None and _fast_i32(buf, *tariff_change) not in (0, 1, 2):
+        raise _FALLBACK
+    return UsageReport(_units(buf, spans), None if reason is None else _reason_name(_fast_i32(buf, *reason)))
+
+
+def _unit_request(buf: bytes, mscc: MsccLayout) -> UnitRequest:
+    rating_group, service_id, requested, used, reason = mscc
+    return UnitRequest(
+        rating_group=NO_RATING_GROUP if rating_group is None else _fast_u32(buf, *rating_group),
+        service_id=None if service_id is None else _fast_u32(buf, *service_id),
+        requested=None if requested is None else _units(buf, requested),
+        used=[_usage(buf, u) for u in used],
+        reason=None if reason is None else _reason_name(_fast_i32(buf, *reason)),
+    )
+
+
+def _build(buf: bytes, layout: _Layout) -> ParsedCCR:
+    once = layout.once
     start, stop = once[SESSION_ID]
     session_id = buf[start:stop].decode()
     if not session_id or _fast_u32(buf, *once[AUTH_APPLICATION_ID]) != APP_CREDIT_CONTROL:
@@ -669,12 +762,7 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
     start, stop = once[ORIGIN_REALM]
     realm = buf[start:stop].decode("utf-8", "replace")
     identities: list[tuple[str, str]] = []
-    for start, stop in subscription_ids:
-        children = _frame(buf, start, stop)
-        id_type = _fast_once(children, SUBSCRIPTION_ID_TYPE, 0)
-        id_data = _fast_once(children, SUBSCRIPTION_ID_DATA, 0)
-        if id_type is None or id_data is None:
-            raise _FALLBACK
+    for id_type, id_data in layout.subscription_ids:
         name = SUBSCRIPTION_ID_TYPES.get(_fast_i32(buf, *id_type))
         if name is None:
             raise _FALLBACK
@@ -693,27 +781,26 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
             raise _FALLBACK
         request.action = action
     units = request.units
-    for start, stop in msccs:
-        units.append(_fast_mscc(buf, start, stop))
-    top_rsu = once.get(RSU)
+    for mscc in layout.msccs:
+        units.append(_unit_request(buf, mscc))
+    top_rsu = layout.top_rsu
+    top_usus = layout.top_usus
     top_level_units = top_rsu is not None or bool(top_usus)
     if top_level_units:
-        if msccs:
-            raise _FALLBACK
         top_si = once.get(SERVICE_IDENTIFIER)
         units.append(
             UnitRequest(
                 service_id=_fast_u32(buf, *top_si) if top_si is not None else None,
-                requested=_fast_units(buf, _frame(buf, *top_rsu)) if top_rsu is not None else None,
-                used=[_fast_usage(buf, s, e) for s, e in top_usus],
+                requested=_units(buf, top_rsu) if top_rsu is not None else None,
+                used=[_usage(buf, u) for u in top_usus],
             )
         )
-    if service_info and context.endswith(GY_CONTEXT_SUFFIX):
-        if len(service_info) > 1:
+    ps = layout.ps
+    if ps is not None and context.endswith(GY_CONTEXT_SUFFIX):
+        if ps is _PS_UNUSABLE:
             raise _FALLBACK
-        ps = _fast_once(_frame(buf, *service_info[0]), PS_INFORMATION_3GPP, VENDOR_3GPP)
-        if ps is not None:
-            mcc_mnc, rat, apn = _fast_ps_information(buf, *ps)
+        if ps:
+            mcc_mnc, rat, apn = ps
             if mcc_mnc is not None:
                 value = buf[mcc_mnc[0] : mcc_mnc[1]].decode()
                 if not value.isdigit() or len(value) not in (5, 6):
@@ -726,8 +813,34 @@ def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
                 request.apn = buf[apn[0] : apn[1]].decode()
     return ParsedCCR(
         request, request_type, session_id, host, realm,
-        uses_mscc=bool(msccs), top_level_units=top_level_units, requested_action=requested_action,
+        uses_mscc=bool(layout.msccs), top_level_units=top_level_units, requested_action=requested_action,
     )  # fmt: skip
+
+
+# Cached layouts by message length, the last walked first. Bounded: a peer sending ever new shapes costs a walk
+# per CCR (as without the cache), never memory.
+_LAYOUTS: dict[int, list[_Layout]] = {}
+_LAYOUT_LENGTHS = 1024
+_LAYOUTS_PER_LENGTH = 4
+
+
+def _parse_ccr_fast(buf: bytes) -> ParsedCCR:
+    size = len(buf)
+    cached = _LAYOUTS.get(size)
+    if cached is not None:
+        for layout in cached:
+            if layout.check(buf) == layout.headers:  # type: ignore[misc]
+                return _build(buf, layout)
+    layout = _walk(buf)
+    if layout.check is not None:
+        if cached is None:
+            if len(_LAYOUTS) >= _LAYOUT_LENGTHS:
+                _LAYOUTS.clear()
+            _LAYOUTS[size] = [layout]
+        else:
+            cached.insert(0, layout)
+            del cached[_LAYOUTS_PER_LENGTH:]
+    return _build(buf, layout)
 
 
 def parse_ccr(msg: Message) -> ParsedCCR:
@@ -886,6 +999,14 @@ def _mscc_body(u: UnitAnswer, currency: str | None) -> bytes:
     return b"".join(parts)
 
 
+def _mscc_avp(u: UnitAnswer, currency: str | None) -> bytes:
+    body = _mscc_body(u, currency)
+    return _pack_avp_header(MSCC, _MSCC_WORD | (8 + len(body))) + body
+
+
+_MSCC_CACHE = 4096  # distinct encoded MSCCs kept; beyond, the cache starts again (bounded memory)
+
+
 class AnswerEncoder:
     """Encodes CCAs; Origin-Host, Origin-Realm, Auth-Application-Id and the failure-handling AVPs are encoded
     once and reused in every answer."""
@@ -901,6 +1022,7 @@ class AnswerEncoder:
             fh.append(E("CC-Session-Failover").i32(session_failover))
         self.failure_handling = b"".join(fh)
         self._heads: dict[tuple[int, int], bytes] = {}
+        self._msccs: dict[tuple[object, ...], bytes] = {}  # encoded MSCCs without Final-Unit-Indication
 
     def encode_cca(self, msg: Message, ccr: ParsedCCR, answer: ChargingAnswer) -> bytes:
         """The whole CCA message; the same bytes as `encode_message` over `cca()`, with the constant runs
@@ -925,10 +1047,20 @@ class AnswerEncoder:
             parts.append(self.failure_handling)
         currency = answer.currency
         if ccr.uses_mscc:
+            msccs = self._msccs
             for u in answer.units:
-                mscc = _mscc_body(u, currency)
-                parts.append(_pack_avp_header(MSCC, _MSCC_WORD | (8 + len(mscc))))
-                parts.append(mscc)
+                if u.final is None:
+                    # The same grant goes to many sessions (a quantum per rating group): its MSCC is encoded once.
+                    key = (u.result, u.rating_group, u.service_id, u.unit, u.granted, u.validity_time,
+                           u.volume_threshold, u.time_threshold, u.quota_holding_time, currency)  # fmt: skip
+                    mscc = msccs.get(key)
+                    if mscc is None:
+                        if len(msccs) >= _MSCC_CACHE:
+                            msccs.clear()
+                        mscc = msccs[key] = _mscc_avp(u, currency)
+                    parts.append(mscc)
+                else:
+                    parts.append(_mscc_avp(u, currency))
         elif answer.units:
             parts.extend(unit_avps(answer.units[0], currency))
         if ccr.requested_action is not None and answer.result == SUCCESS:

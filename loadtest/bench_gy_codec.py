@@ -144,7 +144,8 @@ class _StubStore:
     def __init__(self) -> None:
         self.pending: list[asyncio.Future[Any]] = []
 
-    def submit(self, fn: Callable[..., Any]) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[..., Any], *, nested: bool = True) -> asyncio.Future[Any]:
+        """The store's signature (chf/service.py passes `nested=False` for charging requests)."""
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         return future
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="time per message and direction")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
     p.add_argument("--profile", action="store_true", help="cProfile the PGW-like decode + encode instead")
+    p.add_argument("--profile-loop", action="store_true", help="cProfile the event-loop side (loadtest CCR-U) instead")
     p.add_argument("--no-pipeline", action="store_true", help="skip the event-loop side of GyServer")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -226,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             encode_cca(msg, parse_ccr(decode_header(raw)), answer)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+        return 0
+    if args.profile_loop:
+        prof = cProfile.Profile()
+        prof.enable()
+        asyncio.run(_pipeline(loadtest_ccr_u(), 50_000, 100))
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return 0
     results = {name: bench(make(), args.seconds, args.repeat)
                for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u))}  # fmt: skip

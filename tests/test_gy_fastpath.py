@@ -212,6 +212,50 @@ def test_fast_path_agrees_with_the_reference_on_mutants(seed: int) -> None:
     assert taken > 100 and refused > 100  # both sides of the fast path were exercised
 
 
+def test_cached_layouts_check_values_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CCR whose AVP headers are those of one walked before takes the cached layout without a walk; its values
+    (Session-Id, CC-Request-Type, Subscription-Id-Type, Tariff-Change-Usage, UTF-8, ...) are still checked like
+    the reference checks them. Mutants here change data bytes only, never a header."""
+    import gy.ccapp as ccapp
+
+    bases = []
+    for raw in _valid_ccrs():
+        try:
+            _parse_ccr_fast(raw)
+        except _Fallback:
+            continue  # the money CCR: never cached
+        bases.append(raw)
+    assert all(any(layout.check(raw) == layout.headers for layout in ccapp._LAYOUTS[len(raw)]) for raw in bases)
+
+    def no_walk(buf: bytes) -> None:
+        raise AssertionError("walked a CCR whose headers were cached")
+
+    monkeypatch.setattr(ccapp, "_walk", no_walk)
+    rng = random.Random(7)
+    taken = refused = 0
+    for _ in range(3000):
+        raw = rng.choice(bases)
+        headers = set()
+        for pos, _size in _avp_offsets(raw):
+            header = 12 if raw[pos + 4] & 0x80 else 8
+            headers.update(range(pos, pos + header))
+        data = [i for i in range(20, len(raw)) if i not in headers]
+        mutant = bytearray(raw)
+        for _ in range(rng.choice((1, 2, 3))):
+            mutant[rng.choice(data)] ^= 1 << rng.randrange(8)
+        mutant_bytes = bytes(mutant)
+        reference = _outcome(parse_ccr_reference, mutant_bytes)
+        assert _outcome(parse_ccr, mutant_bytes) == reference, mutant_bytes.hex()
+        try:
+            fast = _parse_ccr_fast(mutant_bytes)
+        except (_Fallback, UnicodeDecodeError):
+            refused += 1
+            continue
+        taken += 1
+        assert fast == reference, mutant_bytes.hex()
+    assert taken > 100 and refused > 100
+
+
 def _answers() -> list[ChargingAnswer]:
     return [
         ChargingAnswer(
@@ -283,6 +327,32 @@ def test_encode_cca_gives_the_reference_bytes(ccfh: int | None, failover: int | 
                 assert encoder.encode_cca(msg, ccr, answer) == peer.answer(msg, encoder.cca(ccr, answer))
                 checked += 1
     assert checked == len(_valid_ccrs()) * 2 * len(_answers())
+
+
+def test_encoded_msccs_are_reused_only_for_the_same_grant() -> None:
+    """MSCCs are encoded once per distinct grant: answers that differ in any one field still get their own bytes."""
+    peer = PeerConnection(LocalIdentity(), PeerPolicy(allow_unknown=True), 0.0)
+    encoder = AnswerEncoder(peer.identity_avps, 2, 0)
+    msg = decode_header(_valid_ccrs()[1])
+    ccr = parse_ccr(msg)
+    base = {"unit": "bytes", "granted": 1000, "validity_time": 600, "volume_threshold": 100}
+    variants = [
+        {}, {"granted": 1001}, {"unit": "seconds"}, {"unit": "events"}, {"unit": "money"}, {"validity_time": 601},
+        {"volume_threshold": 101}, {"time_threshold": 5}, {"quota_holding_time": 7}, {"service_id": 3},
+        {"final": FinalUnit(FUA_RESTRICT, filter_id="f")}, {"final": FinalUnit(FUA_RESTRICT, filter_id="g")},
+    ]  # fmt: skip
+    seen = set()
+    for _round in range(2):
+        for rating_group in (10, 11):
+            for result in ("success", CREDIT_LIMIT_REACHED):
+                for currency in ("EUR", "USD"):
+                    for variant in variants:
+                        unit = UnitAnswer(rating_group, result, **{**base, **variant})  # type: ignore[arg-type]
+                        answer = ChargingAnswer("success", "gy:s", 1, [unit], currency=currency)
+                        data = encoder.encode_cca(msg, ccr, answer)
+                        assert data == peer.answer(msg, encoder.cca(ccr, answer))
+                        seen.add(data)
+    assert len(seen) == 2 * 2 * (len(variants) + 1)  # money answers differ by currency too
 
 
 def test_peer_frames_messages_split_anywhere() -> None:
