@@ -23,7 +23,7 @@ from typing import Any
 
 from chf import metrics
 from chf.config import ConfigError
-from chf.model import RequestError, Signal
+from chf.model import ChargingAnswer, RequestError, Signal
 from chf.service import ChargingService, StoreBusy
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
@@ -229,22 +229,21 @@ class GyProtocol(asyncio.Protocol):
         server.inflight += 1
         done = partial(self._charged, msg, ccr, dup_key, time.perf_counter())
         try:
-            # A callback, not a Task per request: creating and stepping the Task was 7% of the loop in profiles.
-            server.service.charge_soon(ccr.request, done)
+            # A callback, not a Task or future per request: they were a tenth of the loop's work in profiles.
+            server.service.charge_then(ccr.request, done)
         except Exception as exc:  # StoreBusy (3004), or a store that is not running: answered by `_charged`
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            done(failed)
+            done(exc)
 
-    def _charged(self, msg: Message, ccr: ParsedCCR, dup_key: Any, started: float, task: asyncio.Future[Any]) -> None:
+    def _charged(
+        self, msg: Message, ccr: ParsedCCR, dup_key: Any, started: float, result: ChargingAnswer | BaseException
+    ) -> None:
         server = self.server
         self.inflight -= 1
         server.inflight -= 1
         operation = OPERATIONS[ccr.request_type]
         waiting = server.answers.pop(dup_key, None)
-        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-        if exc is None:
-            answer = task.result()
+        if not isinstance(result, BaseException):
+            answer = result
             if answer.duplicate:
                 _duplicates.inc()
             data = server.encoder.encode_cca(msg, ccr, answer)
@@ -255,6 +254,7 @@ class GyProtocol(asyncio.Protocol):
                     ccr.session_id, ccr.request.number, answer.result, answer.detail or "-",
                 )  # fmt: skip
         else:
+            exc = result
             if isinstance(exc, StoreBusy):
                 code, text = TOO_BUSY, "write queue full"
                 metrics.OVERLOAD.labels("gy").inc()

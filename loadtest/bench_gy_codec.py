@@ -139,16 +139,14 @@ def bench(raw: bytes, seconds: float, repeat: int) -> dict[str, float]:
 
 
 class _StubStore:
-    """Stands in for the LMDB store: keeps the futures `submit` hands out, resolved by the benchmark."""
+    """Stands in for the LMDB store: keeps the callbacks `submit_then` receives, answered by the benchmark."""
 
     def __init__(self) -> None:
-        self.pending: list[asyncio.Future[Any]] = []
+        self.pending: list[Callable[[Any], None]] = []
 
-    def submit(self, fn: Callable[..., Any], *, nested: bool = True) -> asyncio.Future[Any]:
-        """The store's signature (chf/service.py passes `nested=False` for charging requests)."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
-        return future
+    def submit_then(self, fn: Callable[..., Any], done: Callable[[Any], None], *, nested: bool = True) -> None:
+        """The store's signature (chf/service.py's `charge_then` passes `nested=False`)."""
+        self.pending.append(done)
 
 
 class _Transport:
@@ -195,10 +193,10 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
         data = bytes(chunk)
         started = time.process_time()
         protocol.data_received(data)
-        while server.inflight:  # resolve what reached the store (later when a Task carries each request)
+        while server.inflight:  # resolve what reached the store
             pending, store.pending = store.pending, []
-            for future in pending:
-                future.set_result(answer)
+            for done in pending:
+                done(answer)
             await asyncio.sleep(0)
         await asyncio.sleep(0)  # the flush
         spent += time.process_time() - started
