@@ -60,6 +60,7 @@ from store.schema import (
     Reservation,
     Session,
     Subscriber,
+    pack,
 )
 
 log = logging.getLogger("chf.engine")
@@ -521,7 +522,9 @@ class Engine:
                 validity = self._catalogue.grants.validity_time
             session.expires = now + self.config.reap_factor * validity
         answers = session.answers
-        answers.append([req.number, answer.pack()])
+        # Packed once here: every later update of the session then carries the kept answers as opaque bytes
+        # instead of unpacking and repacking their fields.
+        answers.append([req.number, pack(answer.pack())])
         if len(answers) > self.config.answers_kept:
             del answers[: len(answers) - self.config.answers_kept]
         ctx.line_bs_dirty = True  # the session lives beside the line's balances: one page either way

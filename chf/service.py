@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,15 @@ __all__ = ["ChargingService", "SignalBus", "StoreBusy", "StoreClosed"]
 
 Clock = Callable[[], float]
 SignalHandler = Callable[[Signal], None]
+
+
+def tune_collector() -> None:
+    """Call once the process is a server (or benchmark) and its long-lived state is loaded. That state lives as
+    long as the process: freezing it keeps it out of the collector's full passes (~90 ms each under Gy load),
+    and rarer older-generation passes halve the collector's share of a request (a request's objects die by
+    reference count; the cyclic collector only ever finds the odd cycle)."""
+    gc.freeze()
+    gc.set_threshold(2000, 20, 100)
 
 
 class SignalBus:

@@ -32,6 +32,7 @@ from chf import admin
 from chf.catalogue import parse_catalogue
 from chf.engine import Engine
 from chf.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
+from chf.service import tune_collector
 from store.lmdbstore import Store, Txn
 
 # A plan with enough allowance that a benchmark run never exhausts it, and a wallet tariff behind it.
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    tune_collector()  # as `chf serve` does
     print(f"lines={args.lines} concurrency={args.concurrency} duration={args.duration}s runs={args.runs}")
     for mode in modes:
         rates = []

@@ -558,9 +558,12 @@ class Session:
             self.seen |= 1 << (self.last_request - number)
 
     def answer_for(self, request_number: int) -> Any:
+        """The kept answer to `request_number`, as ChargingAnswer.pack() gave it, or None."""
         for num, answer in self.answers:
             if num == request_number:
-                return answer
+                # Kept packed (bytes) since answers stopped being re-encoded with every update; a list is an
+                # answer kept before that.
+                return unpack(answer) if isinstance(answer, bytes) else answer
         return None
 
     def as_dict(self) -> dict[str, Any]:

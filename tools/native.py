@@ -21,6 +21,8 @@ def _compiled_files(root: Path) -> list[tuple[str, Path, Path]]:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             for compiled in directory.glob(f"*{suffix}"):
                 name = compiled.name[: -len(suffix)]
+                if "." in name:  # "x.cpython-311-….so" also ends in ".so": counted under its own suffix
+                    continue
                 found.append((f"{package}.{name}", compiled, directory / f"{name}.py"))
     return found
 

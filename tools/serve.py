@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from chf.catalogue import CatalogueError, load_catalogue
 from chf.config import Config, ConfigError
 from chf.engine import EngineConfig
 from chf.export import export_components
-from chf.service import ChargingService
+from chf.service import ChargingService, tune_collector
 from store.lmdbstore import Store
 
 log = logging.getLogger("chf.serve")
@@ -180,11 +179,7 @@ def serve(config: Config) -> int:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:  # uvloop is optional where it does not build
         runner = asyncio.run
-    # The process is the server from here on. What is loaded by now (modules, dictionaries) lives as long as it
-    # does: freezing it keeps it out of the collector's full passes (~90 ms each under Gy load), and rarer
-    # older-generation passes halve the collector's share of a request (a request's objects die by refcount).
-    gc.freeze()
-    gc.set_threshold(2000, 20, 100)
+    tune_collector()
     try:
         runner(run(config))
     except CatalogueError as exc:
