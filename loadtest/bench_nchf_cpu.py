@@ -25,7 +25,6 @@ import pstats
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -33,10 +32,10 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from chf.catalogue import load_catalogue
+from chf.catalogue import parse_catalogue
 from chf.model import UPDATE, ChargingAnswer, UnitAnswer
 from chf.service import ChargingService
-from loadtest.bench_nchf import API, UPDATE_BODY
+from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http
 from nchf.app import NchfApp, transport_error
 from nchf.mapping import charging_data_response, parse_request, to_charging_request
@@ -50,7 +49,6 @@ except ImportError:  # before it: the dict, then json.dumps
         return _dumps(charging_data_response(answer, sequence_number))
 
 
-REPO = Path(__file__).resolve().parents[1]
 BODY = json.dumps(UPDATE_BODY).encode()  # as bench_nchf writes it for h2load
 
 
@@ -148,7 +146,7 @@ class _Transport:
 async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None = None) -> dict[str, float]:
     """CPU µs per request of the Nchf server's event-loop side with the store stubbed out."""
     store = _StubStore()
-    service = ChargingService(store, load_catalogue(str(REPO / "conf" / "catalogue.toml")))  # type: ignore[arg-type]
+    service = ChargingService(store, parse_catalogue(CATALOGUE, "bench-catalogue.toml"))  # type: ignore[arg-type]
     app = NchfApp(service)
     handle_soon = getattr(app, "handle_soon", None)
     if handle_soon is not None:  # the callback form, where the app has it
