@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from chf import metrics
-from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, RequestError
+from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
 from chf.service import ChargingService, StoreBusy, StoreClosed
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.http import Request, Respond, Response
@@ -90,6 +90,7 @@ class NchfApp:
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
+        self._to_submit: list[tuple[ChargingRequest, _Exchange]] = []  # parsed in this loop iteration
 
     # -- entry point ------------------------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
@@ -231,12 +232,23 @@ class NchfApp:
         charging_request = to_charging_request(parsed, kind, session, number, notify=parsed.notify_uri)
         exchange = _Exchange(self, operation, ref, kind, parsed.sequence_number, request, started, respond)
         self.in_flight += 1
-        try:
-            self.service.charge_soon(charging_request, exchange.charged)
-        except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed future
-            failed: asyncio.Future[ChargingAnswer] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            exchange.charged(failed)
+        # Submitted together once the whole read is parsed (as Tasks did, which started on the next iteration): a
+        # writer thread woken by the first request of a read would commit it alone and fight the parsing of the
+        # others for the GIL (smaller batches, more fsyncs, measured 30 % fewer requests/s with the thread writer).
+        self._to_submit.append((charging_request, exchange))
+        if len(self._to_submit) == 1:
+            asyncio.get_running_loop().call_soon(self._submit)
+
+    def _submit(self) -> None:
+        to_submit, self._to_submit = self._to_submit, []
+        charge_soon = self.service.charge_soon
+        for charging_request, exchange in to_submit:
+            try:
+                charge_soon(charging_request, exchange.charged)
+            except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed future
+                failed: asyncio.Future[ChargingAnswer] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                exchange.charged(failed)
 
     def _answer(self, exchange: _Exchange, outcome: asyncio.Future[ChargingAnswer]) -> Response:
         """The response to a charged request: the core's answer (or its refusal) in Nchf terms."""
