@@ -7,6 +7,7 @@ ProblemDetails with the TS 32.291 cause, a log line and a metric; a 500 only eve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -17,15 +18,15 @@ import time
 from typing import Any
 
 from chf import metrics
-from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, RequestError
+from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
 from chf.service import ChargingService, StoreBusy, StoreClosed
 from nchf.auth import BearerAuth, Unauthorized
-from nchf.http import Request, Response
+from nchf.http import Request, Respond, Response
 from nchf.mapping import (
     SESSION_RESULT,
     InvalidRequest,
     ParsedRequest,
-    charging_data_response,
+    charging_data_response_json,
     parse_request,
     problem,
     to_charging_request,
@@ -35,6 +36,7 @@ log = logging.getLogger("nchf")
 
 API_ROOT = "/nchf-convergedcharging/v3"
 COLLECTION = API_ROOT + "/chargingdata"
+_REF_START = COLLECTION + "/"
 SESSION_PREFIX = "nchf:"
 _REF_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON = [("content-type", "application/json")]
@@ -88,70 +90,91 @@ class NchfApp:
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
+        self._to_submit: list[tuple[ChargingRequest, _Exchange]] = []  # parsed in this loop iteration
 
     # -- entry point ------------------------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
+        """The coroutine form of `handle_soon`, for callers that await (the server uses the callback form)."""
+        answered: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.handle_soon(request, answered.set_result)
+        return await answered
+
+    def handle_soon(self, request: Request, respond: Respond) -> None:
+        """Answer `request` through `respond(response)`, exactly once: at once when it is refused, or from the
+        service's callback once the change is durable. No coroutine or Task per request (see nchf.http)."""
         started = time.perf_counter()
-        path = request.path.split("?", 1)[0]
+        path = request.path
+        if "?" in path:
+            path = path.split("?", 1)[0]
         if path == COLLECTION:
             operation, ref = "create", None
-        elif path.startswith(COLLECTION + "/"):
-            ref, _, action = path[len(COLLECTION) + 1 :].partition("/")
+        elif path.startswith(_REF_START):
+            ref, _, action = path[len(_REF_START) :].partition("/")
             if action not in ("update", "release") or not ref:
-                return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+                respond(
+                    self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+                )
+                return
             operation = action
         else:
-            return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+            respond(self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}"))
+            return
         if request.method != "POST":
-            return self._refuse(
-                operation, ref, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST"
+            respond(
+                self._refuse(operation, ref, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST")
             )
+            return
+        headers = request.headers
         if self.auth is not None:
             try:
-                self.auth.check(request.headers.get("authorization"))
+                self.auth.check(headers.get("authorization"))
             except Unauthorized as exc:
-                return self._refuse(operation, ref, 401, "UNAUTHORIZED", str(exc))
+                respond(self._refuse(operation, ref, 401, "UNAUTHORIZED", str(exc)))
+                return
         if self.in_flight >= self.max_in_flight:
             metrics.OVERLOAD.labels("nchf").inc()
-            return self._refuse(operation, ref, 503, "NF_CONGESTION", "too many requests in progress; retry later")
+            respond(self._refuse(operation, ref, 503, "NF_CONGESTION", "too many requests in progress; retry later"))
+            return
         if ref is not None and not _REF_RE.match(ref):
-            return self._refuse(
-                operation, ref, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference"
+            respond(
+                self._refuse(operation, ref, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference")
             )
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("application/json"):
-            return self._refuse(
-                operation,
-                ref,
-                400,
-                "INVALID_MSG_FORMAT",
-                "the body must be application/json",
-                [{"param": "header content-type", "reason": "must be application/json"}],
+            return
+        content_type = headers.get("content-type", "")
+        if content_type != "application/json" and not content_type.lower().startswith("application/json"):
+            respond(
+                self._refuse(
+                    operation,
+                    ref,
+                    400,
+                    "INVALID_MSG_FORMAT",
+                    "the body must be application/json",
+                    [{"param": "header content-type", "reason": "must be application/json"}],
+                )
             )
+            return
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
-            return self._refuse(
-                operation,
-                ref,
-                400,
-                "INVALID_MSG_FORMAT",
-                "the body is not valid JSON",
-                [{"param": "/", "reason": str(exc)}],
+            respond(
+                self._refuse(
+                    operation,
+                    ref,
+                    400,
+                    "INVALID_MSG_FORMAT",
+                    "the body is not valid JSON",
+                    [{"param": "/", "reason": str(exc)}],
+                )
             )
+            return
         try:
             parsed = parse_request(body, creating=ref is None)
         except InvalidRequest as exc:
-            return self._refuse(
-                operation, ref, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params
+            respond(
+                self._refuse(operation, ref, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params)
             )
-        self.in_flight += 1
-        try:
-            response = await self._charge(operation, ref, parsed, request)
-        finally:
-            self.in_flight -= 1
-        self._latency[operation].observe(time.perf_counter() - started)
-        return response
+            return
+        self._charge(operation, ref, parsed, request, started, respond)
 
     def _resource_ref(self, body: bytes) -> str:
         """The ChargingDataRef of a create: a keyed hash of the request body. A retransmitted create (the same
@@ -189,7 +212,15 @@ class NchfApp:
         counter.inc()
 
     # -- operations -------------------------------------------------------------------------------------------------
-    async def _charge(self, operation: str, ref: str | None, parsed: ParsedRequest, request: Request) -> Response:
+    def _charge(
+        self,
+        operation: str,
+        ref: str | None,
+        parsed: ParsedRequest,
+        request: Request,
+        started: float,
+        respond: Respond,
+    ) -> None:
         if ref is None:
             ref = self._resource_ref(request.body)
             kind = INITIAL
@@ -199,20 +230,48 @@ class NchfApp:
             number = parsed.sequence_number or next(self._unnumbered)
         session = SESSION_PREFIX + ref
         charging_request = to_charging_request(parsed, kind, session, number, notify=parsed.notify_uri)
-        try:
-            answer: ChargingAnswer = await self.service.charge(charging_request)
-        except RequestError as exc:
+        exchange = _Exchange(self, operation, ref, kind, parsed.sequence_number, request, started, respond)
+        self.in_flight += 1
+        # Submitted together once the whole read is parsed (as Tasks did, which started on the next iteration): a
+        # writer thread woken by the first request of a read would commit it alone and fight the parsing of the
+        # others for the GIL (smaller batches, more fsyncs, measured 30 % fewer requests/s with the thread writer).
+        self._to_submit.append((charging_request, exchange))
+        if len(self._to_submit) == 1:
+            asyncio.get_running_loop().call_soon(self._submit)
+
+    def _submit(self) -> None:
+        to_submit, self._to_submit = self._to_submit, []
+        charge_soon = self.service.charge_soon
+        for charging_request, exchange in to_submit:
+            try:
+                charge_soon(charging_request, exchange.charged)
+            except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed future
+                failed: asyncio.Future[ChargingAnswer] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                exchange.charged(failed)
+
+    def _answer(self, exchange: _Exchange, outcome: asyncio.Future[ChargingAnswer]) -> Response:
+        """The response to a charged request: the core's answer (or its refusal) in Nchf terms."""
+        operation, ref, kind = exchange.operation, exchange.ref, exchange.kind
+        session = SESSION_PREFIX + ref
+        exc = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+        if isinstance(exc, RequestError):
             log.info(
                 "event=nchf_request_error session=%s field=%s detail=%s", session, exc.field, json.dumps(exc.message)
             )
             self._count(operation, "CHARGING_FAILED")
             param = CORE_FIELDS.get(exc.field, exc.field)
             return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": param, "reason": exc.message}])
-        except (StoreBusy, StoreClosed) as exc:
+        if isinstance(exc, StoreBusy | StoreClosed):
             metrics.OVERLOAD.labels("nchf").inc()
             log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))
             self._count(operation, "NF_CONGESTION")
             return problem_response(503, "NF_CONGESTION", "the charging function is busy; retry later")
+        if exc is not None:  # our own bug (or a cancelled commit): a 500, logged with its traceback
+            log.error("event=nchf_charge_failed session=%s operation=%s", session, operation, exc_info=exc)
+            self._count(operation, "SYSTEM_FAILURE")
+            return transport_error(500, "internal error")
+        answer = outcome.result()
         if answer.duplicate:
             metrics.DUPLICATES.labels("nchf").inc()
         # On an update the resource stays open whatever the rating groups got: their results (with the Final-Unit-
@@ -239,9 +298,47 @@ class NchfApp:
         self._count(operation, result)
         if kind == TERMINATE:
             return Response(204)
-        body = _dumps(charging_data_response(answer, parsed.sequence_number))
+        body = charging_data_response_json(answer, exchange.sequence_number)
         if kind == INITIAL:
+            request = exchange.request
             authority = request.authority or "localhost"
             location = f"{request.scheme}://{authority}{COLLECTION}/{ref}"
             return Response(201, body, [("content-type", "application/json"), ("location", location)])
         return Response(200, body, _JSON)
+
+
+class _Exchange:
+    """One charging request between its submission and its answer (the service's done-callback)."""
+
+    __slots__ = ("app", "kind", "operation", "ref", "request", "respond", "sequence_number", "started")
+
+    def __init__(
+        self,
+        app: NchfApp,
+        operation: str,
+        ref: str,
+        kind: str,
+        sequence_number: int,
+        request: Request,
+        started: float,
+        respond: Respond,
+    ) -> None:
+        self.app = app
+        self.operation = operation
+        self.ref = ref
+        self.kind = kind
+        self.sequence_number = sequence_number
+        self.request = request
+        self.started = started
+        self.respond = respond
+
+    def charged(self, outcome: asyncio.Future[ChargingAnswer]) -> None:
+        app = self.app
+        app.in_flight -= 1
+        try:
+            response = app._answer(self, outcome)
+        except Exception:  # a bug of ours in the mapping: never a hung stream
+            log.exception("event=nchf_answer_failed session=%s operation=%s", SESSION_PREFIX + self.ref, self.operation)
+            response = transport_error(500, "internal error")
+        self.respond(response)
+        app._latency[self.operation].observe(time.perf_counter() - self.started)

@@ -134,7 +134,7 @@ class NchfComponent:
         if settings.tls_cert and settings.tls_key:
             ssl_context = server_ssl_context(settings.tls_cert, settings.tls_key)
         self.server = HttpServer(
-            self.app.handle,
+            on_request=self.app.handle_soon,
             host=settings.listen,
             port=settings.port,
             ssl_context=ssl_context,

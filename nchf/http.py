@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,10 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The callback form: `on_request(request, respond)` calls `respond(response)` exactly once, now or later. No
+# coroutine and no Task per request: on this path they cost more than the HTTP/2 bookkeeping of the request.
+Respond = Callable[[Response], None]
+CallbackHandler = Callable[[Request, Respond], None]
 # What the server answers when it cannot hand a request to the handler (too big, malformed framing).
 ErrorResponder = Callable[[int, str], Response]
 
@@ -106,14 +111,42 @@ def _looks_like_http1(buf: bytearray) -> bool:
 
 
 class _H2Stream:
-    __slots__ = ("body", "cancelled", "headers", "pending", "too_big")
+    __slots__ = ("body", "cancelled", "chunks", "headers", "pending", "too_big")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
-        self.body = bytearray()
+        self.body = b""  # the first DATA frame's bytes; later ones go to `chunks` (a body is nearly always one frame)
+        self.chunks: list[bytes] | None = None
         self.too_big = False
         self.cancelled = False
         self.pending = b""  # response data still waiting for flow-control window
+
+    def size(self) -> int:
+        return len(self.body) + (sum(len(c) for c in self.chunks) if self.chunks else 0)
+
+    def whole_body(self) -> bytes:
+        return self.body if self.chunks is None else self.body + b"".join(self.chunks)
+
+
+class _Reply:
+    """The `respond` of one request: answers once, whatever the handler does after (a second call is ignored)."""
+
+    __slots__ = ("connection", "stream", "stream_id")
+
+    def __init__(self, connection: HttpConnection, stream_id: int, stream: _H2Stream | None) -> None:
+        self.connection: HttpConnection | None = connection
+        self.stream_id = stream_id
+        self.stream = stream
+
+    def __call__(self, response: Response) -> None:
+        connection = self.connection
+        if connection is not None:
+            self.connection = None
+            connection._answer(self.stream_id, self.stream, response)
+
+
+# :status values as bytes, the common ones ready made (h2 would encode a str on every response).
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
 
 
 class HttpConnection(asyncio.Protocol):
@@ -128,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.h2: h2.connection.H2Connection | None = None
         self.streams: dict[int, _H2Stream] = {}
+        self.waiting_window: dict[int, _H2Stream] = {}  # streams whose response waits for flow-control window
         self.flush_scheduled = False
         self.closed = False
         self.in_flight = 0
@@ -161,6 +195,7 @@ class HttpConnection(asyncio.Protocol):
         for stream in self.streams.values():
             stream.cancelled = True
         self.streams.clear()
+        self.waiting_window.clear()
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -257,6 +292,7 @@ class HttpConnection(asyncio.Protocol):
                 self._h2_stream_ended(event.stream_id)  # type: ignore[attr-defined]
             elif kind is h2.events.StreamReset:
                 stream = self.streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                self.waiting_window.pop(event.stream_id, None)  # type: ignore[attr-defined]
                 if stream is not None:
                     stream.cancelled = True
             elif kind is h2.events.WindowUpdated:
@@ -295,10 +331,16 @@ class HttpConnection(asyncio.Protocol):
                 self.unacknowledged = 0
         if stream is None or stream.too_big:
             return
-        stream.body += event.data or b""
-        if len(stream.body) > self.server.limits.max_body_bytes:
+        data = event.data or b""
+        if not stream.body:
+            stream.body = data
+        elif stream.chunks is None:
+            stream.chunks = [data]
+        else:
+            stream.chunks.append(data)
+        if stream.size() > self.server.limits.max_body_bytes:
             stream.too_big = True
-            stream.body = bytearray()
+            stream.body, stream.chunks = b"", None
             self._h2_send(event.stream_id, self.server.error_responder(413, "the request body exceeds the size limit"))
             stream_gone = self.streams.pop(event.stream_id, None)
             if stream_gone is not None:
@@ -311,9 +353,9 @@ class HttpConnection(asyncio.Protocol):
             return
         method = path = authority = ""
         headers: dict[str, str] = {}
-        for name, value in stream.headers:
-            n = name.decode("latin-1") if isinstance(name, bytes) else name
-            v = value.decode("latin-1") if isinstance(value, bytes) else value
+        for name, value in stream.headers:  # bytes: the connection is configured with header_encoding=None
+            n = name.decode("latin-1")
+            v = value.decode("latin-1")
             if n[:1] == ":":
                 if n == ":method":
                     method = v
@@ -324,18 +366,19 @@ class HttpConnection(asyncio.Protocol):
                 continue
             n = n.lower()
             headers[n] = headers[n] + ", " + v if n in headers else v
-        request = Request(method, path, headers, bytes(stream.body), self.scheme, authority or headers.get("host", ""))
+        request = Request(method, path, headers, stream.whole_body(), self.scheme, authority or headers.get("host", ""))
+        stream.body, stream.chunks = b"", None
         self._dispatch(request, stream_id, stream)
 
     def _h2_send(self, stream_id: int, response: Response) -> None:
         conn = self.h2
         if conn is None or self.closed:
             return
-        headers = [(":status", str(response.status))]
+        headers: list[tuple[bytes | str, bytes | str]] = [(b":status", _STATUS.get(response.status) or b"500")]
         headers.extend(response.headers)
         body = response.body
         if body:
-            headers.append(("content-length", str(len(body))))
+            headers.append((b"content-length", b"%d" % len(body)))
         try:
             conn.send_headers(stream_id, headers, end_stream=not body)
             if body:
@@ -345,6 +388,7 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     stream = self.streams.setdefault(stream_id, _H2Stream([]))
                     stream.pending = body
+                    self.waiting_window[stream_id] = stream
                     self._h2_resume_pending()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return  # the client reset the stream meanwhile: nobody to answer
@@ -352,9 +396,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _h2_resume_pending(self) -> None:
         conn = self.h2
-        if conn is None:
-            return
-        for stream_id, stream in list(self.streams.items()):
+        if conn is None or not self.waiting_window:
+            return  # (a WINDOW_UPDATE with no response waiting for window, the usual case)
+        for stream_id, stream in list(self.waiting_window.items()):
             while stream.pending:
                 try:
                     window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
@@ -365,8 +409,9 @@ class HttpConnection(asyncio.Protocol):
                     break
                 chunk, stream.pending = stream.pending[:window], stream.pending[window:]
                 conn.send_data(stream_id, chunk, end_stream=not stream.pending)
-                if not stream.pending:
-                    self.streams.pop(stream_id, None)
+            if not stream.pending:
+                self.waiting_window.pop(stream_id, None)
+                self.streams.pop(stream_id, None)
         self._schedule_flush()
 
     # -- HTTP/1.1 ---------------------------------------------------------------------------------------------------
@@ -452,27 +497,40 @@ class HttpConnection(asyncio.Protocol):
     # -- both -------------------------------------------------------------------------------------------------------
     def _dispatch(self, request: Request, stream_id: int, stream: _H2Stream | None) -> None:
         self.in_flight += 1
-        self.server.in_flight += 1
-        task = self.loop.create_task(self._run(request, stream_id, stream))
-        self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        server = self.server
+        server.in_flight += 1
+        on_request = server.on_request
+        if on_request is None:
+            task = self.loop.create_task(self._run(request, stream_id, stream))
+            server.tasks.add(task)
+            task.add_done_callback(server.tasks.discard)
+            return
+        reply = _Reply(self, stream_id, stream)
+        try:
+            on_request(request, reply)
+        except Exception:
+            log.exception("event=handler_failed path=%s", request.path)
+            reply(server.error_responder(500, "internal error"))  # ignored if the handler had answered
 
     async def _run(self, request: Request, stream_id: int, stream: _H2Stream | None) -> None:
+        handler = self.server.handler
+        assert handler is not None
         try:
-            try:
-                response = await self.server.handler(request)
-            except Exception:
-                log.exception("event=handler_failed path=%s", request.path)
-                response = self.server.error_responder(500, "internal error")
-            if stream is None:
-                self._h1_send(response)
-            elif not stream.cancelled:
-                if not stream.pending:
-                    self.streams.pop(stream_id, None)
-                self._h2_send(stream_id, response)
-        finally:
-            self.in_flight -= 1
-            self.server.in_flight -= 1
+            response = await handler(request)
+        except Exception:
+            log.exception("event=handler_failed path=%s", request.path)
+            response = self.server.error_responder(500, "internal error")
+        self._answer(stream_id, stream, response)
+
+    def _answer(self, stream_id: int, stream: _H2Stream | None, response: Response) -> None:
+        self.in_flight -= 1
+        self.server.in_flight -= 1
+        if stream is None:
+            self._h1_send(response)
+        elif not stream.cancelled:
+            if not stream.pending:
+                self.streams.pop(stream_id, None)
+            self._h2_send(stream_id, response)
 
     def _schedule_flush(self) -> None:
         if not self.flush_scheduled:
@@ -504,15 +562,19 @@ class HttpConnection(asyncio.Protocol):
 class HttpServer:
     def __init__(
         self,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
+        on_request: CallbackHandler | None = None,
         host: str = "127.0.0.1",
         port: int = 8000,
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
         error_responder: ErrorResponder = _plain_error,
     ) -> None:
+        if (handler is None) == (on_request is None):
+            raise ValueError("HttpServer takes either an async handler or an on_request callback")
         self.handler = handler
+        self.on_request = on_request
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -538,8 +600,9 @@ class HttpServer:
             self._server.close()
         for conn in list(self.connections):
             conn.goaway()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=drain_seconds)
+        deadline = time.monotonic() + drain_seconds
+        while self.in_flight and time.monotonic() < deadline:  # Tasks (async handler) or callbacks still due
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # let scheduled flushes write the last responses
         for conn in list(self.connections):
             conn._write_now()

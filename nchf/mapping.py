@@ -7,6 +7,7 @@ do not use are accepted as the spec allows and ignored.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -362,9 +363,17 @@ def to_charging_request(
     )
 
 
+# The formatted second of the last timestamp: every answer carries one, and strftime per answer showed in profiles.
+_stamp_second: list[Any] = [None, ""]
+
+
 def now_rfc3339(now: float | None = None) -> str:
     t = time.time() if now is None else now
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    second = int(t)
+    if second != _stamp_second[0]:
+        _stamp_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second[0] = second
+    return f"{_stamp_second[1]}.{int(t * 1000) % 1000:03d}Z"
 
 
 _TRIGGER_CATEGORY = "IMMEDIATE_REPORT"
@@ -413,6 +422,56 @@ def charging_data_response(answer: ChargingAnswer, sequence_number: int, now: fl
     if answer.units:
         out["multipleUnitInformation"] = [unit_information(u) for u in answer.units]
     return out
+
+
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _unit_information_json(ua: UnitAnswer) -> str:
+    """`unit_information(ua)` as compact JSON, written directly for the usual answer (a grant with validity time,
+    thresholds and no Final-Unit-Indication): the same text json.dumps gives, at a fraction of its cost."""
+    name = GRANTED_FIELD.get(ua.unit) if ua.unit is not None and ua.granted is not None else None
+    if (
+        ua.final is not None
+        or name is None
+        or ua.quota_holding_time
+        or ua.time_threshold is not None
+        or type(ua.granted) is not int
+        or type(ua.validity_time) not in (int, type(None))
+        or type(ua.volume_threshold) not in (int, type(None))
+    ):
+        return _JSON_ENCODER.encode(unit_information(ua))
+    granted = min(ua.granted, UINT32_MAX) if name == "time" else ua.granted  # type: ignore[type-var]
+    text = (
+        f'{{"resultCode":"{UNIT_RESULT.get(ua.result, "RATING_FAILED")}","ratingGroup":{ua.rating_group:d},'
+        f'"grantedUnit":{{"{name}":{granted:d}}}'
+    )
+    triggers = []
+    if ua.validity_time:
+        text += f',"validityTime":{ua.validity_time:d}'
+        triggers.append(_TRIGGER_JSON["VALIDITY_TIME"])
+    if ua.volume_threshold is not None:
+        text += f',"volumeQuotaThreshold":{ua.volume_threshold:d}'
+        triggers.append(_TRIGGER_JSON["QUOTA_THRESHOLD"])
+    if ua.granted:
+        triggers.append(_TRIGGER_JSON["QUOTA_EXHAUSTED"])
+    if triggers:
+        text += ',"triggers":[' + ",".join(triggers) + "]"
+    return text + "}"
+
+
+_TRIGGER_JSON = {
+    kind: f'{{"triggerType":"{kind}","triggerCategory":"{_TRIGGER_CATEGORY}"}}'
+    for kind in ("VALIDITY_TIME", "QHT", "QUOTA_THRESHOLD", "QUOTA_EXHAUSTED")
+}
+
+
+def charging_data_response_json(answer: ChargingAnswer, sequence_number: int, now: float | None = None) -> bytes:
+    """`charging_data_response` encoded as compact JSON (the response body), without the dict in between."""
+    text = f'{{"invocationTimeStamp":"{now_rfc3339(now)}","invocationSequenceNumber":{int(sequence_number):d}'
+    if answer.units:
+        text += ',"multipleUnitInformation":[' + ",".join(_unit_information_json(u) for u in answer.units) + "]"
+    return (text + "}").encode()
 
 
 def problem(status: int, cause: str, detail: str, invalid: list[dict[str, str]] | None = None) -> dict[str, Any]:

@@ -531,6 +531,57 @@ async def test_flow_control_windows_reopen_on_a_long_connection(tmp_path: Path) 
         await stop_chf(chf)
 
 
+async def test_callback_handler_answers_once_later_or_on_failure_over_h2_and_http1() -> None:
+    """HttpServer's callback form (what the Nchf app uses): an answer given later from a callback, a handler that
+    raises before answering (500), one that raises after answering (its answer stands), one that answers twice
+    (the first counts), and a response larger than the client's flow-control window; the connection lives on."""
+    loop = asyncio.get_running_loop()
+
+    def on_request(request: Request, respond: Any) -> None:
+        if request.path == "/later":
+            loop.call_later(0.01, respond, Response(200, b"later", [("content-type", "text/plain")]))
+        elif request.path == "/raise":
+            raise RuntimeError("a bug before answering")
+        elif request.path == "/raise-after":
+            respond(Response(201, b"answered"))
+            raise RuntimeError("a bug after answering")
+        elif request.path == "/twice":
+            respond(Response(200, b"first"))
+            respond(Response(200, b"second"))
+        else:
+            respond(Response(200, request.body * 1000))  # 300 KB: beyond the client's 64 KiB window
+
+    server = HttpServer(on_request=on_request, port=0)
+    await server.start()
+    try:
+        client = await H2Client.connect("127.0.0.1", server.port)
+        later, failed, after, twice, big = await asyncio.gather(
+            client.request("POST", "/later", b"x"),
+            client.request("POST", "/raise", b"x"),
+            client.request("POST", "/raise-after", b"x"),
+            client.request("POST", "/twice", b"x"),
+            client.request("POST", "/big", b"0123456789" * 30),
+        )
+        assert (later.status, later.body) == (200, b"later")
+        assert failed.status == 500
+        assert (after.status, after.body) == (201, b"answered")
+        assert (twice.status, twice.body) == (200, b"first")
+        assert big.status == 200 and big.body == b"0123456789" * 30_000
+        assert client.usable and server.in_flight == 0
+        await client.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /twice HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        writer.write(b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.count(b"HTTP/1.1 200 OK") == 2 and b"first" in answer and b"second" not in answer
+        assert answer.endswith(b"later")
+        writer.close()
+    finally:
+        await server.stop()
+    with pytest.raises(ValueError):
+        HttpServer()
+
+
 async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
     curl = _tool("curl")
     body = request_body(1, units=[usage(10)])
@@ -718,4 +769,39 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
         assert not schema_errors(ref, unit_information(ua))
 
     specs_or_skip()
+    check()
+
+
+def test_response_body_written_directly_equals_json_dumps_of_the_mapping() -> None:
+    """charging_data_response_json writes the usual answer without json.dumps: it must be the very same text."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from chf.model import ChargingAnswer, FinalUnit, UnitAnswer
+    from nchf.mapping import charging_data_response, charging_data_response_json
+
+    units = st.builds(
+        UnitAnswer,
+        rating_group=st.integers(0, 2**32 - 1),
+        result=st.sampled_from(["success", "credit_limit_reached", "user_unknown", "rating_failed", "odd"]),
+        unit=st.sampled_from(["bytes", "seconds", "events", "money", None]),
+        granted=st.none() | st.integers(0, 2**64 - 1),
+        validity_time=st.none() | st.integers(0, 2**31),
+        volume_threshold=st.none() | st.integers(0, 2**64 - 1),
+        time_threshold=st.none() | st.integers(0, 2**33),
+        quota_holding_time=st.none() | st.integers(0, 2**31),
+        final=st.none() | st.builds(FinalUnit, st.sampled_from(["terminate", "redirect"]), st.just('http://x/"q"')),
+    )
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(
+        answer_units=st.lists(units, max_size=3),
+        number=st.integers(0, 2**32 - 1),
+        now=st.floats(0, 4e9, allow_nan=False) | st.integers(0, 4_000_000_000),
+    )
+    def check(answer_units: list[UnitAnswer], number: int, now: float) -> None:
+        answer = ChargingAnswer("success", "nchf:x", number, answer_units)
+        expected = json.dumps(charging_data_response(answer, number, now), separators=(",", ":")).encode()
+        assert charging_data_response_json(answer, number, now) == expected
+
     check()
