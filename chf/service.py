@@ -169,16 +169,6 @@ class ChargingService:
 
         self.store.submit_then(self._charge_op(request), resolved, nested=False)
 
-    def charge_soon(self, request: ChargingRequest, done: Callable[[asyncio.Future[ChargingAnswer]], None]) -> None:
-        """`charge()` answered through `done(future)` once the answer is durable. Prefer `charge_then`."""
-
-        def resolved(future: asyncio.Future[ChargingAnswer]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                metrics.observe_charge(request, future.result())
-            done(future)
-
-        self.store.submit(self._charge_op(request), nested=False).add_done_callback(resolved)
-
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.admin) durably, then publish its signals."""
         engine = self.engine

@@ -30,7 +30,7 @@ from chf import admin
 from chf.catalogue import parse_catalogue
 from chf.engine import Engine
 from chf.model import INITIAL, ChargingRequest, UnitRequest
-from chf.service import ChargingService
+from chf.service import ChargingService, tune_collector
 from nchf.component import NchfComponent, NchfSettings
 from store.lmdbstore import Store, Txn
 
@@ -147,6 +147,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     await service.start()
     component = NchfComponent(service, NchfSettings(port=0))
     await component.start()
+    tune_collector()  # as `chf serve` does once it is up
     port = component.port
     uris = workdir / "uris.txt"
     uris.write_text("".join(f"http://127.0.0.1:{port}{API}/b{i}/update\n" for i in range(args.lines)))

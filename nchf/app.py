@@ -241,20 +241,18 @@ class NchfApp:
 
     def _submit(self) -> None:
         to_submit, self._to_submit = self._to_submit, []
-        charge_soon = self.service.charge_soon
+        charge_then = self.service.charge_then
         for charging_request, exchange in to_submit:
             try:
-                charge_soon(charging_request, exchange.charged)
-            except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed future
-                failed: asyncio.Future[ChargingAnswer] = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                exchange.charged(failed)
+                charge_then(charging_request, exchange.charged)
+            except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed charge
+                exchange.charged(exc)
 
-    def _answer(self, exchange: _Exchange, outcome: asyncio.Future[ChargingAnswer]) -> Response:
+    def _answer(self, exchange: _Exchange, outcome: ChargingAnswer | BaseException) -> Response:
         """The response to a charged request: the core's answer (or its refusal) in Nchf terms."""
         operation, ref, kind = exchange.operation, exchange.ref, exchange.kind
         session = SESSION_PREFIX + ref
-        exc = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+        exc = outcome if isinstance(outcome, BaseException) else None
         if isinstance(exc, RequestError):
             log.info(
                 "event=nchf_request_error session=%s field=%s detail=%s", session, exc.field, json.dumps(exc.message)
@@ -267,11 +265,11 @@ class NchfApp:
             log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))
             self._count(operation, "NF_CONGESTION")
             return problem_response(503, "NF_CONGESTION", "the charging function is busy; retry later")
-        if exc is not None:  # our own bug (or a cancelled commit): a 500, logged with its traceback
+        if isinstance(outcome, BaseException):  # our own bug (or a failed commit): a 500, with its traceback
             log.error("event=nchf_charge_failed session=%s operation=%s", session, operation, exc_info=exc)
             self._count(operation, "SYSTEM_FAILURE")
             return transport_error(500, "internal error")
-        answer = outcome.result()
+        answer = outcome
         if answer.duplicate:
             metrics.DUPLICATES.labels("nchf").inc()
         # On an update the resource stays open whatever the rating groups got: their results (with the Final-Unit-
@@ -332,7 +330,7 @@ class _Exchange:
         self.started = started
         self.respond = respond
 
-    def charged(self, outcome: asyncio.Future[ChargingAnswer]) -> None:
+    def charged(self, outcome: ChargingAnswer | BaseException) -> None:
         app = self.app
         app.in_flight -= 1
         try:
