@@ -27,6 +27,7 @@ from store.schema import (
     Bucket,
     Subscriber,
     Tenant,
+    pack,
 )
 
 
@@ -422,8 +423,169 @@ def add_line(
 LINE_FIELDS = ("account", "imsi", "msisdn", "iccid", "eid", "plan", "state")
 
 
+class _LineTemplate:
+    """What `_write_new_line` writes for any new line of one (account, plan, state), as a template.
+
+    Built by `LineTemplates` from the engine's own output for a stand-in line, and used only after it
+    reproduced, byte for byte, the engine's output for a second stand-in line with other identities and another
+    wallet balance. Rendering a template costs a few dict copies; running the engine costs a Context, the plan's
+    buckets, the period and the events built field by field (bulk import, issue #2).
+    """
+
+    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events")
+
+    def __init__(
+        self,
+        balances: bytes,
+        balance_delta: int,
+        active_delta: int,
+        events: list[tuple[dict[str, Any], list[tuple[str, str]], list[tuple[str, Any, dict[str, Any]]] | None]],
+    ) -> None:
+        self.balances = balances  # the line's encoded balance set: nothing in it names the line
+        self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
+        self.active_delta = active_delta  # and to its count of active lines
+        self.account_changed = bool(balance_delta or active_delta)
+        # Per event: the stand-in's event, its fields that hold the line's identities (event key, Subscriber
+        # attribute), and its impacts as (rule, value, impact), or None when no impact depends on the line.
+        self.events = events
+
+    def fits(self, account: Account) -> bool:
+        """Whether the engine would take the template's path: it was traced with the first fee paid."""
+        fee = -self.balance_delta
+        return fee <= 0 or account.available() >= fee
+
+    def render(self, sub: Subscriber, wallet_before: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        owner = line_owner(sub.id)
+        for template, identity_fields, impacts in self.events:
+            event = template.copy()
+            for key, attr in identity_fields:
+                event[key] = getattr(sub, attr)
+            if impacts is not None:
+                rendered: list[dict[str, Any]] = []
+                for rule, value, impact in impacts:
+                    if rule == "line":  # a bucket of the line: its balance name holds the line id
+                        rendered.append({**impact, "balance": owner + value})
+                    elif rule == "wallet":  # the wallet: `after` is the balance before the line plus an offset
+                        rendered.append({**impact, "after": wallet_before + value})
+                    else:
+                        rendered.append(impact)
+                event["impacts"] = rendered
+            out.append(event)
+        return out
+
+
+# Stand-in lines for tracing templates: identities no real line has (ids far above any counter), each different.
+_STAND_INS = (
+    (2**62 - 2, "999999999999991", "999999999999981", "8999999999999999991", "9" * 31 + "1", 10**15),
+    (2**62 - 3, "999999999999992", "999999999999982", "8999999999999999992", "9" * 31 + "2", 10**15 + 1_000_003),
+)
+
+
+class LineTemplates:
+    """Templates of new lines for one import (`add_lines`), kept across its batches.
+
+    A template belongs to an account as it was when the template was traced (every field but the wallet and
+    the line count, which lines change, plus its shared balance set), a plan and a state, and to the import's
+    catalogue, time and actor. When no template reproduces the engine exactly (an IoT pool that grows with each
+    line, say), `template` answers None and the line goes through the engine.
+    """
+
+    def __init__(self) -> None:
+        self.rendered = 0  # lines written from a template (the others went through the engine)
+        self._bound: tuple[Any, int, str] | None = None
+        self._templates: dict[tuple[bytes, bytes | None, str | None, str], _LineTemplate | None] = {}
+
+    @staticmethod
+    def account_key(actx: Context) -> tuple[bytes, bytes | None]:
+        shape = Account.decode(actx.account.encode())
+        shape.balance = shape.active_lines = 0
+        return shape.encode(), actx.acct_bs.encode() if actx.acct_bs is not None else None
+
+    def template(
+        self, txn: Txn, engine: Engine, actx: Context, account_key: tuple[bytes, bytes | None], plan_rec: Any,
+        state: str, actor: str,
+    ) -> _LineTemplate | None:  # fmt: skip
+        bound = (engine.catalogue, actx.now, actor)
+        if self._bound != bound:
+            self._bound = bound
+            self._templates.clear()
+        key = (*account_key, plan_rec.name if plan_rec is not None else None, state)
+        if key not in self._templates:
+            self._templates[key] = _trace_template(txn, engine, actx, plan_rec, state, actor)
+        return self._templates[key]
+
+
+def _trace_template(
+    txn: Txn, engine: Engine, actx: Context, plan_rec: Any, state: str, actor: str
+) -> _LineTemplate | None:
+    """Run the engine for two stand-in lines on copies of the account; a template of the first must render the
+    second exactly, or there is no template."""
+    traces = []
+    for line_id, imsi, msisdn, iccid, eid, wallet in _STAND_INS:
+        account = Account.decode(actx.account.encode())
+        account.balance = wallet
+        acct_bs = BalanceSet.decode(actx.acct_bs.encode()) if actx.acct_bs is not None else None
+        acct_bs_before = acct_bs.encode() if acct_bs is not None else None
+        plan_name = plan_rec.name if plan_rec is not None else None
+        sub = _new_subscriber(line_id, account, imsi, msisdn, iccid, eid, state, plan_name, actx.now, actor)
+        sub_before = sub.encode()
+        ctx = Context(txn, actx.catalogue, actx.now, sub, account)
+        ctx.line_bs = BalanceSet()
+        ctx.acct_bs = acct_bs
+        _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
+        if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
+            return None  # the line changes a shared balance set (a flexible pool): the engine does it per line
+        if sub.encode() != sub_before:
+            return None
+        balance_delta, active_delta = account.balance - wallet, account.active_lines - actx.account.active_lines
+        account.balance, account.active_lines = actx.account.balance, actx.account.active_lines
+        if account.encode() != actx.account.encode():
+            return None  # the line changes more of its account than the wallet and the line count
+        assert ctx.line_bs is not None
+        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta, active_delta))
+    (sub_a, wallet_a, events_a, bs_a, balance_a, active_a), (sub_b, wallet_b, events_b, bs_b, balance_b, active_b) = (
+        traces
+    )
+    if bs_a != bs_b or balance_a != balance_b or active_a != active_b or len(events_a) != len(events_b):
+        return None
+    template = _LineTemplate(bs_a, balance_a, active_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
+    rendered = template.render(sub_b, wallet_b)
+    if any(pack(mine) != pack(theirs) for mine, theirs in zip(rendered, events_b, strict=True)):
+        return None
+    return template
+
+
+def _event_template(
+    event: dict[str, Any], sub: Subscriber, wallet_before: int
+) -> tuple[dict[str, Any], list[tuple[str, str]], list[tuple[str, Any, dict[str, Any]]] | None]:
+    identity_fields = [
+        (key, attr)
+        for key, attr in (("subscriber", "id"), ("imsi", "imsi"), ("msisdn", "msisdn"))
+        if key in event and event[key] is not None and event[key] == getattr(sub, attr)
+    ]
+    line_prefix = line_owner(sub.id)
+    impacts: list[tuple[str, Any, dict[str, Any]]] = []
+    for impact in event.get("impacts", ()):
+        balance = impact.get("balance")
+        if isinstance(balance, str) and balance.startswith(line_prefix + ":"):
+            impacts.append(("line", balance[len(line_prefix) :], impact))
+        elif isinstance(balance, str) and balance.endswith(":wallet") and isinstance(impact.get("after"), int):
+            impacts.append(("wallet", impact["after"] - wallet_before, impact))
+        else:
+            impacts.append(("same", None, impact))
+    varying = any(rule != "same" for rule, _, _ in impacts)
+    return event, identity_fields, impacts if varying else None
+
+
 def add_lines(
-    txn: Txn, engine: Engine, rows: list[dict[str, Any]], *, now: int, actor: str = "admin"
+    txn: Txn,
+    engine: Engine,
+    rows: list[dict[str, Any]],
+    *,
+    now: int,
+    actor: str = "admin",
+    templates: LineTemplates | None = None,
 ) -> list[int | RequestError]:
     """Add many lines in one transaction (bulk import): per row, the new line id or the RequestError that
     refused it. Each row gets exactly the checks, records and events of `add_line`; a refused row writes
@@ -431,16 +593,22 @@ def add_lines(
     identity within `rows` is refused like one already in the store.
 
     Faster than `add_line` per row because each account (and its shared balance set) is read, brought up to
-    date and written once per call instead of once per line; the rows' events are the same."""
+    date and written once per call instead of once per line, and because the records and events of a line are
+    rendered from a template per (account, plan, state) that the engine's own output was checked against
+    (`LineTemplates`; pass one to keep it across calls of one import); the rows' events are the same."""
     results: list[int | RequestError] = []
     accounts: dict[str, Context | None] = {}
+    account_keys: dict[str, tuple[bytes, bytes | None]] = {}
     events: list[dict[str, Any]] = []
+    if templates is None:
+        templates = LineTemplates()
 
     def get_account(account_id: str) -> Account | None:
         if account_id not in accounts:
             ctx = engine.account_context(txn, account_id, now)
             if ctx is not None:
                 ctx.flush()  # renewals that were due when the import began, before the lines' events
+                account_keys[account_id] = LineTemplates.account_key(ctx)
             accounts[account_id] = ctx
         actx = accounts[account_id]
         return actx.account if actx is not None else None
@@ -463,6 +631,18 @@ def add_lines(
             txn.new_subscriber_id(), acct, row["imsi"], row.get("msisdn"), row.get("iccid"), row.get("eid"), state,
             row.get("plan"), now, actor,
         )  # fmt: skip
+        template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
+        if template is not None and template.fits(acct):
+            txn.put_subscriber(sub)
+            events.extend(template.render(sub, acct.balance))
+            if template.account_changed:
+                acct.balance += template.balance_delta
+                acct.active_lines += template.active_delta
+                actx.account_dirty = True
+            txn.put_line_balances_encoded(sub.id, template.balances)
+            templates.rendered += 1
+            results.append(sub.id)
+            continue
         ctx = Context(txn, catalogue, now, sub, acct)
         ctx.line_bs = BalanceSet()
         ctx.acct_bs = actx.acct_bs  # shared: a flexible pool grows with each activated line

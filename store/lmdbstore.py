@@ -211,6 +211,10 @@ class Txn:
     def put_line_balances(self, line_id: int, balances: BalanceSet) -> None:
         self._put(line_key(line_id) + b"\x00", balances.encode(), db=self._db[b"balances"])
 
+    def put_line_balances_encoded(self, line_id: int, encoded: bytes) -> None:
+        """`put_line_balances` with the record already encoded (bulk import: many lines share one record)."""
+        self._put(line_key(line_id) + b"\x00", encoded, db=self._db[b"balances"])
+
     def get_account_balances(self, account_id: str) -> BalanceSet | None:
         raw = self._txn.get(b"A" + account_id.encode() + b"\x00", db=self._db[b"balances"])
         return BalanceSet.decode(raw) if raw is not None else None

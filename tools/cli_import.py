@@ -238,8 +238,10 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
         batch.clear()
         emit()
 
+    templates = admin.LineTemplates()  # kept across batches: traced once per account, plan and state
+
     def _add(txn: Txn, payload: list[dict[str, Any]]) -> list[int | RequestError]:
-        return admin.add_lines(txn, engine, payload, now=now, actor=who)
+        return admin.add_lines(txn, engine, payload, now=now, actor=who, templates=templates)
 
     stopped: str | None = None
     try:
