@@ -25,9 +25,11 @@ from store.schema import (
     Account,
     BalanceSet,
     Bucket,
+    Hole,
     Subscriber,
     Tenant,
     pack,
+    pack_template,
 )
 
 
@@ -428,25 +430,19 @@ class _LineTemplate:
 
     Built by `LineTemplates` from the engine's own output for a stand-in line, and used only after it
     reproduced, byte for byte, the engine's output for a second stand-in line with other identities and another
-    wallet balance. Rendering a template costs a few dict copies; running the engine costs a Context, the plan's
-    buckets, the period and the events built field by field (bulk import, issue #2).
+    wallet balance. The events are encoded templates (`store.schema.pack_template`): rendering a line fills in
+    its identities, sequence numbers and wallet balance, where the engine builds a Context, the plan's buckets,
+    the period and every event field by field, and each event is then packed (bulk import, issue #2).
     """
 
     __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events")
 
-    def __init__(
-        self,
-        balances: bytes,
-        balance_delta: int,
-        active_delta: int,
-        events: list[tuple[dict[str, Any], list[tuple[str, str]], list[tuple[str, Any, dict[str, Any]]] | None]],
-    ) -> None:
+    def __init__(self, balances: bytes, balance_delta: int, active_delta: int, events: list[list[Any]]) -> None:
         self.balances = balances  # the line's encoded balance set: nothing in it names the line
         self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
         self.active_delta = active_delta  # and to its count of active lines
         self.account_changed = bool(balance_delta or active_delta)
-        # Per event: the stand-in's event, its fields that hold the line's identities (event key, Subscriber
-        # attribute), and its impacts as (rule, value, impact), or None when no impact depends on the line.
+        # Per event: [first part, (hole, part), (hole, part), ...] from pack_template.
         self.events = events
 
     def fits(self, account: Account) -> bool:
@@ -454,24 +450,28 @@ class _LineTemplate:
         fee = -self.balance_delta
         return fee <= 0 or account.available() >= fee
 
-    def render(self, sub: Subscriber, wallet_before: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def encode(self, sub: Subscriber, wallet_before: int, first_seq: int, store_id: str) -> list[bytes]:
+        """The line's events, packed as `Txn.append_events` would pack them from sequence number `first_seq`."""
+        identity = {"id": pack(sub.id), "imsi": pack(sub.imsi), "msisdn": pack(sub.msisdn)}
         owner = line_owner(sub.id)
-        for template, identity_fields, impacts in self.events:
-            event = template.copy()
-            for key, attr in identity_fields:
-                event[key] = getattr(sub, attr)
-            if impacts is not None:
-                rendered: list[dict[str, Any]] = []
-                for rule, value, impact in impacts:
-                    if rule == "line":  # a bucket of the line: its balance name holds the line id
-                        rendered.append({**impact, "balance": owner + value})
-                    elif rule == "wallet":  # the wallet: `after` is the balance before the line plus an offset
-                        rendered.append({**impact, "after": wallet_before + value})
-                    else:
-                        rendered.append(impact)
-                event["impacts"] = rendered
-            out.append(event)
+        out: list[bytes] = []
+        seq = first_seq
+        for first_part, *holes in self.events:
+            chunks = [first_part]
+            for (kind, arg), part in holes:
+                if kind == "sub":
+                    chunks.append(identity[arg])
+                elif kind == "line":  # a bucket of the line: its balance name holds the line id
+                    chunks.append(pack(owner + arg))
+                elif kind == "wallet":  # the wallet: `after` is the balance before the line plus an offset
+                    chunks.append(pack(wallet_before + arg))
+                elif kind == "seq":
+                    chunks.append(pack(seq))
+                else:  # "id"
+                    chunks.append(pack(f"{store_id}-{seq}"))
+                chunks.append(part)
+            out.append(b"".join(chunks))
+            seq += 1
         return out
 
 
@@ -550,32 +550,36 @@ def _trace_template(
     if bs_a != bs_b or balance_a != balance_b or active_a != active_b or len(events_a) != len(events_b):
         return None
     template = _LineTemplate(bs_a, balance_a, active_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
-    rendered = template.render(sub_b, wallet_b)
-    if any(pack(mine) != pack(theirs) for mine, theirs in zip(rendered, events_b, strict=True)):
+    first_seq, store_id = 2**40 + 7, "trace"
+    for seq, event in enumerate(events_b, first_seq):
+        event["seq"], event["id"] = seq, f"{store_id}-{seq}"
+    if template.encode(sub_b, wallet_b, first_seq, store_id) != [pack(e) for e in events_b]:
         return None
     return template
 
 
-def _event_template(
-    event: dict[str, Any], sub: Subscriber, wallet_before: int
-) -> tuple[dict[str, Any], list[tuple[str, str]], list[tuple[str, Any, dict[str, Any]]] | None]:
-    identity_fields = [
-        (key, attr)
-        for key, attr in (("subscriber", "id"), ("imsi", "imsi"), ("msisdn", "msisdn"))
-        if key in event and event[key] is not None and event[key] == getattr(sub, attr)
-    ]
-    line_prefix = line_owner(sub.id)
-    impacts: list[tuple[str, Any, dict[str, Any]]] = []
+def _event_template(event: dict[str, Any], sub: Subscriber, wallet_before: int) -> list[Any]:
+    """An event of a stand-in line as an encoded template: its identities, the balance names of its buckets,
+    the wallet balance after it, its sequence number and id become holes."""
+    shape = dict(event)
+    for key, attr in (("subscriber", "id"), ("imsi", "imsi"), ("msisdn", "msisdn")):
+        if shape.get(key) is not None and shape[key] == getattr(sub, attr):
+            shape[key] = Hole(("sub", attr))
+    line_prefix = line_owner(sub.id) + ":"
+    impacts = []
     for impact in event.get("impacts", ()):
         balance = impact.get("balance")
-        if isinstance(balance, str) and balance.startswith(line_prefix + ":"):
-            impacts.append(("line", balance[len(line_prefix) :], impact))
+        if isinstance(balance, str) and balance.startswith(line_prefix):
+            impact = {**impact, "balance": Hole(("line", balance[len(line_prefix) - 1 :]))}
         elif isinstance(balance, str) and balance.endswith(":wallet") and isinstance(impact.get("after"), int):
-            impacts.append(("wallet", impact["after"] - wallet_before, impact))
-        else:
-            impacts.append(("same", None, impact))
-    varying = any(rule != "same" for rule, _, _ in impacts)
-    return event, identity_fields, impacts if varying else None
+            impact = {**impact, "after": Hole(("wallet", impact["after"] - wallet_before))}
+        impacts.append(impact)
+    if "impacts" in shape:
+        shape["impacts"] = impacts
+    shape["seq"] = Hole(("seq", None))  # what Txn.append_events adds last
+    shape["id"] = Hole(("id", None))
+    parts, holes = pack_template(shape)
+    return [parts[0], *zip(holes, parts[1:], strict=True)]
 
 
 def add_lines(
@@ -599,7 +603,7 @@ def add_lines(
     results: list[int | RequestError] = []
     accounts: dict[str, Context | None] = {}
     account_keys: dict[str, tuple[bytes, bytes | None]] = {}
-    events: list[dict[str, Any]] = []
+    events: list[dict[str, Any] | tuple[_LineTemplate, Subscriber, int]] = []  # a template's line: its events later
     if templates is None:
         templates = LineTemplates()
 
@@ -634,7 +638,7 @@ def add_lines(
         template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
         if template is not None and template.fits(acct):
             txn.put_subscriber(sub)
-            events.extend(template.render(sub, acct.balance))
+            events.append((template, sub, acct.balance))
             if template.account_changed:
                 acct.balance += template.balance_delta
                 acct.active_lines += template.active_delta
@@ -656,7 +660,23 @@ def add_lines(
         ctx.events.clear()
         ctx.flush()
         results.append(sub.id)
-    txn.append_events(events)
+
+    def encode_events(first_seq: int, store_id: str) -> list[bytes]:
+        encoded: list[bytes] = []
+        seq = first_seq
+        for item in events:
+            if isinstance(item, dict):  # an event of the engine, as Txn.append_events packs it
+                item["seq"], item["id"] = seq, f"{store_id}-{seq}"
+                encoded.append(pack(item))
+                seq += 1
+            else:
+                template, sub, wallet_before = item
+                line_events = template.encode(sub, wallet_before, seq, store_id)
+                encoded += line_events
+                seq += len(line_events)
+        return encoded
+
+    txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
             actx.flush()

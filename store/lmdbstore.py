@@ -306,16 +306,34 @@ class Txn:
 
     def append_events(self, events: list[dict[str, Any]]) -> None:
         """`append_event` for many events at once (bulk import): one counter update, one C-level put loop."""
-        if not events:
-            return
-        first = self._counter(b"event_seq") + 1
-        self._txn.put(b"event_seq", _u64(first + len(events) - 1), db=self._db[b"meta"])
-        store_id = self._store.store_id
-        for seq, event in enumerate(events, first):
-            event["seq"] = seq
-            event["id"] = f"{store_id}-{seq}"
+
+        def encode(first: int, store_id: str) -> list[bytes]:
+            for seq, event in enumerate(events, first):
+                event["seq"] = seq
+                event["id"] = f"{store_id}-{seq}"
+            return [pack(e) for e in events]
+
+        self.append_encoded_events(encode)
+
+    def append_encoded_events(self, encode: Callable[[int, str], list[bytes]]) -> int:
+        """Append events that the caller encodes itself (bulk import renders them from templates):
+        `encode(first_seq, store_id)` returns them packed, the i-th with "seq" first_seq + i and "id"
+        f"{store_id}-{seq}", as `append_event` would have written them. Returns how many."""
+        store = self._store
+        in_batch = store._event_seq  # the writer's in-memory counter while a batch is open (see append_event)
+        first = (in_batch if in_batch is not None else self._counter(b"event_seq")) + 1
+        encoded = encode(first, store.store_id)
+        if not encoded:
+            return 0
+        last = first + len(encoded) - 1
+        if in_batch is not None:
+            store._event_seq = last
+        else:
+            self._put(b"event_seq", _u64(last), db=self._db[b"meta"])
+        self.wrote = True
         with self._txn.cursor(db=self._db[b"events"]) as cur:
-            cur.putmulti(((_u64(seq), pack(e)) for seq, e in enumerate(events, first)), append=True)
+            cur.putmulti(zip(map(_u64, range(first, last + 1)), encoded, strict=True), append=True)
+        return len(encoded)
 
     def events(self, after: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
         with self._txn.cursor(db=self._db[b"events"]) as cur:

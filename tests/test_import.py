@@ -149,18 +149,39 @@ def test_a_template_is_refused_when_the_engine_would_write_more(tmp_path: Path) 
     try:
         provision(world)
         templates = admin.LineTemplates()
+        serial = itertools.count()
 
-        def templated(state: str) -> bool:
+        def templated(state: str, account: str = "flex", plan: str | None = None) -> bool:
             before = templates.rendered
-            row = {"account": "flex", "imsi": f"0010100000001{len(state)}", "state": state}
-            world.store.write(
-                lambda txn: admin.add_lines(txn, world.engine, [row], now=world.now, templates=templates)
-            )
+            row = {"account": account, "imsi": f"0010100000001{next(serial):02d}", "state": state, "plan": plan}
+            world.store.write(lambda txn: admin.add_lines(txn, world.engine, [row], now=world.now, templates=templates))
             return templates.rendered > before
 
         assert not templated("active")
         assert templated("provisioned")
+        # A fee, a wallet balance after it, buckets, a bonus: all rendered from the template.
+        assert templated("active", "rich", "promo") and templated("active", "rich", "promo")
         pool = [b for b in world.account_buckets("flex") if b.kind == "pool"]
         assert [b.remaining for b in pool] == [1000]  # one active line: grown once, by the engine
+    finally:
+        world.close()
+
+
+def test_renewals_due_when_the_import_begins_come_first_in_one_gap_free_sequence(tmp_path: Path) -> None:
+    """The account's period ended before the import: its renewal events are written when the account is first
+    read, before the lines' events, and the sequence stays gap-free with unique ids."""
+    world = World(tmp_path / "w")
+    try:
+        provision(world)
+        world.now += 40 * 86400  # past the end of the accounts' first monthly period
+        rows = [{"account": "fam", "imsi": f"0010100000002{i:02d}", "plan": "fam"} for i in range(5)]
+        results = world.store.write(lambda txn: admin.add_lines(txn, world.engine, rows, now=world.now))
+        assert all(isinstance(r, int) for r in results)
+        events = world.events()
+        renewals = [e["seq"] for e in events if e["kind"] == "renewal" and e["subscriber"] is None]
+        created = [e["seq"] for e in events if e["kind"] == "lifecycle" and e["time"] == world.now]
+        assert renewals and created and max(renewals) < min(created)
+        with world.store.read() as txn:
+            check_invariants(txn)
     finally:
         world.close()
