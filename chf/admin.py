@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from chf.catalogue import CatalogueError
@@ -430,20 +431,36 @@ class _LineTemplate:
 
     Built by `LineTemplates` from the engine's own output for a stand-in line, and used only after it
     reproduced, byte for byte, the engine's output for a second stand-in line with other identities and another
-    wallet balance. The events are encoded templates (`store.schema.pack_template`): rendering a line fills in
-    its identities, sequence numbers and wallet balance, where the engine builds a Context, the plan's buckets,
-    the period and every event field by field, and each event is then packed (bulk import, issue #2).
+    wallet balance. The events are encoded templates (`store.schema.pack_template`) turned into bytes formats:
+    rendering a line packs its few own values (identities, bucket names, wallet balance, sequence numbers) and
+    formats each event in C, where the engine builds a Context, the plan's buckets, the period and every event
+    field by field, and each event is then packed (bulk import, issue #2).
     """
 
-    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events")
+    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events", "slots")
 
-    def __init__(self, balances: bytes, balance_delta: int, active_delta: int, events: list[list[Any]]) -> None:
+    def __init__(
+        self, balances: bytes, balance_delta: int, active_delta: int, events: list[tuple[list[bytes], list[Any]]]
+    ) -> None:
         self.balances = balances  # the line's encoded balance set: nothing in it names the line
         self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
         self.active_delta = active_delta  # and to its count of active lines
         self.account_changed = bool(balance_delta or active_delta)
-        # Per event: [first part, (hole, part), (hole, part), ...] from pack_template.
-        self.events = events
+        # The line's own values, each packed once per line: ("sub", attribute), ("line", balance name after the
+        # line id) or ("wallet", offset from the wallet before the line); then the event's sequence and id.
+        self.slots: list[tuple[str, Any]] = []
+        self.events: list[tuple[bytes, Callable[[list[bytes]], tuple[bytes, ...]]]] = []
+        for parts, holes in events:
+            indexes = []
+            for hole in holes:
+                if hole[0] in ("seq", "id"):
+                    indexes.append(-2 if hole[0] == "seq" else -1)
+                    continue
+                if hole not in self.slots:
+                    self.slots.append(hole)
+                indexes.append(self.slots.index(hole))
+            fmt = b"%b".join(part.replace(b"%", b"%%") for part in parts)
+            self.events.append((fmt, itemgetter(*indexes)))  # a tuple: every event has at least seq and id
 
     def fits(self, account: Account) -> bool:
         """Whether the engine would take the template's path: it was traced with the first fee paid."""
@@ -452,25 +469,22 @@ class _LineTemplate:
 
     def encode(self, sub: Subscriber, wallet_before: int, first_seq: int, store_id: str) -> list[bytes]:
         """The line's events, packed as `Txn.append_events` would pack them from sequence number `first_seq`."""
-        identity = {"id": pack(sub.id), "imsi": pack(sub.imsi), "msisdn": pack(sub.msisdn)}
         owner = line_owner(sub.id)
+        values = []
+        for kind, arg in self.slots:
+            if kind == "sub":
+                values.append(pack(getattr(sub, arg)))
+            elif kind == "line":  # a bucket of the line: its balance name holds the line id
+                values.append(pack(owner + arg))
+            else:  # "wallet": `after` is the balance before the line plus an offset
+                values.append(pack(wallet_before + arg))
+        values += (b"", b"")
         out: list[bytes] = []
         seq = first_seq
-        for first_part, *holes in self.events:
-            chunks = [first_part]
-            for (kind, arg), part in holes:
-                if kind == "sub":
-                    chunks.append(identity[arg])
-                elif kind == "line":  # a bucket of the line: its balance name holds the line id
-                    chunks.append(pack(owner + arg))
-                elif kind == "wallet":  # the wallet: `after` is the balance before the line plus an offset
-                    chunks.append(pack(wallet_before + arg))
-                elif kind == "seq":
-                    chunks.append(pack(seq))
-                else:  # "id"
-                    chunks.append(pack(f"{store_id}-{seq}"))
-                chunks.append(part)
-            out.append(b"".join(chunks))
+        for fmt, pick in self.events:
+            values[-2] = pack(seq)
+            values[-1] = pack(f"{store_id}-{seq}")
+            out.append(fmt % pick(values))
             seq += 1
         return out
 
@@ -558,7 +572,7 @@ def _trace_template(
     return template
 
 
-def _event_template(event: dict[str, Any], sub: Subscriber, wallet_before: int) -> list[Any]:
+def _event_template(event: dict[str, Any], sub: Subscriber, wallet_before: int) -> tuple[list[bytes], list[Any]]:
     """An event of a stand-in line as an encoded template: its identities, the balance names of its buckets,
     the wallet balance after it, its sequence number and id become holes."""
     shape = dict(event)
@@ -578,8 +592,7 @@ def _event_template(event: dict[str, Any], sub: Subscriber, wallet_before: int) 
         shape["impacts"] = impacts
     shape["seq"] = Hole(("seq", None))  # what Txn.append_events adds last
     shape["id"] = Hole(("id", None))
-    parts, holes = pack_template(shape)
-    return [parts[0], *zip(holes, parts[1:], strict=True)]
+    return pack_template(shape)
 
 
 def add_lines(

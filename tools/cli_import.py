@@ -8,7 +8,9 @@ chf.admin.add_lines, which applies exactly the checks and writes exactly the rec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import gc
 import io
 import json
 import os
@@ -160,7 +162,8 @@ def cmd_subscriber_import(env: Env) -> int:
     try:
         size = os.fstat(handle.fileno()).st_size
         rows = csv_rows(handle, a.file) if fmt == "csv" else jsonl_rows(handle)
-        return run_import(env, rows, handle, size, fmt)
+        with _batched_collection():
+            return run_import(env, rows, handle, size, fmt)
     except UnicodeDecodeError as exc:
         raise ImportFileError("file", f"{a.file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     finally:
@@ -260,6 +263,7 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
                     batch.append((line_no, row))
                     if len(batch) >= a.batch:
                         flush()
+                        gc.collect()  # the cycles of this batch (refused rows' tracebacks), see _batched_collection
             if read % 4096 == 0:
                 progress.update(_position(handle), read, len(errors) + len(pending))
         flush()
@@ -291,6 +295,25 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
             f"({summary['lines_per_second'] or 0:,} lines/s)" + (" - stopped early" if stopped else "")
         )
     return 0 if not errors and not stopped else 1
+
+
+@contextlib.contextmanager
+def _batched_collection() -> Iterator[None]:
+    """Garbage collection once per batch instead of every few hundred allocations.
+
+    A batch allocates hundreds of thousands of short-lived objects, which reference counting frees; the cycle
+    collector, triggered by the allocation count, would only walk the batch's rows again and again (~15 % of
+    the import's CPU). The objects that exist before the import (modules, catalogue) are frozen out of the
+    collections, and `run_import` collects after each batch (the only cycles are refused rows' tracebacks)."""
+    was_enabled = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _position(handle: Any) -> int:
