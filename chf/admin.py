@@ -616,6 +616,7 @@ def add_lines(
     results: list[int | RequestError] = []
     accounts: dict[str, Context | None] = {}
     account_keys: dict[str, tuple[bytes, bytes | None]] = {}
+    group_templates: dict[tuple[str, str | None, str], _LineTemplate | None] = {}  # this call's, by account id
     events: list[dict[str, Any] | tuple[_LineTemplate, Subscriber, int]] = []  # a template's line: its events later
     if templates is None:
         templates = LineTemplates()
@@ -648,9 +649,14 @@ def add_lines(
             txn.new_subscriber_id(), acct, row["imsi"], row.get("msisdn"), row.get("iccid"), row.get("eid"), state,
             row.get("plan"), now, actor,
         )  # fmt: skip
-        template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
+        group = (acct.id, plan_rec.name if plan_rec is not None else None, state)
+        if group in group_templates:
+            template = group_templates[group]
+        else:
+            template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
+            group_templates[group] = template
         if template is not None and template.fits(acct):
-            txn.put_subscriber(sub)
+            txn.put_new_subscriber(sub)
             events.append((template, sub, acct.balance))
             if template.account_changed:
                 acct.balance += template.balance_delta

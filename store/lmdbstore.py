@@ -195,6 +195,21 @@ class Txn:
             self._put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
         self._put(key, sub.encode(), db=db[b"subscribers"])
 
+    def put_new_subscriber(self, sub: Subscriber) -> None:
+        """`put_subscriber` for a line just numbered by `new_subscriber_id` (bulk import: the same records and
+        index entries, without comparing against a previous version)."""
+        db = self._db
+        put = self._txn.put
+        key = _u64(sub.id)
+        self.wrote = True
+        put(sub.imsi.encode(), key, db=db[b"idx_imsi"])
+        if sub.msisdn:
+            put(sub.msisdn.encode(), key, db=db[b"idx_msisdn"])
+        if sub.iccid:
+            put(sub.iccid.encode(), key, db=db[b"idx_iccid"])
+        put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        put(key, sub.encode(), db=db[b"subscribers"])
+
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
             for _, raw in cur:
