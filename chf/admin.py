@@ -31,6 +31,7 @@ from store.schema import (
     Tenant,
     pack,
     pack_template,
+    pack_value,
 )
 
 
@@ -473,17 +474,17 @@ class _LineTemplate:
         values = []
         for kind, arg in self.slots:
             if kind == "sub":
-                values.append(pack(getattr(sub, arg)))
+                values.append(pack_value(getattr(sub, arg)))
             elif kind == "line":  # a bucket of the line: its balance name holds the line id
-                values.append(pack(owner + arg))
+                values.append(pack_value(owner + arg))
             else:  # "wallet": `after` is the balance before the line plus an offset
-                values.append(pack(wallet_before + arg))
+                values.append(pack_value(wallet_before + arg))
         values += (b"", b"")
         out: list[bytes] = []
         seq = first_seq
         for fmt, pick in self.events:
-            values[-2] = pack(seq)
-            values[-1] = pack(f"{store_id}-{seq}")
+            values[-2] = pack_value(seq)
+            values[-1] = pack_value(f"{store_id}-{seq}")
             out.append(fmt % pick(values))
             seq += 1
         return out

@@ -53,6 +53,9 @@ def pack(obj: Any) -> bytes:
     return _packer.pack(obj)
 
 
+pack_value = _packer.pack  # `pack` without a Python call around it, for loops packing many small values
+
+
 def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
 
