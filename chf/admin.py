@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from chf.catalogue import CatalogueError
@@ -25,8 +26,12 @@ from store.schema import (
     Account,
     BalanceSet,
     Bucket,
+    Hole,
     Subscriber,
     Tenant,
+    pack,
+    pack_template,
+    pack_value,
 )
 
 
@@ -422,8 +427,183 @@ def add_line(
 LINE_FIELDS = ("account", "imsi", "msisdn", "iccid", "eid", "plan", "state")
 
 
+class _LineTemplate:
+    """What `_write_new_line` writes for any new line of one (account, plan, state), as a template.
+
+    Built by `LineTemplates` from the engine's own output for a stand-in line, and used only after it
+    reproduced, byte for byte, the engine's output for a second stand-in line with other identities and another
+    wallet balance. The events are encoded templates (`store.schema.pack_template`) turned into bytes formats:
+    rendering a line packs its few own values (identities, bucket names, wallet balance, sequence numbers) and
+    formats each event in C, where the engine builds a Context, the plan's buckets, the period and every event
+    field by field, and each event is then packed (bulk import, issue #2).
+    """
+
+    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events", "slots")
+
+    def __init__(
+        self, balances: bytes, balance_delta: int, active_delta: int, events: list[tuple[list[bytes], list[Any]]]
+    ) -> None:
+        self.balances = balances  # the line's encoded balance set: nothing in it names the line
+        self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
+        self.active_delta = active_delta  # and to its count of active lines
+        self.account_changed = bool(balance_delta or active_delta)
+        # The line's own values, each packed once per line: ("sub", attribute), ("line", balance name after the
+        # line id) or ("wallet", offset from the wallet before the line); then the event's sequence and id.
+        self.slots: list[tuple[str, Any]] = []
+        self.events: list[tuple[bytes, Callable[[list[bytes]], tuple[bytes, ...]]]] = []
+        for parts, holes in events:
+            indexes = []
+            for hole in holes:
+                if hole[0] in ("seq", "id"):
+                    indexes.append(-2 if hole[0] == "seq" else -1)
+                    continue
+                if hole not in self.slots:
+                    self.slots.append(hole)
+                indexes.append(self.slots.index(hole))
+            fmt = b"%b".join(part.replace(b"%", b"%%") for part in parts)
+            self.events.append((fmt, itemgetter(*indexes)))  # a tuple: every event has at least seq and id
+
+    def fits(self, account: Account) -> bool:
+        """Whether the engine would take the template's path: it was traced with the first fee paid."""
+        fee = -self.balance_delta
+        return fee <= 0 or account.available() >= fee
+
+    def encode(self, sub: Subscriber, wallet_before: int, first_seq: int, store_id: str) -> list[bytes]:
+        """The line's events, packed as `Txn.append_events` would pack them from sequence number `first_seq`."""
+        owner = line_owner(sub.id)
+        values = []
+        for kind, arg in self.slots:
+            if kind == "sub":
+                values.append(pack_value(getattr(sub, arg)))
+            elif kind == "line":  # a bucket of the line: its balance name holds the line id
+                values.append(pack_value(owner + arg))
+            else:  # "wallet": `after` is the balance before the line plus an offset
+                values.append(pack_value(wallet_before + arg))
+        values += (b"", b"")
+        out: list[bytes] = []
+        seq = first_seq
+        for fmt, pick in self.events:
+            values[-2] = pack_value(seq)
+            values[-1] = pack_value(f"{store_id}-{seq}")
+            out.append(fmt % pick(values))
+            seq += 1
+        return out
+
+
+# Stand-in lines for tracing templates: identities no real line has (ids far above any counter), each different.
+_STAND_INS = (
+    (2**62 - 2, "999999999999991", "999999999999981", "8999999999999999991", "9" * 31 + "1", 10**15),
+    (2**62 - 3, "999999999999992", "999999999999982", "8999999999999999992", "9" * 31 + "2", 10**15 + 1_000_003),
+)
+
+
+class LineTemplates:
+    """Templates of new lines for one import (`add_lines`), kept across its batches.
+
+    A template belongs to an account as it was when the template was traced (every field but the wallet and
+    the line count, which lines change, plus its shared balance set), a plan and a state, and to the import's
+    catalogue, time and actor. When no template reproduces the engine exactly (an IoT pool that grows with each
+    line, say), `template` answers None and the line goes through the engine.
+    """
+
+    def __init__(self) -> None:
+        self.rendered = 0  # lines written from a template (the others went through the engine)
+        self._bound: tuple[Any, int, str] | None = None
+        self._templates: dict[tuple[bytes, bytes | None, str | None, str], _LineTemplate | None] = {}
+
+    @staticmethod
+    def account_key(actx: Context) -> tuple[bytes, bytes | None]:
+        shape = Account.decode(actx.account.encode())
+        shape.balance = shape.active_lines = 0
+        return shape.encode(), actx.acct_bs.encode() if actx.acct_bs is not None else None
+
+    def template(
+        self, txn: Txn, engine: Engine, actx: Context, account_key: tuple[bytes, bytes | None], plan_rec: Any,
+        state: str, actor: str,
+    ) -> _LineTemplate | None:  # fmt: skip
+        bound = (engine.catalogue, actx.now, actor)
+        if self._bound != bound:
+            self._bound = bound
+            self._templates.clear()
+        key = (*account_key, plan_rec.name if plan_rec is not None else None, state)
+        if key not in self._templates:
+            self._templates[key] = _trace_template(txn, engine, actx, plan_rec, state, actor)
+        return self._templates[key]
+
+
+def _trace_template(
+    txn: Txn, engine: Engine, actx: Context, plan_rec: Any, state: str, actor: str
+) -> _LineTemplate | None:
+    """Run the engine for two stand-in lines on copies of the account; a template of the first must render the
+    second exactly, or there is no template."""
+    traces = []
+    for line_id, imsi, msisdn, iccid, eid, wallet in _STAND_INS:
+        account = Account.decode(actx.account.encode())
+        account.balance = wallet
+        acct_bs = BalanceSet.decode(actx.acct_bs.encode()) if actx.acct_bs is not None else None
+        acct_bs_before = acct_bs.encode() if acct_bs is not None else None
+        plan_name = plan_rec.name if plan_rec is not None else None
+        sub = _new_subscriber(line_id, account, imsi, msisdn, iccid, eid, state, plan_name, actx.now, actor)
+        sub_before = sub.encode()
+        ctx = Context(txn, actx.catalogue, actx.now, sub, account)
+        ctx.line_bs = BalanceSet()
+        ctx.acct_bs = acct_bs
+        _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
+        if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
+            return None  # the line changes a shared balance set (a flexible pool): the engine does it per line
+        if sub.encode() != sub_before:
+            return None
+        balance_delta, active_delta = account.balance - wallet, account.active_lines - actx.account.active_lines
+        account.balance, account.active_lines = actx.account.balance, actx.account.active_lines
+        if account.encode() != actx.account.encode():
+            return None  # the line changes more of its account than the wallet and the line count
+        assert ctx.line_bs is not None
+        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta, active_delta))
+    (sub_a, wallet_a, events_a, bs_a, balance_a, active_a), (sub_b, wallet_b, events_b, bs_b, balance_b, active_b) = (
+        traces
+    )
+    if bs_a != bs_b or balance_a != balance_b or active_a != active_b or len(events_a) != len(events_b):
+        return None
+    template = _LineTemplate(bs_a, balance_a, active_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
+    first_seq, store_id = 2**40 + 7, "trace"
+    for seq, event in enumerate(events_b, first_seq):
+        event["seq"], event["id"] = seq, f"{store_id}-{seq}"
+    if template.encode(sub_b, wallet_b, first_seq, store_id) != [pack(e) for e in events_b]:
+        return None
+    return template
+
+
+def _event_template(event: dict[str, Any], sub: Subscriber, wallet_before: int) -> tuple[list[bytes], list[Any]]:
+    """An event of a stand-in line as an encoded template: its identities, the balance names of its buckets,
+    the wallet balance after it, its sequence number and id become holes."""
+    shape = dict(event)
+    for key, attr in (("subscriber", "id"), ("imsi", "imsi"), ("msisdn", "msisdn")):
+        if shape.get(key) is not None and shape[key] == getattr(sub, attr):
+            shape[key] = Hole(("sub", attr))
+    line_prefix = line_owner(sub.id) + ":"
+    impacts = []
+    for impact in event.get("impacts", ()):
+        balance = impact.get("balance")
+        if isinstance(balance, str) and balance.startswith(line_prefix):
+            impact = {**impact, "balance": Hole(("line", balance[len(line_prefix) - 1 :]))}
+        elif isinstance(balance, str) and balance.endswith(":wallet") and isinstance(impact.get("after"), int):
+            impact = {**impact, "after": Hole(("wallet", impact["after"] - wallet_before))}
+        impacts.append(impact)
+    if "impacts" in shape:
+        shape["impacts"] = impacts
+    shape["seq"] = Hole(("seq", None))  # what Txn.append_events adds last
+    shape["id"] = Hole(("id", None))
+    return pack_template(shape)
+
+
 def add_lines(
-    txn: Txn, engine: Engine, rows: list[dict[str, Any]], *, now: int, actor: str = "admin"
+    txn: Txn,
+    engine: Engine,
+    rows: list[dict[str, Any]],
+    *,
+    now: int,
+    actor: str = "admin",
+    templates: LineTemplates | None = None,
 ) -> list[int | RequestError]:
     """Add many lines in one transaction (bulk import): per row, the new line id or the RequestError that
     refused it. Each row gets exactly the checks, records and events of `add_line`; a refused row writes
@@ -431,16 +611,23 @@ def add_lines(
     identity within `rows` is refused like one already in the store.
 
     Faster than `add_line` per row because each account (and its shared balance set) is read, brought up to
-    date and written once per call instead of once per line; the rows' events are the same."""
+    date and written once per call instead of once per line, and because the records and events of a line are
+    rendered from a template per (account, plan, state) that the engine's own output was checked against
+    (`LineTemplates`; pass one to keep it across calls of one import); the rows' events are the same."""
     results: list[int | RequestError] = []
     accounts: dict[str, Context | None] = {}
-    events: list[dict[str, Any]] = []
+    account_keys: dict[str, tuple[bytes, bytes | None]] = {}
+    group_templates: dict[tuple[str, str | None, str], _LineTemplate | None] = {}  # this call's, by account id
+    events: list[dict[str, Any] | tuple[_LineTemplate, Subscriber, int]] = []  # a template's line: its events later
+    if templates is None:
+        templates = LineTemplates()
 
     def get_account(account_id: str) -> Account | None:
         if account_id not in accounts:
             ctx = engine.account_context(txn, account_id, now)
             if ctx is not None:
                 ctx.flush()  # renewals that were due when the import began, before the lines' events
+                account_keys[account_id] = LineTemplates.account_key(ctx)
             accounts[account_id] = ctx
         actx = accounts[account_id]
         return actx.account if actx is not None else None
@@ -463,6 +650,23 @@ def add_lines(
             txn.new_subscriber_id(), acct, row["imsi"], row.get("msisdn"), row.get("iccid"), row.get("eid"), state,
             row.get("plan"), now, actor,
         )  # fmt: skip
+        group = (acct.id, plan_rec.name if plan_rec is not None else None, state)
+        if group in group_templates:
+            template = group_templates[group]
+        else:
+            template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
+            group_templates[group] = template
+        if template is not None and template.fits(acct):
+            txn.put_new_subscriber(sub)
+            events.append((template, sub, acct.balance))
+            if template.account_changed:
+                acct.balance += template.balance_delta
+                acct.active_lines += template.active_delta
+                actx.account_dirty = True
+            txn.put_line_balances_encoded(sub.id, template.balances)
+            templates.rendered += 1
+            results.append(sub.id)
+            continue
         ctx = Context(txn, catalogue, now, sub, acct)
         ctx.line_bs = BalanceSet()
         ctx.acct_bs = actx.acct_bs  # shared: a flexible pool grows with each activated line
@@ -476,7 +680,23 @@ def add_lines(
         ctx.events.clear()
         ctx.flush()
         results.append(sub.id)
-    txn.append_events(events)
+
+    def encode_events(first_seq: int, store_id: str) -> list[bytes]:
+        encoded: list[bytes] = []
+        seq = first_seq
+        for item in events:
+            if isinstance(item, dict):  # an event of the engine, as Txn.append_events packs it
+                item["seq"], item["id"] = seq, f"{store_id}-{seq}"
+                encoded.append(pack(item))
+                seq += 1
+            else:
+                template, sub, wallet_before = item
+                line_events = template.encode(sub, wallet_before, seq, store_id)
+                encoded += line_events
+                seq += len(line_events)
+        return encoded
+
+    txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
             actx.flush()

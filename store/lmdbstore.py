@@ -195,6 +195,21 @@ class Txn:
             self._put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
         self._put(key, sub.encode(), db=db[b"subscribers"])
 
+    def put_new_subscriber(self, sub: Subscriber) -> None:
+        """`put_subscriber` for a line just numbered by `new_subscriber_id` (bulk import: the same records and
+        index entries, without comparing against a previous version)."""
+        db = self._db
+        put = self._txn.put
+        key = _u64(sub.id)
+        self.wrote = True
+        put(sub.imsi.encode(), key, db=db[b"idx_imsi"])
+        if sub.msisdn:
+            put(sub.msisdn.encode(), key, db=db[b"idx_msisdn"])
+        if sub.iccid:
+            put(sub.iccid.encode(), key, db=db[b"idx_iccid"])
+        put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        put(key, sub.encode(), db=db[b"subscribers"])
+
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
             for _, raw in cur:
@@ -210,6 +225,10 @@ class Txn:
 
     def put_line_balances(self, line_id: int, balances: BalanceSet) -> None:
         self._put(line_key(line_id) + b"\x00", balances.encode(), db=self._db[b"balances"])
+
+    def put_line_balances_encoded(self, line_id: int, encoded: bytes) -> None:
+        """`put_line_balances` with the record already encoded (bulk import: many lines share one record)."""
+        self._put(line_key(line_id) + b"\x00", encoded, db=self._db[b"balances"])
 
     def get_account_balances(self, account_id: str) -> BalanceSet | None:
         raw = self._txn.get(b"A" + account_id.encode() + b"\x00", db=self._db[b"balances"])
@@ -302,16 +321,34 @@ class Txn:
 
     def append_events(self, events: list[dict[str, Any]]) -> None:
         """`append_event` for many events at once (bulk import): one counter update, one C-level put loop."""
-        if not events:
-            return
-        first = self._counter(b"event_seq") + 1
-        self._txn.put(b"event_seq", _u64(first + len(events) - 1), db=self._db[b"meta"])
-        store_id = self._store.store_id
-        for seq, event in enumerate(events, first):
-            event["seq"] = seq
-            event["id"] = f"{store_id}-{seq}"
+
+        def encode(first: int, store_id: str) -> list[bytes]:
+            for seq, event in enumerate(events, first):
+                event["seq"] = seq
+                event["id"] = f"{store_id}-{seq}"
+            return [pack(e) for e in events]
+
+        self.append_encoded_events(encode)
+
+    def append_encoded_events(self, encode: Callable[[int, str], list[bytes]]) -> int:
+        """Append events that the caller encodes itself (bulk import renders them from templates):
+        `encode(first_seq, store_id)` returns them packed, the i-th with "seq" first_seq + i and "id"
+        f"{store_id}-{seq}", as `append_event` would have written them. Returns how many."""
+        store = self._store
+        in_batch = store._event_seq  # the writer's in-memory counter while a batch is open (see append_event)
+        first = (in_batch if in_batch is not None else self._counter(b"event_seq")) + 1
+        encoded = encode(first, store.store_id)
+        if not encoded:
+            return 0
+        last = first + len(encoded) - 1
+        if in_batch is not None:
+            store._event_seq = last
+        else:
+            self._put(b"event_seq", _u64(last), db=self._db[b"meta"])
+        self.wrote = True
         with self._txn.cursor(db=self._db[b"events"]) as cur:
-            cur.putmulti(((_u64(seq), pack(e)) for seq, e in enumerate(events, first)), append=True)
+            cur.putmulti(zip(map(_u64, range(first, last + 1)), encoded, strict=True), append=True)
+        return len(encoded)
 
     def events(self, after: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
         with self._txn.cursor(db=self._db[b"events"]) as cur:
