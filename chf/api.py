@@ -375,7 +375,7 @@ class ApiServer:
         metrics.WRITE_QUEUE.set(store.queued())
         for name, (backlog, _limit) in export.backlogs(store).items():
             metrics.EXPORT_BACKLOG.labels(name).set(backlog)
-        body = generate_latest(metrics.REGISTRY)
+        body = generate_latest(metrics.exposition())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -48,6 +48,13 @@ class Config:
     log_format: str = "kv"
     store: StoreConfig = field(default_factory=StoreConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    # [server] frontend_workers: 0 runs everything in one process; N > 0 runs the Gy and Nchf front-ends in N
+    # worker processes (SO_REUSEPORT) talking to the core in this process over a Unix socket (chf.corelink).
+    frontend_workers: int = 0
+    # Not read from the file: which part of the process layout this process is. "all" (single process),
+    # "core" (store and services; front-ends in workers) or "worker" (front-ends only). Component factories
+    # use it to build only their part.
+    role: str = "all"
     raw: dict[str, Any] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -125,6 +132,8 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> Config:
     cfg.engine.idempotency_window = en.int("idempotency_window", cfg.engine.idempotency_window, 1)
     cfg.engine.reap_factor = en.int("reap_factor", cfg.engine.reap_factor, 1)
     cfg.engine.answers_kept = en.int("answers_kept", cfg.engine.answers_kept, 1)
+    sv = _Reader(source, "server", raw.get("server"), errors, {"frontend_workers"})
+    cfg.frontend_workers = sv.int("frontend_workers", cfg.frontend_workers, 0)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -6,9 +6,11 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.samples import Sample
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -131,3 +133,59 @@ def labelled(metric: Any) -> Any:
 
 _granted = labelled(UNITS_GRANTED)
 _consumed = labelled(UNITS_CONSUMED)
+
+
+# -- front-end worker processes (chf.corelink) --
+# Each worker ships its samples to the core; the core's /metrics adds them to its own, so one scrape shows the
+# whole function. Sources return snapshots: [[family name, type, [[sample name, labels, value], ...]], ...].
+REMOTE_SAMPLES: list[Callable[[], list[list[Any]]]] = []
+
+
+def snapshot(registry: CollectorRegistry = REGISTRY) -> list[list[Any]]:
+    """This process's samples, msgpack-friendly. `_created` timestamps are left out: they cannot be summed."""
+    out: list[list[Any]] = []
+    for family in registry.collect():
+        samples = [[s.name, s.labels, s.value] for s in family.samples if not s.name.endswith("_created")]
+        if samples:
+            out.append([family.name, family.type, samples])
+    return out
+
+
+class _Merged:
+    """The registry with the workers' samples summed in (same family, same labels: one series)."""
+
+    def __init__(self, snapshots: list[list[list[Any]]]) -> None:
+        self.snapshots = snapshots
+
+    def collect(self) -> Any:
+        # family -> (sample name, sorted labels) -> [labels as the worker wrote them, summed value]
+        extra: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]] = {}
+        for snap in self.snapshots:
+            for name, _kind, samples in snap:
+                family = extra.setdefault(name, {})
+                for sample_name, labels, value in samples:
+                    key = (sample_name, tuple(sorted(labels.items())))
+                    entry = family.get(key)
+                    if entry is None:
+                        family[key] = [labels, value]
+                    else:
+                        entry[1] += value
+        for family in REGISTRY.collect():
+            more = extra.pop(family.name, None)
+            if more:
+                merged = []
+                for s in family.samples:
+                    entry = more.pop((s.name, tuple(sorted(s.labels.items()))), None)
+                    if entry is not None:
+                        s = Sample(s.name, s.labels, s.value + entry[1], s.timestamp, s.exemplar)
+                    merged.append(s)
+                merged.extend(Sample(name, labels, value) for (name, _), (labels, value) in more.items())
+                family.samples = merged
+            yield family
+
+
+def exposition() -> Any:
+    """What /metrics renders: the registry, plus the front-end workers' samples when there are workers."""
+    if not REMOTE_SAMPLES:
+        return REGISTRY
+    return _Merged([snap for source in REMOTE_SAMPLES for snap in source()])

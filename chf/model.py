@@ -98,6 +98,36 @@ class ChargingRequest:
     notify: Any = None  # what the front-end needs to reach the client later (peer, notify URI)
     idempotency_key: str | None = None  # for EVENT; defaults to session + number
 
+    def pack(self) -> list[Any]:
+        """Positional lists (msgpack-friendly): front-end worker processes send requests to the core this way.
+        `notify` must itself be packable (Gy: [host, realm], Nchf: the notify URI)."""
+        return [
+            1,  # version: a worker and a core of different releases refuse each other's requests
+            self.kind,
+            self.session,
+            self.number,
+            [list(i) for i in self.identities],
+            [[u.rating_group, u.service_id, u.requested, [[r.units, r.reason] for r in u.used], u.reason]
+             for u in self.units],
+            self.protocol,
+            self.action,
+            self.serving_network,
+            self.rat,
+            self.apn,
+            self.notify,
+            self.idempotency_key,
+        ]  # fmt: skip
+
+    @classmethod
+    def unpack(cls, r: list[Any]) -> ChargingRequest:
+        if not r or r[0] != 1:
+            raise ValueError(f"unsupported ChargingRequest version {r[0] if r else None!r}")
+        units = [
+            UnitRequest(u[0], u[1], u[2], [UsageReport(x[0], x[1]) for x in u[3]], u[4]) for u in r[5]
+        ]
+        identities = [(i[0], i[1]) for i in r[4]]
+        return cls(r[1], r[2], r[3], identities, units, r[6], r[7], r[8], r[9], r[10], r[11], r[12])
+
 
 @dataclass(slots=True)
 class FinalUnit:
@@ -195,6 +225,13 @@ class Signal:
     protocol: str
     notify: Any = None
     rating_groups: tuple[int, ...] = ()
+
+    def pack(self) -> list[Any]:
+        return [self.kind, self.session, self.protocol, self.notify, list(self.rating_groups)]
+
+    @classmethod
+    def unpack(cls, r: list[Any]) -> Signal:
+        return cls(r[0], r[1], r[2], r[3], tuple(r[4]))
 
 
 @dataclass(slots=True)

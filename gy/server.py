@@ -334,6 +334,10 @@ class GyServer:
         self._server: asyncio.base_events.Server | None = None
         self._timer: asyncio.Task[None] | None = None
         self.port = config.port
+        # In a front-end worker (chf serve with [server] frontend_workers): the workers share the port through
+        # SO_REUSEPORT (the kernel spreads the connections), and every worker gets every signal, so only the
+        # one holding the peer's connection acts on it.
+        self.worker = False
 
     def remember(self, key: Any, data: bytes) -> None:
         answers = self.answers
@@ -348,7 +352,12 @@ class GyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: GyProtocol(self), self.config.listen, self.config.port, reuse_address=True, backlog=1024
+            lambda: GyProtocol(self),
+            self.config.listen,
+            self.config.port,
+            reuse_address=True,
+            reuse_port=self.worker or None,
+            backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.service.bus.subscribe("gy", self.signal)
@@ -396,6 +405,8 @@ class GyServer:
         notify = sig.notify if isinstance(sig.notify, list | tuple) and len(sig.notify) == 2 else None
         conn = self.by_host.get(notify[0]) if notify else None
         if conn is None or conn.transport is None:
+            if self.worker:  # another worker may hold the peer: not ours to count or log
+                return
             metrics.SIGNALS.labels("gy", sig.kind, "no_peer").inc()
             log.info("event=signal_undeliverable kind=%s session=%s", sig.kind, sig.session)
             return
@@ -447,4 +458,9 @@ def gy_components(config: Any, service: ChargingService) -> list[Any]:
     section = dict(section)
     if os.environ.get("CHF_GY_PORT"):
         section["port"] = int(os.environ["CHF_GY_PORT"])
-    return [GyServer(GyConfig.from_section(section, config.source), service)]
+    server = GyServer(GyConfig.from_section(section, config.source), service)
+    role = getattr(config, "role", "all")
+    if role == "core":  # the workers run the Gy server; the core only checks the section at start-up
+        return []
+    server.worker = role == "worker"
+    return [server]

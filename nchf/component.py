@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,14 +144,24 @@ class NchfComponent:
             error_responder=transport_error,
         )
         self.notifier = Notifier(settings.notify)
+        self.worker = False
+
+    def as_worker(self, worker_id: int, workers: int) -> None:
+        """Run in front-end worker `worker_id` of `workers`: share the port, leave notifications to the core, and
+        number unnumbered requests in this worker's own residue class so two workers never hand out the same
+        number (itertools.count(start, step): start and step as NchfApp's clock-based counter, interleaved)."""
+        self.worker = True
+        self.server.reuse_port = True
+        self.app._unnumbered = itertools.count((2**32 + time.time_ns() // 1000) * workers + worker_id, workers)
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def start(self) -> None:
-        await self.notifier.start()
-        self.service.bus.subscribe("nchf", self.notifier.on_signal)
+        if not self.worker:  # in worker mode the core sends the notifications (NchfNotifierComponent): once
+            await self.notifier.start()
+            self.service.bus.subscribe("nchf", self.notifier.on_signal)
         await self.server.start()
         log.info(
             "event=nchf_listening address=%s port=%d tls=%s auth=%s",
@@ -161,14 +173,38 @@ class NchfComponent:
 
     async def stop(self) -> None:
         await self.server.stop()
+        if not self.worker:
+            await self.notifier.stop()
+
+
+class NchfNotifierComponent:
+    """The core's part of Nchf when the front-ends run in workers: notifications to the SMF (re-auth, abort) go
+    from the core, which publishes them, so each is sent once whatever the number of workers."""
+
+    name = "nchf-notify"
+
+    def __init__(self, service: ChargingService, settings: NchfSettings) -> None:
+        self.service = service
+        self.notifier = Notifier(settings.notify)
+
+    async def start(self) -> None:
+        await self.notifier.start()
+        self.service.bus.subscribe("nchf", self.notifier.on_signal)
+
+    async def stop(self) -> None:
         await self.notifier.stop()
 
 
-def nchf_components(config: Config, service: ChargingService) -> list[NchfComponent]:
+def nchf_components(config: Config, service: ChargingService) -> list[Any]:
     """`chf serve` factory: an Nchf front-end when conf/chf.toml has an enabled [nchf] section."""
     if "nchf" not in config.raw:
         return []
     settings = parse_settings(config.section("nchf"), config.source)
     if not settings.enabled:
         return []
-    return [NchfComponent(service, settings)]
+    if config.role == "core":
+        return [NchfNotifierComponent(service, settings)]
+    component = NchfComponent(service, settings)
+    if config.role == "worker":
+        component.as_worker(getattr(service, "worker_id", 0), max(config.frontend_workers, 1))
+    return [component]

@@ -586,10 +586,16 @@ class HttpServer:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.in_flight = 0
         self._server: asyncio.AbstractServer | None = None
+        self.reuse_port = False  # front-end workers share the port (SO_REUSEPORT)
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: HttpConnection(self), self.host, self.port, ssl=self.ssl_context, backlog=1024
+            lambda: HttpConnection(self),
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=1024,
+            reuse_port=self.reuse_port or None,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]

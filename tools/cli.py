@@ -168,7 +168,7 @@ def cmd_serve(env: Env) -> int:
 
     config = env.config
     env.close()
-    return serve(config)
+    return serve(config, worker=env.args.worker)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", parents=[common], help="run the charging function in the foreground")
+    # Internal: `chf serve` starts its front-end workers ([server] frontend_workers) with it.
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     for register in SUBCOMMANDS:

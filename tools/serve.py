@@ -4,6 +4,12 @@ Start-up order: store (with its group-commit writer), catalogue, charging servic
 services configured in conf/chf.toml. SIGHUP reloads the catalogue (an invalid file is reported and the
 running one kept). Shutdown runs in reverse: front-ends stop taking requests and drain, then the writer
 commits what is queued, then the store closes.
+
+With `[server] frontend_workers = N` (N > 0) this process is the core (store, engine, sweeper, API, exporters,
+Nchf notifications) and N worker processes (`chf serve --worker I`) run the Gy and Nchf servers on the same
+ports (SO_REUSEPORT), reaching the core over the core link (chf.corelink). A worker that exits is restarted.
+The core is ready once every worker listens; on shutdown the workers drain first (Gy DPR, HTTP/2 GOAWAY,
+answers still due from the core), then the core stops as above.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Protocol
 from chf.api import api_components
 from chf.catalogue import CatalogueError, load_catalogue
 from chf.config import Config, ConfigError
+from chf.corelink import CoreLinkServer, RemoteService, link_path
 from chf.engine import EngineConfig
 from chf.export import export_components
 from chf.service import ChargingService, tune_collector
@@ -108,7 +115,82 @@ def build_service(config: Config, store: Store) -> ChargingService:
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 
 
+WORKER_START_TIMEOUT = 60.0  # seconds for every worker to listen before start-up fails
+WORKER_STOP_TIMEOUT = 30.0  # seconds a worker gets to drain after SIGTERM before SIGKILL
+WORKER_RESTART_DELAY = 1.0  # seconds between a worker's exit and its restart (no tight crash loop)
+
+
+class WorkerPool:
+    """The core's front-end workers: spawned, restarted when they exit, stopped (drained) before the core."""
+
+    name = "frontend-workers"
+
+    def __init__(self, config: Config, link: CoreLinkServer) -> None:
+        self.config = config
+        self.link = link
+        self.count = config.frontend_workers
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def command(self, worker_id: int) -> list[str]:
+        cmd = [sys.executable, "-m", "tools.cli"]
+        if self.config.source != "<defaults>":
+            cmd += ["--config", self.config.source]
+        return [*cmd, "serve", "--worker", str(worker_id)]
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._supervise(i), name=f"chf-worker-{i}") for i in range(self.count)]
+
+    async def wait_ready(self, stop: asyncio.Event) -> bool:
+        """True once every worker listens; False when told to stop first. Raises after WORKER_START_TIMEOUT."""
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while len(self.link.ready_workers) < self.count:
+            if stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"front-end workers not ready after {WORKER_START_TIMEOUT:.0f} s")
+            self.link.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.link.changed.wait(), 0.2)
+        return True
+
+    async def _supervise(self, worker_id: int) -> None:
+        while not self._stopping:
+            proc = await asyncio.create_subprocess_exec(*self.command(worker_id))
+            self.procs[worker_id] = proc
+            log.info("event=worker_started worker=%d pid=%d", worker_id, proc.pid)
+            rc = await proc.wait()
+            if self._stopping:
+                return
+            log.error("event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f", worker_id, proc.pid, rc,
+                      WORKER_RESTART_DELAY)  # fmt: skip
+            await asyncio.sleep(WORKER_RESTART_DELAY)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for worker_id, proc in self.procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("event=worker_kill worker=%d pid=%d reason=drain_timeout", worker_id, proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
+    if config.frontend_workers > 0 and config.role == "all":
+        config.role = "core"
     store = open_store(config)
     try:
         service = build_service(config, store)
@@ -135,11 +217,22 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     pid_path = os.path.join(config.data_dir, "chf.pid")
+    pool: WorkerPool | None = None
     try:
         for component in components:
             await component.start()
             log.info("event=component_started name=%s", component.name)
         os.makedirs(config.data_dir, exist_ok=True)
+        if config.role == "core":
+            link = CoreLinkServer(service, link_path(config.data_dir))
+            await link.start()
+            # Stopped first (reverse order): the workers drain while the link still answers them.
+            components.append(link)
+            pool = WorkerPool(config, link)
+            await pool.start()
+            components.append(pool)
+            if not await pool.wait_ready(stop):
+                return
         with open(pid_path, "w", encoding="ascii") as f:
             f.write(f"{os.getpid()}\n")
         log.info(
@@ -150,6 +243,8 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             service.catalogue.digest[:12],
             ",".join(c.name for c in components) or "-",
         )
+        if pool is not None:
+            log.info("event=frontend_workers_ready workers=%d", pool.count)
         if started is not None:
             res = started(service)
             if res is not None:
@@ -171,7 +266,61 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         log.info("event=stopped")
 
 
-def serve(config: Config) -> int:
+async def run_worker(config: Config, worker_id: int) -> None:
+    """A front-end worker: the Gy and Nchf servers of the configuration on a RemoteService (the core link)."""
+    config.role = "worker"
+    remote = RemoteService(link_path(config.data_dir), worker_id)
+    await remote.connect()
+    service: Any = remote  # offers what the front-ends use of ChargingService
+    components: list[Component] = []
+    for factory in (gy_components, nchf_components):
+        components.extend(factory(config, service))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # SIGHUP goes to the core (catalogue reload); a worker has nothing to reload.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+
+    async def ship_metrics() -> None:
+        while True:
+            remote.send_metrics()
+            await asyncio.sleep(1.0)
+
+    shipper = asyncio.create_task(ship_metrics(), name="chf-worker-metrics")
+    started: list[Component] = []
+    try:
+        for component in components:
+            await component.start()
+            started.append(component)
+        remote.ready()
+        log.info("event=worker_ready worker=%d pid=%d components=%s", worker_id, os.getpid(),
+                 ",".join(c.name for c in components) or "-")  # fmt: skip
+        closed = asyncio.create_task(remote.closed.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel()
+        stopping.cancel()
+        if remote.closed.is_set() and not stop.is_set():
+            log.error("event=worker_core_lost worker=%d", worker_id)
+    finally:
+        for component in reversed(started):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("event=component_stop_failed name=%s", component.name)
+        shipper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shipper
+        remote.send_metrics()  # the last counts, so the core's totals include this worker's final requests
+        await asyncio.sleep(0)
+        await remote.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("event=worker_stopped worker=%d", worker_id)
+
+
+def serve(config: Config, worker: int | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     try:
         import uvloop
@@ -181,7 +330,7 @@ def serve(config: Config) -> int:
         runner = asyncio.run
     tune_collector()
     try:
-        runner(run(config))
+        runner(run(config) if worker is None else run_worker(config, worker))
     except CatalogueError as exc:
         log.error("event=catalogue_invalid errors=%s", json.dumps(exc.errors))
         return 2
