@@ -122,9 +122,7 @@ class ChargingRequest:
     def unpack(cls, r: list[Any]) -> ChargingRequest:
         if not r or r[0] != 1:
             raise ValueError(f"unsupported ChargingRequest version {r[0] if r else None!r}")
-        units = [
-            UnitRequest(u[0], u[1], u[2], [UsageReport(x[0], x[1]) for x in u[3]], u[4]) for u in r[5]
-        ]
+        units = [UnitRequest(u[0], u[1], u[2], [UsageReport(x[0], x[1]) for x in u[3]], u[4]) for u in r[5]]
         identities = [(i[0], i[1]) for i in r[4]]
         return cls(r[1], r[2], r[3], identities, units, r[6], r[7], r[8], r[9], r[10], r[11], r[12])
 
