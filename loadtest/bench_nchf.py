@@ -19,7 +19,10 @@ import asyncio
 import json
 import re
 import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +34,7 @@ from chf.catalogue import parse_catalogue
 from chf.engine import Engine
 from chf.model import INITIAL, ChargingRequest, UnitRequest
 from chf.service import ChargingService, tune_collector
+from loadtest.gy import REPO, tree_cpu, wait_ready
 from nchf.component import NchfComponent, NchfSettings
 from store.lmdbstore import Store, Txn
 
@@ -141,14 +145,26 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     preload(store, engine, args.lines, now)
     print(f"preloaded {args.lines} lines with open sessions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    service = ChargingService(
-        store, catalogue, **({"sweep_interval": args.sweep_interval} if args.sweep_interval else {})
-    )
-    await service.start()
-    component = NchfComponent(service, NchfSettings(port=0))
-    await component.start()
-    tune_collector()  # as `chf serve` does once it is up
-    port = component.port
+    server: subprocess.Popen[bytes] | None = None
+    if args.workers is None:
+        service = ChargingService(
+            store, catalogue, **({"sweep_interval": args.sweep_interval} if args.sweep_interval else {})
+        )
+        await service.start()
+        component: NchfComponent | None = NchfComponent(service, NchfSettings(port=0))
+        assert component is not None
+        await component.start()
+        tune_collector()  # as `chf serve` does once it is up
+        port = component.port
+    else:  # a real `chf serve` child on the preloaded store, with [server] frontend_workers = args.workers
+        store.close()
+        component = None
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "--config", str(serve_config(args, workdir, port)), "serve"],
+            cwd=REPO,
+        )
+        wait_ready(workdir, server)
     uris = workdir / "uris.txt"
     uris.write_text("".join(f"http://127.0.0.1:{port}{API}/b{i}/update\n" for i in range(args.lines)))
     body = workdir / "update.json"
@@ -169,13 +185,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.rps:
         cmd += ["--rps", str(max(1, args.rps // args.connections))]
     commits0, ops0 = store.commits, store.committed_ops
-    cpu0 = time.process_time()
+    cpu0 = time.process_time() if server is None else sum(tree_cpu(server.pid).values())
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
-    cpu = time.process_time() - cpu0
-    commits, ops = store.commits - commits0, store.committed_ops - ops0
-    await component.stop()
-    await service.stop()
+    if server is None:
+        assert component is not None
+        cpu = time.process_time() - cpu0
+        commits, ops = store.commits - commits0, store.committed_ops - ops0
+        await component.stop()
+        await service.stop()
+    else:
+        # CPU of the core and its workers over the whole h2load run (warm-up included), per request sent.
+        cpu = sum(tree_cpu(server.pid).values()) - cpu0
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        store = Store(workdir / "chf.lmdb", durability="fsync")
+        commits = ops = 0  # the store is in the child: its batch size is not seen from here
     text = out.decode()
     if proc.returncode != 0:
         raise SystemExit(f"h2load failed ({proc.returncode}): {err.decode()}\n{text}")
@@ -208,13 +233,54 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "max_ms": durations[-1] / 1000 if durations else 0.0,
         "mean_ms": statistics.fmean(durations) / 1000 if durations else 0.0,
         "batch": ops / commits if commits else 0,
-        "server_cpu_us_per_request": cpu / ops * 1e6 if ops else 0,
+        "server_cpu_us_per_request": (cpu / ops * 1e6 if ops else 0) if server is None else cpu_per_request(cpu, text),
         "usage_charged_bytes": charged,
         "usage_expected_min_bytes": ok * USED_PER_UPDATE,
         "h2load_summary": "\n".join(
             line for line in text.splitlines() if line.startswith(("finished", "requests:", "status codes:"))
         ),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_config(args: argparse.Namespace, workdir: Path, port: int) -> Path:
+    """conf for the `chf serve` child (--workers): the preloaded store, fsync, Nchf on `port`."""
+    (workdir / "catalogue.toml").write_text(CATALOGUE)
+    path = workdir / "chf.toml"
+    path.write_text(
+        f"""
+[chf]
+data_dir = "{workdir}"
+catalogue = "{workdir / "catalogue.toml"}"
+log_level = "warning"
+
+[server]
+frontend_workers = {args.workers}
+
+[store]
+path = "{workdir / "chf.lmdb"}"
+durability = "fsync"
+writer = "{args.writer}"
+
+[nchf]
+listen = "127.0.0.1"
+port = {port}
+"""
+    )
+    return path
+
+
+def cpu_per_request(cpu: float, h2load_output: str) -> float:
+    """Server CPU µs per request when the server is a child: its CPU over the whole h2load run (warm-up too)
+    divided by every request h2load completed, warm-up included."""
+    match = re.search(r"requests: \d+ total, \d+ started, (\d+) done", h2load_output)
+    done = int(match.group(1)) if match else 0
+    return cpu / done * 1e6 if done else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--writer", choices=["thread", "inline"], default="thread", help="[store] writer")
     ap.add_argument(
         "--sweep-interval", type=float, default=0.0, help="seconds between sweeper slices (0: the service default)"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run a real `chf serve` child with [server] frontend_workers = N (0: chf serve in one process) "
+        "instead of the in-process server",
     )
     ap.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     args = ap.parse_args(argv)

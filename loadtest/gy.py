@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
 
 
-def server_config(tmp: Path, port: int, durability: str, writer: str = "thread") -> Path:
+def server_config(tmp: Path, port: int, durability: str, writer: str = "thread", workers: int = 0) -> Path:
     path = tmp / "chf.toml"
     path.write_text(
         f"""
@@ -45,6 +45,9 @@ def server_config(tmp: Path, port: int, durability: str, writer: str = "thread")
 data_dir = "{tmp}"
 catalogue = "{REPO / "conf" / "catalogue.toml"}"
 log_level = "warning"
+
+[server]
+frontend_workers = {workers}
 
 [store]
 path = "{tmp / "chf.lmdb"}"
@@ -233,6 +236,38 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (chf serve's front-end workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of `pid` (the core) and of its children (front-end workers), which live the whole run."""
+    workers = 0.0
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            workers += proc_cpu(child)
+    return {"core": proc_cpu(pid), "workers": workers}
+
+
+def wait_ready(data_dir: Path, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """`chf serve` writes its pid file once it is ready, with every front-end worker listening."""
+    deadline = time.monotonic() + timeout
+    while not (data_dir / "chf.pid").exists():
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("server did not start")
+        time.sleep(0.1)
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the server's event-loop thread (the main thread) and of all its other threads together
     (the store writer runs the engine there)."""
@@ -266,14 +301,18 @@ async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int 
     await asyncio.sleep(args.warmup)
     stats.latencies = {"I": [], "U": [], "T": []}
     stats.codes.clear()
-    cpu0 = proc_cpu(server_pid) if server_pid else 0.0
+    tree0 = tree_cpu(server_pid) if server_pid else {}
+    cpu0 = sum(tree0.values())
     threads0 = thread_cpu(server_pid) if server_pid else {}
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     await asyncio.sleep(args.duration)
     elapsed = time.monotonic() - t0
-    cpu1 = proc_cpu(server_pid) if server_pid else 0.0
+    tree1 = tree_cpu(server_pid) if server_pid else {}
+    cpu1 = sum(tree1.values())
     threads1 = thread_cpu(server_pid) if server_pid else {}
+    # With front-end workers the core's threads are "loop" and "other", the workers' processes "workers".
+    threads0["workers"], threads1["workers"] = tree0.get("workers", 0.0), tree1.get("workers", 0.0)
     own1 = resource.getrusage(resource.RUSAGE_SELF)
     counts = {k: len(v) for k, v in stats.latencies.items()}
     for t in tasks:
@@ -327,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="thread", help="the store's [store] writer")
+    p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
     p.add_argument(
         "--plan-on",
         choices=("account", "line"),
@@ -350,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            config = server_config(Path(tmp), port, args.durability, args.writer)
+            config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
             provision(config, args.sessions, args.plan_on)
             server = subprocess.Popen(
                 [
@@ -364,19 +404,13 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=REPO,
             )
             try:
-                deadline = time.monotonic() + 30
-                while True:
-                    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("server did not start")
-                    time.sleep(0.1)
+                wait_ready(Path(tmp), server)
                 result = runner(drive(args, "127.0.0.1", port, server.pid))
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(30)
         result["durability"] = args.durability
-    result["settings"] = {k: getattr(args, k) for k in ("connections", "sessions", "updates", "rate")}
+    result["settings"] = {k: getattr(args, k) for k in ("connections", "sessions", "updates", "rate", "workers")}
     if args.json:
         print(json.dumps(result))
     else:
