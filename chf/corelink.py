@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -35,6 +36,11 @@ from chf.service import SignalBus, StoreBusy, StoreClosed
 
 log = logging.getLogger("chf.corelink")
 
+# A request number the core assigns: Nchf requests that carry invocationSequenceNumber 0 after the create get a
+# number no client can send that never repeats (nchf.app). The engine refuses a number at or below one already
+# applied to the session, so they must grow across all workers: one counter, in the core. (-1: no protocol
+# numbers below 0.)
+ASSIGN_NUMBER = -1
 MAX_FRAME = 16 << 20  # a request is a few hundred bytes; anything this big is a broken peer (invariant 7)
 Done = Callable[[ChargingAnswer | BaseException], None]
 
@@ -148,6 +154,8 @@ class _CoreConnection(_Framed):
             log.error("event=corelink_bad_request worker=%s error=%r", self.worker_id, exc)
             self.send([request_id, "internal", None, "malformed request on the core link"])
             return
+        if request.number == ASSIGN_NUMBER:
+            request.number = next(self.link.numbers)
 
         def done(result: ChargingAnswer | BaseException) -> None:
             if isinstance(result, BaseException):
@@ -175,6 +183,8 @@ class CoreLinkServer:
         self.ready_workers: set[int] = set()
         self.changed = asyncio.Event()  # set whenever a worker becomes ready
         self._retired: list[list[Any]] = []  # counters of workers that exited: totals must not go down
+        # As nchf.app's own counter: above Uint32, microseconds since the epoch, so it grows across restarts too.
+        self.numbers = itertools.count(2**32 + time.time_ns() // 1000)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:

@@ -146,6 +146,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     preload(store, engine, args.lines, now)
     print(f"preloaded {args.lines} lines with open sessions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     server: subprocess.Popen[bytes] | None = None
+    split: dict[str, float] = {}
     if args.workers is None:
         service = ChargingService(
             store, catalogue, **({"sweep_interval": args.sweep_interval} if args.sweep_interval else {})
@@ -185,8 +186,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.rps:
         cmd += ["--rps", str(max(1, args.rps // args.connections))]
     commits0, ops0 = store.commits, store.committed_ops
-    cpu0 = time.process_time() if server is None else sum(tree_cpu(server.pid).values())
+    cpu0 = time.process_time()
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    if server is not None:
+        # h2load counts the requests after its warm-up only: measure the child's CPU over the same window.
+        await asyncio.sleep(args.warmup)
+        tree0 = tree_cpu(server.pid)
     out, err = await proc.communicate()
     if server is None:
         assert component is not None
@@ -196,7 +201,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await service.stop()
     else:
         # CPU of the core and its workers over the whole h2load run (warm-up included), per request sent.
-        cpu = sum(tree_cpu(server.pid).values()) - cpu0
+        tree1 = tree_cpu(server.pid)
+        cpu = sum(tree1.values()) - sum(tree0.values())
+        split = {k: tree1[k] - tree0[k] for k in tree1}
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         store = Store(workdir / "chf.lmdb", durability="fsync")
@@ -235,6 +242,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "batch": ops / commits if commits else 0,
         "server_cpu_us_per_request": (cpu / ops * 1e6 if ops else 0) if server is None else cpu_per_request(cpu, text),
         "usage_charged_bytes": charged,
+        "server_cpu_split_us": {k: round(v / max(1, len(durations)) * 1e6) for k, v in split.items()} if split else {},
         "usage_expected_min_bytes": ok * USED_PER_UPDATE,
         "h2load_summary": "\n".join(
             line for line in text.splitlines() if line.startswith(("finished", "requests:", "status codes:"))
@@ -276,8 +284,8 @@ port = {port}
 
 
 def cpu_per_request(cpu: float, h2load_output: str) -> float:
-    """Server CPU µs per request when the server is a child: its CPU over the whole h2load run (warm-up too)
-    divided by every request h2load completed, warm-up included."""
+    """Server CPU µs per request when the server is a child: its CPU (core and workers) over h2load's measured
+    window divided by the requests h2load completed in it."""
     match = re.search(r"requests: \d+ total, \d+ started, (\d+) done", h2load_output)
     done = int(match.group(1)) if match else 0
     return cpu / done * 1e6 if done else 0.0
@@ -323,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         f"nchf update (fsync, {args.writer} writer): {res['rate']:,.0f} req/s  p50 {res['p50_ms']:.1f} ms  "
         f"p99 {res['p99_ms']:.1f} ms  "
         f"p99.9 {res['p999_ms']:.1f} ms  max {res['max_ms']:.1f} ms  batch {res['batch']:.0f}  "
-        f"server cpu {res['server_cpu_us_per_request']:.0f} us/request  statuses {res['statuses']}"
+        f"server cpu {res['server_cpu_us_per_request']:.0f} us/request {res['server_cpu_split_us'] or ''}  "
+        f"statuses {res['statuses']}"
     )
     print(f"  h2load {res['h2load']}")
     if res["usage_charged_bytes"] < res["usage_expected_min_bytes"]:

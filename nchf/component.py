@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from chf.config import Config, ConfigError
+from chf.corelink import ASSIGN_NUMBER
 from chf.service import ChargingService
 from nchf.app import NchfApp, transport_error
 from nchf.auth import BearerAuth
@@ -146,13 +146,13 @@ class NchfComponent:
         self.notifier = Notifier(settings.notify)
         self.worker = False
 
-    def as_worker(self, worker_id: int, workers: int) -> None:
-        """Run in front-end worker `worker_id` of `workers`: share the port, leave notifications to the core, and
-        number unnumbered requests in this worker's own residue class so two workers never hand out the same
-        number (itertools.count(start, step): start and step as NchfApp's clock-based counter, interleaved)."""
+    def as_worker(self) -> None:
+        """Run in a front-end worker: share the port, leave notifications to the core, and let the core number the
+        requests that come without a number (one counter for all workers: the engine needs them to grow per
+        session, and the updates of one session may arrive through different workers)."""
         self.worker = True
         self.server.reuse_port = True
-        self.app._unnumbered = itertools.count((2**32 + time.time_ns() // 1000) * workers + worker_id, workers)
+        self.app._unnumbered = itertools.repeat(ASSIGN_NUMBER)
 
     @property
     def port(self) -> int:
@@ -206,5 +206,5 @@ def nchf_components(config: Config, service: ChargingService) -> list[Any]:
         return [NchfNotifierComponent(service, settings)]
     component = NchfComponent(service, settings)
     if config.role == "worker":
-        component.as_worker(getattr(service, "worker_id", 0), max(config.frontend_workers, 1))
+        component.as_worker()
     return [component]

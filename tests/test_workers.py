@@ -231,7 +231,19 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
                 stamp = "invocationTimeStamp"  # the time of this answer; the rest is the first answer's
                 assert {**repeat.json(), stamp: 0} == {**updated.json(), stamp: 0}
                 assert balance(service, "a3") == after_update
-                body = request_body(3, supi=None, units=[usage(10, {"totalVolume": 0}, request=False, final=True)],
+                # Updates without a number (free5GC's SMF) over several connections, hence through both workers:
+                # the core numbers them from one counter, so none looks older than one already applied.
+                others = [await H2Client.connect("127.0.0.1", nchf_port) for _ in range(6)]
+                try:
+                    unnumbered = request_body(0, supi=None, units=[usage(10, {"totalVolume": 1000})], plmn=None)
+                    for i in range(12):
+                        path = f"{API}/chargingdata/{ref}/update"
+                        answer = await others[i % 6].post_json(path, json.dumps(unnumbered).encode())
+                        assert answer.status == 200, answer.body
+                finally:
+                    for other in others:
+                        await other.close()
+                body = request_body(0, supi=None, units=[usage(10, {"totalVolume": 0}, request=False, final=True)],
                                     plmn=None)  # fmt: skip
                 released = await h2.post_json(f"{API}/chargingdata/{ref}/release", json.dumps(body).encode())
                 assert released.status == 204, released.body
