@@ -82,11 +82,17 @@ class _Framed(asyncio.Protocol):
                 return
             if end - pos - 4 < n:
                 break
-            msg = msgpack.unpackb(buf[pos + 4 : pos + 4 + n], raw=False, use_list=True, strict_map_key=False)
+            try:
+                msg = msgpack.unpackb(buf[pos + 4 : pos + 4 + n], raw=False, use_list=True, strict_map_key=False)
+            except Exception as exc:  # a corrupt stream: nothing after it can be trusted
+                log.error("event=corelink_bad_frame error=%r", exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
             pos += 4 + n
             try:
                 self.message(msg)
-            except Exception:
+            except Exception:  # one bad message: logged, the link goes on
                 log.exception("event=corelink_message_failed")
         if pos:
             del buf[:pos]

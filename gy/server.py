@@ -461,6 +461,8 @@ def gy_components(config: Any, service: ChargingService) -> list[Any]:
     server = GyServer(GyConfig.from_section(section, config.source), service)
     role = getattr(config, "role", "all")
     if role == "core":  # the workers run the Gy server; the core only checks the section at start-up
+        if server.config.port == 0:  # each worker would listen on a port of its own
+            raise GyConfigError([f"{config.source}: [gy] port: must be a fixed port with [server] frontend_workers"])
         return []
     server.worker = role == "worker"
     return [server]

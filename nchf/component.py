@@ -203,6 +203,8 @@ def nchf_components(config: Config, service: ChargingService) -> list[Any]:
     if not settings.enabled:
         return []
     if config.role == "core":
+        if settings.port == 0:  # each worker would listen on a port of its own
+            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
         return [NchfNotifierComponent(service, settings)]
     component = NchfComponent(service, settings)
     if config.role == "worker":

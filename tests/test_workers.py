@@ -254,11 +254,18 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
 
             # The workers' front-end metrics on the core's /metrics. Each worker ships its samples every second,
             # so wait until every worker's latest snapshot is past the requests above.
+            # This pytest process is the core: other tests may have counted there already, so the workers' counts
+            # come on top of what the core's own registry holds.
+            def line(name: str, labels: dict[str, str], workers: float) -> str:
+                own = metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+                rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
+                return f"{name}{{{rendered}}} {own + workers}"
+
             expected = [
-                'chf_requests_total{interface="gy",operation="CCR-T",result="success"} 1.0',
-                'chf_requests_total{interface="nchf",operation="release",result="SUCCESS"} 1.0',
-                'chf_duplicate_requests_total{interface="gy"} 1.0',
-                'chf_peers_up{interface="gy"} 2.0',
+                line("chf_requests_total", {"interface": "gy", "operation": "CCR-T", "result": "success"}, 1),
+                line("chf_requests_total", {"interface": "nchf", "operation": "release", "result": "SUCCESS"}, 1),
+                line("chf_duplicate_requests_total", {"interface": "gy"}, 1),
+                line("chf_peers_up", {"interface": "gy"}, 2),
             ]
             text = ""
             for _ in range(50):
@@ -269,6 +276,15 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
                 await asyncio.sleep(0.1)
             assert [line for line in expected if line not in text] == []
             assert "imsi" not in text.lower() and "r;1" not in text  # no subscriber or session in a label
+
+        # A corrupt frame on the core link closes that connection only.
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "corelink.sock"))
+        writer.write(b"\x00\x00\x00\x02\xc1\xc1")  # 0xc1 is never valid msgpack
+        while await asyncio.wait_for(reader.read(65536), 5):  # the core's hello, then EOF
+            pass
+        writer.close()
+        cca = await c2.ccr(ccr("pgw2.test", "w;4", 1, 0, imsi=IMSI2, mscc=[Mscc(10, {})]))
+        assert rc(cca) == 2001
 
         # A worker that dies is restarted, and the service goes on.
         victim = worker_pids()[0]
@@ -326,3 +342,14 @@ async def test_remote_service_fails_waiting_requests_when_the_core_goes() -> Non
     remote._pending[2] = outcomes.append
     remote._lost()
     assert isinstance(outcomes[1], StoreClosed) and remote.closed.is_set()
+
+
+async def test_workers_need_fixed_front_end_ports(tmp_path: Path) -> None:
+    """Port 0 would give each worker a port of its own: refused at start-up, naming the key."""
+    path = write_config(tmp_path, 0, free_port(), free_port())
+    with pytest.raises(ConfigError, match=r"\[gy\] port: must be a fixed port with \[server\] frontend_workers"):
+        await run(load_config(str(path)))
+    path = write_config(tmp_path, free_port(), 0, free_port())
+    with pytest.raises(ConfigError, match=r"\[nchf\] port: must be a fixed port"):
+        await run(load_config(str(path)))
+    assert worker_pids() == []
