@@ -27,12 +27,17 @@ def extensions() -> list[object]:
         return []
     from Cython.Build import cythonize
 
-    return cythonize(
+    modules = cythonize(
         native_modules(),
         quiet=True,
         nthreads=os.cpu_count() or 1,
         compiler_directives={"language_level": 3, "annotation_typing": False},
     )
+    for module in modules:
+        # -O1 halves the compile time of -O3 (Python's default) and measured within noise of it at run time:
+        # the generated code spends its time in CPython's object calls, which no optimisation level changes.
+        module.extra_compile_args = ["-O1"]
+    return modules
 
 
 setup(ext_modules=extensions(), options={"build_ext": {"parallel": os.cpu_count() or 1}})

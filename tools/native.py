@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.machinery
 from pathlib import Path
 
-_PACKAGES = ("store", "chf", "gy", "nchf")
+_PACKAGES = ("store", "chf", "gy", "nchf", "tools")
 _ROOT = Path(__file__).resolve().parents[1]
 
 
