@@ -24,7 +24,7 @@ $(NATIVE_STAMP): $(STAMP) setup.py native-modules.txt $(NATIVE_SOURCES)
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	CHF_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 run: $(NATIVE_STAMP)
