@@ -350,7 +350,7 @@ class ApiServer:
         """Readiness: the store writer runs and the store can be read. A large export backlog is reported but
         does not make the charging function unready: billing export must never take charging out of service."""
         store = self.service.store
-        checks: dict[str, Any] = {"writer": store._thread is not None and store._thread.is_alive()}
+        checks: dict[str, Any] = {"writer": store.running}
         try:
             with store.read() as txn:
                 txn.last_event_seq()
@@ -363,7 +363,15 @@ class ApiServer:
             name: {"backlog": backlog, "limit": limit, "over_limit": backlog > limit}
             for name, (backlog, limit) in backlogs.items()
         }
-        ready = checks["writer"] and checks["store"] and self.started
+        extra_ready = True
+        for name, check in self.service.readiness_checks.items():
+            try:
+                checks[name] = bool(check())
+            except Exception as exc:
+                log.error("event=readyz_check_failed check=%s error=%r", name, exc)
+                checks[name] = False
+            extra_ready = extra_ready and checks[name]
+        ready = checks["writer"] and checks["store"] and self.started and extra_ready
         return web.json_response(
             {"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503
         )

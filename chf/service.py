@@ -104,6 +104,9 @@ class ChargingService:
         self.reaped = 0
         self.renewed = 0
         self.sweeps = 0
+        # Readiness of parts started around the service (e.g. front-end worker processes): name -> check, shown by
+        # the management API's /readyz; all must pass for the process to be ready.
+        self.readiness_checks: dict[str, Callable[[], bool]] = {}
 
     @property
     def catalogue(self) -> Catalogue:

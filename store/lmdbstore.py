@@ -562,6 +562,11 @@ class Store:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def running(self) -> bool:
+        """Whether `submit` is being served: the writer thread is alive, or the inline writer was started."""
+        return self._inline_started or (self._thread is not None and self._thread.is_alive())
+
     def submit(self, fn: Op, *, nested: bool = True) -> asyncio.Future[Any]:
         """Queue an operation for the next group commit. The returned future resolves with the operation's
         result only after the transaction holding it is durable (or with its exception; nothing was written).

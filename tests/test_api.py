@@ -368,6 +368,30 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
     api.service.store.start()
 
 
+async def test_readyz_with_the_inline_writer_and_extra_checks(tmp_path: Path) -> None:
+    """The inline writer has no thread: it is running once started. Checks registered by parts started around the
+    service (front-end workers) count too."""
+    store = Store(tmp_path / "chf.lmdb", writer="inline")
+    service = ChargingService(store, load_catalogue(CATALOGUE), catalogue_path=str(CATALOGUE))
+    await service.start()
+    server = ApiServer(service, ApiConfig(port=0, tokens={"crm": TOKEN}))
+    await server.start()
+    workers_up = [True]
+    service.readiness_checks["frontend_workers"] = lambda: workers_up[0]
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(server, http, service)
+            status, body, _ = await api.call("GET", "/readyz", auth=False)
+            assert status == 200 and body["checks"]["writer"] is True and body["checks"]["frontend_workers"] is True
+            workers_up[0] = False
+            status, body, _ = await api.call("GET", "/readyz", auth=False)
+            assert status == 503 and body["checks"]["frontend_workers"] is False
+    finally:
+        await server.stop()
+        await service.stop()
+        store.close()
+
+
 async def test_openapi_document_is_valid_and_matches_the_routes(api: Api) -> None:
     status, doc, _ = await api.call("GET", "/openapi.json", auth=False)
     assert status == 200 and doc == OPENAPI

@@ -286,9 +286,22 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
         cca = await c2.ccr(ccr("pgw2.test", "w;4", 1, 0, imsi=IMSI2, mscc=[Mscc(10, {})]))
         assert rc(cca) == 2001
 
-        # A worker that dies is restarted, and the service goes on.
+        async def readiness() -> tuple[int, dict[str, Any]]:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{api_port}") as api, api.get("/readyz") as resp:
+                return resp.status, await resp.json()
+
+        status, body = await readiness()
+        assert status == 200 and body["checks"]["frontend_workers"] is True, body
+
+        # A worker that dies is restarted, and the service goes on; until it is back the core is not ready.
         victim = worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
+        for _ in range(40):
+            status, body = await readiness()
+            if status == 503:
+                break
+            await asyncio.sleep(0.025)
+        assert status == 503 and body["checks"]["frontend_workers"] is False, body
         for _ in range(100):
             pids = worker_pids()
             if (
@@ -314,6 +327,12 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
                 await asyncio.sleep(0.1)
         else:
             raise AssertionError("no worker answered after the restart")
+        for _ in range(50):
+            status, body = await readiness()
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and body["checks"]["frontend_workers"] is True, body
     finally:
         alive = [c for c in clients if not c.closed.done()]  # the killed worker's peers lost their connection
         os.kill(os.getpid(), signal.SIGTERM)  # the same shutdown path as `chf serve`

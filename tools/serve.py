@@ -229,6 +229,9 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             # Stopped first (reverse order): the workers drain while the link still answers them.
             components.append(link)
             pool = WorkerPool(config, link)
+            # Not ready while a worker is down (restarting): the load balancer should see it.
+            workers = pool.count
+            service.readiness_checks["frontend_workers"] = lambda: len(link.ready_workers) >= workers
             await pool.start()
             components.append(pool)
             if not await pool.wait_ready(stop):
