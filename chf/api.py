@@ -490,15 +490,16 @@ class ApiServer:
         return web.json_response({"lines": self._read(read)})
 
     async def account_plan(self, request: web.Request) -> web.Response:
-        account_id = request.match_info["account"]
+        return await self._assign_plan(request, account_id=request.match_info["account"])
+
+    async def _assign_plan(self, request: web.Request, **owner: str) -> web.Response:
+        """A plan for an account (`account_id=`) or a line (`line_ref=`)."""
         body = await read_body(request, {"plan", "reason"})
         plan = body.str("plan", required=True)
         reason = body.str("reason", default="plan assigned")
         actor = request[ACTOR]
         result = await self._operate(
-            lambda txn, engine, now: admin.assign_plan(
-                txn, engine, plan, now=now, actor=actor, reason=reason, account_id=account_id
-            )
+            lambda txn, engine, now: admin.assign_plan(txn, engine, plan, now=now, actor=actor, reason=reason, **owner)
         )
         return web.json_response(result.value)
 
@@ -588,17 +589,7 @@ class ApiServer:
         return web.json_response(result.value)
 
     async def line_plan(self, request: web.Request) -> web.Response:
-        ref = request.match_info["line"]
-        body = await read_body(request, {"plan", "reason"})
-        plan = body.str("plan", required=True)
-        reason = body.str("reason", default="plan assigned")
-        actor = request[ACTOR]
-        result = await self._operate(
-            lambda txn, engine, now: admin.assign_plan(
-                txn, engine, plan, now=now, actor=actor, reason=reason, line_ref=ref
-            )
-        )
-        return web.json_response(result.value)
+        return await self._assign_plan(request, line_ref=request.match_info["line"])
 
     async def line_balances(self, request: web.Request) -> web.Response:
         ref = request.match_info["line"]

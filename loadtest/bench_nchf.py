@@ -34,44 +34,13 @@ from chf.catalogue import parse_catalogue
 from chf.engine import Engine
 from chf.model import INITIAL, ChargingRequest, UnitRequest
 from chf.service import ChargingService, tune_collector
+
+# The engine benchmark's catalogue and lines: one prepaid plan with a large data allowance.
+from loadtest.bench_engine import CATALOGUE, IMSI_BASE, RATING_GROUP
 from loadtest.gy import REPO, tree_cpu, wait_ready
 from nchf.component import NchfComponent, NchfSettings
 from store.lmdbstore import Store, Txn
 
-CATALOGUE = """
-[settings]
-currency = "EUR"
-timezone = "UTC"
-home_zone = "home"
-default_zone = "world"
-
-[grants]
-bytes = 1_000_000
-validity_time = 3600
-volume_threshold_percent = 20
-
-[zones]
-home = ["20801"]
-
-[tariffs.data]
-unit = "bytes"
-block = 1_000_000
-price = 10_000
-
-[plans.bench]
-payment = "prepaid"
-overage = "charge"
-  [plans.bench.rating]
-  default = "data"
-  [[plans.bench.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1_000_000_000_000
-  priority = 10
-"""
-
-IMSI_BASE = 208_019_000_000_000
-RATING_GROUP = 10
 USED_PER_UPDATE = 1000
 API = "/nchf-convergedcharging/v3/chargingdata"
 
