@@ -47,6 +47,7 @@ from chf.model import (
     RequestError,
     UnitAnswer,
     UnitRequest,
+    UsageReport,
 )
 from chf.periods import period_end
 from store.lmdbstore import Txn
@@ -149,6 +150,28 @@ class Context:
             "delta": delta,
             "after": self.account.balance,
         }
+
+
+# Helpers of the per-request methods, outside them: chf/engine.pxd compiles those as cpdef methods, which cannot
+# hold closures (generator expressions, lambdas).
+def _any_final(reports: list[UsageReport]) -> bool:
+    return any(r.reason == REASON_FINAL for r in reports)
+
+
+def _all_failed(units: list[UnitAnswer]) -> bool:
+    return all(u.result != SUCCESS for u in units)
+
+
+def _first_reported(units: dict[str, int]) -> str | None:
+    """The first unit type with a non-zero amount."""
+    for u, v in units.items():
+        if v:
+            return u
+    return None
+
+
+def _priority_order(found: tuple[int, int, Bucket, int, str]) -> tuple[int, int]:
+    return (found[0], found[1])
 
 
 def _bucket_impact(owner: str, bucket: Bucket, delta: int) -> dict[str, Any]:
@@ -486,9 +509,7 @@ class Engine:
             answer.units.append(unit_answer)
             if unit_req.used:
                 self._commit_usage(ctx, session, unit_req, unit_answer, plan)
-            final_report = (
-                terminating or unit_req.reason == REASON_FINAL or any(r.reason == REASON_FINAL for r in unit_req.used)
-            )
+            final_report = terminating or unit_req.reason == REASON_FINAL or _any_final(unit_req.used)
             if final_report or unit_req.requested is not None:
                 self._release(ctx, session, unit_req.rating_group)
             if terminating or unit_req.requested is None or unit_req.reason == REASON_FINAL:
@@ -501,7 +522,7 @@ class Engine:
                 validity = max(validity, unit_answer.validity_time)
         if terminating:
             self._release_all(ctx, session)
-        if req.units and all(u.result != SUCCESS for u in answer.units):
+        if req.units and _all_failed(answer.units):
             # Every rating group failed: the request as a whole carries the (first) failure.
             answer.result = answer.units[0].result
         self._finish(ctx, session, req, answer, validity, terminating)
@@ -559,7 +580,7 @@ class Engine:
         unit = reservation.unit if reservation is not None else (tariff.unit if tariff is not None else None)
         if unit is None:
             # No tariff and nothing reserved: rate by the first unit type reported, against buckets only.
-            unit = next((u for u, v in units.items() if v), None)
+            unit = _first_reported(units)
             if unit is None:
                 return
         used = units.get(unit, 0)
@@ -689,7 +710,7 @@ class Engine:
                 if b.usable(unit, rg, now) and b.available() > 0:
                     found.append((b.priority, b.valid_to, b, SRC_ACCOUNT, owner))
         if len(found) > 1:
-            found.sort(key=lambda f: (f[0], f[1]))
+            found.sort(key=_priority_order)
         return [(f[2], f[3], f[4]) for f in found]
 
     # -- release ----------------------------------------------------------------------------------------------------
@@ -940,7 +961,7 @@ class Engine:
                     writes = True
             answer.cost = total_cost
             answer.balance = ctx.account.balance
-            if req.units and all(u.result != SUCCESS for u in answer.units):
+            if req.units and _all_failed(answer.units):
                 answer.result = answer.units[0].result
         ctx.flush()
         if writes or req.action in (DIRECT_DEBITING, REFUND_ACCOUNT):

@@ -33,9 +33,13 @@ def compiled(root: Path = _ROOT) -> list[str]:
 
 
 def stale(root: Path = _ROOT) -> list[str]:
-    """Compiled modules older than their source."""
+    """Compiled modules older than their source (the .py file, or the .pxd declaring its extension types)."""
     out = []
     for module, binary, source in _compiled_files(root):
-        if source.exists() and source.stat().st_mtime > binary.stat().st_mtime:
+        built = binary.stat().st_mtime
+        declarations = source.with_suffix(".pxd")
+        if (source.exists() and source.stat().st_mtime > built) or (
+            declarations.exists() and declarations.stat().st_mtime > built
+        ):
             out.append(module)
     return sorted(out)
