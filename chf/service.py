@@ -45,7 +45,7 @@ def tune_collector() -> None:
     and rarer older-generation passes halve the collector's share of a request (a request's objects die by
     reference count; the cyclic collector only ever finds the odd cycle)."""
     gc.freeze()
-    gc.set_threshold(100000,50,1000)
+    gc.set_threshold(2000, 20, 100)
 
 
 class SignalBus:
