@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import statistics
 import time
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         prof = cProfile.Profile()
         run(pipeline(args.requests, args.batch, prof))
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats(os.environ.get("CHF_PROFILE_SORT", "tottime")).print_stats(30)
         return 0
     runs = [run(pipeline(args.requests, args.batch)) for _ in range(args.repeat)]
     results: dict[str, float] = {
