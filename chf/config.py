@@ -29,7 +29,7 @@ class StoreConfig:
     max_batch: int = 4096
     max_queue: int = 65536
     sync_interval: float = 1.0
-    writer: str = "thread"  # thread | inline
+    writer: str = "inline"  # inline | thread
 
 
 @dataclass(slots=True)

@@ -207,12 +207,12 @@ async def drive(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--concurrency", type=int, default=2000, help="requests in flight")
+    ap.add_argument("--concurrency", type=int, default=4000, help="requests in flight")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--durability", choices=["fsync", "os", "both"], default="both")
     ap.add_argument("--store", default=None, help="store directory (default: a temporary one)")
-    ap.add_argument("--writer", choices=["thread", "inline"], default="thread")
+    ap.add_argument("--writer", choices=["thread", "inline"], default="inline")
     ap.add_argument("--keep", action="store_true", help="keep the store for the next run")
     args = ap.parse_args(argv)
 

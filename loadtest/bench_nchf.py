@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=15, help="measured seconds")
     ap.add_argument("--warmup", type=int, default=2, help="seconds before measuring")
     ap.add_argument("--rps", type=int, default=0, help="offered requests/s in total (0: as fast as possible)")
-    ap.add_argument("--writer", choices=["thread", "inline"], default="thread", help="[store] writer")
+    ap.add_argument("--writer", choices=["thread", "inline"], default="inline", help="[store] writer")
     ap.add_argument(
         "--sweep-interval", type=float, default=0.0, help="seconds between sweeper slices (0: the service default)"
     )

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
 
 
-def server_config(tmp: Path, port: int, durability: str, writer: str = "thread", workers: int = 0) -> Path:
+def server_config(tmp: Path, port: int, durability: str, writer: str = "inline", workers: int = 0) -> Path:
     path = tmp / "chf.toml"
     path.write_text(
         f"""
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--durability", choices=("fsync", "os"), default="fsync")
     p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--writer", choices=("thread", "inline"), default="thread", help="the store's [store] writer")
+    p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
     p.add_argument(
         "--plan-on",

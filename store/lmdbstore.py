@@ -415,7 +415,7 @@ class Store:
         max_batch: int = 4096,
         max_queue: int = 65536,
         sync_interval: float = 1.0,
-        writer: str = "thread",
+        writer: str = "inline",
     ) -> None:
         if writer not in ("thread", "inline"):
             raise ValueError(f"writer must be 'thread' or 'inline', got {writer!r}")
