@@ -63,7 +63,7 @@ class RequestError(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
+@dataclass
 class UsageReport:
     """Units used since the last report, by unit type ("bytes", "seconds", "events", "money")."""
 
@@ -71,7 +71,7 @@ class UsageReport:
     reason: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class UnitRequest:
     """One rating group of a request. `requested` None means no new grant is wanted; an empty dict means
     "grant what you see fit" (an empty Requested-Service-Unit, the normal case)."""
@@ -83,7 +83,7 @@ class UnitRequest:
     reason: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class ChargingRequest:
     kind: str
     session: str  # protocol-prefixed session key, e.g. "gy:<Session-Id>" or "nchf:<ChargingDataRef>"
@@ -127,7 +127,7 @@ class ChargingRequest:
         return cls(r[1], r[2], r[3], identities, units, r[6], r[7], r[8], r[9], r[10], r[11], r[12])
 
 
-@dataclass(slots=True)
+@dataclass
 class FinalUnit:
     action: str
     redirect_address: str | None = None
@@ -138,7 +138,7 @@ class FinalUnit:
         return [self.action, self.redirect_address, self.filter_id, self.restriction_rules]
 
 
-@dataclass(slots=True)
+@dataclass
 class UnitAnswer:
     rating_group: int
     result: str = SUCCESS
@@ -175,7 +175,7 @@ class UnitAnswer:
         return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], final, r[10], r[11])
 
 
-@dataclass(slots=True)
+@dataclass
 class ChargingAnswer:
     result: str
     session: str
