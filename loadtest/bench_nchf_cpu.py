@@ -193,7 +193,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
 def h2_alone(requests: int, batch: int) -> float:
     """CPU µs per request of the h2 library's own server-side work: receive, send HEADERS + DATA, serialise."""
     client = _Client()
-    server = h2.connection.H2Connection(config=nchf_http.server_h2_config())
+    server = nchf_http.ServerH2Connection(config=nchf_http.server_h2_config())
     server.initiate_connection()
     server.increment_flow_control_window(16 << 20)
     server.receive_data(client.preface())

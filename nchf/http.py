@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h2
 import h2.config
 import h2.connection
 import h2.errors
@@ -28,6 +29,7 @@ import h2.settings
 import hpack.hpack
 
 from nchf import huffman
+from nchf.h2connection import ServerH2Connection
 
 log = logging.getLogger("nchf.http")
 
@@ -265,7 +267,7 @@ class HttpConnection(asyncio.Protocol):
     # -- HTTP/2 -----------------------------------------------------------------------------------------------------
     def _start_h2(self) -> None:
         limits = self.server.limits
-        conn = h2.connection.H2Connection(config=server_h2_config())
+        conn = ServerH2Connection(config=server_h2_config())
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

@@ -1,0 +1,88 @@
+"""nchf.h2connection.ServerH2Connection behaves as h2's own H2Connection, byte for byte, including when frames
+arrive on streams that are closed (its one override is the frame dispatch of `_receive_frame`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h2.config
+import h2.connection
+import h2.exceptions
+import pytest
+from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
+
+from nchf.h2connection import ServerH2Connection
+from nchf.http import server_h2_config
+
+REQUEST = [(":method", "POST"), (":scheme", "http"), (":authority", "chf"), (":path", "/x")]
+
+
+def client_bytes(steps: Callable[[h2.connection.H2Connection], bytes]) -> bytes:
+    client = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    return client.data_to_send() + steps(client)
+
+
+def raw_frame(frame: object) -> bytes:
+    return frame.serialize()  # type: ignore[attr-defined, no-any-return]
+
+
+def run(server_class: type[h2.connection.H2Connection], data: list[bytes]) -> list[object]:
+    server = server_class(config=server_h2_config())
+    server.initiate_connection()
+    out: list[object] = [server.data_to_send()]
+    for chunk in data:
+        try:
+            events = server.receive_data(chunk)
+            out.append([type(e).__name__ for e in events])
+        except h2.exceptions.ProtocolError as exc:
+            out.append(("error", type(exc).__name__))
+        out.append(server.data_to_send())
+    return out
+
+
+def normal(client: h2.connection.H2Connection) -> bytes:
+    client.send_headers(1, REQUEST)
+    client.send_data(1, b"{}", end_stream=True)
+    return client.data_to_send()
+
+
+def headers_only(client: h2.connection.H2Connection) -> bytes:
+    client.send_headers(1, REQUEST)
+    client.send_headers(3, REQUEST, end_stream=True)
+    return client.data_to_send()
+
+
+def data(stream: int, end: bool = False) -> bytes:
+    frame = DataFrame(stream)
+    frame.data = b"{}"
+    if end:
+        frame.flags.add("END_STREAM")
+    return raw_frame(frame)
+
+
+def reset(stream: int) -> bytes:
+    frame = RstStreamFrame(stream)
+    frame.error_code = 8
+    return raw_frame(frame)
+
+
+def bare_headers(stream: int) -> bytes:
+    frame = HeadersFrame(stream)
+    frame.data = b"\x82"  # :method GET, indexed
+    frame.flags.add("END_HEADERS")
+    return raw_frame(frame)
+
+
+CASES = {
+    "request": [client_bytes(normal)],
+    "data after the client reset the stream": [client_bytes(headers_only), reset(1), data(1)],
+    "data after the stream ended": [client_bytes(headers_only), data(3)],
+    "headers on a stream id below one already opened": [client_bytes(headers_only), bare_headers(1)],
+    "data on a stream never opened, below the highest": [client_bytes(headers_only), data(1, end=True), data(1)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_as_h2(name: str) -> None:
+    assert run(ServerH2Connection, CASES[name]) == run(h2.connection.H2Connection, CASES[name])
