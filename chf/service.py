@@ -43,9 +43,11 @@ def tune_collector() -> None:
     """Call once the process is a server (or benchmark) and its long-lived state is loaded. That state lives as
     long as the process: freezing it keeps it out of the collector's full passes (~90 ms each under Gy load),
     and rarer older-generation passes halve the collector's share of a request (a request's objects die by
-    reference count; the cyclic collector only ever finds the odd cycle)."""
+    reference count; the cyclic collector only ever finds the odd cycle). A young pass walks every object
+    still alive since the last one, mostly the requests in flight: one pass per 20,000 allocations instead of
+    2,000 took the collector from 4.6 % to 3.0 % of the engine benchmark's CPU (perf)."""
     gc.freeze()
-    gc.set_threshold(2000, 20, 100)
+    gc.set_threshold(20000, 20, 100)
 
 
 class SignalBus:
