@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import msgpack
+import msgspec
 
 from chf import metrics
 from chf.model import ChargingAnswer, ChargingRequest, RequestError, Signal
@@ -49,8 +49,13 @@ def link_path(data_dir: str) -> str:
     return os.path.join(data_dir, "corelink.sock")
 
 
+# msgspec: the same msgpack as the msgpack package, in half the time (see store/schema.py).
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
 def _frame(obj: Any) -> bytes:
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    body = _encode(obj)
     return len(body).to_bytes(4, "big") + body
 
 
@@ -83,7 +88,7 @@ class _Framed(asyncio.Protocol):
             if end - pos - 4 < n:
                 break
             try:
-                msg = msgpack.unpackb(buf[pos + 4 : pos + 4 + n], raw=False, use_list=True, strict_map_key=False)
+                msg = _decode(buf[pos + 4 : pos + 4 + n])
             except Exception as exc:  # a corrupt stream: nothing after it can be trusted
                 log.error("event=corelink_bad_frame error=%r", exc)
                 if self.transport is not None:
