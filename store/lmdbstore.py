@@ -452,6 +452,8 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._last_sync = time.monotonic()
+        self._syncer: threading.Thread | None = None  # durability "os": the periodic flush (see start)
+        self._syncer_stop = threading.Event()
         self.writer = writer
         self._inline_started = False
         self._inline_scheduled = False
@@ -530,7 +532,7 @@ class Store:
     def _committed(self, count: int, seconds: float) -> None:
         self.commits += 1
         self.committed_ops += count
-        if self.durability == "os":
+        if self.durability == "os" and self._syncer is None:  # no sync thread (see start): sync here, in time
             now = time.monotonic()
             if now - self._last_sync >= self.sync_interval:
                 self.env.sync(True)
@@ -545,11 +547,35 @@ class Store:
             return
         self._loop = loop or asyncio.get_running_loop()
         self._closing = False
+        if self.durability == "os":
+            # Durability "os" flushes every sync_interval. Done after a commit, the flush (tens of milliseconds
+            # for a second of writes) would stall the writer, and the event loop itself with the inline writer;
+            # a thread of its own does it meanwhile (LMDB's sync is an fdatasync, safe beside a write
+            # transaction, and py-lmdb releases the GIL for it).
+            self._syncer_stop.clear()
+            self._syncer = threading.Thread(target=self._sync_periodically, name="chf-store-sync", daemon=True)
+            self._syncer.start()
         if self.writer == "inline":
             self._inline_started = True
             return
         self._thread = threading.Thread(target=self._writer, name="chf-store-writer", daemon=True)
         self._thread.start()
+
+    def _sync_periodically(self) -> None:
+        while not self._syncer_stop.wait(self.sync_interval):
+            try:
+                self.env.sync(True)
+            except Exception:  # logged and retried at the next interval; close() syncs once more
+                log.exception("event=store_sync_failed")
+            self._last_sync = time.monotonic()
+
+    def _stop_syncer(self) -> None:
+        syncer = self._syncer
+        if syncer is None:
+            return
+        self._syncer_stop.set()
+        syncer.join()
+        self._syncer = None
 
     def _drain_inline(self) -> None:
         self._inline_scheduled = False
@@ -646,19 +672,23 @@ class Store:
         if self._inline_started:
             self._drain_inline()
             self._inline_started = False
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_syncer)
             return
         thread = self._thread
         if thread is None:
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_syncer)
             return
         with self._cond:
             self._closing = True
             self._cond.notify()
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
         self._thread = None
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_syncer)
 
     def close(self) -> None:
         if self._thread is not None:
             raise StoreError("stop the writer before closing the store")
+        self._stop_syncer()
         if self.durability == "os":
             self.env.sync(True)
         self.env.close()

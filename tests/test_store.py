@@ -97,6 +97,38 @@ async def test_group_commit_batches_and_answers_only_after_commit(tmp_path: Path
     store.close()
 
 
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+async def test_os_durability_flushes_from_its_own_thread(tmp_path: Path, writer: str) -> None:
+    """Durability "os" flushes every sync_interval from a thread of its own, not after a commit on the writer
+    (or the event loop); stop() ends that thread and close() flushes once more."""
+    store = Store(tmp_path / "db", durability="os", sync_interval=0.05, writer=writer)
+    store.start(asyncio.get_running_loop())
+    syncer = store._syncer
+    assert syncer is not None and syncer.is_alive()
+    before = store._last_sync
+    await store.submit(lambda txn: _account(txn, "a1", 1))
+    for _ in range(100):
+        if store._last_sync > before:
+            break
+        await asyncio.sleep(0.01)
+    assert store._last_sync > before, "the sync thread never flushed"
+    await store.stop()
+    assert store._syncer is None and not syncer.is_alive()
+    store.close()
+    again = Store(tmp_path / "db", durability="os")
+    with again.read() as txn:
+        assert txn.get_account("a1") is not None
+    again.close()
+
+
+async def test_fsync_durability_has_no_sync_thread(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.start(asyncio.get_running_loop())
+    assert store._syncer is None
+    await store.stop()
+    store.close()
+
+
 async def test_operation_error_reaches_only_its_caller(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     store.start(asyncio.get_running_loop())
