@@ -138,8 +138,11 @@ def bench(raw: bytes, seconds: float, repeat: int) -> dict[str, float]:
     }
 
 
-class _StubStore:
-    """Stands in for the LMDB store: keeps the callbacks `submit_then` receives, answered by the benchmark."""
+class StubStore:
+    """Stands in for the LMDB store: keeps the callbacks `submit_then` receives, answered by the benchmark
+    (here and in bench_nchf_cpu)."""
+
+    store_id = "bench"
 
     def __init__(self) -> None:
         self.pending: list[Callable[[Any], None]] = []
@@ -171,7 +174,7 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     from gy.client import CMD_CE
     from gy.server import GyConfig, GyProtocol, GyServer
 
-    store = _StubStore()
+    store = StubStore()
     service = ChargingService(store, load_catalogue(str(REPO / "conf" / "catalogue.toml")))  # type: ignore[arg-type]
     server = GyServer(GyConfig(allow_unknown_peers=True), service)
     protocol = GyProtocol(server)

@@ -36,6 +36,7 @@ import h2.settings
 from chf.catalogue import parse_catalogue
 from chf.model import UPDATE, ChargingAnswer, UnitAnswer
 from chf.service import ChargingService
+from loadtest.bench_gy_codec import StubStore
 from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http
 from nchf.app import NchfApp, transport_error
@@ -108,18 +109,6 @@ class _Client:
         return out
 
 
-class _StubStore:
-    """Stands in for the LMDB store: keeps the callbacks `submit_then` receives; the benchmark answers them."""
-
-    store_id = "bench"
-
-    def __init__(self) -> None:
-        self.pending: list[Callable[[Any], None]] = []
-
-    def submit_then(self, fn: Callable[..., Any], done: Callable[[Any], None], *, nested: bool = True) -> None:
-        self.pending.append(done)
-
-
 class _Transport:
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
@@ -144,7 +133,7 @@ class _Transport:
 
 async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None = None) -> dict[str, float]:
     """CPU µs per request of the Nchf server's event-loop side with the store stubbed out."""
-    store = _StubStore()
+    store = StubStore()
     service = ChargingService(store, parse_catalogue(CATALOGUE, "bench-catalogue.toml"))  # type: ignore[arg-type]
     app = NchfApp(service)
     handle_soon = getattr(app, "handle_soon", None)
