@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 NATIVE_STAMP = $(VENV)/.built-native
 # The hot path, compiled with Cython (setup.py); rebuilt in place, incrementally, when a source changes.
-NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt) $(wildcard store/*.pxd chf/*.pxd gy/*.pxd nchf/*.pxd)
+NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
 .PHONY: run test lint format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from chf.model import (
+from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_CONTROL_NOT_APPLICABLE,
     CREDIT_LIMIT_REACHED,

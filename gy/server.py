@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from chf import metrics
-from chf.config import ConfigError
-from chf.model import ChargingAnswer, RequestError, Signal
-from chf.service import ChargingService, StoreBusy
+from chf.core.model import ChargingAnswer, RequestError, Signal
+from chf.runtime import metrics
+from chf.runtime.config import ConfigError
+from chf.runtime.service import ChargingService, StoreBusy
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
 from gy.peer import (

@@ -28,11 +28,11 @@ import tempfile
 import time
 from typing import Any
 
-from chf import admin
-from chf.catalogue import parse_catalogue
-from chf.engine import Engine
-from chf.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
-from chf.service import tune_collector
+from chf.core import provisioning
+from chf.core.catalogue import parse_catalogue
+from chf.core.engine import Engine
+from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
+from chf.runtime.service import tune_collector
 from store.lmdbstore import Store, Txn
 
 # A plan with enough allowance that a benchmark run never exhausts it, and a wallet tariff behind it.
@@ -92,10 +92,10 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
             return
         accounts = max(1, lines // 1000)  # 1000 lines per account, as an MVNO's bulk import would have
         if have == 0:
-            store.write(lambda t: admin.create_tenant(t, "bench", "Bench", "EUR", now))
+            store.write(lambda t: provisioning.create_tenant(t, "bench", "Bench", "EUR", now))
             for a in range(accounts):
                 store.write(
-                    lambda t, a=a: admin.create_account(
+                    lambda t, a=a: provisioning.create_account(
                         t, engine, account_id=f"b{a}", tenant="bench", payment="prepaid", now=now, balance=10**9
                     )
                 )
@@ -106,7 +106,7 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
 
             def load(txn: Txn, first: int = first, last: int = last) -> None:
                 rows = [{"account": f"b{i % accounts}", "imsi": imsi(i), "plan": "bench"} for i in range(first, last)]
-                for result in admin.add_lines(txn, engine, rows, now=now):
+                for result in provisioning.add_lines(txn, engine, rows, now=now):
                     if isinstance(result, Exception):
                         raise result
                 for i in range(first, last):

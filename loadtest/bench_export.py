@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chf import admin
-from chf.catalogue import load_catalogue
-from chf.engine import Engine
+from chf.core import provisioning
+from chf.core.catalogue import load_catalogue
+from chf.core.engine import Engine
 from chf.export import Exporter, FileSink, NatsSink, Sink
 from store.lmdbstore import Store
 
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def preload(store: Store, events: int) -> None:
     engine = Engine(load_catalogue(ROOT / "conf" / "catalogue.toml"))
     now = int(time.time())
-    store.write(lambda txn: admin.create_tenant(txn, "bench", "Bench", "EUR", now))
+    store.write(lambda txn: provisioning.create_tenant(txn, "bench", "Bench", "EUR", now))
     store.write(
-        lambda txn: admin.create_account(txn, engine, account_id="a", tenant="bench", payment="prepaid", now=now)
+        lambda txn: provisioning.create_account(txn, engine, account_id="a", tenant="bench", payment="prepaid", now=now)
     )
-    op = lambda txn: admin.topup(txn, engine, "a", 1, now=now, actor="bench", reason="bench")  # noqa: E731
+    op = lambda txn: provisioning.topup(txn, engine, "a", 1, now=now, actor="bench", reason="bench")  # noqa: E731
     for start in range(0, events, 1000):
         store.run_batch([op] * min(1000, events - start))
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chf.model import ChargingAnswer, UnitAnswer
+from chf.core.model import ChargingAnswer, UnitAnswer
 from gy.ccapp import AnswerEncoder, parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, decode_header, encode_message
@@ -148,7 +148,7 @@ class StubStore:
         self.pending: list[Callable[[Any], None]] = []
 
     def submit_then(self, fn: Callable[..., Any], done: Callable[[Any], None], *, nested: bool = True) -> None:
-        """The store's signature (chf/service.py's `charge_then` passes `nested=False`)."""
+        """The store's signature (chf/runtime/service.py's `charge_then` passes `nested=False`)."""
         self.pending.append(done)
 
 
@@ -169,8 +169,8 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     """CPU µs per request of the event-loop side of `GyServer` (framing, peer state machine, decoding, the
     duplicate cache, submitting to the store, resolving, encoding, metrics, one write per loop iteration), with
     the store and engine stubbed out: what the event-loop thread spends beyond the engine."""
-    from chf.catalogue import load_catalogue
-    from chf.service import ChargingService
+    from chf.core.catalogue import load_catalogue
+    from chf.runtime.service import ChargingService
     from gy.client import CMD_CE
     from gy.server import GyConfig, GyProtocol, GyServer
 

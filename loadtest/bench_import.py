@@ -49,14 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([*cli, *args], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
 
         chf("tenant", "create", "bench", "--currency", "EUR")
-        # The accounts in one bulk step (the benchmark is about lines); through chf.admin like the CLI.
+        # The accounts in one bulk step (the benchmark is about lines); through chf.core.provisioning like the CLI.
         setup = (
             "import sys, time\n"
-            "from chf import admin\nfrom chf.catalogue import load_catalogue\nfrom chf.engine import Engine\n"
-            "from chf.config import load_config\nfrom tools.serve import open_store\n"
+            "from chf.core import provisioning\n"
+            "from chf.core.catalogue import load_catalogue\nfrom chf.core.engine import Engine\n"
+            "from chf.runtime.config import load_config\nfrom tools.serve import open_store\n"
             "st = open_store(load_config('chf.toml')); eng = Engine(load_catalogue('catalogue.toml'))\n"
             "now = int(time.time())\n"
-            f"st.run_batch([lambda t, i=i: admin.create_account(t, eng, account_id=f'mig-{{i}}', tenant='bench', "
+            f"st.run_batch([lambda t, i=i: provisioning.create_account(t, eng, account_id=f'mig-{{i}}', "
+            f"tenant='bench', "
             f"payment='prepaid', now=now, balance=10**13) for i in range({a.accounts})])\n"
             "st.close()\n"
         )

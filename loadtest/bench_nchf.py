@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chf import admin
-from chf.catalogue import parse_catalogue
-from chf.engine import Engine
-from chf.model import INITIAL, ChargingRequest, UnitRequest
-from chf.service import ChargingService, tune_collector
+from chf.core import provisioning
+from chf.core.catalogue import parse_catalogue
+from chf.core.engine import Engine
+from chf.core.model import INITIAL, ChargingRequest, UnitRequest
+from chf.runtime.service import ChargingService, tune_collector
 
 # The engine benchmark's catalogue and lines: one prepaid plan with a large data allowance.
 from loadtest.bench_engine import CATALOGUE, IMSI_BASE, RATING_GROUP
@@ -75,7 +75,7 @@ UPDATE_BODY = {
 
 
 def preload(store: Store, engine: Engine, lines: int, now: int) -> None:
-    store.write(lambda t: admin.create_tenant(t, "bench", "Bench", "EUR", now))
+    store.write(lambda t: provisioning.create_tenant(t, "bench", "Bench", "EUR", now))
     chunk = 5000
     for first in range(0, lines, chunk):
         last = min(lines, first + chunk)
@@ -84,10 +84,10 @@ def preload(store: Store, engine: Engine, lines: int, now: int) -> None:
             for i in range(first, last):
                 account = f"b{i}"
                 imsi = str(IMSI_BASE + i)
-                admin.create_account(
+                provisioning.create_account(
                     txn, engine, account_id=account, tenant="bench", payment="prepaid", now=now, balance=10_000_000
                 )
-                admin.add_line(txn, engine, account=account, imsi=imsi, plan="bench", now=now)
+                provisioning.add_line(txn, engine, account=account, imsi=imsi, plan="bench", now=now)
                 request = ChargingRequest(
                     INITIAL, f"nchf:b{i}", 0, [("imsi", imsi)], [UnitRequest(RATING_GROUP, requested={})], "nchf"
                 )

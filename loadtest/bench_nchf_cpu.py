@@ -33,9 +33,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from chf.catalogue import parse_catalogue
-from chf.model import UPDATE, ChargingAnswer, UnitAnswer
-from chf.service import ChargingService
+from chf.core.catalogue import parse_catalogue
+from chf.core.model import UPDATE, ChargingAnswer, UnitAnswer
+from chf.runtime.service import ChargingService
 from loadtest.bench_gy_codec import StubStore
 from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http

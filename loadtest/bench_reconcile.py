@@ -25,9 +25,9 @@ import time
 from datetime import UTC, datetime
 from fractions import Fraction
 
-from chf import admin
-from chf.catalogue import parse_catalogue
-from chf.engine import Engine
+from chf.core import provisioning
+from chf.core.catalogue import parse_catalogue
+from chf.core.engine import Engine
 from store.lmdbstore import Store, Txn
 
 CATALOGUE = """
@@ -57,9 +57,9 @@ def build(directory: str, lines: int, days: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     store = Store(os.path.join(directory, "chf.lmdb"), durability="os")
     engine = Engine(parse_catalogue(CATALOGUE, "bench.toml"))
-    store.write(lambda txn: admin.create_tenant(txn, "bench", "bench", "EUR", START))
+    store.write(lambda txn: provisioning.create_tenant(txn, "bench", "bench", "EUR", START))
     store.write(
-        lambda txn: admin.create_account(
+        lambda txn: provisioning.create_account(
             txn, engine, account_id="fleet", tenant="bench", payment="postpaid", now=START, credit_limit=10**12
         )
     )
@@ -67,7 +67,7 @@ def build(directory: str, lines: int, days: int, seed: int) -> dict[str, int]:
 
         def add(txn: Txn, first: int = first) -> None:
             for n in range(first, min(first + 5000, lines)):
-                admin.add_line(txn, engine, account="fleet", imsi=imsi_of(n), now=START, plan="bench")
+                provisioning.add_line(txn, engine, account="fleet", imsi=imsi_of(n), now=START, plan="bench")
 
         store.write(add)
     planted = {"leakage": 0, "unreported": 0, "difference": 0, "duplicate": 0, "malformed": 0}

@@ -73,8 +73,8 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     the account holds plan postpaid-l and every line rates with it, so each request charges the one shared
     wallet (an IoT fleet's shape: one record written by every request). plan_on "line": every line has
     postpaid-l itself and spends its own allowance (a consumer base's shape)."""
-    from chf import admin
-    from chf.config import load_config
+    from chf.core import provisioning
+    from chf.runtime.config import load_config
     from tools.serve import build_service, open_store
 
     cfg = load_config(str(config))
@@ -84,15 +84,15 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     now = int(time.time())
 
     def setup(txn):  # type: ignore[no-untyped-def]
-        admin.create_tenant(txn, "load", "load", "EUR", now)
-        admin.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
+        provisioning.create_tenant(txn, "load", "load", "EUR", now)
+        provisioning.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
                              credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
 
     store.write(setup)
     for start in range(0, lines, 2000):
         ops = [
             (
-                lambda txn, n=n: admin.add_line(
+                lambda txn, n=n: provisioning.add_line(
                     txn,
                     engine,
                     account="load",

@@ -17,9 +17,9 @@ import re
 import time
 from typing import Any
 
-from chf import metrics
-from chf.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
-from chf.service import ChargingService, StoreBusy, StoreClosed
+from chf.core.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
+from chf.runtime import metrics
+from chf.runtime.service import ChargingService, StoreBusy, StoreClosed
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.http import Request, Respond, Response
 from nchf.mapping import (

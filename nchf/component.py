@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from chf.config import Config, ConfigError
-from chf.corelink import ASSIGN_NUMBER
-from chf.service import ChargingService
+from chf.runtime.config import Config, ConfigError
+from chf.runtime.corelink import ASSIGN_NUMBER
+from chf.runtime.service import ChargingService
 from nchf.app import NchfApp, transport_error
 from nchf.auth import BearerAuth
 from nchf.http import HttpServer, Limits, server_ssl_context

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from chf.model import (
+from chf.core.model import (
     CREDIT_CONTROL_NOT_APPLICABLE,
     CREDIT_LIMIT_REACHED,
     END_USER_SERVICE_DENIED,

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import h2.exceptions
 
-from chf import metrics
-from chf.model import Signal
+from chf.core.model import Signal
+from chf.runtime import metrics
 from nchf.client import ClientError, H2Client
 
 log = logging.getLogger("nchf.notify")

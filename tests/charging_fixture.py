@@ -1,6 +1,6 @@
 """A real store filled through the engine, for the reconciliation and report tests.
 
-Everything goes through chf.admin and Engine.charge inside Store.write (durable LMDB transactions on disk);
+Everything goes through chf.core.provisioning and Engine.charge inside Store.write (durable LMDB transactions on disk);
 `now` is passed explicitly so usage lands on known UTC days.
 """
 
@@ -10,10 +10,10 @@ import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chf import admin
-from chf.catalogue import load_catalogue
-from chf.engine import Engine
-from chf.model import INITIAL, SUCCESS, TERMINATE, ChargingRequest, UnitRequest, UsageReport
+from chf.core import provisioning
+from chf.core.catalogue import load_catalogue
+from chf.core.engine import Engine
+from chf.core.model import INITIAL, SUCCESS, TERMINATE, ChargingRequest, UnitRequest, UsageReport
 from store.lmdbstore import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,18 +36,18 @@ class Charging:
         self.store.close()
 
     def tenant(self, tenant: str, now: int, currency: str = "EUR") -> None:
-        self.store.write(lambda txn: admin.create_tenant(txn, tenant, tenant, currency, now))
+        self.store.write(lambda txn: provisioning.create_tenant(txn, tenant, tenant, currency, now))
 
     def account(self, account: str, tenant: str, payment: str, now: int, **kw: object) -> None:
         self.store.write(
-            lambda txn: admin.create_account(
+            lambda txn: provisioning.create_account(
                 txn, self.engine, account_id=account, tenant=tenant, payment=payment, now=now, **kw
             )
         )
 
     def line(self, account: str, imsi: str, now: int, plan: str | None = None) -> int:
         result = self.store.write(
-            lambda txn: admin.add_line(txn, self.engine, account=account, imsi=imsi, plan=plan, now=now)
+            lambda txn: provisioning.add_line(txn, self.engine, account=account, imsi=imsi, plan=plan, now=now)
         )
         return int(result.value["id"])
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chf import admin
-from chf.catalogue import Catalogue, parse_catalogue
-from chf.engine import Engine, EngineConfig, account_owner, line_owner
-from chf.model import (
+from chf.core import provisioning
+from chf.core.catalogue import Catalogue, parse_catalogue
+from chf.core.engine import Engine, EngineConfig, account_owner, line_owner
+from chf.core.model import (
     EVENT,
     INITIAL,
     TERMINATE,
@@ -298,22 +298,24 @@ class World:
         return self.store.write(lambda txn: self.engine.charge(txn, req, self.now))
 
     def admin(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a chf.admin function that takes (txn, engine, ..., now=...)."""
+        """Run a chf.core.provisioning function that takes (txn, engine, ..., now=...)."""
         return self.store.write(lambda txn: fn(txn, self.engine, *args, now=self.now, **kwargs))
 
     # -- provisioning shortcuts -----------------------------------------------------------------------------------
     def tenant(self, tenant_id: str = TENANT) -> None:
-        self.store.write(lambda txn: admin.create_tenant(txn, tenant_id, tenant_id, "EUR", self.now))
+        self.store.write(lambda txn: provisioning.create_tenant(txn, tenant_id, tenant_id, "EUR", self.now))
 
     def account(self, account_id: str, payment: str = "prepaid", **kwargs: Any) -> dict[str, Any]:
-        result = self.admin(admin.create_account, account_id=account_id, tenant=TENANT, payment=payment, **kwargs)
+        result = self.admin(
+            provisioning.create_account, account_id=account_id, tenant=TENANT, payment=payment, **kwargs
+        )
         return result.value
 
     def line(self, account_id: str, plan: str | None = None, state: str = "active") -> tuple[int, str]:
         """Add a line; returns (line id, IMSI)."""
         self._imsi += 1
         imsi = str(self._imsi)
-        result = self.admin(admin.add_line, account=account_id, imsi=imsi, plan=plan, state=state)
+        result = self.admin(provisioning.add_line, account=account_id, imsi=imsi, plan=plan, state=state)
         return result.value["id"], imsi
 
     # -- reading --------------------------------------------------------------------------------------------------

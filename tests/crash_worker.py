@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
-from chf import admin
-from chf.engine import Engine
-from chf.model import DIRECT_DEBITING
+from chf.core import provisioning
+from chf.core.engine import Engine
+from chf.core.model import DIRECT_DEBITING
 from store.lmdbstore import Store, Txn
 from tests.corekit import TENANT, event, initial, terminate, test_catalogue, update
 
@@ -42,9 +42,9 @@ def provision(store: Store, engine: Engine, now: int) -> None:
     def apply(txn: Txn) -> None:
         if txn.get_tenant(TENANT) is not None:
             return
-        admin.create_tenant(txn, TENANT, TENANT, "EUR", now)
+        provisioning.create_tenant(txn, TENANT, TENANT, "EUR", now)
         for account_id, payment, plan, credit_limit, balance in ACCOUNTS:
-            admin.create_account(
+            provisioning.create_account(
                 txn,
                 engine,
                 account_id=account_id,
@@ -56,7 +56,7 @@ def provision(store: Store, engine: Engine, now: int) -> None:
                 plan=plan,
             )
         for n, (account_id, plan) in enumerate(LINES):
-            admin.add_line(txn, engine, account=account_id, imsi=imsi_of(n), plan=plan, now=now)
+            provisioning.add_line(txn, engine, account=account_id, imsi=imsi_of(n), plan=plan, now=now)
 
     store.write(apply)
 
@@ -101,7 +101,7 @@ async def worker(store: Store, engine: Engine, run: int, task: int, rng: random.
             amount = rng.randrange(1, 5000)
 
             def do_topup(txn: Txn, account: str = account, amount: int = amount, key: str = key) -> Any:
-                return admin.topup(
+                return provisioning.topup(
                     txn, engine, account, amount, now=now(), actor="crash", reason=key, idempotency_key=key
                 ).value
 

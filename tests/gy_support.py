@@ -1,5 +1,5 @@
 """Shared pieces of the Gy tests: a real `chf serve` process core (tools.serve.run) on an ephemeral port,
-a test catalogue, and provisioning through chf.admin."""
+a test catalogue, and provisioning through chf.provisioning."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chf import admin
-from chf.config import Config, parse_config
-from chf.service import ChargingService
+from chf.core import provisioning
+from chf.runtime.config import Config, parse_config
+from chf.runtime.service import ChargingService
 from gy.client import DiameterClient
 from gy.server import GyServer
 from tools.serve import run
@@ -247,12 +247,14 @@ def provision(
 
     def op(txn: Any, engine: Any, now: int) -> Any:
         if txn.get_tenant(tenant) is None:
-            admin.create_tenant(txn, tenant, tenant, currency, now)
-        admin.create_account(
+            provisioning.create_tenant(txn, tenant, tenant, currency, now)
+        provisioning.create_account(
             txn, engine, account_id=account, tenant=tenant, payment="prepaid", now=now, balance=balance,
             currency=currency,
         )  # fmt: skip
-        return admin.add_line(txn, engine, account=account, imsi=imsi, msisdn=msisdn, plan=plan, now=now, state=state)
+        return provisioning.add_line(
+            txn, engine, account=account, imsi=imsi, msisdn=msisdn, plan=plan, now=now, state=state
+        )
 
     return op
 

@@ -1,5 +1,5 @@
 """A real charging function for the Nchf tests: LMDB on disk, the charging service with its group-commit writer,
-the Nchf server on an ephemeral port of 127.0.0.1, provisioned through chf.admin."""
+the Nchf server on an ephemeral port of 127.0.0.1, provisioned through chf.provisioning."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chf import admin
-from chf.catalogue import parse_catalogue
-from chf.service import ChargingService
+from chf.core import provisioning
+from chf.core.catalogue import parse_catalogue
+from chf.runtime.service import ChargingService
 from nchf.client import H2Client
 from nchf.component import NchfComponent, NchfSettings
 from store.lmdbstore import Store
@@ -199,7 +199,7 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
     def op(fn: Any) -> Any:
         return service.operate(fn)
 
-    await op(lambda txn, engine, now: admin.create_tenant(txn, "mvno", "Test MVNO", "EUR", now))
+    await op(lambda txn, engine, now: provisioning.create_tenant(txn, "mvno", "Test MVNO", "EUR", now))
     accounts = [
         ("acct-a", 5_000_000, "basic"),
         ("acct-capped", 0, "capped"),
@@ -208,7 +208,7 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
     ]
     for account, balance, _plan in accounts:
         await op(
-            lambda txn, engine, now, a=account, b=balance: admin.create_account(
+            lambda txn, engine, now, a=account, b=balance: provisioning.create_account(
                 txn, engine, account_id=a, tenant="mvno", payment="prepaid", now=now, balance=b
             )
         )
@@ -220,7 +220,7 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
         (IMSI_SUSPENDED, "acct-s", "basic", None),
     ]:
         result = await op(
-            lambda txn, engine, now, i=imsi, a=account, p=plan, m=msisdn: admin.add_line(
+            lambda txn, engine, now, i=imsi, a=account, p=plan, m=msisdn: provisioning.add_line(
                 txn, engine, account=a, imsi=i, now=now, msisdn=m, plan=p
             )
         )
@@ -232,13 +232,13 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
     assert bs is not None
     bucket = bs.buckets[0].id
     await op(
-        lambda txn, engine, now: admin.adjust(
+        lambda txn, engine, now: provisioning.adjust(
             txn, engine, "acct-broke", -15_000_000, now=now, actor="test", reason="used up",
             line_id=broke, bucket_id=bucket,
         )
     )  # fmt: skip
     await op(
-        lambda txn, engine, now: admin.set_state(
+        lambda txn, engine, now: provisioning.set_state(
             txn, engine, IMSI_SUSPENDED, "suspended", now=now, actor="test", reason="test"
         )
     )

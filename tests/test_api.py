@@ -17,12 +17,12 @@ import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from chf.api import ApiConfig, ApiServer, parse_api_config
-from chf.catalogue import load_catalogue
-from chf.config import ConfigError
-from chf.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
-from chf.openapi import OPENAPI
-from chf.service import ChargingService
+from chf.api.openapi import OPENAPI
+from chf.api.server import ApiConfig, ApiServer, parse_api_config
+from chf.core.catalogue import load_catalogue
+from chf.core.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
+from chf.runtime.config import ConfigError
+from chf.runtime.service import ChargingService
 from store.lmdbstore import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,7 +315,7 @@ async def test_catalogue_reload_rejects_an_invalid_file(api: Api, tmp_path: Path
 
 
 async def test_metrics_health_and_readiness(api: Api) -> None:
-    from chf import metrics
+    from chf.runtime import metrics
 
     await provision(api)
     granted_before = metrics.UNITS_GRANTED.labels("bytes")._value.get()

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from chf.catalogue import (
+from chf.core.catalogue import (
     UNLIMITED,
     Catalogue,
     CatalogueError,
@@ -22,7 +22,7 @@ from chf.catalogue import (
     load_catalogue,
     parse_catalogue,
 )
-from chf.periods import first_period_start, parse_period, period_end
+from chf.core.periods import first_period_start, parse_period, period_end
 
 DEMO = Path(__file__).resolve().parent.parent / "conf" / "catalogue.toml"
 PARIS = ZoneInfo("Europe/Paris")

@@ -26,7 +26,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from chf.model import RequestError
+from chf.core.model import RequestError
 from tools.cli import main
 from tools.cli_format import money, parse_money
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chf.model import ChargingAnswer
+from chf.core.model import ChargingAnswer
 from store.lmdbstore import Store
 from tests.corekit import check_invariants
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from chf import admin
-from chf.model import (
+from chf.core import provisioning
+from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
     DIRECT_DEBITING,
@@ -32,7 +32,7 @@ from chf.model import (
     Signal,
     UsageReport,
 )
-from chf.service import ChargingService
+from chf.runtime.service import ChargingService
 from tests.corekit import (
     CATALOGUE_TOML,
     T0,
@@ -255,7 +255,7 @@ def test_suspended_line_denied_aborted_and_final_report_charged(world: World) ->
     world.account("a", balance=10_000)
     line, imsi = world.line("a", plan="payg")
     world.charge(initial("s1", imsi, notify={"peer": "pgw1"}))
-    result = world.admin(admin.set_state, f"#{line}", "suspended", actor="ops", reason="fraud check")
+    result = world.admin(provisioning.set_state, f"#{line}", "suspended", actor="ops", reason="fraud check")
     assert result.signals == [Signal("abort", "s1", "gy", {"peer": "pgw1"}, (10,))]
     # New sessions and new grants are denied ...
     assert world.charge(initial("s2", imsi)).result == END_USER_SERVICE_DENIED
@@ -270,7 +270,7 @@ def test_suspended_line_denied_aborted_and_final_report_charged(world: World) ->
     # Direct debit on a suspended line is denied, a refund is not.
     assert world.charge(event("e1", imsi, DIRECT_DEBITING)).result == END_USER_SERVICE_DENIED
     with pytest.raises(RequestError):
-        world.admin(admin.set_state, f"#{line}", "provisioned", actor="ops", reason="no way back")
+        world.admin(provisioning.set_state, f"#{line}", "provisioned", actor="ops", reason="no way back")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_prepaid_renewal_without_funds_fails_then_topup_retries(world: World) ->
         assert txn.get_line_balances(line).renewal_pending
     world.charge(terminate("s1", 1, imsi, used=0))
     world.now = end + 20
-    result = world.admin(admin.topup, "a", 2_000, actor="shop", reason="top-up")
+    result = world.admin(provisioning.topup, "a", 2_000, actor="shop", reason="top-up")
     assert result.value["balance"] == 2_500 - 1_000
     data = bucket_named(world.line_buckets(line), "data")
     assert (data.remaining, data.valid_from, data.valid_to) == (3000, end + 20, period_end_of_line(world, line))
@@ -392,7 +392,7 @@ def test_flexible_iot_pool_grows_with_activated_lines(world: World) -> None:
     assert bucket_named(world.account_buckets("iot"), "pool").remaining == 2000
     line3, imsi3 = world.line("iot", state="provisioned")  # not counted until active
     assert bucket_named(world.account_buckets("iot"), "pool").remaining == 2000
-    world.admin(admin.set_state, f"#{line3}", "active", actor="ops", reason="activated")
+    world.admin(provisioning.set_state, f"#{line3}", "active", actor="ops", reason="activated")
     pool = bucket_named(world.account_buckets("iot"), "pool")
     assert (pool.remaining, pool.initial) == (3000, 3000)
     assert world.acct("iot").active_lines == 3
@@ -467,7 +467,7 @@ def test_idempotent_replay_across_reopen(world: World) -> None:
         terminate("s1", 2, imsi, used=300),
     ]
     first = [world.charge(r) for r in sent]
-    topup_first = world.admin(admin.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
+    topup_first = world.admin(provisioning.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
     assert not topup_first.duplicate
     for reopen in (False, True):
         if reopen:
@@ -477,7 +477,7 @@ def test_idempotent_replay_across_reopen(world: World) -> None:
         for req, ans in zip(sent, first, strict=True):
             again = world.charge(req)
             assert again.duplicate and again.pack() == ans.pack(), req
-        again = world.admin(admin.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
+        again = world.admin(provisioning.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
         assert again.duplicate and again.value == topup_first.value
         with world.store.read() as txn:
             assert snapshot(txn) == before
@@ -512,7 +512,7 @@ def test_line_move_releases_and_charges_new_account(world: World) -> None:
     line, imsi = world.line("a", plan="payg")
     world.charge(initial("s1", imsi))
     assert world.acct("a").reserved == 100
-    result = world.admin(admin.move_line, f"#{line}", "b", actor="ops", reason="family change")
+    result = world.admin(provisioning.move_line, f"#{line}", "b", actor="ops", reason="family change")
     assert [s.kind for s in result.signals] == ["abort"]
     assert world.acct("a").reserved == 0 and world.acct("a").active_lines == 0
     assert world.acct("b").active_lines == 1
@@ -562,10 +562,10 @@ def test_bad_admin_input_changes_nothing(world: World) -> None:
     world.account("a", balance=100)
     seq = world.last_seq()
     for call in (
-        lambda: world.admin(admin.topup, "a", 0, actor="x", reason="r"),
-        lambda: world.admin(admin.topup, "a", 1.5, actor="x", reason="r"),
-        lambda: world.admin(admin.topup, "nobody", 10, actor="x", reason="r"),
-        lambda: world.admin(admin.adjust, "a", 10, actor="x", reason=""),
+        lambda: world.admin(provisioning.topup, "a", 0, actor="x", reason="r"),
+        lambda: world.admin(provisioning.topup, "a", 1.5, actor="x", reason="r"),
+        lambda: world.admin(provisioning.topup, "nobody", 10, actor="x", reason="r"),
+        lambda: world.admin(provisioning.adjust, "a", 10, actor="x", reason=""),
     ):
         with pytest.raises(RequestError):
             call()
@@ -583,7 +583,7 @@ def test_topup_after_missed_periods_starts_the_current_period(world: World) -> N
     with world.store.read() as txn:
         assert txn.get_line_balances(line).renewal_pending
     world.now = int(datetime(2026, 6, 10, tzinfo=UTC).timestamp())  # two more period boundaries pass silently
-    world.admin(admin.topup, "a", 5_000, actor="shop", reason="top-up")
+    world.admin(provisioning.topup, "a", 5_000, actor="shop", reason="top-up")
     current_end = int(datetime(2026, 7, 1, tzinfo=UTC).timestamp())
     data = bucket_named(world.line_buckets(line), "data")
     assert (data.remaining, data.valid_to) == (3000, current_end)
@@ -619,7 +619,7 @@ def test_bucket_adjustment_idempotent_and_bounded_by_reservation(world: World) -
     data = bucket_named(world.line_buckets(line), "data")
     world.charge(initial("s1", imsi))  # 1000 reserved
     first = world.admin(
-        admin.adjust,
+        provisioning.adjust,
         "a",
         -500,
         actor="ops",
@@ -629,7 +629,7 @@ def test_bucket_adjustment_idempotent_and_bounded_by_reservation(world: World) -
         idempotency_key="adj-1",
     )
     again = world.admin(
-        admin.adjust,
+        provisioning.adjust,
         "a",
         -500,
         actor="ops",
@@ -641,7 +641,7 @@ def test_bucket_adjustment_idempotent_and_bounded_by_reservation(world: World) -
     assert again.duplicate and again.value == first.value
     assert bucket_named(world.line_buckets(line), "data").remaining == 2500
     with pytest.raises(RequestError) as refused:
-        world.admin(admin.adjust, "a", -2000, actor="ops", reason="too much", line_id=line, bucket_id=data.id)
+        world.admin(provisioning.adjust, "a", -2000, actor="ops", reason="too much", line_id=line, bucket_id=data.id)
     assert refused.value.field == "amount"
     assert bucket_named(world.line_buckets(line), "data").remaining == 2500
 
@@ -650,13 +650,13 @@ def test_terminated_line_final_report_charged(world: World) -> None:
     world.account("a", balance=10_000)
     line, imsi = world.line("a", plan="payg")
     world.charge(initial("s1", imsi))
-    result = world.admin(admin.set_state, f"#{line}", "terminated", actor="ops", reason="churn")
+    result = world.admin(provisioning.set_state, f"#{line}", "terminated", actor="ops", reason="churn")
     assert [s.session for s in result.signals] == ["s1"]
     assert world.charge(terminate("s1", 1, imsi, used=400)).unit(10).charged == 40
     assert world.charge(initial("s2", imsi)).result == END_USER_SERVICE_DENIED
     assert world.acct("a").active_lines == 0
     with pytest.raises(RequestError):
-        world.admin(admin.move_line, f"#{line}", "a", actor="ops", reason="x")
+        world.admin(provisioning.move_line, f"#{line}", "a", actor="ops", reason="x")
 
 
 def test_postpaid_rollover_at_boundary(world: World) -> None:
@@ -686,7 +686,7 @@ async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(tmp_p
         assert (await service.charge(initial("s1", imsi))).result == SUCCESS
         assert (await service.charge(initial("s2", imsi))).result == SUCCESS
         await service.operate(
-            lambda txn, engine, now: admin.set_state(
+            lambda txn, engine, now: provisioning.set_state(
                 txn, engine, f"#{line}", "suspended", now=now, actor="ops", reason="unpaid"
             )
         )

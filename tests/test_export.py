@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from chf import admin
-from chf.catalogue import load_catalogue
-from chf.config import ConfigError
-from chf.engine import Engine
+from chf.core import provisioning
+from chf.core.catalogue import load_catalogue
+from chf.core.engine import Engine
 from chf.export import Exporter, FileSink, parse_export_config, to_record
+from chf.runtime.config import ConfigError
 from store.lmdbstore import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,16 +47,16 @@ class Spool:
         self.store = Store(path, map_size=MAP_SIZE)
         self.engine = Engine(load_catalogue(CATALOGUE))
         now = int(time.time())
-        self.store.write(lambda txn: admin.create_tenant(txn, "mvno", "MVNO", "EUR", now))
+        self.store.write(lambda txn: provisioning.create_tenant(txn, "mvno", "MVNO", "EUR", now))
         self.store.write(
-            lambda txn: admin.create_account(
+            lambda txn: provisioning.create_account(
                 txn, self.engine, account_id="acct", tenant="mvno", payment="prepaid", now=now
             )
         )
 
     def produce(self, count: int, batch: int = 25, pace: float = 0.0) -> None:
         now = int(time.time())
-        op = lambda txn: admin.topup(txn, self.engine, "acct", 1_000, now=now, actor="test", reason="load")  # noqa: E731
+        op = lambda txn: provisioning.topup(txn, self.engine, "acct", 1_000, now=now, actor="test", reason="load")  # noqa: E731
         for start in range(0, count, batch):
             for result in self.store.run_batch([op] * min(batch, count - start)):
                 assert not isinstance(result, BaseException), result
@@ -270,7 +270,8 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
         async def close(self) -> None:
             return None
 
-    from chf import export, metrics
+    from chf import export
+    from chf.runtime import metrics
 
     spool = Spool(tmp_path / "chf.lmdb")
     spool.store.start(asyncio.get_running_loop())
@@ -283,7 +284,7 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
         started = time.perf_counter()
         for _ in range(20):  # charging-side writes go through while the sink is dead
             await spool.store.submit(
-                lambda txn: admin.topup(txn, spool.engine, "acct", 1, now=0, actor="t", reason="r")
+                lambda txn: provisioning.topup(txn, spool.engine, "acct", 1, now=0, actor="t", reason="r")
             )
         assert time.perf_counter() - started < 5
         await asyncio.sleep(0.1)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chf import admin
+from chf.core import provisioning
 from tests.gy_support import REPO, provision, running_server
 
 ERLANG_DIR = REPO / "tests" / "erlang"
@@ -104,12 +104,14 @@ async def test_otp_diameter_peer(tmp_path: Path) -> None:
                                             "currency": "978"}  # fmt: skip
             session = (await until("ready"))["session"]
             await srv.service.operate(
-                lambda txn, engine, now: admin.topup(txn, engine, "a1", 5_000_000, now=now, actor="t", reason="t")
+                lambda txn, engine, now: provisioning.topup(
+                    txn, engine, "a1", 5_000_000, now=now, actor="t", reason="t"
+                )
             )
             # AUTHORIZE_ONLY, every rating group of the session (no Rating-Group)
             assert await until("rar") == {"session": session, "type": "0", "rating_group": "undefined"}
             await srv.service.operate(
-                lambda txn, engine, now: admin.set_state(txn, engine, IMSI, "suspended", now=now, actor="t",
+                lambda txn, engine, now: provisioning.set_state(txn, engine, IMSI, "suspended", now=now, actor="t",
                                                          reason="t")
             )  # fmt: skip
             assert await until("asr") == {"session": session}

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from chf.model import (
+from chf.core.model import (
     CREDIT_LIMIT_REACHED,
     FUA_REDIRECT,
     FUA_RESTRICT,

@@ -193,7 +193,7 @@ async def test_concurrent_updates_of_one_session(tmp_path: Path) -> None:
 
 
 async def test_reauth_after_topup_and_abort_after_suspension(tmp_path: Path) -> None:
-    from chf import admin
+    from chf.core import provisioning
 
     async with running_server(tmp_path) as srv:
         await srv.op(provision(balance=15_000))
@@ -203,7 +203,7 @@ async def test_reauth_after_topup_and_abort_after_suspension(tmp_path: Path) -> 
         cca = await client.ccr(ccr("r;1", 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
         assert msccs(cca)[10]["rc"] == 4012 and msccs(cca)[10]["fua"] == 0  # 5,000 left: not a whole MB
         await srv.service.operate(
-            lambda txn, engine, now: admin.topup(txn, engine, "a1", 5_000_000, now=now, actor="t", reason="shop")
+            lambda txn, engine, now: provisioning.topup(txn, engine, "a1", 5_000_000, now=now, actor="t", reason="shop")
         )
         rar = await asyncio.wait_for(client.server_requests.get(), 5)
         assert rar.code == 258 and rar.is_request
@@ -215,7 +215,7 @@ async def test_reauth_after_topup_and_abort_after_suspension(tmp_path: Path) -> 
         cca = await client.ccr(ccr(session, 2, 2, mscc=[Mscc(10, {})]))
         assert rc(cca) == 2001 and msccs(cca)[10]["bytes"] == 1_000_000
         await srv.service.operate(
-            lambda txn, engine, now: admin.set_state(
+            lambda txn, engine, now: provisioning.set_state(
                 txn, engine, "208010000000001", "suspended", now=now, actor="t", reason="fraud"
             )
         )

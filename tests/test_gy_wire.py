@@ -17,7 +17,7 @@ from diameter.message.avp import Avp as PdAvp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chf.model import ChargingAnswer, FinalUnit, UnitAnswer
+from chf.core.model import ChargingAnswer, FinalUnit, UnitAnswer
 from gy.ccapp import AnswerEncoder, parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import E, decode_header, encode_message, find, find_all

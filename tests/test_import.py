@@ -1,4 +1,4 @@
-"""Bulk provisioning (`chf.admin.add_lines`, behind `chf subscriber import`) writes exactly what `add_line`
+"""Bulk provisioning (`chf.provisioning.add_lines`, behind `chf subscriber import`) writes exactly what `add_line`
 writes row by row: the same lines, indexes, balance sets, accounts and audit events, byte for byte.
 
 add_lines renders most lines from templates traced from the engine (issue #2: 1,000,000 lines in under a
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from chf import admin
-from chf.model import RequestError
+from chf.core import provisioning
+from chf.core.model import RequestError
 from store.schema import unpack
 from tests.corekit import World, check_invariants
 
@@ -105,18 +105,18 @@ def test_bulk_import_writes_exactly_what_add_line_writes(tmp_path: Path, batch: 
     try:
         provision(bulk)
         provision(single)
-        templates = admin.LineTemplates()
+        templates = provisioning.LineTemplates()
         got: list[Any] = []
         for start in range(0, len(rows), batch):
             chunk = [dict(r) for r in rows[start : start + batch]]
             got += bulk.store.write(
-                lambda txn, chunk=chunk: admin.add_lines(
+                lambda txn, chunk=chunk: provisioning.add_lines(
                     txn, bulk.engine, chunk, now=bulk.now, actor="cli:test", templates=templates
                 )
             )
         expected = single.store.run_batch(
             [
-                lambda txn, row=row: admin.add_line(
+                lambda txn, row=row: provisioning.add_line(
                     txn, single.engine, now=single.now, actor="cli:test",
                     **{k: v for k, v in row.items() if k != "state" or v is not None},
                 ).value["id"]
@@ -148,13 +148,15 @@ def test_a_template_is_refused_when_the_engine_would_write_more(tmp_path: Path) 
     world = World(tmp_path / "w")
     try:
         provision(world)
-        templates = admin.LineTemplates()
+        templates = provisioning.LineTemplates()
         serial = itertools.count()
 
         def templated(state: str, account: str = "flex", plan: str | None = None) -> bool:
             before = templates.rendered
             row = {"account": account, "imsi": f"0010100000001{next(serial):02d}", "state": state, "plan": plan}
-            world.store.write(lambda txn: admin.add_lines(txn, world.engine, [row], now=world.now, templates=templates))
+            world.store.write(
+                lambda txn: provisioning.add_lines(txn, world.engine, [row], now=world.now, templates=templates)
+            )
             return templates.rendered > before
 
         assert not templated("active")
@@ -175,7 +177,7 @@ def test_renewals_due_when_the_import_begins_come_first_in_one_gap_free_sequence
         provision(world)
         world.now += 40 * 86400  # past the end of the accounts' first monthly period
         rows = [{"account": "fam", "imsi": f"0010100000002{i:02d}", "plan": "fam"} for i in range(5)]
-        results = world.store.write(lambda txn: admin.add_lines(txn, world.engine, rows, now=world.now))
+        results = world.store.write(lambda txn: provisioning.add_lines(txn, world.engine, rows, now=world.now))
         assert all(isinstance(r, int) for r in results)
         events = world.events()
         renewals = [e["seq"] for e in events if e["kind"] == "renewal" and e["subscriber"] is None]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chf import admin
+from chf.core import provisioning
 from nchf.auth import make_jwt
 from nchf.client import H2Client
 from nchf.component import NchfSettings, parse_settings
@@ -380,7 +380,9 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
     created = await chf.call(client, "create", request_body(1, units=[usage(10), usage(20)], notify_uri=uri))
     assert created.status == 201
     await chf.service.operate(
-        lambda txn, engine, now: admin.topup(txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up")
+        lambda txn, engine, now: provisioning.topup(
+            txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up"
+        )
     )
     request, body = await asyncio.wait_for(receiver.received.get(), 5)
     assert request.http2 and request.method == "POST"
@@ -391,7 +393,7 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
         "reauthorizationDetails": [{"ratingGroup": 10}, {"ratingGroup": 20}],
     }
     await chf.service.operate(
-        lambda txn, engine, now: admin.set_state(
+        lambda txn, engine, now: provisioning.set_state(
             txn, engine, IMSI, "suspended", now=now, actor="test", reason="fraud check"
         )
     )
@@ -416,7 +418,9 @@ async def test_notify_failure_is_bounded_and_never_blocks_charging(chf: Chf) -> 
     created = await chf.call(client, "create", request_body(1, units=[usage(10)], notify_uri=dead))
     started = time.monotonic()
     await chf.service.operate(
-        lambda txn, engine, now: admin.topup(txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up")
+        lambda txn, engine, now: provisioning.topup(
+            txn, engine, "acct-a", 1_000_000, now=now, actor="test", reason="top-up"
+        )
     )
     updated = await chf.call(client, "update", request_body(2, units=[usage(10, {"totalVolume": MB})]), created.ref)
     assert updated.status == 200 and time.monotonic() - started < 0.5
@@ -640,7 +644,7 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
 async def test_metrics_count_by_operation_and_never_name_a_subscriber(chf: Chf) -> None:
     from prometheus_client import generate_latest
 
-    from chf.metrics import REGISTRY
+    from chf.runtime.metrics import REGISTRY
 
     client = await chf.client()
     created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
@@ -741,7 +745,7 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from chf.model import FinalUnit, UnitAnswer
+    from chf.core.model import FinalUnit, UnitAnswer
     from nchf.mapping import unit_information
     from tests.nchf_openapi import schema_errors
 
@@ -777,7 +781,7 @@ def test_response_body_written_directly_equals_json_dumps_of_the_mapping() -> No
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from chf.model import ChargingAnswer, FinalUnit, UnitAnswer
+    from chf.core.model import ChargingAnswer, FinalUnit, UnitAnswer
     from nchf.mapping import charging_data_response, charging_data_response_json
 
     units = st.builds(

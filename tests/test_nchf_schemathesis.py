@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chf import admin
+from chf.core import provisioning
 from tests.nchf_harness import Chf, request_body, start_chf, stop_chf, usage
 from tests.nchf_openapi import MAIN, specs_or_skip
 
@@ -136,12 +136,14 @@ def _open_session(chf: Chf, session: Any, base_url: str) -> str:
 
     async def provision() -> None:
         await chf.service.operate(
-            lambda txn, engine, now: admin.create_account(
+            lambda txn, engine, now: provisioning.create_account(
                 txn, engine, account_id=account, tenant="mvno", payment="prepaid", now=now, balance=5_000_000
             )
         )
         await chf.service.operate(
-            lambda txn, engine, now: admin.add_line(txn, engine, account=account, imsi=imsi, now=now, plan="basic")
+            lambda txn, engine, now: provisioning.add_line(
+                txn, engine, account=account, imsi=imsi, now=now, plan="basic"
+            )
         )
 
     asyncio.run_coroutine_threadsafe(provision(), chf.loop).result(10)

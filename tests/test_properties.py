@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from chf import admin
-from chf.engine import EngineConfig
-from chf.model import (
+from chf.core import provisioning
+from chf.core.engine import EngineConfig
+from chf.core.model import (
     CHECK_BALANCE,
     DIRECT_DEBITING,
     PRICE_ENQUIRY,
@@ -36,8 +36,8 @@ from chf.model import (
     UnitRequest,
     UsageReport,
 )
-from chf.periods import period_end
-from chf.service import ChargingService
+from chf.core.periods import period_end
+from chf.runtime.service import ChargingService
 from tests.corekit import World, check_invariants, event, initial, snapshot, terminate, update
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -221,7 +221,7 @@ class ChargingCore(RuleBasedStateMachine):
         line_id, _, rg = self.lines[line]
         unit_type = "events" if rg == 40 else "bytes"
         w.admin(
-            admin.grant_bucket,
+            provisioning.grant_bucket,
             line_id,
             name="goodwill",
             unit=unit_type,
@@ -235,7 +235,7 @@ class ChargingCore(RuleBasedStateMachine):
     @rule(line=st.sampled_from([0, 1]), plan=st.sampled_from(["pre", "payg", "promo"]))
     def change_plan(self, line: int, plan: str) -> None:
         line_id, _, _ = self.lines[line]
-        self.world.admin(admin.assign_plan, plan, actor="prop", reason="plan change", line_ref=f"#{line_id}")
+        self.world.admin(provisioning.assign_plan, plan, actor="prop", reason="plan change", line_ref=f"#{line_id}")
 
     @rule()
     def terminate_line(self) -> None:
@@ -243,7 +243,7 @@ class ChargingCore(RuleBasedStateMachine):
         with self.world.store.read() as txn:
             if txn.get_subscriber(line_id).state == "terminated":
                 return
-        self.world.admin(admin.set_state, f"#{line_id}", "terminated", actor="prop", reason="churn")
+        self.world.admin(provisioning.set_state, f"#{line_id}", "terminated", actor="prop", reason="churn")
 
     @rule()
     def sweep(self) -> None:
@@ -265,13 +265,15 @@ class ChargingCore(RuleBasedStateMachine):
     def topup(self, account: str, amount: int, keyed: bool) -> None:
         self.events_made += 1
         key = f"t{self.events_made}" if keyed else None
-        result = self.world.admin(admin.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
+        result = self.world.admin(
+            provisioning.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key
+        )
         if key is not None:
             self.history.append((("topup", account, amount, key), result.value, self.world.now))
 
     @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(-3_000, 3_000).filter(bool))
     def adjust_wallet(self, account: str, amount: int) -> None:
-        self.world.admin(admin.adjust, account, amount, actor="prop", reason="correction")
+        self.world.admin(provisioning.adjust, account, amount, actor="prop", reason="correction")
 
     # -- time, lifecycle, moves, reaper -----------------------------------------------------------------------------
     @rule(step=st.sampled_from([1, 50, 199, 200, 3_599, 86_400, 10 * 86_400, "boundary"]))
@@ -291,7 +293,7 @@ class ChargingCore(RuleBasedStateMachine):
             open_sessions = {s.key for s in txn.sessions_of_line(line_id) if not s.closed}
         if before == "terminated":
             return
-        result = self.world.admin(admin.set_state, f"#{line_id}", state, actor="prop", reason="lifecycle")
+        result = self.world.admin(provisioning.set_state, f"#{line_id}", state, actor="prop", reason="lifecycle")
         if state == "suspended" and before == "active":
             assert {s.session for s in result.signals if s.kind == "abort"} == open_sessions
 
@@ -301,7 +303,7 @@ class ChargingCore(RuleBasedStateMachine):
         with self.world.store.read() as txn:
             current = txn.get_subscriber(line_id).account
         target = PREPAID_ACCOUNTS[1] if current == PREPAID_ACCOUNTS[0] else PREPAID_ACCOUNTS[0]
-        result = self.world.admin(admin.move_line, f"#{line_id}", target, actor="prop", reason="move")
+        result = self.world.admin(provisioning.move_line, f"#{line_id}", target, actor="prop", reason="move")
         for signal in result.signals:
             self.open.pop(signal.session, None)  # released and aborted
 
@@ -327,7 +329,7 @@ class ChargingCore(RuleBasedStateMachine):
             _, account, amount, key = request
             if w.now >= sent_at + window:
                 return  # the key has expired: a new top-up by design
-            again = w.admin(admin.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
+            again = w.admin(provisioning.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
             assert again.duplicate and again.value == first
         elif request.kind == "event":
             if w.now >= sent_at + window:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chf import admin
-from chf.model import EVENT, REFUND_ACCOUNT, SUCCESS, ChargingRequest, UnitRequest
+from chf.core import provisioning
+from chf.core.model import EVENT, REFUND_ACCOUNT, SUCCESS, ChargingRequest, UnitRequest
 from store.lmdbstore import Store
 from tests.charging_fixture import CATALOGUE, Charging, at
 from tools import cli
@@ -53,7 +53,7 @@ def charged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     answer = c.store.write(lambda txn: c.engine.charge(txn, refund, at("2026-11-05T10:00:00")))
     assert answer.result == SUCCESS and answer.cost == 80_000
     c.store.write(
-        lambda txn: admin.adjust(
+        lambda txn: provisioning.adjust(
             txn, c.engine, "pre", 5_000_000, now=at("2026-11-05T12:00:00"), actor="test", reason="goodwill"
         )
     )

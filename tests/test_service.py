@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chf import admin
-from chf.catalogue import CatalogueError, load_catalogue
-from chf.model import INITIAL, SUCCESS, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
-from chf.service import ChargingService
+from chf.core import provisioning
+from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.model import INITIAL, SUCCESS, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
+from chf.runtime.service import ChargingService
 from store.lmdbstore import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,13 +42,15 @@ def service(tmp_path: Path):
 
 def _provision(svc: ChargingService, imsi: str = "208019000000001", balance: int = 20_000_000) -> None:
     now = svc.now()
-    svc.store.write(lambda t: admin.create_tenant(t, "demo", "Demo", "EUR", now))
+    svc.store.write(lambda t: provisioning.create_tenant(t, "demo", "Demo", "EUR", now))
     svc.store.write(
-        lambda t: admin.create_account(
+        lambda t: provisioning.create_account(
             t, svc.engine, account_id="alice", tenant="demo", payment="prepaid", now=now, balance=balance
         )
     )
-    svc.store.write(lambda t: admin.add_line(t, svc.engine, account="alice", imsi=imsi, plan="prepaid-s", now=now))
+    svc.store.write(
+        lambda t: provisioning.add_line(t, svc.engine, account="alice", imsi=imsi, plan="prepaid-s", now=now)
+    )
 
 
 def _data_request(kind: str, number: int, used: int = 0) -> ChargingRequest:
@@ -129,12 +131,12 @@ async def test_suspension_signals_abort_to_the_front_end(service: ChargingServic
     try:
         await service.charge(_data_request(INITIAL, 0))
         await service.operate(
-            lambda txn, engine, now: admin.set_state(
+            lambda txn, engine, now: provisioning.set_state(
                 txn, engine, "208019000000001", "suspended", now=now, actor="test", reason="fraud"
             )
         )
         topup = await service.operate(
-            lambda txn, engine, now: admin.topup(txn, engine, "alice", 1_000_000, now=now, actor="t", reason="x")
+            lambda txn, engine, now: provisioning.topup(txn, engine, "alice", 1_000_000, now=now, actor="t", reason="x")
         )
     finally:
         await service.stop()

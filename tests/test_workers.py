@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chf import metrics
-from chf.config import ConfigError, load_config, parse_config
-from chf.corelink import RemoteService
-from chf.model import ChargingRequest, RequestError, Signal, UnitRequest, UsageReport
-from chf.service import ChargingService
+from chf.core.model import ChargingRequest, RequestError, Signal, UnitRequest, UsageReport
+from chf.runtime import metrics
+from chf.runtime.config import ConfigError, load_config, parse_config
+from chf.runtime.corelink import RemoteService
+from chf.runtime.service import ChargingService
 from gy.client import DiameterClient, Mscc, ccr_avps
 from gy.codec import find
 from nchf.client import H2Client

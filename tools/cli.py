@@ -16,11 +16,11 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from chf import admin
-from chf.catalogue import CatalogueError, load_catalogue
-from chf.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from chf.engine import Engine
-from chf.model import RequestError
+from chf.core import provisioning
+from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.engine import Engine
+from chf.core.model import RequestError
+from chf.runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from store.lmdbstore import Store, StoreError
 from tools import cli_admin, reconcile, reports
 
@@ -104,13 +104,13 @@ def load_demo(env: Env, path: str) -> dict[str, int]:
             if txn.get_tenant(t["id"]) is not None:
                 counts["skipped"] += 1
                 continue
-            admin.create_tenant(txn, t["id"], t.get("name", t["id"]), t.get("currency", "EUR"), now)
+            provisioning.create_tenant(txn, t["id"], t.get("name", t["id"]), t.get("currency", "EUR"), now)
             counts["tenants"] += 1
         for a in data.get("accounts", []):
             if txn.get_account(a["id"]) is not None:
                 counts["skipped"] += 1
                 continue
-            admin.create_account(
+            provisioning.create_account(
                 txn,
                 engine,
                 account_id=a["id"],
@@ -130,7 +130,7 @@ def load_demo(env: Env, path: str) -> dict[str, int]:
             if txn.subscriber_id_by("imsi", line["imsi"]) is not None:
                 counts["skipped"] += 1
                 continue
-            admin.add_line(
+            provisioning.add_line(
                 txn,
                 engine,
                 account=line["account"],
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
     except RequestError as exc:
         print(f"chf: {exc.field}: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED if isinstance(exc, admin.NotFound | admin.Conflict) else EXIT_USAGE
+        return EXIT_FAILED if isinstance(exc, provisioning.NotFound | provisioning.Conflict) else EXIT_USAGE
     except (ConfigError, CatalogueError) as exc:
         print("chf: " + "\nchf: ".join(exc.errors), file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,7 @@
 """`chf tenant|account|subscriber|catalogue|events`: provisioning, balances, catalogue and the event spool.
 
-Every change goes through a chf.admin function (which validates and writes the audit events) inside one durable
-store transaction; a refused change writes nothing. Errors are `RequestError(field, message)`, which `chf`
+Every change goes through a chf.core.provisioning function (which validates and writes the audit events) inside
+one durable store transaction; a refused change writes nothing. Errors are `RequestError(field, message)`, which `chf`
 prints as `chf: FIELD: MESSAGE` with exit status 2 (bad input) or 1 (not found, conflict).
 
 This module does not import tools.cli at run time (tools.cli registers it), so `python -m tools.cli` works.
@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from chf import admin
-from chf.catalogue import Catalogue, CatalogueError, Plan, load_catalogue
-from chf.engine import Engine
-from chf.model import OpResult, RequestError
+from chf.core import provisioning
+from chf.core.catalogue import Catalogue, CatalogueError, Plan, load_catalogue
+from chf.core.engine import Engine
+from chf.core.model import OpResult, RequestError
 from store.lmdbstore import Txn
 from store.schema import LINE_STATES, PAYMENT_TYPES
 from tools.cli_format import fields, money, parse_money, parse_units, quantity, table, when
@@ -43,7 +43,7 @@ def actor() -> str:
 
 
 def change(env: Env, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
-    """Run one chf.admin operation in its own durable transaction."""
+    """Run one chf.core.provisioning operation in its own durable transaction."""
     engine = env.engine
     now = env.now()
     return env.store.write(lambda txn: fn(txn, engine, now))
@@ -60,7 +60,9 @@ def need_text(field: str, value: str | None) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 def cmd_tenant_create(env: Env) -> int:
     a = env.args
-    result = change(env, lambda txn, engine, now: admin.create_tenant(txn, a.id, a.name or a.id, a.currency, now))
+    result = change(
+        env, lambda txn, engine, now: provisioning.create_tenant(txn, a.id, a.name or a.id, a.currency, now)
+    )
     t = result.value
     env.out(t, f"tenant {t['id']} created ({t['name']}, {t['currency']})")
     return EXIT_OK
@@ -84,7 +86,7 @@ def cmd_account_create(env: Env) -> int:
     who = actor()
 
     def run(txn: Txn, engine: Engine, now: int) -> OpResult:
-        return admin.create_account(
+        return provisioning.create_account(
             txn,
             engine,
             account_id=a.id,
@@ -145,12 +147,12 @@ ACCOUNT_LINES_SHOWN = 100  # an IoT account can hold a million lines: show the f
 
 
 def cmd_account_show(env: Env) -> int:
-    account_id = admin.check_id("account", env.args.id)
+    account_id = provisioning.check_id("account", env.args.id)
     now = env.now()
     with env.store.read() as txn:
         account = txn.get_account(account_id)
         if account is None:
-            raise admin.NotFound("account", f"no account {account_id!r}")
+            raise provisioning.NotFound("account", f"no account {account_id!r}")
         view = account.as_dict()
         bs = txn.get_account_balances(account_id)
         view["shared_buckets"] = [b.as_dict() for b in bs.buckets if b.valid_to > now] if bs is not None else []
@@ -202,7 +204,7 @@ def cmd_account_topup(env: Env) -> int:
     who = actor()
     result = change(
         env,
-        lambda txn, engine, now: admin.topup(
+        lambda txn, engine, now: provisioning.topup(
             txn, engine, a.id, amount, now=now, actor=who, reason=reason, idempotency_key=a.idempotency_key
         ),
     )
@@ -219,23 +221,23 @@ def cmd_account_adjust(env: Env) -> int:
     if (a.line is None) != (a.bucket is None):
         raise RequestError("line" if a.line is None else "bucket", "a bucket adjustment names both --line and --bucket")
     who = actor()
-    account_id = admin.check_id("account", a.id)
+    account_id = provisioning.check_id("account", a.id)
     # A wallet adjustment is money; a bucket adjustment is in the bucket's unit (money buckets: decimal too).
     wallet_amount = parse_money("amount", a.amount, allow_negative=True, allow_zero=False) if a.line is None else 0
 
     def run(txn: Txn, engine: Engine, now: int) -> OpResult:
         if a.line is None:
-            return admin.adjust(txn, engine, account_id, wallet_amount, now=now, actor=who, reason=reason)
-        sub = admin.get_line(txn, a.line)
+            return provisioning.adjust(txn, engine, account_id, wallet_amount, now=now, actor=who, reason=reason)
+        sub = provisioning.get_line(txn, a.line)
         bs = txn.get_line_balances(sub.id)
         bucket = bs.bucket(a.bucket) if bs is not None else None
         if bucket is None:
-            raise admin.NotFound("bucket", f"line #{sub.id} has no bucket {a.bucket}")
+            raise provisioning.NotFound("bucket", f"line #{sub.id} has no bucket {a.bucket}")
         if bucket.unit == "money":
             amount = parse_money("amount", a.amount, allow_negative=True, allow_zero=False)
         else:
             amount = parse_units("amount", a.amount)
-        return admin.adjust(
+        return provisioning.adjust(
             txn, engine, account_id, amount, now=now, actor=who, reason=reason, line_id=sub.id, bucket_id=a.bucket
         )
 
@@ -254,8 +256,8 @@ def cmd_account_set_plan(env: Env) -> int:
     reason = a.reason or "plan changed"
     result = change(
         env,
-        lambda txn, engine, now: admin.assign_plan(
-            txn, engine, a.plan, now=now, actor=who, reason=reason, account_id=admin.check_id("account", a.id)
+        lambda txn, engine, now: provisioning.assign_plan(
+            txn, engine, a.plan, now=now, actor=who, reason=reason, account_id=provisioning.check_id("account", a.id)
         ),
     )
     acct = result.value
@@ -330,7 +332,7 @@ def cmd_subscriber_add(env: Env) -> int:
     who = actor()
     result = change(
         env,
-        lambda txn, engine, now: admin.add_line(
+        lambda txn, engine, now: provisioning.add_line(
             txn,
             engine,
             account=a.account,
@@ -351,8 +353,8 @@ def cmd_subscriber_add(env: Env) -> int:
 
 def cmd_subscriber_show(env: Env) -> int:
     with env.store.read() as txn:
-        sub = admin.get_line(txn, env.args.ref)
-        view = admin.line_view(txn, env.engine, sub, env.now())
+        sub = provisioning.get_line(txn, env.args.ref)
+        view = provisioning.line_view(txn, env.engine, sub, env.now())
     env.out(view, lambda: line_text(view))
     return EXIT_OK
 
@@ -362,7 +364,8 @@ def cmd_subscriber_set_state(env: Env) -> int:
     reason = need_text("reason", a.reason)
     who = actor()
     result = change(
-        env, lambda txn, engine, now: admin.set_state(txn, engine, a.ref, a.state, now=now, actor=who, reason=reason)
+        env,
+        lambda txn, engine, now: provisioning.set_state(txn, engine, a.ref, a.state, now=now, actor=who, reason=reason),
     )
     sub = result.value
     out = {"line": sub, "sessions_to_abort": len(result.signals)}
@@ -377,7 +380,9 @@ def cmd_subscriber_move(env: Env) -> int:
     who = actor()
     result = change(
         env,
-        lambda txn, engine, now: admin.move_line(txn, engine, a.ref, a.account, now=now, actor=who, reason=reason),
+        lambda txn, engine, now: provisioning.move_line(
+            txn, engine, a.ref, a.account, now=now, actor=who, reason=reason
+        ),
     )
     sub = result.value
     out = {"line": sub, "sessions_released": len(result.signals)}
@@ -391,7 +396,7 @@ def cmd_subscriber_set_plan(env: Env) -> int:
     reason = a.reason or "plan changed"
     result = change(
         env,
-        lambda txn, engine, now: admin.assign_plan(
+        lambda txn, engine, now: provisioning.assign_plan(
             txn, engine, a.plan, now=now, actor=who, reason=reason, line_ref=a.ref
         ),
     )
@@ -516,7 +521,9 @@ def cmd_catalogue_show(env: Env) -> int:
         return EXIT_OK
     plan = catalogue.plans.get(env.args.plan)
     if plan is None:
-        raise admin.NotFound("plan", f"no plan {env.args.plan!r} in {path} (plans: {', '.join(catalogue.plans)})")
+        raise provisioning.NotFound(
+            "plan", f"no plan {env.args.plan!r} in {path} (plans: {', '.join(catalogue.plans)})"
+        )
     d = plan_detail(plan, currency)
 
     def text() -> str:
@@ -601,7 +608,7 @@ def cmd_catalogue_reload(env: Env) -> int:
     path = server_path(pid, env.config.catalogue)
     catalogue = check_catalogue(env, path)  # an invalid file never reaches the server
     if pid is None:
-        raise admin.NotFound("server", f"{why_not}; {path} is valid but nothing was reloaded")
+        raise provisioning.NotFound("server", f"{why_not}; {path} is valid but nothing was reloaded")
     try:
         os.kill(pid, signal.SIGHUP)
     except PermissionError:
@@ -692,7 +699,7 @@ def cmd_events_tail(env: Env) -> int:
     line_id = None
     with env.store.read() as txn:
         if a.line is not None:
-            line_id = admin.get_line(txn, a.line).id
+            line_id = provisioning.get_line(txn, a.line).id
         keep = EventFilter(line_id, a.kind)
         events = last_matching(txn, a.n, keep) if a.n else []
         last = txn.last_event_seq()

@@ -10,7 +10,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from chf.model import RequestError
+from chf.core.model import RequestError
 
 MICRO = 1_000_000
 _MONEY_LIMIT = Decimal(2**62) / MICRO  # money is an int below 2**62 micro-units everywhere in the store

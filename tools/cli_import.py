@@ -1,7 +1,7 @@
 """`chf subscriber import FILE`: bulk-load lines from CSV or JSON Lines (an MVNO migrating its base).
 
 Rows are added in large transactions (`--batch` rows each, one durable commit per batch) through
-chf.admin.add_lines, which applies exactly the checks and writes exactly the records and audit events of
+chf.provisioning.add_lines, which applies exactly the checks and writes exactly the records and audit events of
 `chf subscriber add`. A bad row is reported with its line number and field and skipped; the others go in.
 """
 
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from chf import admin
-from chf.model import RequestError
+from chf.core import provisioning
+from chf.core.model import RequestError
 from store.lmdbstore import StoreError, Txn
 
 if TYPE_CHECKING:
     from tools.cli import Env
 
-COLUMNS = admin.LINE_FIELDS  # account, imsi, msisdn, iccid, eid, plan, state
+COLUMNS = provisioning.LINE_FIELDS  # account, imsi, msisdn, iccid, eid, plan, state
 DEFAULT_BATCH = 20_000
 MAX_ERRORS_PRINTED = 1000  # all bad rows are counted; beyond this many the text output only counts them
 
@@ -159,7 +159,7 @@ def cmd_subscriber_import(env: Env) -> int:
     if a.batch < 1:
         raise RequestError("batch", f"must be at least 1, got {a.batch}")
     if a.account is not None:
-        admin.check_id("account", a.account)
+        provisioning.check_id("account", a.account)
     try:
         handle = open(a.file, encoding="utf-8", newline="")  # noqa: SIM115 (closed in finally)
     except OSError as exc:
@@ -208,13 +208,17 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
 
     def explain_duplicate(exc: RequestError, row: dict[str, Any]) -> RequestError:
         """A duplicate within the file names the earlier line of the file, not just "in use"."""
-        if not isinstance(exc, admin.Conflict) or exc.field not in ("imsi", "msisdn", "iccid") or first_line_id is None:
+        if (
+            not isinstance(exc, provisioning.Conflict)
+            or exc.field not in ("imsi", "msisdn", "iccid")
+            or first_line_id is None
+        ):
             return exc
         with store.read() as txn:
             line_id = txn.subscriber_id_by(exc.field, row[exc.field])
         if line_id is not None and 0 <= line_id - first_line_id < len(file_line_of):
             earlier = file_line_of[line_id - first_line_id]
-            return admin.Conflict(exc.field, f"{row[exc.field]} duplicates line {earlier} of this file")
+            return provisioning.Conflict(exc.field, f"{row[exc.field]} duplicates line {earlier} of this file")
         return exc
 
     batch: list[tuple[int, dict[str, Any]]] = []
@@ -248,10 +252,10 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
         batch.clear()
         emit()
 
-    templates = admin.LineTemplates()  # kept across batches: traced once per account, plan and state
+    templates = provisioning.LineTemplates()  # kept across batches: traced once per account, plan and state
 
     def _add(txn: Txn, payload: list[dict[str, Any]]) -> list[int | RequestError]:
-        return admin.add_lines(txn, engine, payload, now=now, actor=who, templates=templates)
+        return provisioning.add_lines(txn, engine, payload, now=now, actor=who, templates=templates)
 
     stopped: str | None = None
     try:

@@ -19,11 +19,12 @@ def _compiled_files(root: Path) -> list[tuple[str, Path, Path]]:
     for package in _PACKAGES:
         directory = root / package
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            for compiled in directory.glob(f"*{suffix}"):
+            for compiled in directory.rglob(f"*{suffix}"):
                 name = compiled.name[: -len(suffix)]
                 if "." in name:  # "x.cpython-311-….so" also ends in ".so": counted under its own suffix
                     continue
-                found.append((f"{package}.{name}", compiled, directory / f"{name}.py"))
+                dotted = ".".join(compiled.parent.relative_to(root).parts)
+                found.append((f"{dotted}.{name}", compiled, compiled.parent / f"{name}.py"))
     return found
 
 

@@ -60,7 +60,7 @@ from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, TextIO
 
-from chf.catalogue import Catalogue
+from chf.core.catalogue import Catalogue
 from store.lmdbstore import Store
 
 MEASURES = ("bytes", "seconds", "events")

@@ -25,13 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from chf.api import api_components
-from chf.catalogue import CatalogueError, load_catalogue
-from chf.config import Config, ConfigError
-from chf.corelink import CoreLinkServer, RemoteService, link_path
-from chf.engine import EngineConfig
+from chf.api.server import api_components
+from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.engine import EngineConfig
 from chf.export import export_components
-from chf.service import ChargingService, tune_collector
+from chf.runtime.config import Config, ConfigError
+from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.service import ChargingService, tune_collector
 from store.lmdbstore import Store
 
 log = logging.getLogger("chf.serve")

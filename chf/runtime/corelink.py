@@ -30,9 +30,9 @@ from typing import Any, cast
 
 import msgspec
 
-from chf import metrics
-from chf.model import ChargingAnswer, ChargingRequest, RequestError, Signal
-from chf.service import SignalBus, StoreBusy, StoreClosed
+from chf.core.model import ChargingAnswer, ChargingRequest, RequestError, Signal
+from chf.runtime import metrics
+from chf.runtime.service import SignalBus, StoreBusy, StoreClosed
 
 log = logging.getLogger("chf.corelink")
 

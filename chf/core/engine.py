@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from chf.catalogue import Catalogue, Plan, Tariff
-from chf.model import (
+from chf.core.catalogue import Catalogue, Plan, Tariff
+from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
     DIRECT_DEBITING,
@@ -49,7 +49,7 @@ from chf.model import (
     UnitRequest,
     UsageReport,
 )
-from chf.periods import period_end
+from chf.core.periods import period_end
 from store.lmdbstore import Txn
 from store.schema import (
     ACTIVE,

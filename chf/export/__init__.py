@@ -60,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chf import metrics
+from chf.runtime import metrics
 from store.lmdbstore import Store, StoreBusy, Txn
 
 log = logging.getLogger("chf.export")
@@ -521,7 +521,7 @@ class ExportConfig:
 
 
 def parse_export_config(section: dict[str, Any], data_dir: str, source: str = "conf/chf.toml") -> ExportConfig:
-    from chf.config import ConfigError
+    from chf.runtime.config import ConfigError
 
     errors: list[str] = []
     cfg = ExportConfig()

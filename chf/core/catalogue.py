@@ -93,7 +93,7 @@ from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from chf.periods import period_error
+from chf.core.periods import period_error
 
 __all__ = [
     "DEFAULT_GRANTS",

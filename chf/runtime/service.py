@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chf import metrics
-from chf.catalogue import Catalogue, load_catalogue
-from chf.engine import Engine, EngineConfig
-from chf.model import ChargingAnswer, ChargingRequest, OpResult, Signal
+from chf.core.catalogue import Catalogue, load_catalogue
+from chf.core.engine import Engine, EngineConfig
+from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
+from chf.runtime import metrics
 from store.lmdbstore import Store, StoreBusy, StoreClosed, Txn
 from store.schema import BalanceSet, Session, unpack
 
@@ -175,7 +175,7 @@ class ChargingService:
         self.store.submit_then(self._charge_op(request), resolved, nested=False)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
-        """Run a management operation (chf.admin) durably, then publish its signals."""
+        """Run a management operation (chf.core.provisioning) durably, then publish its signals."""
         engine = self.engine
         clock = self.clock
 

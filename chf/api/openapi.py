@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 document of the management API (chf/api.py), served at /openapi.json.
+"""The OpenAPI 3.0 document of the management API (chf/api/server.py), served at /openapi.json.
 
 Written by hand (not generated) so it states the contract, including the conventions of money in integer
 micro-units, bearer tokens and problem+json errors naming the field. tests/test_api.py validates it with

@@ -32,12 +32,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chf import admin, export, metrics
-from chf.catalogue import CatalogueError
-from chf.engine import Engine
-from chf.model import OpResult, RequestError
-from chf.openapi import OPENAPI
-from chf.service import ChargingService
+from chf import export
+from chf.api.openapi import OPENAPI
+from chf.core import provisioning
+from chf.core.catalogue import CatalogueError
+from chf.core.engine import Engine
+from chf.core.model import OpResult, RequestError
+from chf.runtime import metrics
+from chf.runtime.service import ChargingService
 from store.lmdbstore import StoreBusy, StoreClosed, StoreError, Txn
 
 log = logging.getLogger("chf.api")
@@ -60,7 +62,7 @@ class ApiConfig:
 
 def parse_api_config(section: dict[str, Any], source: str = "conf/chf.toml") -> ApiConfig:
     """Validate the `[api]` section; errors name the file, section and field."""
-    from chf.config import ConfigError
+    from chf.runtime.config import ConfigError
 
     errors: list[str] = []
     cfg = ApiConfig()
@@ -280,9 +282,9 @@ class ApiServer:
             response = await handler(request)
         except ApiProblem as exc:
             response = problem_response(exc.status, exc.title, exc.detail, exc.param)
-        except admin.NotFound as exc:
+        except provisioning.NotFound as exc:
             response = problem_response(404, "Not Found", exc.message, exc.field)
-        except admin.Conflict as exc:
+        except provisioning.Conflict as exc:
             response = problem_response(409, "Conflict", exc.message, exc.field)
         except RequestError as exc:
             response = problem_response(400, "Bad Request", exc.message, exc.field)
@@ -398,7 +400,9 @@ class ApiServer:
         tenant_id = body.str("id", required=True)
         name = body.str("name", default=tenant_id)
         currency = body.str("currency", required=True)
-        result = await self._operate(lambda txn, _e, now: admin.create_tenant(txn, tenant_id, name, currency, now))
+        result = await self._operate(
+            lambda txn, _e, now: provisioning.create_tenant(txn, tenant_id, name, currency, now)
+        )
         return web.json_response(result.value, status=201)
 
     async def get_tenant(self, request: web.Request) -> web.Response:
@@ -407,7 +411,7 @@ class ApiServer:
         def read(txn: Txn) -> Any:
             tenant = txn.get_tenant(tenant_id)
             if tenant is None:
-                raise admin.NotFound("tenant", f"no tenant {tenant_id!r}")
+                raise provisioning.NotFound("tenant", f"no tenant {tenant_id!r}")
             return tenant.as_dict()
 
         return web.json_response(self._read(read))
@@ -444,14 +448,16 @@ class ApiServer:
             "plan": body.str("plan"),
             "actor": request[ACTOR],
         }
-        result = await self._operate(lambda txn, engine, now: admin.create_account(txn, engine, now=now, **kwargs))
+        result = await self._operate(
+            lambda txn, engine, now: provisioning.create_account(txn, engine, now=now, **kwargs)
+        )
         return web.json_response(result.value, status=201)
 
     def _account(self, txn: Txn, account_id: str) -> Any:
-        admin.check_id("account", account_id)
+        provisioning.check_id("account", account_id)
         account = txn.get_account(account_id)
         if account is None:
-            raise admin.NotFound("account", f"no account {account_id!r}")
+            raise provisioning.NotFound("account", f"no account {account_id!r}")
         return account
 
     async def get_account(self, request: web.Request) -> web.Response:
@@ -499,7 +505,9 @@ class ApiServer:
         reason = body.str("reason", default="plan assigned")
         actor = request[ACTOR]
         result = await self._operate(
-            lambda txn, engine, now: admin.assign_plan(txn, engine, plan, now=now, actor=actor, reason=reason, **owner)
+            lambda txn, engine, now: provisioning.assign_plan(
+                txn, engine, plan, now=now, actor=actor, reason=reason, **owner
+            )
         )
         return web.json_response(result.value)
 
@@ -511,7 +519,7 @@ class ApiServer:
         key = idempotency_key(request)
         actor = request[ACTOR]
         result = await self._operate(
-            lambda txn, engine, now: admin.topup(
+            lambda txn, engine, now: provisioning.topup(
                 txn, engine, account_id, amount, now=now, actor=actor, reason=reason, idempotency_key=key
             )
         )
@@ -528,8 +536,8 @@ class ApiServer:
         actor = request[ACTOR]
 
         def op(txn: Txn, engine: Engine, now: int) -> OpResult:
-            line_id = admin.get_line(txn, line_ref).id if line_ref is not None else None
-            return admin.adjust(
+            line_id = provisioning.get_line(txn, line_ref).id if line_ref is not None else None
+            return provisioning.adjust(
                 txn,
                 engine,
                 account_id,
@@ -557,14 +565,16 @@ class ApiServer:
             "state": body.str("state", default="active"),
             "actor": request[ACTOR],
         }
-        result = await self._operate(lambda txn, engine, now: admin.add_line(txn, engine, now=now, **kwargs))
+        result = await self._operate(lambda txn, engine, now: provisioning.add_line(txn, engine, now=now, **kwargs))
         return web.json_response(result.value, status=201)
 
     async def get_line(self, request: web.Request) -> web.Response:
         ref = request.match_info["line"]
         engine = self.service.engine
         now = self.service.now()
-        return web.json_response(self._read(lambda txn: admin.line_view(txn, engine, admin.get_line(txn, ref), now)))
+        return web.json_response(
+            self._read(lambda txn: provisioning.line_view(txn, engine, provisioning.get_line(txn, ref), now))
+        )
 
     async def line_state(self, request: web.Request) -> web.Response:
         ref = request.match_info["line"]
@@ -573,7 +583,9 @@ class ApiServer:
         reason = body.str("reason", required=True)
         actor = request[ACTOR]
         result = await self._operate(
-            lambda txn, engine, now: admin.set_state(txn, engine, ref, state, now=now, actor=actor, reason=reason)
+            lambda txn, engine, now: provisioning.set_state(
+                txn, engine, ref, state, now=now, actor=actor, reason=reason
+            )
         )
         return web.json_response(result.value)
 
@@ -584,7 +596,9 @@ class ApiServer:
         reason = body.str("reason", required=True)
         actor = request[ACTOR]
         result = await self._operate(
-            lambda txn, engine, now: admin.move_line(txn, engine, ref, account, now=now, actor=actor, reason=reason)
+            lambda txn, engine, now: provisioning.move_line(
+                txn, engine, ref, account, now=now, actor=actor, reason=reason
+            )
         )
         return web.json_response(result.value)
 
@@ -597,7 +611,7 @@ class ApiServer:
         now = self.service.now()
 
         def read(txn: Txn) -> Any:
-            view = admin.line_view(txn, engine, admin.get_line(txn, ref), now)
+            view = provisioning.line_view(txn, engine, provisioning.get_line(txn, ref), now)
             account = view["account_detail"] or {}
             return {
                 "line": view["id"],
@@ -626,10 +640,10 @@ class ApiServer:
         def op(txn: Txn, engine: Engine, now: int) -> OpResult:
             if valid_to <= now:
                 raise RequestError("valid_to", f"must be in the future, got {valid_to}")
-            return admin.grant_bucket(
+            return provisioning.grant_bucket(
                 txn,
                 engine,
-                admin.get_line(txn, ref).id,
+                provisioning.get_line(txn, ref).id,
                 name=name,
                 unit=unit,
                 amount=amount,
@@ -648,7 +662,7 @@ class ApiServer:
         ref = request.match_info["line"]
 
         def read(txn: Txn) -> Any:
-            sub = admin.get_line(txn, ref)
+            sub = provisioning.get_line(txn, ref)
             return [s.as_dict() for s in txn.sessions_of_line(sub.id) if not s.closed]
 
         return web.json_response({"sessions": self._read(read)})
@@ -663,7 +677,7 @@ class ApiServer:
         if until is not None and until <= since:
             raise ApiProblem(400, "Bad Request", f"must be after from ({since}), got {until}", "to")
         with self.service.read() as txn:
-            line_id = admin.get_line(txn, ref).id
+            line_id = provisioning.get_line(txn, ref).id
         store = self.service.store
 
         def scan() -> dict[str, Any]:
@@ -688,7 +702,7 @@ class ApiServer:
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         limit = min(query_int(request, "limit", 1000, 1), 10_000)
-        from chf.service import open_sessions
+        from chf.runtime.service import open_sessions
 
         return web.json_response({"sessions": self._read(lambda txn: [s.as_dict() for s in open_sessions(txn, limit)])})
 

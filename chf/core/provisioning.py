@@ -12,9 +12,9 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from chf.catalogue import CatalogueError
-from chf.engine import Context, Engine, account_owner, line_owner
-from chf.model import OpResult, RequestError, Signal
+from chf.core.catalogue import CatalogueError
+from chf.core.engine import Context, Engine, account_owner, line_owner
+from chf.core.model import OpResult, RequestError, Signal
 from store.lmdbstore import Txn
 from store.schema import (
     ACTIVE,
