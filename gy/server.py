@@ -24,7 +24,7 @@ from typing import Any
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
 from chf.runtime.config import ConfigError
-from chf.runtime.service import ChargingService, StoreBusy
+from chf.runtime.port import ChargingPort, refusal
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
 from gy.peer import (
@@ -231,7 +231,7 @@ class GyProtocol(asyncio.Protocol):
         try:
             # A callback, not a Task or future per request: they were a tenth of the loop's work in profiles.
             server.service.charge_then(ccr.request, done)
-        except Exception as exc:  # StoreBusy (3004), or a store that is not running: answered by `_charged`
+        except Exception as exc:  # the core cannot take it now (chf/runtime/port.py): answered by `_charged`
             done(exc)
 
     def _charged(
@@ -255,12 +255,13 @@ class GyProtocol(asyncio.Protocol):
                 )  # fmt: skip
         else:
             exc = result
-            if isinstance(exc, StoreBusy):
-                code, text = TOO_BUSY, "write queue full"
+            refused = refusal(exc)
+            code = refused.result_code
+            if refused.transient:  # store queue full, store stopping, core link down: the PGW retries elsewhere
+                text = "the charging function is busy"
                 metrics.OVERLOAD.labels("gy").inc()
-                data = self.peer.answer(msg, self._error_avps(msg, code, text), error=True)
+                data = self.peer.answer(msg, self._error_avps(msg, code, text), error=refused.error_bit)
             else:
-                code = UNABLE_TO_COMPLY
                 text = f"{exc.field}: {exc.message}" if isinstance(exc, RequestError) else "internal error"
                 if not isinstance(exc, RequestError):
                     log.error("event=charge_failed session=%s error=%r", ccr.session_id, exc, exc_info=exc)
@@ -311,7 +312,7 @@ def peer_answer_ids(answer: bytes, request: Message) -> bytes:
 class GyServer:
     name = "gy"
 
-    def __init__(self, config: GyConfig, service: ChargingService) -> None:
+    def __init__(self, config: GyConfig, service: ChargingPort) -> None:
         self.config = config
         self.service = service
         self.local = LocalIdentity(
@@ -360,7 +361,7 @@ class GyServer:
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self.service.bus.subscribe("gy", self.signal)
+        self.service.subscribe("gy", self.signal)
         self._timer = asyncio.create_task(self._tick(), name="gy-watchdog")
         log.info("event=gy_listening address=%s port=%d origin_host=%s", self.config.listen, self.port,
                  self.config.origin_host)  # fmt: skip
@@ -450,7 +451,7 @@ class GyServer:
         log.info("event=signal_answered kind=%s session=%s result=%d", kind, session, result)
 
 
-def gy_components(config: Any, service: ChargingService) -> list[Any]:
+def gy_components(config: Any, service: ChargingPort) -> list[Any]:
     """`chf serve` factory: a Gy server when conf/chf.toml has a [gy] section (CHF_GY_PORT overrides the port)."""
     section = config.section("gy")
     if "gy" not in config.raw:

@@ -19,7 +19,7 @@ from typing import Any
 
 from chf.core.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
 from chf.runtime import metrics
-from chf.runtime.service import ChargingService, StoreBusy, StoreClosed
+from chf.runtime.port import ChargingPort, refusal
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.http import Request, Respond, Response
 from nchf.mapping import (
@@ -73,7 +73,7 @@ def transport_error(status: int, detail: str) -> Response:
 class NchfApp:
     def __init__(
         self,
-        service: ChargingService,
+        service: ChargingPort,
         *,
         auth: BearerAuth | None = None,
         max_in_flight: int = 8192,
@@ -86,7 +86,7 @@ class NchfApp:
         # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
         # across restarts (microseconds since the epoch).
         self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
-        self._ref_key = ("nchf-ref:" + service.store.store_id).encode()
+        self._ref_key = ("nchf-ref:" + service.store_id).encode()
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
@@ -245,7 +245,7 @@ class NchfApp:
         for charging_request, exchange in to_submit:
             try:
                 charge_then(charging_request, exchange.charged)
-            except Exception as exc:  # StoreBusy, or a store that is not running: answered like a failed charge
+            except Exception as exc:  # the core cannot take it now (chf/runtime/port.py): answered as refused
                 exchange.charged(exc)
 
     def _answer(self, exchange: _Exchange, outcome: ChargingAnswer | BaseException) -> Response:
@@ -260,11 +260,12 @@ class NchfApp:
             self._count(operation, "CHARGING_FAILED")
             param = CORE_FIELDS.get(exc.field, exc.field)
             return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": param, "reason": exc.message}])
-        if isinstance(exc, StoreBusy | StoreClosed):
+        refused = refusal(exc) if exc is not None else None
+        if refused is not None and refused.transient:
             metrics.OVERLOAD.labels("nchf").inc()
             log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))
-            self._count(operation, "NF_CONGESTION")
-            return problem_response(503, "NF_CONGESTION", "the charging function is busy; retry later")
+            self._count(operation, refused.cause)
+            return problem_response(refused.status, refused.cause, "the charging function is busy; retry later")
         if isinstance(outcome, BaseException):  # our own bug (or a failed commit): a 500, with its traceback
             log.error("event=nchf_charge_failed session=%s operation=%s", session, operation, exc_info=exc)
             self._count(operation, "SYSTEM_FAILURE")

@@ -9,7 +9,7 @@ from typing import Any
 
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import ASSIGN_NUMBER
-from chf.runtime.service import ChargingService
+from chf.runtime.port import ChargingPort
 from nchf.app import NchfApp, transport_error
 from nchf.auth import BearerAuth
 from nchf.http import HttpServer, Limits, server_ssl_context
@@ -125,7 +125,7 @@ def parse_settings(section: dict[str, Any], source: str = "conf/chf.toml") -> Nc
 class NchfComponent:
     name = "nchf"
 
-    def __init__(self, service: ChargingService, settings: NchfSettings) -> None:
+    def __init__(self, service: ChargingPort, settings: NchfSettings) -> None:
         self.service = service
         self.settings = settings
         auth = None
@@ -161,7 +161,7 @@ class NchfComponent:
     async def start(self) -> None:
         if not self.worker:  # in worker mode the core sends the notifications (NchfNotifierComponent): once
             await self.notifier.start()
-            self.service.bus.subscribe("nchf", self.notifier.on_signal)
+            self.service.subscribe("nchf", self.notifier.on_signal)
         await self.server.start()
         log.info(
             "event=nchf_listening address=%s port=%d tls=%s auth=%s",
@@ -183,19 +183,19 @@ class NchfNotifierComponent:
 
     name = "nchf-notify"
 
-    def __init__(self, service: ChargingService, settings: NchfSettings) -> None:
+    def __init__(self, service: ChargingPort, settings: NchfSettings) -> None:
         self.service = service
         self.notifier = Notifier(settings.notify)
 
     async def start(self) -> None:
         await self.notifier.start()
-        self.service.bus.subscribe("nchf", self.notifier.on_signal)
+        self.service.subscribe("nchf", self.notifier.on_signal)
 
     async def stop(self) -> None:
         await self.notifier.stop()
 
 
-def nchf_components(config: Config, service: ChargingService) -> list[Any]:
+def nchf_components(config: Config, service: ChargingPort) -> list[Any]:
     """`chf serve` factory: an Nchf front-end when conf/chf.toml has an enabled [nchf] section."""
     if "nchf" not in config.raw:
         return []

@@ -173,3 +173,17 @@ async def test_message_not_multiple_of_four_closes_only_that_connection(tmp_path
         bad.send_raw(b"\x01\x00\x00\x17" + b"\0" * 19)  # length 23: not a multiple of 4
         await asyncio.wait_for(bad.closed, 5)
         await works(good, "frame;2")
+
+
+async def test_core_out_of_reach_is_transient(tmp_path: Path) -> None:
+    """A store that stopped (or a lost core link) refuses with 3004 and the E bit, as overload does: the PGW
+    retries at another CHF (RFC 6733 section 7.1.3) instead of failing the session with a permanent 5012."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision())
+        client = await srv.client()
+        await works(client, "before;stop")
+        await srv.service.store.stop()
+        answer = await client.ccr(base("stopped;1"))
+        assert find(answer.avps, 268).u32() == 3004 and answer.flags & 0x20
+        srv.service.store.start()
+        await works(client, "after;restart")

@@ -3,7 +3,7 @@
 With `[server] frontend_workers = N`, `chf serve` runs the Gy and Nchf front-ends (codec, h2, JSON: the CPU-heavy
 protocol work) in N worker processes and keeps the store, engine, sweeper, management API and exporters in the
 core process. A worker talks to the core through `RemoteService`, which offers exactly what the front-ends use of
-`ChargingService`: `charge_then`, `bus.subscribe` and `store.store_id`. The core side is `CoreLinkServer`.
+`ChargingService`: the `ChargingPort` of chf/runtime/port.py. The core side is `CoreLinkServer`.
 
 Frames are a 4-byte big-endian length and a msgpack array:
 - worker -> core: [request_id, packed ChargingRequest]; ["hello", worker_id]; ["ready", worker_id];
@@ -32,7 +32,7 @@ import msgspec
 
 from chf.core.model import ChargingAnswer, ChargingRequest, RequestError, Signal
 from chf.runtime import metrics
-from chf.runtime.service import SignalBus, StoreBusy, StoreClosed
+from chf.runtime.service import SignalBus, SignalHandler, StoreBusy, StoreClosed
 
 log = logging.getLogger("chf.corelink")
 
@@ -297,6 +297,14 @@ class RemoteService:
     def _hello(self, store_id: str) -> None:
         if self._hello_seen is not None and not self._hello_seen.done():
             self._hello_seen.set_result(store_id)
+
+    # -- the ChargingPort of the front-ends (chf/runtime/port.py) -----------------------------------------------
+    @property
+    def store_id(self) -> str:
+        return self.store.store_id
+
+    def subscribe(self, protocol: str, handler: SignalHandler) -> None:
+        self.bus.subscribe(protocol, handler)
 
     def ready(self) -> None:
         if self._conn is not None:

@@ -117,6 +117,14 @@ class ChargingService:
     def now(self) -> int:
         return int(self.clock())
 
+    # -- the ChargingPort of the front-ends (chf/runtime/port.py) -----------------------------------------------
+    @property
+    def store_id(self) -> str:
+        return self.store.store_id
+
+    def subscribe(self, protocol: str, handler: SignalHandler) -> None:
+        self.bus.subscribe(protocol, handler)
+
     # -- lifecycle --------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.store.start(asyncio.get_running_loop())
