@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, SUCCESS, TERMINATE, ChargingRequest, UnitRequest, UsageReport
 from store.lmdbstore import Store

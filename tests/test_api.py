@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chf.api.openapi import OPENAPI
 from chf.api.server import ApiConfig, ApiServer, parse_api_config
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
 from chf.runtime.config import ConfigError
 from chf.runtime.service import ChargingService

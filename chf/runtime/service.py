@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chf.core.catalogue import Catalogue, load_catalogue
+from chf.core.catalogue import Catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine, EngineConfig
 from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
 from chf.runtime import metrics
