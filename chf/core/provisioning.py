@@ -13,8 +13,10 @@ from operator import itemgetter
 from typing import Any
 
 from chf.core.catalogue import CatalogueError
-from chf.core.engine import Context, Engine, account_owner, line_owner
+from chf.core.context import Context, account_owner, line_owner
+from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
+from chf.core.renewals import assign_plan_to, retry_pending_renewal
 from store.lmdbstore import Txn
 from store.schema import (
     ACTIVE,
@@ -161,7 +163,7 @@ def create_account(
             event["impacts"].append(ctx.wallet_impact(balance))
             ctx.events.append(event)
         if plan_rec is not None:
-            engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason="account created")
+            assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason="account created")
         ctx.flush()
     return OpResult(account.as_dict())
 
@@ -207,7 +209,7 @@ def topup(
         event["amount"] = amount
         event["impacts"].append(ctx.wallet_impact(amount))
         ctx.events.append(event)
-        engine.retry_pending_renewal(ctx)
+        retry_pending_renewal(ctx)
         lines = list(txn.lines_of_account(account.id))
         for line_id in lines:
             bs = txn.get_line_balances(line_id)
@@ -218,7 +220,7 @@ def topup(
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue, now, sub, account)
                 line_ctx.line_bs = bs
-                engine.retry_pending_renewal(line_ctx)
+                retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
                 txn.put_line_balances(line_id, bs)
         ctx.flush()
@@ -383,7 +385,7 @@ def _write_new_line(engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, 
     if sub.state == ACTIVE:
         _line_activated(engine, ctx)
     if plan_rec is not None:
-        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
+        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
     ctx.line_bs_dirty = True
     return sub
 
@@ -838,13 +840,13 @@ def assign_plan(
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
         ctx = engine.context(txn, sub, now)
-        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
         ctx.flush()
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
     plan_rec = _plan(engine, plan, ctx.account)
-    engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
+    assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
 
