@@ -95,8 +95,10 @@ class ChargingRequest:
             self.session,
             self.number,
             [list(i) for i in self.identities],
-            [[u.rating_group, u.service_id, u.requested, [[r.units, r.reason] for r in u.used], u.reason]
-             for u in self.units],
+            [
+                [u.rating_group, u.service_id, u.requested, [[r.units, r.reason] for r in u.used], u.reason]
+                for u in self.units
+            ],
             self.protocol,
             self.action,
             self.serving_network,
@@ -104,7 +106,7 @@ class ChargingRequest:
             self.apn,
             self.notify,
             self.idempotency_key,
-        ]  # fmt: skip
+        ]
 
     @classmethod
     def unpack(cls, r: list[Any]) -> ChargingRequest:
