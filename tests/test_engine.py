@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from chf.core import provisioning
+from chf.core import events, provisioning
 from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
     DIRECT_DEBITING,
     END_USER_SERVICE_DENIED,
+    EVENT_ACTIONS,
     FUA_REDIRECT,
     FUA_RESTRICT,
     FUA_TERMINATE,
@@ -450,6 +451,11 @@ def test_one_shot_events(world: World) -> None:
     assert kinds == ["usage", "refund"]
     with pytest.raises(RequestError):
         world.charge(ChargingRequest("event", "x", 0, [("imsi", imsi)], action="teleport"))
+
+
+def test_every_requested_action_has_its_function() -> None:
+    """One-shot events act through one function per Requested-Action (chf.core.events.ACTIONS)."""
+    assert set(events.ACTIONS) == set(EVENT_ACTIONS)
 
 
 # ------------------------------------------------------------------------------------------------------------------

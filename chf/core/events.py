@@ -6,7 +6,7 @@ Each is answered once per idempotency key (the session and request number unless
 retransmission is answered from the stored answer and changes nothing.
 
 Per rating group, `_price` rates the units the request names (what buckets do not pay, at the tariff price),
-then the action's function in `_ACTIONS` acts on it. Another action (a future IEC/PEC variant) is one more
+then the action's function in `ACTIONS` acts on it. Another action (a future IEC/PEC variant) is one more
 function there.
 """
 
@@ -94,7 +94,7 @@ def _rate_units(ctx: Context, plan: Plan | None, req: ChargingRequest, answer: C
     catalogue = ctx.catalogue
     zone = catalogue.zone_of(req.serving_network)
     local = catalogue.local_time(ctx.now)
-    act = _ACTIONS[req.action]
+    act = ACTIONS[req.action]
     writes = False
     total_cost = 0
     for unit_req in req.units or [UnitRequest()]:
@@ -225,7 +225,7 @@ def _debit(
 
 
 _Action = Callable[[Context, ChargingRequest, UnitRequest, UnitAnswer, ChargingAnswer, Priced], bool]
-_ACTIONS: dict[str | None, _Action] = {
+ACTIONS: dict[str | None, _Action] = {
     PRICE_ENQUIRY: _price_enquiry,
     CHECK_BALANCE: _check_balance,
     REFUND_ACCOUNT: _refund,
