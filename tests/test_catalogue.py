@@ -1,4 +1,4 @@
-"""Tests for chf.catalogue and chf.periods."""
+"""Tests for the catalogue (chf.core.catalogue, its loader chf.core.catalogue_loader) and chf.core.periods."""
 
 from __future__ import annotations
 

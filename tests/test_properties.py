@@ -1,5 +1,5 @@
 """Stateful property test of the charging core: random interleavings of everything the core does, with the
-invariants of DESIGN.md section 2 checked after every step.
+invariants of docs/architecture.md checked after every step.
 
 Lines on prepaid, postpaid and hybrid accounts, a family shared allowance and a flexible IoT pool get session
 requests, one-shot events, top-ups, adjustments, clock jumps (to exact period boundaries too), suspensions,
