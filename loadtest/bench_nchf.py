@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from loadtest.bench_engine import CATALOGUE, IMSI_BASE, RATING_GROUP
 from loadtest.gy import REPO, tree_cpu, wait_ready
 from nchf.component import NchfComponent, NchfSettings
 from store.lmdbstore import Store, Txn
+from tests.support import free_port
 
 USED_PER_UPDATE = 1000
 API = "/nchf-convergedcharging/v3/chargingdata"
@@ -217,12 +217,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             line for line in text.splitlines() if line.startswith(("finished", "requests:", "status codes:"))
         ),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_config(args: argparse.Namespace, workdir: Path, port: int) -> Path:
