@@ -9,16 +9,13 @@ Debian packages: erlang-base erlang-diameter erlang-dev erlang-examples (.ci/run
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from chf.core import provisioning
-from tests.gy_support import REPO, provision, running_server
+from tests.gy_support import provision, running_server
+from tests.support import REPO, require_tool, unavailable
 
 ERLANG_DIR = REPO / "tests" / "erlang"
 TOOLS = ("erl", "erlc", "diameterc")
@@ -26,11 +23,8 @@ IMSI = "208010000000001"
 
 
 def _tools_or_skip() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{', '.join(missing)} not installed (.ci/run installs the Erlang packages)")
-        pytest.skip(f"{', '.join(missing)} not installed")
+    for tool in TOOLS:
+        require_tool(tool)
 
 
 def _build(out: Path) -> None:
@@ -42,10 +36,7 @@ def _build(out: Path) -> None:
     ).stdout.strip()  # fmt: skip
     examples = Path(lib) / "examples" / "dict"
     if not (examples / "rfc4006_cc.dia").exists():
-        message = f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)")
     base = ["--inherits", "common/diameter_gen_base_rfc6733"]
     steps = [
         ["diameterc", "-o", str(out), *base, str(examples / "rfc4005_nas.dia")],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +31,7 @@ from tests.nchf_harness import (
     usage,
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
+from tests.support import require_tool
 
 MB = 1_000_000
 
@@ -314,17 +313,8 @@ async def test_http1_on_the_same_port(chf: Chf) -> None:
     await writer.wait_closed()
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = tmp_path / "create.json"
     body.write_text(json.dumps(request_body(1, units=[usage(10)])))
     headers_file = tmp_path / "headers.txt"
@@ -476,7 +466,7 @@ def test_settings_errors_name_the_field() -> None:
 
 async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     specs_or_skip()
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -587,7 +577,7 @@ async def test_callback_handler_answers_once_later_or_on_failure_over_h2_and_htt
 
 
 async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = request_body(1, units=[usage(10)])
     body["tenantIdentifier"] = "x" * 2000  # over 1 KiB: curl sends Expect: 100-continue
     path = tmp_path / "create.json"
