@@ -48,7 +48,6 @@ SLOW = {
     "test_nchf.py::test_chf_serve_runs_the_nchf_front_end",
     "test_nchf.py::test_create_update_release_flow",
     "test_nchf_schemathesis.py",
-    "test_packaging.py::test_a_wheel_built_from_the_sdist_installs_no_loadtest",
     "test_properties.py::TestChargingCore",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_store.py::test_full_queue_answers_busy",
