@@ -65,11 +65,13 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
         if have == 0:
             store.write(lambda t: provisioning.create_tenant(t, "bench", "Bench", "EUR", now))
             for a in range(accounts):
-                store.write(
-                    lambda t, a=a: provisioning.create_account(
+
+                def account(t: Txn, a: int = a) -> None:
+                    provisioning.create_account(
                         t, engine, account_id=f"b{a}", tenant="bench", payment="prepaid", now=now, balance=10**9
                     )
-                )
+
+                store.write(account)
         chunk = 20_000
         started = time.perf_counter()
         for first in range(have, lines, chunk):

@@ -40,16 +40,7 @@ from loadtest.bench_gy_codec import StubStore
 from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http
 from nchf.app import NchfApp, transport_error
-from nchf.mapping import charging_data_response, parse_request, to_charging_request
-
-try:  # the response body written directly (newer front-ends)
-    from nchf.mapping import charging_data_response_json
-except ImportError:  # before it: the dict, then json.dumps
-    from nchf.app import _dumps
-
-    def charging_data_response_json(answer: ChargingAnswer, sequence_number: int) -> bytes:
-        return _dumps(charging_data_response(answer, sequence_number))
-
+from nchf.mapping import charging_data_response_json, parse_request, to_charging_request
 
 BODY = json.dumps(UPDATE_BODY).encode()  # as bench_nchf writes it for h2load
 
@@ -75,7 +66,7 @@ class _Client:
     """The client side: prepares request bytes and reads the server's bytes afterwards."""
 
     def __init__(self) -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        config = h2.config.H2Configuration(client_side=True)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
@@ -101,20 +92,21 @@ class _Client:
         body: dict[int, bytearray] = {}
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
-                status[event.stream_id] = dict(event.headers)[":status"]  # type: ignore[arg-type]
+                status[event.stream_id] = dict(event.headers)[b":status"].decode()
             elif isinstance(event, h2.events.DataReceived):
-                body.setdefault(event.stream_id, bytearray()).extend(event.data)  # type: ignore[arg-type]
+                body.setdefault(event.stream_id, bytearray()).extend(event.data)
             elif isinstance(event, h2.events.StreamEnded):
                 out[event.stream_id] = (status[event.stream_id], bytes(body.get(event.stream_id, b"")))
         return out
 
 
-class _Transport:
+class _Transport(asyncio.Transport):
     def __init__(self) -> None:
+        super().__init__()
         self.chunks: list[bytes] = []
         self.writes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.chunks.append(bytes(data))
         self.writes += 1
 
@@ -143,7 +135,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
         server = nchf_http.HttpServer(app.handle, port=0, error_responder=transport_error)
     connection = nchf_http.HttpConnection(server)
     transport = _Transport()
-    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.connection_made(transport)
     client = _Client()
     connection.data_received(client.preface())
     await asyncio.sleep(0)
@@ -235,8 +227,9 @@ def components(seconds: float, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="loadtest.bench_nchf_cpu", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="loadtest.bench_nchf_cpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--requests", type=int, default=8000, help="requests per pipeline run")
     p.add_argument("--batch", type=int, default=8, help="requests per data_received call")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")

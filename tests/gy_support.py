@@ -62,11 +62,14 @@ class Running:
     @property
     def gy(self) -> GyServer:
         handler = self.service.bus._handlers["gy"][0]
-        return handler.__self__  # type: ignore[attr-defined, no-any-return]
+        server = getattr(handler, "__self__", None)  # the bound method GyServer subscribed
+        assert isinstance(server, GyServer)
+        return server
 
     async def client(self, origin_host: str = "pgw.test", realm: str = "test", **kw: Any) -> DiameterClient:
         client, cea = await DiameterClient.connect("127.0.0.1", self.port, origin_host, realm, **kw)
-        assert cea is None or cea.find(268).u32() == 2001  # type: ignore[union-attr]
+        result_code = None if cea is None else cea.find(268)
+        assert cea is None or (result_code is not None and result_code.u32() == 2001)
         self.clients.append(client)
         return client
 
@@ -84,7 +87,8 @@ async def running_server(tmp: Path, *, gy: str = "", port: int | None = None) ->
         ready.set_result(service)
 
     task = asyncio.create_task(run(config, started=started))
-    done, _ = await asyncio.wait([ready, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiters: list[asyncio.Future[Any]] = [ready, task]
+    done, _ = await asyncio.wait(waiters, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
     running = Running(ready.result(), port, task, config)
