@@ -161,11 +161,9 @@ class StubStore:
 class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
-        self.written = 0
         self.writes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += len(data)
         self.writes += 1
 
     def close(self) -> None:
