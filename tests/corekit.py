@@ -1,5 +1,5 @@
 """Shared helpers for the charging-core tests: a small catalogue with round numbers, a store-on-disk world
-with an injected clock, request builders and the invariant checker (DESIGN.md section 2).
+with an injected clock, request builders and the invariant checker (docs/architecture.md, the invariants).
 
 The catalogue (tests/fixtures/core.toml) is deliberately small (quanta of 1000 bytes, prices of a few
 micro-units) so every expected number in a test can be worked out by hand.
@@ -197,7 +197,8 @@ def snapshot(txn: Txn) -> dict[str, Any]:
 
 
 def check_invariants(txn: Txn) -> dict[str, Any]:
-    """Assert DESIGN.md invariants 3-5 on one committed state; returns a few totals for the caller.
+    """Assert conservation, no overspend and traceability on one committed state (docs/architecture.md, the
+    invariants); returns a few totals for the caller.
 
     - events: sequence numbers 1..N without gaps, ids unique;
     - conservation: for every balance the deltas of all event impacts sum to its current value (a balance that
