@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from gy.client import CMD_CC, DiameterClient, Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, Message, encode_message
+from tests.support import free_port
 
 if TYPE_CHECKING:  # the generator process itself never opens the store
     from store.lmdbstore import Txn
@@ -404,11 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         result = runner(drive(args, host, int(port), None))
     else:
         with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
             provision(config, args.sessions, args.plan_on)
             server = subprocess.Popen(

@@ -31,7 +31,7 @@ from tests.nchf_harness import (
     usage,
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
-from tests.support import require_tool
+from tests.support import free_port, require_tool
 
 MB = 1_000_000
 
@@ -606,13 +606,10 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
     """`chf serve` with an [nchf] section: the factory registered in tools/serve.py starts the server."""
     specs_or_skip()
     import signal
-    import socket
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "chf.toml"
     config.write_text(
         f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{repo / "conf" / "catalogue.toml"}"\n'
