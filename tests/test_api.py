@@ -360,7 +360,7 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
             for value in sample.labels.values():
                 assert "001010000000001" not in value and "sess-1" not in value
     # The store hook is registered once however many servers share the store.
-    assert api.service.store.on_commit.count(__import__("chf.metrics").metrics.observe_commit) == 1
+    assert api.service.store.on_commit.count(metrics.observe_commit) == 1
     # Not ready once the writer has stopped.
     await api.service.store.stop()
     status, body, _ = await api.call("GET", "/readyz", auth=False)
