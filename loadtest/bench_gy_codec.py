@@ -98,8 +98,7 @@ def answer_for(number: int) -> ChargingAnswer:
 
 def make_encoder() -> tuple[Callable[..., bytes], PeerConnection]:
     peer = PeerConnection(LocalIdentity(), PeerPolicy(allow_unknown=True), 0.0)
-    encoder = AnswerEncoder(peer.identity_avps, 2, 0)
-    return encoder.encode_cca, peer
+    return AnswerEncoder(peer.identity_avps, 2, 0).encode_cca, peer
 
 
 def per_call_us(fn: Callable[[], object], seconds: float) -> float:
