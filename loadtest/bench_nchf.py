@@ -141,17 +141,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     body.write_text(json.dumps(UPDATE_BODY))
     log_file = workdir / "h2load.log"
     options = {
-        "-c": args.connections,
-        "-m": args.streams,
-        "-t": 1,
-        "-D": args.duration,
-        "--warm-up-time": args.warmup,
-        "-i": uris,
-        "-d": body,
+        "-c": str(args.connections),
+        "-m": str(args.streams),
+        "-t": "1",
+        "-D": str(args.duration),
+        "--warm-up-time": str(args.warmup),
+        "-i": str(uris),
+        "-d": str(body),
         "-H": "content-type: application/json",
-        "--log-file": log_file,
+        "--log-file": str(log_file),
     }
-    cmd = [args.h2load, *(str(word) for option in options.items() for word in option)]
+    cmd = [args.h2load, *(word for option in options.items() for word in option)]
     if args.rps:
         cmd += ["--rps", str(max(1, args.rps // args.connections))]
     commits0, ops0 = store.commits, store.committed_ops

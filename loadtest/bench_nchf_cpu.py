@@ -40,7 +40,16 @@ from loadtest.bench_gy_codec import StubStore
 from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http
 from nchf.app import NchfApp, transport_error
-from nchf.mapping import charging_data_response_json, parse_request, to_charging_request
+from nchf.mapping import charging_data_response, parse_request, to_charging_request
+
+try:  # the response body written directly (newer front-ends)
+    from nchf.mapping import charging_data_response_json
+except ImportError:  # before it: the dict, then json.dumps
+    from nchf.app import _dumps
+
+    def charging_data_response_json(answer: ChargingAnswer, sequence_number: int) -> bytes:
+        return _dumps(charging_data_response(answer, sequence_number))
+
 
 BODY = json.dumps(UPDATE_BODY).encode()  # as bench_nchf writes it for h2load
 
@@ -66,7 +75,7 @@ class _Client:
     """The client side: prepares request bytes and reads the server's bytes afterwards."""
 
     def __init__(self) -> None:
-        config = h2.config.H2Configuration(client_side=True)
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
@@ -92,9 +101,9 @@ class _Client:
         body: dict[int, bytearray] = {}
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
-                status[event.stream_id] = dict(event.headers)[b":status"].decode()
+                status[event.stream_id] = dict(event.headers)[":status"]  # type: ignore[arg-type]
             elif isinstance(event, h2.events.DataReceived):
-                body.setdefault(event.stream_id, bytearray()).extend(event.data)
+                body.setdefault(event.stream_id, bytearray()).extend(event.data)  # type: ignore[arg-type]
             elif isinstance(event, h2.events.StreamEnded):
                 out[event.stream_id] = (status[event.stream_id], bytes(body.get(event.stream_id, b"")))
         return out
