@@ -40,7 +40,7 @@ test: lint typecheck $(NATIVE_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/lint-imports --no-cache
 
 # Types ([tool.mypy] in pyproject.toml). The leading "-" lets make go on while errors remain in the packages
 # being rewritten (issue 10); remove it once mypy reports none, so that a type error fails `make test`.

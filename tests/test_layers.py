@@ -34,6 +34,6 @@ def test_every_package_and_every_room_of_chf_is_on_a_floor() -> None:
 def test_imports_point_down_only() -> None:
     if importlib.util.find_spec("importlinter") is None:
         unavailable("import-linter is not installed (the [test] extras)")
-    run = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    run = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True))"
     done = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
