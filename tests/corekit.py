@@ -206,7 +206,14 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
     - reservations: every bucket has 0 <= reserved <= remaining; each bucket's `reserved` and each account's
       reserved money equal what the open sessions hold against them (nothing leaks, nothing is double-held).
     """
-    # Events: gap-free, unique, and the running sums.
+    running, count = _check_events(txn)
+    current = _check_conservation(txn, running)
+    _check_reservations(txn)
+    return {"events": count, "balances": current}
+
+
+def _check_events(txn: Txn) -> tuple[dict[str, int], int]:
+    """Events are gap-free and unique; each impact's `after` is the running sum. Returns the sums and the count."""
     running: dict[str, int] = {}
     ids: set[str] = set()
     expected_seq = 0
@@ -221,7 +228,11 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
             running[impact["balance"]] = value
             assert impact["after"] == value, f"event {ev['seq']} {ev['kind']}: after {impact['after']} != {value}"
     assert txn.last_event_seq() == expected_seq, "event counter and spool disagree"
+    return running, expected_seq
 
+
+def _check_conservation(txn: Txn, running: dict[str, int]) -> dict[str, int]:
+    """Every balance is what its events sum to; a balance that is gone summed to 0. Returns the balances."""
     current = balances_now(txn)
     for name, value in current.items():
         assert isinstance(value, int), f"{name} is not an int: {value!r}"
@@ -229,8 +240,11 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
     for name, value in running.items():
         if name not in current:
             assert value == 0, f"{name} is gone but its events sum to {value}"
+    return current
 
-    # Reservations held by open sessions, per bucket and per account.
+
+def _check_reservations(txn: Txn) -> None:
+    """What buckets and accounts hold reserved is exactly what the open sessions hold against them."""
     held_bucket: dict[tuple[str, int], int] = {}
     held_money: dict[str, int] = {}
     for session in txn.sessions():
@@ -258,4 +272,3 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
             assert 0 <= b.reserved <= b.remaining, f"{owner} bucket {b.id}: reserved {b.reserved} of {b.remaining}"
             held = held_bucket.get((owner, b.id), 0)
             assert b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions hold {held}"
-    return {"events": expected_seq, "balances": current}
