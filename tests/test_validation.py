@@ -149,3 +149,4 @@ def test_descriptions() -> None:
     assert describe(Annotated[str, Meta(pattern="^[A-Z]{3}$")]) == "a string matching ^[A-Z]{3}$"
     assert describe(Annotated[str, Meta(min_length=2, max_length=4)]) == "a string of 2 to 4 characters"
     assert describe(Files, CONFIG) == "a table" and describe(Files, BODY) == "a JSON object"
+    assert describe(Literal["debug", "info", "warning", "error"]) == "one of debug, info, warning, error"

@@ -20,7 +20,7 @@ import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 from msgspec import inspect as mi
@@ -197,7 +197,11 @@ def _quote(value: Any) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 def describe(tp: Any, wording: Wording = CONFIG) -> str:
     """What `tp` accepts, to follow "must be": "an integer from 0 to 65535", "one of fsync, os"."""
-    return _describe(mi.type_info(tp), wording)
+    info = mi.type_info(tp)
+    concrete = [m for m in _union_members(_strip_annotated(tp)) if m is not type(None)]
+    if len(concrete) == 1 and get_origin(concrete[0]) is Literal and not isinstance(info, mi.Metadata):
+        return "one of " + ", ".join(str(v) for v in get_args(concrete[0]))  # in the order written
+    return _describe(info, wording)
 
 
 def _describe(t: mi.Type, wording: Wording) -> str:
