@@ -22,6 +22,7 @@ _MAX = 2**31
 
 
 Seconds = Annotated[float, Meta(gt=0, extra=expected("a positive number of seconds"))]
+Token = Annotated[str, Meta(min_length=1, extra=expected("a non-empty string", secret=True))]
 
 
 @dataclass(slots=True)
@@ -50,7 +51,7 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     request_timeout: Seconds | None = None
-    auth_tokens: Annotated[list[NonEmptyStr], Meta(extra=expected("a list of non-empty strings"))] | None = None
+    auth_tokens: Annotated[list[Token], Meta(extra=expected("a list of non-empty strings", secret=True))] | None = None
     jwt_key_file: NonEmptyStr | None = None  # HS256 key of the NRF
     notify_timeout: Seconds | None = None
     notify_retries: Annotated[int, Meta(ge=0, le=10)] | None = None

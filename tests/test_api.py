@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from chf.api.openapi import OPENAPI
+from chf.api import bodies
+from chf.api.openapi import OPENAPI, openapi30
 from chf.api.server import ApiConfig, ApiServer, parse_api_config
 from chf.core.catalogue import load_catalogue
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
 from chf.runtime.config import ConfigError
 from chf.runtime.service import ChargingService
 from store.lmdbstore import Store
+from store.schema import LINE_STATES, PAYMENT_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "conf" / "catalogue.toml"
@@ -360,7 +363,7 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
             for value in sample.labels.values():
                 assert "001010000000001" not in value and "sess-1" not in value
     # The store hook is registered once however many servers share the store.
-    assert api.service.store.on_commit.count(__import__("chf.metrics").metrics.observe_commit) == 1
+    assert api.service.store.on_commit.count(metrics.observe_commit) == 1
     # Not ready once the writer has stopped.
     await api.service.store.stop()
     status, body, _ = await api.call("GET", "/readyz", auth=False)
@@ -405,6 +408,44 @@ async def test_openapi_document_is_valid_and_matches_the_routes(api: Api) -> Non
     assert documented == served
     op_ids = {op["operationId"] for ops in doc["paths"].values() for op in ops.values()}
     assert op_ids == {r.name for r in api.server.app.router.routes() if r.name}
+
+
+async def test_every_field_at_fault_is_named_at_once(api: Api) -> None:
+    await provision(api)
+    before = api.snapshot()
+    status, data, resp = await api.call(
+        "POST", "/v1/lines", {"account": "alice", "imsi": "12ab", "msisdn": "+33", "colour": "red", "state": None}
+    )
+    assert_problem(status, data, resp, 400, "colour")
+    reasons = {p["param"]: p["reason"] for p in data["invalidParams"]}
+    assert reasons == {
+        "colour": "unknown field (known: account, eid, iccid, imsi, msisdn, plan, state)",
+        "imsi": "must be 6 to 15 digits, got '12ab'",
+        "msisdn": "must be 6 to 15 digits in international format, no '+', got '+33'",
+    }
+    status, data, resp = await api.call("POST", "/v1/lines/1/buckets", {"name": "g", "rating_groups": [10, "x"]})
+    assert_problem(status, data, resp, 400, "unit")  # in the order of the fields
+    assert [p["param"] for p in data["invalidParams"]] == ["unit", "amount", "valid_to", "reason", "rating_groups[1]"]
+    assert api.snapshot() == before
+
+
+def test_the_documented_request_bodies_are_the_validating_structs() -> None:
+    """Each request body of the document is the schema of the Struct the server decodes it with."""
+    _, generated = msgspec.json.schema_components(bodies.BODIES, ref_template="#/components/schemas/{name}")
+    schemas = OPENAPI["components"]["schemas"]
+    refs = {
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for ops in OPENAPI["paths"].values()
+        for op in ops.values()
+        if "requestBody" in op
+    }
+    assert refs == {struct.__name__ for struct in bodies.BODIES}
+    for name in refs:
+        assert schemas[name] == openapi30(generated[name])
+    assert schemas["LineStateChange"]["properties"]["state"]["enum"] == sorted(LINE_STATES)
+    assert schemas["AccountCreate"]["properties"]["payment"]["enum"] == sorted(PAYMENT_TYPES)
+    nullable = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "null"}], "default": None}
+    assert openapi30(nullable) == {"type": "integer", "minimum": 0, "exclusiveMinimum": True, "nullable": True}
 
 
 def test_api_config_errors_name_the_field() -> None:

@@ -32,9 +32,13 @@ EXPECTED = "expected"  # key of `Meta(extra=...)` with the wording of what a fie
 _REPR_LIMIT = 60  # characters of an offending value quoted back (a hostile value is not echoed in full)
 
 
-def expected(text: str) -> dict[str, str]:
-    """`Meta(extra=expected("a day of the month from 1 to 28"))`: the field's own wording after "must be"."""
-    return {EXPECTED: text}
+SECRET = "secret"  # key of `Meta(extra=...)`: the value is never quoted back (tokens, keys)
+
+
+def expected(text: str, *, secret: bool = False) -> dict[str, Any]:
+    """`Meta(extra=expected("a day of the month from 1 to 28"))`: the field's own wording after "must be".
+    With `secret=True` the reason does not quote the offending value (a token is not written to a log)."""
+    return {EXPECTED: text, SECRET: True} if secret else {EXPECTED: text}
 
 
 # Annotations shared by several Structs.
@@ -169,6 +173,8 @@ def _leaf_problem(tp: Any, value: Any, path: Path, wording: Wording, exc: msgspe
     if isinstance(value, dict) and _is_struct(target):
         problem = _from_msgspec(exc)
         return Problem((*path, *problem.path), problem.reason)
+    if _is_secret(mi.type_info(tp)):
+        return Problem(path, f"must be {describe(tp, wording)}")
     return Problem(path, f"must be {describe(tp, wording)}, got {_quote(value)}")
 
 
@@ -185,6 +191,12 @@ def _from_msgspec(exc: msgspec.ValidationError) -> Problem:
         elif part and part != "[...]":
             path.append(part)
     return Problem(tuple(path), message)
+
+
+def _is_secret(t: mi.Type) -> bool:
+    if isinstance(t, mi.UnionType):
+        return any(_is_secret(m) for m in t.types)
+    return isinstance(t, mi.Metadata) and bool(t.extra and t.extra.get(SECRET))
 
 
 def _quote(value: Any) -> str:
