@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from chf.api.bodies import AccountCreate, Adjustment, PlanAssignment, TopUp, idempotency_key, query_int, read_body
+from chf.api.bodies import (
+    LIMIT,
+    MAX_BALANCE,
+    AccountCreate,
+    Adjustment,
+    PlanAssignment,
+    TopUp,
+    idempotency_key,
+    read_body,
+)
 from chf.api.context import ACTOR, context
+from chf.api.problems import ApiProblem
 from chf.core import provisioning
 from chf.core.engine import Engine
-from chf.core.model import OpResult
+from chf.core.model import OpResult, RequestError
 from store.lmdbstore import Txn
 
 routes = web.RouteTableDef()
@@ -19,7 +31,7 @@ routes = web.RouteTableDef()
 @routes.get("/v1/accounts", name="list_accounts")
 async def list_accounts(request: web.Request) -> web.Response:
     tenant = request.query.get("tenant")
-    limit = query_int(request, "limit", 1000, 1)
+    limit = LIMIT.read(request, 1000)
 
     def read(txn: Txn) -> Any:
         out = []
@@ -129,12 +141,15 @@ async def topup(request: web.Request) -> web.Response:
     body = await read_body(request, TopUp)
     actor = request[ACTOR]
     key = idempotency_key(request, actor)
-    result = await context(request).operate(
-        lambda txn, engine, now: provisioning.topup(
+
+    def op(txn: Txn, engine: Engine, now: int) -> OpResult:
+        claim_key(txn, key, body, now, engine.config.idempotency_window)
+        result = provisioning.topup(
             txn, engine, account_id, body.amount, now=now, actor=actor, reason=body.reason, idempotency_key=key
         )
-    )
-    return replayable(result)
+        return within_ceiling(result)
+
+    return replayable(await context(request).operate(op))
 
 
 @routes.post("/v1/accounts/{account}/adjustments", name="adjust")
@@ -146,8 +161,9 @@ async def adjust(request: web.Request) -> web.Response:
     key = idempotency_key(request, actor)
 
     def op(txn: Txn, engine: Engine, now: int) -> OpResult:
+        claim_key(txn, key, body, now, engine.config.idempotency_window)
         line_id = provisioning.get_line(txn, line_ref).id if line_ref is not None else None
-        return provisioning.adjust(
+        result = provisioning.adjust(
             txn,
             engine,
             account_id,
@@ -159,8 +175,40 @@ async def adjust(request: web.Request) -> web.Response:
             bucket_id=body.bucket,
             idempotency_key=key,
         )
+        return within_ceiling(result)
 
     return replayable(await context(request).operate(op))
+
+
+def claim_key(txn: Txn, key: str | None, body: msgspec.Struct, now: int, window: int) -> None:
+    """An Idempotency-Key names one request (IETF httpapi Idempotency-Key header draft): the first use records a
+    digest of its body beside the stored answer, for as long; a later use with another body is refused with
+    422 instead of being answered as a replay of a request it is not. Runs inside the operation, so the digest
+    is written only with the change it guards (a refused first attempt leaves the key free)."""
+    if key is None:
+        return
+    digest = hashlib.sha256(msgspec.json.encode(body)).hexdigest()  # canonical: fields in declaration order
+    stored_key = "api-body:" + key
+    stored = txn.get_idem(stored_key, now)
+    if stored is None:
+        txn.put_idem(stored_key, now + window, digest)
+    elif stored != digest:
+        raise ApiProblem(
+            422,
+            "Unprocessable Content",
+            "this key was used with another request body; a key names one request",
+            "Idempotency-Key",
+        )
+
+
+def within_ceiling(result: OpResult) -> OpResult:
+    """Refuse (and so roll back) a change that would take a wallet or bucket beyond +-MAX_BALANCE."""
+    value = result.value if isinstance(result.value, dict) else {}
+    for name in ("balance", "remaining"):
+        after = value.get(name)
+        if isinstance(after, int) and abs(after) > MAX_BALANCE:
+            raise RequestError("amount", f"would take the {name} to {after}, beyond +-{MAX_BALANCE}")
+    return result
 
 
 def replayable(result: OpResult) -> web.Response:

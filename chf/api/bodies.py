@@ -8,6 +8,7 @@ body schemas (chf/api/openapi.py). A JSON `null` is the same as an absent field.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -22,26 +23,59 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024  # bytes; provisioning bodies are small, anything larger is refused with 413
 
 # ------------------------------------------------------------------------------------------------------------------
+# Bounds. The store holds money and units as signed 64-bit integers (9.2e18). One request moves at most
+# MAX_AMOUNT (1e15: a billion EUR in micro-units, a petabyte, 31 million years of seconds), and a top-up or an
+# adjustment may not take a wallet or bucket beyond +-MAX_BALANCE (1e18), which leaves room for every charge and
+# reservation on top. Times are UNIX seconds up to the end of year 9999; other integers fit the 32- or 64-bit
+# field that holds them.
+# ------------------------------------------------------------------------------------------------------------------
+MAX_AMOUNT = 10**15
+MAX_BALANCE = 10**18
+MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+
+# ------------------------------------------------------------------------------------------------------------------
 # Field types
 # ------------------------------------------------------------------------------------------------------------------
 _INT64 = {"format": "int64"}
+_MONEY = "Money in micro-units of the account's currency (1 EUR = 1000000). Never a float."
 Money = Annotated[
     int,
     Meta(
-        description="Money in micro-units of the account's currency (1 EUR = 1000000). Never a float.",
+        ge=-MAX_AMOUNT,
+        le=MAX_AMOUNT,
+        description=_MONEY,
         extra_json_schema=_INT64,
+        extra=expected(f"an integer number of micro-units from -{MAX_AMOUNT} to {MAX_AMOUNT}"),
     ),
 ]
 PositiveMoney = Annotated[
     int,
     Meta(
         ge=1,
-        description="Money in micro-units of the account's currency (1 EUR = 1000000). Never a float.",
+        le=MAX_AMOUNT,
+        description=_MONEY,
         extra_json_schema=_INT64,
-        extra=expected("a positive integer number of micro-units"),
+        extra=expected(f"a positive integer number of micro-units up to {MAX_AMOUNT}"),
     ),
 ]
-Time = Annotated[int, Meta(description="UNIX time in seconds (UTC).", extra_json_schema=_INT64)]
+CreditLimit = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=MAX_AMOUNT,
+        description=_MONEY,
+        extra_json_schema=_INT64,
+        extra=expected(f"an integer number of micro-units from 0 to {MAX_AMOUNT}"),
+    ),
+]
+Time = Annotated[
+    int,
+    Meta(ge=0, le=MAX_TIME, description="UNIX time in seconds (UTC).", extra_json_schema=_INT64),
+]
+Id64 = Annotated[int, Meta(ge=0, le=INT64_MAX, extra_json_schema=_INT64)]
+RatingGroup = Annotated[int, Meta(ge=0, le=UINT32_MAX, description="RFC 4006 Rating-Group (Unsigned32).")]
 Reason = Annotated[str, Meta(min_length=1, description="Why; recorded in the audit event.")]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", extra=expected("an ISO 4217 code such as EUR"))]
 Imsi = Annotated[str, Meta(pattern="^[0-9]{6,15}$", extra=expected("6 to 15 digits"))]
@@ -73,7 +107,7 @@ class AccountCreate(_Body, kw_only=True):
     payment: Literal["prepaid", "postpaid", "hybrid"]
     currency: Currency | None = None  # default: the tenant's
     balance: Money = 0
-    credit_limit: Money = 0
+    credit_limit: CreditLimit = 0
     cycle_day: Annotated[int, Meta(ge=1, le=28, extra=expected("a day of the month from 1 to 28"))] = 1
     parent: NonEmptyStr | None = None
     plan: NonEmptyStr | None = None
@@ -90,10 +124,19 @@ class TopUp(_Body, kw_only=True):
 
 
 class Adjustment(_Body, kw_only=True):
-    amount: Annotated[int, Meta(description="Micro-units for the wallet; units for a bucket.")]
+    amount: Annotated[
+        int,
+        Meta(
+            ge=-MAX_AMOUNT,
+            le=MAX_AMOUNT,
+            description="Micro-units for the wallet; units for a bucket.",
+            extra_json_schema=_INT64,
+            extra=expected(f"an integer from -{MAX_AMOUNT} to {MAX_AMOUNT}"),
+        ),
+    ]
     reason: Reason
-    line: Annotated[NonEmptyStr | int, Meta(description="The line owning the bucket")] | None = None
-    bucket: int | None = None
+    line: Annotated[NonEmptyStr | Id64, Meta(description="The line owning the bucket")] | None = None
+    bucket: Id64 | None = None
 
 
 class LineCreate(_Body, kw_only=True):
@@ -119,11 +162,13 @@ class LineMove(_Body, kw_only=True):
 class BucketGrant(_Body, kw_only=True):
     name: NonEmptyStr
     unit: Unit
-    amount: Annotated[int, Meta(ge=1, extra=expected("a positive integer"))]
+    amount: Annotated[
+        int, Meta(ge=1, le=MAX_AMOUNT, extra_json_schema=_INT64, extra=expected(f"an integer from 1 to {MAX_AMOUNT}"))
+    ]
     valid_to: Time
     reason: Reason
-    rating_groups: list[int] | None = None
-    priority: int = 50
+    rating_groups: list[RatingGroup] | None = None
+    priority: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1, description="Lower is used first.")] = 50
 
 
 BODIES: tuple[type[_Body], ...] = (
@@ -154,7 +199,9 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
         try:
             data = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
-            raise bad_request("body", f"is not valid JSON: {exc}") from exc
+            raise bad_request("body", f"is not valid JSON: {exc}") from None
+        except RecursionError:  # nesting built to exhaust the parser: no traceback, no 500
+            raise bad_request("body", "is nested too deeply") from None
     if isinstance(data, dict):
         data = {key: value for key, value in data.items() if value is not None}
     try:
@@ -164,17 +211,42 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
         raise ApiProblem(400, "Bad Request", params[0]["reason"], invalid=params) from None
 
 
-def query_int(request: web.Request, name: str, default: int | None, minimum: int = 0) -> Any:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(name, f"must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise bad_request(name, f"must be >= {minimum}, got {value}")
-    return value
+@dataclass(frozen=True, slots=True)
+class QueryInt:
+    """An integer query parameter: read from a request, and documented in the OpenAPI document, from here."""
+
+    name: str
+    description: str
+    minimum: int = 0
+    maximum: int = INT64_MAX
+
+    def read(self, request: web.Request, default: int | None) -> Any:
+        raw = request.query.get(self.name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw) if len(raw) <= 20 else None  # an int64 has 19 digits: longer is out of range anyway
+        except ValueError:
+            raise bad_request(self.name, f"must be an integer, got {_clip(raw)!r}") from None
+        if value is None or not self.minimum <= value <= self.maximum:
+            raise bad_request(self.name, f"must be an integer from {self.minimum} to {self.maximum}, got {_clip(raw)}")
+        return value
+
+    def parameter(self, description: str | None = None) -> dict[str, Any]:
+        """The OpenAPI parameter object."""
+        schema = {"type": "integer", "format": "int64", "minimum": self.minimum, "maximum": self.maximum}
+        text = description or self.description
+        return {"name": self.name, "in": "query", "required": False, "description": text, "schema": schema}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+LIMIT = QueryInt("limit", "At most this many", minimum=1)
+FROM = QueryInt("from", "From this time (UNIX seconds, inclusive)", maximum=MAX_TIME)
+TO = QueryInt("to", "Up to this time (exclusive)", maximum=MAX_TIME)
+AFTER = QueryInt("after", "Only events after this sequence number")
 
 
 def idempotency_key(request: web.Request, actor: str) -> str | None:

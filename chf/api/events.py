@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chf.api.bodies import query_int
+from chf.api.bodies import AFTER, FROM, LIMIT, TO
 from chf.api.context import context
 from chf.api.problems import bad_request
 from chf.core import provisioning
@@ -23,7 +23,7 @@ MAX_SESSIONS_PAGE = 10_000
 
 @routes.get("/v1/sessions", name="list_sessions")
 async def list_sessions(request: web.Request) -> web.Response:
-    limit = min(query_int(request, "limit", 1000, 1), MAX_SESSIONS_PAGE)
+    limit = min(LIMIT.read(request, 1000), MAX_SESSIONS_PAGE)
     return web.json_response(
         {"sessions": context(request).read(lambda txn: [s.as_dict() for s in open_sessions(txn, limit)])}
     )
@@ -44,10 +44,10 @@ async def line_sessions(request: web.Request) -> web.Response:
 async def line_events(request: web.Request) -> web.Response:
     """Events of one line in [from, to), in sequence order. Pages with `after` (the last sequence seen)."""
     ref = request.match_info["line"]
-    since = query_int(request, "from", 0)
-    until = query_int(request, "to", None)
-    after = query_int(request, "after", 0)
-    limit = min(query_int(request, "limit", 100, 1), MAX_EVENTS_PAGE)
+    since = FROM.read(request, 0)
+    until = TO.read(request, None)
+    after = AFTER.read(request, 0)
+    limit = min(LIMIT.read(request, 100), MAX_EVENTS_PAGE)
     if until is not None and until <= since:
         raise bad_request("to", f"must be after from ({since}), got {until}")
     ctx = context(request)

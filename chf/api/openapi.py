@@ -62,8 +62,11 @@ def _op(
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["413"] = {"$ref": "#/components/responses/TooLarge"}
     if params:
         op["parameters"] = params
+        if _IDEMPOTENCY in params:
+            op["responses"]["422"] = {"$ref": "#/components/responses/KeyReused"}
     return op
 
 
@@ -71,22 +74,13 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
 
-def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema or {"type": "integer"},
-    }
-
-
 _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "A repeat with the same key (per token) within the idempotency window returns the first answer "
-    "with `Idempotency-Replayed: true` and changes nothing.",
+    "description": "A repeat with the same key (per token) and the same body within the idempotency window returns "
+    "the first answer with `Idempotency-Replayed: true` and changes nothing; the same key with another body is "
+    "refused with 422.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 _LINE = _path_param("line", "The line: internal id, IMSI, MSISDN or ICCID.")
@@ -213,8 +207,14 @@ OPENAPI: dict[str, Any] = {
                 "List accounts",
                 _json({"type": "object"}, "Accounts"),
                 params=[
-                    _query("tenant", "Only this tenant's", {"type": "string"}),
-                    _query("limit", "At most this many"),
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this tenant's",
+                        "schema": {"type": "string"},
+                    },
+                    bodies.LIMIT.parameter(),
                 ],
             ),
             "post": _op(
@@ -351,10 +351,10 @@ OPENAPI: dict[str, Any] = {
                 _json({"type": "object"}, "Events and next_after (null when the spool was read to its end)"),
                 params=[
                     _LINE,
-                    _query("from", "From this time (UNIX seconds, inclusive)"),
-                    _query("to", "Up to this time (exclusive)"),
-                    _query("after", "Only events after this sequence number"),
-                    _query("limit", "At most this many (<= 1000)"),
+                    bodies.FROM.parameter(),
+                    bodies.TO.parameter(),
+                    bodies.AFTER.parameter(),
+                    bodies.LIMIT.parameter("At most this many (a larger limit is served as 1000)"),
                 ],
             )
         },
@@ -363,7 +363,7 @@ OPENAPI: dict[str, Any] = {
                 "list_sessions",
                 "Open charging sessions",
                 _json({"type": "object"}, "Sessions"),
-                params=[_query("limit", "At most this many")],
+                params=[bodies.LIMIT.parameter("At most this many (a larger limit is served as 10000)")],
             )
         },
         "/v1/catalogue/reload": {
@@ -386,6 +386,8 @@ OPENAPI: dict[str, Any] = {
             "NotFound": _problem("The named tenant, account, line, plan or bucket does not exist"),
             "Conflict": _problem("The change contradicts the stored state (identity in use, forbidden transition)"),
             "Busy": _problem("Too busy (write queue full); retry after Retry-After seconds"),
+            "TooLarge": _problem(f"The body is over {bodies.MAX_BODY} bytes"),
+            "KeyReused": _problem("The Idempotency-Key was used with another request body; nothing was changed"),
         },
         "schemas": {
             **_body_schemas(),

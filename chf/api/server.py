@@ -10,6 +10,8 @@ request types in chf/api/bodies.py, the OpenAPI document generated from them in 
 Conventions (also in the OpenAPI document served at /openapi.json):
 - Money is an integer number of micro-units of the account's currency (1 EUR = 1_000_000); units are
   integers of their type (bytes, seconds, events). A float or a string where an integer is expected is refused.
+  Every amount and integer has a documented bound (chf/api/bodies.py): at most 10^15 per request, and a wallet
+  or bucket stays within +-10^18, far inside the store's signed 64-bit values.
 - Times are integer UNIX seconds (UTC).
 - Authentication: `Authorization: Bearer <token>` with a token from `[api.tokens]` (name = token); the token's
   name becomes the actor recorded in audit events ("api:<name>"). /healthz, /readyz, /metrics and
@@ -17,8 +19,10 @@ Conventions (also in the OpenAPI document served at /openapi.json):
 - Errors are `application/problem+json` (RFC 9457, the shape of 3GPP TS 29.571 ProblemDetails): status,
   title, detail, and `invalidParams: [{param, reason}]` naming every offending field. A refused request
   changes nothing.
-- `Idempotency-Key` on top-up and adjustment: a repeat within the idempotency window returns the first answer
-  (with `Idempotency-Replayed: true`) and changes nothing.
+- `Idempotency-Key` on top-up and adjustment: a repeat with the same body within the idempotency window
+  returns the first answer (with `Idempotency-Replayed: true`) and changes nothing; the same key with another
+  body is refused with 422, naming the header.
+- The `Server` header names the product only, not the versions of aiohttp and Python.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from chf.api import accounts, catalogue, events, health, lines, tenants
 from chf.api.bodies import MAX_BODY
@@ -48,6 +53,7 @@ __all__ = ["ApiConfig", "ApiServer", "api_components", "parse_api_config"]
 log = logging.getLogger("chf.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVER = "chf"
 UNMETERED = frozenset({"metrics", "healthz", "readyz"})  # probes: not counted as API requests
 
 
@@ -73,7 +79,7 @@ class ApiServer:
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=_HttpLog(log, {}))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen, self.config.port, reuse_address=True)
         await site.start()
@@ -93,6 +99,7 @@ class ApiServer:
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         app[CONTEXT] = self.context
+        app.on_response_prepare.append(_server_header)
         for module in (health, tenants, accounts, lines, events, catalogue):
             app.add_routes(module.routes)
         return app
@@ -121,7 +128,9 @@ class ApiServer:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise _unauthorized("a bearer token is required")
-        presented = token.strip().encode()
+        # aiohttp hands header bytes that are not UTF-8 over as lone surrogates: surrogateescape gives back the
+        # bytes sent, which match no configured token (a 401, not an encoding error).
+        presented = token.strip().encode("utf-8", "surrogateescape")
         found = None
         for name, expected in self._tokens:  # compare with every token, in constant time each
             if hmac.compare_digest(presented, expected):
@@ -168,6 +177,25 @@ def _account(operation: str, response: web.StreamResponse, started: float) -> No
     if operation not in UNMETERED:
         metrics.REQUESTS.labels("api", operation, str(status)).inc()
         metrics.REQUEST_LATENCY.labels("api", operation).observe(time.perf_counter() - started)
+
+
+class _HttpLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's HTTP layer logs a request it cannot parse (a control character in a header, a malformed request
+    line) at ERROR with a traceback, before the application sees it. That is the client's fault: one INFO line
+    and a counted protocol error instead. Anything else keeps its traceback."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            metrics.PROTOCOL_ERRORS.labels("api", str(exc_info.code)).inc()
+            self.info("event=api_unparsable_request status=%d error=%s", exc_info.code, json.dumps(str(exc_info)))
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """The product, not aiohttp's and Python's versions (RFC 9110 section 10.2.4 allows any detail; less tells an
+    attacker less)."""
+    response.headers["Server"] = SERVER
 
 
 def _unauthorized(detail: str) -> ApiProblem:
