@@ -22,7 +22,6 @@ from chf.core.validation import (
     expected,
     format_path,
     invalid_params,
-    json_pointer,
 )
 
 
@@ -141,7 +140,7 @@ def test_renderings() -> None:
         "peers[0].host",
         "body",
     ]
-    assert format_path(("a", 1, "b")) == "a[1].b" and json_pointer(("a/b", 1, "c~")) == "/a~1b/1/c~0"
+    assert format_path(("a", 1, "b")) == "a[1].b"
 
 
 def test_descriptions() -> None:
@@ -152,3 +151,13 @@ def test_descriptions() -> None:
     assert describe(Annotated[str, Meta(min_length=2, max_length=4)]) == "a string of 2 to 4 characters"
     assert describe(Files, CONFIG) == "a table" and describe(Files, BODY) == "a JSON object"
     assert describe(Literal["debug", "info", "warning", "error"]) == "one of debug, info, warning, error"
+
+
+def test_a_secret_is_never_quoted_back() -> None:
+    class Keys(msgspec.Struct, forbid_unknown_fields=True):
+        tokens: Annotated[list[str], Meta(extra=expected("a list of tokens", secret=True))] | None = None
+
+    with pytest.raises(Invalid) as info:
+        decode(Keys, {"tokens": "s3cr3t-value"})
+    assert info.value.problems == [Problem(("tokens",), "must be a list of tokens")]
+    assert "s3cr3t" not in str(info.value)

@@ -98,11 +98,6 @@ def format_path(path: Path) -> str:
     return out
 
 
-def json_pointer(path: Path) -> str:
-    """RFC 6901: `/peers/0/host`; "" for the whole document."""
-    return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
-
-
 def config_errors(problems: Iterable[Problem], source: str, section: str) -> list[str]:
     """`file: [section] key: reason`. Names leading to a sub-table extend the section (`[export.files] max_age`,
     `[api.tokens] crm`); from the last name before a list index on, the path is the key (`[gy] peers[0].host`)."""
