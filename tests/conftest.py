@@ -7,6 +7,8 @@ slow     the test takes more than about a second on a developer's machine (a rea
          process, property tests with many examples); a unit test that takes longer is named at the end of the
          run.
 unit     everything else.
+A test may also carry @pytest.mark.slow or @pytest.mark.interop itself; the tables here keep the test modules
+free of markers and in one place.
 """
 
 from __future__ import annotations
@@ -88,13 +90,18 @@ def _check_entries(items: Iterable[pytest.Item]) -> None:
             raise pytest.UsageError(f"tests/conftest.py names {entry}, which is not a test")
 
 
+def _marked(item: pytest.Item, name: str) -> bool:
+    return item.get_closest_marker(name) is not None
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     _check_entries(items)
     for item in items:
         names = _names(item)
-        interop = bool(names & INTEROP) or bool(INTEROP_FIXTURES.intersection(getattr(item, "fixturenames", ())))
-        slow = bool(names & SLOW)
+        fixtures = getattr(item, "fixturenames", ())
+        interop = bool(names & INTEROP or INTEROP_FIXTURES.intersection(fixtures)) or _marked(item, "interop")
+        slow = bool(names & SLOW) or _marked(item, "slow")
         if interop:
             item.add_marker(pytest.mark.interop)
         if slow:
