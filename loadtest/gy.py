@@ -28,20 +28,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from gy.client import CMD_CC, DiameterClient, Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, Message, encode_message
-from tests.support import free_port
-
-if TYPE_CHECKING:  # the generator process itself never opens the store
-    from store.lmdbstore import Txn
 
 REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
-REALM = "localdomain"
 
 
 def server_config(tmp: Path, port: int, durability: str, writer: str = "inline", workers: int = 0) -> Path:
@@ -90,29 +83,26 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     engine = service.engine
     now = int(time.time())
 
-    def setup(txn: Txn) -> None:
+    def setup(txn):  # type: ignore[no-untyped-def]
         provisioning.create_tenant(txn, "load", "load", "EUR", now)
-        account_plan = "postpaid-l" if plan_on == "account" else None
-        provisioning.create_account(
-            txn,
-            engine,
-            account_id="load",
-            tenant="load",
-            payment="postpaid",
-            now=now,
-            credit_limit=10**15,
-            plan=account_plan,
-        )
-
-    def add_line(n: int) -> Callable[[Txn], object]:
-        line_plan = "postpaid-l" if plan_on == "line" else None
-        return lambda txn: provisioning.add_line(
-            txn, engine, account="load", imsi=str(IMSI_BASE + n), now=now, plan=line_plan
-        )
+        provisioning.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
+                             credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
 
     store.write(setup)
     for start in range(0, lines, 2000):
-        ops = [add_line(n) for n in range(start, min(lines, start + 2000))]
+        ops = [
+            (
+                lambda txn, n=n: provisioning.add_line(
+                    txn,
+                    engine,
+                    account="load",
+                    imsi=str(IMSI_BASE + n),
+                    now=now,
+                    plan="postpaid-l" if plan_on == "line" else None,
+                )
+            )
+            for n in range(start, min(lines, start + 2000))
+        ]
         for r in store.run_batch(ops):
             if isinstance(r, BaseException):
                 raise r
@@ -150,12 +140,6 @@ class LoadClient(DiameterClient):
             self.transport.write(b"".join(self._out))
         self._out.clear()
 
-    @classmethod
-    async def open(cls, host: str, port: int, origin_host: str) -> LoadClient:
-        client, _ = await cls.connect(host, port, origin_host, REALM)
-        assert isinstance(client, LoadClient)
-        return client
-
     def send_ccr(self, template: bytearray, number_at: int, number: int) -> asyncio.Future[Message]:
         hbh = next(self._hbh)
         _IDS.pack_into(template, 12, hbh, next(self._e2e))
@@ -177,8 +161,7 @@ def data_offset(raw: bytes | bytearray, code: int) -> int:
 
 
 def result_code(answer: Message) -> int:
-    code: int = _U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0]
-    return code
+    return _U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0]  # type: ignore[no-any-return]
 
 
 def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
@@ -187,14 +170,9 @@ def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
 
 
 async def session_loop(
-    n: int,
-    client: LoadClient,
-    stats: Stats,
-    updates: int,
-    stop_at: float,
-    pace: asyncio.Semaphore | None,
-    session_counter: itertools.count[int],
-) -> None:
+    n: int, client: LoadClient, stats: Stats, updates: int, stop_at: float, pace: asyncio.Semaphore | None,
+    session_counter: itertools.count,  # type: ignore[type-arg]
+) -> None:  # fmt: skip
     host = client.origin_host
     # Session n's first session is cut short to n mod (updates + 1) updates: session ends and starts (CCR-T,
     # CCR-I, which --rate does not pace) then spread over time instead of all sessions turning over at once,
@@ -203,14 +181,14 @@ async def session_loop(
     while time.monotonic() < stop_at:
         sid = f"{host};{n};{next(session_counter)}"
         imsi = str(IMSI_BASE + n)
-        initial = [Mscc(10, {})]
-        update = [Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])]
-        terminate = [Mscc(10, used=[{"bytes": 1000, "reason": 2}])]
         templates = {
-            "I": ccr_template(ccr_avps(sid, 1, 0, origin_host=host, origin_realm=REALM, imsi=imsi, mscc=initial)),
-            "U": ccr_template(ccr_avps(sid, 2, 0, origin_host=host, origin_realm=REALM, mscc=update)),
-            "T": ccr_template(ccr_avps(sid, 3, 0, origin_host=host, origin_realm=REALM, mscc=terminate)),
-        }
+            "I": ccr_template(ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi,
+                                       mscc=[Mscc(10, {})])),
+            "U": ccr_template(ccr_avps(sid, 2, 0, origin_host=host, origin_realm="localdomain",
+                                       mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])])),
+            "T": ccr_template(ccr_avps(sid, 3, 0, origin_host=host, origin_realm="localdomain",
+                                       mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])])),
+        }  # fmt: skip
         kinds = ["I"] + ["U"] * session_updates + ["T"]
         session_updates = updates
         for number, kind in enumerate(kinds):
@@ -305,7 +283,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int | None) -> dict[str, object]:
-    clients = [await LoadClient.open(host, port, f"load{i}.{REALM}") for i in range(args.connections)]
+    clients = [
+        (await LoadClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
+        for i in range(args.connections)
+    ]
     stats = Stats()
     warm_until = time.monotonic() + args.warmup
     stop_at = warm_until + args.duration
@@ -393,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
         help="account: every request charges one shared wallet; line: each line spends its own allowance",
     )
     args = p.parse_args(argv)
-    runner: Callable[[Coroutine[Any, Any, dict[str, object]]], dict[str, object]]
     try:
         import uvloop
 
@@ -405,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         result = runner(drive(args, host, int(port), None))
     else:
         with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
+            from tests.support import free_port
+
             port = free_port()
             config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
             provision(config, args.sessions, args.plan_on)

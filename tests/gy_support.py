@@ -20,6 +20,7 @@ from gy.server import GyServer
 from tests.support import SHARED, fixture_text, free_port
 from tools.serve import run
 
+REPO = Path(__file__).resolve().parents[1]
 CAPTURES = SHARED / "captures"
 
 CATALOGUE = fixture_text("gy.toml")

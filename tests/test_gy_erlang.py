@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 from chf.core import provisioning
-from tests.gy_support import provision, running_server
-from tests.support import REPO, require_tool, unavailable
+from tests.gy_support import REPO, provision, running_server
+from tests.support import require_tool, unavailable
 
 ERLANG_DIR = REPO / "tests" / "erlang"
 TOOLS = ("erl", "erlc", "diameterc")

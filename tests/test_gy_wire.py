@@ -176,8 +176,11 @@ def test_cca_decodes_in_python_diameter(rg: int, granted: int, unit: str, validi
         uv = {a.code: a.value for a in {a.code: a for a in gsu[413].value}[445].value}
         assert uv[447] * 10 ** (uv[429] + 6) == granted
     if fua:
-        final_unit_action = {"terminate": 0, "redirect": 1, "restrict_access": 2}[fua]
-        assert {a.code: a.value for a in by_code[430].value}[449] == final_unit_action
+        assert {a.code: a.value for a in by_code[430].value}[449] == {
+            "terminate": 0,
+            "redirect": 1,
+            "restrict_access": 2,
+        }[fua]
 
 
 def _pcap(path: Path, messages: list[tuple[bool, bytes]]) -> None:
