@@ -6,7 +6,8 @@ STAMP   = $(VENV)/.installed
 TEST_STAMP = $(VENV)/.installed-test
 NATIVE_STAMP = $(VENV)/.built-native
 # The hot path, compiled with Cython (setup.py); rebuilt in place, incrementally, when a source changes.
-NATIVE_SOURCES := $(shell grep -v '^\#' native-modules.txt) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
+NATIVE_MODULES := $(shell grep -v '^\#' native-modules.txt)
+NATIVE_SOURCES := $(NATIVE_MODULES) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
 .PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
 
@@ -82,8 +83,8 @@ bench-gy-codec: $(NATIVE_STAMP)
 # Run the hot path as plain Python (e.g. to profile it with py-spy): remove the compiled modules. `make run`
 # or `make test` compiles them again.
 pure:
-	rm -f $(NATIVE_STAMP) $(patsubst %.py,%.c,$(NATIVE_SOURCES))
-	for src in $(NATIVE_SOURCES); do rm -f $${src%.py}.cpython-*.so $${src%.py}.abi3.so; done
+	rm -f $(NATIVE_STAMP) $(patsubst %.py,%.c,$(NATIVE_MODULES))
+	for src in $(NATIVE_MODULES); do rm -f $${src%.py}.cpython-*.so $${src%.py}.abi3.so; done
 
 clean: pure
 	rm -rf $(VENV) var build .pytest_cache .ruff_cache .hypothesis
