@@ -9,6 +9,7 @@ plan, IoT pools that grow with each activated line, provisioned lines, and refus
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ ACCOUNTS: list[tuple[str, dict[str, Any]]] = [
     ("flex", {"payment": "postpaid", "plan": "iotflex"}),  # the pool grows with each active line
     ("static", {"payment": "postpaid", "plan": "iotstatic"}),
 ]
-PLANS = {
+PLANS: dict[str, list[str | None]] = {
     "rich": [None, "pre", "promo", "payg", "redir"],
     "poor": ["pre", "promo", None],
     "post": ["post", None],
@@ -130,12 +131,16 @@ def test_bulk_import_writes_exactly_what_add_line_writes(tmp_path: Path, batch: 
         got: list[Any] = []
         for start in range(0, len(rows), batch):
             chunk = [dict(r) for r in rows[start : start + batch]]
-            got += bulk.store.write(
-                lambda txn, chunk=chunk: provisioning.add_lines(
-                    txn, bulk.engine, chunk, now=bulk.now, actor="cli:test", templates=templates
-                )
+            add_chunk = functools.partial(
+                provisioning.add_lines,
+                engine=bulk.engine,
+                rows=chunk,
+                now=bulk.now,
+                actor="cli:test",
+                templates=templates,
             )
-        expected = single.store.run_batch([lambda txn, row=row: add_one(txn, single, row) for row in rows])
+            got += bulk.store.write(add_chunk)
+        expected = single.store.run_batch([functools.partial(add_one, world=single, row=row) for row in rows])
         assert [outcome(r) for r in got] == [outcome(r) for r in expected]
         assert sum(isinstance(r, RequestError) for r in got) == 7
 
