@@ -501,6 +501,85 @@ class Reservation:
         return [self.rating_group, self.unit, self.granted, self.portions, self.money, self.tariff, self.zone]
 
 
+class Debit:
+    """What is left of a one-shot debit (CCR-Event DIRECT_DEBITING, Nchf IEC or PEC) that a REFUND_ACCOUNT may
+    still reverse (chf.core.events): the units it took from each bucket, those it charged to the wallet and their
+    money, less what was refunded since. `event` is the id of the debit's usage event, which each refund names.
+
+    Kept per line and rating group, oldest first (`Txn.debits`), and only for the refund window
+    ([engine] refund_window): older debits are no longer refundable and are deleted.
+    """
+
+    __slots__ = ("account", "event", "line", "money", "portions", "rating_group", "seq", "time", "unit", "units")
+
+    def __init__(
+        self,
+        line: int,
+        rating_group: int,
+        seq: int,
+        event: str,
+        time: int,
+        account: str,
+        unit: str,
+        portions: list[list[int]],
+        units: int,
+        money: int,
+    ) -> None:
+        self.line = line
+        self.rating_group = rating_group
+        self.seq = seq  # the debit event's sequence number
+        self.event = event
+        self.time = time
+        self.account = account  # the account whose wallet and shared buckets paid
+        self.unit = unit
+        self.portions = portions  # [source, bucket id, units not yet refunded], in the order they were taken
+        self.units = units  # units charged to the wallet, not yet refunded
+        self.money = money  # the money charged for them, not yet refunded
+
+    def left(self) -> int:
+        """The units still refundable (buckets and wallet)."""
+        total = self.units
+        for portion in self.portions:
+            total += portion[2]
+        return total
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.line,
+                self.rating_group,
+                self.seq,
+                self.event,
+                self.time,
+                self.account,
+                self.unit,
+                self.portions,
+                self.units,
+                self.money,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Debit:
+        r = unpack(data)
+        _check(r[0], "debit")
+        return cls(*r[1:])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "rating_group": self.rating_group,
+            "event": self.event,
+            "time": self.time,
+            "account": self.account,
+            "unit": self.unit,
+            "portions": [{"source": p[0], "bucket": p[1], "units": p[2]} for p in self.portions],
+            "units": self.units,
+            "money": self.money,
+        }
+
+
 class Session:
     """An open charging session of one line, with its reservations per rating group.
 
