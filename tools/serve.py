@@ -111,7 +111,10 @@ def build_service(config: Config, store: Store) -> ChargingService:
     catalogue = load_catalogue(config.catalogue)
     ec = config.engine
     engine_config = EngineConfig(
-        idempotency_window=ec.idempotency_window, reap_factor=ec.reap_factor, answers_kept=ec.answers_kept
+        idempotency_window=ec.idempotency_window,
+        reap_factor=ec.reap_factor,
+        answers_kept=ec.answers_kept,
+        refund_window=ec.refund_window,
     )
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 

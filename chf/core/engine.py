@@ -60,6 +60,8 @@ class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
     answers_kept: int = 4  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
+    # Seconds a one-shot debit stays refundable by REFUND_ACCOUNT (chf.core.events); 0: no refunds.
+    refund_window: int = 7 * 86_400
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which

@@ -287,6 +287,11 @@ class ChargingService:
                 gone = await self.store.submit(lambda txn: txn.purge_idem(self.now(), 10_000))
                 if gone:
                     log.info("event=idempotency_purged records=%d", gone)
+                # Debits out of the refund window (chf.core.events) of lines that made no debit since.
+                before = self.now() - self.engine.config.refund_window
+                gone = await self.store.submit(lambda txn, b=before: txn.purge_debits(b, 10_000))
+                if gone:
+                    log.info("event=debits_purged records=%d", gone)
             except asyncio.CancelledError:
                 raise
             except Exception:
