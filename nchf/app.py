@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from chf.core.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
+from chf.core.model import EVENT, INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
 from chf.runtime import metrics
 from chf.runtime.port import ChargingPort, refusal
 from nchf.auth import BearerAuth, Unauthorized
@@ -174,14 +174,18 @@ class NchfApp:
                 self._refuse(operation, ref, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params)
             )
             return
-        self._charge(operation, ref, parsed, request, started, respond)
+        self._charge(operation, ref, parsed, body, request, started, respond)
 
-    def _resource_ref(self, body: bytes) -> str:
-        """The ChargingDataRef of a create: a keyed hash of the request body. A retransmitted create (the same
-        message again, after a timeout) names the same resource with the same invocationSequenceNumber, so the
-        core answers it from the stored answer and reserves nothing twice. Any other create differs at least in
-        its invocationTimeStamp. The key is the store's own id, so two stores never hand out the same reference."""
-        return hmac.new(self._ref_key, body, hashlib.blake2b).hexdigest()[:32]
+    def _resource_ref(self, body: dict[str, Any]) -> str:
+        """The ChargingDataRef of a create: a keyed hash of the request, without its retransmissionIndicator. A
+        retransmitted create (the same message again after a timeout, flagged or not) names the same resource with
+        the same invocationSequenceNumber, so the core answers it from the stored answer and reserves or debits
+        nothing twice. Any other create differs at least in its invocationTimeStamp. The key is the store's own
+        id, so two stores never hand out the same reference."""
+        if "retransmissionIndicator" in body:
+            body = {k: v for k, v in body.items() if k != "retransmissionIndicator"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self._ref_key, canonical, hashlib.blake2b).hexdigest()[:32]
 
     def _refuse(
         self,
@@ -217,19 +221,24 @@ class NchfApp:
         operation: str,
         ref: str | None,
         parsed: ParsedRequest,
+        body: Any,
         request: Request,
         started: float,
         respond: Respond,
     ) -> None:
         if ref is None:
-            ref = self._resource_ref(request.body)
-            kind = INITIAL
+            ref = self._resource_ref(body)
+            # A one-time event (IEC, PEC) is one-shot in the core: charged once under this reference and number,
+            # no session kept, nothing left for the reaper to free.
+            kind = INITIAL if parsed.one_time_event is None else EVENT
             number = parsed.sequence_number
         else:
             kind = UPDATE if operation == "update" else TERMINATE
             number = parsed.sequence_number or next(self._unnumbered)
         session = SESSION_PREFIX + ref
-        charging_request = to_charging_request(parsed, kind, session, number, notify=parsed.notify_uri)
+        charging_request = to_charging_request(
+            parsed, kind, session, number, notify=parsed.notify_uri, action=parsed.one_time_event
+        )
         exchange = _Exchange(self, operation, ref, kind, parsed.sequence_number, request, started, respond)
         self.in_flight += 1
         # Submitted together once the whole read is parsed (as Tasks did, which started on the next iteration): a
@@ -298,7 +307,7 @@ class NchfApp:
         if kind == TERMINATE:
             return Response(204)
         body = charging_data_response_json(answer, exchange.sequence_number)
-        if kind == INITIAL:
+        if kind in (INITIAL, EVENT):
             request = exchange.request
             authority = request.authority or "localhost"
             location = f"{request.scheme}://{authority}{COLLECTION}/{ref}"

@@ -16,9 +16,11 @@ from typing import Any
 from chf.core.model import (
     CREDIT_CONTROL_NOT_APPLICABLE,
     CREDIT_LIMIT_REACHED,
+    DIRECT_DEBITING,
     END_USER_SERVICE_DENIED,
     FUA_REDIRECT,
     FUA_RESTRICT,
+    POST_EVENT,
     RATING_FAILED,
     REASON_FINAL,
     SESSION_UNKNOWN,
@@ -62,6 +64,10 @@ UNIT_RESULT = {
     RATING_FAILED: "RATING_FAILED",
 }
 FINAL_UNIT_ACTION = {FUA_REDIRECT: "REDIRECT", FUA_RESTRICT: "RESTRICT_ACCESS"}
+# One-time events (TS 32.290, TS 32.291 oneTimeEventType) -> the core's one-shot actions. IEC, Immediate Event
+# Charging: the create is the debit, before the service (as a Gy CCR-Event DIRECT_DEBITING). PEC, Post Event
+# Charging: the create reports units delivered already, charged once. Neither leaves a charging session open.
+ONE_TIME_EVENTS = {"IEC": DIRECT_DEBITING, "PEC": POST_EVENT}
 
 _PLMN_MCC = re.compile(r"^\d{3}$")
 _PLMN_MNC = re.compile(r"^\d{2,3}$")
@@ -74,6 +80,7 @@ _TOP_LEVEL_TYPES: dict[str, tuple[type, ...]] = {
     "mnSConsumerIdentifier": (str,),
     "retransmissionIndicator": (bool,),
     "oneTimeEvent": (bool,),
+    "oneTimeEventType": (str,),
     "serviceSpecificationInfo": (str,),
     "supportedFeatures": (str,),
     "easid": (str,),
@@ -102,6 +109,7 @@ class ParsedRequest:
     serving_network: str | None = None
     rat: str | None = None
     dnn: str | None = None
+    one_time_event: str | None = None  # the core action of a one-time event create (ONE_TIME_EVENTS), else None
 
 
 class _Checker:
@@ -288,11 +296,41 @@ def parse_request(body: Any, *, creating: bool) -> ParsedRequest:
         seen: set[int] = set()
         for i, item in enumerate(check.array(body["multipleUnitUsage"], "/multipleUnitUsage")):
             _unit_usage(check, item, f"/multipleUnitUsage/{i}", parsed, seen)
+    parsed.one_time_event = _one_time_event(check, body, creating)
     if creating and not parsed.identities and not check.problems:
         check.bad("/subscriberIdentifier", "a SUPI (imsi-...) or a GPSI (msisdn-...) is needed to open a session")
     if check.problems:
         raise InvalidRequest(check.problems)
     return parsed
+
+
+def _one_time_event(check: _Checker, body: dict[str, Any], creating: bool) -> str | None:
+    """The core action of a create that is a one-time event (ONE_TIME_EVENTS), or None for a session (and for
+    an update or release, where the two fields are only type-checked). A PEC reports what was delivered: each of
+    its rating groups needs a usedUnitContainer."""
+    if not creating:
+        return None
+    kind = body.get("oneTimeEventType")
+    if body.get("oneTimeEvent") is not True:
+        if isinstance(kind, str):
+            check.bad("/oneTimeEventType", "only for a one-time event (oneTimeEvent true)")
+        return None
+    if kind is None:
+        check.bad("/oneTimeEventType", "is required when oneTimeEvent is true: IEC or PEC")
+        return None
+    if not isinstance(kind, str):
+        return None  # named by the type check of the top-level properties
+    action = ONE_TIME_EVENTS.get(kind)
+    if action is None:
+        check.bad("/oneTimeEventType", f"must be IEC or PEC, got {kind!r}")
+    elif action == POST_EVENT and isinstance(usages := body.get("multipleUnitUsage"), list):
+        for i, usage in enumerate(usages):
+            if isinstance(usage, dict) and not usage.get("usedUnitContainer"):
+                check.bad(
+                    f"/multipleUnitUsage/{i}/usedUnitContainer",
+                    "is required in a PEC one-time event (Post Event Charging reports the units delivered)",
+                )
+    return action
 
 
 def _pdu_session(check: _Checker, value: Any, parsed: ParsedRequest) -> None:
@@ -347,7 +385,7 @@ def _unit_usage(check: _Checker, value: Any, pointer: str, parsed: ParsedRequest
 
 
 def to_charging_request(
-    parsed: ParsedRequest, kind: str, session: str, number: int, *, notify: Any = None
+    parsed: ParsedRequest, kind: str, session: str, number: int, *, notify: Any = None, action: str | None = None
 ) -> ChargingRequest:
     return ChargingRequest(
         kind,
@@ -356,6 +394,7 @@ def to_charging_request(
         parsed.identities,
         parsed.units,
         protocol="nchf",
+        action=action,
         serving_network=parsed.serving_network,
         rat=parsed.rat,
         apn=parsed.dnn,

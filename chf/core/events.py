@@ -128,29 +128,32 @@ def charge_event(engine: Engine, txn: Txn, req: ChargingRequest, now: int) -> Ch
 
 
 def _rate_units(job: Job) -> bool:
-    """Act on each rating group of the request (one without a rating group when it names none). Returns whether
-    anything was written."""
+    """Act on each rating group of the request (one without a rating group when it names none, but for a
+    post-event charge, which then reports nothing to charge). Returns whether anything was written."""
     req = job.req
     answer = job.answer
     act = ACTIONS[req.action]
     writes = False
-    for unit_req in req.units or [UnitRequest()]:
+    units = req.units
+    if not units and req.action != POST_EVENT:
+        units = [UnitRequest()]
+    for unit_req in units:
         ua = UnitAnswer(unit_req.rating_group, service_id=unit_req.service_id)
         answer.units.append(ua)
         if act(job, unit_req, ua):
             writes = True
     answer.cost = job.cost
     answer.balance = job.ctx.account.balance
-    if all_failed(answer.units):
+    if answer.units and all_failed(answer.units):
         answer.result = answer.units[0].result
     return writes
 
 
-def _named_units(unit_req: UnitRequest, unit: str, *, used_first: bool) -> int:
-    """The units of type `unit` a request names: its requested units, or the sum of its used-unit reports
-    (`used_first`: the reports, else the requested units). Bytes may be reported as uplink and downlink only."""
-    amounts = unit_req.requested
-    if unit_req.used and (used_first or not amounts):
+def _named_units(unit_req: UnitRequest, unit: str, *, delivered: bool) -> int:
+    """The units of type `unit` a request names: its requested units, else the sum of its used-unit reports
+    (`delivered`, a post-event charge: the reports only). Bytes may be reported as uplink and downlink only."""
+    amounts = None if delivered else unit_req.requested
+    if unit_req.used and not amounts:
         amounts = {}
         for report in unit_req.used:
             for name, value in report.units.items():
@@ -183,7 +186,7 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
         # Delivered where the tariff bars it (never granted there): charged at the home price, as session usage
         # is (chf/core/engine.py): revenue is never dropped.
         zone = catalogue.settings.home_zone
-    units = _named_units(unit_req, tariff.unit, used_first=post_event) or (1 if tariff.unit == "events" else 0)
+    units = _named_units(unit_req, tariff.unit, delivered=post_event) or (1 if tariff.unit == "events" else 0)
     ua.unit = tariff.unit
     usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
     taken = 0
@@ -302,7 +305,7 @@ def _refund(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
         return False
     unit = candidates[0].unit
     ua.unit = unit
-    want = _named_units(unit_req, unit, used_first=False) or (1 if unit == "events" else 0)
+    want = _named_units(unit_req, unit, delivered=False) or (1 if unit == "events" else 0)
     done = 0
     for debit in candidates:
         if done >= want:
