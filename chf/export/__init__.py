@@ -59,6 +59,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from chf.export.cdr import CdrSink
 from chf.export.config import parse_export_config
 from chf.runtime import metrics
 from store.lmdbstore import Store, StoreBusy, Txn
@@ -520,6 +521,10 @@ def export_components(config: Any, service: Any) -> list[Any]:
         sinks.append(FileSink(**cfg.files))
     if cfg.nats is not None:
         sinks.append(NatsSink(**cfg.nats))
+    if cfg.cdr is not None:
+        kwargs = dict(cfg.cdr)
+        kwargs["node_id"] = kwargs["node_id"] or "chf" + service.store.store_id
+        sinks.append(CdrSink(**kwargs))
     return [
         Exporter(service.store, sink, batch=cfg.batch, poll_interval=cfg.poll_interval, backlog_limit=cfg.backlog_limit)
         for sink in sinks
