@@ -196,6 +196,7 @@ class CdrSink:
         self.rc = 0  # running count of the last file opened
         self._published_rc = 0  # ... and of the last file published (the state file's "rc")
         self.closed_files = 0
+        self.written = 0  # CDRs written by this sink since it was made
         self._encoder: ChfRecordEncoder | None = None
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -409,6 +410,7 @@ class CdrSink:
         os.fsync(self._fd)  # the acknowledgement: the exporter advances its cursor after this
         self._size += size
         self._count += len(chunk)
+        self.written += len(chunk)
         self.high_water = max(self.high_water, last_seq)
 
     def _close_file(self, reason: int) -> None:
