@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
 from chf.export import CdrSink, Exporter, FileSink, NatsSink, Sink
