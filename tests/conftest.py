@@ -37,6 +37,7 @@ SLOW = {
     "test_cli.py::test_catalogue_reload_signals_the_running_server",
     "test_cli.py::test_events_follow_and_entry_point",
     "test_cdr.py::test_cdr_sink_survives_killed_exporters",
+    "test_cdr.py::test_chf_serve_writes_the_cdrs_of_nchf_sessions",
     "test_cdr.py::test_generic_types_agree_with_pycrates_compile_of_the_full_specification",
     "test_crash.py::test_acknowledged_operations_survive_sigkill",
     "test_export.py::test_file_sink_survives_a_killed_exporter_and_restarts",

@@ -25,11 +25,12 @@ import pytest
 from chf.export import CdrSink, Exporter, parse_export_config, to_record
 from chf.export.chfrecord import ChfRecordEncoder
 from chf.runtime.config import ConfigError
+from store.lmdbstore import Store
 from tests.cdr_support import ASN1, CdrFile, UsageSpool, bcd_time, decode, read_cdr_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NF = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-NAME = re.compile(r"^chftest_-_(\d+)\.(\d{8})_-_(\d{4})\+0000$")
+NAME = r"^{node}_-_(\d+)\.(\d{{8}})_-_(\d{{4}})\+0000$"
 
 # What the spool's reporting reasons become (module docstring of chf/export/chfrecord.py): (trigger, cause).
 REASONS = {
@@ -54,8 +55,13 @@ def expected(record: dict[str, Any], nf: str = NF) -> dict[str, Any]:
     container: dict[str, Any] = {}
     if "serviceIdentifier" in record:
         container["serviceIdentifier"] = record["serviceIdentifier"]
-    names = {"timeUsage": "time", "totalVolume": "dataTotalVolume", "datavolumeUplink": "dataVolumeUplink",
-             "datavolumeDownlink": "dataVolumeDownlink", "serviceSpecificUnits": "serviceSpecificUnits"}  # fmt: skip
+    names = {
+        "timeUsage": "time",
+        "totalVolume": "dataTotalVolume",
+        "datavolumeUplink": "dataVolumeUplink",
+        "datavolumeDownlink": "dataVolumeDownlink",
+        "serviceSpecificUnits": "serviceSpecificUnits",
+    }
     for key, value in used.items():
         container[names[key]] = value
     if "datavolumeUplink" in used and "totalVolume" not in used:
@@ -118,10 +124,11 @@ def check_records(spool_records: list[dict[str, Any]], files: list[CdrFile], nf:
         assert value == expected(record, nf), record
 
 
-def published(directory: Path) -> list[CdrFile]:
+def published(directory: Path, node: str = "chftest") -> list[CdrFile]:
     """The closed files, in RC order, each checked against the TS 32.297 layout chf writes."""
     files = []
-    names = {int(m[1]): p for p in directory.iterdir() if (m := NAME.match(p.name))}
+    pattern = re.compile(NAME.format(node=re.escape(node)))
+    names = {int(m[1]): p for p in directory.iterdir() if (m := pattern.match(p.name))}
     for i, rc in enumerate(sorted(names), 1):
         f = read_cdr_file(names[rc])
         h = f.header
@@ -387,6 +394,74 @@ def test_cdr_sink_survives_killed_exporters(tmp_path: Path) -> None:
     nf = json.loads((out / ".chftest.state").read_text())["nf_instance_id"]
     check_records([to_record(e) for e in spool.events()], files, nf)
     spool.close()
+
+
+async def test_chf_serve_writes_the_cdrs_of_nchf_sessions(tmp_path: Path) -> None:
+    """`chf serve` with [nchf] and [export.cdr] (defaults: node id from the store id, a UUID made once): an SMF's
+    create / update / release over HTTP/2 ends up in a CDR file, published when the server stops."""
+    from nchf.client import H2Client
+    from tests.nchf_harness import API, request_body
+    from tests.support import free_port
+
+    spool = UsageSpool(tmp_path / "chf.lmdb", lines=1)
+    imsi = spool.imsis[0]
+    node = "chf" + spool.store.store_id
+    spool.close()
+    port = free_port()
+    config = tmp_path / "chf.toml"
+    config.write_text(
+        f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{ROOT / "tests" / "fixtures" / "core.toml"}"\n'
+        f'[store]\npath = "{tmp_path / "chf.lmdb"}"\nmap_size_mb = 64\n'
+        f'[nchf]\nlisten = "127.0.0.1"\nport = {port}\n'
+        "[export]\npoll_interval = 0.05\n[export.cdr]\n"
+    )
+    command = [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        while b"event=ready" not in (line := await asyncio.wait_for(proc.stderr.readline(), 30)):
+            assert line, "chf serve exited before it was ready"
+        client = await H2Client.connect("127.0.0.1", port)
+
+        async def post(path: str, number: int, units: list[dict[str, Any]]) -> Any:
+            body = request_body(number, supi="imsi-" + imsi, units=units)
+            return await client.post_json(f"{API}/chargingdata{path}", json.dumps(body).encode())
+
+        def trigger(kind: str) -> list[dict[str, str]]:
+            return [{"triggerType": kind, "triggerCategory": "IMMEDIATE_REPORT"}]
+
+        created = await post("", 1, [{"ratingGroup": 10, "requestedUnit": {}}])
+        assert created.status == 201, created.body
+        ref = created.headers["location"].rsplit("/", 1)[1]
+        used = {
+            "localSequenceNumber": 1,
+            "uplinkVolume": 120,
+            "downlinkVolume": 480,
+            "triggers": trigger("QUOTA_EXHAUSTED"),
+        }
+        updated = await post(
+            f"/{ref}/update", 2, [{"ratingGroup": 10, "requestedUnit": {}, "usedUnitContainer": [used]}]
+        )
+        assert updated.status == 200, updated.body
+        final = {"localSequenceNumber": 2, "totalVolume": 50, "triggers": trigger("FINAL")}
+        released = await post(f"/{ref}/release", 3, [{"ratingGroup": 10, "usedUnitContainer": [final]}])
+        assert released.status == 204, released.body
+        await client.close()
+        await asyncio.sleep(0.5)  # the exporter's next look at the spool
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    out = tmp_path / "cdr"
+    files = published(out, node)
+    assert [f.header["reason"] for f in files] == [0], "closed when chf serve stopped"
+    nf = json.loads((out / f".{node}.state").read_text())["nf_instance_id"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", nf), "a UUID v4"
+    store = Store(tmp_path / "chf.lmdb")
+    with store.read() as txn:
+        records = [to_record(e) for e in txn.events()]
+    store.close()
+    assert [r["chargingSessionId"] for r in cdr_worthy(records)] == ["nchf:" + ref] * 2
+    check_records(records, files, nf)
 
 
 # ------------------------------------------------------------------------------------------------------------------
