@@ -316,6 +316,30 @@ async def test_a_file_killed_before_its_first_cdr_leaves_no_gap_in_the_running_c
         spool.close()
 
 
+async def test_the_records_of_a_new_store_are_not_taken_for_re_deliveries(tmp_path: Path) -> None:
+    """A store made anew beside a kept CDR directory counts its sequence from 1 again."""
+    out = tmp_path / "cdr"
+    records = []
+    for name, rounds in (("old.lmdb", 2), ("new.lmdb", 1)):
+        spool = UsageSpool(tmp_path / name)
+        for _ in range(rounds):
+            spool.round()
+        records.append([to_record(e) for e in spool.events()])
+        spool.store.start(asyncio.get_running_loop())
+        try:
+            sink = CdrSink(str(out), node_id="chftest", nf_instance_id=NF)
+            await sink.open()
+            await drain(spool, sink)
+            await sink.close()
+            assert sink.store_id == spool.store.store_id
+        finally:
+            await spool.store.stop()
+            spool.close()
+    old, new = published(out)
+    check_records(records[0], [old])
+    check_records(records[1], [new])
+
+
 async def test_a_state_file_lost_with_the_files_starts_again_without_reusing_a_name(tmp_path: Path) -> None:
     spool = UsageSpool(tmp_path / "chf.lmdb")
     spool.round()

@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from chf.export.chfrecord import ChfRecordEncoder
 
@@ -166,6 +166,23 @@ def unwrap(first: int, local: int) -> int:
     return first + ((local - first) & 0xFFFFFFFF)
 
 
+def _scan(f: BinaryIO, header_ok: bool) -> tuple[int, int, int | None]:
+    """(end of the last whole CDR, number of whole CDRs, the last one's localRecordSequenceNumber) of the CDRs that
+    follow the file header in `f`, read one at a time."""
+    end, count, last_local = HEADER_LENGTH, 0, None
+    while header_ok:
+        head = f.read(CDR_HEADER_LENGTH)
+        if len(head) < CDR_HEADER_LENGTH:
+            break
+        size = int.from_bytes(head[:2], "big")
+        cdr = f.read(size)
+        local = _whole_cdr(cdr, 0, size) if len(cdr) == size else None
+        if local is None:
+            break
+        end, count, last_local = end + CDR_HEADER_LENGTH + size, count + 1, local
+    return end, count, last_local
+
+
 class CdrSink:
     """Writes CHF-CDRs in TS 32.297 files (module docstring). `node_id` names the files; `nf_instance_id` goes into
     every CDR (recordingNetworkFunctionID), a UUID kept in the state file when not configured."""
@@ -193,6 +210,7 @@ class CdrSink:
         self.max_age = max_age
         self.clock = clock
         self.high_water = 0  # highest spool sequence number in the files (published or open)
+        self.store_id: str | None = None  # the store whose spool high_water counts
         self.rc = 0  # running count of the last file opened
         self._published_rc = 0  # ... and of the last file published (the state file's "rc")
         self.closed_files = 0
@@ -236,6 +254,7 @@ class CdrSink:
         state = self._read_state()
         self._published_rc = max(self._published_rc, int(state.get("rc", 0)))
         self.high_water = max(self.high_water, int(state.get("seq", 0)))
+        self.store_id = state.get("store") or self.store_id
         if self.nf_instance_id is None:
             self.nf_instance_id = state.get("nf_instance_id") or str(uuid.uuid4())
             if not state.get("nf_instance_id"):
@@ -254,7 +273,12 @@ class CdrSink:
     def _write_state(self, rc: int) -> None:
         self._published_rc = max(self._published_rc, rc)
         tmp = self.state_path + ".tmp"
-        state = {"rc": self._published_rc, "seq": self.high_water, "nf_instance_id": self.nf_instance_id}
+        state = {
+            "rc": self._published_rc,
+            "seq": self.high_water,
+            "store": self.store_id,
+            "nf_instance_id": self.nf_instance_id,
+        }
         data = json.dumps(state).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -293,25 +317,19 @@ class CdrSink:
 
     def _recover(self, path: str, rc: int) -> None:
         """Complete and publish a `.tmp` file a crash (or a failed write) left: whole CDRs only."""
-        with open(path, "rb") as f:
-            data = f.read()
-        end, count, last_local = HEADER_LENGTH, 0, None
-        if len(data) >= HEADER_LENGTH:
-            while end + CDR_HEADER_LENGTH <= len(data):
-                size = int.from_bytes(data[end : end + 2], "big")
-                local = _whole_cdr(data, end + CDR_HEADER_LENGTH, size)
-                if local is None or end + CDR_HEADER_LENGTH + size > len(data):
-                    break
-                end, count, last_local = end + CDR_HEADER_LENGTH + size, count + 1, local
         name = os.path.basename(path)
+        with open(path, "rb") as f:
+            head = f.read(HEADER_LENGTH)
+            end, count, last_local = _scan(f, len(head) == HEADER_LENGTH)
+            size = f.seek(0, os.SEEK_END)
         if count == 0 or last_local is None:
             os.unlink(path)
             log.warning("event=cdr_file_discarded file=%s reason=no_whole_cdr", name)
             return
-        fields = _HEADER.unpack_from(data)
+        fields = _HEADER.unpack(head)
         first = fields[13]
-        if end != len(data):
-            log.warning("event=cdr_file_torn_cdr_cut file=%s bytes=%d", name, len(data) - end)
+        if end != size:
+            log.warning("event=cdr_file_torn_cdr_cut file=%s bytes=%d", name, size - end)
         header = file_header(
             length=end,
             count=count,
@@ -340,6 +358,8 @@ class CdrSink:
             self._recover_all()
         if self._fd is not None and self.clock() - self._opened_at >= self.max_age:
             self._close_file(CLOSE_TIME)
+        if records:
+            self._check_store(records[0]["recordId"].rpartition("-")[0])
         chunk: list[bytes] = []
         chunk_size = 0
         last_seq = self.high_water
@@ -371,6 +391,16 @@ class CdrSink:
             raise
         if self._fd is not None and (self._count >= self.max_records or self._size >= self.max_bytes):
             self._close_file(CLOSE_COUNT if self._count >= self.max_records else CLOSE_SIZE)
+
+    def _check_store(self, store_id: str) -> None:
+        """Sequence numbers count within one store: records of another (a store made anew, the directory kept)
+        start a new count instead of being taken for re-deliveries."""
+        if self.store_id is not None and store_id != self.store_id:
+            log.warning(
+                "event=cdr_new_spool old_store=%s store=%s high_water=%d", self.store_id, store_id, self.high_water
+            )
+            self.high_water = 0
+        self.store_id = store_id
 
     def _full(self, adding: int, adding_count: int) -> bool:
         if self._count + adding_count >= self.max_records:
