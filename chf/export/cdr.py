@@ -24,11 +24,12 @@ A file is closed when the next CDR would take it past `max_bytes`, when it holds
 been open `max_age` seconds, and when the sink stops; the file closure trigger reason says which (1, 3, 2, 0).
 
 Exactly once in the published files. Each delivery appends its CDRs and fsyncs the file before the exporter may
-advance its cursor (chf/export/exporter.py), so an acknowledged CDR is on disk. A crash can still leave CDRs on
+advance its cursor (the Exporter of chf/export), so an acknowledged CDR is on disk. A crash can still leave CDRs on
 disk beyond the durable cursor, which the exporter then delivers again; the sink drops them by their spool
 sequence number: it knows the highest one it holds (`high_water`) from a state file next to the CDR files
-(`.<node id>.state`: last RC, last sequence, NF instance id; written and fsync'd before each file is renamed into
-place, so it covers every published file even after mediation removed them) and from the `.tmp` file itself. On
+(`.<node id>.state`: last RC, last sequence and the store it counts in, NF instance id; written and fsync'd before
+each file is renamed into place, so it covers every published file even after mediation removed them) and from the
+`.tmp` file itself. Records of another store (a store made anew, the directory kept) start the count again. On
 start, a `.tmp` left by a crash is read CDR by CDR, a torn last CDR is cut off, its header is completed (closure
 reason 128, abnormal) and it is published; a `.tmp` with no whole CDR is removed. A failed write (a full disk)
 is handled the same way before the exporter's retry.
