@@ -135,9 +135,7 @@ class Layout:
 
     A record class takes its fields in this order (`__init__`) and declares them in store/schema.pxd; its
     `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
-    store/codegen.py: compiled against the .pxd, they read the fields as C struct members, where code built
-    from the list when the module is imported reads them by name, 1.5 to 2 times slower (README, "Performance").
-    `as_dict`, off the hot path, is built from the layout at import."""
+    store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
 
     __slots__ = ("cls", "fields", "kind", "nested", "shown", "versioned", "views")
 

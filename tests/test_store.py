@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store import codegen, schema
-from store.lmdbstore import Store, StoreBusy, Txn
+from store.interface import StoreBusy, StoreError
+from store.lmdbstore import Store, Txn
 from store.schema import Account, BalanceSet, Bucket, Layout, Reservation, SchemaError, Session, Subscriber, Tenant
 
 
@@ -364,3 +365,52 @@ def test_record_code_out_of_date_is_found(tmp_path: Path, monkeypatch: pytest.Mo
     assert codegen.stale() == ["store/schema.pxd is out of date"]
     source = codegen.SCHEMA.read_text().replace("        seen: int = 1,\n", "")
     assert any("Session.__init__" in p for p in codegen.init_mismatches(source))
+
+
+def test_sessions_expired_and_balance_sets_are_swept_in_slices(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+
+    def setup(txn: Txn) -> None:
+        for line in (1, 2, 3):
+            txn.put_line_balances(line, BalanceSet("p", 0, 100 * line))
+            for n, expires in enumerate((50, 500)):
+                session = Session(f"s{line}-{n}", line, "a1", "gy", 0, 0, expires, 0, False, {}, [], None)
+                txn.put_session(session)
+        txn.put_account_balances("a1", BalanceSet("shared", 0, 1000))
+
+    store.write(setup)
+    seen: list[Any] = []
+    expired: list[str] = []
+    position, slices = b"", 0
+    with store.read() as txn:
+        while True:
+            found = txn.sweep(position, 4, now=100)
+            slices += 1
+            assert len(found.expired) + len(found.balances) <= 4
+            expired += found.expired
+            seen += [(owner, bs.period_end) for owner, bs in found.balances]
+            position = found.resume
+            if not position:
+                break
+    store.close()
+    assert slices == 3  # 10 records, 4 a slice
+    assert sorted(expired) == ["s1-0", "s2-0", "s3-0"]
+    assert sorted(seen, key=str) == sorted(
+        [(("line", 1), 100), (("line", 2), 200), (("line", 3), 300), (("account", "a1"), 1000)], key=str
+    )
+
+
+def test_store_failures_are_store_errors(tmp_path: Path) -> None:
+    """LMDB's own errors (here: the map is full) reach callers as StoreError, which they handle without knowing
+    the backend; the failed operation wrote nothing."""
+    store = Store(tmp_path / "db", map_size=1 << 20)
+
+    def fill(txn: Txn) -> None:
+        for i in range(10_000):
+            txn.put_tenant(Tenant(f"t{i}", "x" * 200, "EUR", 0))
+
+    with pytest.raises(StoreError):
+        store.write(fill)
+    with store.read() as txn:
+        assert next(txn.tenants(), None) is None
+    store.close()

@@ -351,7 +351,7 @@ async def test_remote_service_fails_waiting_requests_when_the_core_goes() -> Non
     with pytest.raises(Exception):  # noqa: B017 - nothing listens: the connect fails
         await remote.connect(timeout=1)
     outcomes: list[Any] = []
-    from store.lmdbstore import StoreClosed
+    from store.interface import StoreClosed
 
     with pytest.raises(StoreClosed):
         remote.charge_then(ChargingRequest("initial", "gy:x", 0, []), outcomes.append)

@@ -40,7 +40,7 @@ from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
 from chf.runtime import metrics
 from chf.runtime.service import ChargingService
-from store.lmdbstore import StoreBusy, StoreClosed, StoreError, Txn
+from store.interface import StoreBusy, StoreClosed, StoreError, Txn
 
 log = logging.getLogger("chf.api")
 

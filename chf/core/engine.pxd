@@ -4,21 +4,21 @@
 # typed local that holds None raises AttributeError as Python would.
 import cython
 
-from store.lmdbstore cimport Txn
+from store.lmdbstore cimport Txn as LmdbTxn  # the compiled engine calls the LMDB Txn's cpdef methods directly
 from store.schema cimport Account, BalanceSet, Bucket, Reservation, Session, Subscriber
 
 
 cdef class Context:
     cdef public object account, account_dirty, acct_bs, acct_bs_dirty, catalogue, events, line_bs, line_bs_dirty
     cdef public object now, sub
-    cdef public Txn txn
+    cdef public LmdbTxn txn
 
 
 cdef class Engine:
     cdef public object _by_version, _catalogue, _version, config
 
     @cython.locals(ctx=Context, session=Session, sub=Subscriber)
-    cpdef charge(self, Txn txn, req, now)
+    cpdef charge(self, LmdbTxn txn, req, now)
 
     cpdef _finish(self, Context ctx, Session session, req, answer, validity, closed)
 
@@ -38,7 +38,7 @@ cdef class Engine:
     cpdef _release(self, Context ctx, Session session, rg)
 
     @cython.locals(account=Account, ctx=Context)
-    cpdef context(self, Txn txn, Subscriber sub, now, account_id=*)
+    cpdef context(self, LmdbTxn txn, Subscriber sub, now, account_id=*)
 
     cpdef bring_up_to_date(self, Context ctx)
 

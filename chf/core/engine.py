@@ -50,7 +50,7 @@ from chf.core.model import (
     UsageReport,
 )
 from chf.core.periods import period_end
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import (
     ACTIVE,
     SRC_ACCOUNT,

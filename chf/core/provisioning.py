@@ -15,7 +15,7 @@ from typing import Any
 from chf.core.catalogue import CatalogueError
 from chf.core.engine import Context, Engine, account_owner, line_owner
 from chf.core.model import OpResult, RequestError, Signal
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import (
     ACTIVE,
     LINE_STATES,

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chf.runtime import metrics
-from store.lmdbstore import Store, StoreBusy, Txn
+from store.interface import Store, StoreBusy, Txn
 
 log = logging.getLogger("chf.export")
 
