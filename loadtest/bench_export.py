@@ -22,7 +22,9 @@ from pathlib import Path
 from chf.core import provisioning
 from chf.core.catalogue import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, NatsSink, Sink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,10 @@ import pytest
 from chf.core import provisioning
 from chf.core.catalogue import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, parse_export_config, to_record
+from chf.export import parse_export_config
+from chf.export.exporter import Exporter
+from chf.export.files import FileSink
+from chf.export.records import to_record
 from chf.runtime.config import ConfigError
 from store.lmdbstore import Store
 
