@@ -18,16 +18,12 @@ import sys
 import time
 from array import array
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-import lmdb
+from typing import Any
 
 from chf.core import provisioning
 from chf.core.model import RequestError
-from store.lmdbstore import StoreError, Txn
-
-if TYPE_CHECKING:
-    from tools.cli import Env
+from chf.runtime.storage import StoreError, Txn
+from tools.cli_env import Env, actor
 
 COLUMNS = provisioning.LINE_FIELDS  # account, imsi, msisdn, iccid, eid, plan, state
 DEFAULT_BATCH = 20_000
@@ -180,8 +176,6 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
     engine = env.engine
     store = env.store
     now = env.now()
-    from tools.cli_admin import actor
-
     who = actor()
     show_progress = a.progress or (sys.stderr.isatty() and not env.json)
     progress = Progress(size, show_progress)
@@ -231,7 +225,7 @@ def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) 
         payload = [r for _, r in batch]
         try:
             results = store.write(lambda txn: _add(txn, payload))
-        except (StoreError, lmdb.Error) as exc:  # e.g. the store's map is full: this batch left no trace
+        except StoreError as exc:  # e.g. the store is full: this batch left no trace
             first, last = batch[0][0], batch[-1][0]
             raise ImportStopped(
                 "store", f"lines {first}-{last} not imported ({exc}); {imported:,} lines of earlier batches were"

@@ -61,7 +61,8 @@ from fractions import Fraction
 from typing import Any, TextIO
 
 from chf.core.catalogue import Catalogue
-from store.lmdbstore import Store
+from chf.runtime.storage import Store
+from tools.cli_env import Env
 
 MEASURES = ("bytes", "seconds", "events")
 MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
@@ -634,7 +635,7 @@ def _percent(text: str) -> Fraction:
     return value
 
 
-def cmd_reconcile(env: Any) -> int:
+def cmd_reconcile(env: Env) -> int:
     import json
 
     args = env.args

@@ -32,7 +32,7 @@ from chf.export import export_components
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
 from chf.runtime.service import ChargingService, tune_collector
-from store.lmdbstore import Store
+from chf.runtime.storage import Store, open_store
 
 log = logging.getLogger("chf.serve")
 
@@ -91,19 +91,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def open_store(config: Config) -> Store:
-    sc = config.store
-    return Store(
-        sc.path,
-        durability=sc.durability,
-        map_size=sc.map_size,
-        max_batch=sc.max_batch,
-        max_queue=sc.max_queue,
-        sync_interval=sc.sync_interval,
-        writer=sc.writer,
-    )
 
 
 def build_service(config: Config, store: Store) -> ChargingService:
