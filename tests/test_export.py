@@ -424,10 +424,18 @@ def test_nats_sink_survives_a_killed_broker(tmp_path: Path, nats_server: NatsSer
 def test_usage_record_has_its_container_times() -> None:
     record = to_record(
         {
-            "id": "x-9", "seq": 9, "kind": "usage", "time": 1_790_000_600, "opened": 1_790_000_000,
-            "session_started": 1_789_999_000, "session": "gy:s", "used": 5, "unit": "bytes", "reason": "final",
+            "id": "x-9",
+            "seq": 9,
+            "kind": "usage",
+            "time": 1_790_000_600,
+            "opened": 1_790_000_000,
+            "session_started": 1_789_999_000,
+            "session": "gy:s",
+            "used": 5,
+            "unit": "bytes",
+            "reason": "final",
         }
-    )  # fmt: skip
+    )
     assert record["recordOpeningTime"] == "2026-09-21T14:13:20Z"
     assert record["duration"] == 600
     assert record["sessionStartTime"] == "2026-09-21T13:56:40Z"
