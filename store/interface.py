@@ -2,7 +2,7 @@
 
 `store.lmdbstore` implements them on LMDB; a second backend implements the same Protocols and nothing in `chf/`
 changes. The Protocols speak of records (`store.schema`), identifiers and sequence numbers only: how records are
-keyed and laid out on disk is the backend's business (docs/architecture.md, "The store").
+keyed and laid out on disk is the backend's business (docs/architecture.md).
 
 What every backend guarantees:
 - An operation (`Op`: a function of a `Txn`) applied by the store is atomic: it takes effect whole or, if it
@@ -39,7 +39,7 @@ class StoreError(Exception):
 
 
 class StoreBusy(StoreError):
-    """The write queue is full: the caller answers "too busy" (docs/architecture.md, invariants)."""
+    """The write queue is full: the caller answers "too busy" (docs/architecture.md)."""
 
 
 class StoreClosed(StoreError):

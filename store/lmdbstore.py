@@ -19,7 +19,7 @@ Key layout (one LMDB environment, named sub-databases):
 
 A line's balance set and its sessions sit under adjacent keys of one sub-database, so the common update
 (commit used units from the line's buckets, reserve the next grant, remember the answer) dirties one leaf
-page instead of three: with fsync, page writes are what bounds throughput (docs/architecture.md, "The store").
+page instead of three: with fsync, page writes are what bounds throughput (docs/architecture.md).
 
 `Store` and `Txn` implement the Protocols of store.interface; only this module knows the keys above.
 """

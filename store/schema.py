@@ -1,8 +1,8 @@
 """Records kept in the balance store, and their msgpack encoding.
 
 Every record is a msgpack array whose first element is the record's schema version, then its fields in the
-order of its `Layout`: positional arrays are 1.6x faster than maps and 45% smaller (docs/architecture.md, "The
-store"). A reader that meets a version it does not know raises `SchemaError` instead of guessing.
+order of its `Layout`: positional arrays are 1.6x faster than maps and 45% smaller (docs/architecture.md). A
+reader that meets a version it does not know raises `SchemaError` instead of guessing.
 
 Each record's fields are listed once, in its layout (below). The code that follows from the lists is derived
 from them: `as_dict` when this module is imported, and the hot path (`encode`, `decode`, and store/schema.pxd,
@@ -24,7 +24,7 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
-# Line lifecycle (docs/architecture.md, "Invariants").
+# Line lifecycle (docs/architecture.md).
 PROVISIONED = "provisioned"
 ACTIVE = "active"
 SUSPENDED = "suspended"
