@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import codegen, schema
+from store import codegen, interface, schema
 from store.interface import StoreBusy, StoreError
 from store.lmdbstore import Store, Txn
 from store.schema import Account, BalanceSet, Bucket, Layout, Reservation, SchemaError, Session, Subscriber, Tenant
@@ -413,4 +413,21 @@ def test_store_failures_are_store_errors(tmp_path: Path) -> None:
         store.write(fill)
     with store.read() as txn:
         assert next(txn.tenants(), None) is None
+    store.close()
+
+
+@pytest.mark.parametrize(("protocol", "implementation"), [(interface.Store, Store), (interface.Txn, Txn)])
+def test_lmdb_classes_have_everything_the_interface_names(protocol: type, implementation: type) -> None:
+    """mypy holds the signatures to the Protocols (store/lmdbstore.py, at its end); this holds the names, in the
+    compiled build too, where the classes are extension types."""
+    names = {n for n in vars(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+    missing = [n for n in sorted(names) if not hasattr(implementation, n)]
+    # Attributes set per instance (store_id, on_commit) are checked on an instance below.
+    assert set(missing) <= {"store_id", "on_commit"}, missing
+
+
+def test_lmdb_store_instance_has_the_interface_attributes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    assert isinstance(store.store_id, str) and store.store_id
+    assert store.on_commit == []
     store.close()
