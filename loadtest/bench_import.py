@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         csv_path = work / "lines.csv"
         started = time.perf_counter()
         generate(str(csv_path), a.lines, a.accounts, a.plan or None, "csv", "mig-")
-        print(f"generated {a.lines:,} lines ({csv_path.stat().st_size / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+        size_mb = csv_path.stat().st_size / 1e6
+        print(f"generated {a.lines:,} lines ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
 
         args = ["subscriber", "import", str(csv_path), "--progress"]
         if a.batch:

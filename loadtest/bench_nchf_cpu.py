@@ -109,12 +109,13 @@ class _Client:
         return out
 
 
-class _Transport:
+class _Transport(asyncio.Transport):
     def __init__(self) -> None:
+        super().__init__()
         self.chunks: list[bytes] = []
         self.writes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.chunks.append(bytes(data))
         self.writes += 1
 
@@ -143,7 +144,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
         server = nchf_http.HttpServer(app.handle, port=0, error_responder=transport_error)
     connection = nchf_http.HttpConnection(server)
     transport = _Transport()
-    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.connection_made(transport)
     client = _Client()
     connection.data_received(client.preface())
     await asyncio.sleep(0)
@@ -235,8 +236,9 @@ def components(seconds: float, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="loadtest.bench_nchf_cpu", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="loadtest.bench_nchf_cpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--requests", type=int, default=8000, help="requests per pipeline run")
     p.add_argument("--batch", type=int, default=8, help="requests per data_received call")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +33,7 @@ from chf.export.files import FileSink
 from chf.export.records import to_record
 from chf.runtime.config import ConfigError
 from store.lmdbstore import Store
+from tests.support import free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "conf" / "catalogue.toml"
@@ -308,12 +308,6 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
 # ------------------------------------------------------------------------------------------------------------------
 # NATS JetStream sink against a real nats-server
 # ------------------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class NatsServer:
     def __init__(self, binary: str, store_dir: Path) -> None:
         self.binary = binary
@@ -346,14 +340,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    binary = shutil.which("nats-server") or next(
-        (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.path.exists(p)), None
-    )
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nats-server is not installed (Debian package nats-server, installed by .ci/run)")
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
-    server = NatsServer(binary, tmp_path / "jetstream")
+    server = NatsServer(require_tool("nats-server"), tmp_path / "jetstream")
     server.start()
     yield server
     server.kill()

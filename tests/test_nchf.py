@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +31,7 @@ from tests.nchf_harness import (
     usage,
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
+from tests.support import free_port, require_tool
 
 MB = 1_000_000
 
@@ -314,17 +313,8 @@ async def test_http1_on_the_same_port(chf: Chf) -> None:
     await writer.wait_closed()
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = tmp_path / "create.json"
     body.write_text(json.dumps(request_body(1, units=[usage(10)])))
     headers_file = tmp_path / "headers.txt"
@@ -476,7 +466,7 @@ def test_settings_errors_name_the_field() -> None:
 
 async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     specs_or_skip()
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -587,17 +577,16 @@ async def test_callback_handler_answers_once_later_or_on_failure_over_h2_and_htt
 
 
 async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = request_body(1, units=[usage(10)])
     body["tenantIdentifier"] = "x" * 2000  # over 1 KiB: curl sends Expect: 100-continue
     path = tmp_path / "create.json"
     path.write_text(json.dumps(body))
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        curl, "--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json",
-        "--data-binary", f"@{path}", f"http://127.0.0.1:{chf.port}{API}/chargingdata",
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    options = ["--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}"]
+    options += ["-H", "content-type: application/json", "--data-binary", f"@{path}"]
+    url = f"http://127.0.0.1:{chf.port}{API}/chargingdata"
+    proc = await asyncio.create_subprocess_exec(curl, *options, url, stdout=subprocess.PIPE)
     out, _ = await proc.communicate()
     assert out == b"201" and time.monotonic() - started < 0.9  # no one-second wait for 100 Continue
 
@@ -606,23 +595,18 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
     """`chf serve` with an [nchf] section: the factory registered in tools/serve.py starts the server."""
     specs_or_skip()
     import signal
-    import socket
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "chf.toml"
     config.write_text(
         f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{repo / "conf" / "catalogue.toml"}"\n'
         f'[store]\npath = "{tmp_path / "chf.lmdb"}"\nmap_size_mb = 64\n'
         f'[nchf]\nlisten = "127.0.0.1"\nport = {port}\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
-        cwd=repo, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(*command, cwd=repo, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         while True:
@@ -761,8 +745,15 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
         final=st.none() | st.sampled_from(["terminate", "redirect", "restrict_access"]),
         result=st.sampled_from(["success", "credit_limit_reached", "end_user_service_denied", "rating_failed"]),
     )
-    def check(rg: int, unit: str | None, granted: int | None, validity: int | None, threshold: int | None,
-              final: str | None, result: str) -> None:  # fmt: skip
+    def check(
+        rg: int,
+        unit: str | None,
+        granted: int | None,
+        validity: int | None,
+        threshold: int | None,
+        final: str | None,
+        result: str,
+    ) -> None:
         ua = UnitAnswer(rg, result, unit=unit, granted=granted, validity_time=validity)
         if unit == "bytes":
             ua.volume_threshold = threshold

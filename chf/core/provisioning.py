@@ -734,7 +734,7 @@ def _line_activated(engine: Engine, ctx: Context) -> None:
 def get_line(txn: Txn, ref: str) -> Subscriber:
     """A line by internal id ("#12" or "12"), IMSI, MSISDN or ICCID."""
     ref = str(ref).strip()
-    if ref.startswith("#") and ref[1:].isdigit():
+    if ref.startswith("#") and ref[1:].isdigit() and len(ref) <= 20:  # a line id is a 64-bit key: 19 digits
         sub = txn.get_subscriber(int(ref[1:]))
         if sub is not None:
             return sub
