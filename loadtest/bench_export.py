@@ -26,7 +26,10 @@ from chf.core import provisioning
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
-from chf.export import CdrSink, Exporter, FileSink, NatsSink, Sink
+from chf.export.cdr import CdrSink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store, Txn
 from tests.support import free_port
 

@@ -14,7 +14,10 @@ import logging
 import signal
 import sys
 
-from chf.export import CdrSink, Exporter, FileSink, NatsSink, Sink
+from chf.export.cdr import CdrSink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
 
 
