@@ -1,8 +1,8 @@
 """The export stream: rated and audit events leave the spool for billing, finance and analytics.
 
 One module per concern: the record format (`records`), the exporter loop and its durable cursor (`exporter`), one
-module per sink (`files`, `nats`, `cdr` with its record encoder `chfrecord`) and the [export] section (`config`). The names below are re-exported for callers
-of `chf.export`.
+module per sink (`files`, `nats`, and `cdr` with its record encoder `chfrecord`) and the [export] section
+(`config`). The names below are re-exported for callers of `chf.export`.
 """
 
 from __future__ import annotations
