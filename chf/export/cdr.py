@@ -353,45 +353,59 @@ class CdrSink:
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def _deliver(self, records: list[dict[str, Any]]) -> None:
-        if self._encoder is None:
-            raise RuntimeError("the CDR sink is not open")
         if self._broken:
             self._recover_all()
         if self._fd is not None and self.clock() - self._opened_at >= self.max_age:
             self._close_file(CLOSE_TIME)
         if records:
             self._check_store(records[0]["recordId"].rpartition("-")[0])
-        chunk: list[bytes] = []
-        chunk_size = 0
-        last_seq = self.high_water
+        items = self._items(records)
         try:
-            for record in records:
-                seq = record["recordSequenceNumber"]
-                if seq <= self.high_water:
-                    continue  # already in a file: a re-delivery after a crash
-                cdr = self._encoder.encode(record)
-                if cdr is None:
-                    continue
-                if len(cdr) > MAX_CDR:
-                    log.error("event=cdr_too_long record=%s bytes=%d", record.get("recordId"), len(cdr))
-                    continue
-                item = len(cdr).to_bytes(2, "big") + _CDR_HEADER_TAIL + cdr
-                if self._fd is not None and self._full(chunk_size + len(item), len(chunk)):
-                    self._append(chunk, chunk_size, last_seq)
-                    chunk, chunk_size = [], 0
-                    self._close_file(CLOSE_COUNT if self._count >= self.max_records else CLOSE_SIZE)
-                if self._fd is None:
-                    self._new_file(seq)
-                chunk.append(item)
-                chunk_size += len(item)
-                last_seq = seq
-            if chunk:
-                self._append(chunk, chunk_size, last_seq)
+            self._write(items)
         except OSError:
             self._broken = True  # what is on disk is recovered (whole CDRs kept) before the retry
             raise
         if self._fd is not None and (self._count >= self.max_records or self._size >= self.max_bytes):
-            self._close_file(CLOSE_COUNT if self._count >= self.max_records else CLOSE_SIZE)
+            self._close_file(self._full_reason())
+
+    def _items(self, records: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
+        """(spool sequence, CDR header + CDR) of the records not yet in a file that are CDRs."""
+        if self._encoder is None:
+            raise RuntimeError("the CDR sink is not open")
+        items = []
+        for record in records:
+            seq = record["recordSequenceNumber"]
+            if seq <= self.high_water:
+                continue  # already in a file: a re-delivery after a crash
+            cdr = self._encoder.encode(record)
+            if cdr is None:
+                continue
+            if len(cdr) > MAX_CDR:
+                log.error("event=cdr_too_long record=%s bytes=%d", record.get("recordId"), len(cdr))
+                continue
+            items.append((seq, len(cdr).to_bytes(2, "big") + _CDR_HEADER_TAIL + cdr))
+        return items
+
+    def _write(self, items: list[tuple[int, bytes]]) -> None:
+        """Append the items, closing a file when the next one would not fit and opening the next; fsync'd."""
+        chunk: list[bytes] = []
+        chunk_size = 0
+        last_seq = self.high_water
+        for seq, item in items:
+            if self._fd is not None and self._full(chunk_size + len(item), len(chunk)):
+                self._append(chunk, chunk_size, last_seq)
+                chunk, chunk_size = [], 0
+                self._close_file(self._full_reason())
+            if self._fd is None:
+                self._new_file(seq)
+            chunk.append(item)
+            chunk_size += len(item)
+            last_seq = seq
+        if chunk:
+            self._append(chunk, chunk_size, last_seq)
+
+    def _full_reason(self) -> int:
+        return CLOSE_COUNT if self._count >= self.max_records else CLOSE_SIZE
 
     def _check_store(self, store_id: str) -> None:
         """Sequence numbers count within one store: records of another (a store made anew, the directory kept)
