@@ -51,7 +51,7 @@ from chf.core.model import (
     all_failed,
 )
 from chf.core.renewals import bring_up_to_date
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
 
 

@@ -47,7 +47,7 @@ from chf.core.model import (
     UnitRequest,
     all_failed,
 )
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
 if TYPE_CHECKING:
