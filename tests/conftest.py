@@ -27,6 +27,7 @@ INTEROP = {
     "test_nchf.py::test_curl_http2_prior_knowledge",
     "test_nchf.py::test_http1_expect_continue",
     "test_nchf.py::test_tls_with_alpn_h2",
+    "test_systemd.py::test_systemd_analyze_verify",
 }
 # Fixtures that start an external program.
 INTEROP_FIXTURES = {"nats_server"}
@@ -54,6 +55,8 @@ SLOW = {
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_store.py::test_full_queue_answers_busy",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
+    "test_systemd.py::test_ready_after_the_listeners_watchdog_pings_stopping_and_drain",
+    "test_systemd.py::test_ready_waits_for_the_frontend_workers",
     "test_workers.py::test_serve_with_two_frontend_workers",
 }
 SLOW_UNIT_SECONDS = 2.0
