@@ -28,6 +28,8 @@ INTEROP = {
     "test_nchf.py::test_http1_expect_continue",
     "test_nchf.py::test_tls_with_alpn_h2",
     "test_systemd.py::test_systemd_analyze_verify",
+    "test_monitoring.py::test_promtool_check_and_test_rules",
+    "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
 }
 # Fixtures that start an external program.
 INTEROP_FIXTURES = {"nats_server"}
@@ -50,6 +52,7 @@ SLOW = {
     "test_nchf.py::test_a_request_that_never_completes_is_cut_off",
     "test_nchf.py::test_chf_serve_runs_the_nchf_front_end",
     "test_nchf.py::test_create_update_release_flow",
+    "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
     "test_nchf_schemathesis.py",
     "test_properties.py::TestChargingCore",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",

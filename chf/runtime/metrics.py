@@ -61,6 +61,15 @@ UNITS_GRANTED = Counter("chf_granted_units_total", "Units granted, by unit type"
 UNITS_CONSUMED = Counter(
     "chf_consumed_units_total", "Units reported used and charged, by unit type", ["unit"], registry=REGISTRY
 )
+# Per rating group of a charging answer: "granted" (quota given) or "denied" (a result other than success: credit
+# limit reached, user unknown, rating failed, ...); a request refused as a whole (no rating group answered) counts
+# once, denied with its result. What the dashboard's "grants vs denials" and the rating-failure alert read.
+QUOTA_ANSWERS = Counter(
+    "chf_quota_answers_total",
+    "Quota decisions per rating group of charging answers, by outcome (granted, denied) and result",
+    ["outcome", "result"],
+    registry=REGISTRY,
+)
 OPEN_SESSIONS = Gauge(
     "chf_open_sessions", "Charging sessions in the store, open or in their replay window", registry=REGISTRY
 )
@@ -79,6 +88,10 @@ COMMIT_BATCH = Histogram(
     registry=REGISTRY,
 )
 WRITE_QUEUE = Gauge("chf_store_write_queue_operations", "Operations waiting for the next commit", registry=REGISTRY)
+# Read at each scrape. The store is full (writes refused) when the used size reaches the map size ([store]
+# map_size_mb). Freed pages are reused before the store grows, so the used size is a high-water mark.
+STORE_USED = Gauge("chf_store_used_bytes", "Store pages in use up to the highest, in bytes", registry=REGISTRY)
+STORE_MAP_SIZE = Gauge("chf_store_map_size_bytes", "Largest size the store may reach, in bytes", registry=REGISTRY)
 
 # -- export --
 EXPORT_BACKLOG = Gauge(
@@ -104,6 +117,12 @@ def observe_charge(request: Any, answer: Any) -> None:
     for unit_answer in answer.units:
         if unit_answer.granted and unit_answer.unit:
             _granted(unit_answer.unit).inc(unit_answer.granted)
+        if unit_answer.result != "success":
+            _quota("denied", unit_answer.result).inc()
+        elif unit_answer.granted:
+            _quota("granted", "success").inc()
+    if not answer.units and answer.result != "success":
+        _quota("denied", answer.result).inc()
     for unit_request in request.units:
         for report in unit_request.used:
             units = report.units
@@ -133,6 +152,7 @@ def labelled(metric: Any) -> Any:
 
 _granted = labelled(UNITS_GRANTED)
 _consumed = labelled(UNITS_CONSUMED)
+_quota = labelled(QUOTA_ANSWERS)
 
 
 # -- front-end worker processes (chf.corelink) --
