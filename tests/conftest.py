@@ -54,6 +54,7 @@ SLOW = {
     "test_nchf.py::test_create_update_release_flow",
     "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
     "test_nchf_schemathesis.py",
+    "test_packaging.py::test_the_wheel_installed_in_a_fresh_venv_gives_a_working_chf",
     "test_properties.py::TestChargingCore",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_store.py::test_full_queue_answers_busy",
