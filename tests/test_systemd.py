@@ -92,7 +92,7 @@ async def test_ready_after_the_listeners_watchdog_pings_stopping_and_drain(
             message = await datagram(notify_socket, 1.0)
             assert message == {"WATCHDOG": "1"}, message
             pings += 1
-        assert 5 <= pings <= 15, pings  # every WATCHDOG_USEC / 2
+        assert 3 <= pings <= 15, pings  # every WATCHDOG_USEC / 2 (10 in a second), a loaded machine fewer
 
         client, _ = await DiameterClient.connect("127.0.0.1", ports.gy, PEER, "test")
         serve.proc.terminate()  # SIGTERM, what systemd sends on stop
