@@ -698,6 +698,7 @@ class Store:
             out = {name.decode(): int(txn.stat(self._db[name])["entries"]) for name in _DBS}
         out["map_size"] = int(self.env.info()["map_size"])
         out["last_page"] = int(self.env.info()["last_pgno"])
+        out["page_size"] = int(self.env.stat()["psize"])
         return out
 
 

@@ -29,9 +29,11 @@ from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError, load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
+from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
 from chf.runtime.service import ChargingService, tune_collector
+from chf.snmp import snmp_components
 from store.lmdbstore import Store
 
 log = logging.getLogger("chf.serve")
@@ -59,6 +61,7 @@ from nchf.component import nchf_components  # noqa: E402
 
 COMPONENT_FACTORIES.append(gy_components)
 COMPONENT_FACTORIES.append(nchf_components)
+COMPONENT_FACTORIES.append(snmp_components)  # last: started once the front-ends listen, stopped first
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -132,6 +135,10 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        metrics.FRONTEND_WORKERS.set(self.count)
+        for i in range(self.count):
+            metrics.FRONTEND_WORKER_UP.labels(str(i)).set_function(lambda i=i: 1.0 if i in link.ready_workers else 0.0)
+            metrics.FRONTEND_WORKER_EXITS.labels(str(i))
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]
@@ -163,6 +170,7 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
+            metrics.FRONTEND_WORKER_EXITS.labels(str(worker_id)).inc()
             log.error("event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f", worker_id, proc.pid, rc,
                       WORKER_RESTART_DELAY)  # fmt: skip
             await asyncio.sleep(WORKER_RESTART_DELAY)
@@ -192,6 +200,10 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
     if config.frontend_workers > 0 and config.role == "all":
         config.role = "core"
     store = open_store(config)
+    # Store size and commit times for /metrics and SNMP, whichever of them is configured.
+    metrics.watch_store(store.stat)
+    if metrics.observe_commit not in store.on_commit:
+        store.on_commit.append(metrics.observe_commit)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.

@@ -6,6 +6,8 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +81,35 @@ COMMIT_BATCH = Histogram(
     registry=REGISTRY,
 )
 WRITE_QUEUE = Gauge("chf_store_write_queue_operations", "Operations waiting for the next commit", registry=REGISTRY)
+STORE_SIZE = Gauge("chf_store_size_bytes", "Bytes of the store map in use (up to its last page)", registry=REGISTRY)
+STORE_MAP_SIZE = Gauge(
+    "chf_store_map_size_bytes", "Size of the store map, the most it can hold ([store] map_size_mb)", registry=REGISTRY
+)
+
+# -- catalogue --
+CATALOGUE_RELOADS = Counter(
+    "chf_catalogue_reloads_total",
+    "Catalogue reloads (SIGHUP, API), by result: ok or failed",
+    ["result"],
+    registry=REGISTRY,
+)
+CATALOGUE_RELOAD_FAILED = Gauge(
+    "chf_catalogue_reload_failed",
+    "1 when the last catalogue reload failed (the previous catalogue runs)",
+    registry=REGISTRY,
+)
+
+# -- front-end worker processes, seen from the core --
+FRONTEND_WORKERS = Gauge("chf_frontend_workers", "Front-end worker processes configured", registry=REGISTRY)
+FRONTEND_WORKER_UP = Gauge(
+    "chf_frontend_worker_up",
+    "1 while a front-end worker is up (listening, linked to the core)",
+    ["worker"],
+    registry=REGISTRY,
+)
+FRONTEND_WORKER_EXITS = Counter(
+    "chf_frontend_worker_exits_total", "Front-end worker exits (each is restarted)", ["worker"], registry=REGISTRY
+)
 
 # -- export --
 EXPORT_BACKLOG = Gauge(
@@ -88,6 +119,27 @@ EXPORT_DELIVERED = Counter(
     "chf_export_delivered_events_total", "Events acknowledged by a sink", ["sink"], registry=REGISTRY
 )
 EXPORT_FAILED = Counter("chf_export_failures_total", "Failed deliveries to a sink", ["sink"], registry=REGISTRY)
+
+
+def watch_store(stat: Callable[[], dict[str, int]], max_age: float = 0.5) -> None:
+    """Store size and map size, read from `stat()` (Store.stat: map_size, last_page, page_size) when collected,
+    at most every `max_age` seconds."""
+    cache: list[Any] = [-math.inf, 0, 0]  # when read, size, map size
+
+    def read(field: int) -> float:
+        now = time.monotonic()
+        if now - cache[0] > max_age:
+            info = stat()
+            cache[:] = [now, (info["last_page"] + 1) * info.get("page_size", 4096), info["map_size"]]
+        return float(cache[field])
+
+    STORE_SIZE.set_function(lambda: read(1))
+    STORE_MAP_SIZE.set_function(lambda: read(2))
+
+
+def observe_catalogue_reload(ok: bool) -> None:
+    CATALOGUE_RELOADS.labels("ok" if ok else "failed").inc()
+    CATALOGUE_RELOAD_FAILED.set(0 if ok else 1)
 
 
 def observe_commit(batch: int, seconds: float) -> None:
