@@ -27,6 +27,9 @@ INTEROP = {
     "test_nchf.py::test_curl_http2_prior_knowledge",
     "test_nchf.py::test_http1_expect_continue",
     "test_nchf.py::test_tls_with_alpn_h2",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
+    "test_snmp.py::test_mib_loads_in_snmptranslate_with_the_agents_oids",
+    "test_snmp.py::test_mib_passes_smilint_level_3",
 }
 # Fixtures that start an external program.
 INTEROP_FIXTURES = {"nats_server"}
@@ -52,6 +55,7 @@ SLOW = {
     "test_nchf_schemathesis.py",
     "test_properties.py::TestChargingCore",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
     "test_store.py::test_full_queue_answers_busy",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
     "test_workers.py::test_serve_with_two_frontend_workers",

@@ -135,10 +135,7 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        metrics.FRONTEND_WORKERS.set(self.count)
-        for i in range(self.count):
-            metrics.FRONTEND_WORKER_UP.labels(str(i)).set_function(lambda i=i: 1.0 if i in link.ready_workers else 0.0)
-            metrics.FRONTEND_WORKER_EXITS.labels(str(i))
+        metrics.watch_workers(self.count, link.ready_workers.__contains__)
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]

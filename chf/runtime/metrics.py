@@ -6,6 +6,7 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -135,6 +136,18 @@ def watch_store(stat: Callable[[], dict[str, int]], max_age: float = 0.5) -> Non
 
     STORE_SIZE.set_function(lambda: read(1))
     STORE_MAP_SIZE.set_function(lambda: read(2))
+
+
+def watch_workers(count: int, is_up: Callable[[int], bool]) -> None:
+    """The core's front-end workers: how many, and each one's state from `is_up(worker)` when collected."""
+    FRONTEND_WORKERS.set(count)
+    for worker in range(count):
+        FRONTEND_WORKER_UP.labels(str(worker)).set_function(functools.partial(_flag, is_up, worker))
+        FRONTEND_WORKER_EXITS.labels(str(worker))
+
+
+def _flag(predicate: Callable[[int], bool], value: int) -> float:
+    return 1.0 if predicate(value) else 0.0
 
 
 def observe_catalogue_reload(ok: bool) -> None:

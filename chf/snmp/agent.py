@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -299,7 +300,7 @@ class SnmpAgent:
             self.notifications_sent += 1
             future: asyncio.Future[ax.Pdu] = asyncio.get_running_loop().create_future()
             self._waiting[pdu.packet_id] = future
-            future.add_done_callback(lambda f, packet_id=pdu.packet_id: self._notified(packet_id, f))
+            future.add_done_callback(functools.partial(self._notified, pdu.packet_id))
 
     def _notified(self, packet_id: int, future: asyncio.Future[ax.Pdu]) -> None:
         self._waiting.pop(packet_id, None)
