@@ -32,7 +32,7 @@ INTEROP = {
     "test_snmp.py::test_mib_passes_smilint_level_3",
 }
 # Fixtures that start an external program.
-INTEROP_FIXTURES = {"nats_server"}
+INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
     "test_catalogue.py::test_affordable_agrees_with_charge",
