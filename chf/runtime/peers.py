@@ -43,13 +43,13 @@ def result_code(data: bytes, start: int, end: int) -> int:
     """The Result-Code of the Diameter message data[start:end] (0 when it has none)."""
     pos = start + HEADER_LEN
     while end - pos >= 12:
-        code = int.from_bytes(data[pos : pos + 4], "big")
-        length = int.from_bytes(data[pos + 5 : pos + 8], "big")
-        header = 12 if data[pos + 4] & FLAG_VENDOR else 8
-        if length < header:
+        length = (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
+        if length < 8:
             return 0
-        if code == RESULT_CODE and header == 8 and length == 12:
-            return int.from_bytes(data[pos + 8 : pos + 12], "big")
+        # Result-Code (268 = 0x10c), no Vendor-Id, 4 octets of data (byte reads: no slice per AVP)
+        is_result_code = data[pos + 3] == 12 and data[pos + 2] == 1 and not (data[pos] | data[pos + 1])
+        if is_result_code and length == 12 and not data[pos + 4] & FLAG_VENDOR:
+            return (data[pos + 8] << 24) | (data[pos + 9] << 16) | (data[pos + 10] << 8) | data[pos + 11]
         pos += (length + 3) & ~3
     return 0
 
@@ -174,7 +174,7 @@ class PeerConnectionStats:
         pos = 0
         end = len(data)
         while end - pos >= HEADER_LEN:
-            length = int.from_bytes(data[pos + 1 : pos + 4], "big")
+            length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
             if length < HEADER_LEN or pos + length > end:
                 return
             self._count("out", data, pos, pos + length)
@@ -197,7 +197,7 @@ class PeerConnectionStats:
         pos = 0
         end = len(data)
         while end - pos >= HEADER_LEN:
-            length = int.from_bytes(data[pos + 1 : pos + 4], "big")
+            length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
             if length < HEADER_LEN:
                 self._broken = True  # the peer state machine closes such a stream; nothing more to count
                 return
@@ -214,13 +214,14 @@ class PeerConnectionStats:
             self._partial += data[pos:end]
 
     def _count(self, direction: str, data: bytes, start: int, end: int) -> None:
-        command = int.from_bytes(data[start + 5 : start + 8], "big")
+        command = (data[start + 5] << 16) | (data[start + 6] << 8) | data[start + 7]
+        messages = self.messages
         if data[start + 4] & FLAG_REQUEST:
             key = (direction, command, "request")
-            self.messages[key] = self.messages.get(key, 0) + 1
+            messages[key] = messages.get(key, 0) + 1
             return
         key = (direction, command, "answer")
-        self.messages[key] = self.messages.get(key, 0) + 1
+        messages[key] = messages.get(key, 0) + 1
         code = result_code(data, start, end)
         if code:
             rkey = (direction, min(max(code // 1000, 1), 5))
