@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, NatsSink, Sink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
 from tests.support import free_port
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from loadtest.bench_engine import CATALOGUE
 from store.lmdbstore import Store, Txn
@@ -102,8 +102,7 @@ def build(directory: str, lines: int, days: int, seed: int) -> dict[str, int]:
                         mno.write(f"{imsi},{when - 3600},not-a-time,10,1,1,0,0\n")
 
             store.write(rate)
-    store.env.sync(True)
-    store.close()
+    store.close()  # durability "os": closing flushes
     return planted
 
 

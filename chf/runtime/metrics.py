@@ -1,4 +1,4 @@
-"""Prometheus metrics of the whole process, in one registry (DESIGN.md section 9).
+"""Prometheus metrics of the whole process, in one registry (docs/architecture.md).
 
 Names carry the `chf_` prefix, units and `_total` suffixes. Labels never carry an IMSI, MSISDN or session id:
 only interface, operation, result, unit type, sink and the like, whose values are few.
@@ -123,7 +123,7 @@ EXPORT_FAILED = Counter("chf_export_failures_total", "Failed deliveries to a sin
 
 
 def watch_store(stat: Callable[[], dict[str, int]], max_age: float = 0.5) -> None:
-    """Store size and map size, read from `stat()` (Store.stat: map_size, last_page, page_size) when collected,
+    """Store size and map size, read from `stat()` (Store.stat: used_bytes, map_size) when collected,
     at most every `max_age` seconds."""
     cache: list[Any] = [-math.inf, 0, 0]  # when read, size, map size
 
@@ -131,7 +131,7 @@ def watch_store(stat: Callable[[], dict[str, int]], max_age: float = 0.5) -> Non
         now = time.monotonic()
         if now - cache[0] > max_age:
             info = stat()
-            cache[:] = [now, (info["last_page"] + 1) * info.get("page_size", 4096), info["map_size"]]
+            cache[:] = [now, info["used_bytes"], info["map_size"]]
         return float(cache[field])
 
     STORE_SIZE.set_function(lambda: read(1))
@@ -227,12 +227,12 @@ class _Merged:
         extra: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]] = {}
         for snap in self.snapshots:
             for name, _kind, samples in snap:
-                family = extra.setdefault(name, {})
+                by_key = extra.setdefault(name, {})
                 for sample_name, labels, value in samples:
                     key = (sample_name, tuple(sorted(labels.items())))
-                    entry = family.get(key)
+                    entry = by_key.get(key)
                     if entry is None:
-                        family[key] = [labels, value]
+                        by_key[key] = [labels, value]
                     else:
                         entry[1] += value
         for family in REGISTRY.collect():
