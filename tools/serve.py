@@ -295,6 +295,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             except Exception:
                 log.exception("event=component_stop_failed name=%s", component.name)
         await service.stop()
+        metrics.watch_store(None)
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_path)

@@ -122,15 +122,18 @@ EXPORT_DELIVERED = Counter(
 EXPORT_FAILED = Counter("chf_export_failures_total", "Failed deliveries to a sink", ["sink"], registry=REGISTRY)
 
 
-def watch_store(stat: Callable[[], dict[str, int]], max_age: float = 0.5) -> None:
-    """Store size and map size, read from `stat()` (Store.stat: used_bytes, map_size) when collected,
-    at most every `max_age` seconds."""
+def watch_store(stat: Callable[[], dict[str, int]] | None, max_age: float = 0.5) -> None:
+    """Store size and map size, read from `stat()` (Store.stat: used_bytes, map_size) when collected, at most every
+    `max_age` seconds; `None` once the store is closed (the last values stay)."""
     cache: list[Any] = [-math.inf, 0, 0]  # when read, size, map size
 
     def read(field: int) -> float:
         now = time.monotonic()
-        if now - cache[0] > max_age:
-            info = stat()
+        if stat is not None and now - cache[0] > max_age:
+            try:
+                info = stat()
+            except Exception:  # the store is closing: the values of the last reading
+                info = {"used_bytes": cache[1], "map_size": cache[2]}
             cache[:] = [now, info["used_bytes"], info["map_size"]]
         return float(cache[field])
 
