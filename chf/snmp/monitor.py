@@ -194,6 +194,8 @@ class Monitor:
     def _catalogue(self, sample: Sample, out: list[Notification]) -> None:
         failures = sample.total("chf_catalogue_reloads_total", result="failed")
         failed_now = sample.total("chf_catalogue_reload_failed") > 0
+        if self.sample is None:  # failures before the agent started are not its to report
+            self._catalogue_failures = failures
         if failures > self._catalogue_failures:
             text = "catalogue reload failed: the running catalogue is kept (log: event=catalogue_reload_rejected)"
             self._raise(out, CATALOGUE_RELOAD_FAILED, "catalogue", text, sample.time)
