@@ -57,7 +57,15 @@ def test_the_sdist_has_every_pxd_and_every_compiled_module(sdist: Path) -> None:
     assert pxds <= names, f"missing from the sdist (MANIFEST.in): {sorted(pxds - names)}"
     native = set(_native_modules())
     assert native <= names, f"missing from the sdist: {sorted(native - names)}"
-    needed = {"native-modules.txt", "setup.py", "pyproject.toml", "README.md", "conf/chf.toml", "conf/catalogue.toml"}
+    needed = {
+        "native-modules.txt",
+        "setup.py",
+        "pyproject.toml",
+        "README.md",
+        "conf/chf.toml",
+        "conf/catalogue.toml",
+        "mibs/CHF-MIB.txt",
+    }
     assert needed <= names, f"missing from the sdist: {sorted(needed - names)}"
     assert not {n for n in names if n.endswith((".so", ".c", ".pyc"))}
 
