@@ -57,6 +57,12 @@ PEER_UPTIME, PEER_WATCHDOG_FAILURES, PEER_CONNECTIONS = 9, 10, 11
 PEER_REQUESTS_IN, PEER_ANSWERS_OUT, PEER_REQUESTS_OUT, PEER_ANSWERS_IN = 12, 13, 14, 15
 ALARM_TYPE, ALARM_RESOURCE, ALARM_RAISED, ALARM_TEXT = 2, 3, 4, 5
 
+PEER_TOTALS = (
+    (PEER_REQUESTS_IN, "in", "request"),
+    (PEER_ANSWERS_OUT, "out", "answer"),
+    (PEER_REQUESTS_OUT, "out", "request"),
+    (PEER_ANSWERS_IN, "in", "answer"),
+)
 CCR_TYPES = {"CCR-I": 1, "CCR-U": 2, "CCR-T": 3, "CCR-E": 4}
 NCHF_OPERATIONS = {"create": 1, "update": 2, "release": 3}
 STATE_CLOSED, STATE_R_OPEN = 1, 6  # dbpPeerStatsState of the Diameter base protocol MIB draft
@@ -187,6 +193,10 @@ class ViewBuilder:
     def _peers(self, sample: Sample, monitor: Monitor) -> None:
         up = 0
         index_of = monitor.peer_index
+        totals: dict[tuple[str, str, str], float] = {}  # (peer, direction, kind): one pass over the messages
+        for labels, value in sample.rows("chf_diameter_peer_messages_total"):
+            key = (labels.get("peer", ""), labels.get("direction", ""), labels.get("kind", ""))
+            totals[key] = totals.get(key, 0.0) + value
         for identity, peer in sample.peers.items():
             index = index_of.get(identity)
             if index is None:
@@ -211,19 +221,8 @@ class ViewBuilder:
             cell(PEER_UPTIME, (ax.TIME_TICKS, int(max(0.0, sample.time - since) * 100) if is_up else 0))
             cell(PEER_WATCHDOG_FAILURES, counter64(peer.watchdog_failures))
             cell(PEER_CONNECTIONS, gauge32(peer.connections))
-            totals = {
-                k: sample.total("chf_diameter_peer_messages_total", peer=identity, direction=d, kind=kind)
-                for k, d, kind in (
-                    ("rq_in", "in", "request"),
-                    ("an_out", "out", "answer"),
-                    ("rq_out", "out", "request"),
-                    ("an_in", "in", "answer"),
-                )
-            }
-            cell(PEER_REQUESTS_IN, counter64(totals["rq_in"]))
-            cell(PEER_ANSWERS_OUT, counter64(totals["an_out"]))
-            cell(PEER_REQUESTS_OUT, counter64(totals["rq_out"]))
-            cell(PEER_ANSWERS_IN, counter64(totals["an_in"]))
+            for column, direction, kind in PEER_TOTALS:
+                cell(column, counter64(totals.get((identity, direction, kind), 0.0)))
         self.scalar(PEERS_UP, gauge32(up))
         self._peer_commands(sample, index_of)
         self._peer_results(sample, index_of)
