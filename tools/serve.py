@@ -32,11 +32,13 @@ from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
+from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from chf.runtime.storage import Store, open_store
+from chf.snmp import snmp_components
 from tools.sdnotify import Notifier
 
 log = logging.getLogger("chf.serve")
@@ -149,6 +151,7 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        metrics.watch_workers(self.count, link.ready_workers.__contains__)
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]
@@ -180,6 +183,7 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
+            metrics.FRONTEND_WORKER_EXITS.labels(str(worker_id)).inc()
             log.error(
                 "event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f",
                 worker_id,
@@ -217,6 +221,10 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
     # loop, STOPPING=1 when the drain begins. Taken from the environment before any worker is started.
     notifier = Notifier.from_environment()
     store = open_store(config)
+    # Store size and commit times for /metrics and SNMP, whichever of them is configured.
+    metrics.watch_store(store.stat)
+    if metrics.observe_commit not in store.on_commit:
+        store.on_commit.append(metrics.observe_commit)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.
@@ -225,6 +233,9 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             components.extend(factory(config, service))
         for frontend in FRONTEND_FACTORIES:
             components.extend(frontend(config, service, role))
+        # The SNMP agent last: started once the front-ends listen, stopped before they drain (a stopping chf sends
+        # no peer-down notifications for the peers it disconnects itself).
+        components.extend(snmp_components(config, service))
     except BaseException:
         store.close()
         raise
@@ -292,6 +303,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
                 log.exception("event=component_stop_failed name=%s", component.name)
         await notifier.close()  # the watchdog pings until the front-ends have drained
         await service.stop()
+        metrics.watch_store(None)
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_path)
