@@ -38,6 +38,7 @@ INTEROP = {
 INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
+    "test_backup.py::test_backup_while_chf_serve_charges_then_restore",
     "test_catalogue.py::test_affordable_agrees_with_charge",
     "test_catalogue.py::test_period_chain_properties",
     "test_cli.py::test_catalogue_reload_signals_the_running_server",
