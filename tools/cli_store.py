@@ -1,9 +1,15 @@
-"""`chf backup`, `chf restore`: the store as a whole (README "Backup and restore").
+"""`chf backup`, `chf restore`, `chf store copy|verify`: the store as a whole (README "Backup and restore").
 
 - `chf backup DEST`: a consistent, compacted copy of the configured LMDB store while `chf serve` runs, verified
   before it takes its name (chf.runtime.storage.backup_store, store/lmdbbackup.py).
 - `chf restore SRC`: refused while `chf serve` (or any process) has the store open; checks the backup, swaps it
   in atomically and keeps the previous store aside. `--check-only` checks a backup and changes nothing.
+- `chf store copy --from A --to B`: everything of store A (one read snapshot; A may be serving) into the empty
+  store B, through the store interface (any two backends), then a verification; `chf store verify` the
+  verification alone (chf.runtime.storecopy).
+
+A store is named as `lmdb:PATH`, an LMDB store directory, or a configuration file; `--from` defaults to the
+configured store.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import argparse
 from typing import Any
 
 from chf.core import provisioning
-from chf.runtime import storage
+from chf.runtime import storage, storecopy
 from tools.cli_admin import server_pid
 from tools.cli_env import EXIT_FAILED, EXIT_OK, Env
+from tools.progress import Progress, wanted
 
 KIND_ORDER = ("events", "lines", "accounts", "sessions")
 
@@ -87,8 +94,81 @@ def _check_text(path: str, summary: dict[str, Any], problems: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# store copy and verify
+# ----------------------------------------------------------------------------------------------------------------------
+class Bars:
+    """One progress bar per kind of record, drawn on stderr when wanted (tools.progress)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Progress] = {}
+
+    def __call__(self, kind: str, done: int, expected: int, final: bool) -> None:
+        bar = self.bars.get(kind)
+        if bar is None:
+            bar = self.bars[kind] = Progress(expected, self.enabled, unit="records", label=kind[:11])
+        # `expected` comes from Store.stat() before the snapshot: a serving source may have grown since.
+        bar.total = max(expected, done, 1)
+        bar.update(done, done, final=final)
+        if final:
+            del self.bars[kind]
+
+
+def _open(env: Env, spec: str | None, create: bool) -> tuple[storage.Store, str]:
+    if spec is None:
+        if not storage.store_exists(env.config):
+            raise provisioning.NotFound("from", f"the configured store {env.config.store.path} does not exist")
+        return storage.open_store(env.config), f"{env.config.source} (lmdb:{env.config.store.path})"
+    return storage.open_store_at(spec, create=create)
+
+
+def _report_text(report: dict[str, Any], source: str, dest: str) -> str:
+    lines = [f"{source} -> {dest}: store {report['store_id']['destination']}"]
+    if "copied" in report:
+        lines.append(f"copied up to event {report['last_event_seq']['source']:,} in {report['seconds']['copy']:.2f} s")
+    width = max(len(name) for name in report["counts"])
+    for name, c in report["counts"].items():
+        mark = "ok" if c["equal"] else "DIFFERENT"
+        lines.append(f"  {name:<{width}} {c['source']:>12,} {c['destination']:>12,}  {mark}")
+    lines.append("verified: identical" if report["ok"] else "verified: the stores DIFFER")
+    lines += ["  " + d for d in report["differences"]]
+    return "\n".join(lines)
+
+
+def _compare(env: Env, copy: bool) -> int:
+    a = env.args
+    source, source_name = _open(env, a.source, create=False)
+    try:
+        dest, dest_name = _open(env, a.dest, create=copy)
+        try:
+            bars = Bars(wanted(env.json, a.progress))
+            if copy:
+                report = storecopy.copy_store(source, dest, batch=a.batch, progress=bars)
+            else:
+                report = storecopy.verify_stores(source, dest, progress=bars)
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    report = {"from": source_name, "to": dest_name, **report}
+    env.out(report, lambda: _report_text(report, source_name, dest_name))
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def cmd_store_copy(env: Env) -> int:
+    return _compare(env, copy=True)
+
+
+def cmd_store_verify(env: Env) -> int:
+    return _compare(env, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # argument parsing
 # ----------------------------------------------------------------------------------------------------------------------
+STORE_HELP = f"a store: {storage.STORE_FORMS}"
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "backup",
@@ -109,3 +189,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--check-only", action="store_true", help="check the backup against its manifest; change nothing")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("store", parents=[common], help="the store as a whole: copy between stores, compare")
+    g = p.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("copy", cmd_store_copy, "copy everything of a store (one read snapshot) into an empty one, then verify"),
+        ("verify", cmd_store_verify, "compare two stores: counts, records, balances, event sequence"),
+    ):
+        p = g.add_parser(name, parents=[common], help=text)
+        p.add_argument("--from", dest="source", help=f"{STORE_HELP} (default: the configured store)")
+        p.add_argument("--to", dest="dest", required=True, help=STORE_HELP)
+        p.add_argument("--progress", action="store_true", help="progress bars on stderr even when not a terminal")
+        if name == "copy":
+            p.add_argument("--batch", type=int, default=2000, help="records per durable write (default 2000)")
+        p.set_defaults(func=func)
