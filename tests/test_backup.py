@@ -115,6 +115,22 @@ def test_a_damaged_backup_is_refused(world: World, tmp_path: Path) -> None:
     assert pairs(world.path) == before  # nothing was touched
 
 
+def test_the_check_finds_records_that_disagree(world: World) -> None:
+    store = world.store
+    dbs = store._db
+    with store.env.begin(write=True) as txn:
+        txn.delete(b"208010000000002", db=dbs[b"idx_imsi"])  # a line its IMSI no longer finds
+        txn.put(b"stray", b"L" + (99).to_bytes(8, "big"), db=dbs[b"sessions"])  # an index entry of no session
+        txn.delete((3).to_bytes(8, "big"), db=dbs[b"events"])  # a hole in the spool
+    _, problems = lmdbbackup.read_environment(store.env, check=True)
+    text = "\n".join(problems.as_list())
+    assert "subscribers" in text and "imsi not indexed" in text
+    assert "idx_imsi: 4 entries, the records need 5" in text
+    assert "sessions: 5 entries, the records need 4" in text
+    assert "the spool jumps from 2 to 4" in text
+    assert f"events: {world.last_seq() - 1} in the spool, the counter says {world.last_seq()}" in text
+
+
 def test_restore_swaps_the_backup_in_and_keeps_the_previous_store(world: World, tmp_path: Path) -> None:
     lmdbbackup.backup(world.store, str(tmp_path / "b1"))
     backup_id = world.store.store_id
