@@ -9,6 +9,9 @@ Key layout (one LMDB environment, named sub-databases):
     idx_imsi, idx_msisdn, idx_iccid
                   identity -> 8-byte line id
     account_lines account id + 0x00 + 8-byte line id -> b""     (lines of an account)
+    account_active
+                  account id -> 8-byte line id, one duplicate per active line (LMDB dupsort): the account's
+                  active lines, kept in step with the line records by put_subscriber; counted in O(1)
     balances      b"L" + line id + 0x00        -> BalanceSet of the line
                   b"L" + line id + 0x01 + key  -> Session of the line (with its reservations)
                   b"A" + account id + 0x00     -> BalanceSet of the account (shared allowances, IoT pools)
@@ -41,6 +44,7 @@ import lmdb
 from store import interface
 from store.interface import Owner, StoreBusy, StoreClosed, StoreError, Sweep
 from store.schema import (
+    ACTIVE,
     SCHEMA_VERSION,
     SESSION,
     Account,
@@ -68,6 +72,7 @@ _DBS = (
     b"idx_msisdn",
     b"idx_iccid",
     b"account_lines",
+    b"account_active",
     b"balances",
     b"sessions",
     b"idem",
@@ -75,6 +80,9 @@ _DBS = (
     b"cursors",
 )
 
+
+# Sub-databases with more than one value per key (fixed-size values, sorted: LMDB dupsort + dupfixed).
+_DUPSORT = frozenset({b"account_active"})
 
 # Where a session's key and expiry sit in its stored array (the sweep reads them without building a Session).
 _SESSION_KEY = SESSION.position("key")
@@ -164,6 +172,10 @@ class Txn:
                     return
                 yield int.from_bytes(key[len(prefix) :], "big")
 
+    def active_line_count(self, account_id: str) -> int:
+        with self._txn.cursor(db=self._db[b"account_active"]) as cur:
+            return int(cur.count()) if cur.set_key(account_id.encode()) else 0
+
     # -- lines ------------------------------------------------------------------------------------------------------
     def get_subscriber(self, line_id: int) -> Subscriber | None:
         raw = self._txn.get(_u64(line_id), db=self._db[b"subscribers"])
@@ -178,7 +190,8 @@ class Txn:
         return self.get_subscriber(line_id) if line_id is not None else None
 
     def put_subscriber(self, sub: Subscriber, previous: Subscriber | None = None) -> None:
-        """Write a line and keep its identity indexes and account membership in step with it."""
+        """Write a line and keep its identity indexes, account membership and its account's active lines in step
+        with it."""
         db = self._db
         key = _u64(sub.id)
         for kind in ("imsi", "msisdn", "iccid"):
@@ -195,6 +208,12 @@ class Txn:
             if previous is not None:
                 self._delete(previous.account.encode() + b"\x00" + key, db=db[b"account_lines"])
             self._put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        is_active = sub.state == ACTIVE
+        if previous is not None and previous.state == ACTIVE and (not is_active or previous.account != sub.account):
+            self.wrote = True
+            self._txn.delete(previous.account.encode(), key, db=db[b"account_active"])
+        if is_active:
+            self._put(sub.account.encode(), key, db=db[b"account_active"])
         self._put(key, sub.encode(), db=db[b"subscribers"])
 
     def put_new_subscriber(self, sub: Subscriber) -> None:
@@ -210,6 +229,8 @@ class Txn:
         if sub.iccid:
             put(sub.iccid.encode(), key, db=db[b"idx_iccid"])
         put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        if sub.state == ACTIVE:
+            put(sub.account.encode(), key, db=db[b"account_active"])
         put(key, sub.encode(), db=db[b"subscribers"])
 
     def subscribers(self) -> Iterator[Subscriber]:
@@ -454,8 +475,14 @@ class Store:
                 readahead=False,
                 max_readers=256,
             )
-            self._db = {name: self.env.open_db(name) for name in _DBS}
+            with self.env.begin() as txn:
+                indexed = txn.get(b"account_active") is not None  # named databases are keys of the main one
+            self._db = {
+                name: self.env.open_db(name, dupsort=name in _DUPSORT, dupfixed=name in _DUPSORT) for name in _DBS
+            }
             self.store_id: str = self._identify()
+            if not indexed:
+                self._index_active_lines()
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         self.max_batch = max_batch
@@ -493,6 +520,17 @@ class Store:
         if store_id is None:
             raise StoreError(f"store {self.path} has a schema version but no store id")
         return bytes(store_id).decode()
+
+    def _index_active_lines(self) -> None:
+        """Build the index of each account's active lines from the line records (a store written before the
+        index existed; a new store has no lines, and an empty index)."""
+        with self.env.begin(write=True) as txn:
+            db = self._db[b"account_active"]
+            with txn.cursor(db=self._db[b"subscribers"]) as cur:
+                for key, raw in cur:
+                    sub = Subscriber.decode(raw)
+                    if sub.state == ACTIVE:
+                        txn.put(sub.account.encode(), key, db=db)
 
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self) -> _ReadContext:
