@@ -282,6 +282,13 @@ class Plan:
     description: str
     rating: Mapping[int, Tariff]
     default_tariff: Tariff | None
+    # The fee of a period that starts while the line is suspended: None = the full fee, with the allowances, as
+    # for an active line; an amount (0 = none) = that fee, capped at the period's fee, and the allowances held
+    # back until the line is active again (chf.core.renewals).
+    suspended_fee: int | None = None
+    # A period that starts between two renewal dates (activation, plan change, a held or unpaid period started
+    # later) is charged for the local days left of it, rounded down to the micro-unit (chf.core.periods.prorate).
+    prorate: bool = False
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
     _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)

@@ -70,7 +70,16 @@ File format
 
     IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
     all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
-    per-line amount x active lines); ``pool_rating_groups`` optional.
+    per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes state);
+    ``pool_rating_groups`` optional.
+
+    Line lifecycle (README, "Fees and the line lifecycle"): ``suspended_fee`` = ``"full"`` (default: a
+    suspended line pays the fee and gets the allowances, as an active one) | ``"none"`` | a reduced fee in
+    micro-units (>= 0, at most ``fee``; the allowances are held back until the line is active again);
+    ``prorate`` (default false): a period that starts between two renewal dates (activation, plan change, a
+    held period started on reactivation) is charged for the local days left of it, rounded down to the
+    micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
+    stop at the end of the one in progress.
 """
 
 from __future__ import annotations
@@ -515,6 +524,8 @@ _PLAN_KEYS = (
     "pool_amount",
     "pool_per_line",
     "pool_rating_groups",
+    "suspended_fee",
+    "prorate",
 )
 
 
@@ -550,6 +561,8 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
     allowances = _load_allowances(errs, owner, t, rating, names)
     promotions, intro = _load_promotions(errs, owner, t, rating, names)
     pool = _load_pool(t, rating)
+    suspended_fee = _load_suspended_fee(t, fee)
+    prorate = t.get_bool("prorate", False)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
@@ -571,11 +584,28 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
         description=description,
         rating=MappingProxyType(rating.by_rg),
         default_tariff=rating.default,
+        suspended_fee=suspended_fee,
+        prorate=prorate,
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
         _allow_default=allow_default,
     )
+
+
+def _load_suspended_fee(t: _Table, fee: int) -> int | None:
+    """``suspended_fee``: ``"full"`` (the default: None), ``"none"`` (0) or a reduced fee in micro-units."""
+    v = t.data.get("suspended_fee", "full")
+    if v == "full":
+        return None
+    if v == "none":
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        t.err("suspended_fee", f"must be 'full', 'none' or a reduced fee in micro-units (an integer >= 0), got {v!r}")
+        return None
+    if v > fee:
+        t.err("suspended_fee", f"a reduced fee must not exceed the plan's fee ({fee}), got {v}")
+    return v
 
 
 @dataclass(slots=True)
