@@ -165,7 +165,7 @@ def cmd_account_show(env: Env) -> int:
         out = [account_text(view), f"lines:        {count}"]
         if view["period"] is not None:
             p = view["period"]
-            pending = " (fee unpaid: allowances held back)" if p["renewal_pending"] else ""
+            pending = " (allowances held back: fee unpaid or line suspended)" if p["renewal_pending"] else ""
             out.append(f"period:       {when(p['start'])} .. {when(p['end'])}{pending}")
         if view["shared_buckets"]:
             out += ["", "shared buckets:", buckets_text(view["shared_buckets"], account.currency)]
@@ -291,7 +291,7 @@ def line_text(view: dict[str, Any]) -> str:
     ]
     period = view.get("period")
     if period:
-        pending = " (fee unpaid: allowances held back)" if period["renewal_pending"] else ""
+        pending = " (allowances held back: fee unpaid or line suspended)" if period["renewal_pending"] else ""
         out.append(f"period:    {period['plan']} #{period['index']} {when(period['start'])} .. {when(period['end'])}")
         out[-1] += pending
         if period["usage"]:

@@ -13,10 +13,10 @@ from operator import itemgetter
 from typing import Any
 
 from chf.core.catalogue import UNIT_TYPES, CatalogueError, Plan
-from chf.core.context import Context, account_owner, bucket_impact, line_owner
+from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
-from chf.core.renewals import assign_plan_to, retry_pending_renewal
+from chf.core.renewals import assign_plan_to, resize_pool, retry_pending_renewal, start_line_plan
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -367,16 +367,16 @@ def _check_new_line(
 def _write_new_line(
     engine: Engine, ctx: Context, plan_rec: Plan | None, actor: str, *, record_line: bool = True
 ) -> Subscriber:
-    """Write a checked new line with its creation, activation and plan events into `ctx` (not flushed)."""
+    """Write a checked new line with its creation and plan events into `ctx` (not flushed). A provisioned line's
+    plan is recorded on it; its first period starts when it is activated. The account's count of active lines
+    and its pool are the caller's to derive (`resize_pool`), once the line is in the store."""
     sub = ctx.sub
     if record_line:
         ctx.txn.put_subscriber(sub)
     event = ctx.base_event("lifecycle", actor, "line created")
     event["state"] = sub.state
     ctx.events.append(event)
-    if sub.state == ACTIVE:
-        _line_activated(engine, ctx)
-    if plan_rec is not None:
+    if plan_rec is not None and sub.state == ACTIVE:
         assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
     ctx.line_bs_dirty = True
     return sub
@@ -440,6 +440,8 @@ def add_line(
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
     _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
+    if state == ACTIVE:
+        resize_pool(ctx, f"line {sub.id} added")
     ctx.flush()
     return OpResult(sub.as_dict())
 
@@ -458,15 +460,11 @@ class _LineTemplate:
     field by field, and each event is then packed (bulk import, issue #2).
     """
 
-    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events", "slots")
+    __slots__ = ("balance_delta", "balances", "events", "slots")
 
-    def __init__(
-        self, balances: bytes, balance_delta: int, active_delta: int, events: list[tuple[list[bytes], list[Any]]]
-    ) -> None:
+    def __init__(self, balances: bytes, balance_delta: int, events: list[tuple[list[bytes], list[Any]]]) -> None:
         self.balances = balances  # the line's encoded balance set: nothing in it names the line
         self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
-        self.active_delta = active_delta  # and to its count of active lines
-        self.account_changed = bool(balance_delta or active_delta)
         # The line's own values, each packed once per line: ("sub", attribute), ("line", balance name after the
         # line id) or ("wallet", offset from the wallet before the line); then the event's sequence and id.
         self.slots: list[tuple[str, Any]] = []
@@ -522,8 +520,9 @@ class LineTemplates:
 
     A template belongs to an account as it was when the template was traced (every field but the wallet and
     the line count, which lines change, plus its shared balance set), a plan and a state, and to the import's
-    catalogue, time and actor. When no template reproduces the engine exactly (an IoT pool that grows with each
-    line, say), `template` answers None and the line goes through the engine.
+    catalogue, time and actor. When no template reproduces the engine exactly (a line that would change its
+    account's shared balance set, say), `template` answers None and the line goes through the engine. An IoT
+    pool is not the line's to change: it is derived from the account's lines after each row (`resize_pool`).
     """
 
     def __init__(self) -> None:
@@ -576,21 +575,19 @@ def _trace_template(
         ctx.acct_bs = acct_bs
         _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
         if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
-            return None  # the line changes a shared balance set (a flexible pool): the engine does it per line
+            return None  # the line changes a shared balance set: the engine does it per line
         if sub.encode() != sub_before:
             return None
-        balance_delta, active_delta = account.balance - wallet, account.active_lines - actx.account.active_lines
-        account.balance, account.active_lines = actx.account.balance, actx.account.active_lines
+        balance_delta = account.balance - wallet
+        account.balance = actx.account.balance
         if account.encode() != actx.account.encode():
-            return None  # the line changes more of its account than the wallet and the line count
+            return None  # the line changes more of its account than the wallet
         assert ctx.line_bs is not None
-        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta, active_delta))
-    (sub_a, wallet_a, events_a, bs_a, balance_a, active_a), (sub_b, wallet_b, events_b, bs_b, balance_b, active_b) = (
-        traces
-    )
-    if bs_a != bs_b or balance_a != balance_b or active_a != active_b or len(events_a) != len(events_b):
+        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta))
+    (sub_a, wallet_a, events_a, bs_a, balance_a), (sub_b, wallet_b, events_b, bs_b, balance_b) = traces
+    if bs_a != bs_b or balance_a != balance_b or len(events_a) != len(events_b):
         return None
-    template = _LineTemplate(bs_a, balance_a, active_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
+    template = _LineTemplate(bs_a, balance_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
     first_seq, store_id = 2**40 + 7, "trace"
     for seq, event in enumerate(events_b, first_seq):
         event["seq"], event["id"] = seq, f"{store_id}-{seq}"
@@ -697,21 +694,21 @@ def add_lines(
         else:
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
+        ctx = Context(txn, catalogue, now, sub, acct)
+        ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
         if template is not None and template.fits(acct):
             txn.put_new_subscriber(sub)
             events.append((template, sub, acct.balance))
-            if template.account_changed:
+            if template.balance_delta:
                 acct.balance += template.balance_delta
-                acct.active_lines += template.active_delta
                 actx.account_dirty = True
             txn.put_line_balances_encoded(sub.id, template.balances)
             templates.rendered += 1
-            results.append(sub.id)
-            continue
-        ctx = Context(txn, catalogue, now, sub, acct)
-        ctx.line_bs = BalanceSet()
-        ctx.acct_bs = actx.acct_bs  # shared: a flexible pool grows with each activated line
-        _write_new_line(engine, ctx, plan_rec, actor)
+        else:
+            ctx.line_bs = BalanceSet()
+            _write_new_line(engine, ctx, plan_rec, actor)
+        if state == ACTIVE:
+            resize_pool(ctx, f"line {sub.id} added")  # as add_line does (a line that is not active changes neither)
         # The account and its balance set are written once, after the last row.
         actx.account_dirty |= ctx.account_dirty
         actx.acct_bs_dirty |= ctx.acct_bs_dirty
@@ -744,26 +741,6 @@ def add_lines(
     return results
 
 
-def _line_activated(engine: Engine, ctx: Context) -> None:
-    """One more active line: a flexible IoT pool grows by its per-line amount for the current period."""
-    ctx.account.active_lines += 1
-    ctx.account_dirty = True
-    if ctx.account.plan is None or ctx.acct_bs is None:
-        return
-    plan = engine.catalogue.plans.get(ctx.account.plan)
-    if plan is None or plan.pool != "flexible" or not plan.pool_per_line:
-        return
-    for bucket in ctx.acct_bs.buckets:
-        if bucket.kind == "pool" and bucket.valid_from <= ctx.now < bucket.valid_to:
-            bucket.remaining += plan.pool_per_line
-            bucket.initial += plan.pool_per_line
-            ctx.acct_bs_dirty = True
-            event = ctx.base_event("pool_resize", "system", "line activated")
-            event["impacts"].append(bucket_impact(account_owner(ctx.account.id), bucket, plan.pool_per_line))
-            ctx.events.append(event)
-            return
-
-
 def get_line(txn: Txn, ref: str) -> Subscriber:
     """A line by internal id ("#12" or "12"), IMSI, MSISDN or ICCID."""
     ref = str(ref).strip()
@@ -784,7 +761,9 @@ def get_line(txn: Txn, ref: str) -> Subscriber:
 
 def set_state(txn: Txn, engine: Engine, line_ref: str, state: str, *, now: int, actor: str, reason: str) -> OpResult:
     """A lifecycle transition. Suspending or terminating a line aborts its open sessions (their final usage is
-    still charged when the client reports it); activation counts the line into a flexible pool."""
+    still charged when the client reports it). Activation starts the line's plan: its first period, or a period
+    whose allowances were held back while it was suspended (chf.core.renewals, `start_line_plan`). The account's
+    active lines and its pool follow (`resize_pool`)."""
     if state not in LINE_STATES:
         raise RequestError("state", f"must be one of {', '.join(LINE_STATES)}, got {state!r}")
     sub = get_line(txn, line_ref)
@@ -793,22 +772,19 @@ def set_state(txn: Txn, engine: Engine, line_ref: str, state: str, *, now: int, 
     if state not in LINE_TRANSITIONS[sub.state]:
         raise Conflict("state", f"a {sub.state} line cannot become {state}")
     previous = Subscriber.decode(sub.encode())
-    ctx = engine.context(txn, sub, now)
-    was_active = sub.state == ACTIVE
+    ctx = engine.context(txn, sub, now)  # periods that ended before now renew in the state they ended in
     sub.history.append([sub.state, state, now, actor, reason])
     sub.state = state
     sub.state_since = now
-    if state == ACTIVE:
-        _line_activated(engine, ctx)
-    elif was_active:
-        ctx.account.active_lines = max(0, ctx.account.active_lines - 1)
-        ctx.account_dirty = True
+    txn.put_subscriber(sub, previous)
     event = ctx.base_event("lifecycle", actor, reason)
     event["from"] = previous.state
     event["state"] = state
     ctx.events.append(event)
+    if state == ACTIVE:
+        start_line_plan(ctx, actor, "line activated")
+    resize_pool(ctx, f"line {sub.id} {state}")
     ctx.flush()
-    txn.put_subscriber(sub, previous)
     signals = _signals(txn, [sub.id], "abort") if state != ACTIVE else []
     return OpResult(sub.as_dict(), signals)
 
@@ -833,19 +809,16 @@ def move_line(
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
     previous = Subscriber.decode(sub.encode())
     old_ctx = engine.context(txn, sub, now)
-    if sub.state == ACTIVE:
-        old_ctx.account.active_lines = max(0, old_ctx.account.active_lines - 1)
-        old_ctx.account_dirty = True
     event = old_ctx.base_event("line_move", actor, reason)
     event["to_account"] = target.id
     old_ctx.events.append(event)
-    old_ctx.flush()
     sub.account = target.id
     sub.history.append([sub.state, sub.state, now, actor, f"moved from {previous.account} to {target.id}"])
     txn.put_subscriber(sub, previous)
+    resize_pool(old_ctx, f"line {sub.id} moved to {target.id}")
+    old_ctx.flush()
     new_ctx = engine.context(txn, sub, now)
-    if sub.state == ACTIVE:
-        _line_activated(engine, new_ctx)
+    resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)
 
@@ -866,12 +839,21 @@ def assign_plan(
         raise RequestError("target", "name exactly one of a line or an account")
     if line_ref is not None:
         sub = get_line(txn, line_ref)
+        if sub.state == TERMINATED:
+            raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
         plan_rec = _plan(engine, plan, txn.get_account(sub.account))
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
         ctx = engine.context(txn, sub, now)
-        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        if sub.state == PROVISIONED:
+            # No period runs before activation: the plan is recorded, its first period starts then.
+            change = ctx.base_event("plan_change", actor, reason)
+            change["plan"] = plan_rec.name
+            change["previous_plan"] = previous.plan
+            ctx.events.append(change)
+        else:
+            assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
         ctx.flush()
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
