@@ -12,7 +12,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from chf.core.catalogue import UNIT_TYPES, CatalogueError, Plan
+from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
@@ -694,8 +694,11 @@ def add_lines(
         else:
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
-        ctx = Context(txn, catalogue, now, sub, acct)
-        ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
+        results.append(sub.id)
+        # A line of an account with an IoT pool changes the pool (and so writes an event) if it is active: the pool
+        # is derived after each such row, as add_line does. Other accounts' count of active lines is derived once,
+        # after the last row, when the account is written.
+        pooled = state == ACTIVE and _has_pool(catalogue, acct)
         if template is not None and template.fits(acct):
             txn.put_new_subscriber(sub)
             events.append((template, sub, acct.balance))
@@ -704,11 +707,16 @@ def add_lines(
                 actx.account_dirty = True
             txn.put_line_balances_encoded(sub.id, template.balances)
             templates.rendered += 1
+            if not pooled:
+                continue
+            ctx = Context(txn, catalogue, now, sub, acct)
         else:
+            ctx = Context(txn, catalogue, now, sub, acct)
             ctx.line_bs = BalanceSet()
             _write_new_line(engine, ctx, plan_rec, actor)
-        if state == ACTIVE:
-            resize_pool(ctx, f"line {sub.id} added")  # as add_line does (a line that is not active changes neither)
+        ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
+        if pooled:
+            resize_pool(ctx, f"line {sub.id} added")
         # The account and its balance set are written once, after the last row.
         actx.account_dirty |= ctx.account_dirty
         actx.acct_bs_dirty |= ctx.acct_bs_dirty
@@ -717,7 +725,6 @@ def add_lines(
         events.extend(ctx.events)
         ctx.events.clear()
         ctx.flush()
-        results.append(sub.id)
 
     def encode_events(first_seq: int, store_id: str) -> list[bytes]:
         encoded: list[bytes] = []
@@ -737,8 +744,14 @@ def add_lines(
     txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
+            resize_pool(actx, "lines imported")  # the count of active lines (pools were derived row by row)
             actx.flush()
     return results
+
+
+def _has_pool(catalogue: Catalogue, account: Account) -> bool:
+    plan = catalogue.plans.get(account.plan) if account.plan is not None else None
+    return plan is not None and plan.pool is not None
 
 
 def get_line(txn: Txn, ref: str) -> Subscriber:
