@@ -210,7 +210,8 @@ class Store(Protocol):
         ...
 
     def stat(self) -> dict[str, int]:
-        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes."""
+        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes, among
+        them "map_size" (the most the store may grow to) and "used_bytes" (what it uses), in bytes."""
         ...
 
     # -- writing, synchronously (CLI, tests, benchmarks, maintenance) ---------------------------------------------

@@ -37,6 +37,7 @@ from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from chf.runtime.storage import Store, open_store
+from tools.sdnotify import Notifier
 
 log = logging.getLogger("chf.serve")
 
@@ -212,6 +213,9 @@ class WorkerPool:
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
     """The single process, or the core of front-end workers (see process_role)."""
     role = process_role(config)
+    # systemd (deploy/chf.service, Type=notify): READY=1 once everything listens, the watchdog pinged from this
+    # loop, STOPPING=1 when the drain begins. Taken from the environment before any worker is started.
+    notifier = Notifier.from_environment()
     store = open_store(config)
     try:
         service = build_service(config, store)
@@ -225,6 +229,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         store.close()
         raise
     await service.start()
+    notifier.start_watchdog(lambda: store.running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -271,6 +276,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         )
         if pool is not None:
             log.info("event=frontend_workers_ready workers=%d", pool.count)
+        notifier.ready("serving: " + (",".join(c.name for c in components) or "-"))
         if started is not None:
             res = started(service)
             if res is not None:
@@ -278,11 +284,13 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         await stop.wait()
         log.info("event=stopping")
     finally:
+        notifier.stopping()
         for component in reversed(components):
             try:
                 await component.stop()
             except Exception:
                 log.exception("event=component_stop_failed name=%s", component.name)
+        await notifier.close()  # the watchdog pings until the front-ends have drained
         await service.stop()
         store.close()
         with contextlib.suppress(FileNotFoundError):

@@ -6,13 +6,41 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.samples import Sample
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class Tally:
+    """A counter by label values for the per-request path, kept in a plain dict and rendered as a counter family
+    at scrape. Counting grants this way added 1,300 instructions to observe_charge, a prometheus_client child's
+    inc() 4,600 (its lock and value object; callgrind, pure Python). Only the event loop's thread counts (the
+    store resolves on the loop), so the dict needs no lock."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.counts: dict[tuple[str, ...], int] = {}
+        registry.register(self)
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        for labels, value in list(self.counts.items()):
+            family.add_metric(labels, value)
+        yield family
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -61,6 +89,16 @@ UNITS_GRANTED = Counter("chf_granted_units_total", "Units granted, by unit type"
 UNITS_CONSUMED = Counter(
     "chf_consumed_units_total", "Units reported used and charged, by unit type", ["unit"], registry=REGISTRY
 )
+# Per rating group of a charging answer: "granted" (quota given) or "denied" (a result other than success: credit
+# limit reached, user unknown, rating failed, ...); a request refused as a whole (no rating group answered) counts
+# once, denied with its result. What the dashboard's "grants vs denials" and the rating-failure alert read.
+QUOTA_ANSWERS = Tally(
+    "chf_quota_answers_total",
+    "Quota decisions per rating group of charging answers, by outcome (granted, denied) and result",
+    ("outcome", "result"),
+    REGISTRY,
+)
+QUOTA_ANSWERS.counts[("granted", "success")] = 0  # shown from the start
 OPEN_SESSIONS = Gauge(
     "chf_open_sessions", "Charging sessions in the store, open or in their replay window", registry=REGISTRY
 )
@@ -79,6 +117,10 @@ COMMIT_BATCH = Histogram(
     registry=REGISTRY,
 )
 WRITE_QUEUE = Gauge("chf_store_write_queue_operations", "Operations waiting for the next commit", registry=REGISTRY)
+# Read at each scrape. The store is full (writes refused) when the used size reaches the map size ([store]
+# map_size_mb). Freed pages are reused before the store grows, so the used size is a high-water mark.
+STORE_USED = Gauge("chf_store_used_bytes", "Store pages in use up to the highest, in bytes", registry=REGISTRY)
+STORE_MAP_SIZE = Gauge("chf_store_map_size_bytes", "Largest size the store may reach, in bytes", registry=REGISTRY)
 
 # -- export --
 EXPORT_BACKLOG = Gauge(
@@ -101,9 +143,18 @@ def observe_charge(request: Any, answer: Any) -> None:
     A retransmission answered from the stored answer counts nothing: its units were counted the first time."""
     if answer.duplicate:
         return
+    quota = QUOTA_ANSWERS.counts
     for unit_answer in answer.units:
         if unit_answer.granted and unit_answer.unit:
             _granted(unit_answer.unit).inc(unit_answer.granted)
+        if unit_answer.result != "success":
+            key = ("denied", unit_answer.result)
+            quota[key] = quota.get(key, 0) + 1
+        elif unit_answer.granted:
+            quota[_GRANTED] += 1
+    if not answer.units and answer.result != "success":
+        key = ("denied", answer.result)
+        quota[key] = quota.get(key, 0) + 1
     for unit_request in request.units:
         for report in unit_request.used:
             units = report.units
@@ -133,6 +184,7 @@ def labelled(metric: Any) -> Any:
 
 _granted = labelled(UNITS_GRANTED)
 _consumed = labelled(UNITS_CONSUMED)
+_GRANTED = ("granted", "success")
 
 
 # -- front-end worker processes (chf.corelink) --
