@@ -841,6 +841,10 @@ async def test_fees_follow_the_line_state_when_the_clock_moves_on(clocked: tuple
     assert status == 200 and bal["buckets"] == []  # suspended on postpaid-l: no bundle while suspended
     status, gone, _ = await api.call("GET", f"/v1/lines/{terminated}")
     assert gone["period"] is None  # its periods stopped
+    before = api.snapshot()
+    status, data, resp = await api.call("PUT", f"/v1/lines/{terminated}/plan", {"plan": "payg"})
+    assert_problem(status, data, resp, 409, "line")
+    assert api.snapshot() == before
 
 
 async def test_flexible_pool_follows_its_lines_through_the_api(api: Api) -> None:

@@ -701,3 +701,15 @@ def test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on(chf:
     shown = chf("--json", "account", "show", "corp").json()
     assert shown["balance"] == -(3 * 24_990_000 + months * (24_990_000 + 4_990_000))
     assert chf("--json", "subscriber", "show", lines["terminated"]).json()["period"] is None
+
+
+def test_a_terminated_line_cannot_change_plan_and_a_provisioned_one_pays_from_activation(demo: Any, home: Path) -> None:
+    # 208019000000005: alice's SIM in stock (provisioned, plan payg). Its plan can change; nothing is charged.
+    wallet = demo("--json", "account", "show", "alice").json()["balance"]
+    r = demo("--json", "subscriber", "set-plan", "208019000000005", "prepaid-s", "--reason", "upsell")
+    assert r.status == 0 and r.json()["plan"] == "prepaid-s"
+    shown = demo("--json", "subscriber", "show", "208019000000005").json()
+    assert shown["period"] is None and shown["buckets"] == []
+    assert demo("--json", "account", "show", "alice").json()["balance"] == wallet
+    demo("subscriber", "set-state", "208019000000005", "terminated", "--reason", "never sold")
+    refused(demo, home, ["subscriber", "set-plan", "208019000000005", "payg"], "line", status=1)
