@@ -339,3 +339,17 @@ def test_a_pool_that_shrinks_keeps_what_was_used(world: World) -> None:
     state(world, third, "active")
     p = pool(world, "iot")
     assert (p.initial, p.remaining) == (3000, 1500)  # 3000 less the 1500 used: no inflation
+
+
+def test_an_account_fee_renewed_by_a_line_request_names_no_line(world: World) -> None:
+    """A line's request (here a provisioned line's move) may be what brings its account's plan up to date: the
+    account's renewal and expiries are the account's, not charged to that line (found by the money oracle)."""
+    world.account("fam", payment="postpaid", credit_limit=100_000, plan="fam")
+    world.account("other", payment="postpaid", credit_limit=100_000)
+    line, _ = world.line("fam", plan="fam", state="provisioned")
+    world.now = at(2026, 4, 2)
+    seq = world.last_seq()
+    world.admin(provisioning.move_line, f"#{line}", "other", actor="ops", reason="split")
+    renewals = [e for e in world.events(seq) if e["kind"] in ("renewal", "expiry")]
+    assert renewals and all(e["subscriber"] is None and e["account"] == "fam" for e in renewals)
+    assert [e["charge"] for e in renewals if e["kind"] == "renewal"] == [3000]

@@ -23,6 +23,8 @@ caller flushes the context).
 
 from __future__ import annotations
 
+from typing import Any
+
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
@@ -106,6 +108,15 @@ def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
         ctx.line_bs_dirty = True
 
 
+def _event(ctx: Context, kind: str, actor: str, reason: str | None, owner: str) -> dict[str, Any]:
+    """An event about `owner`'s balance set. An account's (shared allowances, a pool, the account's plan fee)
+    names no line, whichever line's request brought it up to date."""
+    event = ctx.base_event(kind, actor, reason)
+    if owner.startswith("account:"):
+        event["subscriber"] = event["imsi"] = event["msisdn"] = None
+    return event
+
+
 def _end_line_plan(ctx: Context, bs: BalanceSet, owner: str, at: int, state: str) -> None:
     """A line that is not (or no longer) in service at a boundary: its plan's periods stop there. Its buckets
     expire as they end, nothing rolls over, no fee is charged and nothing is granted; the line keeps its plan
@@ -130,7 +141,7 @@ def _expire_buckets(ctx: Context, bs: BalanceSet, owner: str, at: int, *, period
         if b.valid_to > at:
             keep.append(b)
             continue
-        event = ctx.base_event("expiry", "system", "validity ended")
+        event = _event(ctx, "expiry", "system", "validity ended", owner)
         event["time"] = b.valid_to
         remaining = b.remaining
         b.remaining = 0
@@ -183,7 +194,7 @@ def _start_period(
     """Charge the period's fee and grant the period's allowances (line: own ones; account: shared and pool), as
     the line's `state` at `at` allows (`line_terms`). A period starting after its nominal start (`at` inside
     it) is charged for the days left of it when the plan prorates."""
-    event = ctx.base_event("renewal", "system", reason)
+    event = _event(ctx, "renewal", "system", reason, owner)
     event["time"] = at
     event["plan"] = plan.name
     event["period_index"] = bs.period_index
@@ -248,7 +259,7 @@ def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, re
         if b.kind in ("plan", "pool", "rollover"):
             b.valid_to = min(b.valid_to, now)
     _expire_buckets(ctx, bs, owner, now, period_ended=False)
-    change = ctx.base_event("plan_change", actor, reason)
+    change = _event(ctx, "plan_change", actor, reason, owner)
     change["plan"] = plan.name
     change["previous_plan"] = bs.plan
     ctx.events.append(change)
