@@ -445,6 +445,10 @@ def test_catalogue_check_and_show(chf: Any, home: Path) -> None:
     detail = r.json()
     assert detail["fee"] == 9_990_000 and {a["name"] for a in detail["allowances"]} >= {"data", "voice", "sms"}
     assert chf("catalogue", "show", "iot-flex-50m").status == 0
+    shown = chf("catalogue", "show", "postpaid-l").out
+    assert "4.99 EUR per period, allowances held back" in shown and "prorated:" in shown
+    detail = chf("--json", "catalogue", "show", "hybrid-m").json()
+    assert (detail["suspended_fee"], detail["prorate"]) == (0, True)
     r = chf("catalogue", "show", "nope")
     assert r.status == 1 and "plan" in r.err
 

@@ -488,7 +488,15 @@ def plan_detail(plan: Plan, currency: str) -> dict[str, Any]:
     out["pool_unit"] = plan.pool_unit
     out["pool_amount"] = plan.pool_amount
     out["pool_per_line"] = plan.pool_per_line
+    out["suspended_fee"] = plan.suspended_fee  # None: the full fee (README, "Fees and the line lifecycle")
+    out["prorate"] = plan.prorate
     return out
+
+
+def suspended_text(fee: int | None, currency: str) -> str:
+    if fee is None:
+        return "the full fee, with the allowances"
+    return f"{money(fee, currency)} per period, allowances held back" if fee else "nothing, allowances held back"
 
 
 def cmd_catalogue_show(env: Env) -> int:
@@ -520,6 +528,8 @@ def cmd_catalogue_show(env: Env) -> int:
                     ("description", d["description"]),
                     ("payment", d["payment"]),
                     ("fee", f"{d['fee_text']} per {d['period']}"),
+                    ("suspended", suspended_text(d["suspended_fee"], currency)),
+                    ("prorated", "yes: a partial period costs its days left" if d["prorate"] else "no"),
                     ("overage", d["overage"]),
                     ("roaming", "yes" if d["roaming"] else "no"),
                     ("pool", f"{d['pool']} ({d['pool_unit']})" if d["pool"] else None),
