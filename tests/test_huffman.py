@@ -11,7 +11,7 @@ from hpack.huffman_table import decode_huffman as hpack_decode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import nchf.http  # noqa: F401  (installs the decoder)
+import nchf.h2connection  # noqa: F401  (installs the decoder)
 from nchf.huffman import decode_huffman
 
 ENCODER = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)

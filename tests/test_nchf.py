@@ -314,6 +314,36 @@ async def test_http1_on_the_same_port(chf: Chf) -> None:
     await writer.wait_closed()
 
 
+async def _http1_exchange(port: int, *parts: bytes) -> bytes:
+    """Send `parts` (one write each, a moment apart) and read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_http1_limits_and_framing_errors(chf: Chf) -> None:
+    """HTTP/1.1 refusals: each answered with its status and a ProblemDetails, then the connection is closed."""
+    create = f"POST {API}/chargingdata HTTP/1.1\r\nHost: chf\r\nContent-Type: application/json\r\n".encode()
+    # A body over the limit is refused from its Content-Length, before it arrives.
+    too_big = await _http1_exchange(chf.port, create + b"Content-Length: 70000\r\n\r\n")
+    assert too_big.startswith(b"HTTP/1.1 413 ") and b'"cause":"REQUEST_TOO_LARGE"' in too_big
+    chunked = await _http1_exchange(chf.port, create + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ") and b'"cause":"LENGTH_REQUIRED"' in chunked
+    not_a_number = await _http1_exchange(chf.port, create + b"Content-Length: 1e3\r\n\r\n")
+    assert not_a_number.startswith(b"HTTP/1.1 400 ") and b'"cause":"INVALID_MSG_FORMAT"' in not_a_number
+    # A header block over the limit that arrives in pieces (never complete) is refused as it grows.
+    padding = b"X-Padding: " + b"p" * 10_000 + b"\r\n"
+    pieces = await _http1_exchange(chf.port, create, padding, padding)
+    assert pieces.startswith(b"HTTP/1.1 431 ") and b'"cause":"REQUEST_TOO_LARGE"' in pieces
+    for answer in (too_big, chunked, not_a_number, pieces):
+        assert b"\r\nconnection: close\r\n" in answer
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
