@@ -15,13 +15,13 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from chf.core.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
 from chf.runtime import metrics
 from chf.runtime.port import ChargingPort, refusal
 from nchf.auth import BearerAuth, Unauthorized
-from nchf.http import Request, Respond, Response
 from nchf.mapping import (
     SESSION_RESULT,
     InvalidRequest,
@@ -31,6 +31,7 @@ from nchf.mapping import (
     problem,
     to_charging_request,
 )
+from nchf.messages import Request, Respond, Response
 
 log = logging.getLogger("nchf")
 
@@ -77,15 +78,21 @@ class NchfApp:
         *,
         auth: BearerAuth | None = None,
         max_in_flight: int = 8192,
+        request_numbers: Iterator[int] | None = None,
     ) -> None:
+        """`request_numbers`: the numbers given to requests that carry invocationSequenceNumber 0 after the create
+        (free5GC's SMF never numbers them), so that each is a new request. By default a local counter above
+        Uint32 (no client can send such a number) from microseconds since the epoch (it never repeats, even
+        across restarts); where several processes serve one core, the core must number them instead (one
+        counter: the engine needs them to grow per session, and one session's updates may come through
+        different processes)."""
         self.service = service
         self.auth = auth
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        # Requests that carry invocationSequenceNumber 0 after the create (free5GC's SMF never numbers them) are
-        # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
-        # across restarts (microseconds since the epoch).
-        self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
+        if request_numbers is None:
+            request_numbers = itertools.count(2**32 + time.time_ns() // 1000)
+        self._unnumbered = request_numbers
         self._ref_key = ("nchf-ref:" + service.store_id).encode()
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
@@ -93,15 +100,9 @@ class NchfApp:
         self._to_submit: list[tuple[ChargingRequest, _Exchange]] = []  # parsed in this loop iteration
 
     # -- entry point ------------------------------------------------------------------------------------------------
-    async def handle(self, request: Request) -> Response:
-        """The coroutine form of `handle_soon`, for callers that await (the server uses the callback form)."""
-        answered: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.handle_soon(request, answered.set_result)
-        return await answered
-
     def handle_soon(self, request: Request, respond: Respond) -> None:
         """Answer `request` through `respond(response)`, exactly once: at once when it is refused, or from the
-        service's callback once the change is durable. No coroutine or Task per request (see nchf.http)."""
+        service's callback once the change is durable. No coroutine or Task per request (see nchf.messages)."""
         started = time.perf_counter()
         path = request.path
         if "?" in path:

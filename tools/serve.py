@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -30,7 +31,8 @@ from chf.core.catalogue import CatalogueError, load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime.config import Config, ConfigError
-from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
+from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from store.lmdbstore import Store
 
@@ -55,7 +57,35 @@ COMPONENT_FACTORIES.append(api_components)
 COMPONENT_FACTORIES.append(export_components)
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
-from nchf.component import nchf_components  # noqa: E402
+from nchf.component import NchfComponent, NchfNotifierComponent, parse_settings  # noqa: E402
+
+
+def _nchf_components(config: Config, port: ChargingPort, role: str) -> list[Component]:
+    """The Nchf front-end for a process role, when conf/chf.toml has an enabled [nchf] section: in one process
+    ("all") the server with its notifier; with front-end workers, the workers share the port and leave the
+    numbering of unnumbered requests to the core (one counter for all workers: the engine needs the numbers to
+    grow per session, and the updates of one session may arrive through different workers), and the core sends
+    the notifications (each once, whatever the number of workers)."""
+    if "nchf" not in config.raw:
+        return []
+    settings = parse_settings(config.section("nchf"), config.source)
+    if not settings.enabled:
+        return []
+    if role == "core":
+        if settings.port == 0:  # each worker would listen on a port of its own
+            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
+        return [NchfNotifierComponent(port, settings)]
+    if role == "worker":
+        worker = NchfComponent(
+            port, settings, reuse_port=True, send_notifications=False, request_numbers=itertools.repeat(ASSIGN_NUMBER)
+        )
+        return [worker]
+    return [NchfComponent(port, settings)]
+
+
+def nchf_components(config: Config, port: ChargingPort) -> list[Component]:
+    return _nchf_components(config, port, config.role)
+
 
 COMPONENT_FACTORIES.append(gy_components)
 COMPONENT_FACTORIES.append(nchf_components)
