@@ -140,18 +140,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     body = workdir / "update.json"
     body.write_text(json.dumps(UPDATE_BODY))
     log_file = workdir / "h2load.log"
-    cmd = [
-        args.h2load,
-        "-c", str(args.connections),
-        "-m", str(args.streams),
-        "-t", "1",
-        "-D", str(args.duration),
-        "--warm-up-time", str(args.warmup),
-        "-i", str(uris),
-        "-d", str(body),
-        "-H", "content-type: application/json",
-        "--log-file", str(log_file),
-    ]  # fmt: skip
+    options = {
+        "-c": str(args.connections),
+        "-m": str(args.streams),
+        "-t": "1",
+        "-D": str(args.duration),
+        "--warm-up-time": str(args.warmup),
+        "-i": str(uris),
+        "-d": str(body),
+        "-H": "content-type: application/json",
+        "--log-file": str(log_file),
+    }
+    cmd = [args.h2load, *(word for option in options.items() for word in option)]
     if args.rps:
         cmd += ["--rps", str(max(1, args.rps // args.connections))]
     commits0, ops0 = store.commits, store.committed_ops

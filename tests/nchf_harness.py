@@ -233,10 +233,17 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
     bucket = bs.buckets[0].id
     await op(
         lambda txn, engine, now: provisioning.adjust(
-            txn, engine, "acct-broke", -15_000_000, now=now, actor="test", reason="used up",
-            line_id=broke, bucket_id=bucket,
+            txn,
+            engine,
+            "acct-broke",
+            -15_000_000,
+            now=now,
+            actor="test",
+            reason="used up",
+            line_id=broke,
+            bucket_id=bucket,
         )
-    )  # fmt: skip
+    )
     await op(
         lambda txn, engine, now: provisioning.set_state(
             txn, engine, IMSI_SUSPENDED, "suspended", now=now, actor="test", reason="test"

@@ -623,11 +623,10 @@ async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
     path = tmp_path / "create.json"
     path.write_text(json.dumps(body))
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        curl, "--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json",
-        "--data-binary", f"@{path}", f"http://127.0.0.1:{chf.port}{API}/chargingdata",
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    options = ["--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}"]
+    options += ["-H", "content-type: application/json", "--data-binary", f"@{path}"]
+    url = f"http://127.0.0.1:{chf.port}{API}/chargingdata"
+    proc = await asyncio.create_subprocess_exec(curl, *options, url, stdout=subprocess.PIPE)
     out, _ = await proc.communicate()
     assert out == b"201" and time.monotonic() - started < 0.9  # no one-second wait for 100 Continue
 
@@ -649,10 +648,8 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
         f'[store]\npath = "{tmp_path / "chf.lmdb"}"\nmap_size_mb = 64\n'
         f'[nchf]\nlisten = "127.0.0.1"\nport = {port}\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
-        cwd=repo, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(*command, cwd=repo, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         while True:
@@ -791,8 +788,15 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
         final=st.none() | st.sampled_from(["terminate", "redirect", "restrict_access"]),
         result=st.sampled_from(["success", "credit_limit_reached", "end_user_service_denied", "rating_failed"]),
     )
-    def check(rg: int, unit: str | None, granted: int | None, validity: int | None, threshold: int | None,
-              final: str | None, result: str) -> None:  # fmt: skip
+    def check(
+        rg: int,
+        unit: str | None,
+        granted: int | None,
+        validity: int | None,
+        threshold: int | None,
+        final: str | None,
+        result: str,
+    ) -> None:
         ua = UnitAnswer(rg, result, unit=unit, granted=granted, validity_time=validity)
         if unit == "bytes":
             ua.volume_threshold = threshold
