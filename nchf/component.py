@@ -31,6 +31,12 @@ _KEYS = {
     "max_connections",
     "max_in_flight",
     "request_timeout",
+    "idle_timeout",
+    "connection_window",
+    "stream_reset_burst",
+    "stream_reset_rate",
+    "control_frame_burst",
+    "control_frame_rate",
     "auth_tokens",
     "jwt_key_file",
     "notify_timeout",
@@ -95,6 +101,10 @@ def parse_settings(section: dict[str, Any], source: str = "conf/chf.toml") -> Nc
     lim.max_body_bytes = integer("max_body_bytes", lim.max_body_bytes, 1024)
     lim.max_connections = integer("max_connections", lim.max_connections, 1)
     s.max_in_flight = integer("max_in_flight", s.max_in_flight, 1)
+    lim.connection_window = integer("connection_window", lim.connection_window, 65535)
+    lim.stream_reset_burst = integer("stream_reset_burst", lim.stream_reset_burst, 1)
+    lim.control_frame_burst = integer("control_frame_burst", lim.control_frame_burst, 1)
+    _positive_numbers(section, lim, ("idle_timeout", "stream_reset_rate", "control_frame_rate"), err)
     request_timeout = section.get("request_timeout", lim.request_timeout)
     if isinstance(request_timeout, bool) or not isinstance(request_timeout, int | float) or request_timeout <= 0:
         err("request_timeout", f"must be a positive number of seconds, got {request_timeout!r}")
@@ -122,6 +132,15 @@ def parse_settings(section: dict[str, Any], source: str = "conf/chf.toml") -> Nc
     if errors:
         raise ConfigError(errors)
     return s
+
+
+def _positive_numbers(section: dict[str, Any], limits: Limits, keys: tuple[str, ...], err: Any) -> None:
+    for key in keys:
+        value = section.get(key, getattr(limits, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            err(key, f"must be a positive number, got {value!r}")
+        else:
+            setattr(limits, key, float(value))
 
 
 class NchfComponent:

@@ -29,6 +29,7 @@ from nchf.messages import (
     Response,
     plain_error,
 )
+from nchf.ratelog import RateLog
 
 __all__ = [
     "CallbackHandler",
@@ -58,15 +59,17 @@ class HttpConnection(asyncio.Protocol):
         self.scheme = "http"
         self.session: Http1Session | Http2Session | None = None
         self.preface = b""  # the first bytes, until they tell the HTTP version
+        self.opened = self.loop.time()
         self.closed = False
-        self.partial_timer: asyncio.TimerHandle | None = None
+        self.holds: set[str] = set()  # why reading is paused (none: reading)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        self.opened = self.loop.time()
         self.server.connections.add(self)
         if len(self.server.connections) > self.server.limits.max_connections:
-            log.warning("event=connection_refused reason=too_many_connections")
+            self.server.refusals.note("too_many_connections")
             transport.close()
             return
         ssl_object = transport.get_extra_info("ssl_object")
@@ -77,18 +80,15 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.watch(False)
         self.server.connections.discard(self)
         if self.session is not None:
             self.session.lost()
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.hold_reading("client_not_reading", True)  # its answers pile up: take no more requests from it
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.hold_reading("client_not_reading", False)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -97,33 +97,45 @@ class HttpConnection(asyncio.Protocol):
             return
         preface = self.preface = self.preface + data
         if len(preface) < len(H2_PREFACE) and H2_PREFACE.startswith(preface):
-            self.watch(True)
             return  # could still be the preface: wait for more
         self.preface = b""
         if preface.startswith(H2_PREFACE):
-            self.watch(False)
             session = self.session = Http2Session(self)
         else:
             session = self.session = Http1Session(self)
         session.received(preface)
 
-    # -- timers -----------------------------------------------------------------------------------------------------
-    def watch(self, waiting: bool) -> None:
-        """A request (or preface) that started must complete within request_timeout: a peer that trickles bytes
-        or stops half-way is not allowed to hold a connection slot for ever. `waiting`: one has started."""
-        waiting = waiting and not self.closed
-        if waiting and self.partial_timer is None:
-            self.partial_timer = self.loop.call_later(self.server.limits.request_timeout, self._partial_expired)
-        elif not waiting and self.partial_timer is not None:
-            self.partial_timer.cancel()
-            self.partial_timer = None
+    def hold_reading(self, reason: str, hold: bool) -> None:
+        """Pause reading for `reason` (hold) or lift that reason; reading resumes once no reason is left."""
+        holds = self.holds
+        if self.closed or self.transport is None or (reason in holds) == hold:
+            return
+        if hold:
+            holds.add(reason)
+            if len(holds) == 1:
+                self.transport.pause_reading()
+        else:
+            holds.discard(reason)
+            if not holds:
+                self.transport.resume_reading()
 
-    def _partial_expired(self) -> None:
-        self.partial_timer = None
-        if not self.closed and self.transport is not None:
-            mode = "undecided" if self.session is None else "h2" if type(self.session) is Http2Session else "http1"
-            log.info("event=request_timeout mode=%s", mode)
-            self.transport.close()
+    # -- timers (HttpServer's sweep) --------------------------------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        """Close the connection, or refuse its requests, where a time limit has passed: the first bytes must tell
+        the HTTP version within request_timeout (a silent socket does not hold a connection slot for ever);
+        after that the session's own limits apply (a request arrives whole within request_timeout; a connection
+        with nothing to serve for idle_timeout is closed)."""
+        if self.closed or self.transport is None:
+            return
+        session = self.session
+        if session is None:
+            if now - self.opened > self.server.limits.request_timeout:
+                self.server.refusals.note("request_timeout")
+                self.transport.close()
+            return
+        reason = session.overdue(now)
+        if reason is not None:
+            session.expire(reason)
 
     # -- shutdown ---------------------------------------------------------------------------------------------------
     def goaway(self) -> None:
@@ -158,14 +170,22 @@ class HttpServer:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.limits = limits or Limits()
-        # Stream windows never need reopening (see Http2Session._data_received): a body fits in one window.
-        self.limits.stream_window = max(self.limits.stream_window, self.limits.max_body_bytes + 16384)
+        self.limits = limits = limits or Limits()
+        # Stream windows never need reopening (see Http2Session._give_back): a body fits in one window; the
+        # connection's holds at least one body, and RFC 9113 starts it at 65,535 bytes (it cannot shrink).
+        limits.stream_window = max(limits.stream_window, limits.max_body_bytes + 16384)
+        limits.connection_window = max(limits.connection_window, limits.max_body_bytes + 16384, 65535)
         self.error_responder = error_responder
         self.reuse_port = reuse_port  # several processes serve the port (SO_REUSEPORT)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.in_flight = 0  # requests handed to the handler and not answered yet
+        # Connections and requests refused or cut off by a limit, counted and logged as a summary.
+        self.refusals = RateLog(log, "http_refusals", quiet=frozenset({"idle_timeout"}))
+        # A coarse clock (loop time, updated by the sweep) for what is stamped per request: a clock call each
+        # would show in the per-request CPU, and the limits it serves are seconds long.
+        self.now = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
 
     def dispatch(self, request: Request, respond: Respond) -> None:
@@ -204,11 +224,31 @@ class HttpServer:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        self.now = asyncio.get_running_loop().time()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="nchf-http-sweep")
+
+    async def _sweep(self) -> None:
+        """Every fraction of the shortest time limit: advance the coarse clock and let each connection apply its
+        time limits (HttpConnection.sweep). One task for all connections instead of a timer per request."""
+        limits = self.limits
+        interval = min(1.0, max(0.01, min(limits.request_timeout, limits.idle_timeout) / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.now = loop.time()
+            for connection in list(self.connections):
+                connection.sweep(now)
+            self.refusals.flush_due()
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting, tell clients (GOAWAY), let in-flight requests finish, then close the connections."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for conn in list(self.connections):
             conn.goaway()
         deadline = time.monotonic() + drain_seconds

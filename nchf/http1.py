@@ -59,6 +59,8 @@ def _request(event: h11.Request, body: bytes, scheme: str) -> Request:
 class Http1Session:
     """The HTTP/1.1 side of one `HttpConnection`."""
 
+    mode = "http1"
+
     def __init__(self, connection: HttpConnection) -> None:
         self.connection = connection
         self.server = connection.server
@@ -72,18 +74,45 @@ class Http1Session:
         self.body: list[bytes] = []
         self.busy = False  # a request is with the handler: the next one waits in h11's buffer
         self.closed = False
+        self.clock = connection.loop.time
+        self.active = self.clock()  # when a request was last handed over or answered
+        self.partial_since = 0.0  # when the request arriving now began (0: none is arriving)
 
     # -- from the connection ----------------------------------------------------------------------------------------
     def received(self, data: bytes) -> None:
         self.h11.receive_data(data)
+        if self.busy:
+            # One request at a time: what comes meanwhile waits in h11's buffer, and no more is read until the
+            # answer is sent (so a client cannot make us buffer without bound).
+            self.connection.hold_reading("http1_busy", True)
+            return
         self._process()
-        self.connection.watch(self.waiting())
+        self._note_partial()
 
-    def waiting(self) -> bool:
-        """Whether a request has begun to arrive and is not complete yet (the connection times that)."""
+    def _note_partial(self) -> None:
+        """Start (or stop) the clock of a request that has begun to arrive and is not complete yet."""
         if self.busy or self.closed:
-            return False
-        return self.h11.their_state is h11.SEND_BODY or bool(self.h11.trailing_data[0])
+            self.partial_since = 0.0
+        elif self.h11.their_state is h11.SEND_BODY or self.h11.trailing_data[0]:
+            if not self.partial_since:
+                self.partial_since = self.clock()
+        else:
+            self.partial_since = 0.0
+
+    def overdue(self, now: float) -> str | None:
+        """What is overdue at `now`: request_timeout (a request began longer ago and is not complete), idle_timeout
+        (no request for that long), or None; never while a request is with the handler."""
+        if self.busy or self.closed:
+            return None
+        if self.partial_since:
+            return "request_timeout" if now - self.partial_since > self.limits.request_timeout else None
+        return "idle_timeout" if now - self.active > self.limits.idle_timeout else None
+
+    def expire(self, reason: str) -> None:
+        """Close the connection: HTTP/1.1 has no way to refuse a request that has only partly arrived."""
+        self.server.refusals.note(reason)
+        self.transport.close()
+        self.closed = True
 
     def lost(self) -> None:
         self.closed = True
@@ -163,6 +192,8 @@ class Http1Session:
         self.head = None
         body, self.body = b"".join(self.body), []
         self.busy = True
+        self.partial_since = 0.0
+        self.active = self.clock()
         self.server.dispatch(_request(head, body, self.scheme), _Reply(self))
 
     def _fail(self, status: int, detail: str) -> None:
@@ -177,6 +208,7 @@ class Http1Session:
     def answer(self, response: Response) -> None:
         self.server.in_flight -= 1
         self.busy = False
+        self.active = self.clock()
         if self.closed:
             return
         self._send(response)
@@ -188,7 +220,9 @@ class Http1Session:
             return
         self.h11.start_next_cycle()
         self._process()  # a pipelined request may be waiting
-        self.connection.watch(self.waiting())
+        self._note_partial()
+        if not self.busy:
+            self.connection.hold_reading("http1_busy", False)
 
     def _send(self, response: Response, *, close: bool = False) -> None:
         headers = list(response.headers)

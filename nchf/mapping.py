@@ -499,6 +499,7 @@ def problem(status: int, cause: str, detail: str, invalid: list[dict[str, str]] 
         403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
+        408: "Request Timeout",
         411: "Length Required",
         413: "Payload Too Large",
         415: "Unsupported Media Type",

@@ -12,13 +12,24 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Limits:
+    """What one client may make the server hold, and for how long (every setting of [nchf] of the same name)."""
+
     max_concurrent_streams: int = 256  # per HTTP/2 connection
     max_header_bytes: int = 16384  # header list (HTTP/2) or header block (HTTP/1.1)
     max_body_bytes: int = 65536
-    stream_window: int = 1 << 20  # flow-control windows we grant peers: large, so uploads never stall
-    connection_window: int = 16 << 20
+    stream_window: int = 1 << 20  # flow-control window we grant a stream: larger than any body, never reopened
+    # Bytes of request bodies one connection may have buffered and not yet handed to the handler: the HTTP/2
+    # connection flow-control window, given back only as requests complete (HTTP/1.1 reads one request at a time).
+    connection_window: int = 1 << 20
     max_connections: int = 1024
-    request_timeout: float = 10.0  # seconds for a started HTTP/1.1 request (or the HTTP/2 preface) to arrive
+    request_timeout: float = 10.0  # seconds for a request (or the HTTP/2 preface) to arrive whole once started
+    idle_timeout: float = 120.0  # seconds a connection may stay without a request to serve before it is closed
+    # HTTP/2 floods (CVE-2023-44487 rapid reset; SETTINGS and PING floods): token buckets per connection, a burst
+    # and a rate per second; a connection that empties one gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+    stream_reset_burst: int = 1000  # streams the client may reset (nghttp2's defaults)
+    stream_reset_rate: float = 33.0
+    control_frame_burst: int = 100  # SETTINGS and PING frames
+    control_frame_rate: float = 10.0
 
 
 @dataclass(slots=True)

@@ -67,6 +67,11 @@ from store.schema import (
 log = logging.getLogger("chf.engine")
 
 FOREVER = 2**62
+# Protocols whose sessions the charging function names, not the client (Nchf: the ChargingDataRef of a create).
+# Their client cannot retransmit an initial request after it used the session (it learns the name from the
+# answer), so an initial request on such a session closed by a later request is a new one: it is not answered
+# from the closed session's stored answer (the front-end names a new session for it).
+SESSIONS_NAMED_BY_US = frozenset({"nchf"})
 
 
 @dataclass(slots=True)
@@ -448,7 +453,12 @@ class Engine:
         session = txn.get_session(req.session)
         if session is not None:
             stored = session.answer_for(req.number)
-            if stored is not None:
+            if stored is not None and not (
+                session.closed
+                and req.kind == INITIAL
+                and req.protocol in SESSIONS_NAMED_BY_US
+                and session.last_request != req.number
+            ):
                 return ChargingAnswer.unpack(stored, duplicate=True)
             if session.closed:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="session already terminated")
