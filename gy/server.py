@@ -17,16 +17,15 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
-from chf.runtime.config import ConfigError
 from chf.runtime.port import ChargingPort, refusal
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
+from gy.config import GyConfig, GyConfigError
 from gy.peer import (
     CMD_AS,
     CMD_RA,
@@ -52,75 +51,6 @@ CCFH_VALUES = {"terminate": 0, "continue": 1, "retry_and_terminate": 2}
 _requests = metrics.labelled(metrics.REQUESTS)
 _latency = metrics.labelled(metrics.REQUEST_LATENCY)
 _duplicates = metrics.DUPLICATES.labels("gy")
-
-
-class GyConfigError(ConfigError):
-    """A bad [gy] section: every error names the file, the section and the field."""
-
-
-@dataclass(slots=True)
-class GyConfig:
-    listen: str = "127.0.0.1"
-    port: int = 3868
-    origin_host: str = "chf.localdomain"
-    origin_realm: str = "localdomain"
-    tw: float = 30.0
-    peers: dict[str, str] = field(default_factory=dict)
-    allow_unknown_peers: bool = False
-    max_inflight_per_peer: int = 2048
-    max_inflight: int = 16384
-    duplicate_cache: int = 65536
-    ccfh: str = "retry_and_terminate"
-    session_failover: bool = False
-    product_name: str = "chf"
-    vendor_id: int = 0
-    drain_timeout: float = 5.0
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any], source: str = "conf/chf.toml") -> GyConfig:
-        """Validate the [gy] section; every error names the field."""
-        cfg = cls()
-        errors: list[str] = []
-        known = set(cls.__dataclass_fields__)
-        for key, value in section.items():
-            if key not in known:
-                errors.append(f"{source}: [gy] {key}: unknown setting (known: {', '.join(sorted(known))})")
-                continue
-            if key == "peers":
-                if not isinstance(value, list):
-                    errors.append(f"{source}: [gy] peers: must be a list of {{host, realm}} tables")
-                    continue
-                for i, peer in enumerate(value):
-                    if not isinstance(peer, dict) or not isinstance(peer.get("host"), str) or not peer["host"]:
-                        errors.append(f"{source}: [gy] peers[{i}].host: must be a non-empty string")
-                        continue
-                    realm = peer.get("realm", "")
-                    if not isinstance(realm, str):
-                        errors.append(f"{source}: [gy] peers[{i}].realm: must be a string")
-                        continue
-                    cfg.peers[peer["host"]] = realm
-                continue
-            default = getattr(cfg, key)
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            elif isinstance(default, float):
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-                value = float(value) if ok else value
-            else:
-                ok = isinstance(value, str) and bool(value)
-            if not ok:
-                errors.append(f"{source}: [gy] {key}: must be a {type(default).__name__}, got {value!r}")
-                continue
-            setattr(cfg, key, value)
-        if cfg.ccfh not in CCFH_VALUES:
-            errors.append(f"{source}: [gy] ccfh: must be one of {', '.join(CCFH_VALUES)}, got {cfg.ccfh!r}")
-        if not 0 <= cfg.port <= 65535:
-            errors.append(f"{source}: [gy] port: must be 0 to 65535, got {cfg.port}")
-        if errors:
-            raise GyConfigError(errors)
-        return cfg
 
 
 class GyProtocol(asyncio.Protocol):

@@ -13,17 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, NatsSink, Sink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,9 +69,7 @@ async def main() -> None:
         n, s = await drain(store, FileSink(str(Path(tmp) / "export"), name="files", max_bytes=16 << 20), args.batch)
         print(f"files: {n} events in {s:.2f}s = {n / s:,.0f} events/s (batch {args.batch}, fsync per batch)")
         if Path(args.nats_server).exists():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
+            port = free_port()
             proc = subprocess.Popen(
                 [args.nats_server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(Path(tmp) / "js")],
                 stdout=subprocess.DEVNULL,

@@ -33,7 +33,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.model import UPDATE, ChargingAnswer, UnitAnswer
 from chf.runtime.service import ChargingService
 from loadtest.bench_gy_codec import StubStore
@@ -101,12 +101,13 @@ class _Client:
         return out
 
 
-class _Transport:
+class _Transport(asyncio.Transport):
     def __init__(self) -> None:
+        super().__init__()
         self.chunks: list[bytes] = []
         self.writes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.chunks.append(bytes(data))
         self.writes += 1
 
@@ -131,7 +132,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
     server = nchf_http.HttpServer(on_request=app.handle_soon, port=0, error_responder=transport_error)
     connection = nchf_http.HttpConnection(server)
     transport = _Transport()
-    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.connection_made(transport)
     client = _Client()
     connection.data_received(client.preface())
     await asyncio.sleep(0)

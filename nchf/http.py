@@ -4,8 +4,9 @@ Cleartext connections start with the HTTP/2 connection preface (h2c with prior k
 an HTTP/1.1 request line (curl, schemathesis, health probes); the first bytes decide. TLS connections follow
 the ALPN result ("h2" or "http/1.1"). From then on the connection hands its bytes to the session of that
 version (nchf/http2.py, nchf/http1.py); this module keeps what does not depend on it: the connection count,
-the timer on requests that do not complete, the hand-over of requests to the handler, and shutdown.
-Connections are never closed after N requests; stream count, header and body sizes are bounded (Limits).
+the sweep that applies the time limits, the hand-over of requests to the handler, and shutdown.
+Connections are never closed after N requests, only when idle; what a client may make the server hold, and for
+how long, is bounded (Limits); refusals and cut-offs are counted and logged as a summary (nchf/ratelog.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ import logging
 import signal
 import sys
 
-from chf.export import Exporter, FileSink, NatsSink, Sink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
 
 

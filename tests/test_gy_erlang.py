@@ -9,16 +9,13 @@ Debian packages: erlang-base erlang-diameter erlang-dev erlang-examples (.ci/run
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from chf.core import provisioning
 from tests.gy_support import REPO, provision, running_server
+from tests.support import require_tool, unavailable
 
 ERLANG_DIR = REPO / "tests" / "erlang"
 TOOLS = ("erl", "erlc", "diameterc")
@@ -26,11 +23,8 @@ IMSI = "208010000000001"
 
 
 def _tools_or_skip() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{', '.join(missing)} not installed (.ci/run installs the Erlang packages)")
-        pytest.skip(f"{', '.join(missing)} not installed")
+    for tool in TOOLS:
+        require_tool(tool)
 
 
 def _build(out: Path) -> None:
@@ -38,14 +32,14 @@ def _build(out: Path) -> None:
     top of them, and the peer module. The examples say `@inherits common`: that is OTP's base dictionary."""
     lib = subprocess.run(
         ["erl", "-noshell", "-eval", 'io:format("~s", [code:lib_dir(diameter)]), halt().'],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     examples = Path(lib) / "examples" / "dict"
     if not (examples / "rfc4006_cc.dia").exists():
-        message = f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)")
     base = ["--inherits", "common/diameter_gen_base_rfc6733"]
     steps = [
         ["diameterc", "-o", str(out), *base, str(examples / "rfc4005_nas.dia")],
@@ -73,9 +67,19 @@ async def test_otp_diameter_peer(tmp_path: Path) -> None:
     async with running_server(tmp_path, gy="allow_unknown_peers = true\ntw = 3.0") as srv:
         await srv.op(provision(imsi=IMSI, balance=15_000))
         peer = await asyncio.create_subprocess_exec(
-            "erl", "-noshell", "-pa", str(build), "-run", "gy_interop", "main", "127.0.0.1", str(srv.gy.port), IMSI,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            "erl",
+            "-noshell",
+            "-pa",
+            str(build),
+            "-run",
+            "gy_interop",
+            "main",
+            "127.0.0.1",
+            str(srv.gy.port),
+            IMSI,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         assert peer.stdout is not None
         lines: dict[str, dict[str, str]] = {}
         transcript: list[str] = []
@@ -95,13 +99,22 @@ async def test_otp_diameter_peer(tmp_path: Path) -> None:
             await until("cea")
             assert srv.gy.by_host.keys() == {"erl.test"}
             # CCR-I: 1 MB granted on rating group 10 (0.01 EUR of the 0.015 EUR balance reserved)
-            assert await until("ccr_i") == {"rc": "2001", "mscc_rc": "2001", "granted": "1000000", "validity": "600",
-                                            "volume_threshold": "200000"}  # fmt: skip
+            assert await until("ccr_i") == {
+                "rc": "2001",
+                "mscc_rc": "2001",
+                "granted": "1000000",
+                "validity": "600",
+                "volume_threshold": "200000",
+            }
             # CCR-U: the MB used; 0.005 EUR left is not a whole MB: 4012 (CREDIT_LIMIT_REACHED)
             assert await until("ccr_u") == {"rc": "4012", "mscc_rc": "4012"}
             # CCR-E price enquiry: 2 SMS at 0.08 EUR = 160,000 x 10^-6 EUR (978)
-            assert await until("ccr_e") == {"rc": "2001", "cost_digits": "160000", "cost_exponent": "-6",
-                                            "currency": "978"}  # fmt: skip
+            assert await until("ccr_e") == {
+                "rc": "2001",
+                "cost_digits": "160000",
+                "cost_exponent": "-6",
+                "currency": "978",
+            }
             session = (await until("ready"))["session"]
             await srv.service.operate(
                 lambda txn, engine, now: provisioning.topup(
@@ -111,9 +124,10 @@ async def test_otp_diameter_peer(tmp_path: Path) -> None:
             # AUTHORIZE_ONLY, every rating group of the session (no Rating-Group)
             assert await until("rar") == {"session": session, "type": "0", "rating_group": "undefined"}
             await srv.service.operate(
-                lambda txn, engine, now: provisioning.set_state(txn, engine, IMSI, "suspended", now=now, actor="t",
-                                                         reason="t")
-            )  # fmt: skip
+                lambda txn, engine, now: provisioning.set_state(
+                    txn, engine, IMSI, "suspended", now=now, actor="t", reason="t"
+                )
+            )
             assert await until("asr") == {"session": session}
             assert (await until("ccr_t"))["rc"] == "2001"
             watchdog = await until("watchdog")

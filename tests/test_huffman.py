@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import hpack.hpack
 import pytest
 from hpack.exceptions import HPACKDecodingError
@@ -17,9 +20,9 @@ from nchf.huffman import decode_huffman
 ENCODER = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
 
-def outcome(decode: object, data: bytes) -> object:
+def outcome(decode: Callable[[Any], bytes], data: bytes | bytearray | memoryview) -> object:
     try:
-        return decode(data)  # type: ignore[operator]
+        return decode(data)
     except HPACKDecodingError as exc:
         return ("error", str(exc))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +15,7 @@ import pytest
 from chf.core import provisioning
 from nchf.auth import make_jwt
 from nchf.client import H2Client
-from nchf.component import NchfSettings, parse_settings
+from nchf.config import NchfSettings, parse_settings
 from nchf.http import HttpServer, Request, Response
 from tests.nchf_harness import (
     API,
@@ -33,6 +31,7 @@ from tests.nchf_harness import (
     usage,
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
+from tests.support import free_port, require_tool
 
 MB = 1_000_000
 
@@ -344,17 +343,8 @@ async def test_http1_limits_and_framing_errors(chf: Chf) -> None:
         assert b"\r\nconnection: close\r\n" in answer
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = tmp_path / "create.json"
     body.write_text(json.dumps(request_body(1, units=[usage(10)])))
     headers_file = tmp_path / "headers.txt"
@@ -429,17 +419,20 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
     )
     _, body = await asyncio.wait_for(receiver.received.get(), 5)
     assert body == {"notificationType": "ABORT_CHARGING"}
+    notifier = chf.component.notifier
+    assert notifier is not None
     for _ in range(100):  # the notifier counts once the SMF's answer is in
-        if chf.component.notifier.delivered == 2:
+        if notifier.delivered == 2:
             break
         await asyncio.sleep(0.01)
-    assert chf.component.notifier.delivered == 2
+    assert notifier.delivered == 2
     await client.close()
     await receiver.server.stop()
 
 
 async def test_notify_failure_is_bounded_and_never_blocks_charging(chf: Chf) -> None:
     notifier = chf.component.notifier
+    assert notifier is not None
     notifier.settings.timeout, notifier.settings.retries, notifier.settings.backoff = 0.5, 1, 0.01
     receiver = NotifyReceiver(status=500)
     await receiver.server.start()
@@ -506,7 +499,7 @@ def test_settings_errors_name_the_field() -> None:
 
 async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     specs_or_skip()
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -617,7 +610,7 @@ async def test_callback_handler_answers_once_later_or_on_failure_over_h2_and_htt
 
 
 async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = request_body(1, units=[usage(10)])
     body["tenantIdentifier"] = "x" * 2000  # over 1 KiB: curl sends Expect: 100-continue
     path = tmp_path / "create.json"
@@ -635,13 +628,10 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
     """`chf serve` with an [nchf] section: the factory registered in tools/serve.py starts the server."""
     specs_or_skip()
     import signal
-    import socket
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "chf.toml"
     config.write_text(
         f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{repo / "conf" / "catalogue.toml"}"\n'
@@ -810,6 +800,7 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
     check()
 
 
+@pytest.mark.slow
 def test_response_body_written_directly_equals_json_dumps_of_the_mapping() -> None:
     """charging_data_response_json writes the usual answer without json.dumps: it must be the very same text."""
     from hypothesis import given, settings

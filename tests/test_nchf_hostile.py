@@ -20,9 +20,9 @@ import h2.errors
 import h2.events
 import pytest
 
-from nchf.component import NchfSettings
+from nchf.config import NchfSettings
 from nchf.http import HttpServer, Request, Response
-from store.lmdbstore import StoreBusy
+from store.interface import StoreBusy
 from tests.nchf_harness import API, IMSI, Chf, request_body, start_chf, stop_chf, usage
 from tests.nchf_openapi import check_response, specs_or_skip
 
@@ -96,7 +96,7 @@ class RawH2:
     def status(self, stream_id: int) -> int | None:
         for e in self.events:
             if isinstance(e, h2.events.ResponseReceived) and e.stream_id == stream_id:
-                return int(dict(e.headers or [])[":status"])
+                return next(int(v) for n, v in e.headers or [] if n in (":status", b":status"))
         return None
 
     def ended(self, stream_id: int) -> bool:
@@ -158,6 +158,7 @@ async def test_a_header_block_of_endless_continuations_is_refused(chf: Chf) -> N
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
+@pytest.mark.slow
 async def test_request_bodies_buffered_per_connection_stay_within_the_connection_window(tmp_path: Path) -> None:
     """Streams that never end hold their bytes: the server gives the connection's flow-control window back only as
     requests complete, so a client can make it buffer no more than that window (the old server reopened it as
@@ -188,6 +189,7 @@ async def test_request_bodies_buffered_per_connection_stay_within_the_connection
         await stop_chf(chf)
 
 
+@pytest.mark.slow
 async def test_http1_reads_nothing_more_while_a_request_is_with_the_handler() -> None:
     """A pipelining client whose first answer is slow cannot make the server buffer what it sends meanwhile."""
     held: list[Any] = []
@@ -223,6 +225,7 @@ async def test_http1_reads_nothing_more_while_a_request_is_with_the_handler() ->
         await server.stop()
 
 
+@pytest.mark.slow
 async def test_a_request_must_arrive_whole_in_time_over_h2(tmp_path: Path) -> None:
     """A stream whose body never comes is answered 408 and reset after request_timeout; the connection lives on.
     A frame left unfinished for as long ends the connection (GOAWAY): nothing else can follow it."""
@@ -251,6 +254,7 @@ async def test_a_request_must_arrive_whole_in_time_over_h2(tmp_path: Path) -> No
 
 
 # -- item 3: idle and silent connections ------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_silent_and_idle_connections_are_closed(tmp_path: Path) -> None:
     chf = await chf_with(tmp_path, request_timeout=0.3, idle_timeout=0.6)
     try:
@@ -407,7 +411,7 @@ async def test_overload_refusals_are_counted_and_logged_as_a_summary(
 
 
 def test_the_limits_are_settings_with_safe_defaults() -> None:
-    from nchf.component import parse_settings
+    from nchf.config import parse_settings
 
     defaults = parse_settings({}).limits
     assert (defaults.idle_timeout, defaults.connection_window) == (120.0, 1 << 20)
@@ -429,6 +433,7 @@ def test_the_limits_are_settings_with_safe_defaults() -> None:
         assert f"[nchf] {key}:" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_frame_guard_follows_frames_across_any_split() -> None:
     """The guard reads frame headers wherever reads cut the bytes: valid frames pass in any split, a frame over
     the maximum size is refused as soon as its header is whole, and the state tells whether a read ended inside

@@ -54,14 +54,15 @@ import csv
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, TextIO
 
 from chf.core.catalogue import Catalogue
-from store.lmdbstore import Store
+from chf.runtime.storage import Store
+from tools.cli_env import Env
 
 MEASURES = ("bytes", "seconds", "events")
 MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
@@ -246,9 +247,23 @@ class Record:
         return hashlib.blake2b(raw.encode(), digest_size=12).digest()
 
 
-def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iterator[Record | Malformed]:
-    """Every data row of the file as a Record, or as a Malformed naming its line and field."""
-    reader = csv.reader(stream)
+@dataclass(slots=True)
+class _Columns:
+    """Where each field sits in the rows of a wholesale file (None: the file has no such column)."""
+
+    width: int
+    imsi: int
+    start: int
+    end: int
+    rating_group: int | None
+    apn: int | None
+    bytes_up: int | None
+    bytes_down: int | None
+    seconds: int | None
+    events: int | None
+
+
+def _read_header(reader: Any, source: str) -> _Columns:
     try:
         header = next(reader)
     except StopIteration:
@@ -262,11 +277,68 @@ def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iter
         missing.append("rating_group or apn")
     if missing:
         raise ReconcileError(f"{source}: line 1: header lacks column(s): {', '.join(missing)}")
-    c_imsi, c_start, c_end = column["imsi"], column["start"], column["end"]
-    c_rg, c_apn = column.get("rating_group"), column.get("apn")
-    c_up, c_down = column.get("bytes_up"), column.get("bytes_down")
-    c_sec, c_ev = column.get("seconds"), column.get("events")
-    width = len(names)
+    optional = ("rating_group", "apn", "bytes_up", "bytes_down", "seconds", "events")
+    return _Columns(
+        len(names), column["imsi"], column["start"], column["end"], *(column.get(name) for name in optional)
+    )
+
+
+def _row_reader(columns: _Columns, apn_map: dict[str, int]) -> Callable[[list[str], int], Record]:
+    """The reader of one data row into a Record; _FieldError names the first field that is wrong. The column
+    positions are bound once (a month of wholesale records is millions of rows)."""
+    c_imsi, c_start, c_end, c_rg, c_apn = columns.imsi, columns.start, columns.end, columns.rating_group, columns.apn
+    c_up, c_down, c_sec, c_ev = columns.bytes_up, columns.bytes_down, columns.seconds, columns.events
+
+    def read(row: list[str], line: int) -> Record:
+        imsi = row[c_imsi].strip()
+        if not (imsi.isdigit() and 6 <= len(imsi) <= 15):
+            raise _FieldError("imsi", imsi, "must be 6 to 15 digits")
+        try:
+            start = parse_timestamp(row[c_start])
+        except ValueError:
+            raise _FieldError("start", row[c_start], "not an ISO 8601 time or epoch seconds") from None
+        try:
+            end = parse_timestamp(row[c_end])
+        except ValueError:
+            raise _FieldError("end", row[c_end], "not an ISO 8601 time or epoch seconds") from None
+        if end < start:
+            raise _FieldError("end", row[c_end], "is before start")
+        rg_text = row[c_rg].strip() if c_rg is not None else ""
+        if rg_text:
+            if not rg_text.isdigit() or int(rg_text) > MAX_RATING_GROUP:
+                raise _FieldError("rating_group", rg_text, "must be an integer from 0 to 4294967295")
+            rating_group = int(rg_text)
+        else:
+            rating_group = _apn_rating_group(row[c_apn].strip() if c_apn is not None else "", apn_map)
+        return Record(
+            line,
+            imsi,
+            start,
+            end,
+            rating_group,
+            _count(row, c_up, "bytes_up"),
+            _count(row, c_down, "bytes_down"),
+            _count(row, c_sec, "seconds"),
+            _count(row, c_ev, "events"),
+        )
+
+    return read
+
+
+def _apn_rating_group(apn: str, apn_map: dict[str, int]) -> int:
+    if not apn:
+        raise _FieldError("rating_group", "", "neither rating_group nor apn is given")
+    mapped = apn_map.get(normalise_apn(apn))
+    if mapped is None:
+        raise _FieldError("apn", apn, "no rating group mapped to this APN (use --apn NAME=RG)")
+    return mapped
+
+
+def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iterator[Record | Malformed]:
+    """Every data row of the file as a Record, or as a Malformed naming its line and field."""
+    reader = csv.reader(stream)
+    columns = _read_header(reader, source)
+    read_row = _row_reader(columns, apn_map)
     while True:
         try:
             row = next(reader)
@@ -278,47 +350,11 @@ def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iter
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # a blank line carries no usage
-        if len(row) != width:
-            yield Malformed(line, "row", str(len(row)), f"has {len(row)} fields, the header has {width}")
+        if len(row) != columns.width:
+            yield Malformed(line, "row", str(len(row)), f"has {len(row)} fields, the header has {columns.width}")
             continue
         try:
-            imsi = row[c_imsi].strip()
-            if not (imsi.isdigit() and 6 <= len(imsi) <= 15):
-                raise _FieldError("imsi", imsi, "must be 6 to 15 digits")
-            try:
-                start = parse_timestamp(row[c_start])
-            except ValueError:
-                raise _FieldError("start", row[c_start], "not an ISO 8601 time or epoch seconds") from None
-            try:
-                end = parse_timestamp(row[c_end])
-            except ValueError:
-                raise _FieldError("end", row[c_end], "not an ISO 8601 time or epoch seconds") from None
-            if end < start:
-                raise _FieldError("end", row[c_end], "is before start")
-            rg_text = row[c_rg].strip() if c_rg is not None else ""
-            if rg_text:
-                if not rg_text.isdigit() or int(rg_text) > MAX_RATING_GROUP:
-                    raise _FieldError("rating_group", rg_text, "must be an integer from 0 to 4294967295")
-                rating_group = int(rg_text)
-            else:
-                apn = row[c_apn].strip() if c_apn is not None else ""
-                if not apn:
-                    raise _FieldError("rating_group", "", "neither rating_group nor apn is given")
-                mapped = apn_map.get(normalise_apn(apn))
-                if mapped is None:
-                    raise _FieldError("apn", apn, "no rating group mapped to this APN (use --apn NAME=RG)")
-                rating_group = mapped
-            record = Record(
-                line,
-                imsi,
-                start,
-                end,
-                rating_group,
-                _count(row, c_up, "bytes_up"),
-                _count(row, c_down, "bytes_down"),
-                _count(row, c_sec, "seconds"),
-                _count(row, c_ev, "events"),
-            )
+            record = read_row(row, line)
         except _FieldError as exc:
             yield Malformed(line, exc.field, exc.value, exc.message)
             continue
@@ -412,7 +448,7 @@ def aggregate_ours(store: Store, options: Options, summary: Summary, table: Tabl
             if not isinstance(when, int) or not first <= when < stop or not imsi:
                 continue
             rg = event.get("rating_group", -1)
-            unit = event.get("unit")
+            unit: str = event.get("unit") or ""
             units.setdefault(rg, set()).add(unit)
             index = MEASURE_INDEX.get(unit)
             if index is None:
@@ -634,7 +670,7 @@ def _percent(text: str) -> Fraction:
     return value
 
 
-def cmd_reconcile(env: Any) -> int:
+def cmd_reconcile(env: Env) -> int:
     import json
 
     args = env.args

@@ -31,7 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.lmdbstore import Store
+from chf.runtime.storage import Store
+from tools.cli_env import Env
 from tools.reconcile import DAY, ReconcileError, day_text, parse_day
 
 GROUPINGS = ("tenant", "account", "plan")
@@ -374,7 +375,7 @@ def backlog_text(unexported: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def cmd_report(env: Any) -> int:
+def cmd_report(env: Env) -> int:
     args = env.args
     try:
         day_from = parse_day(args.date_from, "--from")

@@ -5,11 +5,13 @@ services configured in conf/chf.toml. SIGHUP reloads the catalogue (an invalid f
 running one kept). Shutdown runs in reverse: front-ends stop taking requests and drain, then the writer
 commits what is queued, then the store closes.
 
-With `[server] frontend_workers = N` (N > 0) this process is the core (store, engine, sweeper, API, exporters,
-Nchf notifications) and N worker processes (`chf serve --worker I`) run the Gy and Nchf servers on the same
-ports (SO_REUSEPORT), reaching the core over the core link (chf.corelink). A worker that exits is restarted.
-The core is ready once every worker listens; on shutdown the workers drain first (Gy DPR, HTTP/2 GOAWAY,
-answers still due from the core), then the core stops as above.
+The process topology is decided here and nowhere else (`process_role`): everything in one process, or, with
+`[server] frontend_workers = N` (N > 0), a core (store, engine, sweeper, API, exporters, Nchf notifications) and
+N worker processes (`chf serve --worker I`) that run the Gy and Nchf servers on the same ports (SO_REUSEPORT),
+reaching the core over the core link (chf.runtime.corelink). A worker that exits is restarted. The core is ready
+once every worker listens; on shutdown the workers drain first (Gy DPR, HTTP/2 GOAWAY, answers still due from
+the core), then the core stops as above. The front-ends receive a `ChargingPort` (the service, or the core link
+in a worker) and the role, and build what the role runs.
 """
 
 from __future__ import annotations
@@ -24,19 +26,34 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from chf.api.server import api_components
-from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
-from store.lmdbstore import Store
+from chf.runtime.storage import Store, open_store
 
 log = logging.getLogger("chf.serve")
+
+# What a process runs:
+# - "all": everything, in one process;
+# - "core" ([server] frontend_workers > 0): the store, engine, sweeper, management API, exporters, the core link
+#   and the workers' supervisor; the front-ends only check their sections (a worker must not fail to start);
+# - "worker" (`chf serve --worker I`): the Gy and Nchf front-ends, on the core link.
+Role = Literal["all", "core", "worker"]
+
+
+def process_role(config: Config, worker: int | None = None) -> Role:
+    """The role of this process; no other part of the code decides it."""
+    if worker is not None:
+        return "worker"
+    return "core" if config.frontend_workers > 0 else "all"
 
 
 class Component(Protocol):
@@ -49,18 +66,22 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-# Factories add components for the sections present in the configuration. Each front-end issue registers its
-# own here, so `chf serve` stays the one place that knows every part.
-ComponentFactory = Callable[[Config, ChargingService], list[Component]]
-COMPONENT_FACTORIES: list[ComponentFactory] = []
-COMPONENT_FACTORIES.append(api_components)
-COMPONENT_FACTORIES.append(export_components)
+# Factories add components for the sections present in the configuration, so that `chf serve` stays the one
+# place that knows every part. Beside the store (roles "all" and "core"):
+CoreFactory = Callable[[Config, ChargingService], list[Component]]
+CORE_FACTORIES: list[CoreFactory] = [api_components, export_components]
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
-from nchf.component import NchfComponent, NchfNotifierComponent, parse_settings  # noqa: E402
+from nchf.component import NchfComponent, NchfNotifierComponent  # noqa: E402
+from nchf.config import parse_settings as parse_nchf_settings  # noqa: E402
 
 
-def _nchf_components(config: Config, port: ChargingPort, role: str) -> list[Component]:
+def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
+    config.role = role  # gy_components still takes the role from the configuration
+    return gy_components(config, port)
+
+
+def _nchf_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
     """The Nchf front-end for a process role, when conf/chf.toml has an enabled [nchf] section: in one process
     ("all") the server with its notifier; with front-end workers, the workers share the port and leave the
     numbering of unnumbered requests to the core (one counter for all workers: the engine needs the numbers to
@@ -68,7 +89,7 @@ def _nchf_components(config: Config, port: ChargingPort, role: str) -> list[Comp
     the notifications (each once, whatever the number of workers)."""
     if "nchf" not in config.raw:
         return []
-    settings = parse_settings(config.section("nchf"), config.source)
+    settings = parse_nchf_settings(config.section("nchf"), config.source)
     if not settings.enabled:
         return []
     if role == "core":
@@ -76,19 +97,15 @@ def _nchf_components(config: Config, port: ChargingPort, role: str) -> list[Comp
             raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
         return [NchfNotifierComponent(port, settings)]
     if role == "worker":
-        worker = NchfComponent(
-            port, settings, reuse_port=True, send_notifications=False, request_numbers=itertools.repeat(ASSIGN_NUMBER)
-        )
-        return [worker]
+        numbers = itertools.repeat(ASSIGN_NUMBER)  # the core numbers them
+        return [NchfComponent(port, settings, reuse_port=True, send_notifications=False, request_numbers=numbers)]
     return [NchfComponent(port, settings)]
 
 
-def nchf_components(config: Config, port: ChargingPort) -> list[Component]:
-    return _nchf_components(config, port, config.role)
-
-
-COMPONENT_FACTORIES.append(gy_components)
-COMPONENT_FACTORIES.append(nchf_components)
+# The front-ends, in every role: each builds what `role` runs of it (nothing, in a core that has workers, once its
+# section is checked).
+FrontendFactory = Callable[[Config, ChargingPort, Role], list[Component]]
+FRONTEND_FACTORIES: list[FrontendFactory] = [_gy_frontend, _nchf_frontend]
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -121,19 +138,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def open_store(config: Config) -> Store:
-    sc = config.store
-    return Store(
-        sc.path,
-        durability=sc.durability,
-        map_size=sc.map_size,
-        max_batch=sc.max_batch,
-        max_queue=sc.max_queue,
-        sync_interval=sc.sync_interval,
-        writer=sc.writer,
-    )
 
 
 def build_service(config: Config, store: Store) -> ChargingService:
@@ -193,8 +197,13 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
-            log.error("event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f", worker_id, proc.pid, rc,
-                      WORKER_RESTART_DELAY)  # fmt: skip
+            log.error(
+                "event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f",
+                worker_id,
+                proc.pid,
+                rc,
+                WORKER_RESTART_DELAY,
+            )
             await asyncio.sleep(WORKER_RESTART_DELAY)
 
     async def stop(self) -> None:
@@ -219,15 +228,17 @@ class WorkerPool:
 
 
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
-    if config.frontend_workers > 0 and config.role == "all":
-        config.role = "core"
+    """The single process, or the core of front-end workers (see process_role)."""
+    role = process_role(config)
     store = open_store(config)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.
         components: list[Component] = []
-        for factory in COMPONENT_FACTORIES:
+        for factory in CORE_FACTORIES:
             components.extend(factory(config, service))
+        for frontend in FRONTEND_FACTORIES:
+            components.extend(frontend(config, service, role))
     except BaseException:
         store.close()
         raise
@@ -253,7 +264,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             await component.start()
             log.info("event=component_started name=%s", component.name)
         os.makedirs(config.data_dir, exist_ok=True)
-        if config.role == "core":
+        if role == "core":
             link = CoreLinkServer(service, link_path(config.data_dir))
             await link.start()
             # Stopped first (reverse order): the workers drain while the link still answers them.
@@ -301,13 +312,11 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
 
 async def run_worker(config: Config, worker_id: int) -> None:
     """A front-end worker: the Gy and Nchf servers of the configuration on a RemoteService (the core link)."""
-    config.role = "worker"
     remote = RemoteService(link_path(config.data_dir), worker_id)
     await remote.connect()
-    service: Any = remote  # offers what the front-ends use of ChargingService
     components: list[Component] = []
-    for factory in (gy_components, nchf_components):
-        components.extend(factory(config, service))
+    for frontend in FRONTEND_FACTORIES:
+        components.extend(frontend(config, remote, process_role(config, worker_id)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -327,8 +336,12 @@ async def run_worker(config: Config, worker_id: int) -> None:
             await component.start()
             started.append(component)
         remote.ready()
-        log.info("event=worker_ready worker=%d pid=%d components=%s", worker_id, os.getpid(),
-                 ",".join(c.name for c in components) or "-")  # fmt: skip
+        log.info(
+            "event=worker_ready worker=%d pid=%d components=%s",
+            worker_id,
+            os.getpid(),
+            ",".join(c.name for c in components) or "-",
+        )
         closed = asyncio.create_task(remote.closed.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)

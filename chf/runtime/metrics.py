@@ -1,4 +1,4 @@
-"""Prometheus metrics of the whole process, in one registry (DESIGN.md section 9).
+"""Prometheus metrics of the whole process, in one registry (docs/architecture.md).
 
 Names carry the `chf_` prefix, units and `_total` suffixes. Labels never carry an IMSI, MSISDN or session id:
 only interface, operation, result, unit type, sink and the like, whose values are few.
@@ -162,12 +162,12 @@ class _Merged:
         extra: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]] = {}
         for snap in self.snapshots:
             for name, _kind, samples in snap:
-                family = extra.setdefault(name, {})
+                by_key = extra.setdefault(name, {})
                 for sample_name, labels, value in samples:
                     key = (sample_name, tuple(sorted(labels.items())))
-                    entry = family.get(key)
+                    entry = by_key.get(key)
                     if entry is None:
-                        family[key] = [labels, value]
+                        by_key[key] = [labels, value]
                     else:
                         entry[1] += value
         for family in REGISTRY.collect():
