@@ -1,14 +1,15 @@
 """The export stream: rated and audit events leave the spool for billing, finance and analytics.
 
 One module per concern: the record format (`records`), the exporter loop and its durable cursor (`exporter`), one
-module per sink (`files`, `nats`) and the [export] section (`config`). The names below are re-exported for callers
-of `chf.export`.
+module per sink (`files`, `nats`, and `cdr` with its record encoder `chfrecord`) and the [export] section
+(`config`). The names below are re-exported for callers of `chf.export`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from chf.export.cdr import CdrSink
 from chf.export.config import parse_export_config
 from chf.export.exporter import Exporter, Sink, backlogs
 from chf.export.files import FileSink
@@ -16,6 +17,7 @@ from chf.export.nats import NatsSink
 from chf.export.records import encode_record, iso_time, to_record
 
 __all__ = [
+    "CdrSink",
     "Exporter",
     "FileSink",
     "NatsSink",
@@ -42,6 +44,10 @@ def export_components(config: Any, service: Any) -> list[Any]:
         sinks.append(FileSink(**cfg.files))
     if cfg.nats is not None:
         sinks.append(NatsSink(**cfg.nats))
+    if cfg.cdr is not None:
+        kwargs = dict(cfg.cdr)
+        kwargs["node_id"] = kwargs["node_id"] or "chf" + service.store.store_id
+        sinks.append(CdrSink(**kwargs))
     return [
         Exporter(service.store, sink, batch=cfg.batch, poll_interval=cfg.poll_interval, backlog_limit=cfg.backlog_limit)
         for sink in sinks
