@@ -205,7 +205,8 @@ class Store(Protocol):
         ...
 
     def stat(self) -> dict[str, int]:
-        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes."""
+        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes in bytes:
+        "map_size" (the most the store can hold) and "used_bytes" (what it uses of that)."""
         ...
 
     # -- writing, synchronously (CLI, tests, benchmarks, maintenance) ---------------------------------------------

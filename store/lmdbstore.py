@@ -729,8 +729,10 @@ class Store:
     def stat(self) -> dict[str, int]:
         with self.env.begin() as txn:
             out = {name.decode(): int(txn.stat(self._db[name])["entries"]) for name in _DBS}
-        out["map_size"] = int(self.env.info()["map_size"])
-        out["last_page"] = int(self.env.info()["last_pgno"])
+        info = self.env.info()
+        out["map_size"] = int(info["map_size"])
+        out["last_page"] = int(info["last_pgno"])
+        out["used_bytes"] = (out["last_page"] + 1) * int(self.env.stat()["psize"])
         return out
 
 

@@ -24,6 +24,8 @@ from chf.core import provisioning
 from chf.core.model import RequestError
 from chf.runtime.storage import StoreError, Txn
 from tools.cli_env import Env, actor
+from tools.progress import Progress
+from tools.progress import file_position as _position
 
 COLUMNS = provisioning.LINE_FIELDS  # account, imsi, msisdn, iccid, eid, plan, state
 DEFAULT_BATCH = 20_000
@@ -123,31 +125,6 @@ def jsonl_rows(stream: io.TextIOBase) -> Iterator[Row]:
             row[key] = value.strip()
         else:
             yield line_no, row
-
-
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most 5 times a second."""
-
-    def __init__(self, total_bytes: int, enabled: bool) -> None:
-        self.total = max(total_bytes, 1)
-        self.enabled = enabled
-        self.started = time.perf_counter()
-        self.drawn = 0.0
-
-    def update(self, done_bytes: int, read: int, skipped: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not final and now - self.drawn < 0.2:
-            return
-        self.drawn = now
-        frac = min(done_bytes / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        rate = read / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r[{bar:<30}] {frac:6.1%} {read:>10,} rows {skipped:,} skipped {rate:>9,.0f} rows/s")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def cmd_subscriber_import(env: Env) -> int:
@@ -340,13 +317,6 @@ def _batched_collection() -> Iterator[None]:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
-
-
-def _position(handle: Any) -> int:
-    try:
-        return int(handle.buffer.tell())
-    except (AttributeError, OSError, ValueError):
-        return 0
 
 
 def register_import(g: Any, common: argparse.ArgumentParser) -> None:

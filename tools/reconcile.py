@@ -43,6 +43,9 @@ ours, difference, mno_rows, mno_first_line, detail) and malformed.csv (line, fie
 table goes to stdout (JSON with --json). Exit status: 0 when discrepancies plus malformed rows are at most
 --threshold (default 0), 1 when they exceed it, 2 for bad arguments or an unreadable file.
 
+Progress: on a terminal, and without --json, one bar per phase on stderr (our usage events, the wholesale file,
+the comparison); --progress draws them anyway.
+
 Scale: rows are streamed; memory holds one aggregate per (line, day, service) per side and a 12-byte
 fingerprint per record (for duplicates).
 """
@@ -63,6 +66,7 @@ from typing import Any, TextIO
 from chf.core.catalogue import Catalogue
 from chf.runtime.storage import Store
 from tools.cli_env import Env
+from tools.progress import Progress, file_position, wanted
 
 MEASURES = ("bytes", "seconds", "events")
 MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
@@ -433,14 +437,22 @@ def catalogue_units(catalogue: Catalogue | None) -> tuple[dict[int, set[str]], s
     return by_rg, default
 
 
-def aggregate_ours(store: Store, options: Options, summary: Summary, table: Table) -> dict[int, set[str]]:
+def aggregate_ours(
+    store: Store, options: Options, summary: Summary, table: Table, show_progress: bool = False
+) -> dict[int, set[str]]:
     """Add our rated usage per (imsi, day, rating group) to `table`, in the unit each event was rated in;
     returns the unit types seen per rating group."""
     first = options.day_from * DAY
     stop = (options.day_to + 1) * DAY
     units: dict[int, set[str]] = {}
     with store.read() as txn:
+        last = txn.last_event_seq()
+        progress = Progress(last, show_progress, unit="events", label="our usage")
+        scanned = 0
         for event in txn.events():
+            scanned += 1
+            if not scanned & 4095:
+                progress.update(event.get("seq", 0), scanned)
             if event.get("kind") != "usage":
                 continue
             when = event.get("time")
@@ -457,6 +469,7 @@ def aggregate_ours(store: Store, options: Options, summary: Summary, table: Tabl
             table.entry(table.key(imsi, when // DAY, rg))[index] += used
             summary.our_totals[unit] += used
             summary.our_events += 1
+    progress.update(last, scanned, final=True)
     return units
 
 
@@ -475,10 +488,11 @@ def reconcile(
     out_dir: str,
     *,
     malformed_sample_size: int = 20,
+    show_progress: bool = False,
 ) -> Result:
     summary = Summary()
     table = Table()
-    our_units = aggregate_ours(store, options, summary, table)
+    our_units = aggregate_ours(store, options, summary, table, show_progress)
     cat_units, default_units = catalogue_units(catalogue)
 
     compared_cache: dict[int, tuple[str, ...]] = {}
@@ -508,8 +522,11 @@ def reconcile(
         disc.writerow(DISCREPANCY_COLUMNS)
         bad = csv.writer(bad_file)
         bad.writerow(MALFORMED_COLUMNS)
+        progress = Progress(os.fstat(source.fileno()).st_size, show_progress, label="wholesale")
         try:
             for item in read_wholesale(source, options.apn_map, wholesale):
+                if not summary.rows & 4095:
+                    progress.update(file_position(source), summary.rows, summary.malformed)
                 if isinstance(item, Malformed):
                     summary.rows += 1
                     summary.malformed += 1
@@ -561,9 +578,19 @@ def reconcile(
                 for i, m in enumerate(MEASURES):
                     summary.mno_totals[m] += amounts[i]
         except UnicodeDecodeError as exc:
+            progress.clear()
             raise ReconcileError(f"{wholesale}: not UTF-8 text: {exc.reason}") from exc
+        progress.update(progress.total, summary.rows, summary.malformed, final=True)
         seen.clear()
-        _compare(store, table, compared, options, summary, disc)
+        _compare(
+            store,
+            table,
+            compared,
+            options,
+            summary,
+            disc,
+            Progress(len(table.rows), show_progress, unit="keys", label="compare"),
+        )
     return Result(summary, disc_path, bad_path, sample)
 
 
@@ -574,13 +601,16 @@ def _compare(
     options: Options,
     summary: Summary,
     disc: Any,
+    progress: Progress,
 ) -> None:
     known: dict[str, bool] = {}
     keys = table.sorted_keys()
     summary.keys = len(keys)
     rows = table.rows
     with store.read() as txn:
-        for key in keys:
+        for done, key in enumerate(keys):
+            if not done & 4095:
+                progress.update(done, done)
             imsi, day, rg = table.split(key)
             entry = rows[key]
             for unit in compared(rg):
@@ -624,6 +654,7 @@ def _compare(
                         detail,
                     )
                 )
+    progress.update(len(keys), len(keys), final=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -689,7 +720,10 @@ def cmd_reconcile(env: Env) -> int:
             apn_map=parse_apn_map(args.apn or [], section.get("apn")),
         )
         out_dir = args.out or os.path.join(env.config.data_dir, "reconcile")
-        result = reconcile(env.store, env.engine.catalogue, args.wholesale, options, out_dir)
+        show_progress = wanted(env.json, args.progress)
+        result = reconcile(
+            env.store, env.engine.catalogue, args.wholesale, options, out_dir, show_progress=show_progress
+        )
     except ReconcileError as exc:
         print(f"chf: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -726,4 +760,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=_non_negative, default=0, metavar="N", help="discrepancies tolerated")
     p.add_argument("--apn", action="append", metavar="NAME=RG", help="map an APN to a rating group (repeatable)")
     p.add_argument("--out", metavar="DIR", help="where the CSV files go (default <data_dir>/reconcile)")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr even when it is not a terminal")
     p.set_defaults(func=cmd_reconcile)

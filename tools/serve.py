@@ -33,11 +33,14 @@ from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
+from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from chf.runtime.storage import Store, open_store
+from chf.snmp import snmp_components
+from tools.sdnotify import Notifier
 
 log = logging.getLogger("chf.serve")
 
@@ -166,6 +169,7 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        metrics.watch_workers(self.count, link.ready_workers.__contains__)
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]
@@ -197,6 +201,7 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
+            metrics.FRONTEND_WORKER_EXITS.labels(str(worker_id)).inc()
             log.error(
                 "event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f",
                 worker_id,
@@ -230,7 +235,14 @@ class WorkerPool:
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
     """The single process, or the core of front-end workers (see process_role)."""
     role = process_role(config)
+    # systemd (deploy/chf.service, Type=notify): READY=1 once everything listens, the watchdog pinged from this
+    # loop, STOPPING=1 when the drain begins. Taken from the environment before any worker is started.
+    notifier = Notifier.from_environment()
     store = open_store(config)
+    # Store size and commit times for /metrics and SNMP, whichever of them is configured.
+    metrics.watch_store(store.stat)
+    if metrics.observe_commit not in store.on_commit:
+        store.on_commit.append(metrics.observe_commit)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.
@@ -239,10 +251,14 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             components.extend(factory(config, service))
         for frontend in FRONTEND_FACTORIES:
             components.extend(frontend(config, service, role))
+        # The SNMP agent last: started once the front-ends listen, stopped before they drain (a stopping chf sends
+        # no peer-down notifications for the peers it disconnects itself).
+        components.extend(snmp_components(config, service))
     except BaseException:
         store.close()
         raise
     await service.start()
+    notifier.start_watchdog(lambda: store.running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -289,6 +305,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         )
         if pool is not None:
             log.info("event=frontend_workers_ready workers=%d", pool.count)
+        notifier.ready("serving: " + (",".join(c.name for c in components) or "-"))
         if started is not None:
             res = started(service)
             if res is not None:
@@ -296,12 +313,15 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         await stop.wait()
         log.info("event=stopping")
     finally:
+        notifier.stopping()
         for component in reversed(components):
             try:
                 await component.stop()
             except Exception:
                 log.exception("event=component_stop_failed name=%s", component.name)
+        await notifier.close()  # the watchdog pings until the front-ends have drained
         await service.stop()
+        metrics.watch_store(None)
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_path)

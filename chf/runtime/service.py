@@ -149,7 +149,12 @@ class ChargingService:
         the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises."""
         if self.catalogue_path is None:
             raise RuntimeError("the service was started without a catalogue file")
-        catalogue = load_catalogue(self.catalogue_path)
+        try:
+            catalogue = load_catalogue(self.catalogue_path)
+        except Exception:
+            metrics.observe_catalogue_reload(False)
+            raise
+        metrics.observe_catalogue_reload(True)
         self.engine.catalogue = catalogue
         log.info("event=catalogue_reloaded digest=%s plans=%d", catalogue.digest[:12], len(catalogue.plans))
         return catalogue
