@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
-from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from chf.runtime.storage import Store, open_store
@@ -74,7 +75,8 @@ CoreFactory = Callable[[Config, ChargingService], list[Component]]
 CORE_FACTORIES: list[CoreFactory] = [api_components, export_components]
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
-from nchf.component import nchf_components  # noqa: E402
+from nchf.component import NchfComponent, NchfNotifierComponent  # noqa: E402
+from nchf.config import parse_settings as parse_nchf_settings  # noqa: E402
 
 
 def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
@@ -83,8 +85,24 @@ def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Compone
 
 
 def _nchf_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
-    config.role = role  # nchf_components still takes the role from the configuration
-    return nchf_components(config, port)
+    """The Nchf front-end for a process role, when conf/chf.toml has an enabled [nchf] section: in one process
+    ("all") the server with its notifier; with front-end workers, the workers share the port and leave the
+    numbering of unnumbered requests to the core (one counter for all workers: the engine needs the numbers to
+    grow per session, and the updates of one session may arrive through different workers), and the core sends
+    the notifications (each once, whatever the number of workers)."""
+    if "nchf" not in config.raw:
+        return []
+    settings = parse_nchf_settings(config.section("nchf"), config.source)
+    if not settings.enabled:
+        return []
+    if role == "core":
+        if settings.port == 0:  # each worker would listen on a port of its own
+            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
+        return [NchfNotifierComponent(port, settings)]
+    if role == "worker":
+        numbers = itertools.repeat(ASSIGN_NUMBER)  # the core numbers them
+        return [NchfComponent(port, settings, reuse_port=True, send_notifications=False, request_numbers=numbers)]
+    return [NchfComponent(port, settings)]
 
 
 # The front-ends, in every role: each builds what `role` runs of it (nothing, in a core that has workers, once its
