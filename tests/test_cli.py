@@ -8,6 +8,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -648,6 +649,20 @@ def _months_ended(start: int, end: int) -> int:
     return count
 
 
+def _stop_group(leader: subprocess.Popen[str], pid_file: Path) -> None:
+    """Stop a process group started with start_new_session (a wrapper and the chf serve it started): SIGTERM,
+    then wait for chf serve to remove its pid file on its way out; SIGKILL if it does not within 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        if pid_file.exists():
+            os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait(timeout=20)
+
+
 def test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on(chf: Any, home: Path) -> None:
     """The audit's path: three lines (terminated, suspended, provisioned) on a monthly plan, then `chf serve` with
     the clock 125 days on (faketime): its sweeper renews every line. The terminated and the provisioned line pay
@@ -672,7 +687,8 @@ def test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on(chf:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = [sys.executable, "-m", "tools.cli", "--config", "chf.toml"]
     later = [faketime, "-f", "+125d", *cli, "serve"]
-    server = subprocess.Popen(later, cwd=home, env=env, stderr=subprocess.PIPE, text=True)
+    # Its own process group: faketime runs chf serve as its child, and both must go at the end.
+    server = subprocess.Popen(later, cwd=home, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log: list[str] = []
     try:
         _wait_for(server, log, r"event=ready")
@@ -686,12 +702,7 @@ def test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on(chf:
             raise AssertionError(f"the sweeper did not renew the active line {months} times; log:\n{''.join(log)}")
         time.sleep(1.0)  # the sweeper's pass over four lines ends well within this
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop_group(server, home / "var" / "chf.pid")
 
     def fees(imsi: str) -> list[int]:
         out = chf("--json", "events", "tail", "--line", imsi, "--kind", "renewal", "-n", "100").out
