@@ -178,10 +178,9 @@ class Engine:
         return ctx
 
     def line_plan(self, ctx: Context) -> Plan | None:
-        name = ctx.sub.plan or ctx.account.plan
-        if name is None:
-            return None
-        return self._catalogue.plans.get(name)
+        """The plan that rates the line: its own, else its account's; None (nothing is granted) when it is not in
+        the catalogue or not priced in the account's currency (never relabelled: chf.core.catalogue.plan_in)."""
+        return self._catalogue.plan_in(ctx.sub.plan or ctx.account.plan, ctx.account.currency)
 
     # ==============================================================================================================
     # Session requests

@@ -187,9 +187,22 @@ def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
         plan = engine.catalogue.plan(name)
     except CatalogueError as exc:
         raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
-    if account is not None and plan.payment != account.payment:
-        raise Conflict("plan", f"plan {name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if account is not None:
+        check_plan_fits(plan, account, "plan")
     return plan
+
+
+def check_plan_fits(plan: Plan, account: Account, field: str) -> None:
+    """The rule wherever a plan meets an account (a new line or account on a plan, a plan change, a move, an
+    import): the plan's payment type is the account's, and its prices are in the account's currency (a price
+    is never relabelled; README, "Currencies"). `field` is the request's field at fault: the plan, or the
+    account a line moves to."""
+    if plan.payment != account.payment:
+        raise Conflict(field, f"plan {plan.name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if plan.currency != account.currency:
+        raise Conflict(
+            field, f"plan {plan.name!r} is priced in {plan.currency}, account {account.id!r} is in {account.currency}"
+        )
 
 
 def topup(
@@ -828,6 +841,11 @@ def move_line(
         return OpResult(sub.as_dict())
     if target.tenant != sub.tenant:
         raise Conflict("account", f"account {account_id!r} belongs to another tenant")
+    if sub.plan is not None:  # a line without a plan of its own is rated by its account's plan, which fits it
+        plan = engine.catalogue.plans.get(sub.plan)
+        if plan is None:
+            raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
+        check_plan_fits(plan, target, "account")
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
