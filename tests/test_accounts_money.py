@@ -1,4 +1,4 @@
-"""Plans meet accounts (issue 11, items 5 and 7), through the CLI and the API.
+"""Plans meet accounts, and numbers are reused (issue 11, items 5, 7 and 8), through the CLI and the API.
 
 - A price has a currency: a plan is priced in its own `currency` (default the catalogue's), and only an account of
   that currency takes it, wherever a plan meets an account: a new line, a plan change of a line or an account, a
@@ -6,6 +6,9 @@
   that got into the store anyway, and a reload cannot change the currency of a plan.
 - One rule (payment type and currency) in one place, chf.core.provisioning.check_plan_fits: `subscriber move`
   obeys it as `set-plan` does.
+- A terminated line's IMSI, MSISDN and ICCID go to a new line once their quarantine ([engine]
+  <kind>_quarantine_days) is over; the old line keeps them in its record and events and is found by them in
+  history.
 
 The CLI runs through its real entry point (tests/test_cli.py's fixtures), the API over real HTTP against a real
 service (tests/test_api.py's).
@@ -170,6 +173,61 @@ def test_cli_move_obeys_the_payment_type_rule_of_set_plan(cli: Cli) -> None:
     assert cli.ok("subscriber", "move", "208019000000001", "dave", "--reason", "x")["line"]["account"] == "dave"
 
 
+def test_cli_a_terminated_number_is_reused_after_its_quarantine(cli: Cli) -> None:
+    home = cli.home
+    old = cli.ok("subscriber", "show", "33700000001")
+    cli.ok("subscriber", "set-state", "33700000001", "terminated", "--reason", "contract ended")
+    terminated_at = cli.now
+    add = ["subscriber", "add", "--account", "dave", "--imsi", "208019000000001", "--msisdn", "33700000001"]
+    r = refused(cli, home, add, "imsi", status=1)
+    assert f"line #{old['id']}" in r.err and "quarantine until" in r.err
+    refused(cli, home, [*add[:4], "--imsi", "208019000000098", "--msisdn", "33700000001"], "msisdn", status=1)
+    refused(cli, home, [*add[:4], "--imsi", "208019000000098", "--msisdn", "33700000002"], "msisdn", status=1)  # bob's
+    (home / "lines.csv").write_text("imsi,msisdn\n208019000000097,33700000001\n")
+    r = cli("subscriber", "import", "lines.csv", "--account", "dave")
+    assert r.status == 1 and "lines.csv:2: msisdn:" in r.err and "quarantine" in r.err
+
+    cli.now = terminated_at + 90 * DAY  # the default quarantine, 90 days, is over
+    new = cli.ok(*add)
+    assert new["id"] != old["id"] and new["msisdn"] == "33700000001" and new["account"] == "dave"
+    # The number reaches the new line; the old one is still shown by its id, with the identities it gave up.
+    assert cli.ok("subscriber", "show", "33700000001")["id"] == new["id"]
+    shown = cli.ok("subscriber", "show", f"#{old['id']}")
+    assert shown["state"] == "terminated" and shown["msisdn"] == "33700000001"
+    assert shown["released"] == {"imsi": cli.now, "msisdn": cli.now}  # its ICCID stays its own
+    assert "released:" in cli("subscriber", "show", f"#{old['id']}").out
+    text = cli("subscriber", "show", "33700000001").out
+    assert f"was line #{old['id']}'s until" in text
+    # A search by the old number finds both lines, the old one in history; its events keep its identities.
+    found = cli.ok("subscriber", "find", "33700000001")
+    assert [(x["line"], x["state"], x["until"]) for x in found] == [
+        (old["id"], "terminated", cli.now),
+        (new["id"], "active", None),
+    ]
+    assert f"#{old['id']}" in cli("subscriber", "find", "33700000001").out
+    assert all(e["msisdn"] == "33700000001" for e in events_of(cli, f"#{old['id']}") if "msisdn" in e)
+    assert {e["kind"] for e in events_of(cli, f"#{old['id']}")} >= {"lifecycle", "plan_change"}
+    refused(cli, home, ["subscriber", "find", "999999999"], "identity", status=1)
+    # The ICCID is free too, for the import's rows as well.
+    (home / "lines.csv").write_text("imsi,iccid\n208019000000097,8933019000000000001\n")
+    r = cli("subscriber", "import", "lines.csv", "--account", "dave")
+    assert r.status == 0, r.err
+    assert cli.ok("subscriber", "show", "8933019000000000001")["imsi"] == "208019000000097"
+
+
+def test_cli_quarantine_is_a_setting(cli: Cli) -> None:
+    config = cli.home / "chf.toml"
+    config.write_text(config.read_text() + "\n[engine]\nmsisdn_quarantine_days = 0\nimsi_quarantine_days = 365\n")
+    cli.ok("subscriber", "set-state", "33700000003", "terminated", "--reason", "ported out")
+    line = cli.ok("subscriber", "add", "--account", "dave", "--imsi", "208019000000096", "--msisdn", "33700000003")
+    assert cli.ok("subscriber", "show", "33700000003")["id"] == line["id"]
+    cli.now += 364 * DAY
+    refused(cli, cli.home, ["subscriber", "add", "--account", "dave", "--imsi", "208019000000003"], "imsi", status=1)
+    config.write_text(config.read_text() + "iccid_quarantine_days = -1\n")
+    r = cli("subscriber", "show", "33700000003")
+    assert r.status == 2 and "[engine] iccid_quarantine_days" in r.err, r.err
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the API
 # ----------------------------------------------------------------------------------------------------------------------
@@ -298,3 +356,44 @@ async def test_engine_never_applies_a_plan_of_another_currency(api: tuple[Api, C
     assert renewals == []
     _, acct, _ = await client.call("GET", "/v1/accounts/uma")
     assert acct["balance"] == 16_000_000  # the first USD fee, nothing since
+
+
+async def test_api_a_terminated_number_is_reused_after_its_quarantine(api: tuple[Api, Clock]) -> None:
+    client, clock = api
+    body = {"account": "alice", "imsi": "208010000000001", "msisdn": "33600000001", "iccid": "8933010000000000001"}
+    old = await new_line(client, {**body, "plan": "prepaid-s"})
+    status, _, _ = await client.call("POST", f"/v1/lines/{old['id']}/state", {"state": "terminated", "reason": "end"})
+    assert status == 200
+    retry = {**body, "account": "bob", "imsi": "208010000000002", "iccid": None, "plan": "postpaid-l"}
+    problem = await refused_by_api(client, "POST", "/v1/lines", retry, 409, "msisdn")
+    assert "quarantine until" in problem["detail"]
+    clock.now += 90 * DAY - 1
+    await refused_by_api(client, "POST", "/v1/lines", retry, 409, "msisdn")
+    clock.now += 1
+    new = await new_line(client, retry)
+    assert new["msisdn"] == "33600000001"
+    # Charging by the number reaches the new line.
+    request = ChargingRequest(INITIAL, "gy:s2", 0, [("msisdn", "33600000001")], [UnitRequest(10, requested={})])
+    answer = await client.service.charge(request)
+    with client.service.read() as txn:
+        session = txn.get_session("gy:s2")
+    assert answer.result == "success" and session is not None and session.subscriber == new["id"], answer
+    status, shown, _ = await client.call("GET", "/v1/lines/33600000001")
+    assert status == 200 and shown["id"] == new["id"]
+    assert shown["former_holders"] == [{"kind": "msisdn", "line": old["id"], "until": clock.now}]
+    status, gone, _ = await client.call("GET", f"/v1/lines/{old['id']}")
+    assert status == 200 and gone["state"] == "terminated" and gone["msisdn"] == "33600000001"
+    assert gone["released"] == {"msisdn": clock.now}  # its IMSI and ICCID were not asked for: still its own
+    status, found, _ = await client.call("GET", "/v1/identities/33600000001")
+    assert status == 200 and [(x["line"], x["until"]) for x in found["lines"]] == [
+        (old["id"], clock.now),
+        (new["id"], None),
+    ]
+    status, found, _ = await client.call("GET", "/v1/identities/8933010000000000001")
+    assert status == 200 and [(x["kind"], x["line"], x["until"]) for x in found["lines"]] == [
+        ("iccid", old["id"], None)
+    ]
+    status, problem, resp = await client.call("GET", "/v1/identities/000")
+    assert_problem(status, problem, resp, 404, "identity")
+    status, page, _ = await client.call("GET", f"/v1/lines/{old['id']}/events?limit=1000")
+    assert status == 200 and page["events"] and all(e["subscriber"] == old["id"] for e in page["events"])

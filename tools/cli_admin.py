@@ -289,6 +289,7 @@ def line_text(view: dict[str, Any]) -> str:
             ]
         )
     ]
+    out += identity_history_text(view)
     period = view.get("period")
     if period:
         pending = " (fee unpaid: allowances held back)" if period["renewal_pending"] else ""
@@ -311,6 +312,19 @@ def line_text(view: dict[str, Any]) -> str:
             rows.append([s["key"], s["protocol"], when(s["updated"]), when(s["expires"]), held or "-"])
         out.append(table(rows, ["SESSION", "PROTOCOL", "UPDATED", "EXPIRES", "RESERVED"]))
     return "\n".join(out)
+
+
+def identity_history_text(view: dict[str, Any]) -> list[str]:
+    """The identities a terminated line gave up, and the lines that held this line's identities before it."""
+    out = []
+    released = view.get("released") or {}
+    if released:
+        gave_up = ", ".join(f"{kind} {view[kind]} on {when(at)}" for kind, at in released.items())
+        out.append(f"released:  {gave_up} (free for other lines)")
+    for former in view.get("former_holders") or ():
+        kind = former["kind"]
+        out.append(f"before:    {kind} {view[kind]} was line #{former['line']}'s until {when(former['until'])}")
+    return out
 
 
 def cmd_subscriber_add(env: Env) -> int:
@@ -342,6 +356,24 @@ def cmd_subscriber_show(env: Env) -> int:
         sub = provisioning.get_line(txn, env.args.ref)
         view = provisioning.line_view(txn, env.engine, sub, env.now())
     env.out(view, lambda: line_text(view))
+    return EXIT_OK
+
+
+def cmd_subscriber_find(env: Env) -> int:
+    with env.store.read() as txn:
+        found = provisioning.identity_lines(txn, env.args.identity)
+    rows = [
+        [
+            x["kind"],
+            f"#{x['line']}",
+            x["account"],
+            x["state"],
+            when(x["since"]),
+            when(x["until"]) if x["until"] else "now",
+        ]
+        for x in found
+    ]
+    env.out(found, lambda: table(rows, ["AS", "LINE", "ACCOUNT", "STATE", "FROM", "UNTIL"]))
     return EXIT_OK
 
 
@@ -811,6 +843,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = g.add_parser("show", parents=[common], help="a line with buckets, period and open sessions")
     p.add_argument("ref", help="IMSI, MSISDN, ICCID or #id")
     p.set_defaults(func=cmd_subscriber_show)
+
+    p = g.add_parser(
+        "find",
+        parents=[common],
+        help="every line that holds or held an IMSI, MSISDN or ICCID (numbers reused after termination)",
+    )
+    p.add_argument("identity", help="IMSI, MSISDN or ICCID")
+    p.set_defaults(func=cmd_subscriber_find)
 
     p = g.add_parser("set-state", parents=[common], help="lifecycle: provisioned -> active <-> suspended -> terminated")
     p.add_argument("ref")

@@ -30,7 +30,6 @@ from typing import Any, Literal, Protocol
 from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
-from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
@@ -125,10 +124,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def build_service(config: Config, store: Store) -> ChargingService:
     catalogue = load_catalogue(config.catalogue)
-    ec = config.engine
-    engine_config = EngineConfig(
-        idempotency_window=ec.idempotency_window, reap_factor=ec.reap_factor, answers_kept=ec.answers_kept
-    )
+    engine_config = config.engine.engine_config()
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 
 

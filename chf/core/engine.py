@@ -21,7 +21,7 @@ One-shot events (CCR-Event) are decided by `chf.core.events`; the state a reques
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chf.core.catalogue import Catalogue, GrantPolicy, Plan, Tariff
@@ -54,12 +54,17 @@ from chf.core.renewals import bring_up_to_date
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
 
+IDENTITY_QUARANTINE = {"imsi": 90 * 86400, "msisdn": 90 * 86400, "iccid": 90 * 86400}
+
 
 @dataclass(slots=True)
 class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
     answers_kept: int = 4  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
+    # Seconds after its line's termination before an identity may go to another line ([engine]
+    # <kind>_quarantine_days; chf.core.provisioning releases it then).
+    identity_quarantine: dict[str, int] = field(default_factory=lambda: dict(IDENTITY_QUARANTINE))
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which
