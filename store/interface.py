@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from store.schema import Account, BalanceSet, Session, Subscriber, Tenant
+from store.schema import Account, BalanceSet, Debit, Session, Subscriber, Tenant
 
 __all__ = [
     "Op",
@@ -174,6 +174,25 @@ class Txn(Protocol):
         """Delete up to `limit` expired idempotency records; returns how many."""
         ...
 
+    # -- refundable debits (chf.core.events) ----------------------------------------------------------------------
+    def put_debit(self, debit: Debit) -> None:
+        """Keep (or update) what is left of a one-shot debit, under its line, rating group and event sequence."""
+        ...
+
+    def delete_debit(self, debit: Debit) -> None: ...
+
+    def debits(self, line_id: int, rating_group: int) -> list[Debit]:
+        """The kept debits of a line and rating group, oldest first."""
+        ...
+
+    def prune_debits(self, line_id: int, rating_group: int, before: int) -> int:
+        """Delete the debits of a line and rating group made before `before`; returns how many."""
+        ...
+
+    def purge_debits(self, before: int, limit: int) -> int:
+        """Delete up to `limit` debits of any line made before `before`; returns how many."""
+        ...
+
     # -- events ---------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:
         """Append an event with the next sequence number ("seq") and a unique id ("id": "<store id>-<seq>", both
@@ -215,8 +234,8 @@ class Store(Protocol):
         ...
 
     def stat(self) -> dict[str, int]:
-        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes, among
-        them "map_size" (the most the store may grow to) and "used_bytes" (what it uses), in bytes."""
+        """Record counts by kind ("tenants", "accounts", "subscribers", "sessions", "events", ...) and sizes in bytes:
+        "map_size" (the most the store can hold) and "used_bytes" (what it uses of that)."""
         ...
 
     # -- writing, synchronously (CLI, tests, benchmarks, maintenance) ---------------------------------------------

@@ -16,6 +16,8 @@ Key layout (one LMDB environment, named sub-databases):
                   b"A" + account id + 0x00     -> BalanceSet of the account (shared allowances, IoT pools)
     sessions      session key -> b"L" + line id  (the index from a session to its line)
     idem          idempotency key -> [expires, answer]   (one-shot requests and API operations)
+    debits        8-byte line id + 8-byte (rating group + 1) + 8-byte event sequence -> Debit
+                  (one-shot debits a refund may still reverse, oldest first per line and rating group)
     events        8-byte big-endian sequence -> rated or audit event (the spool)
     cursors       exporter name -> 8-byte sequence
 
@@ -47,6 +49,7 @@ from store.schema import (
     SESSION,
     Account,
     BalanceSet,
+    Debit,
     SchemaError,
     Session,
     Subscriber,
@@ -74,6 +77,7 @@ _DBS = (
     b"balances",
     b"sessions",
     b"idem",
+    b"debits",
     b"events",
     b"cursors",
 )
@@ -86,6 +90,11 @@ _SESSION_EXPIRES = SESSION.position("expires")
 
 def _u64(n: int) -> bytes:
     return n.to_bytes(8, "big")
+
+
+def _debit_key(line_id: int, rating_group: int, seq: int) -> bytes:
+    # A request without a rating group has -1 (chf.core.model.NO_RATING_GROUP): stored as 0, the others as rg + 1.
+    return _u64(line_id) + _u64(rating_group + 1) + _u64(seq)
 
 
 def _released_key(kind: str, value: str) -> bytes:
@@ -364,6 +373,55 @@ class Txn:
             self._delete(key, db=db)
             gone += 1
         return gone
+
+    # -- refundable debits (chf.core.events) ------------------------------------------------------------------------
+    def put_debit(self, debit: Debit) -> None:
+        self._put(_debit_key(debit.line, debit.rating_group, debit.seq), debit.encode(), db=self._db[b"debits"])
+
+    def delete_debit(self, debit: Debit) -> None:
+        self._delete(_debit_key(debit.line, debit.rating_group, debit.seq), db=self._db[b"debits"])
+
+    def debits(self, line_id: int, rating_group: int) -> list[Debit]:
+        """The kept debits of a line and rating group, oldest first."""
+        prefix = _u64(line_id) + _u64(rating_group + 1)
+        out: list[Debit] = []
+        with self._txn.cursor(db=self._db[b"debits"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append(Debit.decode(raw))
+        return out
+
+    def prune_debits(self, line_id: int, rating_group: int, before: int) -> int:
+        """Delete the debits of a line and rating group made before `before`; returns how many."""
+        prefix = _u64(line_id) + _u64(rating_group + 1)
+        db = self._db[b"debits"]
+        victims = []
+        with self._txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    if not key.startswith(prefix) or Debit.decode(raw).time >= before:
+                        break
+                    victims.append(key)
+        for key in victims:
+            self._delete(key, db=db)
+        return len(victims)
+
+    def purge_debits(self, before: int, limit: int) -> int:
+        """Delete up to `limit` debits made before `before` (out of the refund window); returns how many."""
+        db = self._db[b"debits"]
+        victims = []
+        with self._txn.cursor(db=db) as cur:
+            for key, raw in cur:
+                if Debit.decode(raw).time < before:
+                    victims.append(key)
+                    if len(victims) >= limit:
+                        break
+        for key in victims:
+            self._delete(key, db=db)
+        return len(victims)
 
     # -- events -----------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:

@@ -27,3 +27,6 @@ cdef class Reservation:
 cdef class Session:
     cdef public object key, subscriber, account, protocol, created, updated, expires, last_request, closed, reservations
     cdef public object answers, serving_network, notify, seen
+
+cdef class Debit:
+    cdef public object line, rating_group, seq, event, time, account, unit, portions, units, money

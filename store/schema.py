@@ -305,6 +305,11 @@ SESSION = Layout(
     ),
     views={"reservations": lambda session: [r.as_dict() for r in session.reservations.values()]},
 )
+DEBIT = Layout(
+    "debit",
+    ("line", "rating_group", "seq", "event", "time", "account", "unit", "portions", "units", "money"),
+    views={"portions": lambda debit: [{"source": p[0], "bucket": p[1], "units": p[2]} for p in debit.portions]},
+)
 
 
 class Tenant:
@@ -807,6 +812,88 @@ class Session:
         return None
 
 
+class Debit:
+    """What is left of a one-shot debit (CCR-Event DIRECT_DEBITING, Nchf IEC or PEC) that a REFUND_ACCOUNT may
+    still reverse (chf.core.events): the units it took from each bucket, those it charged to the wallet and their
+    money, less what was refunded since. `event` is the id of the debit's usage event, which each refund names.
+
+    Kept per line and rating group, oldest first (`Txn.debits`), and only for the refund window
+    ([engine] refund_window): older debits are no longer refundable and are deleted.
+    """
+
+    __slots__ = DEBIT.fields
+
+    def __init__(
+        self,
+        line: int,
+        rating_group: int,
+        seq: int,
+        event: str,
+        time: int,
+        account: str,
+        unit: str,
+        portions: list[list[int]],
+        units: int,
+        money: int,
+    ) -> None:
+        self.line = line
+        self.rating_group = rating_group
+        self.seq = seq  # the debit event's sequence number
+        self.event = event
+        self.time = time
+        self.account = account  # the account whose wallet and shared buckets paid
+        self.unit = unit
+        self.portions = portions  # [source, bucket id, units not yet refunded], in the order they were taken
+        self.units = units  # units charged to the wallet, not yet refunded
+        self.money = money  # the money charged for them, not yet refunded
+
+    def left(self) -> int:
+        """The units still refundable (buckets and wallet)."""
+        total = self.units
+        for portion in self.portions:
+            total += portion[2]
+        return total
+
+    as_dict = DEBIT.viewer()
+
+    # <generated from DEBIT>
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.line,
+                self.rating_group,
+                self.seq,
+                self.event,
+                self.time,
+                self.account,
+                self.unit,
+                self.portions,
+                self.units,
+                self.money,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Debit:
+        r = unpack(data)
+        _check(r[0], "debit")
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+        )
+
+    # </generated>
+
+
 for _layout, _cls in (
     (TENANT, Tenant),
     (ACCOUNT, Account),
@@ -815,6 +902,7 @@ for _layout, _cls in (
     (BALANCE_SET, BalanceSet),
     (RESERVATION, Reservation),
     (SESSION, Session),
+    (DEBIT, Debit),
 ):
     _layout.cls = _cls
 del _layout, _cls

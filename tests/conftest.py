@@ -30,9 +30,12 @@ INTEROP = {
     "test_systemd.py::test_systemd_analyze_verify",
     "test_monitoring.py::test_promtool_check_and_test_rules",
     "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
+    "test_snmp.py::test_mib_loads_in_snmptranslate_with_the_agents_oids",
+    "test_snmp.py::test_mib_passes_smilint_level_3",
 }
 # Fixtures that start an external program.
-INTEROP_FIXTURES = {"nats_server"}
+INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
     "test_catalogue.py::test_affordable_agrees_with_charge",
@@ -63,6 +66,7 @@ SLOW = {
     "test_progress.py::test_report_bar_on_a_terminal_only",
     "test_properties.py::TestChargingCore",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
     "test_store.py::test_full_queue_answers_busy",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
     "test_systemd.py::test_ready_after_the_listeners_watchdog_pings_stopping_and_drain",

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from chf.core.model import EVENT, POST_EVENT, SUCCESS, ChargingRequest, UnitRequest, UsageReport
 from chf.export import CdrSink, Exporter, parse_export_config, to_record
 from chf.export.chfrecord import ChfRecordEncoder
 from chf.runtime.config import ConfigError
@@ -40,6 +41,7 @@ REASONS = {
     ("final", "seconds"): (503, 0),
     ("DIRECT_DEBITING", "events"): (None, 0),
     ("REFUND_ACCOUNT", "events"): (None, 0),
+    ("POST_EVENT", "events"): (None, 0),
 }
 
 
@@ -157,6 +159,10 @@ def test_every_kind_of_rated_report_decodes_to_its_json_record(tmp_path: Path) -
     spool = UsageSpool(tmp_path / "chf.lmdb")
     for _ in range(3):
         spool.round()
+    # And an Nchf PEC one-time event: two SMS delivered, charged once.
+    delivered = [UnitRequest(40, used=[UsageReport({"events": 2})])]
+    pec = ChargingRequest(EVENT, "nchf:pec-1", 0, [("imsi", spool.imsis[0])], delivered, "nchf", POST_EVENT)
+    assert spool.charge(pec).result == SUCCESS
     records = [to_record(e) for e in spool.events()]
     encoder = ChfRecordEncoder(NF)
     cdrs = [encoder.encode(r) for r in records]
@@ -167,7 +173,7 @@ def test_every_kind_of_rated_report_decodes_to_its_json_record(tmp_path: Path) -
         "renewal",
     }, "account management is no CDR"
     worthy = cdr_worthy(records)
-    assert len(worthy) == 3 * 6
+    assert len(worthy) == 3 * 6 + 1
     assert {(r["reason"], r["ratedUnit"]) for r in worthy} == set(REASONS)
     for record in worthy:
         cdr = encoder.encode(record)

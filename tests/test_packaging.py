@@ -63,6 +63,7 @@ def test_the_sdist_has_every_pxd_and_every_compiled_module(sdist: Path) -> None:
     assert native <= names, f"missing from the sdist: {sorted(native - names)}"
     needed = {"native-modules.txt", "setup.py", "pyproject.toml", "README.md", "conf/chf.toml", "conf/catalogue.toml"}
     needed |= {"deploy/chf.service", "deploy/grafana/chf-dashboard.json", "deploy/prometheus/chf-alerts.yml"}
+    needed |= {"mibs/CHF-MIB.txt"}
     assert needed <= names, f"missing from the sdist: {sorted(needed - names)}"
     assert not {n for n in names if n.endswith((".so", ".c", ".pyc"))}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -31,11 +32,13 @@ from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.export import export_components
+from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
-from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from chf.runtime.storage import Store, open_store
+from chf.snmp import snmp_components
 from tools.sdnotify import Notifier
 
 log = logging.getLogger("chf.serve")
@@ -71,7 +74,8 @@ CoreFactory = Callable[[Config, ChargingService], list[Component]]
 CORE_FACTORIES: list[CoreFactory] = [api_components, export_components]
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
-from nchf.component import nchf_components  # noqa: E402
+from nchf.component import NchfComponent, NchfNotifierComponent  # noqa: E402
+from nchf.config import parse_settings as parse_nchf_settings  # noqa: E402
 
 
 def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
@@ -80,8 +84,24 @@ def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Compone
 
 
 def _nchf_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
-    config.role = role  # nchf_components still takes the role from the configuration
-    return nchf_components(config, port)
+    """The Nchf front-end for a process role, when conf/chf.toml has an enabled [nchf] section: in one process
+    ("all") the server with its notifier; with front-end workers, the workers share the port and leave the
+    numbering of unnumbered requests to the core (one counter for all workers: the engine needs the numbers to
+    grow per session, and the updates of one session may arrive through different workers), and the core sends
+    the notifications (each once, whatever the number of workers)."""
+    if "nchf" not in config.raw:
+        return []
+    settings = parse_nchf_settings(config.section("nchf"), config.source)
+    if not settings.enabled:
+        return []
+    if role == "core":
+        if settings.port == 0:  # each worker would listen on a port of its own
+            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
+        return [NchfNotifierComponent(port, settings)]
+    if role == "worker":
+        numbers = itertools.repeat(ASSIGN_NUMBER)  # the core numbers them
+        return [NchfComponent(port, settings, reuse_port=True, send_notifications=False, request_numbers=numbers)]
+    return [NchfComponent(port, settings)]
 
 
 # The front-ends, in every role: each builds what `role` runs of it (nothing, in a core that has workers, once its
@@ -145,6 +165,7 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        metrics.watch_workers(self.count, link.ready_workers.__contains__)
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]
@@ -176,6 +197,7 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
+            metrics.FRONTEND_WORKER_EXITS.labels(str(worker_id)).inc()
             log.error(
                 "event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f",
                 worker_id,
@@ -213,6 +235,10 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
     # loop, STOPPING=1 when the drain begins. Taken from the environment before any worker is started.
     notifier = Notifier.from_environment()
     store = open_store(config)
+    # Store size and commit times for /metrics and SNMP, whichever of them is configured.
+    metrics.watch_store(store.stat)
+    if metrics.observe_commit not in store.on_commit:
+        store.on_commit.append(metrics.observe_commit)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.
@@ -221,6 +247,9 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             components.extend(factory(config, service))
         for frontend in FRONTEND_FACTORIES:
             components.extend(frontend(config, service, role))
+        # The SNMP agent last: started once the front-ends listen, stopped before they drain (a stopping chf sends
+        # no peer-down notifications for the peers it disconnects itself).
+        components.extend(snmp_components(config, service))
     except BaseException:
         store.close()
         raise
@@ -288,6 +317,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
                 log.exception("event=component_stop_failed name=%s", component.name)
         await notifier.close()  # the watchdog pings until the front-ends have drained
         await service.stop()
+        metrics.watch_store(None)
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_path)

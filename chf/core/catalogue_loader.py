@@ -50,8 +50,8 @@ File format
 ``[plans.<name>]``
     ``payment`` = prepaid | postpaid | hybrid; ``currency`` (ISO 4217, default the ``[settings]`` one): what the
     plan's fee and the prices of its tariffs are in. Only accounts of that currency take the plan (README,
-    "Currencies"); a plan keeps its currency across reloads (to price it in another, give it another name);
-    ``fee`` (recurring, micro-units, >= 0, default 0);
+    "Currencies and reused numbers"); a plan keeps its currency across reloads (to price it in another, give it
+    another name); ``fee`` (recurring, micro-units, >= 0, default 0);
     ``period`` = month | week | day | "<N>d" (default month); ``overage`` = charge | deny | redirect |
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
@@ -888,7 +888,8 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
 
 def check_replacement(running: Catalogue, new: Catalogue) -> None:
     """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
-    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies")."""
+    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
+    reused numbers")."""
     errors = [
         f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
         "its currency (give a plan in another currency another name)"

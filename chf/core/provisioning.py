@@ -196,8 +196,8 @@ def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
 def check_plan_fits(plan: Plan, account: Account, field: str) -> None:
     """The rule wherever a plan meets an account (a new line or account on a plan, a plan change, a move, an
     import): the plan's payment type is the account's, and its prices are in the account's currency (a price
-    is never relabelled; README, "Currencies"). `field` is the request's field at fault: the plan, or the
-    account a line moves to."""
+    is never relabelled; README, "Currencies and reused numbers"). `field` is the request's field at fault: the
+    plan, or the account a line moves to."""
     if plan.payment != account.payment:
         raise Conflict(field, f"plan {plan.name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
     if plan.currency != account.currency:

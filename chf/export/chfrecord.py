@@ -8,8 +8,8 @@ the request the record comes from, and the exporter shares the process with char
 written file with two independent decoders built from chf-cdr.asn (asn1tools and pycrate's compiler) and compare
 with the JSON record of the same event.
 
-One CDR per rated report: `usage` (a client reported used units, or a one-shot DIRECT_DEBITING) and `refund`
-(REFUND_ACCOUNT) records. Every other record type (top-ups, adjustments, renewals, releases of unused
+One CDR per rated report: `usage` (a client reported used units, or a one-shot DIRECT_DEBITING or POST_EVENT)
+and `refund` (REFUND_ACCOUNT) records. Every other record type (top-ups, adjustments, renewals, releases of unused
 reservations...) is account management, not network usage, and stays in the JSON Lines and NATS streams.
 
 Fields written (JSON record field -> CHFRecord field):
@@ -80,6 +80,7 @@ CAUSES = {
     "rat_change": 22,  # rATChange
     "ue_timezone_change": 23,  # mSTimeZoneChange
     "DIRECT_DEBITING": NORMAL_RELEASE,  # a one-shot event is complete in itself
+    "POST_EVENT": NORMAL_RELEASE,  # so is an Nchf PEC one-time event
     "REFUND_ACCOUNT": NORMAL_RELEASE,
 }
 
@@ -201,7 +202,7 @@ class ChfRecordEncoder:
         report_time = int(record["time"])
         opened = report_time - int(record.get("duration") or 0)
         reason = record.get("reason")
-        one_shot = kind == "refund" or reason == "DIRECT_DEBITING"
+        one_shot = kind == "refund" or reason == "DIRECT_DEBITING" or reason == "POST_EVENT"
         protocol, _, session = (record.get("chargingSessionId") or "").partition(":")
         parts = [self._head]
         subscriber = _subscriber(record)

@@ -71,7 +71,9 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idempotency_window: Annotated[int, Meta(ge=1)] = 3600
     reap_factor: Annotated[int, Meta(ge=1)] = 2
     answers_kept: Annotated[int, Meta(ge=1)] = 4
-    # Days after a line's termination before its identities may go to a new line (README, "Reusing numbers").
+    refund_window: Annotated[int, Meta(ge=0, le=366 * 86_400)] = 7 * 86_400
+    # Days after a line's termination before its identities may go to a new line (README, "Currencies and reused
+    # numbers").
     msisdn_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
     imsi_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
     iccid_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
@@ -82,6 +84,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             idempotency_window=self.idempotency_window,
             reap_factor=self.reap_factor,
             answers_kept=self.answers_kept,
+            refund_window=self.refund_window,
             identity_quarantine={
                 "msisdn": self.msisdn_quarantine_days * 86400,
                 "imsi": self.imsi_quarantine_days * 86400,

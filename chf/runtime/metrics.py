@@ -6,6 +6,9 @@ only interface, operation, result, unit type, sink and the like, whose values ar
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -117,10 +120,37 @@ COMMIT_BATCH = Histogram(
     registry=REGISTRY,
 )
 WRITE_QUEUE = Gauge("chf_store_write_queue_operations", "Operations waiting for the next commit", registry=REGISTRY)
-# Read at each scrape. The store is full (writes refused) when the used size reaches the map size ([store]
-# map_size_mb). Freed pages are reused before the store grows, so the used size is a high-water mark.
+# The store is full (writes refused) when the used size reaches the map size ([store] map_size_mb). Freed pages
+# are reused before the store grows, so the used size is a high-water mark.
 STORE_USED = Gauge("chf_store_used_bytes", "Store pages in use up to the highest, in bytes", registry=REGISTRY)
-STORE_MAP_SIZE = Gauge("chf_store_map_size_bytes", "Largest size the store may reach, in bytes", registry=REGISTRY)
+STORE_MAP_SIZE = Gauge(
+    "chf_store_map_size_bytes", "Size of the store map, the most it can hold ([store] map_size_mb)", registry=REGISTRY
+)
+
+# -- catalogue --
+CATALOGUE_RELOADS = Counter(
+    "chf_catalogue_reloads_total",
+    "Catalogue reloads (SIGHUP, API), by result: ok or failed",
+    ["result"],
+    registry=REGISTRY,
+)
+CATALOGUE_RELOAD_FAILED = Gauge(
+    "chf_catalogue_reload_failed",
+    "1 when the last catalogue reload failed (the previous catalogue runs)",
+    registry=REGISTRY,
+)
+
+# -- front-end worker processes, seen from the core --
+FRONTEND_WORKERS = Gauge("chf_frontend_workers", "Front-end worker processes configured", registry=REGISTRY)
+FRONTEND_WORKER_UP = Gauge(
+    "chf_frontend_worker_up",
+    "1 while a front-end worker is up (listening, linked to the core)",
+    ["worker"],
+    registry=REGISTRY,
+)
+FRONTEND_WORKER_EXITS = Counter(
+    "chf_frontend_worker_exits_total", "Front-end worker exits (each is restarted)", ["worker"], registry=REGISTRY
+)
 
 # -- export --
 EXPORT_BACKLOG = Gauge(
@@ -130,6 +160,42 @@ EXPORT_DELIVERED = Counter(
     "chf_export_delivered_events_total", "Events acknowledged by a sink", ["sink"], registry=REGISTRY
 )
 EXPORT_FAILED = Counter("chf_export_failures_total", "Failed deliveries to a sink", ["sink"], registry=REGISTRY)
+
+
+def watch_store(stat: Callable[[], dict[str, int]] | None, max_age: float = 0.5) -> None:
+    """Store size and map size, read from `stat()` (Store.stat: used_bytes, map_size) when collected, at most every
+    `max_age` seconds; `None` once the store is closed (the last values stay)."""
+    cache: list[Any] = [-math.inf, 0, 0]  # when read, size, map size
+
+    def read(field: int) -> float:
+        now = time.monotonic()
+        if stat is not None and now - cache[0] > max_age:
+            try:
+                info = stat()
+            except Exception:  # the store is closing: the values of the last reading
+                info = {"used_bytes": cache[1], "map_size": cache[2]}
+            cache[:] = [now, info["used_bytes"], info["map_size"]]
+        return float(cache[field])
+
+    STORE_USED.set_function(lambda: read(1))
+    STORE_MAP_SIZE.set_function(lambda: read(2))
+
+
+def watch_workers(count: int, is_up: Callable[[int], bool]) -> None:
+    """The core's front-end workers: how many, and each one's state from `is_up(worker)` when collected."""
+    FRONTEND_WORKERS.set(count)
+    for worker in range(count):
+        FRONTEND_WORKER_UP.labels(str(worker)).set_function(functools.partial(_flag, is_up, worker))
+        FRONTEND_WORKER_EXITS.labels(str(worker))
+
+
+def _flag(predicate: Callable[[int], bool], value: int) -> float:
+    return 1.0 if predicate(value) else 0.0
+
+
+def observe_catalogue_reload(ok: bool) -> None:
+    CATALOGUE_RELOADS.labels("ok" if ok else "failed").inc()
+    CATALOGUE_RELOAD_FAILED.set(0 if ok else 1)
 
 
 def observe_commit(batch: int, seconds: float) -> None:

@@ -150,8 +150,13 @@ class ChargingService:
         plan of both that changes currency is a failure (`check_replacement`)."""
         if self.catalogue_path is None:
             raise RuntimeError("the service was started without a catalogue file")
-        catalogue = load_catalogue(self.catalogue_path)
-        check_replacement(self.engine.catalogue, catalogue)
+        try:
+            catalogue = load_catalogue(self.catalogue_path)
+            check_replacement(self.engine.catalogue, catalogue)
+        except Exception:
+            metrics.observe_catalogue_reload(False)
+            raise
+        metrics.observe_catalogue_reload(True)
         self.engine.catalogue = catalogue
         log.info("event=catalogue_reloaded digest=%s plans=%d", catalogue.digest[:12], len(catalogue.plans))
         return catalogue
@@ -263,6 +268,9 @@ class ChargingService:
         ctx.flush()
         return True
 
+    def _purge_debits(self, txn: Txn) -> int:
+        return txn.purge_debits(self.now() - self.engine.config.refund_window, 10_000)
+
     async def _purger(self) -> None:
         while True:
             await asyncio.sleep(self.purge_interval)
@@ -270,6 +278,10 @@ class ChargingService:
                 gone = await self.store.submit(lambda txn: txn.purge_idem(self.now(), 10_000))
                 if gone:
                     log.info("event=idempotency_purged records=%d", gone)
+                # Debits out of the refund window (chf.core.events) of lines that made no debit since.
+                gone = await self.store.submit(self._purge_debits)
+                if gone:
+                    log.info("event=debits_purged records=%d", gone)
             except asyncio.CancelledError:
                 raise
             except Exception:
