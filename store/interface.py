@@ -117,6 +117,16 @@ class Txn(Protocol):
         """`put_subscriber` for a line just numbered by `new_subscriber_id` (bulk import)."""
         ...
 
+    def release_identity(self, kind: str, value: str, line_id: int, now: int) -> None:
+        """Line `line_id` gives up identity `value` ("imsi", "msisdn" or "iccid"), if the index names that line:
+        the entry goes, so another line can take the identity, and the line stays findable by it in
+        `released_identity`; else nothing changes. The line record itself keeps the identity (its history)."""
+        ...
+
+    def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
+        """The lines that held identity `value` and released it, as (line id, release time), oldest first."""
+        ...
+
     def subscribers(self) -> Iterator[Subscriber]: ...
 
     def subscriber_count(self) -> int: ...

@@ -7,7 +7,9 @@ Key layout (one LMDB environment, named sub-databases):
     accounts      account id -> Account (with its wallet)
     subscribers   8-byte line id -> Subscriber
     idx_imsi, idx_msisdn, idx_iccid
-                  identity -> 8-byte line id
+                  identity -> 8-byte line id                           (the line holding it now)
+    idx_released  kind + 0x00 + identity + 0x00 + 8-byte line id -> 8-byte time
+                  (identities a terminated line held and gave up, kept for searches in history)
     account_lines account id + 0x00 + 8-byte line id -> b""     (lines of an account)
     account_active
                   account id -> 8-byte line id, one duplicate per active line (LMDB dupsort): the account's
@@ -74,6 +76,7 @@ _DBS = (
     b"idx_imsi",
     b"idx_msisdn",
     b"idx_iccid",
+    b"idx_released",
     b"account_lines",
     b"account_active",
     b"balances",
@@ -100,6 +103,11 @@ def _u64(n: int) -> bytes:
 def _debit_key(line_id: int, rating_group: int, seq: int) -> bytes:
     # A request without a rating group has -1 (chf.core.model.NO_RATING_GROUP): stored as 0, the others as rg + 1.
     return _u64(line_id) + _u64(rating_group + 1) + _u64(seq)
+
+
+def _released_key(kind: str, value: str) -> bytes:
+    """The prefix of the lines that gave up an identity (idx_released); the line id follows it."""
+    return kind.encode() + b"\x00" + value.encode() + b"\x00"
 
 
 def line_key(line_id: int) -> bytes:
@@ -241,6 +249,27 @@ class Txn:
         if sub.state == ACTIVE:
             put(sub.account.encode(), key, db=db[b"account_active"])
         put(key, sub.encode(), db=db[b"subscribers"])
+
+    def release_identity(self, kind: str, value: str, line_id: int, now: int) -> None:
+        db = self._db
+        idx = db[b"idx_" + kind.encode()]
+        if self._txn.get(value.encode(), db=idx) != _u64(line_id):
+            return  # not (or no longer) the line's
+        self._delete(value.encode(), db=idx)
+        self._put(_released_key(kind, value) + _u64(line_id), _u64(now), db=db[b"idx_released"])
+
+    def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
+        prefix = _released_key(kind, value)
+        out: list[tuple[int, int]] = []
+        with self._txn.cursor(db=self._db[b"idx_released"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append((int.from_bytes(key[len(prefix) :], "big"), int.from_bytes(raw, "big")))
+        out.sort(key=lambda held: (held[1], held[0]))
+        return out
 
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:

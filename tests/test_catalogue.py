@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from chf.core.catalogue import UNLIMITED, Catalogue, CatalogueError, Tariff, Tier
-from chf.core.catalogue_loader import load_catalogue, parse_catalogue
+from chf.core.catalogue_loader import check_replacement, load_catalogue, parse_catalogue
 from chf.core.periods import first_period_start, parse_period, period_end, prorate
 
 DEMO = Path(__file__).resolve().parent.parent / "conf" / "catalogue.toml"
@@ -344,6 +344,8 @@ overage = "redirect"
             "plan 'p': pool_unit: no tariff of this plan rates 'events'",
         ),
         ("roaming = 0", "plan 'p': roaming: must be true or false, got 0"),
+        ('currency = "usd"', "plan 'p': currency: must be an ISO 4217 code of 3 upper-case letters, got 'usd'"),
+        ("currency = 840", "plan 'p': currency: must be a string, got 840"),
         ('period = "0d"', "plan 'p': period: must be"),
         (
             'suspended_fee = "half"',
@@ -362,6 +364,26 @@ def test_plan_field_errors(plan_extra: str, expected: str) -> None:
     errs = errors_of(text)
     assert len(errs) == 1, errs
     assert errs[0].startswith("catalogue.toml: " + expected), errs
+
+
+def test_a_plan_is_priced_in_its_currency_else_the_catalogues() -> None:
+    c = cat(PLAN + '\n[plans.u]\npayment = "prepaid"\ncurrency = "USD"\n[plans.u.rating]\ndefault = "data"\n')
+    assert (c.plans["p"].currency, c.plans["u"].currency) == ("EUR", "USD")
+    assert c.plan_in("u", "USD") is c.plans["u"]
+    assert c.plan_in("u", "EUR") is None and c.plan_in("p", "USD") is None and c.plan_in(None, "EUR") is None
+    assert {p.currency for p in load_catalogue(DEMO).plans.values()} == {"EUR"}
+
+
+def test_a_reload_keeps_each_plans_currency() -> None:
+    running = cat()
+    check_replacement(running, cat(PLAN.replace('payment = "prepaid"', 'payment = "prepaid"\ncurrency = "EUR"')))
+    check_replacement(running, cat(PLAN.replace("[plans.p", "[plans.q")))  # another plan: any currency
+    with pytest.raises(CatalogueError) as exc:
+        check_replacement(running, cat(PLAN.replace('payment = "prepaid"', 'payment = "prepaid"\ncurrency = "GBP"')))
+    assert exc.value.errors == [
+        "catalogue.toml: plan 'p': currency: was EUR, now GBP; a plan keeps its currency (give a plan in another "
+        "currency another name)"
+    ]
 
 
 def test_allowance_cross_checks() -> None:

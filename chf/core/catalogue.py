@@ -265,6 +265,7 @@ class Promotion:
 class Plan:
     name: str
     payment: str
+    currency: str  # what its prices are in: the plan's own `currency`, else the catalogue's (ISO 4217)
     fee: int
     period: str
     overage: str
@@ -363,6 +364,13 @@ class Catalogue:
         if p is None:
             raise CatalogueError([f"{self.source}: plan {name!r}: no such plan"])
         return p
+
+    def plan_in(self, name: str | None, currency: str) -> Plan | None:
+        """Plan ``name`` if it is priced in ``currency``, else None: a price is never charged to a wallet of
+        another currency (relabelled). Provisioning refuses such a pairing; this keeps the engine from applying
+        one that got into the store anyway (a line stored before the check, a catalogue edited under it)."""
+        p = self.plans.get(name) if name is not None else None
+        return p if p is not None and p.currency == currency else None
 
     def is_denied(self, plan: Plan, rating_group: int, zone: str) -> bool:
         """True if usage of ``rating_group`` in ``zone`` is barred under ``plan``.

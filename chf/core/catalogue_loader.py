@@ -48,7 +48,10 @@ File format
     by more than one micro-unit, never losing revenue).
 
 ``[plans.<name>]``
-    ``payment`` = prepaid | postpaid | hybrid; ``fee`` (recurring, micro-units, >= 0, default 0);
+    ``payment`` = prepaid | postpaid | hybrid; ``currency`` (ISO 4217, default the ``[settings]`` one): what the
+    plan's fee and the prices of its tariffs are in. Only accounts of that currency take the plan (README,
+    "Currencies and reused numbers"); a plan keeps its currency across reloads (to price it in another, give it
+    another name); ``fee`` (recurring, micro-units, >= 0, default 0);
     ``period`` = month | week | day | "<N>d" (default month); ``overage`` = charge | deny | redirect |
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
@@ -117,7 +120,7 @@ from chf.core.catalogue import (
 )
 from chf.core.periods import period_error
 
-__all__ = ["DEFAULT_GRANTS", "CatalogueError", "load_catalogue", "parse_catalogue"]
+__all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
 
 DAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -508,6 +511,7 @@ def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozense
 _ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
 _PLAN_KEYS = (
     "payment",
+    "currency",
     "fee",
     "period",
     "overage",
@@ -541,12 +545,17 @@ def _allowance(t: _Table) -> Allowance:
     )
 
 
-def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None]) -> Plan | None:
+def _load_plan(
+    errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None], settings: Settings
+) -> Plan | None:
     owner = f"plan {name!r}"
     t = _Table(errs, owner, "", raw, _PLAN_KEYS)
     if not t.ok:
         return None
     payment = t.get_str("payment", choices=PAYMENT_TYPES)
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):  # (the default is checked once)
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
     fee = t.get_int("fee", 0, minimum=0)
     period = t.get_str("period", "month")
     if period:
@@ -567,6 +576,7 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
     return Plan(
         name=name,
         payment=payment,
+        currency=currency,
         fee=fee,
         period=period,
         overage=overage.action,
@@ -869,7 +879,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         errs, "tariff", doc.get("tariffs"), lambda n, r: _load_tariff(errs, n, r, known)
     )
     plans: dict[str, Plan | None] = _named_tables(
-        errs, "plan", doc.get("plans"), lambda n, r: _load_plan(errs, n, r, tariffs)
+        errs, "plan", doc.get("plans"), lambda n, r: _load_plan(errs, n, r, tariffs, settings)
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
@@ -904,3 +914,17 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
     except UnicodeDecodeError as exc:
         raise CatalogueError([f"{source}: not valid UTF-8: {exc}"]) from None
     return parse_catalogue(text, source)
+
+
+def check_replacement(running: Catalogue, new: Catalogue) -> None:
+    """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
+    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
+    reused numbers")."""
+    errors = [
+        f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
+        "its currency (give a plan in another currency another name)"
+        for name, plan in running.plans.items()
+        if name in new.plans and new.plans[name].currency != plan.currency
+    ]
+    if errors:
+        raise CatalogueError(errors)

@@ -8,6 +8,7 @@ signals tell the front-ends which sessions to re-authorise or abort once the cha
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
@@ -187,9 +188,22 @@ def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
         plan = engine.catalogue.plan(name)
     except CatalogueError as exc:
         raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
-    if account is not None and plan.payment != account.payment:
-        raise Conflict("plan", f"plan {name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if account is not None:
+        check_plan_fits(plan, account, "plan")
     return plan
+
+
+def check_plan_fits(plan: Plan, account: Account, field: str) -> None:
+    """The rule wherever a plan meets an account (a new line or account on a plan, a plan change, a move, an
+    import): the plan's payment type is the account's, and its prices are in the account's currency (a price
+    is never relabelled; README, "Currencies and reused numbers"). `field` is the request's field at fault: the
+    plan, or the account a line moves to."""
+    if plan.payment != account.payment:
+        raise Conflict(field, f"plan {plan.name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if plan.currency != account.currency:
+        raise Conflict(
+            field, f"plan {plan.name!r} is priced in {plan.currency}, account {account.id!r} is in {account.currency}"
+        )
 
 
 def topup(
@@ -343,8 +357,10 @@ def _check_new_line(
     eid: str | None,
     plan: str | None,
     state: str,
-) -> tuple[Account, Plan | None]:
-    """Every check of a new line, before anything is written: returns its account and plan (or None)."""
+    now: int,
+) -> tuple[Account, Plan | None, list[Release]]:
+    """Every check of a new line, before anything is written: returns its account, its plan (or None) and the
+    identities it takes over from terminated lines (`_release` them before writing the line)."""
     check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
     if msisdn is not None:
         check_identity("msisdn", msisdn, _MSISDN_RE, "6 to 15 digits in international format, no '+'")
@@ -358,10 +374,46 @@ def _check_new_line(
     if acct is None:
         raise NotFound("account", f"no account {account!r}")
     plan_rec = _plan(engine, plan, acct) if plan is not None else None
-    for kind, value in (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)):
-        if value and txn.subscriber_id_by(kind, value) is not None:
-            raise Conflict(kind, f"{kind} {value} is already in use by another line")
-    return acct, plan_rec
+    releases = _claim_identities(txn, engine, (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)), now)
+    return acct, plan_rec, releases
+
+
+Release = tuple[str, str, int]  # (kind, identity, the terminated line that gives it up)
+
+
+def _claim_identities(
+    txn: Txn, engine: Engine, identities: tuple[tuple[str, str | None], ...], now: int
+) -> list[Release]:
+    """The identities a new line asks for: free, or held by a line terminated longer ago than the quarantine
+    of their kind ([engine] <kind>_quarantine_days), which then gives them up. Anything else is a Conflict."""
+    releases: list[Release] = []
+    for kind, value in identities:
+        holder_id = txn.subscriber_id_by(kind, value) if value else None
+        if holder_id is None:
+            continue
+        assert value is not None
+        holder = txn.get_subscriber(holder_id)
+        if holder is None or holder.state != TERMINATED:
+            raise Conflict(kind, f"{kind} {value} is already in use by line #{holder_id}")
+        free_from = holder.state_since + engine.config.identity_quarantine.get(kind, 0)
+        if now < free_from:
+            raise Conflict(
+                kind,
+                f"{kind} {value} belonged to line #{holder_id}, terminated {_day(holder.state_since)}: "
+                f"in quarantine until {_day(free_from)}",
+            )
+        releases.append((kind, value, holder_id))
+    return releases
+
+
+def _release(txn: Txn, releases: list[Release], now: int) -> None:
+    """Terminated lines give up identities a new line takes (checked by `_claim_identities`)."""
+    for kind, value, holder_id in releases:
+        txn.release_identity(kind, value, holder_id, now)
+
+
+def _day(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def _write_new_line(
@@ -424,7 +476,7 @@ def add_line(
     state: str = ACTIVE,
     actor: str = "admin",
 ) -> OpResult:
-    acct, plan_rec = _check_new_line(
+    acct, plan_rec, releases = _check_new_line(
         txn,
         engine,
         txn.get_account,
@@ -435,7 +487,9 @@ def add_line(
         eid=eid,
         plan=plan,
         state=state,
+        now=now,
     )
+    _release(txn, releases, now)
     sub = _new_subscriber(txn.new_subscriber_id(), acct, imsi, msisdn, iccid, eid, state, plan, now, actor)
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
@@ -659,7 +713,7 @@ def add_lines(
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
-            acct, plan_rec = _check_new_line(
+            acct, plan_rec, releases = _check_new_line(
                 txn,
                 engine,
                 get_account,
@@ -670,10 +724,12 @@ def add_lines(
                 eid=row.get("eid"),
                 plan=row.get("plan"),
                 state=state,
+                now=now,
             )
         except RequestError as exc:
             results.append(exc)
             continue
+        _release(txn, releases, now)
         actx = accounts[acct.id]
         assert actx is not None
         sub = _new_subscriber(
@@ -817,6 +873,11 @@ def move_line(
         return OpResult(sub.as_dict())
     if target.tenant != sub.tenant:
         raise Conflict("account", f"account {account_id!r} belongs to another tenant")
+    if sub.plan is not None:  # a line without a plan of its own is rated by its account's plan, which fits it
+        plan = engine.catalogue.plans.get(sub.plan)
+        if plan is None:
+            raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
+        check_plan_fits(plan, target, "account")
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
@@ -877,9 +938,44 @@ def assign_plan(
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
 
 
+IDENTITY_KINDS = ("imsi", "msisdn", "iccid")
+
+
+def identity_lines(txn: Txn, value: str) -> list[dict[str, Any]]:
+    """Every line that holds or held `value` as its IMSI, MSISDN or ICCID, oldest first per kind: the lines that
+    gave it up at their termination (`until`: when), then the one holding it now (`until` None)."""
+    value = str(value).strip()
+    out: list[dict[str, Any]] = []
+    for kind in IDENTITY_KINDS:
+        held: list[tuple[int, int | None]] = [*txn.released_identity(kind, value)]
+        holder = txn.subscriber_id_by(kind, value)
+        if holder is not None:
+            held.append((holder, None))
+        for line_id, until in held:
+            sub = txn.get_subscriber(line_id)
+            if sub is not None:
+                entry = {"kind": kind, "line": sub.id, "account": sub.account, "state": sub.state}
+                out.append({**entry, "since": sub.created, "until": until})
+    if not out:
+        raise NotFound("identity", f"no line holds or held IMSI, MSISDN or ICCID {value!r}")
+    return out
+
+
 def line_view(txn: Txn, engine: Engine, sub: Subscriber, now: int) -> dict[str, Any]:
-    """A line with its account, buckets (its own and shared) and open sessions, as the CLI and API show it."""
+    """A line with its account, buckets (its own and shared) and open sessions, as the CLI and API show it; with
+    the identities it gave up (`released`: kind -> when) and the lines that gave its identities up to it."""
     out = sub.as_dict()
+    released: dict[str, int] = {}
+    former: list[dict[str, Any]] = []
+    for kind in IDENTITY_KINDS:
+        value = getattr(sub, kind)
+        for line_id, until in txn.released_identity(kind, value) if value else ():
+            if line_id == sub.id:
+                released[kind] = until
+            elif until <= sub.created:  # it gave the identity up before this line took it, not after
+                former.append({"kind": kind, "line": line_id, "until": until})
+    out["released"] = released
+    out["former_holders"] = former
     account = txn.get_account(sub.account)
     out["account_detail"] = account.as_dict() if account is not None else None
     bs = txn.get_line_balances(sub.id)

@@ -85,7 +85,7 @@ def line_terms(plan: Plan, state: str, period_index: int) -> tuple[int, bool]:
 def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
     catalogue = ctx.catalogue
     owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
-    plan = catalogue.plans.get(bs.plan) if bs.plan is not None else None
+    plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
     # Periods: at most one catch-up per missed period, bounded so a long-idle line cannot stall a batch.
     for _ in range(400):
         if plan is None or ctx.now < bs.period_end:
@@ -297,7 +297,7 @@ def retry_pending_renewal(ctx: Context, reason: str = "renewal retried") -> None
     for bs, is_account in ((ctx.line_bs, False), (ctx.acct_bs, True)):
         if bs is None or not bs.renewal_pending or bs.plan is None:
             continue
-        plan = catalogue.plans.get(bs.plan)
+        plan = catalogue.plan_in(bs.plan, ctx.account.currency)
         if plan is None:
             continue
         state = ACTIVE if is_account else ctx.sub.state
