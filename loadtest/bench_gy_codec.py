@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from chf.core.model import ChargingAnswer, UnitAnswer
-from gy.ccapp import AnswerEncoder, parse_ccr
+from gy.cca import AnswerEncoder
+from gy.ccr_fast import parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, decode_header, encode_message
 from gy.peer import LocalIdentity, PeerConnection, PeerPolicy
@@ -87,14 +88,7 @@ def answer_for(number: int) -> ChargingAnswer:
 
 def make_encoder() -> tuple[Callable[..., bytes], PeerConnection]:
     peer = PeerConnection(LocalIdentity(), PeerPolicy(allow_unknown=True), 0.0)
-    encoder = AnswerEncoder(peer.identity_avps, 2, 0)
-    encode_cca = getattr(encoder, "encode_cca", None)
-    if encode_cca is None:  # the API before the template encoder: a list of AVPs, then the message
-
-        def encode_cca(msg, ccr, answer):  # type: ignore[no-untyped-def]
-            return peer.answer(msg, encoder.cca(ccr, answer))
-
-    return encode_cca, peer
+    return AnswerEncoder(peer.identity_avps, 2, 0).encode_cca, peer
 
 
 def per_call_us(fn: Callable[[], object], seconds: float) -> float:

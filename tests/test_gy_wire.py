@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chf.core.model import ChargingAnswer, FinalUnit, UnitAnswer
-from gy.ccapp import AnswerEncoder, parse_ccr
+from gy.cca import AnswerEncoder
+from gy.ccr_fast import parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import E, decode_header, encode_message, find, find_all
 from tests.gy_support import provision, running_server
@@ -119,7 +120,7 @@ def test_python_diameter_encodes_ours_decodes(session: str, number: int, rg: int
     assert unit.rating_group == rg and unit.requested == {}
     (report,) = unit.used
     assert report.units == {"bytes": total, "seconds": seconds}
-    from gy.ccapp import REPORTING_REASONS
+    from gy.ccr import REPORTING_REASONS
 
     assert report.reason == REPORTING_REASONS[reason]
 

@@ -31,6 +31,7 @@ from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
 from store.lmdbstore import Store
 
@@ -54,10 +55,28 @@ COMPONENT_FACTORIES: list[ComponentFactory] = []
 COMPONENT_FACTORIES.append(api_components)
 COMPONENT_FACTORIES.append(export_components)
 
-from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
+from gy.server import GyConfig, GyConfigError, GyServer  # noqa: E402 - front-ends register below the list they extend
 from nchf.component import nchf_components  # noqa: E402
 
-COMPONENT_FACTORIES.append(gy_components)
+
+def _gy_components(config: Config, port: ChargingPort, role: str) -> list[Component]:
+    """The Gy front-end of a process role, when conf/chf.toml has a [gy] section (CHF_GY_PORT overrides the port):
+    "all" runs it here; "core" runs none (its front-end workers do: the section is only checked, and must give a
+    fixed port); "worker" runs it on the port it shares with the other workers (SO_REUSEPORT)."""
+    if "gy" not in config.raw:
+        return []
+    section = dict(config.section("gy"))
+    if os.environ.get("CHF_GY_PORT"):
+        section["port"] = int(os.environ["CHF_GY_PORT"])
+    gy_config = GyConfig.from_section(section, config.source)
+    if role == "core":
+        if gy_config.port == 0:  # each worker would listen on a port of its own
+            raise GyConfigError([f"{config.source}: [gy] port: must be a fixed port with [server] frontend_workers"])
+        return []
+    return [GyServer(gy_config, port, shared_port=role == "worker")]
+
+
+COMPONENT_FACTORIES.append(lambda config, service: _gy_components(config, service, config.role))
 COMPONENT_FACTORIES.append(nchf_components)
 
 
@@ -276,8 +295,8 @@ async def run_worker(config: Config, worker_id: int) -> None:
     await remote.connect()
     service: Any = remote  # offers what the front-ends use of ChargingService
     components: list[Component] = []
-    for factory in (gy_components, nchf_components):
-        components.extend(factory(config, service))
+    components.extend(_gy_components(config, service, config.role))
+    components.extend(nchf_components(config, service))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
