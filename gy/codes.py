@@ -22,7 +22,6 @@ VENDOR_SPECIFIC_APPLICATION_ID = _code("Vendor-Specific-Application-Id")
 SESSION_ID = _code("Session-Id")
 ORIGIN_HOST = _code("Origin-Host")
 RESULT_CODE = _code("Result-Code")
-DESTINATION_REALM = _code("Destination-Realm")
 ORIGIN_REALM = _code("Origin-Realm")
 # -- credit control (RFC 4006) and NASREQ (RFC 7155) -------------------------------------------------------------
 CALLED_STATION_ID = _code("Called-Station-Id")

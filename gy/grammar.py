@@ -225,7 +225,24 @@ ASA ::= < Diameter Header: 274, PXY >
       * [ AVP ]
 """
 
+# RFC 6733 section 7.2: the format of every answer with the E bit (3xxx protocol errors), whatever its command.
+_ERROR_ANSWER = """
+answer-message ::= < Diameter Header: code, ERR, PXY >
+    0*1 < Session-Id >
+        { Origin-Host }
+        { Origin-Realm }
+        { Result-Code }
+        [ Origin-State-Id ]
+        [ Error-Message ]
+        [ Error-Reporting-Host ]
+        [ Failed-AVP ]
+        [ Experimental-Result ]
+      * [ Proxy-Info ]
+      * [ AVP ]
+"""
+
 ANY = "AVP"  # the `* [ AVP ]` of a grammar: any other AVP may follow
+ANY_COMMAND = -1  # the code of the answer-message format: the command of the request it answers
 MANY = -1  # the max of a rule without an upper bound
 
 
@@ -278,7 +295,9 @@ class Command:
         return frozenset(self._codes(lambda r: r.max == 0, vendor))
 
 
-_HEADER = re.compile(r"^(?P<name>[\w-]+)\s*::=\s*<\s*Diameter Header:\s*(?P<code>\d+)(?P<flags>(\s*,\s*\w+)*)\s*>$")
+_HEADER = re.compile(
+    r"^(?P<name>[\w-]+)\s*::=\s*<\s*Diameter Header:\s*(?P<code>\d+|code)(?P<flags>(\s*,\s*\w+)*)\s*>$"
+)
 _RULE = re.compile(r"^(?P<qual>(\d*)\*(\d*))?\s*(?P<open>[<{\[])\s*(?P<name>[\w-]+)\s*[>}\]]$")
 
 
@@ -304,7 +323,8 @@ def parse_messages(text: str, app: int) -> dict[str, Command]:
 
 def _command(head: re.Match[str], app: int, rules: list[Rule]) -> Command:
     flags = {f.strip() for f in head["flags"].split(",") if f.strip()}
-    return Command(head["name"], int(head["code"]), app, "REQ" in flags, "PXY" in flags, tuple(rules))
+    code = ANY_COMMAND if head["code"] == "code" else int(head["code"])
+    return Command(head["name"], code, app, "REQ" in flags, "PXY" in flags, tuple(rules))
 
 
 def _rule(line: str) -> Rule:
@@ -323,6 +343,8 @@ MESSAGES: dict[str, Command] = {
     **parse_messages(_BASE_MESSAGES, APP_BASE),
     **parse_messages(_CREDIT_CONTROL_MESSAGES, APP_CREDIT_CONTROL),
 }
+
+ERROR_ANSWER = parse_messages(_ERROR_ANSWER, APP_BASE)["answer-message"]
 
 # Command codes, each defined once (by the message formats above).
 CMD_CE = MESSAGES["CER"].code  # Capabilities-Exchange

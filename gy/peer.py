@@ -43,6 +43,7 @@ from gy.codes import (
     ORIGIN_HOST,
     ORIGIN_REALM,
     VENDOR_SPECIFIC_APPLICATION_ID,
+    is_protocol_error,
 )
 from gy.dictionary import VENDOR_3GPP
 from gy.grammar import APP_BASE, APP_CREDIT_CONTROL, APP_RELAY, BASE_COMMANDS, CMD_CE, CMD_DP, CMD_DW
@@ -252,8 +253,9 @@ class PeerConnection:
                 self.close_after_flush = True
                 return self._close("peer sent DPR", clean=True)
             if code == CMD_CE:
-                # RFC 6733 5.2: a CER on an open connection is an election loss for the peer; refuse it.
-                self.send(self.answer(msg, self._result(DIAMETER_UNKNOWN_PEER)))
+                # RFC 6733 5.2: a CER on an open connection is an election loss for the peer; refuse it. 3010 is a
+                # protocol error: the E bit (RFC 6733 7.1.3), and the CEA's own AVPs as in every CEA we send.
+                self.send(self.answer(msg, self._result(DIAMETER_UNKNOWN_PEER, *self._cea_tail()), error=True))
                 return []
             if self.state != OPEN:
                 return []
@@ -281,10 +283,12 @@ class PeerConnection:
             for vsa in find_all(msg.avps, VENDOR_SPECIFIC_APPLICATION_ID):
                 apps |= {a.u32() for a in vsa.children if a.code in ids}
         except DecodeError as exc:
-            self.send(self.answer(msg, self._result(exc.result_code, *self._cea_tail()), error=True))
+            # The E bit marks protocol errors (3xxx) only, RFC 6733 7.1.3; a malformed AVP is a 5xxx failure.
+            code = exc.result_code
+            self.send(self.answer(msg, self._result(code, *self._cea_tail()), error=is_protocol_error(code)))
             return self._close(f"malformed CER: {exc}")
         if not host or not realm:
-            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail()), error=True))
+            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail())))
             return self._close("CER without Origin-Host or Origin-Realm")
         self.peer_host = host
         self.peer_realm = realm
