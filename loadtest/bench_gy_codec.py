@@ -38,8 +38,14 @@ SESSION = "pgw1.operator.example;1700000000;4242;ab12"
 
 
 def loadtest_ccr_u() -> bytes:
-    avps = ccr_avps(SESSION, 2, 7, origin_host="pgw1.operator.example", origin_realm="operator.example",
-                    mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])])  # fmt: skip
+    avps = ccr_avps(
+        SESSION,
+        2,
+        7,
+        origin_host="pgw1.operator.example",
+        origin_realm="operator.example",
+        mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])],
+    )
     return encode_message(272, FLAG_REQUEST | FLAG_PROXIABLE, 4, 0x1234, 0x5678, avps)
 
 
@@ -73,11 +79,16 @@ def pgw_ccr_u() -> bytes:
         E("Service-Information").grouped([ps]),
     ]
     avps = ccr_avps(
-        SESSION, 2, 7, origin_host="pgw1.operator.example", origin_realm="operator.example",
-        msisdn="33612345678", imsi="208990000000001",
+        SESSION,
+        2,
+        7,
+        origin_host="pgw1.operator.example",
+        origin_realm="operator.example",
+        msisdn="33612345678",
+        imsi="208990000000001",
         mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "bytes_in": 100_000, "bytes_out": 400_000, "reason": 3}])],
         extra=extra,
-    )  # fmt: skip
+    )
     return encode_message(272, FLAG_REQUEST | FLAG_PROXIABLE, 4, 0x1234, 0x5678, avps)
 
 
@@ -165,7 +176,7 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     the store and engine stubbed out: what the event-loop thread spends beyond the engine."""
     from chf.core.catalogue import load_catalogue
     from chf.runtime.service import ChargingService
-    from gy.client import CMD_CE
+    from gy.grammar import CMD_CE
     from gy.server import GyConfig, GyProtocol, GyServer
 
     store = StubStore()
@@ -174,9 +185,14 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     protocol = GyProtocol(server)
     transport = _Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    cer = [E("Origin-Host").octets(b"pgw.bench"), E("Origin-Realm").octets(b"bench"),
-           E("Host-IP-Address").address("127.0.0.1"), E("Vendor-Id").u32(0), E("Product-Name").text("bench"),
-           E("Auth-Application-Id").u32(4)]  # fmt: skip
+    cer = [
+        E("Origin-Host").octets(b"pgw.bench"),
+        E("Origin-Realm").octets(b"bench"),
+        E("Host-IP-Address").address("127.0.0.1"),
+        E("Vendor-Id").u32(0),
+        E("Product-Name").text("bench"),
+        E("Auth-Application-Id").u32(4),
+    ]
     protocol.data_received(encode_message(CMD_CE, FLAG_REQUEST, 0, 1, 1, cer))
     answer = answer_for(7)
     set_ids = struct.Struct("!II").pack_into
@@ -202,8 +218,9 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="loadtest.bench_gy_codec", description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="loadtest.bench_gy_codec", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--seconds", type=float, default=2.0, help="time per message and direction")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
     p.add_argument("--profile", action="store_true", help="cProfile the PGW-like decode + encode instead")
@@ -231,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         return 0
-    results = {name: bench(make(), args.seconds, args.repeat)
-               for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u))}  # fmt: skip
+    results = {
+        name: bench(make(), args.seconds, args.repeat)
+        for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u))
+    }
     if not args.no_pipeline:
         for name, make in (("loadtest_ccr_u", loadtest_ccr_u), ("pgw_ccr_u", pgw_ccr_u)):
             runs = [asyncio.run(_pipeline(make(), 20_000, 100)) for _ in range(args.repeat)]

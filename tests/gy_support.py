@@ -249,9 +249,15 @@ def provision(
         if txn.get_tenant(tenant) is None:
             provisioning.create_tenant(txn, tenant, tenant, currency, now)
         provisioning.create_account(
-            txn, engine, account_id=account, tenant=tenant, payment="prepaid", now=now, balance=balance,
+            txn,
+            engine,
+            account_id=account,
+            tenant=tenant,
+            payment="prepaid",
+            now=now,
+            balance=balance,
             currency=currency,
-        )  # fmt: skip
+        )
         return provisioning.add_line(
             txn, engine, account=account, imsi=imsi, msisdn=msisdn, plan=plan, now=now, state=state
         )

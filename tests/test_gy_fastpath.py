@@ -339,10 +339,19 @@ def test_encoded_msccs_are_reused_only_for_the_same_grant() -> None:
     ccr = parse_ccr(msg)
     base = {"unit": "bytes", "granted": 1000, "validity_time": 600, "volume_threshold": 100}
     variants = [
-        {}, {"granted": 1001}, {"unit": "seconds"}, {"unit": "events"}, {"unit": "money"}, {"validity_time": 601},
-        {"volume_threshold": 101}, {"time_threshold": 5}, {"quota_holding_time": 7}, {"service_id": 3},
-        {"final": FinalUnit(FUA_RESTRICT, filter_id="f")}, {"final": FinalUnit(FUA_RESTRICT, filter_id="g")},
-    ]  # fmt: skip
+        {},
+        {"granted": 1001},
+        {"unit": "seconds"},
+        {"unit": "events"},
+        {"unit": "money"},
+        {"validity_time": 601},
+        {"volume_threshold": 101},
+        {"time_threshold": 5},
+        {"quota_holding_time": 7},
+        {"service_id": 3},
+        {"final": FinalUnit(FUA_RESTRICT, filter_id="f")},
+        {"final": FinalUnit(FUA_RESTRICT, filter_id="g")},
+    ]
     seen = set()
     for _round in range(2):
         for rating_group in (10, 11):
@@ -360,9 +369,18 @@ def test_encoded_msccs_are_reused_only_for_the_same_grant() -> None:
 def test_peer_frames_messages_split_anywhere() -> None:
     """The receive path cuts messages by offset and keeps the remainder: any split of the stream gives the same
     requests, in order, with the same bytes."""
-    cer = encode_message(257, FLAG_REQUEST, 0, 1, 1, [E("Origin-Host").octets(b"pgw.example"),
-                                                     E("Origin-Realm").octets(b"example"),
-                                                     E("Auth-Application-Id").u32(4)])  # fmt: skip
+    cer = encode_message(
+        257,
+        FLAG_REQUEST,
+        0,
+        1,
+        1,
+        [
+            E("Origin-Host").octets(b"pgw.example"),
+            E("Origin-Realm").octets(b"example"),
+            E("Auth-Application-Id").u32(4),
+        ],
+    )
     ccrs = _valid_ccrs()
     stream = cer + b"".join(ccrs)
     rng = random.Random(7)

@@ -37,15 +37,23 @@ CASES = {
     "3009 reserved AVP flag bits": (272, 4, 0xC0, [*base("x;3009"), encode_raw(55, 0x41, 0, b"\0\0\0\0")], 3009),
     "5001 unknown mandatory AVP": (272, 4, 0xC0, [*base("x;5001"), encode_raw(65000, 0x40, 0, b"abcd")], 5001),
     "5004 bad CC-Request-Type": (
-        272, 4, 0xC0, [*without(base("x;5004"), "CC-Request-Type"), E("CC-Request-Type").i32(9)], 5004,
+        272,
+        4,
+        0xC0,
+        [*without(base("x;5004"), "CC-Request-Type"), E("CC-Request-Type").i32(9)],
+        5004,
     ),
     "5005 missing CC-Request-Number": (272, 4, 0xC0, without(base("x;5005"), "CC-Request-Number"), 5005),
     "5008 Result-Code in a request": (272, 4, 0xC0, [*base("x;5008"), E("Result-Code").u32(2001)], 5008),
     "5009 CC-Request-Type twice": (272, 4, 0xC0, [*base("x;5009"), E("CC-Request-Type").i32(1)], 5009),
     "5014 Unsigned32 of 5 bytes": (
-        272, 4, 0xC0, [*without(base("x;5014"), "CC-Request-Number"), encode_raw(415, 0x40, 0, b"\0\0\0\0\1")], 5014,
+        272,
+        4,
+        0xC0,
+        [*without(base("x;5014"), "CC-Request-Number"), encode_raw(415, 0x40, 0, b"\0\0\0\0\1")],
+        5014,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -117,11 +125,16 @@ async def test_peers(tmp_path: Path) -> None:
             await early.ccr(base("early;1"))
         # a good peer: CEA carries our capabilities; DWR/DWA; then DPR/DPA closes
         client = await srv.client()
-        dwa = await client.request(280, 0, [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").octets(b"test")],
-                                   flags=0x80)  # fmt: skip
+        dwa = await client.request(
+            280, 0, [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").octets(b"test")], flags=0x80
+        )
         assert find(dwa.avps, 268).u32() == 2001
-        dpa = await client.request(282, 0, [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").octets(b"test"),
-                                            E("Disconnect-Cause").i32(2)], flags=0x80)  # fmt: skip
+        dpa = await client.request(
+            282,
+            0,
+            [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").octets(b"test"), E("Disconnect-Cause").i32(2)],
+            flags=0x80,
+        )
         assert find(dpa.avps, 268).u32() == 2001
         await asyncio.wait_for(client.closed, 5)
         # many peers at once

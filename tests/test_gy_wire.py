@@ -28,9 +28,15 @@ u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 units = st.fixed_dictionaries(
     {},
-    optional={"bytes": u64, "bytes_in": u64, "bytes_out": u64, "seconds": u32, "events": u64,
-              "money": st.integers(0, 2**62)},
-)  # fmt: skip
+    optional={
+        "bytes": u64,
+        "bytes_in": u64,
+        "bytes_out": u64,
+        "seconds": u32,
+        "events": u64,
+        "money": st.integers(0, 2**62),
+    },
+)
 msccs = st.lists(
     st.builds(
         Mscc,
@@ -50,8 +56,9 @@ text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_siz
 def test_ours_encode_python_diameter_decodes(
     session: str, rtype: int, number: int, imsi: str, mscc: list[Mscc]
 ) -> None:
-    avps = ccr_avps(session, rtype, number, origin_host="pgw.test", origin_realm="test", imsi=imsi, mscc=mscc,
-                    mcc_mnc="20801")  # fmt: skip
+    avps = ccr_avps(
+        session, rtype, number, origin_host="pgw.test", origin_realm="test", imsi=imsi, mscc=mscc, mcc_mnc="20801"
+    )
     raw = encode_message(272, 0xC0, 4, 7, 9, avps)
     theirs = PdMessage.from_bytes(raw)
     top = theirs.avps
@@ -100,19 +107,26 @@ def _pd(code: int, value: object, vendor: int = 0) -> PdAvp:
     reason=st.integers(0, 9),
     msisdn=st.from_regex(r"\A[0-9]{6,15}\Z"),
 )
-def test_python_diameter_encodes_ours_decodes(session: str, number: int, rg: int, total: int, seconds: int,
-                                              reason: int, msisdn: str) -> None:  # fmt: skip
+def test_python_diameter_encodes_ours_decodes(
+    session: str, number: int, rg: int, total: int, seconds: int, reason: int, msisdn: str
+) -> None:
     msg = PdMessage()
     msg.header.command_code = 272
     msg.header.application_id = 4
     msg.header.is_request = True
     usu = _pd(446, [_pd(421, total), _pd(420, seconds), _pd(872, reason, 10415)])
     msg.avps = [
-        _pd(263, session), _pd(264, b"pgw.test"), _pd(296, b"test"), _pd(283, b"test"), _pd(258, 4),
-        _pd(461, "32251@3gpp.org"), _pd(416, 2), _pd(415, number),
+        _pd(263, session),
+        _pd(264, b"pgw.test"),
+        _pd(296, b"test"),
+        _pd(283, b"test"),
+        _pd(258, 4),
+        _pd(461, "32251@3gpp.org"),
+        _pd(416, 2),
+        _pd(415, number),
         _pd(443, [_pd(450, 0), _pd(444, msisdn)]),
         _pd(456, [_pd(432, rg), _pd(437, []), usu]),
-    ]  # fmt: skip
+    ]
     ccr = parse_ccr(decode_header(msg.as_bytes()))
     assert ccr.session_id == session and ccr.request.number == number
     assert ccr.request.identities == [("msisdn", msisdn)]
@@ -137,12 +151,18 @@ def test_cca_decodes_in_python_diameter(rg: int, granted: int, unit: str, validi
     if unit == "seconds":
         granted = granted % 2**32 or 1  # 2**32 would wrap to 0, which grants nothing (no GSU)
     enc = AnswerEncoder([E("Origin-Host").octets(b"chf.test"), E("Origin-Realm").octets(b"test")], 2, 0)
-    raw_ccr = encode_message(272, 0xC0, 4, 1, 2, ccr_avps("s;1", 2, 5, origin_host="p", origin_realm="r",
-                                                          mscc=[Mscc(rg, {})]))  # fmt: skip
+    raw_ccr = encode_message(
+        272, 0xC0, 4, 1, 2, ccr_avps("s;1", 2, 5, origin_host="p", origin_realm="r", mscc=[Mscc(rg, {})])
+    )
     ccr = parse_ccr(decode_header(raw_ccr))
     final = FinalUnit(fua, "https://x.example/", "f1", ["permit out ip from any to 192.0.2.1"]) if fua else None
-    answer = ChargingAnswer("success", "gy:s;1", 5, [UnitAnswer(rg, unit=unit, granted=granted,
-                            validity_time=validity, final=final)], currency="EUR")  # fmt: skip
+    answer = ChargingAnswer(
+        "success",
+        "gy:s;1",
+        5,
+        [UnitAnswer(rg, unit=unit, granted=granted, validity_time=validity, final=final)],
+        currency="EUR",
+    )
     raw = encode_message(272, 0x40, 4, 1, 2, enc.cca(ccr, answer))
     theirs = PdMessage.from_bytes(raw)
     (mscc,) = [a for a in theirs.avps if a.code == 456]
@@ -159,8 +179,11 @@ def test_cca_decodes_in_python_diameter(rg: int, granted: int, unit: str, validi
         uv = {a.code: a.value for a in {a.code: a for a in gsu[413].value}[445].value}
         assert uv[447] * 10 ** (uv[429] + 6) == granted
     if fua:
-        assert {a.code: a.value for a in by_code[430].value}[449] == {"terminate": 0, "redirect": 1,
-                                                                      "restrict_access": 2}[fua]  # fmt: skip
+        assert {a.code: a.value for a in by_code[430].value}[449] == {
+            "terminate": 0,
+            "redirect": 1,
+            "restrict_access": 2,
+        }[fua]
 
 
 def _pcap(path: Path, messages: list[tuple[bool, bytes]]) -> None:
@@ -211,8 +234,10 @@ async def test_tshark_dissects_a_test_run(tmp_path: Path) -> None:
     started = time.monotonic()
     out = subprocess.run(
         [tshark, "-r", str(pcap), "-o", "tcp.analyze_sequence_numbers:FALSE", "-z", "expert,error", "-q"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "Errors" not in out.stdout, out.stdout
     detail = subprocess.run([tshark, "-r", str(pcap), "-V"], capture_output=True, text=True, timeout=120).stdout
