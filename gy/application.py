@@ -57,11 +57,7 @@ class Link(Protocol):
 
     peer: PeerConnection
     inflight: int  # requests of this connection in the core
-
-    @property
-    def connected(self) -> bool:
-        """False once the connection is lost: its answers are dropped."""
-        ...
+    connected: bool  # False once the connection is lost: its answers are dropped
 
     def write_answer(self, data: bytes) -> None:
         """Send an answer (the asyncio layer batches those of one loop iteration)."""

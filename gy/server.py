@@ -112,18 +112,16 @@ class GyProtocol(asyncio.Protocol):
         self.app = server.app
         self.peer = PeerConnection(server.local, server.policy, time.monotonic())
         self.transport: asyncio.Transport | None = None
+        self.connected = False  # the application's view: answers to a lost connection are dropped
         self.inflight = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.opened = False
 
-    @property
-    def connected(self) -> bool:
-        return self.transport is not None
-
     # -- transport ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.connected = True
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -133,6 +131,7 @@ class GyProtocol(asyncio.Protocol):
             self.app.peer_closed(self)
             log.info("event=peer_disconnected peer=%s", self.peer.peer_host)
         self.transport = None
+        self.connected = False
 
     def data_received(self, data: bytes) -> None:
         for event in self.peer.receive(data, time.monotonic()):
