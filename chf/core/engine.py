@@ -170,6 +170,16 @@ def _first_reported(units: dict[str, int]) -> str | None:
     return None
 
 
+def _keep_replay_state(previous: Session, session: Session) -> None:
+    """A CCR-INITIAL on a session still open starts it afresh (its reservations were released) but keeps what
+    recognises a retransmission of the session's earlier requests: the numbers applied and the answers kept.
+    Without them a retransmitted CCR-UPDATE after it (say with the T flag, after a failover and a restart) was
+    charged a second time."""
+    session.last_request = previous.last_request
+    session.seen = previous.seen
+    session.answers = previous.answers
+
+
 def _priority_order(found: tuple[int, int, Bucket, int, str]) -> tuple[int, int]:
     return (found[0], found[1])
 
@@ -470,6 +480,7 @@ class Engine:
                 self._release_all(ctx, session)
             else:
                 ctx = self.context(txn, sub, now)
+            replay = session  # an open session's replay state outlives a new CCR-INITIAL: see _keep_replay_state
             session = Session(
                 req.session,
                 sub.id,
@@ -485,6 +496,8 @@ class Engine:
                 req.serving_network,
                 req.notify,
             )
+            if replay is not None:
+                _keep_replay_state(replay, session)
         else:
             if session is None:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="no such session")
