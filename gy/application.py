@@ -6,10 +6,21 @@ answers to our requests, `peer_opened` / `peer_closed`, `signal` for the core's 
 answers through the `Link` of the request's connection (`write_answer`), and queues RAR/ASR on a peer's state
 machine (`send_request`, then `Link.flush`). It holds:
 - the in-flight bounds (per peer and in all; beyond them 3004 DIAMETER_TOO_BUSY),
-- the duplicate cache: a retransmission (same Origin-Host and End-to-End-Id) gets the first answer again without
-  reaching the core, or waits for it while the first copy is being charged; retransmissions by Session-Id and
-  CC-Request-Number are answered by the core from its stored answer, which also survives a restart,
+- the duplicate cache (RFC 6733 section 6.1.4), see `DuplicateCache`,
 - RAR/ASR building, and the matching of their answers.
+
+Retransmissions. A request is a duplicate of an earlier one when it has the same Origin-Host (the request's AVP:
+the originating PGW, not the peer that sent it, which may be a relay serving several) and End-to-End-Id, within
+the duplicate window, *and* the same Session-Id, CC-Request-Number and command: anything else that reuses an
+id is a new request, and no answer ever carries another request's Session-Id. A duplicate gets the first answer
+again, without reaching the core (or waits for it while the first copy is being charged). Only answers the core
+decided are kept: refusals (3004 when the core is busy or out of reach, 5012) are not, so a retransmission gets
+the core's answer once it can give one.
+
+The T flag (RFC 6733 section 3, a retransmission after a failover) takes no path of its own: every request, T or
+not, is looked up here first. One that misses (its first copy went to another worker or to this process before a
+restart, or it is older than the window) goes to the core, whose stored answers per Session-Id and
+CC-Request-Number (kept in the store, across restarts) answer it again without charging it twice.
 """
 
 from __future__ import annotations
@@ -17,13 +28,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
 from chf.runtime.port import ChargingPort, refusal
-from gy.cca import AnswerEncoder
+from gy.cca import RESULT_CODES, AnswerEncoder
 from gy.ccr import ParsedCCR
 from gy.ccr_fast import parse_ccr
 from gy.codec import DecodeError, E, Message, find
@@ -43,6 +55,7 @@ from gy.peer import PeerConnection
 log = logging.getLogger("gy.server")
 
 OPERATIONS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
+DUPLICATE_WINDOW = 240.0  # seconds; RFC 6733 6.1.4: what originators guarantee (4 minutes without an id reused)
 RE_AUTH_AUTHORIZE_ONLY = 0  # RFC 6733 8.12 Re-Auth-Request-Type
 MAX_PENDING_SIGNALS = 65536  # RAR/ASR awaiting their answer; the oldest is forgotten beyond
 
@@ -68,6 +81,62 @@ class Link(Protocol):
         ...
 
 
+# A request as the duplicate cache tells requests apart: (Session-Id, CC-Request-Number, command code).
+RequestId = tuple[str, int, int]
+DuplicateKey = tuple[str, int]  # (Origin-Host, End-to-End-Id)
+
+
+class DuplicateCache:
+    """The answers to recent requests by (Origin-Host, End-to-End-Id), each kept `window` seconds at most and
+    `size` answers in all (the oldest forgotten first), and the requests being charged with the retransmissions
+    waiting for them. The requests in flight are not in `answers` (they are bounded by the in-flight limits): the
+    bound on answers holds whatever is in flight, with any size, 0 included (nothing kept)."""
+
+    def __init__(self, size: int, window: float, clock: Callable[[], float]) -> None:
+        self.size = size
+        self.window = window
+        self.clock = clock
+        # key -> (request, answered at, answer bytes), oldest first
+        self.answers: OrderedDict[DuplicateKey, tuple[RequestId, float, bytes]] = OrderedDict()
+        # key -> (request, retransmissions waiting for its answer)
+        self.in_flight: dict[DuplicateKey, tuple[RequestId, list[tuple[Link, Message]]]] = {}
+
+    def answer(self, key: DuplicateKey, request: RequestId) -> bytes | None:
+        """The kept answer to this very request, if any (not another request's that reused the id, not an
+        expired one)."""
+        kept = self.answers.get(key)
+        if kept is None or kept[0] != request or self.clock() - kept[1] > self.window:
+            return None
+        return kept[2]
+
+    def waiting(self, key: DuplicateKey, request: RequestId) -> list[tuple[Link, Message]] | None:
+        """The retransmissions waiting for this very request while it is charged, or None."""
+        flight = self.in_flight.get(key)
+        return flight[1] if flight is not None and flight[0] == request else None
+
+    def start(self, key: DuplicateKey, request: RequestId) -> bool:
+        """Note a request as being charged; False when another request with the same key already is (then this
+        one is charged without duplicate detection: its key is taken)."""
+        if key in self.in_flight:
+            return False
+        self.in_flight[key] = (request, [])
+        return True
+
+    def finish(self, key: DuplicateKey) -> list[tuple[Link, Message]]:
+        """The request with this key is answered: the retransmissions that waited for it."""
+        return self.in_flight.pop(key)[1]
+
+    def remember(self, key: DuplicateKey, request: RequestId, data: bytes) -> None:
+        now = self.clock()
+        answers = self.answers
+        answers.pop(key, None)  # re-inserted last: the order is that of the answers' times
+        answers[key] = (request, now, data)
+        while answers and now - next(iter(answers.values()))[1] > self.window:
+            answers.popitem(last=False)
+        while len(answers) > self.size:
+            answers.popitem(last=False)
+
+
 class GyApplication:
     def __init__(
         self,
@@ -79,18 +148,19 @@ class GyApplication:
         max_inflight_per_peer: int,
         max_inflight: int,
         duplicate_cache: int,
+        duplicate_window: float = DUPLICATE_WINDOW,
         shared_port: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`identity`: our Origin-Host and Origin-Realm, encoded. `shared_port`: see `signal`."""
+        """`identity`: our Origin-Host and Origin-Realm, encoded. `duplicate_cache`, `duplicate_window`: the
+        answers kept for retransmissions, and for how long (seconds). `shared_port`: see `signal`."""
         self.port = port
         self.encoder = AnswerEncoder(identity, ccfh, session_failover)
         self.max_inflight_per_peer = max_inflight_per_peer
         self.max_inflight = max_inflight
-        self.duplicate_cache = duplicate_cache
+        self.duplicates = DuplicateCache(duplicate_cache, duplicate_window, clock)
         self.shared_port = shared_port
         self.inflight = 0
-        # (Origin-Host, End-to-End-Id) -> answer bytes, or the retransmissions waiting for the first answer.
-        self.answers: OrderedDict[Any, Any] = OrderedDict()
         self.pending_signals: dict[int, tuple[str, str]] = {}  # hbh of our RAR/ASR -> (kind, session)
         self.by_host: dict[str, Link] = {}
 
@@ -113,28 +183,32 @@ class GyApplication:
         if msg.code != CMD_CC:
             self._protocol_error(link, msg, DIAMETER_COMMAND_UNSUPPORTED, f"command {msg.code} is not supported")
             return
-        dup_key = (link.peer.peer_host, msg.e2e)
-        cached = self.answers.get(dup_key)
-        if cached is not None:
-            _duplicates.inc()
-            if isinstance(cached, bytes):
-                link.write_answer(answer_for_retransmission(cached, msg))
-            else:  # the first copy is still being charged: answer this one when it is
-                cached.append((link, msg))
-            return
-        if link.inflight >= self.max_inflight_per_peer or self.inflight >= self.max_inflight:
-            metrics.OVERLOAD.labels("gy").inc()
-            self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too many requests in flight")
-            return
         try:
             ccr = parse_ccr(msg)
         except DecodeError as exc:
             self._refuse(link, msg, exc.result_code, exc.failed_avp, str(exc))
             return
-        self.answers[dup_key] = []
+        duplicates = self.duplicates
+        key = (ccr.origin_host, msg.e2e)
+        request = (ccr.session_id, ccr.request.number, msg.code)
+        answer = duplicates.answer(key, request)
+        if answer is not None:
+            _duplicates.inc()
+            link.write_answer(answer_for_retransmission(answer, msg))
+            return
+        waiting = duplicates.waiting(key, request)
+        if waiting is not None:  # the first copy is still being charged: answer this one when it is
+            _duplicates.inc()
+            waiting.append((link, msg))
+            return
+        if link.inflight >= self.max_inflight_per_peer or self.inflight >= self.max_inflight:
+            metrics.OVERLOAD.labels("gy").inc()
+            self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too many requests in flight")
+            return
+        tracked = duplicates.start(key, request)
         link.inflight += 1
         self.inflight += 1
-        done = partial(self._charged, link, msg, ccr, dup_key, time.perf_counter())
+        done = partial(self._charged, link, msg, ccr, key if tracked else None, time.perf_counter())
         try:
             # A callback, not a Task or future per request: they were a tenth of the loop's work in profiles.
             self.port.charge_then(ccr.request, done)
@@ -146,14 +220,14 @@ class GyApplication:
         link: Link,
         msg: Message,
         ccr: ParsedCCR,
-        dup_key: Any,
+        key: DuplicateKey | None,
         started: float,
         result: ChargingAnswer | BaseException,
     ) -> None:
         link.inflight -= 1
         self.inflight -= 1
         operation = OPERATIONS[ccr.request_type]
-        waiting = self.answers.pop(dup_key, None)
+        waiting = self.duplicates.finish(key) if key is not None else ()
         if isinstance(result, BaseException):
             data = self._refused_by_core(link, msg, ccr, operation, result)
         else:
@@ -169,11 +243,14 @@ class GyApplication:
                     result.result,
                     result.detail or "-",
                 )
+            # Only what the core decided is kept: a refusal (an exception above, or 5012 for a result we cannot
+            # map) would answer a retransmission with a refusal the core may no longer make.
+            if key is not None and result.result in RESULT_CODES:
+                self.duplicates.remember(key, (ccr.session_id, ccr.request.number, msg.code), data)
         _latency("gy", operation).observe(time.perf_counter() - started)
-        self.remember(dup_key, data)
         if link.connected:
             link.write_answer(data)
-        for other, other_msg in waiting or ():
+        for other, other_msg in waiting:
             if other.connected:
                 other.write_answer(answer_for_retransmission(data, other_msg))
 
@@ -194,16 +271,6 @@ class GyApplication:
         metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
         _requests("gy", operation, str(code)).inc()
         return data
-
-    def remember(self, key: Any, data: bytes) -> None:
-        answers = self.answers
-        answers[key] = data
-        while len(answers) > self.duplicate_cache:
-            oldest_key, oldest = next(iter(answers.items()))
-            if isinstance(oldest, list):  # still in flight: keep it, drop the next finished one instead
-                answers.move_to_end(oldest_key)
-                continue
-            answers.popitem(last=False)
 
     def _error_avps(self, msg: Message, code: int, text: str) -> list[bytes]:
         return self.encoder.failure(msg, code, None, text)

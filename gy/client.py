@@ -12,7 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
-from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, Message, decode_header, encode_message, message_length
+from gy.codec import (
+    FLAG_PROXIABLE,
+    FLAG_REQUEST,
+    E,
+    Message,
+    decode_header,
+    encode_message,
+    end_to_end_ids,
+    message_length,
+)
 from gy.codes import DIAMETER_SUCCESS, SESSION_ID
 from gy.grammar import APP_BASE, APP_CREDIT_CONTROL, CMD_AS, CMD_CC, CMD_CE, CMD_DP, CMD_DW, CMD_RA
 
@@ -117,7 +126,7 @@ class DiameterClient(asyncio.Protocol):
         self._buf = bytearray()
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._hbh = itertools.count(1)
-        self._e2e = itertools.count(0x10000)
+        self._e2e = end_to_end_ids()  # RFC 6733 3: not restarting at the same value on every connection
         self.server_requests: asyncio.Queue[Message] = asyncio.Queue()
         self.answer_server_requests = answer_server_requests
         self.answer_watchdog = True

@@ -11,8 +11,10 @@ Errors carry what RFC 6733 needs for the answer: the Result-Code and the offendi
 from __future__ import annotations
 
 import ipaddress
+import random
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 
 from gy.codes import DIAMETER_INVALID_AVP_LENGTH, DIAMETER_INVALID_AVP_VALUE
 from gy.dictionary import AvpDef, avp, lookup
@@ -249,6 +251,17 @@ def find_all(avps: list[Avp], code: int, vendor: int = 0) -> list[Avp]:
 def message_length(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
     """The length field of the header starting at `pos` (the caller has at least 4 bytes)."""
     return ((buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]) if len(buf) - pos >= 4 else 0
+
+
+def end_to_end_ids(wall_clock: float | None = None) -> Iterator[int]:
+    """End-to-End Identifiers as RFC 6733 section 3 suggests: the high 12 bits from the time of day at start-up,
+    the low 20 bits random to start with, then counting; so that ids stay unique across connections and restarts
+    for the 4 minutes a receiver keeps answers for duplicate detection."""
+    high = (int(time.time() if wall_clock is None else wall_clock) & 0xFFF) << 20
+    low = random.getrandbits(20)
+    while True:
+        low = (low + 1) & 0xFFFFF
+        yield high | low
 
 
 def decode_header(buf: bytes) -> Message:

@@ -29,6 +29,7 @@ from gy.codec import (
     Message,
     decode_header,
     encode_message,
+    end_to_end_ids,
     find_all,
 )
 from gy.codes import (
@@ -130,8 +131,7 @@ class PeerConnection:
         self._out: list[bytes] = []
         self._rng = rng
         self._hbh = random.getrandbits(32)
-        self._e2e_high = (int(now) & 0xFFF) << 20
-        self._e2e_low = random.getrandbits(20)
+        self._e2e = end_to_end_ids()
         self._last_rx = now
         self._dwr_sent_at: float | None = None
         self._dwr_hbh: int | None = None
@@ -149,9 +149,7 @@ class PeerConnection:
         return self._hbh
 
     def next_e2e(self) -> int:
-        # RFC 6733 3: high 12 bits from the clock at start-up, low 20 bits a counter.
-        self._e2e_low = (self._e2e_low + 1) & 0xFFFFF
-        return self._e2e_high | self._e2e_low
+        return next(self._e2e)
 
     def _tw(self) -> float:
         tw = self.policy.tw

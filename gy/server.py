@@ -51,6 +51,7 @@ class GyConfig:
     max_inflight_per_peer: int = 2048
     max_inflight: int = 16384
     duplicate_cache: int = 65536
+    duplicate_window: float = 240.0  # seconds an answer is kept for retransmissions (RFC 6733 6.1.4: 4 minutes)
     ccfh: str = "retry_and_terminate"
     session_failover: bool = False
     product_name: str = "chf"
@@ -211,6 +212,7 @@ class GyServer:
             max_inflight_per_peer=config.max_inflight_per_peer,
             max_inflight=config.max_inflight,
             duplicate_cache=config.duplicate_cache,
+            duplicate_window=config.duplicate_window,
             shared_port=shared_port,
         )
         self.connections: set[GyProtocol] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from chf.core.model import ChargingAnswer, Signal
 from chf.runtime import metrics
+from gy.application import DuplicateCache
 from gy.codec import E, Message, decode_header, encode_message, find
 from gy.peer import PeerPolicy
 from store.lmdbstore import StoreClosed
@@ -139,4 +140,35 @@ def test_the_duplicate_cache_is_bounded() -> None:
     for n in range(10):
         pipe.receive(ccr_bytes(pipe, f"m;{n}", e2e=100 + n))
         core.answer_all(lambda request: ChargingAnswer("success", request.session, request.number, []))
-    assert len(app.answers) == 3
+    assert len(app.duplicates.answers) == 3
+
+
+def test_duplicate_cache_window_size_and_identity() -> None:
+    now = [0.0]
+    cache = DuplicateCache(size=2, window=240.0, clock=lambda: now[0])
+    request = ("s;1", 0, 272)
+    cache.remember(("pgw", 1), request, b"one")
+    assert cache.answer(("pgw", 1), request) == b"one"
+    assert cache.answer(("pgw", 1), ("s;2", 0, 272)) is None  # another session reusing the id
+    assert cache.answer(("pgw", 1), ("s;1", 1, 272)) is None  # another request number
+    assert cache.answer(("pgw", 1), ("s;1", 0, 258)) is None  # another command
+    assert cache.answer(("other", 1), request) is None  # another originator
+    now[0] = 240.0
+    assert cache.answer(("pgw", 1), request) == b"one"
+    now[0] = 240.5
+    assert cache.answer(("pgw", 1), request) is None  # past the window
+    cache.remember(("pgw", 2), ("s;1", 1, 272), b"two")
+    assert list(cache.answers) == [("pgw", 2)]  # the expired answer went on the next insertion
+    cache.remember(("pgw", 3), ("s;1", 2, 272), b"three")
+    cache.remember(("pgw", 4), ("s;1", 3, 272), b"four")
+    assert list(cache.answers) == [("pgw", 3), ("pgw", 4)]  # at most `size`, the oldest dropped
+
+
+def test_duplicate_cache_of_size_zero_keeps_nothing_whatever_is_in_flight() -> None:
+    cache = DuplicateCache(size=0, window=240.0, clock=lambda: 0.0)
+    for n in range(5):
+        assert cache.start(("pgw", n), ("s", n, 272))
+    assert not cache.start(("pgw", 0), ("t", 0, 272))  # the key is taken by a request in flight
+    cache.remember(("pgw", 0), ("s", 0, 272), b"x")
+    assert cache.answers == {} and len(cache.in_flight) == 5
+    assert cache.finish(("pgw", 0)) == []
