@@ -101,18 +101,16 @@ class DuplicateCache:
         # key -> (request, retransmissions waiting for its answer)
         self.in_flight: dict[DuplicateKey, tuple[RequestId, list[tuple[Link, Message]]]] = {}
 
-    def answer(self, key: DuplicateKey, request: RequestId) -> bytes | None:
-        """The kept answer to this very request, if any (not another request's that reused the id, not an
-        expired one)."""
+    def lookup(self, key: DuplicateKey, request: RequestId) -> bytes | list[tuple[Link, Message]] | None:
+        """For a retransmission of this very request (not another request that reused the id, not one past the
+        window): its answer, or the list of retransmissions waiting for it while it is charged. None otherwise."""
         kept = self.answers.get(key)
-        if kept is None or kept[0] != request or self.clock() - kept[1] > self.window:
-            return None
-        return kept[2]
-
-    def waiting(self, key: DuplicateKey, request: RequestId) -> list[tuple[Link, Message]] | None:
-        """The retransmissions waiting for this very request while it is charged, or None."""
+        if kept is not None and kept[0] == request and self.clock() - kept[1] <= self.window:
+            return kept[2]
         flight = self.in_flight.get(key)
-        return flight[1] if flight is not None and flight[0] == request else None
+        if flight is not None and flight[0] == request:
+            return flight[1]
+        return None
 
     def start(self, key: DuplicateKey, request: RequestId) -> bool:
         """Note a request as being charged; False when another request with the same key already is (then this
@@ -122,19 +120,24 @@ class DuplicateCache:
         self.in_flight[key] = (request, [])
         return True
 
-    def finish(self, key: DuplicateKey) -> list[tuple[Link, Message]]:
-        """The request with this key is answered: the retransmissions that waited for it."""
-        return self.in_flight.pop(key)[1]
-
-    def remember(self, key: DuplicateKey, request: RequestId, data: bytes) -> None:
-        now = self.clock()
-        answers = self.answers
-        answers.pop(key, None)  # re-inserted last: the order is that of the answers' times
-        answers[key] = (request, now, data)
-        while answers and now - next(iter(answers.values()))[1] > self.window:
-            answers.popitem(last=False)
-        while len(answers) > self.size:
-            answers.popitem(last=False)
+    def answered(self, key: DuplicateKey, data: bytes | None) -> list[tuple[Link, Message]]:
+        """The request noted by `start` is answered: keep its answer (None: nothing to keep) and return the
+        retransmissions that waited for it."""
+        request, waiting = self.in_flight.pop(key)
+        if data is not None:
+            now = self.clock()
+            answers = self.answers
+            if key in answers:
+                del answers[key]  # re-inserted last: the order is that of the answers' times
+            answers[key] = (request, now, data)
+            if len(answers) > self.size:
+                answers.popitem(last=False)
+                while len(answers) > self.size:
+                    answers.popitem(last=False)
+            elif now - next(iter(answers.values()))[1] > self.window:
+                while answers and now - next(iter(answers.values()))[1] > self.window:
+                    answers.popitem(last=False)
+        return waiting
 
 
 class GyApplication:
@@ -191,15 +194,13 @@ class GyApplication:
         duplicates = self.duplicates
         key = (ccr.origin_host, msg.e2e)
         request = (ccr.session_id, ccr.request.number, msg.code)
-        answer = duplicates.answer(key, request)
-        if answer is not None:
+        hit = duplicates.lookup(key, request)
+        if hit is not None:
             _duplicates.inc()
-            link.write_answer(answer_for_retransmission(answer, msg))
-            return
-        waiting = duplicates.waiting(key, request)
-        if waiting is not None:  # the first copy is still being charged: answer this one when it is
-            _duplicates.inc()
-            waiting.append((link, msg))
+            if type(hit) is bytes:
+                link.write_answer(answer_for_retransmission(hit, msg))
+            else:  # the first copy is still being charged: answer this one when it is
+                hit.append((link, msg))  # type: ignore[union-attr]
             return
         if link.inflight >= self.max_inflight_per_peer or self.inflight >= self.max_inflight:
             metrics.OVERLOAD.labels("gy").inc()
@@ -227,7 +228,7 @@ class GyApplication:
         link.inflight -= 1
         self.inflight -= 1
         operation = OPERATIONS[ccr.request_type]
-        waiting = self.duplicates.finish(key) if key is not None else ()
+        kept: bytes | None = None
         if isinstance(result, BaseException):
             data = self._refused_by_core(link, msg, ccr, operation, result)
         else:
@@ -245,8 +246,9 @@ class GyApplication:
                 )
             # Only what the core decided is kept: a refusal (an exception above, or 5012 for a result we cannot
             # map) would answer a retransmission with a refusal the core may no longer make.
-            if key is not None and result.result in RESULT_CODES:
-                self.duplicates.remember(key, (ccr.session_id, ccr.request.number, msg.code), data)
+            if result.result in RESULT_CODES:
+                kept = data
+        waiting = self.duplicates.answered(key, kept) if key is not None else ()
         _latency("gy", operation).observe(time.perf_counter() - started)
         if link.connected:
             link.write_answer(data)
