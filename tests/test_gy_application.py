@@ -144,8 +144,8 @@ def test_the_duplicate_cache_is_bounded() -> None:
 
 
 def _keep(cache: DuplicateCache, key: tuple[str, int], request: tuple[str, int, int], data: bytes) -> None:
-    assert cache.start(key, request)
-    assert cache.answered(key, data) == []
+    assert cache.start(key, *request)
+    assert cache.answered(key, data) == ()
 
 
 def test_duplicate_cache_window_size_and_identity() -> None:
@@ -153,32 +153,32 @@ def test_duplicate_cache_window_size_and_identity() -> None:
     cache = DuplicateCache(size=2, window=240.0, clock=lambda: now[0])
     request = ("s;1", 0, 272)
     _keep(cache, ("pgw", 1), request, b"one")
-    assert cache.lookup(("pgw", 1), request) == b"one"
-    assert cache.lookup(("pgw", 1), ("s;2", 0, 272)) is None  # another session reusing the id
-    assert cache.lookup(("pgw", 1), ("s;1", 1, 272)) is None  # another request number
-    assert cache.lookup(("pgw", 1), ("s;1", 0, 258)) is None  # another command
-    assert cache.lookup(("other", 1), request) is None  # another originator
+    assert cache.lookup(("pgw", 1), *request) == b"one"
+    assert cache.lookup(("pgw", 1), "s;2", 0, 272) is None  # another session reusing the id
+    assert cache.lookup(("pgw", 1), "s;1", 1, 272) is None  # another request number
+    assert cache.lookup(("pgw", 1), "s;1", 0, 258) is None  # another command
+    assert cache.lookup(("other", 1), *request) is None  # another originator
     now[0] = 240.0
-    assert cache.lookup(("pgw", 1), request) == b"one"
+    assert cache.lookup(("pgw", 1), *request) == b"one"
     now[0] = 240.5
-    assert cache.lookup(("pgw", 1), request) is None  # past the window
+    assert cache.lookup(("pgw", 1), *request) is None  # past the window
     _keep(cache, ("pgw", 2), ("s;1", 1, 272), b"two")
     assert list(cache.answers) == [("pgw", 2)]  # the expired answer went on the next insertion
     _keep(cache, ("pgw", 3), ("s;1", 2, 272), b"three")
     _keep(cache, ("pgw", 4), ("s;1", 3, 272), b"four")
     assert list(cache.answers) == [("pgw", 3), ("pgw", 4)]  # at most `size`, the oldest dropped
     # a request in flight: its retransmissions wait; another request with its key is not tracked
-    assert cache.start(("pgw", 5), ("s;1", 4, 272))
-    waiting = cache.lookup(("pgw", 5), ("s;1", 4, 272))
-    assert waiting == [] and cache.lookup(("pgw", 5), ("s;9", 0, 272)) is None
-    assert not cache.start(("pgw", 5), ("s;9", 0, 272))
+    assert cache.start(("pgw", 5), "s;1", 4, 272)
+    waiting = cache.lookup(("pgw", 5), "s;1", 4, 272)
+    assert waiting == [] and cache.lookup(("pgw", 5), "s;9", 0, 272) is None
+    assert not cache.start(("pgw", 5), "s;9", 0, 272)
     assert cache.answered(("pgw", 5), None) is waiting  # a refusal: nothing kept
-    assert ("pgw", 5) not in cache.answers and cache.in_flight == {}
+    assert ("pgw", 5) not in cache.answers and cache.in_flight == {} and cache.waiting == {}
 
 
 def test_duplicate_cache_of_size_zero_keeps_nothing_whatever_is_in_flight() -> None:
     cache = DuplicateCache(size=0, window=240.0, clock=lambda: 0.0)
     for n in range(5):
-        assert cache.start(("pgw", n), ("s", n, 272))
-    assert cache.answered(("pgw", 0), b"x") == []
+        assert cache.start(("pgw", n), "s", n, 272)
+    assert cache.answered(("pgw", 0), b"x") == ()
     assert cache.answers == {} and len(cache.in_flight) == 4
