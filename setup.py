@@ -31,7 +31,7 @@ def extensions() -> list[object]:
         native_modules(),
         quiet=True,
         nthreads=os.cpu_count() or 1,
-        # nonecheck: a local typed in a .pxd (see chf/engine.pxd) that holds None raises AttributeError, as
+        # nonecheck: a local typed in a .pxd (see chf/core/engine.pxd) that holds None raises AttributeError, as
         # Python would, instead of reading through a null pointer.
         compiler_directives={"language_level": 3, "annotation_typing": False, "nonecheck": True},
     )

@@ -20,6 +20,7 @@ from chf.core.model import (
     NO_RATING_GROUP,
     PRICE_ENQUIRY,
     RATING_FAILED,
+    REFUND_ACCOUNT,
     SESSION_UNKNOWN,
     SUCCESS,
     USER_UNKNOWN,
@@ -27,7 +28,7 @@ from chf.core.model import (
     FinalUnit,
     UnitAnswer,
 )
-from gy.ccr import EVENT_REQUEST, ParsedCCR
+from gy.ccr import EVENT_REQUEST, ParsedCCR, example_avp
 from gy.codec import FLAG_PROXIABLE, HEADER_LEN, DecodeError, E, Message, find
 from gy.codes import (
     CC_REQUEST_NUMBER,
@@ -140,6 +141,26 @@ def final_unit_avp(final: FinalUnit) -> bytes:
         if final.filter_id:
             parts.append(_E_FILTER_ID.text(final.filter_id))
     return _E_FUI.grouped(parts)
+
+
+_E_ACTION = E("Requested-Action")
+
+
+def rating_failed_avp(ccr: ParsedCCR, answer: ChargingAnswer) -> bytes:
+    """The Failed-AVP of a CCA whose Result-Code is 5031 DIAMETER_RATING_FAILED, which RFC 4006 9.1 says MUST
+    carry one: the Multiple-Services-Credit-Control of the first rating group that could not be rated (with its
+    Rating-Group and Service-Identifier); without MSCC, the Requested-Action of a refund with nothing to refund,
+    else an example Rating-Group (the rating input that was missing)."""
+    if ccr.uses_mscc:
+        for u in answer.units:
+            if u.result == RATING_FAILED:
+                parts = [_E_RG.u32(u.rating_group)] if u.rating_group != NO_RATING_GROUP else []
+                if u.service_id is not None:
+                    parts.append(_E_SI.u32(u.service_id))
+                return _E_FAILED.grouped([_E_MSCC.grouped(parts)])
+    if ccr.requested_action is not None and ccr.request.action == REFUND_ACCOUNT:
+        return _E_FAILED.grouped([_E_ACTION.i32(ccr.requested_action)])
+    return _E_FAILED.octets(example_avp(RATING_GROUP))
 
 
 def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
@@ -289,6 +310,8 @@ class AnswerEncoder:
                 parts.append(_E_CHECK_BALANCE.i32(0 if answer.enough_credit else 1))
             elif action == PRICE_ENQUIRY and answer.cost is not None:
                 parts.append(_E_COST.grouped(money_avp(answer.cost, currency)))
+        if result == DIAMETER_RATING_FAILED:
+            parts.append(rating_failed_avp(ccr, answer))
         body = b"".join(parts)
         flags_code = ((msg.flags & FLAG_PROXIABLE) << 24) | msg.code
         return _pack_header((1 << 24) | (HEADER_LEN + len(body)), flags_code, msg.app, msg.hbh, msg.e2e) + body
@@ -323,6 +346,8 @@ class AnswerEncoder:
                 out.append(_E_CHECK_BALANCE.i32(0 if answer.enough_credit else 1))
             elif action == PRICE_ENQUIRY and answer.cost is not None:
                 out.append(_E_COST.grouped(money_avp(answer.cost, currency)))
+        if result == DIAMETER_RATING_FAILED:
+            out.append(rating_failed_avp(ccr, answer))
         return out
 
     def failure(

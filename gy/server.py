@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from chf.core.model import Signal
-from chf.runtime.config import ConfigError
+from chf.runtime.peers import DIAMETER_PEERS
 from chf.runtime.port import ChargingPort
 from gy.application import GyApplication
+from gy.config import GyConfig
 from gy.peer import (
     AnswerReceived,
     LocalIdentity,
@@ -35,76 +35,6 @@ log = logging.getLogger("gy.server")
 CCFH_VALUES = {"terminate": 0, "continue": 1, "retry_and_terminate": 2}
 
 
-class GyConfigError(ConfigError):
-    """A bad [gy] section: every error names the file, the section and the field."""
-
-
-@dataclass(slots=True)
-class GyConfig:
-    listen: str = "127.0.0.1"
-    port: int = 3868
-    origin_host: str = "chf.localdomain"
-    origin_realm: str = "localdomain"
-    tw: float = 30.0
-    peers: dict[str, str] = field(default_factory=dict)
-    allow_unknown_peers: bool = False
-    max_inflight_per_peer: int = 2048
-    max_inflight: int = 16384
-    duplicate_cache: int = 65536
-    duplicate_window: float = 240.0  # seconds an answer is kept for retransmissions (RFC 6733 6.1.4: 4 minutes)
-    ccfh: str = "retry_and_terminate"
-    session_failover: bool = False
-    product_name: str = "chf"
-    vendor_id: int = 0
-    drain_timeout: float = 5.0
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any], source: str = "conf/chf.toml") -> GyConfig:
-        """Validate the [gy] section; every error names the field."""
-        cfg = cls()
-        errors: list[str] = []
-        known = set(cls.__dataclass_fields__)
-        for key, value in section.items():
-            if key not in known:
-                errors.append(f"{source}: [gy] {key}: unknown setting (known: {', '.join(sorted(known))})")
-                continue
-            if key == "peers":
-                if not isinstance(value, list):
-                    errors.append(f"{source}: [gy] peers: must be a list of {{host, realm}} tables")
-                    continue
-                for i, peer in enumerate(value):
-                    if not isinstance(peer, dict) or not isinstance(peer.get("host"), str) or not peer["host"]:
-                        errors.append(f"{source}: [gy] peers[{i}].host: must be a non-empty string")
-                        continue
-                    realm = peer.get("realm", "")
-                    if not isinstance(realm, str):
-                        errors.append(f"{source}: [gy] peers[{i}].realm: must be a string")
-                        continue
-                    cfg.peers[peer["host"]] = realm
-                continue
-            default = getattr(cfg, key)
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            elif isinstance(default, float):
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-                value = float(value) if ok else value
-            else:
-                ok = isinstance(value, str) and bool(value)
-            if not ok:
-                errors.append(f"{source}: [gy] {key}: must be a {type(default).__name__}, got {value!r}")
-                continue
-            setattr(cfg, key, value)
-        if cfg.ccfh not in CCFH_VALUES:
-            errors.append(f"{source}: [gy] ccfh: must be one of {', '.join(CCFH_VALUES)}, got {cfg.ccfh!r}")
-        if not 0 <= cfg.port <= 65535:
-            errors.append(f"{source}: [gy] port: must be 0 to 65535, got {cfg.port}")
-        if errors:
-            raise GyConfigError(errors)
-        return cfg
-
-
 class GyProtocol(asyncio.Protocol):
     """One TCP connection: bytes in and out, and the application's `Link` to its peer."""
 
@@ -118,15 +48,18 @@ class GyProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.opened = False
+        self.stats = DIAMETER_PEERS.connection()  # counts for the Diameter peer table (chf/runtime/peers.py)
 
     # -- transport ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connected = True
         self.server.connections.add(self)
+        self.stats = DIAMETER_PEERS.connection(transport.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.stats.closed()
         if self.opened:
             self.opened = False
             self.app.peer_closed(self)
@@ -135,8 +68,10 @@ class GyProtocol(asyncio.Protocol):
         self.connected = False
 
     def data_received(self, data: bytes) -> None:
+        self.stats.received(data)
         for event in self.peer.receive(data, time.monotonic()):
             self._event(event)
+        self.stats.set_suspect(self.peer.suspect)
         self.flush()
 
     def _event(self, event: object) -> None:
@@ -147,6 +82,7 @@ class GyProtocol(asyncio.Protocol):
         elif type(event) is PeerOpened:
             self.opened = True
             self.app.peer_opened(self, event.origin_host)
+            self.stats.opened(event.origin_host, event.origin_realm)
             log.info("event=peer_open peer=%s realm=%s", event.origin_host, event.origin_realm)
         elif type(event) is PeerClosed:
             log.info("event=peer_closing peer=%s reason=%s", self.peer.peer_host or "-", event.reason)
@@ -158,6 +94,7 @@ class GyProtocol(asyncio.Protocol):
             return
         data = self.peer.data_to_send()
         if data:
+            self.stats.sent(data)
             transport.write(data)
         if self.peer.close_after_flush and self.inflight == 0:
             transport.close()
@@ -165,6 +102,7 @@ class GyProtocol(asyncio.Protocol):
     def on_timer(self, now: float) -> None:
         for event in self.peer.on_timer(now):
             self._event(event)
+        self.stats.set_suspect(self.peer.suspect)
         self.flush()
 
     def write_answer(self, data: bytes) -> None:
@@ -176,7 +114,9 @@ class GyProtocol(asyncio.Protocol):
     def _write_answers(self) -> None:
         self._flush_scheduled = False
         if self._out and self.transport is not None:
-            self.transport.write(b"".join(self._out))
+            data = b"".join(self._out)
+            self.stats.sent(data)
+            self.transport.write(data)
         self._out.clear()
         if self.peer.close_after_flush and self.inflight == 0 and self.transport is not None:
             self.flush()

@@ -29,45 +29,16 @@ import time
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
 from chf.runtime.service import tune_collector
 from store.lmdbstore import Store, Txn
+from tests.support import fixture_text
 
-# A plan with enough allowance that a benchmark run never exhausts it, and a wallet tariff behind it.
-CATALOGUE = """
-[settings]
-currency = "EUR"
-timezone = "UTC"
-home_zone = "home"
-default_zone = "world"
-
-[grants]
-bytes = 1_000_000
-validity_time = 3600
-
-[zones]
-home = ["20801"]
-
-[tariffs.data]
-unit = "bytes"
-block = 1_000_000
-price = 10_000
-
-[plans.bench]
-payment = "prepaid"
-fee = 0
-period = "month"
-overage = "charge"
-  [plans.bench.rating]
-  default = "data"
-  [[plans.bench.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1_000_000_000_000
-  priority = 10
-"""
+# Plan "bench": enough allowance that a benchmark run never exhausts it, and a wallet tariff behind it. The
+# benchmarks run from a checkout, so they share the tests' fixture files.
+CATALOGUE = fixture_text("bench.toml")
 
 IMSI_BASE = 208_019_000_000_000
 RATING_GROUP = 10
@@ -94,11 +65,13 @@ def preload(path: str, lines: int, engine: Engine, now: int) -> None:
         if have == 0:
             store.write(lambda t: provisioning.create_tenant(t, "bench", "Bench", "EUR", now))
             for a in range(accounts):
-                store.write(
-                    lambda t, a=a: provisioning.create_account(
+
+                def account(t: Txn, a: int = a) -> None:
+                    provisioning.create_account(
                         t, engine, account_id=f"b{a}", tenant="bench", payment="prepaid", now=now, balance=10**9
                     )
-                )
+
+                store.write(account)
         chunk = 20_000
         started = time.perf_counter()
         for first in range(have, lines, chunk):

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = (
             "import sys, time\n"
             "from chf.core import provisioning\n"
-            "from chf.core.catalogue import load_catalogue\nfrom chf.core.engine import Engine\n"
+            "from chf.core.catalogue_loader import load_catalogue\nfrom chf.core.engine import Engine\n"
             "from chf.runtime.config import load_config\nfrom tools.serve import open_store\n"
             "st = open_store(load_config('chf.toml')); eng = Engine(load_catalogue('catalogue.toml'))\n"
             "now = int(time.time())\n"
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         csv_path = work / "lines.csv"
         started = time.perf_counter()
         generate(str(csv_path), a.lines, a.accounts, a.plan or None, "csv", "mig-")
-        print(f"generated {a.lines:,} lines ({csv_path.stat().st_size / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+        size_mb = csv_path.stat().st_size / 1e6
+        print(f"generated {a.lines:,} lines ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
 
         args = ["subscriber", "import", str(csv_path), "--progress"]
         if a.batch:

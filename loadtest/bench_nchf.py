@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, ChargingRequest, UnitRequest
 from chf.runtime.service import ChargingService, tune_collector
@@ -38,8 +37,10 @@ from chf.runtime.service import ChargingService, tune_collector
 # The engine benchmark's catalogue and lines: one prepaid plan with a large data allowance.
 from loadtest.bench_engine import CATALOGUE, IMSI_BASE, RATING_GROUP
 from loadtest.gy import REPO, tree_cpu, wait_ready
-from nchf.component import NchfComponent, NchfSettings
+from nchf.component import NchfComponent
+from nchf.config import NchfSettings
 from store.lmdbstore import Store, Txn
+from tests.support import free_port
 
 USED_PER_UPDATE = 1000
 API = "/nchf-convergedcharging/v3/chargingdata"
@@ -140,18 +141,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     body = workdir / "update.json"
     body.write_text(json.dumps(UPDATE_BODY))
     log_file = workdir / "h2load.log"
-    cmd = [
-        args.h2load,
-        "-c", str(args.connections),
-        "-m", str(args.streams),
-        "-t", "1",
-        "-D", str(args.duration),
-        "--warm-up-time", str(args.warmup),
-        "-i", str(uris),
-        "-d", str(body),
-        "-H", "content-type: application/json",
-        "--log-file", str(log_file),
-    ]  # fmt: skip
+    options = {
+        "-c": str(args.connections),
+        "-m": str(args.streams),
+        "-t": "1",
+        "-D": str(args.duration),
+        "--warm-up-time": str(args.warmup),
+        "-i": str(uris),
+        "-d": str(body),
+        "-H": "content-type: application/json",
+        "--log-file": str(log_file),
+    }
+    cmd = [args.h2load, *(word for option in options.items() for word in option)]
     if args.rps:
         cmd += ["--rps", str(max(1, args.rps // args.connections))]
     commits0, ops0 = store.commits, store.committed_ops
@@ -180,18 +181,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     text = out.decode()
     if proc.returncode != 0:
         raise SystemExit(f"h2load failed ({proc.returncode}): {err.decode()}\n{text}")
-    durations: list[int] = []
-    statuses: dict[str, int] = {}
-    for line in log_file.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3:
-            statuses[parts[1]] = statuses.get(parts[1], 0) + 1
-            durations.append(int(parts[2]))
-    durations.sort()
-
-    def pct(p: float) -> float:
-        return durations[min(len(durations) - 1, int(p * len(durations)))] / 1000 if durations else 0.0
-
+    durations, statuses = h2load_log(log_file)
     match = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
     rate = float(match.group(3)) if match else 0.0
     ok = statuses.get("200", 0)
@@ -203,26 +193,50 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rate": rate,
         "requests_logged": len(durations),
         "statuses": statuses,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999),
-        "max_ms": durations[-1] / 1000 if durations else 0.0,
-        "mean_ms": statistics.fmean(durations) / 1000 if durations else 0.0,
+        **latencies_ms(durations),
         "batch": ops / commits if commits else 0,
         "server_cpu_us_per_request": (cpu / ops * 1e6 if ops else 0) if server is None else cpu_per_request(cpu, text),
         "usage_charged_bytes": charged,
         "server_cpu_split_us": {k: round(v / max(1, len(durations)) * 1e6) for k, v in split.items()} if split else {},
         "usage_expected_min_bytes": ok * USED_PER_UPDATE,
-        "h2load_summary": "\n".join(
-            line for line in text.splitlines() if line.startswith(("finished", "requests:", "status codes:"))
-        ),
+        "h2load_summary": h2load_summary(text),
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def h2load_log(log_file: Path) -> tuple[list[int], dict[str, int]]:
+    """Request durations (µs, sorted) and the count of each status from h2load's --log-file."""
+    durations: list[int] = []
+    statuses: dict[str, int] = {}
+    for line in log_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            statuses[parts[1]] = statuses.get(parts[1], 0) + 1
+            durations.append(int(parts[2]))
+    durations.sort()
+    return durations, statuses
+
+
+def h2load_summary(output: str) -> str:
+    """h2load's own totals: elapsed time and rate, requests, status codes."""
+    totals = ("finished", "requests:", "status codes:")
+    return "\n".join(line for line in output.splitlines() if line.startswith(totals))
+
+
+def latencies_ms(durations: list[int]) -> dict[str, float]:
+    """Percentiles, maximum and mean of sorted durations in µs, in ms."""
+    if not durations:
+        return dict.fromkeys(("p50_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"), 0.0)
+
+    def pct(p: float) -> float:
+        return durations[min(len(durations) - 1, int(p * len(durations)))] / 1000
+
+    return {
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "max_ms": durations[-1] / 1000,
+        "mean_ms": statistics.fmean(durations) / 1000,
+    }
 
 
 def serve_config(args: argparse.Namespace, workdir: Path, port: int) -> Path:

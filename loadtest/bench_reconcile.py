@@ -26,24 +26,10 @@ from datetime import UTC, datetime
 from fractions import Fraction
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
+from loadtest.bench_engine import CATALOGUE
 from store.lmdbstore import Store, Txn
-
-CATALOGUE = """
-[settings]
-currency = "EUR"
-timezone = "UTC"
-home_zone = "home"
-default_zone = "world"
-[tariffs.data]
-unit = "bytes"
-price = 0
-[plans.bench]
-payment = "postpaid"
-  [plans.bench.rating]
-  "10" = "data"
-"""
 
 START = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp())
 DAY = 86_400
@@ -67,7 +53,7 @@ def build(directory: str, lines: int, days: int, seed: int) -> dict[str, int]:
 
         def add(txn: Txn, first: int = first) -> None:
             for n in range(first, min(first + 5000, lines)):
-                provisioning.add_line(txn, engine, account="fleet", imsi=imsi_of(n), now=START, plan="bench")
+                provisioning.add_line(txn, engine, account="fleet", imsi=imsi_of(n), now=START, plan="fleet")
 
         store.write(add)
     planted = {"leakage": 0, "unreported": 0, "difference": 0, "duplicate": 0, "malformed": 0}
@@ -116,8 +102,7 @@ def build(directory: str, lines: int, days: int, seed: int) -> dict[str, int]:
                         mno.write(f"{imsi},{when - 3600},not-a-time,10,1,1,0,0\n")
 
             store.write(rate)
-    store.env.sync(True)
-    store.close()
+    store.close()  # durability "os": closing flushes
     return planted
 
 

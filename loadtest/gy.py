@@ -416,11 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         result = runner(drive(args, host, int(port), None))
     else:
         with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
-            import socket
+            from tests.support import free_port
 
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
             provision(config, args.sessions, args.plan_on)
             server = subprocess.Popen(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, SUCCESS, TERMINATE, ChargingRequest, UnitRequest, UsageReport
 from store.lmdbstore import Store
@@ -38,7 +39,7 @@ class Charging:
     def tenant(self, tenant: str, now: int, currency: str = "EUR") -> None:
         self.store.write(lambda txn: provisioning.create_tenant(txn, tenant, tenant, currency, now))
 
-    def account(self, account: str, tenant: str, payment: str, now: int, **kw: object) -> None:
+    def account(self, account: str, tenant: str, payment: str, now: int, **kw: Any) -> None:
         self.store.write(
             lambda txn: provisioning.create_account(
                 txn, self.engine, account_id=account, tenant=tenant, payment=payment, now=now, **kw

@@ -1,8 +1,8 @@
 """Shared helpers for the charging-core tests: a small catalogue with round numbers, a store-on-disk world
-with an injected clock, request builders and the invariant checker (DESIGN.md section 2).
+with an injected clock, request builders and the invariant checker (docs/architecture.md, the invariants).
 
-The catalogue here is deliberately small (quanta of 1000 bytes, prices of a few micro-units) so every
-expected number in a test can be worked out by hand.
+The catalogue (tests/fixtures/core.toml) is deliberately small (quanta of 1000 bytes, prices of a few
+micro-units) so every expected number in a test can be worked out by hand.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chf.core import provisioning
-from chf.core.catalogue import Catalogue, parse_catalogue
-from chf.core.engine import Engine, EngineConfig, account_owner, line_owner
+from chf.core.catalogue import Catalogue
+from chf.core.catalogue_loader import parse_catalogue
+from chf.core.context import account_owner, line_owner
+from chf.core.engine import Engine, EngineConfig
 from chf.core.model import (
     EVENT,
     INITIAL,
@@ -27,6 +29,7 @@ from chf.core.model import (
 )
 from store.lmdbstore import Store, Txn
 from store.schema import SRC_LINE
+from tests.support import fixture_text
 
 T = TypeVar("T")
 
@@ -35,228 +38,7 @@ T0 = int(datetime(2026, 3, 4, 12, 0, tzinfo=UTC).timestamp())
 
 TENANT = "t1"
 
-CATALOGUE_TOML = """
-[settings]
-currency = "EUR"
-timezone = "UTC"
-home_zone = "home"
-default_zone = "world"
-
-[grants]
-bytes = 1000
-seconds = 60
-events = 1
-money = 1000
-validity_time = 100
-volume_threshold_percent = 20
-time_threshold_percent = 0
-
-[grants.rating_groups."30"]
-bytes = 500
-
-[zones]
-home = ["20801"]
-eu = ["26201"]
-
-[tariffs.data]
-unit = "bytes"
-block = 100
-price = 10
-  [tariffs.data.zones.eu]
-  price = 20
-  [tariffs.data.zones.world]
-  deny = true
-
-[tariffs.data-tier]
-unit = "bytes"
-block = 100
-  [[tariffs.data-tier.tiers]]
-  upto = 1000
-  price = 10
-  [[tariffs.data-tier.tiers]]
-  price = 5
-
-[tariffs.voice-tod]
-unit = "seconds"
-block = 1
-price = 4
-  [[tariffs.voice-tod.bands]]
-  from = "20:00"
-  to = "08:00"
-  price = 2
-
-[tariffs.sms]
-unit = "events"
-block = 1
-price = 50
-
-[tariffs.iot]
-unit = "bytes"
-block = 100
-price = 1
-
-[plans.pre]
-payment = "prepaid"
-fee = 1000
-overage = "charge"
-  [plans.pre.rating]
-  "10" = "data"
-  "11" = "data-tier"
-  "20" = "voice-tod"
-  "40" = "sms"
-  [[plans.pre.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 3000
-  rating_groups = [10]
-  priority = 10
-
-[plans.promo]
-payment = "prepaid"
-fee = 1000
-overage = "charge"
-  [plans.promo.rating]
-  "10" = "data"
-  [[plans.promo.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 3000
-  rating_groups = [10]
-  priority = 10
-  [[plans.promo.promotions]]
-  kind = "intro_price"
-  fee = 400
-  periods = 1
-  [[plans.promo.promotions]]
-  kind = "bonus"
-  name = "welcome"
-  unit = "bytes"
-  amount = 500
-  rating_groups = [10]
-  priority = 5
-  validity_days = 1
-
-[plans.post]
-payment = "postpaid"
-fee = 2000
-overage = "charge"
-  [plans.post.rating]
-  "10" = "data"
-  "40" = "sms"
-  [[plans.post.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 2000
-  rating_groups = [10]
-  priority = 10
-  rollover = true
-
-[plans.hyb]
-payment = "hybrid"
-fee = 0
-overage = "charge"
-  [plans.hyb.rating]
-  "10" = "data"
-  [[plans.hyb.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1000
-  rating_groups = [10]
-  priority = 10
-
-[plans.redir]
-payment = "prepaid"
-overage = "redirect"
-redirect_address = "https://topup.example.net/"
-  [plans.redir.rating]
-  "10" = "data"
-  [[plans.redir.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1500
-  priority = 10
-
-[plans.restr]
-payment = "prepaid"
-overage = "restrict"
-filter_id = "throttle"
-  [plans.restr.rating]
-  "10" = "data"
-  [[plans.restr.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1500
-  priority = 10
-
-[plans.deny]
-payment = "prepaid"
-overage = "deny"
-  [plans.deny.rating]
-  "10" = "data"
-  [[plans.deny.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 1500
-  priority = 10
-
-[plans.homeonly]
-payment = "prepaid"
-overage = "charge"
-roaming = false
-  [plans.homeonly.rating]
-  "10" = "data"
-
-[plans.fam]
-payment = "postpaid"
-fee = 3000
-overage = "restrict"
-filter_id = "family-throttle"
-  [plans.fam.rating]
-  "10" = "data"
-  "40" = "sms"
-  [[plans.fam.allowances]]
-  name = "family-data"
-  unit = "bytes"
-  amount = 5000
-  rating_groups = [10]
-  priority = 10
-  shared = true
-  [[plans.fam.allowances]]
-  name = "sms"
-  unit = "events"
-  amount = 5
-  rating_groups = [40]
-  priority = 10
-
-[plans.iotstatic]
-payment = "postpaid"
-overage = "deny"
-pool = "static"
-pool_unit = "bytes"
-pool_amount = 4000
-pool_rating_groups = [30]
-  [plans.iotstatic.rating]
-  "30" = "iot"
-
-[plans.iotflex]
-payment = "postpaid"
-overage = "charge"
-pool = "flexible"
-pool_unit = "bytes"
-pool_per_line = 1000
-pool_rating_groups = [30]
-  [plans.iotflex.rating]
-  "30" = "iot"
-
-[plans.payg]
-payment = "prepaid"
-overage = "charge"
-  [plans.payg.rating]
-  "10" = "data"
-  "11" = "data-tier"
-  "20" = "voice-tod"
-  "40" = "sms"
-"""
+CATALOGUE_TOML = fixture_text("core.toml")
 
 
 def test_catalogue(text: str = CATALOGUE_TOML) -> Catalogue:
@@ -417,7 +199,8 @@ def snapshot(txn: Txn) -> dict[str, Any]:
 
 
 def check_invariants(txn: Txn) -> dict[str, Any]:
-    """Assert DESIGN.md invariants 3-5 on one committed state; returns a few totals for the caller.
+    """Assert conservation, no overspend and traceability on one committed state (docs/architecture.md, the
+    invariants); returns a few totals for the caller.
 
     - events: sequence numbers 1..N without gaps, ids unique;
     - conservation: for every balance the deltas of all event impacts sum to its current value (a balance that
@@ -425,7 +208,14 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
     - reservations: every bucket has 0 <= reserved <= remaining; each bucket's `reserved` and each account's
       reserved money equal what the open sessions hold against them (nothing leaks, nothing is double-held).
     """
-    # Events: gap-free, unique, and the running sums.
+    running, count = _check_events(txn)
+    current = _check_conservation(txn, running)
+    _check_reservations(txn)
+    return {"events": count, "balances": current}
+
+
+def _check_events(txn: Txn) -> tuple[dict[str, int], int]:
+    """Events are gap-free and unique; each impact's `after` is the running sum. Returns the sums and the count."""
     running: dict[str, int] = {}
     ids: set[str] = set()
     expected_seq = 0
@@ -440,7 +230,11 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
             running[impact["balance"]] = value
             assert impact["after"] == value, f"event {ev['seq']} {ev['kind']}: after {impact['after']} != {value}"
     assert txn.last_event_seq() == expected_seq, "event counter and spool disagree"
+    return running, expected_seq
 
+
+def _check_conservation(txn: Txn, running: dict[str, int]) -> dict[str, int]:
+    """Every balance is what its events sum to; a balance that is gone summed to 0. Returns the balances."""
     current = balances_now(txn)
     for name, value in current.items():
         assert isinstance(value, int), f"{name} is not an int: {value!r}"
@@ -448,8 +242,11 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
     for name, value in running.items():
         if name not in current:
             assert value == 0, f"{name} is gone but its events sum to {value}"
+    return current
 
-    # Reservations held by open sessions, per bucket and per account.
+
+def _check_reservations(txn: Txn) -> None:
+    """What buckets and accounts hold reserved is exactly what the open sessions hold against them."""
     held_bucket: dict[tuple[str, int], int] = {}
     held_money: dict[str, int] = {}
     for session in txn.sessions():
@@ -477,4 +274,3 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
             assert 0 <= b.reserved <= b.remaining, f"{owner} bucket {b.id}: reserved {b.reserved} of {b.remaining}"
             held = held_bucket.get((owner, b.id), 0)
             assert b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions hold {held}"
-    return {"events": expected_seq, "balances": current}

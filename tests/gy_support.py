@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,146 +17,13 @@ from chf.runtime.config import Config, parse_config
 from chf.runtime.service import ChargingService
 from gy.client import DiameterClient
 from gy.server import GyServer
+from tests.support import SHARED, fixture_text, free_port
 from tools.serve import run
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTURES = REPO.parent / "shared" / "captures"
+CAPTURES = SHARED / "captures"
 
-CATALOGUE = textwrap.dedent(
-    """
-    [settings]
-    currency = "EUR"
-    timezone = "UTC"
-    home_zone = "home"
-    default_zone = "world"
-
-    [grants]
-    bytes = 1_000_000
-    seconds = 600
-    events = 1
-    money = 2_000_000
-    validity_time = 600
-    volume_threshold_percent = 20
-    time_threshold_percent = 20
-    quota_holding_time = 0
-
-    [grants.rating_groups."20"]
-    quota_holding_time = 30
-
-    # Rating groups of the Magma captures: the OCS there granted 2,000 octets at a time.
-    [grants.rating_groups."1"]
-    bytes = 2_000
-    [grants.rating_groups."2"]
-    bytes = 2_000
-    [grants.rating_groups."3"]
-    bytes = 2_000
-
-    [zones]
-    home = ["20801", "00101", "34001"]
-    eu = ["26201"]
-
-    [tariffs.data]
-    unit = "bytes"
-    block = 1_000_000
-    rounding = "up"
-    price = 10_000
-      [tariffs.data.zones.world]
-      deny = true
-
-    [tariffs.voice]
-    unit = "seconds"
-    block = 60
-    price = 100_000
-
-    [tariffs.sms]
-    unit = "events"
-    price = 80_000
-
-    [tariffs.money]
-    unit = "money"
-    price = 1
-
-    [plans.payg]
-    payment = "prepaid"
-    overage = "charge"
-      [plans.payg.rating]
-      "20" = "voice"
-      "40" = "sms"
-      default = "data"
-
-    [plans.capped]
-    payment = "prepaid"
-    overage = "deny"
-      [plans.capped.rating]
-      default = "data"
-      [[plans.capped.allowances]]
-      name = "data"
-      unit = "bytes"
-      amount = 2_500_000
-
-    [plans.redirect]
-    payment = "prepaid"
-    overage = "redirect"
-    redirect_address = "https://topup.example.net/"
-      [plans.redirect.rating]
-      default = "data"
-      [[plans.redirect.allowances]]
-      name = "data"
-      unit = "bytes"
-      amount = 1_500_000
-
-    [plans.restrict]
-    payment = "prepaid"
-    overage = "restrict"
-    filter_id = "throttle-64k"
-    restriction_rules = ["permit out ip from any to 192.0.2.1"]
-      [plans.restrict.rating]
-      default = "data"
-      [[plans.restrict.allowances]]
-      name = "data"
-      unit = "bytes"
-      amount = 1_500_000
-
-    [plans.data-only]
-    payment = "prepaid"
-    overage = "charge"
-      [plans.data-only.rating]
-      "10" = "data"
-
-    # Sized against the usage in the Magma FUI captures (see test_gy_captures.py).
-    [plans.capture-fui-1rg]
-    payment = "prepaid"
-    overage = "deny"
-      [plans.capture-fui-1rg.rating]
-      default = "data"
-      [[plans.capture-fui-1rg.allowances]]
-      name = "data"
-      unit = "bytes"
-      amount = 7_000
-
-    [plans.capture-fui-2rg]
-    payment = "prepaid"
-    overage = "deny"
-      [plans.capture-fui-2rg.rating]
-      default = "data"
-      [[plans.capture-fui-2rg.allowances]]
-      name = "data"
-      unit = "bytes"
-      amount = 7_000
-
-    [plans.wallet]
-    payment = "prepaid"
-    overage = "charge"
-      [plans.wallet.rating]
-      default = "money"
-    """
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+CATALOGUE = fixture_text("gy.toml")
 
 
 def make_config(tmp: Path, port: int, *, gy: str = "", durability: str = "os") -> Config:
@@ -198,11 +63,14 @@ class Running:
     @property
     def gy(self) -> GyServer:
         handler = self.service.bus._handlers["gy"][0]
-        return handler.__self__  # type: ignore[attr-defined, no-any-return]
+        server = getattr(handler, "__self__", None)  # the bound method GyServer subscribed
+        assert isinstance(server, GyServer)
+        return server
 
     async def client(self, origin_host: str = "pgw.test", realm: str = "test", **kw: Any) -> DiameterClient:
         client, cea = await DiameterClient.connect("127.0.0.1", self.port, origin_host, realm, **kw)
-        assert cea is None or cea.find(268).u32() == 2001  # type: ignore[union-attr]
+        result_code = None if cea is None else cea.find(268)
+        assert cea is None or (result_code is not None and result_code.u32() == 2001)
         self.clients.append(client)
         return client
 
@@ -220,7 +88,8 @@ async def running_server(tmp: Path, *, gy: str = "", port: int | None = None) ->
         ready.set_result(service)
 
     task = asyncio.create_task(run(config, started=started))
-    done, _ = await asyncio.wait([ready, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiters: list[asyncio.Future[Any]] = [ready, task]
+    done, _ = await asyncio.wait(waiters, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
     running = Running(ready.result(), port, task, config)

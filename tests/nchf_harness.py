@@ -9,77 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.runtime.service import ChargingService
 from nchf.client import H2Client
-from nchf.component import NchfComponent, NchfSettings
+from nchf.component import NchfComponent
+from nchf.config import NchfSettings
 from store.lmdbstore import Store
 from tests.nchf_openapi import check_response
+from tests.support import fixture_text
 
 API = "/nchf-convergedcharging/v3"
 
-CATALOGUE = """
-[settings]
-currency = "EUR"
-timezone = "UTC"
-home_zone = "home"
-default_zone = "world"
-
-[grants]
-bytes = 10_000_000
-seconds = 600
-events = 1
-validity_time = 3600
-volume_threshold_percent = 20
-time_threshold_percent = 20
-
-[zones]
-home = ["20801"]
-eu = ["26201"]
-
-[tariffs.data]
-unit = "bytes"
-block = 1_000_000
-rounding = "up"
-price = 10_000
-  [tariffs.data.zones.world]
-  deny = true
-
-[tariffs.voice]
-unit = "seconds"
-block = 60
-price = 100_000
-
-[tariffs.sms]
-unit = "events"
-price = 80_000
-
-[plans.basic]
-payment = "prepaid"
-overage = "charge"
-  [plans.basic.rating]
-  "10" = "data"
-  "20" = "voice"
-  "40" = "sms"
-  [[plans.basic.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 100_000_000
-  rating_groups = [10]
-  priority = 10
-
-[plans.capped]
-payment = "prepaid"
-overage = "redirect"
-redirect_address = "http://topup.example/"
-  [plans.capped.rating]
-  "10" = "data"
-  [[plans.capped.allowances]]
-  name = "data"
-  unit = "bytes"
-  amount = 15_000_000
-  rating_groups = [10]
-"""
+CATALOGUE = fixture_text("nchf.toml")
 
 IMSI = "001010000000001"
 MSISDN = "33600000001"
@@ -233,10 +174,17 @@ async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf
     bucket = bs.buckets[0].id
     await op(
         lambda txn, engine, now: provisioning.adjust(
-            txn, engine, "acct-broke", -15_000_000, now=now, actor="test", reason="used up",
-            line_id=broke, bucket_id=bucket,
+            txn,
+            engine,
+            "acct-broke",
+            -15_000_000,
+            now=now,
+            actor="test",
+            reason="used up",
+            line_id=broke,
+            bucket_id=bucket,
         )
-    )  # fmt: skip
+    )
     await op(
         lambda txn, engine, now: provisioning.set_state(
             txn, engine, IMSI_SUSPENDED, "suspended", now=now, actor="test", reason="test"

@@ -7,23 +7,31 @@ parser, and the OpenAPI document validated and checked against the server's rout
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from chf.api.openapi import OPENAPI
+from chf.api import bodies
+from chf.api.bodies import MAX_BALANCE
+from chf.api.openapi import OPENAPI, openapi30
 from chf.api.server import ApiConfig, ApiServer, parse_api_config
-from chf.core.catalogue import load_catalogue
-from chf.core.model import INITIAL, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
+from chf.core.catalogue_loader import load_catalogue
+from chf.core.model import INITIAL, UPDATE, ChargingRequest, OpResult, Signal, UnitRequest, UsageReport
 from chf.runtime.config import ConfigError
 from chf.runtime.service import ChargingService
 from store.lmdbstore import Store
+from store.schema import LINE_STATES, PAYMENT_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "conf" / "catalogue.toml"
@@ -360,7 +368,7 @@ async def test_metrics_health_and_readiness(api: Api) -> None:
             for value in sample.labels.values():
                 assert "001010000000001" not in value and "sess-1" not in value
     # The store hook is registered once however many servers share the store.
-    assert api.service.store.on_commit.count(__import__("chf.metrics").metrics.observe_commit) == 1
+    assert api.service.store.on_commit.count(metrics.observe_commit) == 1
     # Not ready once the writer has stopped.
     await api.service.store.stop()
     status, body, _ = await api.call("GET", "/readyz", auth=False)
@@ -407,6 +415,44 @@ async def test_openapi_document_is_valid_and_matches_the_routes(api: Api) -> Non
     assert op_ids == {r.name for r in api.server.app.router.routes() if r.name}
 
 
+async def test_every_field_at_fault_is_named_at_once(api: Api) -> None:
+    await provision(api)
+    before = api.snapshot()
+    status, data, resp = await api.call(
+        "POST", "/v1/lines", {"account": "alice", "imsi": "12ab", "msisdn": "+33", "colour": "red", "state": None}
+    )
+    assert_problem(status, data, resp, 400, "colour")
+    reasons = {p["param"]: p["reason"] for p in data["invalidParams"]}
+    assert reasons == {
+        "colour": "unknown field (known: account, eid, iccid, imsi, msisdn, plan, state)",
+        "imsi": "must be 6 to 15 digits, got '12ab'",
+        "msisdn": "must be 6 to 15 digits in international format, no '+', got '+33'",
+    }
+    status, data, resp = await api.call("POST", "/v1/lines/1/buckets", {"name": "g", "rating_groups": [10, "x"]})
+    assert_problem(status, data, resp, 400, "unit")  # in the order of the fields
+    assert [p["param"] for p in data["invalidParams"]] == ["unit", "amount", "valid_to", "reason", "rating_groups[1]"]
+    assert api.snapshot() == before
+
+
+def test_the_documented_request_bodies_are_the_validating_structs() -> None:
+    """Each request body of the document is the schema of the Struct the server decodes it with."""
+    _, generated = msgspec.json.schema_components(bodies.BODIES, ref_template="#/components/schemas/{name}")
+    schemas = OPENAPI["components"]["schemas"]
+    refs = {
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for ops in OPENAPI["paths"].values()
+        for op in ops.values()
+        if "requestBody" in op
+    }
+    assert refs == {struct.__name__ for struct in bodies.BODIES}
+    for name in refs:
+        assert schemas[name] == openapi30(generated[name])
+    assert schemas["LineStateChange"]["properties"]["state"]["enum"] == sorted(LINE_STATES)
+    assert schemas["AccountCreate"]["properties"]["payment"]["enum"] == sorted(PAYMENT_TYPES)
+    nullable = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "null"}], "default": None}
+    assert openapi30(nullable) == {"type": "integer", "minimum": 0, "exclusiveMinimum": True, "nullable": True}
+
+
 def test_api_config_errors_name_the_field() -> None:
     cfg = parse_api_config({"port": 9000, "tokens": {"crm": TOKEN}})
     assert cfg.port == 9000 and cfg.tokens == {"crm": TOKEN}
@@ -414,3 +460,270 @@ def test_api_config_errors_name_the_field() -> None:
         parse_api_config({"port": "x", "tokens": {"crm": "short"}, "colour": 1})
     text = str(exc.value)
     assert "[api] port" in text and "[api.tokens] crm" in text and "[api] colour" in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hostile input and money at the edges (issue 11 item 13, issue 12 items 7 and 8)
+# ------------------------------------------------------------------------------------------------------------------
+async def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Bytes a well-behaved client library would not send (a non-ASCII token), over a plain socket."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+async def test_an_idempotency_key_reused_with_another_body_is_refused(api: Api) -> None:
+    """A key names one request: another body under it is a client error (IETF Idempotency-Key header draft,
+    section 2.7: 422), never a replay that credits nothing while saying it did."""
+    await provision(api)
+    key = {"Idempotency-Key": "order-7"}
+    status, first, _ = await api.call(
+        "POST", "/v1/accounts/alice/topups", {"amount": 1000, "reason": "web"}, headers=key
+    )
+    assert status == 200
+    before = api.snapshot()
+    for body in ({"amount": 5_000_000, "reason": "web"}, {"amount": 1000, "reason": "shop"}):
+        status, data, resp = await api.call("POST", "/v1/accounts/alice/topups", body, headers=key)
+        assert_problem(status, data, resp, 422, "Idempotency-Key")
+        assert "Idempotency-Replayed" not in resp.headers
+    assert api.snapshot() == before
+    # The same body under the same key (fields in another order) is still the replay of the first answer.
+    status, again, resp = await api.call(
+        "POST", "/v1/accounts/alice/topups", {"reason": "web", "amount": 1000}, headers=key
+    )
+    assert status == 200 and resp.headers["Idempotency-Replayed"] == "true" and again == first
+    assert api.snapshot() == before
+    # Adjustments likewise; a key used on one route is free on another.
+    adj = {"Idempotency-Key": "order-7"}
+    status, _, _ = await api.call("POST", "/v1/accounts/alice/adjustments", {"amount": -10, "reason": "x"}, headers=adj)
+    assert status == 200
+    status, data, resp = await api.call(
+        "POST", "/v1/accounts/alice/adjustments", {"amount": -20, "reason": "x"}, headers=adj
+    )
+    assert_problem(status, data, resp, 422, "Idempotency-Key")
+    # A first attempt that was refused leaves the key free for a corrected request.
+    key = {"Idempotency-Key": "order-8"}
+    status, _, _ = await api.call("POST", "/v1/accounts/nobody/topups", {"amount": 1, "reason": "x"}, headers=key)
+    assert status == 404
+    status, _, _ = await api.call("POST", "/v1/accounts/alice/topups", {"amount": 2, "reason": "x"}, headers=key)
+    assert status == 200
+
+
+HUGE = 2**64
+OUT_OF_BOUNDS: list[tuple[str, str, Any, str]] = [
+    ("POST", "/v1/accounts/alice/topups", {"amount": 2**63, "reason": "x"}, "amount"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": HUGE, "reason": "x"}, "amount"),
+    ("POST", "/v1/accounts/alice/topups", {"amount": 10**15 + 1, "reason": "x"}, "amount"),
+    ("POST", "/v1/accounts/alice/adjustments", {"amount": -HUGE, "reason": "x"}, "amount"),
+    ("POST", "/v1/accounts/alice/adjustments", {"amount": 5, "reason": "x", "line": "1", "bucket": HUGE}, "bucket"),
+    ("POST", "/v1/accounts/alice/adjustments", {"amount": 5, "reason": "x", "line": HUGE, "bucket": 1}, "line"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "prepaid", "balance": HUGE}, "balance"),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "prepaid", "balance": -HUGE}, "balance"),
+    (
+        "POST",
+        "/v1/accounts",
+        {"id": "b", "tenant": "mvno", "payment": "postpaid", "credit_limit": HUGE},
+        "credit_limit",
+    ),
+    ("POST", "/v1/accounts", {"id": "b", "tenant": "mvno", "payment": "postpaid", "cycle_day": HUGE}, "cycle_day"),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "bytes", "amount": HUGE, "valid_to": 2**40, "reason": "x"},
+        "amount",
+    ),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "bytes", "amount": 1, "valid_to": HUGE, "reason": "x"},
+        "valid_to",
+    ),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "bytes", "amount": 1, "valid_to": 2**33, "reason": "x", "rating_groups": [2**32]},
+        "rating_groups[0]",
+    ),
+    (
+        "POST",
+        "/v1/lines/1/buckets",
+        {"name": "g", "unit": "bytes", "amount": 1, "valid_to": 2**33, "reason": "x", "priority": HUGE},
+        "priority",
+    ),
+    ("GET", "/v1/lines/1/events?after=18446744073709551615", None, "after"),
+    ("GET", "/v1/lines/1/events?from=18446744073709551616", None, "from"),
+    ("GET", "/v1/lines/1/events?to=99999999999999999999999", None, "to"),
+    ("GET", "/v1/lines/1/events?limit=99999999999999999999999", None, "limit"),
+    ("GET", "/v1/sessions?limit=99999999999999999999999", None, "limit"),
+    ("GET", "/v1/accounts?limit=99999999999999999999999", None, "limit"),
+    ("GET", "/v1/lines/%2318446744073709551616", None, "line"),
+    ("POST", "/v1/tenants", b"[" * 20_000 + b"]" * 20_000, "body"),  # within the 64 KiB limit
+    ("POST", "/v1/tenants", b'{"id":' + b"[" * 20_000 + b"]" * 20_000 + b"}", "body"),
+]
+
+
+async def test_amounts_and_integers_beyond_their_bounds_are_refused(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """Every amount and integer has a documented maximum (what fits the store's signed 64-bit values with room to
+    spare); beyond it, and for input built to exhaust the parser, a 4xx naming the field, and nothing logged as
+    an error."""
+    await provision(api)
+    for method, path, body, field in OUT_OF_BOUNDS:
+        before = api.snapshot()
+        status, data, resp = await api.call(method, path, body)
+        assert 400 <= status < 500, (path, body, data)
+        assert_problem(status, data, resp, status, field)
+        assert api.snapshot() == before, (path, body)
+    no_tracebacks(caplog)
+
+
+async def test_a_wallet_cannot_be_topped_up_beyond_its_ceiling(api: Api) -> None:
+    """Each amount is bounded, and so is the sum: a wallet stays within +-MAX_BALANCE, far inside what the store's
+    signed 64-bit values hold, whatever the number of top-ups."""
+    await provision(api)
+
+    def near_ceiling(txn: Any, _engine: Any, _now: int) -> OpResult:
+        account = txn.get_account("alice")
+        account.balance = MAX_BALANCE - 10
+        txn.put_account(account)
+        return OpResult(None)
+
+    await api.service.operate(near_ceiling)
+    before = api.snapshot()
+    for path in ("/v1/accounts/alice/topups", "/v1/accounts/alice/adjustments"):
+        status, data, resp = await api.call("POST", path, {"amount": 11, "reason": "x"})
+        assert_problem(status, data, resp, 400, "amount")
+        assert api.snapshot() == before
+    status, acct, _ = await api.call("POST", "/v1/accounts/alice/topups", {"amount": 10, "reason": "x"})
+    assert status == 200 and acct["balance"] == MAX_BALANCE
+
+
+async def test_a_bearer_token_that_is_not_ascii_is_refused_before_anything_else(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    for token in (b"\xff", b"\xc3\xa9t\xc3\xa9-token-0123456789", b"a b"):
+        request = (
+            b"GET /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n"
+        )
+        status, headers, body = await raw_request(api.server.port, request)
+        assert status == 401, (token, status, body)
+        assert headers["content-type"].startswith("application/problem+json"), headers
+        assert json.loads(body)["invalidParams"][0]["param"] == "Authorization"
+    # A control character is refused by aiohttp's HTTP parser before the application sees the request: a 400,
+    # logged as one line, without a traceback.
+    request = b"GET /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x00\r\nConnection: close\r\n\r\n"
+    status, _, _ = await raw_request(api.server.port, request)
+    assert status == 400
+    no_tracebacks(caplog)
+
+
+async def test_the_server_header_names_no_versions(api: Api) -> None:
+    for path, auth in (("/healthz", False), ("/v1/tenants", True), ("/v1/tenants", False), ("/nothing", True)):
+        _, _, resp = await api.call("GET", path, auth=auth)
+        assert resp.headers["Server"] == "chf", resp.headers
+    _, _, resp = await api.call("DELETE", "/v1/tenants")
+    assert resp.status == 405 and resp.headers["Server"] == "chf"
+    _, _, resp = await api.call("POST", "/v1/tenants", b"{" + b" " * 100_000 + b"}")
+    assert resp.status == 413 and resp.headers["Server"] == "chf"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Schemathesis: requests generated from the served OpenAPI document
+# ------------------------------------------------------------------------------------------------------------------
+EXAMPLES_PER_OPERATION = 25
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_5xx_and_every_answer_is_documented(tmp_path: Path) -> None:
+    """Valid and invalid requests generated from /openapi.json (the document built from the request Structs), with
+    a valid token, against a provisioned store: no 5xx, every status code and content type one the document
+    names, every answer schema-valid."""
+    import requests
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.core.result import Ok
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    loop = asyncio.new_event_loop()
+    store = Store(tmp_path / "chf.lmdb", durability="os")
+    service = ChargingService(store, load_catalogue(CATALOGUE), catalogue_path=str(CATALOGUE))
+    server = ApiServer(service, ApiConfig(port=0, tokens={"crm": TOKEN}))
+
+    async def start() -> None:
+        await service.start()
+        await server.start()
+        async with aiohttp.ClientSession() as http:
+            await provision(Api(server, http, service))
+
+    loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, name="api-under-test", daemon=True)
+    thread.start()
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    seen: dict[str, dict[int, int]] = {}
+    try:
+        schema = schemathesis.openapi.from_dict(OPENAPI)
+        base_url = f"http://127.0.0.1:{server.port}"
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        for result in schema.get_all_operations():
+            assert isinstance(result, Ok), result
+            operation = result.ok()
+            statuses = seen.setdefault(f"{operation.method.upper()} {operation.path}", {})
+            _explore(operation, base_url, session, checks, statuses)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(service.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        store.close()
+    print(seen)
+    assert len(seen) == len(list(api_routes())), seen
+    assert all(sum(s.values()) >= 1 for s in seen.values()), seen
+    assert any(status < 300 for s in seen.values() for status in s if s), seen
+
+
+def _explore(operation: Any, base_url: str, session: Any, checks: list[Any], statuses: dict[int, int]) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    counter = [0]
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    def exercise(case: Any) -> None:
+        counter[0] += 1
+        if counter[0] % 2 and case.path_parameters:
+            # Every other request names the provisioned account or line, so that generated bodies reach
+            # provisioning instead of stopping at "no such resource".
+            for name, value in (("line", "001010000000001"), ("account", "alice"), ("tenant", "mvno")):
+                if name in case.path_parameters:
+                    case.path_parameters[name] = value
+        response = case.call(base_url=base_url, session=session, timeout=10)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        case.validate_response(response, checks=checks)
+
+    exercise()
+
+
+def api_routes() -> list[tuple[str, str]]:
+    return [(m, p) for p, ops in OPENAPI["paths"].items() for m in ops]

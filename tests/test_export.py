@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,11 +25,15 @@ from typing import Any
 import pytest
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, parse_export_config, to_record
+from chf.export import parse_export_config
+from chf.export.exporter import Exporter
+from chf.export.files import FileSink
+from chf.export.records import to_record
 from chf.runtime.config import ConfigError
 from store.lmdbstore import Store
+from tests.support import free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "conf" / "catalogue.toml"
@@ -305,12 +308,6 @@ async def test_dead_sink_never_blocks_charging_and_backlog_is_reported(tmp_path:
 # ------------------------------------------------------------------------------------------------------------------
 # NATS JetStream sink against a real nats-server
 # ------------------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class NatsServer:
     def __init__(self, binary: str, store_dir: Path) -> None:
         self.binary = binary
@@ -343,14 +340,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    binary = shutil.which("nats-server") or next(
-        (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.path.exists(p)), None
-    )
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nats-server is not installed (Debian package nats-server, installed by .ci/run)")
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
-    server = NatsServer(binary, tmp_path / "jetstream")
+    server = NatsServer(require_tool("nats-server"), tmp_path / "jetstream")
     server.start()
     yield server
     server.kill()
@@ -421,10 +411,18 @@ def test_nats_sink_survives_a_killed_broker(tmp_path: Path, nats_server: NatsSer
 def test_usage_record_has_its_container_times() -> None:
     record = to_record(
         {
-            "id": "x-9", "seq": 9, "kind": "usage", "time": 1_790_000_600, "opened": 1_790_000_000,
-            "session_started": 1_789_999_000, "session": "gy:s", "used": 5, "unit": "bytes", "reason": "final",
+            "id": "x-9",
+            "seq": 9,
+            "kind": "usage",
+            "time": 1_790_000_600,
+            "opened": 1_790_000_000,
+            "session_started": 1_789_999_000,
+            "session": "gy:s",
+            "used": 5,
+            "unit": "bytes",
+            "reason": "final",
         }
-    )  # fmt: skip
+    )
     assert record["recordOpeningTime"] == "2026-09-21T14:13:20Z"
     assert record["duration"] == 600
     assert record["sessionStartTime"] == "2026-09-21T13:56:40Z"

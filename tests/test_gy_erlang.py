@@ -9,9 +9,7 @@ Debian packages: erlang-base erlang-diameter erlang-dev erlang-examples (.ci/run
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from chf.core import provisioning
 from gy import grammar
 from tests.gy_support import REPO, provision, running_server
+from tests.support import require_tool, unavailable
 
 ERLANG_DIR = REPO / "tests" / "erlang"
 TOOLS = ("erl", "erlc", "diameterc")
@@ -27,11 +26,8 @@ IMSI = "208010000000001"
 
 
 def _tools_or_skip() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{', '.join(missing)} not installed (.ci/run installs the Erlang packages)")
-        pytest.skip(f"{', '.join(missing)} not installed")
+    for tool in TOOLS:
+        require_tool(tool)
 
 
 def _build(out: Path) -> None:
@@ -46,10 +42,7 @@ def _build(out: Path) -> None:
     ).stdout.strip()
     examples = Path(lib) / "examples" / "dict"
     if not (examples / "rfc4006_cc.dia").exists():
-        message = f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{examples / 'rfc4006_cc.dia'} is missing (Debian package erlang-examples)")
     base = ["--inherits", "common/diameter_gen_base_rfc6733"]
     steps = [
         ["diameterc", "-o", str(out), *base, str(examples / "rfc4005_nas.dia")],

@@ -4,14 +4,11 @@ errors)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from diameter.message import Message as PdMessage
 from diameter.message.avp import Avp as PdAvp
 from hypothesis import given, settings
@@ -23,6 +20,7 @@ from gy.ccr_fast import parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import E, decode_header, encode_message, find, find_all
 from tests.gy_support import provision, running_server
+from tests.support import require_tool
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
@@ -207,11 +205,7 @@ def _pcap(path: Path, messages: list[tuple[bool, bytes]]) -> None:
 
 
 async def test_tshark_dissects_a_test_run(tmp_path: Path) -> None:
-    tshark = shutil.which("tshark")
-    if tshark is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tshark is not installed (.ci/run installs it)")
-        pytest.skip("tshark not installed")
+    tshark = require_tool("tshark")
     exchange: list[tuple[bool, bytes]] = []
     async with running_server(tmp_path) as srv:
         await srv.op(provision(plan="redirect", balance=0))

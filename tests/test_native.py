@@ -9,26 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import REPO, unavailable
 from tools import native
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def listed_modules() -> list[str]:
-    lines = (ROOT / "native-modules.txt").read_text().splitlines()
+    lines = (REPO / "native-modules.txt").read_text().splitlines()
     paths = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [p.removesuffix(".py").replace("/", ".") for p in paths]
 
 
 def test_listed_modules_exist() -> None:
     for module in listed_modules():
-        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
+        assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
 
 
 @pytest.mark.skipif(os.environ.get("CHF_PURE_PYTHON") == "1", reason="pure-Python build asked for")
 def test_listed_modules_run_compiled_under_ci() -> None:
-    if os.environ.get("CI") != "true" and not native.compiled():
-        pytest.skip("no compiled modules in this checkout (not CI)")
+    if not native.compiled():
+        unavailable("no compiled modules in this checkout (`make test` builds them)")
     for module in listed_modules():
         origin = importlib.import_module(module).__file__ or ""
         assert origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), f"{module} runs from {origin}"
@@ -68,13 +67,14 @@ def test_edited_declarations_make_a_compiled_module_stale(tmp_path: Path) -> Non
 def test_records_are_extension_types_when_compiled() -> None:
     """The .pxd files make the per-request records extension types; in a pure-Python checkout they are the
     plain classes of the .py files, with the same fields."""
-    from chf.core.engine import Context, Engine
+    from chf.core.context import Context
+    from chf.core.engine import Engine
     from store.lmdbstore import Txn
     from store.schema import Account, BalanceSet, Bucket, Reservation, Session, Subscriber
 
     classes = (Account, BalanceSet, Bucket, Reservation, Session, Subscriber, Txn, Context, Engine)
-    if os.environ.get("CI") != "true" and not native.compiled():
-        pytest.skip("no compiled modules in this checkout (not CI)")
+    if not native.compiled():
+        unavailable("no compiled modules in this checkout (`make test` builds them)")
     heap_type = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes made by a class statement, clear on extension types
     for cls in classes:
         assert cls.__flags__ & heap_type == 0, f"{cls.__name__} is a heap type: not compiled as an extension type"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +15,7 @@ import pytest
 from chf.core import provisioning
 from nchf.auth import make_jwt
 from nchf.client import H2Client
-from nchf.component import NchfSettings, parse_settings
+from nchf.config import NchfSettings, parse_settings
 from nchf.http import HttpServer, Request, Response
 from tests.nchf_harness import (
     API,
@@ -33,6 +31,7 @@ from tests.nchf_harness import (
     usage,
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
+from tests.support import free_port, require_tool
 
 MB = 1_000_000
 
@@ -314,17 +313,38 @@ async def test_http1_on_the_same_port(chf: Chf) -> None:
     await writer.wait_closed()
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
+async def _http1_exchange(port: int, *parts: bytes) -> bytes:
+    """Send `parts` (one write each, a moment apart) and read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_http1_limits_and_framing_errors(chf: Chf) -> None:
+    """HTTP/1.1 refusals: each answered with its status and a ProblemDetails, then the connection is closed."""
+    create = f"POST {API}/chargingdata HTTP/1.1\r\nHost: chf\r\nContent-Type: application/json\r\n".encode()
+    # A body over the limit is refused from its Content-Length, before it arrives.
+    too_big = await _http1_exchange(chf.port, create + b"Content-Length: 70000\r\n\r\n")
+    assert too_big.startswith(b"HTTP/1.1 413 ") and b'"cause":"REQUEST_TOO_LARGE"' in too_big
+    chunked = await _http1_exchange(chf.port, create + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ") and b'"cause":"LENGTH_REQUIRED"' in chunked
+    not_a_number = await _http1_exchange(chf.port, create + b"Content-Length: 1e3\r\n\r\n")
+    assert not_a_number.startswith(b"HTTP/1.1 400 ") and b'"cause":"INVALID_MSG_FORMAT"' in not_a_number
+    # A header block over the limit that arrives in pieces (never complete) is refused as it grows.
+    padding = b"X-Padding: " + b"p" * 10_000 + b"\r\n"
+    pieces = await _http1_exchange(chf.port, create, padding, padding)
+    assert pieces.startswith(b"HTTP/1.1 431 ") and b'"cause":"REQUEST_TOO_LARGE"' in pieces
+    for answer in (too_big, chunked, not_a_number, pieces):
+        assert b"\r\nconnection: close\r\n" in answer
 
 
 async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = tmp_path / "create.json"
     body.write_text(json.dumps(request_body(1, units=[usage(10)])))
     headers_file = tmp_path / "headers.txt"
@@ -399,17 +419,20 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
     )
     _, body = await asyncio.wait_for(receiver.received.get(), 5)
     assert body == {"notificationType": "ABORT_CHARGING"}
+    notifier = chf.component.notifier
+    assert notifier is not None
     for _ in range(100):  # the notifier counts once the SMF's answer is in
-        if chf.component.notifier.delivered == 2:
+        if notifier.delivered == 2:
             break
         await asyncio.sleep(0.01)
-    assert chf.component.notifier.delivered == 2
+    assert notifier.delivered == 2
     await client.close()
     await receiver.server.stop()
 
 
 async def test_notify_failure_is_bounded_and_never_blocks_charging(chf: Chf) -> None:
     notifier = chf.component.notifier
+    assert notifier is not None
     notifier.settings.timeout, notifier.settings.retries, notifier.settings.backoff = 0.5, 1, 0.01
     receiver = NotifyReceiver(status=500)
     await receiver.server.start()
@@ -476,7 +499,7 @@ def test_settings_errors_name_the_field() -> None:
 
 async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     specs_or_skip()
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -587,17 +610,16 @@ async def test_callback_handler_answers_once_later_or_on_failure_over_h2_and_htt
 
 
 async def test_http1_expect_continue(chf: Chf, tmp_path: Path) -> None:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     body = request_body(1, units=[usage(10)])
     body["tenantIdentifier"] = "x" * 2000  # over 1 KiB: curl sends Expect: 100-continue
     path = tmp_path / "create.json"
     path.write_text(json.dumps(body))
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        curl, "--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json",
-        "--data-binary", f"@{path}", f"http://127.0.0.1:{chf.port}{API}/chargingdata",
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    options = ["--silent", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}"]
+    options += ["-H", "content-type: application/json", "--data-binary", f"@{path}"]
+    url = f"http://127.0.0.1:{chf.port}{API}/chargingdata"
+    proc = await asyncio.create_subprocess_exec(curl, *options, url, stdout=subprocess.PIPE)
     out, _ = await proc.communicate()
     assert out == b"201" and time.monotonic() - started < 0.9  # no one-second wait for 100 Continue
 
@@ -606,23 +628,18 @@ async def test_chf_serve_runs_the_nchf_front_end(tmp_path: Path) -> None:
     """`chf serve` with an [nchf] section: the factory registered in tools/serve.py starts the server."""
     specs_or_skip()
     import signal
-    import socket
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "chf.toml"
     config.write_text(
         f'[chf]\ndata_dir = "{tmp_path}"\ncatalogue = "{repo / "conf" / "catalogue.toml"}"\n'
         f'[store]\npath = "{tmp_path / "chf.lmdb"}"\nmap_size_mb = 64\n'
         f'[nchf]\nlisten = "127.0.0.1"\nport = {port}\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "serve", "--config", str(config),
-        cwd=repo, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(*command, cwd=repo, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         while True:
@@ -761,8 +778,15 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
         final=st.none() | st.sampled_from(["terminate", "redirect", "restrict_access"]),
         result=st.sampled_from(["success", "credit_limit_reached", "end_user_service_denied", "rating_failed"]),
     )
-    def check(rg: int, unit: str | None, granted: int | None, validity: int | None, threshold: int | None,
-              final: str | None, result: str) -> None:  # fmt: skip
+    def check(
+        rg: int,
+        unit: str | None,
+        granted: int | None,
+        validity: int | None,
+        threshold: int | None,
+        final: str | None,
+        result: str,
+    ) -> None:
         ua = UnitAnswer(rg, result, unit=unit, granted=granted, validity_time=validity)
         if unit == "bytes":
             ua.volume_threshold = threshold
@@ -776,6 +800,7 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
     check()
 
 
+@pytest.mark.slow
 def test_response_body_written_directly_equals_json_dumps_of_the_mapping() -> None:
     """charging_data_response_json writes the usual answer without json.dumps: it must be the very same text."""
     from hypothesis import given, settings

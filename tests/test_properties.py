@@ -1,5 +1,5 @@
 """Stateful property test of the charging core: random interleavings of everything the core does, with the
-invariants of DESIGN.md section 2 checked after every step.
+invariants of docs/architecture.md checked after every step.
 
 Lines on prepaid, postpaid and hybrid accounts, a family shared allowance and a flexible IoT pool get session
 requests, one-shot events, top-ups, adjustments, clock jumps (to exact period boundaries too), suspensions,
@@ -13,6 +13,7 @@ Default run: 200 examples of up to 50 steps (~20 s). `HYPOTHESIS_PROFILE=long` r
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -38,6 +39,8 @@ from chf.core.model import (
 )
 from chf.core.periods import period_end
 from chf.runtime.service import ChargingService
+from store.lmdbstore import Txn
+from store.schema import Subscriber
 from tests.corekit import World, check_invariants, event, initial, snapshot, terminate, update
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -68,6 +71,12 @@ PREPAID_ACCOUNTS = ("pre1", "pre2")
 VOICE_TOO = (
     1  # this line's session requests also carry rating group 20 (voice, seconds)  # lines of these move between them
 )
+
+
+def _line(txn: Txn, line_id: int) -> Subscriber:
+    sub = txn.get_subscriber(line_id)
+    assert sub is not None, line_id
+    return sub
 
 
 class ChargingCore(RuleBasedStateMachine):
@@ -110,7 +119,7 @@ class ChargingCore(RuleBasedStateMachine):
         """Mirror the data unit of a request as a voice unit (used seconds = used bytes / 20)."""
         data = req.units[0]
         used = [UsageReport({"seconds": r.units.get("bytes", 0) // 20}, r.reason) for r in data.used]
-        requested = None if data.requested is None else {}
+        requested: dict[str, int] | None = None if data.requested is None else {}
         req.units.append(UnitRequest(rating_group=20, requested=requested, used=used, reason=data.reason))
 
     def charge(self, req: ChargingRequest) -> Any:
@@ -127,7 +136,7 @@ class ChargingCore(RuleBasedStateMachine):
         for n, ua in enumerate(answer.units):
             if ua.granted:
                 policy = w.engine.catalogue.grant_policy(ua.rating_group)
-                assert ua.granted <= policy.quantum(ua.unit), ua
+                assert ua.unit is not None and ua.granted <= policy.quantum(ua.unit), ua
                 assert session is not None and ua.rating_group in session.reservations
                 reservation = session.reservations[ua.rating_group]
                 assert reservation.granted == ua.granted
@@ -207,7 +216,8 @@ class ChargingCore(RuleBasedStateMachine):
         req = event(key, imsi, action, rg=40, amount={"events": count}, idempotency_key=f"k-{key}" if keyed else None)
         line_id = self.lines[line][0]
         with self.world.store.read() as txn:
-            account = txn.get_account(txn.get_subscriber(line_id).account)
+            account = txn.get_account(_line(txn, line_id).account)
+            assert account is not None
             funds = account.balance - account.reserved + account.credit_limit
         answer = self.charge(req)
         if action == DIRECT_DEBITING and answer.result == SUCCESS and not answer.duplicate:
@@ -241,7 +251,7 @@ class ChargingCore(RuleBasedStateMachine):
     def terminate_line(self) -> None:
         line_id, _, _ = self.lines[LAST_IOT_LINE]
         with self.world.store.read() as txn:
-            if txn.get_subscriber(line_id).state == "terminated":
+            if _line(txn, line_id).state == "terminated":
                 return
         self.world.admin(provisioning.set_state, f"#{line_id}", "terminated", actor="prop", reason="churn")
 
@@ -254,9 +264,9 @@ class ChargingCore(RuleBasedStateMachine):
         while True:
             expired, due = service.sweep_slice_once(w.now)
             for owner in due:
-                w.write(lambda txn, o=owner: service._upkeep(txn, o))
+                w.write(functools.partial(service._upkeep, owner=owner))
             for key in expired:
-                w.write(lambda txn, k=key: w.engine.reap(txn, k, w.now))
+                w.write(functools.partial(w.engine.reap, session_key=key, now=w.now))
                 self.open.pop(key, None)
             if service._sweep_from == b"":
                 break
@@ -289,7 +299,7 @@ class ChargingCore(RuleBasedStateMachine):
     def set_state(self, line: int, state: str) -> None:
         line_id, _, _ = self.lines[line]
         with self.world.store.read() as txn:
-            before = txn.get_subscriber(line_id).state
+            before = _line(txn, line_id).state
             open_sessions = {s.key for s in txn.sessions_of_line(line_id) if not s.closed}
         if before == "terminated":
             return
@@ -301,7 +311,7 @@ class ChargingCore(RuleBasedStateMachine):
     def move_line(self, line: int) -> None:
         line_id, _, _ = self.lines[line]
         with self.world.store.read() as txn:
-            current = txn.get_subscriber(line_id).account
+            current = _line(txn, line_id).account
         target = PREPAID_ACCOUNTS[1] if current == PREPAID_ACCOUNTS[0] else PREPAID_ACCOUNTS[0]
         result = self.world.admin(provisioning.move_line, f"#{line_id}", target, actor="prop", reason="move")
         for signal in result.signals:
@@ -313,7 +323,7 @@ class ChargingCore(RuleBasedStateMachine):
         with w.store.read() as txn:
             keys = [s.key for s in txn.sessions() if s.expires <= w.now]
         for key in keys:
-            w.write(lambda txn, k=key: w.engine.reap(txn, k, w.now))
+            w.write(functools.partial(w.engine.reap, session_key=key, now=w.now))
             self.open.pop(key, None)
 
     # -- exactly once -----------------------------------------------------------------------------------------------
@@ -329,8 +339,10 @@ class ChargingCore(RuleBasedStateMachine):
             _, account, amount, key = request
             if w.now >= sent_at + window:
                 return  # the key has expired: a new top-up by design
-            again = w.admin(provisioning.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key)
-            assert again.duplicate and again.value == first
+            topup_again = w.admin(
+                provisioning.topup, account, amount, actor="prop", reason="top-up", idempotency_key=key
+            )
+            assert topup_again.duplicate and topup_again.value == first
         elif request.kind == "event":
             if w.now >= sent_at + window:
                 return

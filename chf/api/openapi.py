@@ -1,13 +1,20 @@
 """The OpenAPI 3.0 document of the management API (chf/api/server.py), served at /openapi.json.
 
-Written by hand (not generated) so it states the contract, including the conventions of money in integer
-micro-units, bearer tokens and problem+json errors naming the field. tests/test_api.py validates it with
-openapi-spec-validator and checks that every route of the server is documented and vice versa.
+The request body schemas are generated from the Structs that validate the requests (chf/api/bodies.py), so the
+document and the server cannot disagree on what a body may hold; `openapi30` turns msgspec's JSON Schema into
+the OpenAPI 3.0 dialect (nullable instead of a null type). Paths, parameters and responses are written here,
+with the conventions of money in integer micro-units, bearer tokens and problem+json errors naming the field.
+tests/test_api.py validates the document with openapi-spec-validator, checks that every route of the server
+is documented and vice versa, and runs schemathesis against the server with it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
+
+from chf.api import bodies
 
 _MONEY = {
     "type": "integer",
@@ -55,8 +62,11 @@ def _op(
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["413"] = {"$ref": "#/components/responses/TooLarge"}
     if params:
         op["parameters"] = params
+        if _IDEMPOTENCY in params:
+            op["responses"]["422"] = {"$ref": "#/components/responses/KeyReused"}
     return op
 
 
@@ -64,35 +74,64 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
 
-def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema or {"type": "integer"},
-    }
-
-
 _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "A repeat with the same key (per token) within the idempotency window returns the first answer "
-    "with `Idempotency-Replayed: true` and changes nothing.",
+    "description": "A repeat with the same key (per token) and the same body within the idempotency window returns "
+    "the first answer with `Idempotency-Replayed: true` and changes nothing; the same key with another body is "
+    "refused with 422.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 _LINE = _path_param("line", "The line: internal id, IMSI, MSISDN or ICCID.")
 _ACCOUNT = _path_param("account", "The account id.")
 
 
-def _obj(required: list[str], props: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
+def _body(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return _ref(struct.__name__)
+
+
+def openapi30(schema: Any) -> Any:
+    """msgspec's JSON Schema (2020-12) in the OpenAPI 3.0 dialect: `anyOf: [X, {type: null}]` becomes X with
+    `nullable: true`, a numeric exclusive bound becomes a boolean beside minimum/maximum, an enum of strings
+    states its type, and what 3.0 does not have (an empty `required`, a `null` default) is left out."""
+    if isinstance(schema, list):
+        return [openapi30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {  # a `properties` table maps names to schemas: it is not a schema itself
+        key: {name: openapi30(v) for name, v in value.items()} if key == "properties" else openapi30(value)
+        for key, value in schema.items()
+    }
+    _nullable(out)
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
+            out[plain], out[bound] = out[bound], True
+    if "enum" in out and "type" not in out and all(isinstance(v, str) for v in out["enum"]):
+        out["type"] = "string"
+    if out.get("required") == []:
+        del out["required"]
+    if "default" in out and out["default"] is None:
+        del out["default"]
+    return out
+
+
+def _nullable(schema: dict[str, Any]) -> None:
+    variants = schema.get("anyOf")
+    if isinstance(variants, list) and {"type": "null"} in variants:
+        rest = [v for v in variants if v != {"type": "null"}]
+        del schema["anyOf"]
+        schema.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+        schema["nullable"] = True
+
+
+def _body_schemas() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(bodies.BODIES, ref_template="#/components/schemas/{name}")
+    return {name: openapi30(schema) for name, schema in components.items()}
 
 
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
-_REASON = {"type": "string", "minLength": 1, "description": "Why; recorded in the audit event."}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -151,10 +190,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Tenant"), "Created"),
                 status="201",
                 change=True,
-                body=_obj(
-                    ["id", "currency"],
-                    {"id": _STR, "name": _STR, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}},
-                ),
+                body=_body(bodies.TenantCreate),
             ),
         },
         "/v1/tenants/{tenant}": {
@@ -171,8 +207,14 @@ OPENAPI: dict[str, Any] = {
                 "List accounts",
                 _json({"type": "object"}, "Accounts"),
                 params=[
-                    _query("tenant", "Only this tenant's", {"type": "string"}),
-                    _query("limit", "At most this many"),
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this tenant's",
+                        "schema": {"type": "string"},
+                    },
+                    bodies.LIMIT.parameter(),
                 ],
             ),
             "post": _op(
@@ -181,20 +223,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Account"), "Created"),
                 status="201",
                 change=True,
-                body=_obj(
-                    ["id", "tenant", "payment"],
-                    {
-                        "id": _STR,
-                        "tenant": _STR,
-                        "payment": {"type": "string", "enum": ["prepaid", "postpaid", "hybrid"]},
-                        "currency": _STR,
-                        "balance": _MONEY,
-                        "credit_limit": _MONEY,
-                        "cycle_day": {"type": "integer", "minimum": 1, "maximum": 28},
-                        "parent": _STR,
-                        "plan": _STR,
-                    },
-                ),
+                body=_body(bodies.AccountCreate),
             ),
         },
         "/v1/accounts/{account}": {
@@ -220,7 +249,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Account"), "The account"),
                 params=[_ACCOUNT],
                 change=True,
-                body=_obj(["plan"], {"plan": _STR, "reason": _REASON}),
+                body=_body(bodies.PlanAssignment),
             )
         },
         "/v1/accounts/{account}/topups": {
@@ -230,7 +259,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Account"), "The account after the top-up"),
                 params=[_ACCOUNT, _IDEMPOTENCY],
                 change=True,
-                body=_obj(["amount", "reason"], {"amount": {**_MONEY, "minimum": 1}, "reason": _REASON}),
+                body=_body(bodies.TopUp),
             )
         },
         "/v1/accounts/{account}/adjustments": {
@@ -240,15 +269,7 @@ OPENAPI: dict[str, Any] = {
                 _json({"type": "object"}, "The account or the bucket after the adjustment"),
                 params=[_ACCOUNT, _IDEMPOTENCY],
                 change=True,
-                body=_obj(
-                    ["amount", "reason"],
-                    {
-                        "amount": {"type": "integer", "description": "Micro-units for the wallet; units for a bucket."},
-                        "reason": _REASON,
-                        "line": {"type": "string", "description": "The line owning the bucket"},
-                        "bucket": _INT,
-                    },
-                ),
+                body=_body(bodies.Adjustment),
             )
         },
         "/v1/lines": {
@@ -258,18 +279,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Line"), "Created"),
                 status="201",
                 change=True,
-                body=_obj(
-                    ["account", "imsi"],
-                    {
-                        "account": _STR,
-                        "imsi": {"type": "string", "pattern": "^[0-9]{6,15}$"},
-                        "msisdn": {"type": "string", "pattern": "^[0-9]{6,15}$"},
-                        "iccid": _STR,
-                        "eid": _STR,
-                        "plan": _STR,
-                        "state": {"type": "string", "enum": ["provisioned", "active"]},
-                    },
-                ),
+                body=_body(bodies.LineCreate),
             )
         },
         "/v1/lines/{line}": {
@@ -287,13 +297,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Line"), "The line"),
                 params=[_LINE],
                 change=True,
-                body=_obj(
-                    ["state", "reason"],
-                    {
-                        "state": {"type": "string", "enum": ["provisioned", "active", "suspended", "terminated"]},
-                        "reason": _REASON,
-                    },
-                ),
+                body=_body(bodies.LineStateChange),
             )
         },
         "/v1/lines/{line}/move": {
@@ -303,7 +307,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Line"), "The line"),
                 params=[_LINE],
                 change=True,
-                body=_obj(["account", "reason"], {"account": _STR, "reason": _REASON}),
+                body=_body(bodies.LineMove),
             )
         },
         "/v1/lines/{line}/plan": {
@@ -313,7 +317,7 @@ OPENAPI: dict[str, Any] = {
                 _json(_ref("Line"), "The line"),
                 params=[_LINE],
                 change=True,
-                body=_obj(["plan"], {"plan": _STR, "reason": _REASON}),
+                body=_body(bodies.PlanAssignment),
             )
         },
         "/v1/lines/{line}/balances": {
@@ -332,18 +336,7 @@ OPENAPI: dict[str, Any] = {
                 status="201",
                 params=[_LINE],
                 change=True,
-                body=_obj(
-                    ["name", "unit", "amount", "valid_to", "reason"],
-                    {
-                        "name": _STR,
-                        "unit": {"type": "string", "enum": ["bytes", "seconds", "events", "money"]},
-                        "amount": {"type": "integer", "minimum": 1},
-                        "valid_to": _TIME,
-                        "reason": _REASON,
-                        "rating_groups": {"type": "array", "items": _INT},
-                        "priority": _INT,
-                    },
-                ),
+                body=_body(bodies.BucketGrant),
             )
         },
         "/v1/lines/{line}/sessions": {
@@ -358,10 +351,10 @@ OPENAPI: dict[str, Any] = {
                 _json({"type": "object"}, "Events and next_after (null when the spool was read to its end)"),
                 params=[
                     _LINE,
-                    _query("from", "From this time (UNIX seconds, inclusive)"),
-                    _query("to", "Up to this time (exclusive)"),
-                    _query("after", "Only events after this sequence number"),
-                    _query("limit", "At most this many (<= 1000)"),
+                    bodies.FROM.parameter(),
+                    bodies.TO.parameter(),
+                    bodies.AFTER.parameter(),
+                    bodies.LIMIT.parameter("At most this many (a larger limit is served as 1000)"),
                 ],
             )
         },
@@ -370,7 +363,7 @@ OPENAPI: dict[str, Any] = {
                 "list_sessions",
                 "Open charging sessions",
                 _json({"type": "object"}, "Sessions"),
-                params=[_query("limit", "At most this many")],
+                params=[bodies.LIMIT.parameter("At most this many (a larger limit is served as 10000)")],
             )
         },
         "/v1/catalogue/reload": {
@@ -393,8 +386,11 @@ OPENAPI: dict[str, Any] = {
             "NotFound": _problem("The named tenant, account, line, plan or bucket does not exist"),
             "Conflict": _problem("The change contradicts the stored state (identity in use, forbidden transition)"),
             "Busy": _problem("Too busy (write queue full); retry after Retry-After seconds"),
+            "TooLarge": _problem(f"The body is over {bodies.MAX_BODY} bytes"),
+            "KeyReused": _problem("The Idempotency-Key was used with another request body; nothing was changed"),
         },
         "schemas": {
+            **_body_schemas(),
             "ProblemDetails": {
                 "type": "object",
                 "required": ["title", "status"],

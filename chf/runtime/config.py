@@ -1,8 +1,10 @@
-"""The process configuration: one TOML file, `conf/chf.toml` by default (DESIGN.md section 9).
+"""The process configuration: one TOML file, `conf/chf.toml` by default (docs/architecture.md).
 
-Core sections ([chf], [store], [engine]) are validated here; each front-end or service validates its own
-section ([gy], [nchf], [api], [export]) from `Config.section(name)`. Every error names the file, the section
-and the field. Relative paths are relative to the working directory the process was started in.
+Core sections ([chf], [store], [engine], [server]) are read here; each front-end or service reads its own
+section ([gy], [nchf], [api], [export]) from `Config.section(name)` with `read_section`. A section is a strict
+`msgspec.Struct` decoded by chf.core.validation, so every error names the file, the section and the field
+("conf/chf.toml: [store] max_batch: must be an integer >= 1, got 0"), all of them at once. Relative paths are
+relative to the working directory the process was started in.
 """
 
 from __future__ import annotations
@@ -10,9 +12,16 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from chf.core.validation import CONFIG, Invalid, NonEmptyStr, config_errors, decode
 
 DEFAULT_CONFIG = "conf/chf.toml"
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -21,121 +30,120 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-@dataclass(slots=True)
-class StoreConfig:
-    path: str = "var/chf.lmdb"
-    durability: str = "fsync"  # fsync | os
-    map_size: int = 32 << 30
-    max_batch: int = 4096
-    max_queue: int = 65536
-    sync_interval: float = 1.0
-    writer: str = "inline"  # inline | thread
+def read_section(type_: type[T], data: Any, source: str, name: str, error: type[ConfigError] = ConfigError) -> T:
+    """Section `name` of `source` as a `type_`, or `error` listing every problem as "file: [name] key: message"."""
+    try:
+        return decode(type_, data, CONFIG)
+    except Invalid as exc:
+        raise error(config_errors(exc.problems, source, name)) from None
 
 
-@dataclass(slots=True)
-class EngineSettings:
-    idempotency_window: int = 3600
-    reap_factor: int = 2
-    answers_kept: int = 4
+class ChfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[chf]"""
+
+    data_dir: NonEmptyStr = "var"
+    catalogue: NonEmptyStr = "conf/catalogue.toml"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["kv", "json"] = "kv"
+
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[store]: the LMDB store and its writer (store/lmdbstore.py)."""
+
+    path: NonEmptyStr = "var/chf.lmdb"  # when not set in the file: chf.lmdb in [chf] data_dir
+    durability: Literal["fsync", "os"] = "fsync"
+    map_size_mb: Annotated[int, Meta(ge=16)] = 32 << 10
+    max_batch: Annotated[int, Meta(ge=1)] = 4096
+    max_queue: Annotated[int, Meta(ge=1)] = 65536
+    sync_interval: Annotated[float, Meta(ge=0.01)] = 1.0
+    writer: Literal["thread", "inline"] = "inline"
+
+    @property
+    def map_size(self) -> int:
+        """Bytes."""
+        return self.map_size_mb << 20
+
+
+class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[engine]"""
+
+    idempotency_window: Annotated[int, Meta(ge=1)] = 3600
+    reap_factor: Annotated[int, Meta(ge=1)] = 2
+    answers_kept: Annotated[int, Meta(ge=1)] = 4
+    refund_window: Annotated[int, Meta(ge=0, le=366 * 86_400)] = 7 * 86_400
+
+
+class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[server] frontend_workers: 0 runs everything in one process; N > 0 runs the Gy and Nchf front-ends in N
+    worker processes (SO_REUSEPORT) talking to the core in this process over a Unix socket (chf.runtime.corelink)."""
+
+    frontend_workers: Annotated[int, Meta(ge=0)] = 0
 
 
 @dataclass(slots=True)
 class Config:
     source: str = "<defaults>"
-    data_dir: str = "var"
-    catalogue: str = "conf/catalogue.toml"
-    log_level: str = "info"
-    log_format: str = "kv"
+    chf: ChfSection = field(default_factory=ChfSection)
     store: StoreConfig = field(default_factory=StoreConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
-    # [server] frontend_workers: 0 runs everything in one process; N > 0 runs the Gy and Nchf front-ends in N
-    # worker processes (SO_REUSEPORT) talking to the core in this process over a Unix socket (chf.corelink).
-    frontend_workers: int = 0
+    server: ServerSection = field(default_factory=ServerSection)
     # Not read from the file: which part of the process layout this process is. "all" (single process),
     # "core" (store and services; front-ends in workers) or "worker" (front-ends only). Component factories
     # use it to build only their part.
     role: str = "all"
     raw: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def data_dir(self) -> str:
+        return self.chf.data_dir
+
+    @property
+    def catalogue(self) -> str:
+        return self.chf.catalogue
+
+    @property
+    def log_level(self) -> str:
+        return self.chf.log_level
+
+    @property
+    def log_format(self) -> str:
+        return self.chf.log_format
+
+    @property
+    def frontend_workers(self) -> int:
+        return self.server.frontend_workers
+
     def section(self, name: str) -> dict[str, Any]:
         value = self.raw.get(name, {})
         return value if isinstance(value, dict) else {}
 
 
-class _Reader:
-    def __init__(self, source: str, section: str, data: Any, errors: list[str], allowed: set[str]) -> None:
-        self.source = source
-        self.section = section
-        self.errors = errors
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
-        if data is not None and not isinstance(data, dict):
-            errors.append(f"{source}: [{section}]: must be a table")
-        for key in self.data:
-            if key not in allowed:
-                errors.append(f"{source}: [{section}] {key}: unknown setting (known: {', '.join(sorted(allowed))})")
-
-    def _err(self, key: str, msg: str) -> None:
-        self.errors.append(f"{self.source}: [{self.section}] {key}: {msg}")
-
-    def str(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or not value:
-            self._err(key, f"must be a non-empty string, got {value!r}")
-            return default
-        if choices is not None and value not in choices:
-            self._err(key, f"must be one of {', '.join(choices)}, got {value!r}")
-            return default
-        return value
-
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self._err(key, f"must be an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            self._err(key, f"must be a number >= {minimum}, got {value!r}")
-            return default
-        return float(value)
-
-
 def parse_config(text: str, source: str = DEFAULT_CONFIG) -> Config:
-    errors: list[str] = []
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
-    cfg = Config(source=source, raw=raw)
-    chf = _Reader(source, "chf", raw.get("chf"), errors, {"data_dir", "catalogue", "log_level", "log_format"})
-    cfg.data_dir = chf.str("data_dir", cfg.data_dir)
-    cfg.catalogue = chf.str("catalogue", cfg.catalogue)
-    cfg.log_level = chf.str("log_level", cfg.log_level, ("debug", "info", "warning", "error"))
-    cfg.log_format = chf.str("log_format", cfg.log_format, ("kv", "json"))
-    st = _Reader(
-        source,
-        "store",
-        raw.get("store"),
-        errors,
-        {"path", "durability", "map_size_mb", "max_batch", "max_queue", "sync_interval", "writer"},
+    errors: list[str] = []
+
+    def read(type_: type[T], name: str) -> T:  # every core section's errors before one ConfigError
+        try:
+            return read_section(type_, raw.get(name, {}), source, name)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            return type_()
+
+    cfg = Config(
+        source=source,
+        chf=read(ChfSection, "chf"),
+        store=read(StoreConfig, "store"),
+        engine=read(EngineSettings, "engine"),
+        server=read(ServerSection, "server"),
+        raw=raw,
     )
-    cfg.store.path = st.str("path", os.path.join(cfg.data_dir, "chf.lmdb"))
-    cfg.store.durability = st.str("durability", "fsync", ("fsync", "os"))
-    cfg.store.map_size = st.int("map_size_mb", cfg.store.map_size >> 20, 16) << 20
-    cfg.store.max_batch = st.int("max_batch", cfg.store.max_batch, 1)
-    cfg.store.max_queue = st.int("max_queue", cfg.store.max_queue, 1)
-    cfg.store.sync_interval = st.float("sync_interval", cfg.store.sync_interval, 0.01)
-    cfg.store.writer = st.str("writer", cfg.store.writer, ("thread", "inline"))
-    en = _Reader(source, "engine", raw.get("engine"), errors, {"idempotency_window", "reap_factor", "answers_kept"})
-    cfg.engine.idempotency_window = en.int("idempotency_window", cfg.engine.idempotency_window, 1)
-    cfg.engine.reap_factor = en.int("reap_factor", cfg.engine.reap_factor, 1)
-    cfg.engine.answers_kept = en.int("answers_kept", cfg.engine.answers_kept, 1)
-    sv = _Reader(source, "server", raw.get("server"), errors, {"frontend_workers"})
-    cfg.frontend_workers = sv.int("frontend_workers", cfg.frontend_workers, 0)
     if errors:
         raise ConfigError(errors)
+    if "path" not in (raw.get("store") or {}):
+        cfg.store.path = os.path.join(cfg.data_dir, "chf.lmdb")
     return cfg
 
 

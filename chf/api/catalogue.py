@@ -1,0 +1,30 @@
+"""The catalogue: load and validate the file again; an invalid file keeps the running one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from chf.api.context import context
+from chf.api.problems import problem_response
+from chf.core.catalogue import CatalogueError
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/catalogue/reload", name="reload_catalogue")
+async def reload_catalogue(request: web.Request) -> web.Response:
+    try:
+        catalogue = await asyncio.to_thread(context(request).service.reload_catalogue)
+    except CatalogueError as exc:
+        return problem_response(
+            422,
+            "Unprocessable Content",
+            "the catalogue is invalid; the running one is kept",
+            "catalogue",
+            errors=exc.errors,
+        )
+    except (OSError, RuntimeError) as exc:
+        return problem_response(422, "Unprocessable Content", f"cannot load the catalogue: {exc}", "catalogue")
+    return web.json_response({"digest": catalogue.digest, "plans": sorted(catalogue.plans)})
