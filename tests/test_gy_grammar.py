@@ -10,6 +10,7 @@ tests/test_gy_erlang.py also holds the table to OTP's compiled dictionaries (RFC
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,7 +212,7 @@ def test_every_cca_we_send_has_the_flags_and_format_of_its_rules() -> None:
     app = make_app(core)
     pipe = Pipe(app)
     checked = _check([pipe.open()], "CEA")
-    requests = [
+    requests: list[dict[str, Any]] = [
         dict(rtype=1, imsi="208010000000001", mscc=[Mscc(10, {}), Mscc(20, {})]),
         dict(rtype=2, number=1, mscc=[Mscc(10, {}, used=[{"bytes": 10, "reason": 3}])]),
         dict(rtype=3, number=2, mscc=[Mscc(10, used=[{"bytes": 10}])]),
