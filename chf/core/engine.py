@@ -125,6 +125,16 @@ def _final_unit(plan: Plan) -> FinalUnit:
     return FinalUnit(FUA_TERMINATE)
 
 
+def _keep_replay_state(previous: Session, session: Session) -> None:
+    """A CCR-INITIAL on a session still open starts it afresh (its reservations were released) but keeps what
+    recognises a retransmission of the session's earlier requests: the numbers applied and the answers kept.
+    Without them a retransmitted CCR-UPDATE after it (say with the T flag, after a failover and a restart) was
+    charged a second time."""
+    session.last_request = previous.last_request
+    session.seen = previous.seen
+    session.answers = previous.answers
+
+
 class Engine:
     # Catalogues replaced by a reload stay reachable by their digest for this many reloads, so that usage inside
     # a grant is charged at the price the grant was made with (docs/architecture.md: reloads apply to new grants).
@@ -217,6 +227,7 @@ class Engine:
                 self._release_all(ctx, session)
             else:
                 ctx = self.context(txn, sub, now)
+            previous = session  # its replay state outlives a new CCR-INITIAL: see _keep_replay_state
             session = Session(
                 req.session,
                 sub.id,
@@ -232,6 +243,8 @@ class Engine:
                 req.serving_network,
                 req.notify,
             )
+            if previous is not None:
+                _keep_replay_state(previous, session)
         else:
             if session is None:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="no such session")
