@@ -252,42 +252,15 @@ def parse_request(body: Any, *, creating: bool) -> ParsedRequest:
     if not isinstance(body, dict):
         raise InvalidRequest([{"param": "/", "reason": "the body must be a ChargingDataRequest JSON object"}])
     nf = body.get("nfConsumerIdentification")
-    if nf is None:
-        check.bad("/nfConsumerIdentification", "is required")
-    elif (nf_obj := check.obj(nf, "/nfConsumerIdentification")) is not None:
-        if "nodeFunctionality" not in nf_obj:
-            check.bad("/nfConsumerIdentification/nodeFunctionality", "is required")
-        else:
-            check.string(nf_obj["nodeFunctionality"], "/nfConsumerIdentification/nodeFunctionality")
-    stamp = body.get("invocationTimeStamp")
-    if stamp is None:
-        check.bad("/invocationTimeStamp", "is required")
-    elif not isinstance(stamp, str) or not _DATE_TIME.match(stamp):
-        check.bad("/invocationTimeStamp", "must be an RFC 3339 date-time")
-    number = 0
-    if "invocationSequenceNumber" not in body:
-        check.bad("/invocationSequenceNumber", "is required")
-    else:
-        number = check.uint(body["invocationSequenceNumber"], "/invocationSequenceNumber", UINT32_MAX) or 0
-    for name, types in _TOP_LEVEL_TYPES.items():
-        if name in body and not isinstance(body[name], types):
-            check.bad(f"/{name}", f"must be a {'boolean' if types == (bool,) else 'string'}")
-    if "chargingId" in body:
-        check.uint(body["chargingId"], "/chargingId", UINT32_MAX)
-    if "triggers" in body:
-        check.triggers(body["triggers"], "/triggers")
-    parsed = ParsedRequest(number)
+    _consumer(check, nf)
+    parsed = ParsedRequest(_invocation(check, body))
+    _unused_fields(check, body)
     if "subscriberIdentifier" in body:
         ident = _identity(check, body["subscriberIdentifier"], "/subscriberIdentifier")
         if ident is not None:
             parsed.identities.append(ident)
     if "notifyUri" in body:
-        uri = check.string(body["notifyUri"], "/notifyUri")
-        if uri is not None:
-            if not uri.startswith(("http://", "https://")) or len(uri.split("/", 3)[2]) == 0:
-                check.bad("/notifyUri", "must be an absolute http or https URI")
-            else:
-                parsed.notify_uri = uri
+        parsed.notify_uri = _notify_uri(check, body["notifyUri"])
     if "pDUSessionChargingInformation" in body:
         _pdu_session(check, body["pDUSessionChargingInformation"], parsed)
     if parsed.serving_network is None and isinstance(nf, dict) and "nFPLMNID" in nf:
@@ -331,6 +304,51 @@ def _one_time_event(check: _Checker, body: dict[str, Any], creating: bool) -> st
                     "is required in a PEC one-time event (Post Event Charging reports the units delivered)",
                 )
     return action
+
+
+def _consumer(check: _Checker, nf: Any) -> None:
+    """nfConsumerIdentification: required, with its nodeFunctionality."""
+    if nf is None:
+        check.bad("/nfConsumerIdentification", "is required")
+    elif (nf_obj := check.obj(nf, "/nfConsumerIdentification")) is not None:
+        if "nodeFunctionality" not in nf_obj:
+            check.bad("/nfConsumerIdentification/nodeFunctionality", "is required")
+        else:
+            check.string(nf_obj["nodeFunctionality"], "/nfConsumerIdentification/nodeFunctionality")
+
+
+def _invocation(check: _Checker, body: dict[str, Any]) -> int:
+    """invocationTimeStamp and invocationSequenceNumber, both required; returns the number (0 when invalid)."""
+    stamp = body.get("invocationTimeStamp")
+    if stamp is None:
+        check.bad("/invocationTimeStamp", "is required")
+    elif not isinstance(stamp, str) or not _DATE_TIME.match(stamp):
+        check.bad("/invocationTimeStamp", "must be an RFC 3339 date-time")
+    if "invocationSequenceNumber" not in body:
+        check.bad("/invocationSequenceNumber", "is required")
+        return 0
+    return check.uint(body["invocationSequenceNumber"], "/invocationSequenceNumber", UINT32_MAX) or 0
+
+
+def _unused_fields(check: _Checker, body: dict[str, Any]) -> None:
+    """Top-level fields we do not use, checked for their type only."""
+    for name, types in _TOP_LEVEL_TYPES.items():
+        if name in body and not isinstance(body[name], types):
+            check.bad(f"/{name}", f"must be a {'boolean' if types == (bool,) else 'string'}")
+    if "chargingId" in body:
+        check.uint(body["chargingId"], "/chargingId", UINT32_MAX)
+    if "triggers" in body:
+        check.triggers(body["triggers"], "/triggers")
+
+
+def _notify_uri(check: _Checker, value: Any) -> str | None:
+    uri = check.string(value, "/notifyUri")
+    if uri is None:
+        return None
+    if not uri.startswith(("http://", "https://")) or len(uri.split("/", 3)[2]) == 0:
+        check.bad("/notifyUri", "must be an absolute http or https URI")
+        return None
+    return uri
 
 
 def _pdu_session(check: _Checker, value: Any, parsed: ParsedRequest) -> None:
@@ -480,7 +498,7 @@ def _unit_information_json(ua: UnitAnswer) -> str:
         or type(ua.volume_threshold) not in (int, type(None))
     ):
         return _JSON_ENCODER.encode(unit_information(ua))
-    granted = min(ua.granted, UINT32_MAX) if name == "time" else ua.granted  # type: ignore[type-var]
+    granted = min(ua.granted, UINT32_MAX) if name == "time" else ua.granted
     text = (
         f'{{"resultCode":"{UNIT_RESULT.get(ua.result, "RATING_FAILED")}","ratingGroup":{ua.rating_group:d},'
         f'"grantedUnit":{{"{name}":{granted:d}}}'
@@ -520,6 +538,7 @@ def problem(status: int, cause: str, detail: str, invalid: list[dict[str, str]] 
         403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
+        408: "Request Timeout",
         411: "Length Required",
         413: "Payload Too Large",
         415: "Unsupported Media Type",
