@@ -31,8 +31,18 @@ from typing import Any
 
 import lmdb
 
-from store.lmdbstore import _DBS, Store, StoreError, StoreLocked, _debit_key, _u64, lock_store_dir
-from store.schema import SCHEMA_VERSION, Account, BalanceSet, Debit, Session, Subscriber, Tenant, unpack
+from store.lmdbstore import (
+    _DBS,
+    _DUPSORT,
+    Store,
+    StoreError,
+    StoreLocked,
+    _debit_key,
+    _released_key,
+    _u64,
+    lock_store_dir,
+)
+from store.schema import ACTIVE, SCHEMA_VERSION, Account, BalanceSet, Debit, Session, Subscriber, Tenant, unpack
 
 __all__ = ["MANIFEST", "backup", "restore", "verify_backup"]
 
@@ -78,7 +88,10 @@ class _Reader:
         self.next_event = 1
         # What the indexes must hold, counted from the records: with every record's own entries checked, equal
         # counts mean the indexes hold nothing else.
-        self.indexed = {"idx_imsi": 0, "idx_msisdn": 0, "idx_iccid": 0, "account_lines": 0, "sessions": 0}
+        self.indexed = dict.fromkeys(
+            ("idx_imsi", "idx_msisdn", "idx_iccid", "idx_released", "account_lines", "account_active", "sessions"), 0
+        )
+        self.active = txn.cursor(db=dbs[b"account_active"]) if check else None
         checks: dict[bytes, Callable[[bytes, bytes], None]] = {
             b"tenants": self._tenant,
             b"accounts": self._account,
@@ -152,18 +165,34 @@ class _Reader:
 
     def _subscriber(self, key: bytes, value: bytes) -> None:
         sub = Subscriber.decode(value)
-        identities = [(kind, getattr(sub, kind)) for kind in ("imsi", "msisdn", "iccid")]
-        for kind, identity in identities:  # counted first: a failed check below must not shift the counts
-            if identity:
-                self.indexed["idx_" + kind] += 1
+        account = sub.account.encode()
+        # Counted before any check: a failed check must not shift the counts.
         self.indexed["account_lines"] += 1
+        active = sub.state == ACTIVE
+        if active:
+            self.indexed["account_active"] += 1
+        unindexed = [kind for kind in ("imsi", "msisdn", "iccid") if not self._identity(sub, kind, key)]
+        self._require(not unindexed, f"{', '.join(unindexed)} neither indexed nor released")
         self._require(_u64(sub.id) == key, "key and id differ")
         self._require(sub.id <= self.next_subscriber, f"line id {sub.id} above the counter {self.next_subscriber}")
-        for kind, identity in identities:
-            if identity:
-                self._require(self._get(b"idx_" + kind.encode(), identity.encode()) == key, f"{kind} not indexed")
-        self._require(self._get(b"account_lines", sub.account.encode() + b"\x00" + key) is not None, "not listed")
-        self._require(self._get(b"accounts", sub.account.encode()) is not None, f"no account {sub.account}")
+        self._require(self._get(b"account_lines", account + b"\x00" + key) is not None, "not listed")
+        self._require(self._get(b"accounts", account) is not None, f"no account {sub.account}")
+        if active and self.active is not None:
+            self._require(self.active.set_key_dup(account, key), "not among its account's active lines")
+
+    def _identity(self, sub: Subscriber, kind: str, key: bytes) -> bool:
+        """Whether the line's `kind` identity (if it has one) is indexed to it or was released by it, counted."""
+        identity = getattr(sub, kind)
+        if not identity:
+            return True
+        if self._get(b"idx_" + kind.encode(), identity.encode()) == key:
+            self.indexed["idx_" + kind] += 1
+            return True
+        if self._get(b"idx_released", _released_key(kind, identity) + key) is not None:
+            self.indexed["idx_released"] += 1  # a terminated line that gave it up to a new line
+            return True
+        self.indexed["idx_" + kind] += 1  # it should be there: counted, and reported by the caller
+        return False
 
     def _balance(self, key: bytes, value: bytes) -> None:
         if key[:1] == b"L" and key[9:10] == b"\x01":
@@ -214,7 +243,7 @@ def read_environment(
         missing = Problems()
         for name in _DBS:
             try:
-                dbs[name] = env.open_db(name, create=False)
+                dbs[name] = env.open_db(name, create=False, dupsort=name in _DUPSORT, dupfixed=name in _DUPSORT)
             except lmdb.NotFoundError:
                 missing.add(f"sub-database {name.decode()} is missing")
         if missing.count:

@@ -319,6 +319,12 @@ class Txn:
         out.sort(key=lambda held: (held[1], held[0]))
         return out
 
+    def released_identities(self) -> Iterator[tuple[str, str, int, int]]:
+        with self._txn.cursor(db=self._db[b"idx_released"]) as cur:
+            for key, raw in cur:
+                kind, _, rest = key.partition(b"\x00")
+                yield kind.decode(), rest[:-9].decode(), int.from_bytes(rest[-8:], "big"), int.from_bytes(raw, "big")
+
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
             for _, raw in cur:

@@ -310,4 +310,9 @@ def fill_every_kind(world: World) -> dict[str, str]:
     ]
     assert all(a.result == "success" for a in answers), [a.result for a in answers]
     world.write(lambda txn: txn.put_cursor("files", 5))
+    # A terminated line whose MSISDN a new line takes over after the quarantine (the released identities).
+    world.admin(provisioning.add_line, account="a", imsi="208019900000002", msisdn="33799000002")
+    world.admin(provisioning.set_state, "208019900000002", "terminated", actor="test", reason="ported out")
+    world.now += 91 * 86_400
+    world.admin(provisioning.add_line, account="a", imsi="208019900000003", msisdn="33799000002")
     return {"payg": payg, "pre": pre, "fam": fam, "iot": iot}
