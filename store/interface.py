@@ -238,8 +238,9 @@ class Txn(Protocol):
 
     def put_copied_event(self, event: dict[str, Any]) -> None:
         """Append an event read from another store as it is, with its own "seq" and "id" (a store copy keeps
-        both, so export records keep their recordId). Its "seq" must be `last_event_seq() + 1`: the spool stays
-        gap-free; raises StoreError otherwise."""
+        both, so export records keep their recordId), in the source's order: its "seq" must be above
+        `last_event_seq()` (else StoreError), and becomes it. The source's numbering is kept, gaps included (a
+        store copied from the Redis store, which numbers per partition, has gaps)."""
         ...
 
     # -- exporter cursors -----------------------------------------------------------------------------------------

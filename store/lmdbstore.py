@@ -558,8 +558,8 @@ class Txn:
         in_batch = store._event_seq  # the writer's in-memory counter while a batch is open (see append_event)
         last = in_batch if in_batch is not None else self._counter(b"event_seq")
         seq = event.get("seq")
-        if seq != last + 1 or not isinstance(event.get("id"), str):
-            raise StoreError(f"copied event {seq!r} does not follow event {last} (or has no id)")
+        if not isinstance(seq, int) or seq <= last or not isinstance(event.get("id"), str):
+            raise StoreError(f"copied event {seq!r} does not come after event {last} (or has no id)")
         if in_batch is not None:
             store._event_seq = seq
         else:

@@ -128,13 +128,17 @@ def test_a_copy_goes_only_into_an_empty_store(world: World, tmp_path: Path) -> N
     dest.close()
 
 
-def test_copied_events_must_follow_the_spool(tmp_path: Path) -> None:
+def test_copied_events_keep_their_numbers_in_order(tmp_path: Path) -> None:
+    """A spool copied from the Redis store (numbered per partition) keeps its gaps; order is required."""
     store = Store(tmp_path / "s")
-    with pytest.raises(StoreError, match="does not follow event 0"):
-        store.write(lambda txn: txn.put_copied_event({"seq": 2, "id": "x-2", "kind": "topup"}))
-    store.write(lambda txn: txn.put_copied_event({"seq": 1, "id": "x-1", "kind": "topup"}))
+    store.write(lambda txn: txn.put_copied_event({"seq": 3, "id": "x-3", "kind": "topup"}))
+    store.write(lambda txn: txn.put_copied_event({"seq": 258, "id": "x-258", "kind": "topup"}))
+    for seq in (258, 100):
+        with pytest.raises(StoreError, match="does not come after event 258"):
+            store.write(lambda txn, seq=seq: txn.put_copied_event({"seq": seq, "id": f"x-{seq}", "kind": "topup"}))
     with store.read() as txn:
-        assert txn.last_event_seq() == 1 and [e["id"] for e in txn.events()] == ["x-1"]
+        assert txn.last_event_seq() == 258 and [e["id"] for e in txn.events()] == ["x-3", "x-258"]
+    assert store.write(lambda txn: txn.append_event({"kind": "topup"})) == 259
     store.close()
 
 
