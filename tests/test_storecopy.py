@@ -131,11 +131,15 @@ def test_a_copy_goes_only_into_an_empty_store(world: World, tmp_path: Path) -> N
 def test_copied_events_keep_their_numbers_in_order(tmp_path: Path) -> None:
     """A spool copied from the Redis store (numbered per partition) keeps its gaps; order is required."""
     store = Store(tmp_path / "s")
-    store.write(lambda txn: txn.put_copied_event({"seq": 3, "id": "x-3", "kind": "topup"}))
-    store.write(lambda txn: txn.put_copied_event({"seq": 258, "id": "x-258", "kind": "topup"}))
+
+    def copy(seq: int) -> None:
+        store.write(lambda txn: txn.put_copied_event({"seq": seq, "id": f"x-{seq}", "kind": "topup"}))
+
+    copy(3)
+    copy(258)
     for seq in (258, 100):
         with pytest.raises(StoreError, match="does not come after event 258"):
-            store.write(lambda txn, seq=seq: txn.put_copied_event({"seq": seq, "id": f"x-{seq}", "kind": "topup"}))
+            copy(seq)
     with store.read() as txn:
         assert txn.last_event_seq() == 258 and [e["id"] for e in txn.events()] == ["x-3", "x-258"]
     assert store.write(lambda txn: txn.append_event({"kind": "topup"})) == 259

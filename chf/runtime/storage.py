@@ -47,8 +47,14 @@ def open_store(config: Config) -> Store:
     )
 
 
+def _backend(config: Config) -> str:
+    return str(getattr(config.store, "backend", "lmdb"))
+
+
 def store_exists(config: Config) -> bool:
-    """Whether the configured store has been created."""
+    """Whether the configured store has been created (a store on a cluster is taken to exist: opening it says)."""
+    if _backend(config) != "lmdb":
+        return True
     return os.path.isfile(os.path.join(config.store.path, lmdbbackup.DATA_FILE))
 
 
@@ -85,17 +91,22 @@ def _open_lmdb(spec: str, path: str, create: bool) -> Store:
 
 def _lmdb_path(config: Config) -> str:
     """The configured store's directory; backup and restore are for the LMDB store."""
+    if _backend(config) != "lmdb":
+        raise StoreError(
+            f"chf backup and chf restore are for the LMDB store; [store] backend is {_backend(config)!r} "
+            "(copy it into an LMDB store with chf store copy, or use the backend's own tools)"
+        )
     return config.store.path
 
 
 def backup_store(config: Config, dest: str) -> dict[str, Any]:
     """A hot, compacted, verified copy of the configured store in the new directory `dest` (store.lmdbbackup)."""
+    path = _lmdb_path(config)
     if not store_exists(config):
-        raise StoreError(f"no store at {_lmdb_path(config)}: nothing to back up")
+        raise StoreError(f"no store at {path}: nothing to back up")
     store = open_store(config)
     try:
-        if not isinstance(store, LmdbStore):
-            raise StoreError("chf backup copies the LMDB store; this store is backed up with its own tools")
+        assert isinstance(store, LmdbStore)
         return lmdbbackup.backup(store, dest)
     finally:
         store.close()
