@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from chf.core import provisioning
 from chf.core.engine import EngineConfig
 from gy.client import DiameterClient, Mscc, ccr_avps
 from gy.codec import find
@@ -84,6 +85,23 @@ def test_a_backup_holds_every_record_of_the_store_and_its_manifest(world: World,
             check_invariants(txn)
     finally:
         backup.close()
+
+
+def test_a_backup_of_an_account_with_many_active_lines(world: World, tmp_path: Path) -> None:
+    """account_active is DUPFIXED: 600 active lines of one account spill its duplicates out of the page, which
+    crashed LMDB's own compacting copy (MDB_CP_COMPACT)."""
+
+    def add_lines(txn: Any) -> None:
+        for n in range(600):
+            provisioning.add_line(txn, world.engine, account="a", imsi=str(208017000000000 + n), now=world.now)
+
+    world.write(add_lines)
+    result = lmdbbackup.backup(world.store, str(tmp_path / "b1"))
+    assert result["verified"] and result["counts"]["account_active"] >= 600
+    with world.store.read() as txn:
+        assert txn.active_line_count("a") >= 600
+    world.close()
+    assert pairs(tmp_path / "b1") == pairs(world.path)
 
 
 def test_a_backup_never_overwrites(world: World, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def cmd_backup(env: Env) -> int:
             f"backup {result['path']} of store {result['store_id']}: {result['bytes']:,} bytes "
             f"(the store file: {result['store_bytes']:,}), up to event {result['last_event_seq']:,}; "
             f"{_counts_text(result['counts'])}\n"
-            f"copied in {s['copy']:.2f} s, digested in {s['digest']:.2f} s, verified in {s['verify']:.2f} s"
+            f"copied and digested in {s['copy']:.2f} s, verified in {s['verify']:.2f} s"
         )
 
     env.out(result, text)
