@@ -55,6 +55,7 @@ MANIFEST_FORMAT = 1
 DATA_FILE = "data.mdb"
 PROBLEMS_SHOWN = 20  # problems listed by name; all of them are counted
 CHUNK = 20_000  # records read, digested and (for a backup) appended to the copy at a time
+SYNC_BYTES = 4 << 20  # the copy is synced every 4 MiB written (see _Copy)
 
 # A sink of records read: (sub-database, [(key, value), ...] in key order). The backup's copy is one.
 Sink = Callable[[bytes, list[tuple[bytes, bytes]]], None]
@@ -380,13 +381,16 @@ def backup(store: Store, dest: str) -> dict[str, Any]:
 
 class _Copy:
     """The compacted copy: every sub-database's records appended in key order (MDB_APPEND, MDB_APPENDDUP for
-    `account_active`) to a new environment, one write transaction per chunk, synced once at the end."""
+    `account_active`) to a new environment, one write transaction per chunk. Synced every SYNC_BYTES written: on
+    ext4 (data=ordered) the charging function's own fsyncs would otherwise wait for the copy's dirty pages, all of
+    them at once."""
 
     def __init__(self, path: str, map_size: int) -> None:
         self.env = lmdb.open(
             path, map_size=map_size, max_dbs=len(_DBS) + 2, lock=False, sync=False, metasync=False, readahead=False
         )
         self.dbs = {name: self.env.open_db(name, dupsort=name in _DUPSORT, dupfixed=name in _DUPSORT) for name in _DBS}
+        self.unsynced = 0
 
     def __call__(self, name: bytes, chunk: list[tuple[bytes, bytes]]) -> None:
         dup = name in _DUPSORT
@@ -394,6 +398,10 @@ class _Copy:
             _, added = cur.putmulti(chunk, dupdata=dup, append=True)
         if added != len(chunk):
             raise StoreError(f"{name.decode()}: {len(chunk) - added} records out of order in the copy")
+        self.unsynced += sum(len(key) + len(value) for key, value in chunk)
+        if self.unsynced >= SYNC_BYTES:
+            self.env.sync(True)
+            self.unsynced = 0
 
     def close(self) -> None:
         try:
