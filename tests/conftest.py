@@ -50,7 +50,7 @@ SLOW = {
     "test_nchf.py::test_chf_serve_runs_the_nchf_front_end",
     "test_nchf.py::test_create_update_release_flow",
     "test_nchf_schemathesis.py",
-    "test_properties.py::TestChargingCore",
+    "test_properties.py::TestChargingSystem",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_store.py::test_full_queue_answers_busy",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
