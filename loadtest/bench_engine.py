@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
 from chf.runtime.service import tune_collector

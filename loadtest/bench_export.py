@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.export import Exporter, FileSink, NatsSink, Sink
 from store.lmdbstore import Store

@@ -172,7 +172,7 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     """CPU µs per request of the event-loop side of `GyServer` (framing, peer state machine, decoding, the
     duplicate cache, submitting to the store, resolving, encoding, metrics, one write per loop iteration), with
     the store and engine stubbed out: what the event-loop thread spends beyond the engine."""
-    from chf.core.catalogue import load_catalogue
+    from chf.core.catalogue_loader import load_catalogue
     from chf.runtime.service import ChargingService
     from gy.client import CMD_CE
     from gy.server import GyConfig, GyProtocol, GyServer

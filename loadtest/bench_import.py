@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = (
             "import sys, time\n"
             "from chf.core import provisioning\n"
-            "from chf.core.catalogue import load_catalogue\nfrom chf.core.engine import Engine\n"
+            "from chf.core.catalogue_loader import load_catalogue\nfrom chf.core.engine import Engine\n"
             "from chf.runtime.config import load_config\nfrom tools.serve import open_store\n"
             "st = open_store(load_config('chf.toml')); eng = Engine(load_catalogue('catalogue.toml'))\n"
             "now = int(time.time())\n"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, ChargingRequest, UnitRequest
 from chf.runtime.service import ChargingService, tune_collector

@@ -33,7 +33,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.model import UPDATE, ChargingAnswer, UnitAnswer
 from chf.runtime.service import ChargingService
 from loadtest.bench_gy_codec import StubStore

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from loadtest.bench_engine import CATALOGUE
 from store.lmdbstore import Store, Txn

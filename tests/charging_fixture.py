@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, SUCCESS, TERMINATE, ChargingRequest, UnitRequest, UsageReport
 from store.lmdbstore import Store

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chf.core import provisioning
-from chf.core.catalogue import Catalogue, parse_catalogue
-from chf.core.engine import Engine, EngineConfig, account_owner, line_owner
+from chf.core.catalogue import Catalogue
+from chf.core.catalogue_loader import parse_catalogue
+from chf.core.context import account_owner, line_owner
+from chf.core.engine import Engine, EngineConfig
 from chf.core.model import (
     EVENT,
     INITIAL,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import parse_catalogue
+from chf.core.catalogue_loader import parse_catalogue
 from chf.runtime.service import ChargingService
 from nchf.client import H2Client
 from nchf.component import NchfComponent, NchfSettings

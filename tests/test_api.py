@@ -26,7 +26,7 @@ from chf.api import bodies
 from chf.api.bodies import MAX_BALANCE
 from chf.api.openapi import OPENAPI, openapi30
 from chf.api.server import ApiConfig, ApiServer, parse_api_config
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, OpResult, Signal, UnitRequest, UsageReport
 from chf.runtime.config import ConfigError
 from chf.runtime.service import ChargingService

@@ -1,4 +1,4 @@
-"""Tests for chf.catalogue and chf.periods."""
+"""Tests for the catalogue (chf.core.catalogue, its loader chf.core.catalogue_loader) and chf.core.periods."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from chf.core.catalogue import (
-    UNLIMITED,
-    Catalogue,
-    CatalogueError,
-    Tariff,
-    Tier,
-    load_catalogue,
-    parse_catalogue,
-)
+from chf.core.catalogue import UNLIMITED, Catalogue, CatalogueError, Tariff, Tier
+from chf.core.catalogue_loader import load_catalogue, parse_catalogue
 from chf.core.periods import first_period_start, parse_period, period_end
 
 DEMO = Path(__file__).resolve().parent.parent / "conf" / "catalogue.toml"

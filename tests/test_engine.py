@@ -7,17 +7,19 @@ costs 10 micro-units per started 100 bytes at home (20 in the EU, denied elsewhe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from chf.core import provisioning
+from chf.core import events, provisioning
 from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
     DIRECT_DEBITING,
     END_USER_SERVICE_DENIED,
+    EVENT_ACTIONS,
     FUA_REDIRECT,
     FUA_RESTRICT,
     FUA_TERMINATE,
@@ -27,12 +29,17 @@ from chf.core.model import (
     SESSION_UNKNOWN,
     SUCCESS,
     USER_UNKNOWN,
+    ChargingAnswer,
     ChargingRequest,
+    FinalUnit,
     RequestError,
     Signal,
+    UnitAnswer,
     UsageReport,
 )
 from chf.runtime.service import ChargingService
+from store.lmdbstore import Txn
+from store.schema import BalanceSet
 from tests.corekit import (
     CATALOGUE_TOML,
     T0,
@@ -48,8 +55,29 @@ from tests.corekit import (
 )
 
 
+def unit_of(answer: ChargingAnswer, rating_group: int) -> UnitAnswer:
+    """The answer for one rating group of a request (the test fails if there is none)."""
+    found = answer.unit(rating_group)
+    assert found is not None, (rating_group, answer)
+    return found
+
+
+def final_of(answer: ChargingAnswer, rating_group: int) -> FinalUnit:
+    """The Final-Unit-Indication of one rating group's answer (the test fails if there is none)."""
+    final = unit_of(answer, rating_group).final
+    assert final is not None, (rating_group, answer)
+    return final
+
+
+def balances_of(txn: Txn, line: int) -> BalanceSet:
+    """A line's balance set (the test fails if it has none)."""
+    bs = txn.get_line_balances(line)
+    assert bs is not None, line
+    return bs
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> World:
+def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path / "store")
     w.tenant()
     yield w
@@ -72,25 +100,25 @@ def test_session_grants_from_allowance_then_wallet(world: World) -> None:
 
     ans = world.charge(initial("s1", imsi))
     assert ans.result == SUCCESS
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     assert (u.granted, u.unit, u.validity_time, u.volume_threshold, u.final) == (1000, "bytes", 100, 200, None)
     assert bucket_named(world.line_buckets(line), "data").reserved == 1000
 
     # Use 1000, ask again twice: the allowance runs out after 3000 bytes.
     ans = world.charge(update("s1", 1, imsi, used=1000))
-    assert ans.unit(10).granted == 1000 and ans.unit(10).charged == 0
+    assert unit_of(ans, 10).granted == 1000 and unit_of(ans, 10).charged == 0
     ans = world.charge(update("s1", 2, imsi, used=1000))
-    assert ans.unit(10).granted == 1000
+    assert unit_of(ans, 10).granted == 1000
     data = bucket_named(world.line_buckets(line), "data")
     assert (data.remaining, data.reserved) == (1000, 1000)
 
     # Use 600 of the last 1000: the next grant is 400 from the allowance + 600 bought from the wallet (60).
     ans = world.charge(update("s1", 3, imsi, used=600))
-    assert ans.unit(10).granted == 1000
+    assert unit_of(ans, 10).granted == 1000
     assert world.acct("a").reserved == 60
     # Use everything: 400 from the bucket, 600 charged at 10 per 100 bytes.
     ans = world.charge(terminate("s1", 4, imsi, used=1000))
-    assert ans.result == SUCCESS and ans.unit(10).charged == 60 and not ans.unit(10).over_grant
+    assert ans.result == SUCCESS and unit_of(ans, 10).charged == 60 and not unit_of(ans, 10).over_grant
     account = world.acct("a")
     assert (account.balance, account.reserved) == (9_000 - 60, 0)
     assert bucket_named(world.line_buckets(line), "data").remaining == 0
@@ -104,7 +132,7 @@ def test_final_unit_terminate_when_less_than_quantum_affordable(world: World) ->
     world.account("a", balance=35)  # 300 bytes at 10 per 100 (the last 5 micro-units buy nothing)
     _, imsi = world.line("a", plan="payg")
     ans = world.charge(initial("s1", imsi))
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     assert ans.result == SUCCESS and u.granted == 300
     assert u.final is not None and u.final.action == FUA_TERMINATE
     assert world.acct("a").reserved == 30
@@ -121,15 +149,15 @@ def test_final_unit_terminate_when_less_than_quantum_affordable(world: World) ->
 def test_final_unit_action_follows_plan_overage(world: World, plan: str, action: str, detail: tuple) -> None:
     world.account("a", balance=1_000_000)
     _line, imsi = world.line("a", plan=plan)  # 1500 bytes, no wallet overage for these plans
-    assert world.charge(initial("s1", imsi)).unit(10).final is None
+    assert unit_of(world.charge(initial("s1", imsi)), 10).final is None
     ans = world.charge(update("s1", 1, imsi, used=1000))
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     assert u.granted == 500 and u.final is not None and u.final.action == action
     assert getattr(u.final, detail[0]) == detail[1]
     assert world.acct("a").reserved == 0  # the wallet is never touched by these plans
     # Everything used: nothing more, credit limit reached, and the answer still carries the final action.
     ans = world.charge(update("s1", 2, imsi, used=500))
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     assert (ans.result, u.result, u.granted) == (CREDIT_LIMIT_REACHED, CREDIT_LIMIT_REACHED, 0)
     assert u.final is not None and u.final.action == action
     assert world.acct("a").balance == 1_000_000
@@ -140,7 +168,7 @@ def test_credit_limit_reached_when_nothing_affordable(world: World) -> None:
     _, imsi = world.line("a", plan="payg")
     seq = world.last_seq()
     ans = world.charge(initial("s1", imsi))
-    assert ans.result == CREDIT_LIMIT_REACHED and ans.unit(10).granted == 0
+    assert ans.result == CREDIT_LIMIT_REACHED and unit_of(ans, 10).granted == 0
     assert world.acct("a").reserved == 0
     assert world.session("s1").closed  # nothing reserved: the session is closed at once
     assert world.last_seq() == seq  # nothing changed, so no event
@@ -151,7 +179,7 @@ def test_usage_beyond_grant_is_charged_and_flagged(world: World) -> None:
     line, imsi = world.line("a", plan="pre")  # 3000 bytes allowance
     world.charge(initial("s1", imsi))  # 1000 granted from the allowance
     ans = world.charge(terminate("s1", 1, imsi, used=4500))
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     # 3000 from the allowance (1000 reserved + 2000 unreserved), 1500 from the wallet: 150.
     assert u.over_grant and u.charged == 150
     assert bucket_named(world.line_buckets(line), "data").remaining == 0
@@ -163,9 +191,9 @@ def test_usage_beyond_grant_is_charged_and_flagged(world: World) -> None:
 def test_usage_beyond_grant_charged_even_below_zero(world: World) -> None:
     world.account("a", balance=100)
     _, imsi = world.line("a", plan="payg")
-    assert world.charge(initial("s1", imsi)).unit(10).granted == 1000  # exactly 100 worth
+    assert unit_of(world.charge(initial("s1", imsi)), 10).granted == 1000  # exactly 100 worth
     ans = world.charge(terminate("s1", 1, imsi, used=3000))
-    assert ans.unit(10).over_grant and ans.unit(10).charged == 300
+    assert unit_of(ans, 10).over_grant and unit_of(ans, 10).charged == 300
     assert world.acct("a").balance == -200  # revenue is never dropped
 
 
@@ -177,10 +205,10 @@ def test_postpaid_grants_down_to_credit_limit(world: World) -> None:
     world.charge(update("s1", 1, imsi, used=1000))
     # The allowance is gone once the next 1000 are used; then 150 of credit buys 1500 bytes, 1000 at a time.
     ans = world.charge(update("s1", 2, imsi, used=1000))
-    assert ans.unit(10).granted == 1000 and ans.unit(10).final is None
+    assert unit_of(ans, 10).granted == 1000 and unit_of(ans, 10).final is None
     assert world.acct("b").reserved == 100
     ans = world.charge(update("s1", 3, imsi, used=1000))
-    u = ans.unit(10)
+    u = unit_of(ans, 10)
     assert u.granted == 500 and u.final is not None and u.final.action == FUA_TERMINATE
     ans = world.charge(update("s1", 4, imsi, used=500))
     assert ans.result == CREDIT_LIMIT_REACHED
@@ -193,14 +221,14 @@ def test_hybrid_pays_from_the_wallet_then_the_credit_limit(world: World) -> None
     world.charge(initial("s1", imsi))
     ans = world.charge(update("s1", 1, imsi, used=1000))
     # Allowance gone: the wallet's 50 and then the 100 of credit buy 1500 bytes; a quantum is 1000.
-    assert ans.unit(10).granted == 1000 and ans.unit(10).final is None
+    assert unit_of(ans, 10).granted == 1000 and unit_of(ans, 10).final is None
     ans = world.charge(update("s1", 2, imsi, used=1000))
     assert world.acct("h").balance == -50
     # What is left of the credit limit (50) buys 500 bytes, with a final-unit indication.
-    assert ans.unit(10).granted == 500 and ans.unit(10).final is not None
+    assert unit_of(ans, 10).granted == 500 and unit_of(ans, 10).final is not None
     ans = world.charge(update("s1", 3, imsi, used=500))
     assert world.acct("h").balance == -100
-    assert ans.unit(10).result == CREDIT_LIMIT_REACHED
+    assert unit_of(ans, 10).result == CREDIT_LIMIT_REACHED
 
 
 def test_tiered_price_through_engine(world: World) -> None:
@@ -209,11 +237,11 @@ def test_tiered_price_through_engine(world: World) -> None:
     world.charge(initial("s1", imsi, rg=11))
     # First 1000 bytes of the period at 10 per 100, then 5 per 100.
     ans = world.charge(update("s1", 1, imsi, used=800, rg=11))
-    assert ans.unit(11).charged == 80
+    assert unit_of(ans, 11).charged == 80
     ans = world.charge(terminate("s1", 2, imsi, used=600, rg=11))
-    assert ans.unit(11).charged == 20 + 20  # 200 bytes at 10, 400 bytes at 5
+    assert unit_of(ans, 11).charged == 20 + 20  # 200 bytes at 10, 400 bytes at 5
     with world.store.read() as txn:
-        assert txn.get_line_balances(line).usage[11] == 1400
+        assert balances_of(txn, line).usage[11] == 1400
 
 
 def test_zone_price_and_roaming_denied(world: World) -> None:
@@ -221,8 +249,8 @@ def test_zone_price_and_roaming_denied(world: World) -> None:
     _, imsi = world.line("a", plan="payg")
     _, imsi_home = world.line("a", plan="homeonly")
     eu = world.charge(initial("s-eu", imsi, serving_network="26201"))
-    assert eu.unit(10).granted == 1000
-    assert world.charge(terminate("s-eu", 1, imsi, used=1000)).unit(10).charged == 200  # 20 per 100 in the EU
+    assert unit_of(eu, 10).granted == 1000
+    assert unit_of(world.charge(terminate("s-eu", 1, imsi, used=1000)), 10).charged == 200  # 20 per 100 in the EU
     world_zone = world.charge(initial("s-us", imsi, serving_network="310260"))
     assert world_zone.result == END_USER_SERVICE_DENIED  # the tariff denies the world zone
     home_only = world.charge(initial("s-ho", imsi_home, serving_network="26201"))
@@ -234,10 +262,10 @@ def test_time_of_day_band(world: World) -> None:
     world.account("a", balance=10_000)
     _, imsi = world.line("a", plan="payg")
     world.charge(initial("day", imsi, rg=20))
-    assert world.charge(terminate("day", 1, imsi, used=30, rg=20, unit_type="seconds")).unit(20).charged == 120
+    assert unit_of(world.charge(terminate("day", 1, imsi, used=30, rg=20, unit_type="seconds")), 20).charged == 120
     world.now = int(datetime(2026, 3, 4, 21, 0, tzinfo=UTC).timestamp())
     world.charge(initial("night", imsi, rg=20))
-    assert world.charge(terminate("night", 1, imsi, used=30, rg=20, unit_type="seconds")).unit(20).charged == 60
+    assert unit_of(world.charge(terminate("night", 1, imsi, used=30, rg=20, unit_type="seconds")), 20).charged == 60
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -261,11 +289,11 @@ def test_suspended_line_denied_aborted_and_final_report_charged(world: World) ->
     assert world.charge(initial("s2", imsi)).result == END_USER_SERVICE_DENIED
     assert world.session("s2") is None
     ans = world.charge(update("s1", 1, imsi, used=300))
-    assert ans.unit(10).result == END_USER_SERVICE_DENIED and ans.unit(10).charged == 30
+    assert unit_of(ans, 10).result == END_USER_SERVICE_DENIED and unit_of(ans, 10).charged == 30
     assert world.acct("a").reserved == 0
     # ... but the final report is still charged.
     ans = world.charge(terminate("s1", 2, imsi, used=200))
-    assert ans.result == SUCCESS and ans.unit(10).charged == 20
+    assert ans.result == SUCCESS and unit_of(ans, 10).charged == 20
     assert world.acct("a").balance == 10_000 - 50
     # Direct debit on a suspended line is denied, a refund is not.
     assert world.charge(event("e1", imsi, DIRECT_DEBITING)).result == END_USER_SERVICE_DENIED
@@ -278,7 +306,7 @@ def test_suspended_line_denied_aborted_and_final_report_charged(world: World) ->
 # ------------------------------------------------------------------------------------------------------------------
 def period_end_of_line(world: World, line: int) -> int:
     with world.store.read() as txn:
-        return txn.get_line_balances(line).period_end
+        return balances_of(txn, line).period_end
 
 
 def test_renewal_exactly_at_period_boundary(world: World) -> None:
@@ -310,12 +338,12 @@ def test_prepaid_renewal_without_funds_fails_then_topup_retries(world: World) ->
     world.now = end + 10
     ans = world.charge(initial("s1", imsi))
     # No allowance this period, and the wallet's 500 buys 1000 bytes of data at 10 per 100.
-    assert ans.unit(10).granted == 1000
+    assert unit_of(ans, 10).granted == 1000
     assert [b.name for b in world.line_buckets(line)] == []
     failed = [e for e in world.events() if e["kind"] == "renewal_failed"]
     assert len(failed) == 1 and failed[0]["charge"] == 0
     with world.store.read() as txn:
-        assert txn.get_line_balances(line).renewal_pending
+        assert balances_of(txn, line).renewal_pending
     world.charge(terminate("s1", 1, imsi, used=0))
     world.now = end + 20
     result = world.admin(provisioning.topup, "a", 2_000, actor="shop", reason="top-up")
@@ -323,7 +351,7 @@ def test_prepaid_renewal_without_funds_fails_then_topup_retries(world: World) ->
     data = bucket_named(world.line_buckets(line), "data")
     assert (data.remaining, data.valid_from, data.valid_to) == (3000, end + 20, period_end_of_line(world, line))
     with world.store.read() as txn:
-        assert not txn.get_line_balances(line).renewal_pending
+        assert not balances_of(txn, line).renewal_pending
     assert [e["reason"] for e in world.events() if e["kind"] == "renewal"][-1] == "renewal retried"
 
 
@@ -359,8 +387,8 @@ def test_family_shared_allowance_used_by_two_lines(world: World) -> None:
     shared = bucket_named(world.account_buckets("fam"), "family-data")
     assert (shared.remaining, shared.reserved) == (500, 0)
     ans = world.charge(initial("s3", imsi1))
-    assert ans.unit(10).granted == 500 and ans.unit(10).final.action == FUA_RESTRICT
-    assert ans.unit(10).final.filter_id == "family-throttle"
+    assert unit_of(ans, 10).granted == 500 and final_of(ans, 10).action == FUA_RESTRICT
+    assert final_of(ans, 10).filter_id == "family-throttle"
     assert world.acct("fam").balance == -3_000  # no wallet charge on a restrict plan
     assert bucket_named(world.line_buckets(l1), "sms").remaining == 5  # per-line allowance of the family plan
     debit = world.charge(event("sms1", imsi1, DIRECT_DEBITING, amount={"events": 2}))
@@ -375,7 +403,7 @@ def test_static_iot_pool(world: World) -> None:
     assert pool.remaining == 4000 and pool.kind == "pool"
     for n, (_, imsi) in enumerate(lines):
         ans = world.charge(initial(f"s{n}", imsi, rg=30))
-        assert ans.unit(30).granted == 500  # the IoT quantum
+        assert unit_of(ans, 30).granted == 500  # the IoT quantum
     assert bucket_named(world.account_buckets("iot"), "pool").reserved == 1500
     for n, (_, imsi) in enumerate(lines):
         world.charge(terminate(f"s{n}", 1, imsi, used=1000, rg=30))
@@ -435,21 +463,26 @@ def test_one_shot_events(world: World) -> None:
     _, imsi = world.line("a", plan="payg")
     seq = world.last_seq()
     price = world.charge(event("p1", imsi, PRICE_ENQUIRY, amount={"events": 3}))
-    assert (price.result, price.cost, price.unit(40).granted) == (SUCCESS, 150, 3)
+    assert (price.result, price.cost, unit_of(price, 40).granted) == (SUCCESS, 150, 3)
     check = world.charge(event("c1", imsi, CHECK_BALANCE))
     assert (check.balance, check.enough_credit) == (1_000, True)
     assert world.last_seq() == seq  # asking changes nothing
     debit = world.charge(event("d1", imsi, DIRECT_DEBITING, amount={"events": 2}))
-    assert (debit.result, debit.cost, debit.unit(40).charged, debit.balance) == (SUCCESS, 100, 100, 900)
+    assert (debit.result, debit.cost, unit_of(debit, 40).charged, debit.balance) == (SUCCESS, 100, 100, 900)
     refund = world.charge(event("r1", imsi, REFUND_ACCOUNT, amount={"events": 1}))
     assert (refund.result, refund.cost, refund.balance) == (SUCCESS, 50, 950)
     too_much = world.charge(event("d2", imsi, DIRECT_DEBITING, amount={"events": 20}))
-    assert too_much.result == CREDIT_LIMIT_REACHED and too_much.unit(40).final.action == FUA_TERMINATE
+    assert too_much.result == CREDIT_LIMIT_REACHED and final_of(too_much, 40).action == FUA_TERMINATE
     assert world.acct("a").balance == 950
     kinds = [e["kind"] for e in world.events(seq)]
     assert kinds == ["usage", "refund"]
     with pytest.raises(RequestError):
         world.charge(ChargingRequest("event", "x", 0, [("imsi", imsi)], action="teleport"))
+
+
+def test_every_requested_action_has_its_function() -> None:
+    """One-shot events act through one function per Requested-Action (chf.core.events.ACTIONS)."""
+    assert set(events.ACTIONS) == set(EVENT_ACTIONS)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -477,8 +510,8 @@ def test_idempotent_replay_across_reopen(world: World) -> None:
         for req, ans in zip(sent, first, strict=True):
             again = world.charge(req)
             assert again.duplicate and again.pack() == ans.pack(), req
-        again = world.admin(provisioning.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
-        assert again.duplicate and again.value == topup_first.value
+        topup_again = world.admin(provisioning.topup, "a", 700, actor="shop", reason="t", idempotency_key="topup-1")
+        assert topup_again.duplicate and topup_again.value == topup_first.value
         with world.store.read() as txn:
             assert snapshot(txn) == before
 
@@ -539,14 +572,14 @@ async def test_catalogue_reload_applies_to_new_grants_only(tmp_path: Path) -> No
     )
     await service.start()
     try:
-        assert (await service.charge(initial("old", imsi))).unit(10).granted == 1000
+        assert unit_of(await service.charge(initial("old", imsi)), 10).granted == 1000
         cat_path.write_text(CATALOGUE_TOML.replace("block = 100\nprice = 10\n", "block = 100\nprice = 30\n", 1))
         service.reload_catalogue()
         assert service.catalogue.tariffs["data"].price == 30
         # The open reservation keeps the price it was granted with; a new grant uses the new one.
-        assert (await service.charge(terminate("old", 1, imsi, used=1000))).unit(10).charged == 100
+        assert unit_of(await service.charge(terminate("old", 1, imsi, used=1000)), 10).charged == 100
         await service.charge(initial("new", imsi))
-        assert (await service.charge(terminate("new", 1, imsi, used=1000))).unit(10).charged == 300
+        assert unit_of(await service.charge(terminate("new", 1, imsi, used=1000)), 10).charged == 300
         cat_path.write_text("not toml [")
         with pytest.raises(Exception):  # noqa: B017 - any load failure keeps the running catalogue
             service.reload_catalogue()
@@ -581,7 +614,7 @@ def test_topup_after_missed_periods_starts_the_current_period(world: World) -> N
     world.now = first_end
     world.charge(event("q1", imsi, CHECK_BALANCE))  # renewal fails: 500 < 1000
     with world.store.read() as txn:
-        assert txn.get_line_balances(line).renewal_pending
+        assert balances_of(txn, line).renewal_pending
     world.now = int(datetime(2026, 6, 10, tzinfo=UTC).timestamp())  # two more period boundaries pass silently
     world.admin(provisioning.topup, "a", 5_000, actor="shop", reason="top-up")
     current_end = int(datetime(2026, 7, 1, tzinfo=UTC).timestamp())
@@ -602,13 +635,13 @@ def test_multiple_rating_groups_in_one_request(world: World) -> None:
     req.units.append(unit(99, {}))  # no tariff for 99: rated as a failure, the others still granted
     ans = world.charge(req)
     assert ans.result == SUCCESS
-    assert (ans.unit(10).granted, ans.unit(20).granted, ans.unit(99).result) == (1000, 60, RATING_FAILED)
+    assert (unit_of(ans, 10).granted, unit_of(ans, 20).granted, unit_of(ans, 99).result) == (1000, 60, RATING_FAILED)
     assert world.acct("a").reserved == 240  # 60 s of voice at 4 per second (noon)
     end = ChargingRequest(
         "terminate", "s1", 1, [("imsi", imsi)], [unit(10, None, {"bytes": 700}), unit(20, None, {"seconds": 45})]
     )
     ans = world.charge(end)
-    assert (ans.unit(10).charged, ans.unit(20).charged) == (0, 180)
+    assert (unit_of(ans, 10).charged, unit_of(ans, 20).charged) == (0, 180)
     assert world.acct("a").balance == 9_000 - 180 and world.acct("a").reserved == 0
     assert bucket_named(world.line_buckets(line), "data").remaining == 2300
 
@@ -652,7 +685,7 @@ def test_terminated_line_final_report_charged(world: World) -> None:
     world.charge(initial("s1", imsi))
     result = world.admin(provisioning.set_state, f"#{line}", "terminated", actor="ops", reason="churn")
     assert [s.session for s in result.signals] == ["s1"]
-    assert world.charge(terminate("s1", 1, imsi, used=400)).unit(10).charged == 40
+    assert unit_of(world.charge(terminate("s1", 1, imsi, used=400)), 10).charged == 40
     assert world.charge(initial("s2", imsi)).result == END_USER_SERVICE_DENIED
     assert world.acct("a").active_lines == 0
     with pytest.raises(RequestError):
@@ -699,7 +732,9 @@ async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(tmp_p
             await asyncio.sleep(0.01)
         assert service.reaped == 1
         with world.store.read() as txn:
-            assert txn.get_account("a").reserved == 0 and txn.get_session("s2").closed
+            account, session = txn.get_account("a"), txn.get_session("s2")
+            assert account is not None and session is not None
+            assert account.reserved == 0 and session.closed
             check_invariants(txn)
     finally:
         await service.stop()
@@ -714,7 +749,7 @@ def test_rollover_does_not_carry_units_in_use(world: World) -> None:
     world.charge(initial("s1", imsi))  # 1000 reserved
     world.now = period_end_of_line(world, line) + 5
     ans = world.charge(terminate("s1", 1, imsi, used=1000))
-    assert ans.result == SUCCESS and ans.unit(10).charged == 0
+    assert ans.result == SUCCESS and unit_of(ans, 10).charged == 0
     buckets = {b.name: b for b in world.line_buckets(line)}
     assert (buckets["data-rollover"].remaining, buckets["data"].remaining) == (1000, 2000)
 
@@ -731,7 +766,7 @@ def test_zero_usage_report_ends_the_grant(world: World) -> None:
     assert world.charge(zero_voice).result == SUCCESS
     zero_data = ChargingRequest("update", "s2", 1, [("imsi", imsi)], [unit(10, {}, None)])
     zero_data.units[0].used = [UsageReport({"bytes": 0})]
-    assert world.charge(zero_data).unit(10).granted == 1000  # released and granted again, not held twice
+    assert unit_of(world.charge(zero_data), 10).granted == 1000  # released and granted again, not held twice
     assert world.acct("a").reserved == 0
     assert bucket_named(world.line_buckets(line), "data").reserved == 1000
     assert not world.session("s1").reservations

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from chf.core import provisioning
-from chf.core.catalogue import load_catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.export import Exporter, FileSink, parse_export_config, to_record
 from chf.runtime.config import ConfigError

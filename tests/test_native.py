@@ -67,7 +67,8 @@ def test_edited_declarations_make_a_compiled_module_stale(tmp_path: Path) -> Non
 def test_records_are_extension_types_when_compiled() -> None:
     """The .pxd files make the per-request records extension types; in a pure-Python checkout they are the
     plain classes of the .py files, with the same fields."""
-    from chf.core.engine import Context, Engine
+    from chf.core.context import Context
+    from chf.core.engine import Engine
     from store.lmdbstore import Txn
     from store.schema import Account, BalanceSet, Bucket, Reservation, Session, Subscriber
 

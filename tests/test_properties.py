@@ -34,7 +34,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from chf.core import provisioning
 from chf.core.catalogue import Catalogue
-from chf.core.engine import EngineConfig, account_owner, line_owner
+from chf.core.context import account_owner, line_owner
+from chf.core.engine import EngineConfig
 from chf.core.model import (
     CHECK_BALANCE,
     DIRECT_DEBITING,

@@ -125,7 +125,7 @@ def read_csv(path: str) -> list[dict[str, str]]:
 
 
 def test_every_planted_discrepancy_is_found_and_nothing_else(charged: Path, tmp_path: Path) -> None:
-    from chf.core.catalogue import load_catalogue
+    from chf.core.catalogue_loader import load_catalogue
     from store.lmdbstore import Store
 
     rows, line = wholesale_lines()

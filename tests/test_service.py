@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from chf.core import provisioning
-from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, SUCCESS, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
 from chf.runtime.service import ChargingService
 from store.lmdbstore import Store

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import RequestError
 from chf.runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config

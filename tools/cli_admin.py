@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chf.core import provisioning
-from chf.core.catalogue import Catalogue, CatalogueError, Plan, load_catalogue
+from chf.core.catalogue import Catalogue, CatalogueError, Plan
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
 from store.lmdbstore import Txn

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from chf.api.server import api_components
-from chf.core.catalogue import CatalogueError, load_catalogue
+from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime.config import Config, ConfigError

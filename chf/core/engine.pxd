@@ -1,17 +1,14 @@
-# Compiled builds only (setup.py): see store/schema.pxd. The engine's per-request state and the engine itself
-# become extension types, and the per-request methods name the record types of their locals, so that reading
-# and writing a bucket, a session or a reservation is a struct access. setup.py compiles with nonecheck: a
+# Compiled builds only (setup.py): see store/schema.pxd. The engine becomes an extension type, and its per-request
+# methods cpdef methods that name the record types of their locals, so that reading and writing a bucket, a
+# session or a reservation is a struct access; the context's balance queries (chf/core/context.pxd) and the
+# per-request renewal check (chf/core/renewals.pxd) are called directly too. setup.py compiles with nonecheck: a
 # typed local that holds None raises AttributeError as Python would.
 import cython
 
+from chf.core.context cimport Context
+from chf.core.renewals cimport bring_up_to_date
 from store.lmdbstore cimport Txn
 from store.schema cimport Account, BalanceSet, Bucket, Reservation, Session, Subscriber
-
-
-cdef class Context:
-    cdef public object account, account_dirty, acct_bs, acct_bs_dirty, catalogue, events, line_bs, line_bs_dirty
-    cdef public object now, sub
-    cdef public Txn txn
 
 
 cdef class Engine:
@@ -20,29 +17,39 @@ cdef class Engine:
     @cython.locals(ctx=Context, session=Session, sub=Subscriber)
     cpdef charge(self, Txn txn, req, now)
 
+    cpdef _replay(self, Session session, req)
+
+    cpdef _follow_client(self, Session session, req)
+
+    cpdef _charge_unit(self, Context ctx, Session session, unit_req, plan, serving_network, terminating)
+
     cpdef _finish(self, Context ctx, Session session, req, answer, validity, closed)
 
-    @cython.locals(reservation=Reservation, bucket=Bucket, line_bs=BalanceSet, account=Account)
+    @cython.locals(reservation=Reservation)
     cpdef _commit_usage(self, Context ctx, Session session, unit_req, unit_answer, plan)
 
-    @cython.locals(bucket=Bucket, account=Account)
+    cpdef _usage_event(self, Context ctx, Session session, unit_req, units, unit, used)
+
+    @cython.locals(bucket=Bucket)
+    cpdef _settle_reservation(self, Context ctx, Reservation reservation, left, impacts)
+
+    @cython.locals(bucket=Bucket)
+    cpdef _take_unreserved(self, Context ctx, unit, rg, left, over, impacts)
+
+    cpdef _charge_wallet(self, Context ctx, tariff, rg, zone, units, event)
+
+    @cython.locals(reservation=Reservation)
+    cpdef _tariff(self, plan, rg, reservation)
+
+    @cython.locals(reservation=Reservation, bucket=Bucket)
+    cpdef _release(self, Context ctx, Session session, rg)
+
     cpdef _grant(self, Context ctx, Session session, unit_req, unit_answer, plan, serving_network)
 
-    @cython.locals(b=Bucket, bs=BalanceSet)
-    cpdef _usable_buckets(self, Context ctx, plan, unit, rg)
-
-    @cython.locals(bs=BalanceSet)
-    cpdef _bucket(self, Context ctx, src, bucket_id)
-
-    @cython.locals(reservation=Reservation, bucket=Bucket, account=Account)
-    cpdef _release(self, Context ctx, Session session, rg)
+    @cython.locals(bucket=Bucket)
+    cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions)
 
     @cython.locals(account=Account, ctx=Context)
     cpdef context(self, Txn txn, Subscriber sub, now, account_id=*)
 
-    cpdef bring_up_to_date(self, Context ctx)
-
     cpdef line_plan(self, Context ctx)
-
-    @cython.locals(reservation=Reservation)
-    cpdef _tariff(self, plan, rg, reservation)

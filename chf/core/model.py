@@ -14,7 +14,6 @@ INITIAL = "initial"
 UPDATE = "update"
 TERMINATE = "terminate"
 EVENT = "event"
-REQUEST_KINDS = (INITIAL, UPDATE, TERMINATE, EVENT)
 
 # One-shot event actions (RFC 4006 Requested-Action).
 DIRECT_DEBITING = "debit"
@@ -31,15 +30,6 @@ CREDIT_LIMIT_REACHED = "credit_limit_reached"  # 4012
 SESSION_UNKNOWN = "session_unknown"  # 5002
 USER_UNKNOWN = "user_unknown"  # 5030
 RATING_FAILED = "rating_failed"  # 5031
-RESULTS = (
-    SUCCESS,
-    END_USER_SERVICE_DENIED,
-    CREDIT_CONTROL_NOT_APPLICABLE,
-    CREDIT_LIMIT_REACHED,
-    SESSION_UNKNOWN,
-    USER_UNKNOWN,
-    RATING_FAILED,
-)
 
 # Final-Unit-Action.
 FUA_TERMINATE = "terminate"
@@ -50,8 +40,6 @@ FUA_RESTRICT = "restrict_access"
 REASON_FINAL = "final"
 
 NO_RATING_GROUP = -1  # a unit request that names no rating group (RFC 4006 without MSCC, or MSCC without RG)
-
-UNIT_TYPES = ("bytes", "seconds", "events", "money")
 
 
 class RequestError(Exception):
@@ -107,8 +95,10 @@ class ChargingRequest:
             self.session,
             self.number,
             [list(i) for i in self.identities],
-            [[u.rating_group, u.service_id, u.requested, [[r.units, r.reason] for r in u.used], u.reason]
-             for u in self.units],
+            [
+                [u.rating_group, u.service_id, u.requested, [[r.units, r.reason] for r in u.used], u.reason]
+                for u in self.units
+            ],
             self.protocol,
             self.action,
             self.serving_network,
@@ -116,7 +106,7 @@ class ChargingRequest:
             self.apn,
             self.notify,
             self.idempotency_key,
-        ]  # fmt: skip
+        ]
 
     @classmethod
     def unpack(cls, r: list[Any]) -> ChargingRequest:
@@ -173,6 +163,11 @@ class UnitAnswer:
     def unpack(cls, r: list[Any]) -> UnitAnswer:
         final = FinalUnit(*r[9]) if r[9] is not None else None
         return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], final, r[10], r[11])
+
+
+def all_failed(units: list[UnitAnswer]) -> bool:
+    """Whether every rating group of an answer failed (the request as a whole then carries the first failure)."""
+    return all(u.result != SUCCESS for u in units)
 
 
 @dataclass

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from chf.core.catalogue import CatalogueError
-from chf.core.engine import Context, Engine, account_owner, line_owner
+from chf.core.catalogue import UNIT_TYPES, CatalogueError, Plan
+from chf.core.context import Context, account_owner, bucket_impact, line_owner
+from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
+from chf.core.renewals import assign_plan_to, retry_pending_renewal
 from store.lmdbstore import Txn
 from store.schema import (
     ACTIVE,
@@ -132,14 +134,7 @@ def create_account(
     currency = currency or tenant_rec.currency
     if not _CURRENCY_RE.match(currency):
         raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
-    check_amount("balance", balance, positive=False)
-    check_amount("credit_limit", credit_limit, positive=False)
-    if credit_limit < 0:
-        raise RequestError("credit_limit", f"must not be negative, got {credit_limit}")
-    if payment == "prepaid" and credit_limit:
-        raise RequestError("credit_limit", "a prepaid account has no credit limit")
-    if isinstance(cycle_day, bool) or not isinstance(cycle_day, int) or not 1 <= cycle_day <= 28:
-        raise RequestError("cycle_day", f"must be a day of the month from 1 to 28, got {cycle_day!r}")
+    _check_account_terms(payment, balance, credit_limit, cycle_day)
     if parent is not None and txn.get_account(check_id("parent", parent)) is None:
         raise NotFound("parent", f"no account {parent!r}")
     if txn.get_account(account_id) is not None:
@@ -161,9 +156,22 @@ def create_account(
             event["impacts"].append(ctx.wallet_impact(balance))
             ctx.events.append(event)
         if plan_rec is not None:
-            engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason="account created")
+            assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason="account created")
         ctx.flush()
     return OpResult(account.as_dict())
+
+
+def _check_account_terms(payment: str, balance: int, credit_limit: int, cycle_day: int) -> None:
+    """The money terms of a new account: its opening balance, its credit limit (none when prepaid) and the day
+    its monthly periods start on."""
+    check_amount("balance", balance, positive=False)
+    check_amount("credit_limit", credit_limit, positive=False)
+    if credit_limit < 0:
+        raise RequestError("credit_limit", f"must not be negative, got {credit_limit}")
+    if payment == "prepaid" and credit_limit:
+        raise RequestError("credit_limit", "a prepaid account has no credit limit")
+    if isinstance(cycle_day, bool) or not isinstance(cycle_day, int) or not 1 <= cycle_day <= 28:
+        raise RequestError("cycle_day", f"must be a day of the month from 1 to 28, got {cycle_day!r}")
 
 
 def _account_context(txn: Txn, engine: Engine, account_id: str, now: int) -> Context:
@@ -174,7 +182,7 @@ def _account_context(txn: Txn, engine: Engine, account_id: str, now: int) -> Con
     return ctx
 
 
-def _plan(engine: Engine, name: str, account: Account | None = None) -> Any:
+def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
     try:
         plan = engine.catalogue.plan(name)
     except CatalogueError as exc:
@@ -207,7 +215,7 @@ def topup(
         event["amount"] = amount
         event["impacts"].append(ctx.wallet_impact(amount))
         ctx.events.append(event)
-        engine.retry_pending_renewal(ctx)
+        retry_pending_renewal(ctx)
         lines = list(txn.lines_of_account(account.id))
         for line_id in lines:
             bs = txn.get_line_balances(line_id)
@@ -218,7 +226,7 @@ def topup(
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue, now, sub, account)
                 line_ctx.line_bs = bs
-                engine.retry_pending_renewal(line_ctx)
+                retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
                 txn.put_line_balances(line_id, bs)
         ctx.flush()
@@ -275,15 +283,7 @@ def adjust(
         ctx.line_bs_dirty = True
         event = ctx.base_event("adjustment", actor, reason)
         event["amount"] = amount
-        event["impacts"].append(
-            {
-                "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
-                "name": bucket.name,
-                "unit": bucket.unit,
-                "delta": amount,
-                "after": bucket.remaining,
-            }
-        )
+        event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
         ctx.events.append(event)
         ctx.flush()
         return OpResult(bucket.as_dict())
@@ -307,7 +307,7 @@ def grant_bucket(
     priority: int = 50,
 ) -> OpResult:
     """Add a one-off bucket to a line (goodwill, add-on purchase)."""
-    if unit not in ("bytes", "seconds", "events", "money"):
+    if unit not in UNIT_TYPES:
         raise RequestError("unit", f"must be bytes, seconds, events or money, got {unit!r}")
     check_amount("amount", amount)
     sub = txn.get_subscriber(line_id)
@@ -322,15 +322,7 @@ def grant_bucket(
     bs.buckets.append(bucket)
     ctx.line_bs_dirty = True
     event = ctx.base_event("bucket_grant", actor, reason)
-    event["impacts"].append(
-        {
-            "balance": f"{line_owner(sub.id)}:bucket:{bucket.id}",
-            "name": name,
-            "unit": unit,
-            "delta": amount,
-            "after": amount,
-        }
-    )
+    event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
     ctx.events.append(event)
     ctx.flush()
     return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
@@ -344,14 +336,14 @@ def _check_new_line(
     engine: Engine,
     get_account: Callable[[str], Account | None],
     *,
-    account: str,
-    imsi: str,
+    account: str | None,  # None: a bulk import row without it, refused here
+    imsi: str | None,
     msisdn: str | None,
     iccid: str | None,
     eid: str | None,
     plan: str | None,
     state: str,
-) -> tuple[Account, Any]:
+) -> tuple[Account, Plan | None]:
     """Every check of a new line, before anything is written: returns its account and plan (or None)."""
     check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
     if msisdn is not None:
@@ -372,7 +364,9 @@ def _check_new_line(
     return acct, plan_rec
 
 
-def _write_new_line(engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, record_line: bool = True) -> Subscriber:
+def _write_new_line(
+    engine: Engine, ctx: Context, plan_rec: Plan | None, actor: str, *, record_line: bool = True
+) -> Subscriber:
     """Write a checked new line with its creation, activation and plan events into `ctx` (not flushed)."""
     sub = ctx.sub
     if record_line:
@@ -383,19 +377,37 @@ def _write_new_line(engine: Engine, ctx: Context, plan_rec: Any, actor: str, *, 
     if sub.state == ACTIVE:
         _line_activated(engine, ctx)
     if plan_rec is not None:
-        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
+        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
     ctx.line_bs_dirty = True
     return sub
 
 
 def _new_subscriber(
-    line_id: int, acct: Account, imsi: str, msisdn: str | None, iccid: str | None, eid: str | None,
-    state: str, plan: str | None, now: int, actor: str,
-) -> Subscriber:  # fmt: skip
+    line_id: int,
+    acct: Account,
+    imsi: str,
+    msisdn: str | None,
+    iccid: str | None,
+    eid: str | None,
+    state: str,
+    plan: str | None,
+    now: int,
+    actor: str,
+) -> Subscriber:
     return Subscriber(
-        line_id, acct.tenant, acct.id, imsi, msisdn, iccid, eid, state, now, plan, now,
+        line_id,
+        acct.tenant,
+        acct.id,
+        imsi,
+        msisdn,
+        iccid,
+        eid,
+        state,
+        now,
+        plan,
+        now,
         [[None, state, now, actor, "created"]],
-    )  # fmt: skip
+    )
 
 
 def add_line(
@@ -413,9 +425,17 @@ def add_line(
     actor: str = "admin",
 ) -> OpResult:
     acct, plan_rec = _check_new_line(
-        txn, engine, txn.get_account, account=account, imsi=imsi, msisdn=msisdn, iccid=iccid, eid=eid, plan=plan,
+        txn,
+        engine,
+        txn.get_account,
+        account=account,
+        imsi=imsi,
+        msisdn=msisdn,
+        iccid=iccid,
+        eid=eid,
+        plan=plan,
         state=state,
-    )  # fmt: skip
+    )
     sub = _new_subscriber(txn.new_subscriber_id(), acct, imsi, msisdn, iccid, eid, state, plan, now, actor)
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
@@ -518,9 +538,15 @@ class LineTemplates:
         return shape.encode(), actx.acct_bs.encode() if actx.acct_bs is not None else None
 
     def template(
-        self, txn: Txn, engine: Engine, actx: Context, account_key: tuple[bytes, bytes | None], plan_rec: Any,
-        state: str, actor: str,
-    ) -> _LineTemplate | None:  # fmt: skip
+        self,
+        txn: Txn,
+        engine: Engine,
+        actx: Context,
+        account_key: tuple[bytes, bytes | None],
+        plan_rec: Plan | None,
+        state: str,
+        actor: str,
+    ) -> _LineTemplate | None:
         bound = (engine.catalogue, actx.now, actor)
         if self._bound != bound:
             self._bound = bound
@@ -532,7 +558,7 @@ class LineTemplates:
 
 
 def _trace_template(
-    txn: Txn, engine: Engine, actx: Context, plan_rec: Any, state: str, actor: str
+    txn: Txn, engine: Engine, actx: Context, plan_rec: Plan | None, state: str, actor: str
 ) -> _LineTemplate | None:
     """Run the engine for two stand-in lines on copies of the account; a template of the first must render the
     second exactly, or there is no template."""
@@ -637,19 +663,34 @@ def add_lines(
         state = row.get("state") or ACTIVE
         try:
             acct, plan_rec = _check_new_line(
-                txn, engine, get_account, account=row.get("account"), imsi=row.get("imsi"),
-                msisdn=row.get("msisdn"), iccid=row.get("iccid"), eid=row.get("eid"), plan=row.get("plan"),
+                txn,
+                engine,
+                get_account,
+                account=row.get("account"),
+                imsi=row.get("imsi"),
+                msisdn=row.get("msisdn"),
+                iccid=row.get("iccid"),
+                eid=row.get("eid"),
+                plan=row.get("plan"),
                 state=state,
-            )  # fmt: skip
+            )
         except RequestError as exc:
             results.append(exc)
             continue
         actx = accounts[acct.id]
         assert actx is not None
         sub = _new_subscriber(
-            txn.new_subscriber_id(), acct, row["imsi"], row.get("msisdn"), row.get("iccid"), row.get("eid"), state,
-            row.get("plan"), now, actor,
-        )  # fmt: skip
+            txn.new_subscriber_id(),
+            acct,
+            row["imsi"],
+            row.get("msisdn"),
+            row.get("iccid"),
+            row.get("eid"),
+            state,
+            row.get("plan"),
+            now,
+            actor,
+        )
         group = (acct.id, plan_rec.name if plan_rec is not None else None, state)
         if group in group_templates:
             template = group_templates[group]
@@ -718,15 +759,7 @@ def _line_activated(engine: Engine, ctx: Context) -> None:
             bucket.initial += plan.pool_per_line
             ctx.acct_bs_dirty = True
             event = ctx.base_event("pool_resize", "system", "line activated")
-            event["impacts"].append(
-                {
-                    "balance": f"{account_owner(ctx.account.id)}:bucket:{bucket.id}",
-                    "name": bucket.name,
-                    "unit": bucket.unit,
-                    "delta": plan.pool_per_line,
-                    "after": bucket.remaining,
-                }
-            )
+            event["impacts"].append(bucket_impact(account_owner(ctx.account.id), bucket, plan.pool_per_line))
             ctx.events.append(event)
             return
 
@@ -838,13 +871,13 @@ def assign_plan(
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
         ctx = engine.context(txn, sub, now)
-        engine.assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
         ctx.flush()
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
     plan_rec = _plan(engine, plan, ctx.account)
-    engine.assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
+    assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
 

@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chf.core.catalogue import Catalogue, load_catalogue
+from chf.core.catalogue import Catalogue
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine, EngineConfig
 from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
+from chf.core.renewals import needs_upkeep
 from chf.runtime import metrics
 from store.lmdbstore import Store, StoreBusy, StoreClosed, Txn
 from store.schema import BalanceSet, Session, unpack
@@ -222,7 +224,7 @@ class ChargingService:
                         expired.append(fields[1])
                 elif key[-1:] == b"\x00":
                     bs = BalanceSet.decode(raw)
-                    if Engine.needs_upkeep(bs, now):
+                    if needs_upkeep(bs, now):
                         if key[:1] == b"L":
                             due.append(("line", int.from_bytes(key[1:9], "big")))
                         else:

@@ -1,0 +1,876 @@
+"""Product catalogue loader: reads the catalogue TOML, validates it and builds the model of
+:mod:`chf.core.catalogue`.
+
+Every problem is reported with the file, the plan or tariff and the field, all problems at once, in one
+:class:`CatalogueError`. Unknown keys are errors (a typo must not silently fall back to a default). Array
+positions in error messages are 0-based: ``allowances[1]`` is the second ``[[...allowances]]``. Rating groups are
+TOML table keys in places, hence strings there: write them quoted, ``"10" = ...``.
+
+File format
+-----------
+``[settings]``
+    ``currency`` (ISO 4217, 3 upper-case letters), ``timezone`` (zoneinfo name; time-of-day bands and monthly
+    periods use it), ``home_zone``, ``default_zone`` (zone of a serving network not listed in ``[zones]``).
+
+``[grants]``
+    Quota-grant defaults (docs/architecture.md): ``bytes``, ``seconds``, ``events``, ``money`` (quantum per
+    unit type, > 0), ``validity_time`` (seconds, > 0), ``quota_holding_time`` (seconds, 0 = not sent),
+    ``volume_threshold_percent`` and ``time_threshold_percent`` (0..99, 0 = not sent). All optional; see
+    :data:`DEFAULT_GRANTS`. ``[grants.rating_groups."<rg>"]`` overrides any of them for one rating group.
+
+``[zones]``
+    ``<zone> = ["MCC-MNC", ...]``: serving networks (5 or 6 digits) per zone. A network is in at most one
+    zone. Known zone names are the keys here plus ``home_zone`` and ``default_zone``.
+
+``[tariffs.<name>]``
+    ``unit``; ``block`` (> 0, price is per block of this many units; default 1); ``rounding`` = ``up`` |
+    ``down`` | ``nearest`` (how a used quantity is rounded to whole blocks, default ``up``; nearest rounds a
+    half block up); ``price`` (micro-units per block, >= 0; optional when tiers are given);
+    ``description``.
+
+    ``[[tariffs.<name>.tiers]]`` with ``upto`` and ``price``: tiers by cumulative usage in the current
+    period. ``upto`` strictly ascending; exactly the last tier has no ``upto``.
+
+    ``[[tariffs.<name>.bands]]`` with ``days`` (subset of mon..sun, default all), ``from`` ("HH:MM"),
+    ``to`` ("HH:MM", "24:00" allowed) and ``price``: time-of-day bands in local time, half-open
+    [from, to). If ``to`` < ``from`` the band wraps past midnight: it starts on a listed day and continues
+    into the next morning (``days = ["fri"], from = "22:00", to = "06:00"`` covers Saturday 03:00).
+
+    ``[tariffs.<name>.zones.<zone>]`` with either ``price`` or ``deny = true``.
+
+    Price precedence for one charge: (1) the zone's ``price`` if the serving zone has an entry with a
+    price (tiers and bands are then ignored); (2) otherwise the first matching band; (3) otherwise the tiers;
+    (4) otherwise the base ``price``.
+
+    Rounding and tiers: the used quantity is first rounded to whole blocks; the rounded quantity is then
+    priced across the tiers starting at the usage already consumed in the period, each part at its tier's
+    price per block; the exact sum is rounded up to a whole micro-unit once (never in the customer's favour
+    by more than one micro-unit, never losing revenue).
+
+``[plans.<name>]``
+    ``payment`` = prepaid | postpaid | hybrid; ``fee`` (recurring, micro-units, >= 0, default 0);
+    ``period`` = month | week | day | "<N>d" (default month); ``overage`` = charge | deny | redirect |
+    restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
+    or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
+    and/or ``restriction_rules`` (at least one required iff overage = restrict); ``roaming`` (default true;
+    false = only the home zone may be used); ``description``.
+
+    ``[plans.<name>.rating]``: ``"<rg>" = "<tariff>"`` and optionally ``default = "<tariff>"`` for any other
+    rating group. At least one entry is required. A rating group with no tariff is denied.
+
+    ``[[plans.<name>.allowances]]``: ``name`` (unique in the plan), ``unit``, ``amount`` (> 0),
+    ``rating_groups`` (absent = every rating group whose tariff has this unit), ``priority`` (lower is
+    consumed first, default 100), ``shared`` (account-level bucket for all lines), ``rollover`` (unused
+    remaining carried into the next period). A ``money`` allowance pays charges of any rating group it
+    covers.
+
+    ``[[plans.<name>.promotions]]``: ``kind = "intro_price"`` with ``fee`` and ``periods`` (fee replaced for
+    the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
+    ``validity_days`` (optional, absent = no expiry): a one-off bucket granted when the plan is assigned.
+
+    IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
+    all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
+    per-line amount x active lines); ``pool_rating_groups`` optional.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from chf.core.catalogue import (
+    MAX_RATING_GROUP,
+    OVERAGE_ACTIONS,
+    PAYMENT_TYPES,
+    POOL_KINDS,
+    PROMOTION_KINDS,
+    ROUNDING_MODES,
+    UNIT_TYPES,
+    Allowance,
+    Band,
+    Catalogue,
+    CatalogueError,
+    GrantPolicy,
+    Plan,
+    Promotion,
+    Settings,
+    Tariff,
+    Tier,
+    ZoneRule,
+)
+from chf.core.periods import period_error
+
+__all__ = ["DEFAULT_GRANTS", "CatalogueError", "load_catalogue", "parse_catalogue"]
+
+DAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+DEFAULT_GRANTS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "bytes": 10_000_000,
+        "seconds": 600,
+        "events": 1,
+        "money": 1_000_000,
+        "validity_time": 3600,
+        "quota_holding_time": 0,
+        "volume_threshold_percent": 20,
+        "time_threshold_percent": 20,
+    }
+)
+
+_MISSING: Any = object()
+_MCC_MNC_RE = re.compile(r"^[0-9]{5,6}$")
+_RG_RE = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_TIME_RE = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Errors:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, msg: str) -> None:
+        self.items.append(f"{self.source}: {where}: {msg}" if where else f"{self.source}: {msg}")
+
+
+def _fmt_where(owner: str, path: str) -> str:
+    return f"{owner}: {path}" if owner and path else owner or path
+
+
+class _Table:
+    """Typed, error-collecting access to one TOML table; reports unknown keys on construction."""
+
+    def __init__(self, errs: _Errors, owner: str, prefix: str, data: Any, allowed: Iterable[str]) -> None:
+        self.errs = errs
+        self.owner = owner  # e.g. "plan 'prepaid-s'"
+        self.prefix = prefix  # e.g. "allowances[1]." or ""
+        self.ok = isinstance(data, dict)
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        allowed_set = set(allowed)
+        if not self.ok:
+            self.err("", f"must be a table, got {_tname(data)}", prefix.rstrip("."))
+            return
+        for key in self.data:
+            if key not in allowed_set:
+                hint = difflib.get_close_matches(key, sorted(allowed_set), n=1)
+                allowed_list = ", ".join(sorted(allowed_set))
+                extra = f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {allowed_list}"
+                self.err(key, f"unknown key{extra}")
+
+    def err(self, key: str, msg: str, path: str | None = None) -> None:
+        p = path if path is not None else f"{self.prefix}{key}"
+        self.errs.add(_fmt_where(self.owner, p), msg)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def get_int(
+        self, key: str, default: Any = _MISSING, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        v = self.data.get(key, _MISSING)
+        if v is _MISSING:
+            if default is _MISSING:
+                self.err(key, "required")
+                return 0
+            return int(default)
+        what = "a positive integer" if minimum == 1 else "a non-negative integer" if minimum == 0 else "an integer"
+        if maximum is not None and minimum is not None:
+            what = f"an integer in {minimum}..{maximum}"
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.err(key, f"must be {what}, got {v!r}")
+            return 0 if minimum is None else minimum
+        if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+            self.err(key, f"must be {what}, got {v!r}")
+            return minimum if minimum is not None else 0
+        return v
+
+    def get_str(self, key: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None) -> str:
+        v = self.data.get(key, _MISSING)
+        if v is _MISSING:
+            if default is _MISSING:
+                self.err(key, "required")
+                return ""
+            return str(default)
+        if not isinstance(v, str):
+            self.err(key, f"must be a string, got {v!r}")
+            return ""
+        if choices is not None:
+            ch = tuple(choices)
+            if v not in ch:
+                self.err(key, f"must be one of {' | '.join(ch)}, got {v!r}")
+                return ""
+        return v
+
+    def opt_str(self, key: str) -> str | None:
+        if key not in self.data:
+            return None
+        s = self.get_str(key)
+        if s == "":
+            self.err(key, "must not be empty")
+            return None
+        return s
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        v = self.data.get(key, _MISSING)
+        if v is _MISSING:
+            return default
+        if not isinstance(v, bool):
+            self.err(key, f"must be true or false, got {v!r}")
+            return default
+        return v
+
+    def get_list(self, key: str) -> list[Any] | None:
+        v = self.data.get(key, _MISSING)
+        if v is _MISSING:
+            return None
+        if not isinstance(v, list):
+            self.err(key, f"must be an array, got {v!r}")
+            return None
+        return v
+
+    def rating_groups(self, key: str) -> frozenset[int] | None:
+        v = self.get_list(key)
+        if v is None:
+            return None
+        out: set[int] = set()
+        if not v:
+            self.err(key, "must not be empty (omit it to cover every rating group)")
+        for i, rg in enumerate(v):
+            if isinstance(rg, bool) or not isinstance(rg, int) or not 0 <= rg <= MAX_RATING_GROUP:
+                self.err(f"{key}[{i}]", f"must be a rating group (integer 0..{MAX_RATING_GROUP}), got {rg!r}")
+            elif rg in out:
+                self.err(f"{key}[{i}]", f"duplicate rating group {rg}")
+            else:
+                out.add(rg)
+        return frozenset(out)
+
+    def array_of_tables(self, key: str) -> list[Any]:
+        v = self.data.get(key, _MISSING)
+        if v is _MISSING:
+            return []
+        if not isinstance(v, list):
+            self.err(key, f"must be an array of tables ([[...{key}]]), got {_tname(v)}")
+            return []
+        return v
+
+
+def _tname(v: object) -> str:
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    return repr(v)
+
+
+def _parse_rg_key(key: str) -> int | None:
+    if not _RG_RE.match(key):
+        return None
+    rg = int(key)
+    return rg if rg <= MAX_RATING_GROUP else None
+
+
+def _parse_time(s: str, *, allow_24: bool) -> int | None:
+    m = _TIME_RE.match(s)
+    if m is None:
+        return None
+    h, mi = int(m.group(1)), int(m.group(2))
+    if h == 24:
+        return 1440 if allow_24 and mi == 0 else None
+    return h * 60 + mi
+
+
+def _load_settings(errs: _Errors, raw: Any) -> tuple[Settings, str]:
+    t = _Table(errs, "settings", "", raw, ("currency", "timezone", "home_zone", "default_zone"))
+    currency = t.get_str("currency")
+    if currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    tzname = t.get_str("timezone")
+    tz = ZoneInfo("UTC")
+    if tzname:
+        try:
+            tz = ZoneInfo(tzname)
+        except (ZoneInfoNotFoundError, ValueError):
+            t.err("timezone", f"unknown time zone {tzname!r} (use a zoneinfo name such as 'Europe/Paris')")
+    home = t.get_str("home_zone")
+    default = t.get_str("default_zone")
+    return Settings(currency, tz, home, default), tzname
+
+
+def _grant_fields(t: _Table, base: Mapping[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key in ("bytes", "seconds", "events", "money", "validity_time"):
+        out[key] = t.get_int(key, base[key], minimum=1)
+    out["quota_holding_time"] = t.get_int("quota_holding_time", base["quota_holding_time"], minimum=0)
+    for key in ("volume_threshold_percent", "time_threshold_percent"):
+        out[key] = t.get_int(key, base[key], minimum=0, maximum=99)
+    return out
+
+
+def _load_grants(errs: _Errors, raw: Any) -> tuple[GrantPolicy, dict[int, GrantPolicy]]:
+    if raw is None:
+        raw = {}
+    fields = tuple(DEFAULT_GRANTS)
+    t = _Table(errs, "grants", "", raw, (*fields, "rating_groups"))
+    base = _grant_fields(t, DEFAULT_GRANTS)
+    policy = GrantPolicy(**base)
+    per_rg: dict[int, GrantPolicy] = {}
+    rgs = t.data.get("rating_groups", {})
+    if not isinstance(rgs, dict):
+        t.err("rating_groups", f"must be a table of rating groups, got {_tname(rgs)}")
+        rgs = {}
+    for key, sub in rgs.items():
+        rg = _parse_rg_key(key)
+        if rg is None:
+            t.err("", f"must be a rating group (integer 0..{MAX_RATING_GROUP})", f"rating_groups.{key}")
+            continue
+        st = _Table(errs, "grants", f"rating_groups.{key}.", sub, fields)
+        if st.ok:
+            per_rg[rg] = GrantPolicy(**_grant_fields(st, base))
+    return policy, per_rg
+
+
+def _load_zones(errs: _Errors, raw: Any) -> dict[str, frozenset[str]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errs.add("zones", f"must be a table of zone -> [MCC-MNC, ...], got {_tname(raw)}")
+        return {}
+    zones: dict[str, frozenset[str]] = {}
+    seen: dict[str, str] = {}
+    for zone, nets in raw.items():
+        if not _NAME_RE.match(zone):
+            errs.add(f"zones: {zone}", "invalid zone name")
+        if not isinstance(nets, list):
+            errs.add(f"zones: {zone}", f"must be an array of MCC-MNC strings, got {_tname(nets)}")
+            continue
+        members: set[str] = set()
+        for i, net in enumerate(nets):
+            if not isinstance(net, str) or not _MCC_MNC_RE.match(net):
+                errs.add(f"zones: {zone}[{i}]", f"must be an MCC-MNC string of 5 or 6 digits, got {net!r}")
+                continue
+            other = seen.get(net)
+            if other is not None:
+                errs.add(f"zones: {zone}[{i}]", f"network {net} is already in zone {other!r}")
+                continue
+            seen[net] = zone
+            members.add(net)
+        zones[zone] = frozenset(members)
+    return zones
+
+
+_TARIFF_KEYS = ("unit", "block", "rounding", "price", "tiers", "bands", "zones", "description")
+
+
+def _load_tariff(errs: _Errors, name: str, raw: Any, known_zones: frozenset[str]) -> Tariff | None:
+    owner = f"tariff {name!r}"
+    t = _Table(errs, owner, "", raw, _TARIFF_KEYS)
+    if not t.ok:
+        return None
+    unit = t.get_str("unit", choices=UNIT_TYPES)
+    block = t.get_int("block", 1, minimum=1)
+    rounding = t.get_str("rounding", "up", choices=ROUNDING_MODES)
+    description = t.get_str("description", "")
+    tiers = _load_tiers(errs, owner, t)
+    if tiers:
+        price = t.get_int("price", tiers[0].price, minimum=0)
+    else:
+        price = t.get_int("price", minimum=0)
+    bands = _load_bands(errs, owner, t)
+    zone_rules = _load_zone_rules(errs, owner, t, known_zones)
+    denied = frozenset(z for z, r in zone_rules.items() if r.deny)
+    return Tariff(
+        name=name,
+        unit=unit,
+        block=block,
+        rounding=rounding or "up",
+        price=price,
+        tiers=tuple(tiers),
+        bands=tuple(bands),
+        zones=MappingProxyType(zone_rules),
+        description=description,
+        _denied=denied,
+    )
+
+
+def _load_tiers(errs: _Errors, owner: str, t: _Table) -> list[Tier]:
+    """``[[tiers]]``: ``upto`` strictly ascending, and only the last tier open-ended."""
+    tiers: list[Tier] = []
+    raw_tiers = t.array_of_tables("tiers")
+    prev_upto = 0
+    for i, rt in enumerate(raw_tiers):
+        tt = _Table(errs, owner, f"tiers[{i}].", rt, ("upto", "price"))
+        if not tt.ok:
+            continue
+        price = tt.get_int("price", minimum=0)
+        last = i == len(raw_tiers) - 1
+        upto: int | None = None
+        if last:
+            if tt.has("upto"):
+                tt.err("upto", "the last tier must not have 'upto' (it is open-ended)")
+        else:
+            upto = tt.get_int("upto", minimum=1)
+            if tt.has("upto") and upto <= prev_upto:
+                tt.err("upto", f"must be greater than the previous tier's upto ({prev_upto}), got {upto}")
+            prev_upto = max(prev_upto, upto)
+        tiers.append(Tier(upto, price))
+    return tiers
+
+
+def _load_bands(errs: _Errors, owner: str, t: _Table) -> list[Band]:
+    bands: list[Band] = []
+    for i, rb in enumerate(t.array_of_tables("bands")):
+        bt = _Table(errs, owner, f"bands[{i}].", rb, ("days", "from", "to", "price"))
+        if not bt.ok:
+            continue
+        band = _load_band(bt)
+        if band is not None:
+            bands.append(band)
+    return bands
+
+
+def _load_band(bt: _Table) -> Band | None:
+    """One ``[[bands]]`` entry, or None when its times are invalid (reported)."""
+    bprice = bt.get_int("price", minimum=0)
+    days = _band_days(bt)
+    start_s = bt.get_str("from")
+    end_s = bt.get_str("to")
+    start = _parse_time(start_s, allow_24=False) if start_s else None
+    end = _parse_time(end_s, allow_24=True) if end_s else None
+    if start_s and start is None:
+        bt.err("from", f"must be a local time 'HH:MM' from 00:00 to 23:59, got {start_s!r}")
+    if end_s and end is None:
+        bt.err("to", f"must be a local time 'HH:MM' from 00:00 to 24:00, got {end_s!r}")
+    if start is None or end is None:
+        return None
+    if start == end:
+        bt.err("to", f"must differ from 'from' ({start_s}); use 00:00 to 24:00 for a whole day")
+        return None
+    return Band(frozenset(days), start, end, bprice)
+
+
+def _band_days(bt: _Table) -> set[int]:
+    """The weekdays of a band (Monday = 0); every day when ``days`` is absent."""
+    days_raw = bt.get_list("days")
+    if days_raw is None:
+        return set(range(7))
+    days: set[int] = set()
+    if not days_raw:
+        bt.err("days", "must not be empty (omit it for every day)")
+    for j, d in enumerate(days_raw):
+        if not isinstance(d, str) or d.lower() not in DAY_NAMES:
+            bt.err(f"days[{j}]", f"must be one of {', '.join(DAY_NAMES)}, got {d!r}")
+        else:
+            days.add(DAY_NAMES.index(d.lower()))
+    return days
+
+
+def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozenset[str]) -> dict[str, ZoneRule]:
+    zone_rules: dict[str, ZoneRule] = {}
+    rz = t.data.get("zones", {})
+    if not isinstance(rz, dict):
+        t.err("zones", f"must be a table of zone -> {{price = ...}} or {{deny = true}}, got {_tname(rz)}")
+        rz = {}
+    for zname, zr in rz.items():
+        zt = _Table(errs, owner, f"zones.{zname}.", zr, ("price", "deny"))
+        if not zt.ok:
+            continue
+        if zname not in known_zones:
+            zt.err("", f"unknown zone {zname!r} (known: {', '.join(sorted(known_zones))})", f"zones.{zname}")
+        deny = zt.get_bool("deny", False)
+        if zt.has("price") and deny:
+            zt.err("deny", "give either 'price' or 'deny = true', not both")
+        elif zt.has("deny") and not deny:
+            zt.err("deny", "'deny = false' has no effect; give a 'price' or remove the entry")
+        elif not zt.has("price") and not deny:
+            zt.err("price", "required (or 'deny = true')")
+        zone_rules[zname] = ZoneRule(None if deny else zt.get_int("price", 0, minimum=0), deny)
+    return zone_rules
+
+
+_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
+_PLAN_KEYS = (
+    "payment",
+    "fee",
+    "period",
+    "overage",
+    "redirect_address",
+    "filter_id",
+    "restriction_rules",
+    "roaming",
+    "description",
+    "rating",
+    "allowances",
+    "promotions",
+    "pool",
+    "pool_unit",
+    "pool_amount",
+    "pool_per_line",
+    "pool_rating_groups",
+)
+
+
+def _allowance(t: _Table) -> Allowance:
+    return Allowance(
+        name=t.get_str("name"),
+        unit=t.get_str("unit", choices=UNIT_TYPES),
+        amount=t.get_int("amount", minimum=1),
+        rating_groups=t.rating_groups("rating_groups"),
+        priority=t.get_int("priority", 100),
+        shared=t.get_bool("shared", False),
+        rollover=t.get_bool("rollover", False),
+    )
+
+
+def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None]) -> Plan | None:
+    owner = f"plan {name!r}"
+    t = _Table(errs, owner, "", raw, _PLAN_KEYS)
+    if not t.ok:
+        return None
+    payment = t.get_str("payment", choices=PAYMENT_TYPES)
+    fee = t.get_int("fee", 0, minimum=0)
+    period = t.get_str("period", "month")
+    if period:
+        perr = period_error(period)
+        if perr is not None:
+            t.err("period", perr)
+    overage = _load_overage(t)
+    roaming = t.get_bool("roaming", True)
+    description = t.get_str("description", "")
+    rating = _load_rating(t, tariffs)
+    names: set[str] = set()  # allowance names, bonus promotions included: unique in the plan
+    allowances = _load_allowances(errs, owner, t, rating, names)
+    promotions, intro = _load_promotions(errs, owner, t, rating, names)
+    pool = _load_pool(t, rating)
+    by_rg, allow_default = _allowance_lookups(allowances, rating)
+    return Plan(
+        name=name,
+        payment=payment,
+        fee=fee,
+        period=period,
+        overage=overage.action,
+        redirect_address=overage.redirect_address,
+        filter_id=overage.filter_id,
+        restriction_rules=tuple(overage.restriction_rules),
+        allowances=tuple(allowances),
+        promotions=tuple(promotions),
+        pool=pool.kind,
+        pool_unit=pool.unit,
+        pool_amount=pool.amount,
+        pool_per_line=pool.per_line,
+        pool_rating_groups=pool.rating_groups,
+        roaming=roaming,
+        description=description,
+        rating=MappingProxyType(rating.by_rg),
+        default_tariff=rating.default,
+        _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
+        _intro=intro,
+        _allow_by_rg=MappingProxyType(by_rg),
+        _allow_default=allow_default,
+    )
+
+
+@dataclass(slots=True)
+class _Overage:
+    action: str
+    redirect_address: str | None
+    filter_id: str | None
+    restriction_rules: list[str]
+
+
+def _load_overage(t: _Table) -> _Overage:
+    """``overage`` and the keys that only one of its actions takes (redirect: an address; restrict: a filter)."""
+    overage = t.get_str("overage", "charge", choices=OVERAGE_ACTIONS)
+    redirect_address = t.opt_str("redirect_address")
+    filter_id = t.opt_str("filter_id")
+    rules_raw = t.get_list("restriction_rules")
+    rules: list[str] = []
+    for i, r in enumerate(rules_raw or []):
+        if not isinstance(r, str) or not r.strip():
+            t.err(f"restriction_rules[{i}]", f"must be a non-empty string, got {r!r}")
+        else:
+            rules.append(r)
+    if overage == "redirect" and redirect_address is None:
+        t.err("redirect_address", "required when overage = 'redirect'")
+    if overage != "redirect" and redirect_address is not None:
+        t.err("redirect_address", f"only used when overage = 'redirect' (overage is {overage!r})")
+    if overage == "restrict" and filter_id is None and not rules:
+        t.err("filter_id", "filter_id or restriction_rules is required when overage = 'restrict'")
+    if overage != "restrict" and (filter_id is not None or rules_raw is not None):
+        key = "filter_id" if filter_id is not None else "restriction_rules"
+        t.err(key, f"only used when overage = 'restrict' (overage is {overage!r})")
+    return _Overage(overage, redirect_address, filter_id, rules)
+
+
+@dataclass(slots=True)
+class _Rating:
+    """A plan's rating table as loaded, and the unit checks that the plan's allowances and pool must pass."""
+
+    by_rg: dict[int, Tariff]
+    default: Tariff | None
+    units: set[str]  # the units the plan's tariffs rate
+    complete: bool  # every entry names a valid tariff: only then are unit mismatches worth reporting
+
+    def tariff_for(self, rg: int) -> Tariff | None:
+        return self.by_rg.get(rg, self.default)
+
+    def check_unit(self, tt: _Table, key: str, unit: str, rgs: frozenset[int] | None = None) -> None:
+        if not unit or not self.complete or not self.units:
+            return  # the unit or rating table is already reported as invalid
+        if unit != "money" and unit not in self.units:
+            rates = ", ".join(sorted(self.units))
+            tt.err(key, f"no tariff of this plan rates {unit!r} (the plan rates: {rates})")
+            return
+        for rg in sorted(rgs or ()):
+            tr = self.tariff_for(rg)
+            if tr is None:
+                tt.err(key, f"rating group {rg} has no tariff in this plan (add it to [rating] or a default)")
+            elif unit not in (tr.unit, "money"):
+                tt.err(key, f"{unit!r} does not match rating group {rg}'s tariff {tr.name!r} ({tr.unit!r})")
+
+
+def _load_rating(t: _Table, tariffs: Mapping[str, Tariff | None]) -> _Rating:
+    """``[rating]``: ``"<rg>" = "<tariff>"`` and ``default = "<tariff>"``."""
+    rating: dict[int, Tariff] = {}
+    default_tariff: Tariff | None = None
+    rr = t.data.get("rating", _MISSING)
+    if rr is _MISSING:
+        t.err("rating", 'required: a table of "<rating group>" = "<tariff>" (and/or default = "<tariff>")')
+        rr = {}
+    elif not isinstance(rr, dict):
+        t.err("rating", f"must be a table of rating group -> tariff name, got {_tname(rr)}")
+        rr = {}
+    elif not rr:
+        t.err("rating", "must map at least one rating group (or default) to a tariff")
+    for key, tname in rr.items():
+        rg = None if key == "default" else _parse_rg_key(key)
+        if key != "default" and rg is None:
+            t.err("", f'key must be a rating group ("10") or default, got {key!r}', f"rating.{key}")
+            continue
+        if not isinstance(tname, str):
+            t.err("", f"must be a tariff name, got {tname!r}", f"rating.{key}")
+            continue
+        if tname not in tariffs:
+            hint = difflib.get_close_matches(tname, sorted(tariffs), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            t.err("", f"unknown tariff {tname!r}{extra}", f"rating.{key}")
+            continue
+        tariff = tariffs[tname]
+        if tariff is None:
+            continue  # the tariff itself is invalid and already reported
+        if rg is None:
+            default_tariff = tariff
+        else:
+            rating[rg] = tariff
+    rated_units = {tr.unit for tr in (*rating.values(), default_tariff) if tr is not None}
+    complete = all(isinstance(v, str) and tariffs.get(v) is not None for v in rr.values())
+    return _Rating(rating, default_tariff, rated_units, complete)
+
+
+def _claim_name(t: _Table, name: str, names: set[str]) -> None:
+    if name and name in names:
+        t.err("name", f"duplicate allowance name {name!r}")
+    names.add(name)
+
+
+def _load_allowances(errs: _Errors, owner: str, t: _Table, rating: _Rating, names: set[str]) -> list[Allowance]:
+    """``[[allowances]]``, in consumption order (priority; file order among equal priorities)."""
+    allowances: list[Allowance] = []
+    for i, ra in enumerate(t.array_of_tables("allowances")):
+        at = _Table(errs, owner, f"allowances[{i}].", ra, _ALLOWANCE_KEYS)
+        if not at.ok:
+            continue
+        a = _allowance(at)
+        rating.check_unit(at, "unit", a.unit, a.rating_groups)
+        _claim_name(at, a.name, names)
+        allowances.append(a)
+    allowances.sort(key=lambda a: a.priority)
+    return allowances
+
+
+def _load_promotions(
+    errs: _Errors, owner: str, t: _Table, rating: _Rating, names: set[str]
+) -> tuple[list[Promotion], Promotion | None]:
+    """``[[promotions]]``: the plan's promotions and its intro price (at most one)."""
+    promotions: list[Promotion] = []
+    intro: Promotion | None = None
+    for i, rp in enumerate(t.array_of_tables("promotions")):
+        pre = f"promotions[{i}]."
+        kind = rp.get("kind") if isinstance(rp, dict) else None
+        if kind == "intro_price":
+            pt = _Table(errs, owner, pre, rp, ("kind", "fee", "periods"))
+            intro_fee = pt.get_int("fee", minimum=0)
+            promo = Promotion("intro_price", intro_fee, pt.get_int("periods", minimum=1), None, None)
+            if intro is not None:
+                pt.err("kind", "at most one intro_price promotion per plan")
+            intro = promo
+        elif kind == "bonus":
+            pt = _Table(errs, owner, pre, rp, ("kind", *_ALLOWANCE_KEYS, "validity_days"))
+            promo = _bonus(pt, rating, names)
+        elif not isinstance(rp, dict):
+            _Table(errs, owner, pre, rp, ())  # reports "must be a table"
+            continue
+        else:
+            errs.add(_fmt_where(owner, f"{pre}kind"), f"must be one of {' | '.join(PROMOTION_KINDS)}, got {kind!r}")
+            continue
+        promotions.append(promo)
+    return promotions, intro
+
+
+def _bonus(pt: _Table, rating: _Rating, names: set[str]) -> Promotion:
+    a = _allowance(pt)
+    rating.check_unit(pt, "unit", a.unit, a.rating_groups)
+    _claim_name(pt, a.name, names)
+    vd = pt.get_int("validity_days", None, minimum=1) if pt.has("validity_days") else None
+    return Promotion("bonus", 0, 0, a, None if vd is None else vd * 86400)
+
+
+@dataclass(slots=True)
+class _Pool:
+    kind: str | None
+    unit: str | None
+    amount: int | None
+    per_line: int | None
+    rating_groups: frozenset[int] | None
+
+
+def _load_pool(t: _Table, rating: _Rating) -> _Pool:
+    """The IoT pool keys: ``pool`` and the keys its kind takes (static: an amount; flexible: a per-line one)."""
+    pool = t.opt_str("pool")
+    pool_unit = t.opt_str("pool_unit")
+    pool_amount = t.get_int("pool_amount", minimum=1) if t.has("pool_amount") else None
+    pool_per_line = t.get_int("pool_per_line", minimum=1) if t.has("pool_per_line") else None
+    pool_rgs = t.rating_groups("pool_rating_groups")
+    if pool is None:
+        for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups"):
+            if t.has(key):
+                t.err(key, "only used with pool = 'static' or 'flexible'")
+    elif pool not in POOL_KINDS:
+        t.err("pool", f"must be one of {' | '.join(POOL_KINDS)}, got {pool!r}")
+    else:
+        if pool_unit is None:
+            t.err("pool_unit", f"required when pool = {pool!r}")
+        elif pool_unit not in UNIT_TYPES:
+            t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
+        else:
+            rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
+        if pool == "static":
+            if pool_amount is None:
+                t.err("pool_amount", "required when pool = 'static'")
+            if pool_per_line is not None:
+                t.err("pool_per_line", "only used when pool = 'flexible' (use pool_amount)")
+        else:
+            if pool_per_line is None:
+                t.err("pool_per_line", "required when pool = 'flexible'")
+            if pool_amount is not None:
+                t.err("pool_amount", "only used when pool = 'static' (use pool_per_line)")
+    return _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs)
+
+
+def _allowance_lookups(
+    allowances: list[Allowance], rating: _Rating
+) -> tuple[dict[int, tuple[Allowance, ...]], tuple[Allowance, ...]]:
+    """Precomputed `Plan.allowances_for`: the allowances usable per rating group the plan names, and for any
+    other rating group (rated by the default tariff)."""
+    mentioned: set[int] = set(rating.by_rg)
+    for a in allowances:
+        mentioned |= a.rating_groups or frozenset()
+    by_rg = {rg: _usable_allowances(allowances, rating, rg) for rg in mentioned}
+    default = rating.default
+    if default is None:
+        return by_rg, ()
+    return by_rg, tuple(a for a in allowances if a.rating_groups is None and a.unit in (default.unit, "money"))
+
+
+def _usable_allowances(allowances: list[Allowance], rating: _Rating, rg: int) -> tuple[Allowance, ...]:
+    tariff = rating.tariff_for(rg)
+    if tariff is None:
+        return ()
+    return tuple(a for a in allowances if a.covers(rg) and a.unit in (tariff.unit, "money"))
+
+
+def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, Any], Any]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errs.add(section, f"must be a table of named entries, got {_tname(raw)}")
+        return {}
+    out: dict[str, Any] = {}
+    for name, sub in raw.items():
+        if not _NAME_RE.match(name):
+            errs.add(f"{section} {name!r}", "invalid name (letters, digits, '-', '_', '.'; at most 64)")
+        out[name] = build(name, sub)
+    return out
+
+
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
+
+
+def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
+    """Parse and validate catalogue TOML ``text``; ``source`` names the file in error messages."""
+    errs = _Errors(source)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError([f"{source}: TOML syntax error: {exc}"]) from None
+    for key in doc:
+        if key not in _TOP_KEYS:
+            hint = difflib.get_close_matches(key, _TOP_KEYS, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(_TOP_KEYS)}"
+            errs.add("", f"unknown top-level key {key!r}{extra}")
+    if "settings" not in doc:
+        errs.add("settings", "required table [settings] is missing")
+    settings, _ = _load_settings(errs, doc.get("settings", {}))
+    grants, grants_by_rg = _load_grants(errs, doc.get("grants"))
+    zones = _load_zones(errs, doc.get("zones"))
+    known = frozenset(zones) | {z for z in (settings.home_zone, settings.default_zone) if z}
+    if settings.home_zone and settings.home_zone == settings.default_zone:
+        errs.add("settings: default_zone", "must differ from home_zone (unlisted networks must not count as home)")
+
+    tariffs: dict[str, Tariff | None] = _named_tables(
+        errs, "tariff", doc.get("tariffs"), lambda n, r: _load_tariff(errs, n, r, known)
+    )
+    plans: dict[str, Plan | None] = _named_tables(
+        errs, "plan", doc.get("plans"), lambda n, r: _load_plan(errs, n, r, tariffs)
+    )
+    if not plans and "plans" in doc:
+        errs.add("plans", "no plans defined")
+
+    if errs.items:
+        raise CatalogueError(errs.items)
+
+    zone_by_network = {net: z for z, nets in zones.items() for net in nets}
+    return Catalogue(
+        settings=settings,
+        grants=grants,
+        plans=MappingProxyType({k: v for k, v in plans.items() if v is not None}),
+        tariffs=MappingProxyType({k: v for k, v in tariffs.items() if v is not None}),
+        zones=MappingProxyType(zones),
+        source=source,
+        digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        _zone_by_network=MappingProxyType(zone_by_network),
+        _grants_by_rg=MappingProxyType(grants_by_rg),
+    )
+
+
+def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
+    """Read, parse and validate a catalogue file. Errors name the file by its base name."""
+    source = os.path.basename(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CatalogueError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogueError([f"{source}: not valid UTF-8: {exc}"]) from None
+    return parse_catalogue(text, source)
