@@ -168,10 +168,18 @@ class Ledger:
     def _currency(self, ev: dict[str, Any], impact: dict[str, Any], currencies: dict[str, str], where: str) -> None:
         owner, _ = _split(impact["balance"])
         wallet_currency = currencies.get(owner.partition(":")[2])
-        verify("currency", ev.get("currency") == wallet_currency, f"{where}: {ev.get('currency')} in a {wallet_currency} wallet")
+        verify(
+            "currency",
+            ev.get("currency") == wallet_currency,
+            f"{where}: {ev.get('currency')} in a {wallet_currency} wallet",
+        )
         if ev["kind"] in ("usage", "refund", "renewal"):
             priced = price_currency(self.catalogue, ev.get("plan"), ev.get("tariff"))
-            verify("currency", priced == wallet_currency, f"{where}: priced in {priced}, charged to a {wallet_currency} wallet")
+            verify(
+                "currency",
+                priced == wallet_currency,
+                f"{where}: priced in {priced}, charged to a {wallet_currency} wallet",
+            )
 
     def _debited(self, ev: dict[str, Any]) -> None:
         for impact in ev["impacts"]:
@@ -275,7 +283,9 @@ class Ledger:
                     f"line {sub.id}: {plan.payment} plan {plan.name} in {account.payment} account {account.id}",
                 )
                 priced = price_currency(catalogue, plan=plan.name)
-                verify("currency", priced == account.currency, f"line {sub.id}: {priced} plan, {account.currency} account")
+                verify(
+                    "currency", priced == account.currency, f"line {sub.id}: {priced} plan, {account.currency} account"
+                )
         for account in accounts.values():
             verify(
                 "pool_derived",
@@ -296,6 +306,5 @@ class Ledger:
             verify(
                 "pool_derived",
                 bucket.initial == size,
-                f"account {account.id}: pool of {bucket.initial} {bucket.unit}, derived {size} from {active} active lines",
+                f"account {account.id}: pool of {bucket.initial} {bucket.unit}, {size} derived from {active} active",
             )
-

@@ -314,7 +314,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 return
             account = txn.get_account(session.account)
         for n, ua in enumerate(answer.units):
-            if not ua.granted or ua.rating_group not in session.reservations:
+            if not ua.granted or ua.unit is None or ua.rating_group not in session.reservations:
                 continue
             policy = self.catalogue.grant_policy(ua.rating_group)
             assert ua.granted <= policy.quantum(ua.unit), ua
@@ -329,7 +329,9 @@ class ChargingSystem(RuleBasedStateMachine):
     @initialize()
     def provision(self) -> None:
         for tenant, currency in TENANTS.items():
-            self.sys.operate(lambda txn, engine, now, t=tenant, c=currency: provisioning.create_tenant(txn, t, t, c, now))
+            self.sys.operate(
+                lambda txn, engine, now, t=tenant, c=currency: provisioning.create_tenant(txn, t, t, c, now)
+            )
         for account_id, (tenant, payment, plan, credit_limit, balance) in ACCOUNTS.items():
             result = self.sys.operate(
                 provisioning.create_account,
@@ -407,12 +409,12 @@ class ChargingSystem(RuleBasedStateMachine):
         order), and retransmissions of recent requests, the one just sent among them."""
         requests: list[ChargingRequest] = []
         for _ in range(size):
-            if self.open and data.draw(st.booleans(), label="update"):
+            if bool(self.open) and data.draw(st.booleans(), label="update"):
                 sess = self.open[data.draw(st.sampled_from(sorted(self.open)), label="session")]
                 sess.number += 1
                 used = data.draw(st.integers(0, 2 if sess.rating_group == 40 else 2500), label="used")
                 requests.append(self._request(sess, UPDATE, used, True))
-            elif requests and data.draw(st.booleans(), label="again"):
+            elif bool(requests) and data.draw(st.booleans(), label="again"):
                 requests.append(data.draw(st.sampled_from(requests), label="retransmission"))
             elif self.history:
                 sent = data.draw(st.sampled_from(self.history[-6:]), label="recent")
