@@ -932,6 +932,27 @@ def final_unit_avp(final: FinalUnit) -> bytes:
     return _E_FUI.grouped(parts)
 
 
+_E_ACTION = E("Requested-Action")
+RATING_FAILED_CODE = RESULT_CODES[RATING_FAILED]
+
+
+def rating_failed_avp(ccr: ParsedCCR, answer: ChargingAnswer) -> bytes:
+    """The Failed-AVP of a CCA whose Result-Code is 5031 DIAMETER_RATING_FAILED, which RFC 4006 9.1 says MUST
+    carry one: the Multiple-Services-Credit-Control of the first rating group that could not be rated (with its
+    Rating-Group and Service-Identifier); without MSCC, the Requested-Action of a refund with nothing to refund,
+    else an example Rating-Group (the rating input that was missing)."""
+    if ccr.uses_mscc:
+        for u in answer.units:
+            if u.result == RATING_FAILED:
+                parts = [_E_RG.u32(u.rating_group)] if u.rating_group != NO_RATING_GROUP else []
+                if u.service_id is not None:
+                    parts.append(_E_SI.u32(u.service_id))
+                return _E_FAILED.grouped([_E_MSCC.grouped(parts)])
+    if ccr.requested_action is not None and ccr.request.action == REFUND_ACCOUNT:
+        return _E_FAILED.grouped([_E_ACTION.i32(ccr.requested_action)])
+    return _E_FAILED.octets(example_avp(_E_RG.code))
+
+
 def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
     """GSU, Validity-Time, thresholds, QHT and FUI of one rating group (inside MSCC or at top level)."""
     out: list[bytes] = []
@@ -1069,6 +1090,8 @@ class AnswerEncoder:
                 parts.append(_E_CHECK_BALANCE.i32(0 if answer.enough_credit else 1))
             elif action == PRICE_ENQUIRY and answer.cost is not None:
                 parts.append(_E_COST.grouped(money_avp(answer.cost, currency)))
+        if result == RATING_FAILED_CODE:
+            parts.append(rating_failed_avp(ccr, answer))
         body = b"".join(parts)
         return _pack_header(
             (1 << 24) | (HEADER_LEN + len(body)), ((msg.flags & FLAG_PROXIABLE) << 24) | msg.code, msg.app, msg.hbh,
@@ -1105,6 +1128,8 @@ class AnswerEncoder:
                 out.append(_E_CHECK_BALANCE.i32(0 if answer.enough_credit else 1))
             elif action == PRICE_ENQUIRY and answer.cost is not None:
                 out.append(_E_COST.grouped(money_avp(answer.cost, currency)))
+        if result == RATING_FAILED_CODE:
+            out.append(rating_failed_avp(ccr, answer))
         return out
 
     def failure(

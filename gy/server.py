@@ -22,6 +22,7 @@ from typing import Any
 
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
+from chf.runtime.peers import DIAMETER_PEERS
 from chf.runtime.port import ChargingPort, refusal
 from gy.ccapp import APP_CREDIT_CONTROL, CMD_CC, AnswerEncoder, ParsedCCR, parse_ccr
 from gy.codec import DecodeError, E, Message, find
@@ -62,14 +63,17 @@ class GyProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.opened = False
+        self.stats = DIAMETER_PEERS.connection()  # counts for the Diameter peer table (chf/runtime/peers.py)
 
     # -- transport ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        self.stats = DIAMETER_PEERS.connection(transport.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.stats.closed()
         if self.opened:
             self.opened = False
             metrics.PEERS_UP.labels("gy").dec()
@@ -79,8 +83,10 @@ class GyProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.stats.received(data)
         for event in self.peer.receive(data, time.monotonic()):
             self._event(event)
+        self.stats.set_suspect(self.peer.suspect)
         self._pump()
 
     def _event(self, event: object) -> None:
@@ -92,6 +98,7 @@ class GyProtocol(asyncio.Protocol):
             self.opened = True
             metrics.PEERS_UP.labels("gy").inc()
             self.server.by_host[event.origin_host] = self
+            self.stats.opened(event.origin_host, event.origin_realm)
             log.info("event=peer_open peer=%s realm=%s", event.origin_host, event.origin_realm)
         elif type(event) is PeerClosed:
             log.info("event=peer_closing peer=%s reason=%s", self.peer.peer_host or "-", event.reason)
@@ -103,6 +110,7 @@ class GyProtocol(asyncio.Protocol):
             return
         data = self.peer.data_to_send()
         if data:
+            self.stats.sent(data)
             transport.write(data)
         if self.peer.close_after_flush and self.inflight == 0:
             transport.close()
@@ -110,6 +118,7 @@ class GyProtocol(asyncio.Protocol):
     def on_timer(self, now: float) -> None:
         for event in self.peer.on_timer(now):
             self._event(event)
+        self.stats.set_suspect(self.peer.suspect)
         self._pump()
 
     def write_answer(self, data: bytes) -> None:
@@ -121,7 +130,9 @@ class GyProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self.transport is not None:
-            self.transport.write(b"".join(self._out))
+            data = b"".join(self._out)
+            self.stats.sent(data)
+            self.transport.write(data)
         self._out.clear()
         if self.peer.close_after_flush and self.inflight == 0 and self.transport is not None:
             self._pump()

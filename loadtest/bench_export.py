@@ -2,10 +2,12 @@
 
     python -m loadtest.bench_export [--events 50000] [--batch 500] [--nats-server PATH]
 
-Preloads N top-up events into a temporary store (fsync durability), then times one exporter per sink from
-cursor 0 to the end: the file sink (JSON Lines, fsync per batch) and, when nats-server is installed, the
-JetStream sink against a nats-server started here on an ephemeral port (publish acknowledgements awaited one
-by one, which keeps stream order across broker restarts). Prints events/s per sink.
+Preloads N usage events into a temporary store (fsync durability): Gy data sessions of 1000 lines on the payg
+plan of conf/catalogue.toml, each update reporting uplink and downlink octets, charged by the engine. Then times
+one exporter per sink from cursor 0 to the end: the file sink (JSON Lines, fsync per batch), the CDR sink
+(TS 32.298 CHF-CDRs in TS 32.297 files, fsync per batch) and, when nats-server is installed, the JetStream sink
+against a nats-server started here on an ephemeral port (publish acknowledgements awaited one by one, which keeps
+stream order across broker restarts). Prints events/s per sink.
 """
 
 from __future__ import annotations
@@ -16,28 +18,51 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chf.core import provisioning
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, NatsSink, Sink
-from store.lmdbstore import Store
+from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
+from chf.export.cdr import CdrSink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
+from store.lmdbstore import Store, Txn
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+LINES = 1000
+
+
 def preload(store: Store, events: int) -> None:
+    """About `events` usage events: an initial request per line, then rounds of one update per line."""
     engine = Engine(load_catalogue(ROOT / "conf" / "catalogue.toml"))
     now = int(time.time())
     store.write(lambda txn: provisioning.create_tenant(txn, "bench", "Bench", "EUR", now))
     store.write(
         lambda txn: provisioning.create_account(txn, engine, account_id="a", tenant="bench", payment="prepaid", now=now)
     )
-    op = lambda txn: provisioning.topup(txn, engine, "a", 1, now=now, actor="bench", reason="bench")  # noqa: E731
-    for start in range(0, events, 1000):
-        store.run_batch([op] * min(1000, events - start))
+    store.write(lambda txn: provisioning.topup(txn, engine, "a", 10**15, now=now, actor="bench", reason="bench"))
+    imsis = [f"20801{i:010d}" for i in range(LINES)]
+
+    def add_line(imsi: str) -> Callable[[Txn], Any]:
+        return lambda txn: provisioning.add_line(txn, engine, account="a", imsi=imsi, plan="payg", now=now)
+
+    def charge(kind: str, imsi: str, number: int, used: list[UsageReport]) -> Callable[[Txn], Any]:
+        units = [UnitRequest(10, requested={}, used=used)]
+        request = ChargingRequest(kind, f"gy:bench;{imsi}", number, [("imsi", imsi)], units)
+        return lambda txn: engine.charge(txn, request, now + number)
+
+    store.run_batch([add_line(imsi) for imsi in imsis])
+    store.run_batch([charge(INITIAL, imsi, 0, []) for imsi in imsis])
+    for number in range(1, events // LINES + 1):
+        report = UsageReport({"bytes_in": 1000 + number, "bytes_out": 9000 + number}, "quota_exhausted")
+        store.run_batch([charge(UPDATE, imsi, number, [report]) for imsi in imsis])
 
 
 async def drain(store: Store, sink: Sink, batch: int) -> tuple[int, float]:
@@ -66,6 +91,12 @@ async def main() -> None:
         store.start(asyncio.get_running_loop())
         n, s = await drain(store, FileSink(str(Path(tmp) / "export"), name="files", max_bytes=16 << 20), args.batch)
         print(f"files: {n} events in {s:.2f}s = {n / s:,.0f} events/s (batch {args.batch}, fsync per batch)")
+        cdr = CdrSink(str(Path(tmp) / "cdr"), name="cdr", node_id="bench", max_bytes=16 << 20)
+        n, s = await drain(store, cdr, args.batch)
+        print(
+            f"cdr: {n} events in {s:.2f}s = {n / s:,.0f} events/s; {cdr.written:,} CHF-CDRs in {cdr.closed_files} "
+            f"TS 32.297 files = {cdr.written / s:,.0f} CDRs/s (batch {args.batch}, fsync per batch)"
+        )
         if Path(args.nats_server).exists():
             port = free_port()
             proc = subprocess.Popen(

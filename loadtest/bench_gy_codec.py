@@ -167,6 +167,9 @@ class _Transport:
     def close(self) -> None:
         pass
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
 
 async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     """CPU µs per request of the event-loop side of `GyServer` (framing, peer state machine, decoding, the

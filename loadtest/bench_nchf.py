@@ -37,7 +37,8 @@ from chf.runtime.service import ChargingService, tune_collector
 # The engine benchmark's catalogue and lines: one prepaid plan with a large data allowance.
 from loadtest.bench_engine import CATALOGUE, IMSI_BASE, RATING_GROUP
 from loadtest.gy import REPO, tree_cpu, wait_ready
-from nchf.component import NchfComponent, NchfSettings
+from nchf.component import NchfComponent
+from nchf.config import NchfSettings
 from store.lmdbstore import Store, Txn
 from tests.support import free_port
 

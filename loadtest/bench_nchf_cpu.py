@@ -40,16 +40,8 @@ from loadtest.bench_gy_codec import StubStore
 from loadtest.bench_nchf import API, CATALOGUE, UPDATE_BODY
 from nchf import http as nchf_http
 from nchf.app import NchfApp, transport_error
-from nchf.mapping import charging_data_response, parse_request, to_charging_request
-
-try:  # the response body written directly (newer front-ends)
-    from nchf.mapping import charging_data_response_json
-except ImportError:  # before it: the dict, then json.dumps
-    from nchf.app import _dumps
-
-    def charging_data_response_json(answer: ChargingAnswer, sequence_number: int) -> bytes:
-        return _dumps(charging_data_response(answer, sequence_number))
-
+from nchf.h2connection import ServerH2Connection, server_h2_config
+from nchf.mapping import charging_data_response_json, parse_request, to_charging_request
 
 BODY = json.dumps(UPDATE_BODY).encode()  # as bench_nchf writes it for h2load
 
@@ -101,9 +93,9 @@ class _Client:
         body: dict[int, bytearray] = {}
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
-                status[event.stream_id] = dict(event.headers)[":status"]  # type: ignore[arg-type]
+                status[event.stream_id] = next(str(v) for n, v in event.headers or [] if n == ":status")
             elif isinstance(event, h2.events.DataReceived):
-                body.setdefault(event.stream_id, bytearray()).extend(event.data)  # type: ignore[arg-type]
+                body.setdefault(event.stream_id, bytearray()).extend(event.data or b"")
             elif isinstance(event, h2.events.StreamEnded):
                 out[event.stream_id] = (status[event.stream_id], bytes(body.get(event.stream_id, b"")))
         return out
@@ -137,11 +129,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
     store = StubStore()
     service = ChargingService(store, parse_catalogue(CATALOGUE, "bench-catalogue.toml"))  # type: ignore[arg-type]
     app = NchfApp(service)
-    handle_soon = getattr(app, "handle_soon", None)
-    if handle_soon is not None:  # the callback form, where the app has it
-        server = nchf_http.HttpServer(on_request=handle_soon, port=0, error_responder=transport_error)
-    else:
-        server = nchf_http.HttpServer(app.handle, port=0, error_responder=transport_error)
+    server = nchf_http.HttpServer(on_request=app.handle_soon, port=0, error_responder=transport_error)
     connection = nchf_http.HttpConnection(server)
     transport = _Transport()
     connection.connection_made(transport)
@@ -183,7 +171,7 @@ async def pipeline(requests: int, batch: int, profile: cProfile.Profile | None =
 def h2_alone(requests: int, batch: int) -> float:
     """CPU µs per request of the h2 library's own server-side work: receive, send HEADERS + DATA, serialise."""
     client = _Client()
-    server = nchf_http.ServerH2Connection(config=nchf_http.server_h2_config())
+    server = ServerH2Connection(config=server_h2_config())
     server.initiate_connection()
     server.increment_flow_control_window(16 << 20)
     server.receive_data(client.preface())

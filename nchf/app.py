@@ -15,13 +15,23 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from chf.core.model import INITIAL, SUCCESS, TERMINATE, UPDATE, ChargingAnswer, ChargingRequest, RequestError
+from chf.core.model import (
+    EVENT,
+    INITIAL,
+    SESSION_UNKNOWN,
+    SUCCESS,
+    TERMINATE,
+    UPDATE,
+    ChargingAnswer,
+    ChargingRequest,
+    RequestError,
+)
 from chf.runtime import metrics
-from chf.runtime.port import ChargingPort, refusal
+from chf.runtime.port import OVERLOAD, ChargingPort, Refusal, refusal
 from nchf.auth import BearerAuth, Unauthorized
-from nchf.http import Request, Respond, Response
 from nchf.mapping import (
     SESSION_RESULT,
     InvalidRequest,
@@ -31,6 +41,8 @@ from nchf.mapping import (
     problem,
     to_charging_request,
 )
+from nchf.messages import Request, Respond, Response
+from nchf.ratelog import RateLog
 
 log = logging.getLogger("nchf")
 
@@ -47,6 +59,12 @@ CORE_FIELDS = {
     "session": "{ChargingDataRef}",
 }
 _PROBLEM = [("content-type", "application/problem+json")]
+# References made from one create body at most (NchfApp._resource_ref): beyond, the create is refused.
+_MAX_GENERATIONS = 8
+_BUSY_DETAIL = {
+    "in_flight": "too many requests in progress; retry later",
+    "core": "the charging function is busy; retry later",
+}
 
 
 def _dumps(value: Any) -> bytes:
@@ -64,9 +82,21 @@ def problem_response(status: int, cause: str, detail: str, invalid: list[dict[st
     return Response(status, _dumps(problem(status, cause, detail, invalid)), headers)
 
 
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type names JSON: the media type application/json exactly (any case, RFC 9110 section
+    8.3.1), with or without parameters; not application/jsonx nor application/json-seq."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
 def transport_error(status: int, detail: str) -> Response:
     """Errors the HTTP layer answers by itself (size limits, malformed framing)."""
-    cause = {413: "REQUEST_TOO_LARGE", 431: "REQUEST_TOO_LARGE", 411: "LENGTH_REQUIRED", 500: "SYSTEM_FAILURE"}
+    cause = {
+        408: "TIMED_OUT_REQUEST",  # TS 29.500's name for a request that timed out
+        411: "LENGTH_REQUIRED",
+        413: "REQUEST_TOO_LARGE",
+        431: "REQUEST_TOO_LARGE",
+        500: "SYSTEM_FAILURE",
+    }
     return problem_response(status, cause.get(status, "INVALID_MSG_FORMAT"), detail)
 
 
@@ -77,95 +107,53 @@ class NchfApp:
         *,
         auth: BearerAuth | None = None,
         max_in_flight: int = 8192,
+        request_numbers: Iterator[int] | None = None,
     ) -> None:
+        """`request_numbers`: the numbers given to requests that carry invocationSequenceNumber 0 after the create
+        (free5GC's SMF never numbers them), so that each is a new request. By default a local counter above
+        Uint32 (no client can send such a number) from microseconds since the epoch (it never repeats, even
+        across restarts); where several processes serve one core, the core must number them instead (one
+        counter: the engine needs them to grow per session, and one session's updates may come through
+        different processes)."""
         self.service = service
         self.auth = auth
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        # Requests that carry invocationSequenceNumber 0 after the create (free5GC's SMF never numbers them) are
-        # each a new request: they get a number no client can send (above Uint32) and that never repeats, even
-        # across restarts (microseconds since the epoch).
-        self._unnumbered = itertools.count(2**32 + time.time_ns() // 1000)
+        if request_numbers is None:
+            request_numbers = itertools.count(2**32 + time.time_ns() // 1000)
+        self._unnumbered = request_numbers
         self._ref_key = ("nchf-ref:" + service.store_id).encode()
         # (operation, result) -> bound counter: label lookups off the hot path
         self._requests: dict[tuple[str, str], Any] = {}
         self._latency = {op: metrics.REQUEST_LATENCY.labels("nchf", op) for op in ("create", "update", "release")}
         self._to_submit: list[tuple[ChargingRequest, _Exchange]] = []  # parsed in this loop iteration
+        self._overload_counter = metrics.OVERLOAD.labels("nchf")
+        self._busy_errors = metrics.PROTOCOL_ERRORS.labels("nchf", "503")
+        self._busy: dict[tuple[Refusal, str], Response] = {}  # the 503s, made once: they are all alike
+        self.overload_log = RateLog(log, "nchf_overload")
 
     # -- entry point ------------------------------------------------------------------------------------------------
-    async def handle(self, request: Request) -> Response:
-        """The coroutine form of `handle_soon`, for callers that await (the server uses the callback form)."""
-        answered: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.handle_soon(request, answered.set_result)
-        return await answered
-
     def handle_soon(self, request: Request, respond: Respond) -> None:
         """Answer `request` through `respond(response)`, exactly once: at once when it is refused, or from the
-        service's callback once the change is durable. No coroutine or Task per request (see nchf.http)."""
+        service's callback once the change is durable. No coroutine or Task per request (see nchf.messages)."""
         started = time.perf_counter()
-        path = request.path
-        if "?" in path:
-            path = path.split("?", 1)[0]
-        if path == COLLECTION:
-            operation, ref = "create", None
-        elif path.startswith(_REF_START):
-            ref, _, action = path[len(_REF_START) :].partition("/")
-            if action not in ("update", "release") or not ref:
-                respond(
-                    self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
-                )
-                return
-            operation = action
-        else:
-            respond(self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}"))
+        route = self._route(request)
+        if isinstance(route, Response):
+            respond(route)
             return
-        if request.method != "POST":
-            respond(
-                self._refuse(operation, ref, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST")
-            )
-            return
-        headers = request.headers
-        if self.auth is not None:
-            try:
-                self.auth.check(headers.get("authorization"))
-            except Unauthorized as exc:
-                respond(self._refuse(operation, ref, 401, "UNAUTHORIZED", str(exc)))
-                return
+        operation, ref = route
         if self.in_flight >= self.max_in_flight:
-            metrics.OVERLOAD.labels("nchf").inc()
-            respond(self._refuse(operation, ref, 503, "NF_CONGESTION", "too many requests in progress; retry later"))
+            self._busy_errors.inc()
+            respond(self._overloaded(operation, "in_flight"))
             return
         if ref is not None and not _REF_RE.match(ref):
             respond(
                 self._refuse(operation, ref, 404, "CONTEXT_NOT_FOUND", "no charging data resource with this reference")
             )
             return
-        content_type = headers.get("content-type", "")
-        if content_type != "application/json" and not content_type.lower().startswith("application/json"):
-            respond(
-                self._refuse(
-                    operation,
-                    ref,
-                    400,
-                    "INVALID_MSG_FORMAT",
-                    "the body must be application/json",
-                    [{"param": "header content-type", "reason": "must be application/json"}],
-                )
-            )
-            return
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            respond(
-                self._refuse(
-                    operation,
-                    ref,
-                    400,
-                    "INVALID_MSG_FORMAT",
-                    "the body is not valid JSON",
-                    [{"param": "/", "reason": str(exc)}],
-                )
-            )
+        body = self._json_body(operation, ref, request)
+        if isinstance(body, Response):
+            respond(body)
             return
         try:
             parsed = parse_request(body, creating=ref is None)
@@ -174,14 +162,90 @@ class NchfApp:
                 self._refuse(operation, ref, 400, "CHARGING_FAILED", "the ChargingDataRequest is invalid", exc.params)
             )
             return
-        self._charge(operation, ref, parsed, request, started, respond)
+        self._charge(operation, ref, parsed, body, request, started, respond)
 
-    def _resource_ref(self, body: bytes) -> str:
-        """The ChargingDataRef of a create: a keyed hash of the request body. A retransmitted create (the same
-        message again, after a timeout) names the same resource with the same invocationSequenceNumber, so the
-        core answers it from the stored answer and reserves nothing twice. Any other create differs at least in
-        its invocationTimeStamp. The key is the store's own id, so two stores never hand out the same reference."""
-        return hmac.new(self._ref_key, body, hashlib.blake2b).hexdigest()[:32]
+    def _route(self, request: Request) -> tuple[str, str | None] | Response:
+        """(operation, ChargingDataRef or None for a create), or the refusal: no such resource (404), not a POST
+        (405), no valid bearer token (401)."""
+        path = request.path
+        if "?" in path:
+            path = path.split("?", 1)[0]
+        if path == COLLECTION:
+            operation, ref = "create", None
+        elif path.startswith(_REF_START):
+            ref, _, operation = path[len(_REF_START) :].partition("/")
+            if operation not in ("update", "release") or not ref:
+                return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+        else:
+            return self._refuse("unknown", None, 404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", f"no resource at {path}")
+        if request.method != "POST":
+            return self._refuse(
+                operation, ref, 405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here: POST"
+            )
+        if self.auth is not None:
+            try:
+                self.auth.check(request.headers.get("authorization"))
+            except Unauthorized as exc:
+                return self._refuse(operation, ref, 401, "UNAUTHORIZED", str(exc))
+        return operation, ref
+
+    def _json_body(self, operation: str, ref: str | None, request: Request) -> Any:
+        """The decoded JSON body, or the refusal (400 INVALID_MSG_FORMAT): not application/json, not JSON, or
+        nested deeper than the decoder goes (a RecursionError, which must not become a 500)."""
+        content_type = request.headers.get("content-type", "")
+        if content_type != "application/json" and not is_json(content_type):
+            return self._refuse(
+                operation,
+                ref,
+                400,
+                "INVALID_MSG_FORMAT",
+                "the body must be application/json",
+                [{"param": "header content-type", "reason": "must be application/json"}],
+            )
+        try:
+            return json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = str(exc)
+        except RecursionError:
+            reason = "nested too deeply"
+        return self._refuse(
+            operation, ref, 400, "INVALID_MSG_FORMAT", "the body is not valid JSON", [{"param": "/", "reason": reason}]
+        )
+
+    def _resource_ref(self, body: dict[str, Any], generation: int = 0) -> str:
+        """The ChargingDataRef of a create: a keyed hash of the request, without its retransmissionIndicator. A
+        retransmitted create (the same message again after a timeout, flagged or not) names the same resource with
+        the same invocationSequenceNumber, so the core answers it from the stored answer and reserves or debits
+        nothing twice. Any other create differs at least in its invocationTimeStamp. The key is the store's own
+        id, so two stores never hand out the same reference.
+
+        A create is a new resource (TS 32.291 5.2.2.2: the CHF creates a ChargingDataRef), and an SMF retransmits
+        one only while it has no answer, so before it could use the reference: the same body after the resource
+        was released is a new create, not a retransmission (the core will not answer it from the closed session,
+        chf.core.engine.SESSIONS_NAMED_BY_US). It gets the next `generation` of references from the same body:
+        still one reference per message, so its own retransmissions still find it."""
+        if "retransmissionIndicator" in body:
+            body = {k: v for k, v in body.items() if k != "retransmissionIndicator"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if generation:
+            canonical += b"\x00%d" % generation
+        return hmac.new(self._ref_key, canonical, hashlib.blake2b).hexdigest()[:32]
+
+    def _create_anew(self, exchange: _Exchange) -> bool:
+        """Submit again, under the next reference, a create whose reference names a released resource (the core
+        answered SESSION_UNKNOWN). False once _MAX_GENERATIONS references of this body are all released."""
+        if exchange.generation >= _MAX_GENERATIONS:
+            return False
+        exchange.generation += 1
+        exchange.ref = self._resource_ref(json.loads(exchange.request.body), exchange.generation)
+        charging_request = exchange.charging_request
+        charging_request.session = SESSION_PREFIX + exchange.ref
+        log.info("event=nchf_create_anew session=%s generation=%d", charging_request.session, exchange.generation)
+        try:
+            self.service.charge_then(charging_request, exchange.charged)
+        except Exception as exc:  # refused at once: answered as any refusal
+            exchange.charged(exc)
+        return True
 
     def _refuse(
         self,
@@ -211,26 +275,44 @@ class NchfApp:
             counter = self._requests[key] = metrics.REQUESTS.labels("nchf", operation, result)
         counter.inc()
 
+    def _overloaded(self, operation: str, reason: str, refused: Refusal = OVERLOAD) -> Response:
+        """The answer to a request refused for overload (`reason`: our in-flight bound, or the core's refusal):
+        counted in the metrics and in the overload summary, never a log line of its own. Under overload they come
+        by the thousand per second, and each must cost a small fraction of a served request."""
+        self._overload_counter.inc()
+        self._count(operation, refused.cause)
+        self.overload_log.note(reason)
+        response = self._busy.get((refused, reason))
+        if response is None:
+            detail = _BUSY_DETAIL.get(reason, _BUSY_DETAIL["core"])
+            response = self._busy[(refused, reason)] = problem_response(refused.status, refused.cause, detail)
+        return response
+
     # -- operations -------------------------------------------------------------------------------------------------
     def _charge(
         self,
         operation: str,
         ref: str | None,
         parsed: ParsedRequest,
+        body: Any,
         request: Request,
         started: float,
         respond: Respond,
     ) -> None:
         if ref is None:
-            ref = self._resource_ref(request.body)
-            kind = INITIAL
+            ref = self._resource_ref(body)
+            # A one-time event (IEC, PEC) is one-shot in the core: charged once under this reference and number,
+            # no session kept, nothing left for the reaper to free.
+            kind = INITIAL if parsed.one_time_event is None else EVENT
             number = parsed.sequence_number
         else:
             kind = UPDATE if operation == "update" else TERMINATE
             number = parsed.sequence_number or next(self._unnumbered)
         session = SESSION_PREFIX + ref
-        charging_request = to_charging_request(parsed, kind, session, number, notify=parsed.notify_uri)
-        exchange = _Exchange(self, operation, ref, kind, parsed.sequence_number, request, started, respond)
+        charging_request = to_charging_request(
+            parsed, kind, session, number, notify=parsed.notify_uri, action=parsed.one_time_event
+        )
+        exchange = _Exchange(self, operation, ref, charging_request, parsed.sequence_number, request, started, respond)
         self.in_flight += 1
         # Submitted together once the whole read is parsed (as Tasks did, which started on the next iteration): a
         # writer thread woken by the first request of a read would commit it alone and fight the parsing of the
@@ -262,10 +344,7 @@ class NchfApp:
             return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": param, "reason": exc.message}])
         refused = refusal(exc) if exc is not None else None
         if refused is not None and refused.transient:
-            metrics.OVERLOAD.labels("nchf").inc()
-            log.warning("event=nchf_overload session=%s error=%s", session, json.dumps(str(exc)))
-            self._count(operation, refused.cause)
-            return problem_response(refused.status, refused.cause, "the charging function is busy; retry later")
+            return self._overloaded(operation, type(exc).__name__, refused)
         if isinstance(outcome, BaseException):  # our own bug (or a failed commit): a 500, with its traceback
             log.error("event=nchf_charge_failed session=%s operation=%s", session, operation, exc_info=exc)
             self._count(operation, "SYSTEM_FAILURE")
@@ -278,9 +357,16 @@ class NchfApp:
         # A 403 would drop them. The request as a whole fails only when nothing was rated (unknown resource) or
         # on create (no resource was made).
         unit_level = kind == UPDATE and bool(answer.units)
+        if kind == INITIAL and answer.result == SESSION_UNKNOWN:  # every reference of this body is released
+            detail = f"{_MAX_GENERATIONS + 1} charging data resources made from this very request are released"
+            reason = "a new create must differ from them (at least in its invocationTimeStamp)"
+            self._count(operation, "CHARGING_FAILED")
+            return problem_response(
+                400, "CHARGING_FAILED", detail, [{"param": "/invocationTimeStamp", "reason": reason}]
+            )
         if answer.result != SUCCESS and not unit_level:
             status, cause = SESSION_RESULT.get(answer.result, (400, "CHARGING_FAILED"))
-            if answer.result == "session_unknown":
+            if answer.result == SESSION_UNKNOWN:
                 detail = f"no open charging data resource {ref}"
             else:
                 detail = answer.detail or answer.result.replace("_", " ")
@@ -298,7 +384,7 @@ class NchfApp:
         if kind == TERMINATE:
             return Response(204)
         body = charging_data_response_json(answer, exchange.sequence_number)
-        if kind == INITIAL:
+        if kind in (INITIAL, EVENT):
             request = exchange.request
             authority = request.authority or "localhost"
             location = f"{request.scheme}://{authority}{COLLECTION}/{ref}"
@@ -309,14 +395,25 @@ class NchfApp:
 class _Exchange:
     """One charging request between its submission and its answer (the service's done-callback)."""
 
-    __slots__ = ("app", "kind", "operation", "ref", "request", "respond", "sequence_number", "started")
+    __slots__ = (
+        "app",
+        "charging_request",
+        "generation",
+        "kind",
+        "operation",
+        "ref",
+        "request",
+        "respond",
+        "sequence_number",
+        "started",
+    )
 
     def __init__(
         self,
         app: NchfApp,
         operation: str,
         ref: str,
-        kind: str,
+        charging_request: ChargingRequest,
         sequence_number: int,
         request: Request,
         started: float,
@@ -325,14 +422,23 @@ class _Exchange:
         self.app = app
         self.operation = operation
         self.ref = ref
-        self.kind = kind
+        self.charging_request = charging_request
+        self.kind = charging_request.kind
         self.sequence_number = sequence_number
         self.request = request
         self.started = started
         self.respond = respond
+        self.generation = 0  # of the reference of a create (NchfApp._resource_ref)
 
     def charged(self, outcome: ChargingAnswer | BaseException) -> None:
         app = self.app
+        if (
+            self.kind == INITIAL
+            and type(outcome) is ChargingAnswer
+            and outcome.result == SESSION_UNKNOWN
+            and app._create_anew(self)
+        ):
+            return
         app.in_flight -= 1
         try:
             response = app._answer(self, outcome)

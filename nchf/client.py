@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import h2.config
@@ -54,6 +56,15 @@ class H2Client(asyncio.Protocol):
         self.closed = asyncio.Event()
         self.error: Exception | None = None
         self.pings_acknowledged = 0
+        self._on_event: dict[type, Callable[[Any], None]] = {
+            h2.events.ResponseReceived: self._response_received,
+            h2.events.DataReceived: self._data_received,
+            h2.events.StreamEnded: self._stream_ended,
+            h2.events.StreamReset: self._stream_reset,
+            h2.events.WindowUpdated: self._window_updated,
+            h2.events.PingAckReceived: self._ping_acknowledged,
+            h2.events.ConnectionTerminated: self._terminated,
+        }
 
     @classmethod
     async def connect(
@@ -99,42 +110,54 @@ class H2Client(asyncio.Protocol):
                 self.transport.close()
             return
         for event in events:
-            if isinstance(event, h2.events.ResponseReceived):
-                p = self.pending.get(event.stream_id)
-                if p is not None:
-                    for name, value in event.headers or []:
-                        n, v = str(name), str(value)
-                        if n == ":status":
-                            p.status = int(v)
-                        else:
-                            p.headers[n] = v
-            elif isinstance(event, h2.events.DataReceived):
-                p = self.pending.get(event.stream_id)
-                if p is not None:
-                    p.body += event.data or b""
-                if event.flow_controlled_length:
-                    with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
-                p = self.pending.pop(event.stream_id, None)
-                if p is not None and not p.future.done():
-                    p.future.set_result(ClientResponse(p.status, p.headers, bytes(p.body)))
-            elif isinstance(event, h2.events.StreamReset):
-                p = self.pending.pop(event.stream_id, None)
-                if p is not None and not p.future.done():
-                    p.future.set_exception(ClientError(f"stream reset by the server (error {event.error_code})"))
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._send_pending_data()
-            elif isinstance(event, h2.events.PingAckReceived):
-                self.pings_acknowledged += 1
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self.error = ClientError(f"GOAWAY (error {event.error_code})")
-                for stream_id, p in list(self.pending.items()):
-                    if event.last_stream_id is not None and stream_id > event.last_stream_id:
-                        self.pending.pop(stream_id)
-                        if not p.future.done():
-                            p.future.set_exception(ClientError("stream refused by GOAWAY"))
+            handler = self._on_event.get(type(event))
+            if handler is not None:
+                handler(event)
         self._flush()
+
+    def _response_received(self, event: h2.events.ResponseReceived) -> None:
+        p = self.pending.get(event.stream_id)
+        if p is None:
+            return
+        for name, value in event.headers or []:
+            n, v = str(name), str(value)
+            if n == ":status":
+                p.status = int(v)
+            else:
+                p.headers[n] = v
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        p = self.pending.get(event.stream_id)
+        if p is not None:
+            p.body += event.data or b""
+        if event.flow_controlled_length:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        p = self.pending.pop(event.stream_id, None)
+        if p is not None and not p.future.done():
+            p.future.set_result(ClientResponse(p.status, p.headers, bytes(p.body)))
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> None:
+        p = self.pending.pop(event.stream_id, None)
+        if p is not None and not p.future.done():
+            p.future.set_exception(ClientError(f"stream reset by the server (error {event.error_code})"))
+
+    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        self._send_pending_data()
+
+    def _ping_acknowledged(self, event: h2.events.PingAckReceived) -> None:
+        self.pings_acknowledged += 1
+
+    def _terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        """GOAWAY: the streams above its last stream id will not be answered; the others may still be."""
+        self.error = ClientError(f"GOAWAY (error {event.error_code})")
+        for stream_id, p in list(self.pending.items()):
+            if event.last_stream_id is not None and stream_id > event.last_stream_id:
+                self.pending.pop(stream_id)
+                if not p.future.done():
+                    p.future.set_exception(ClientError("stream refused by GOAWAY"))
 
     # -- requests ---------------------------------------------------------------------------------------------------
     async def request(

@@ -1,17 +1,17 @@
-"""The Nchf front-end as a `chf serve` component: the `[nchf]` section of conf/chf.toml, server and notifier."""
+"""The Nchf front-end as `chf serve` components: the server and the notifier (settings: nchf/config.py).
+
+Which components a process runs (one process, or a core with front-end workers) is decided in tools/serve.py.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
-from typing import Any
+from collections.abc import Iterator
 
-from chf.runtime.config import Config, ConfigError
-from chf.runtime.corelink import ASSIGN_NUMBER
 from chf.runtime.port import ChargingPort
 from nchf.app import NchfApp, transport_error
 from nchf.auth import BearerAuth
-from nchf.config import NchfSettings, parse_settings
+from nchf.config import NchfSettings
 from nchf.http import HttpServer, server_ssl_context
 from nchf.notify import Notifier
 
@@ -19,15 +19,28 @@ log = logging.getLogger("nchf")
 
 
 class NchfComponent:
+    """The Nchf server as a `chf serve` component, with the notifier that sends the core's signals to the SMFs."""
+
     name = "nchf"
 
-    def __init__(self, service: ChargingPort, settings: NchfSettings) -> None:
+    def __init__(
+        self,
+        service: ChargingPort,
+        settings: NchfSettings,
+        *,
+        reuse_port: bool = False,
+        send_notifications: bool = True,
+        request_numbers: Iterator[int] | None = None,
+    ) -> None:
+        """`reuse_port`: other processes serve the same port (SO_REUSEPORT). `send_notifications`: False where
+        another process sends the ChargingNotify requests (NchfNotifierComponent, so each goes out once).
+        `request_numbers`: see NchfApp."""
         self.service = service
         self.settings = settings
         auth = None
         if settings.auth_tokens or settings.jwt_key is not None:
             auth = BearerAuth(settings.auth_tokens, settings.jwt_key)
-        self.app = NchfApp(service, auth=auth, max_in_flight=settings.max_in_flight)
+        self.app = NchfApp(service, auth=auth, max_in_flight=settings.max_in_flight, request_numbers=request_numbers)
         ssl_context = None
         if settings.tls_cert and settings.tls_key:
             ssl_context = server_ssl_context(settings.tls_cert, settings.tls_key)
@@ -38,24 +51,16 @@ class NchfComponent:
             ssl_context=ssl_context,
             limits=settings.limits,
             error_responder=transport_error,
+            reuse_port=reuse_port,
         )
-        self.notifier = Notifier(settings.notify)
-        self.worker = False
-
-    def as_worker(self) -> None:
-        """Run in a front-end worker: share the port, leave notifications to the core, and let the core number the
-        requests that come without a number (one counter for all workers: the engine needs them to grow per
-        session, and the updates of one session may arrive through different workers)."""
-        self.worker = True
-        self.server.reuse_port = True
-        self.app._unnumbered = itertools.repeat(ASSIGN_NUMBER)
+        self.notifier = Notifier(settings.notify) if send_notifications else None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def start(self) -> None:
-        if not self.worker:  # in worker mode the core sends the notifications (NchfNotifierComponent): once
+        if self.notifier is not None:
             await self.notifier.start()
             self.service.subscribe("nchf", self.notifier.on_signal)
         await self.server.start()
@@ -69,13 +74,13 @@ class NchfComponent:
 
     async def stop(self) -> None:
         await self.server.stop()
-        if not self.worker:
+        if self.notifier is not None:
             await self.notifier.stop()
 
 
 class NchfNotifierComponent:
-    """The core's part of Nchf when the front-ends run in workers: notifications to the SMF (re-auth, abort) go
-    from the core, which publishes them, so each is sent once whatever the number of workers."""
+    """The notifications of Nchf alone, for the process that holds the core while other processes serve the
+    Nchf port: each notification to an SMF (re-auth, abort) goes out once, whatever the number of servers."""
 
     name = "nchf-notify"
 
@@ -89,20 +94,3 @@ class NchfNotifierComponent:
 
     async def stop(self) -> None:
         await self.notifier.stop()
-
-
-def nchf_components(config: Config, service: ChargingPort) -> list[Any]:
-    """`chf serve` factory: an Nchf front-end when conf/chf.toml has an enabled [nchf] section."""
-    if "nchf" not in config.raw:
-        return []
-    settings = parse_settings(config.section("nchf"), config.source)
-    if not settings.enabled:
-        return []
-    if config.role == "core":
-        if settings.port == 0:  # each worker would listen on a port of its own
-            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
-        return [NchfNotifierComponent(service, settings)]
-    component = NchfComponent(service, settings)
-    if config.role == "worker":
-        component.as_worker()
-    return [component]

@@ -51,6 +51,12 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     request_timeout: Seconds | None = None
+    idle_timeout: Seconds | None = None
+    connection_window: Annotated[int, Meta(ge=65535, le=_MAX)] | None = None
+    stream_reset_burst: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
+    stream_reset_rate: Annotated[float, Meta(gt=0)] | None = None
+    control_frame_burst: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
+    control_frame_rate: Annotated[float, Meta(gt=0)] | None = None
     auth_tokens: Annotated[list[Token], Meta(extra=expected("a list of non-empty strings", secret=True))] | None = None
     jwt_key_file: NonEmptyStr | None = None  # HS256 key of the NRF
     notify_timeout: Seconds | None = None
@@ -60,7 +66,19 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # Where each setting goes: NchfSettings itself, its Limits (same names) or its NotifySettings.
 _OWN = ("enabled", "listen", "port", "tls_cert", "tls_key", "max_in_flight", "auth_tokens")
-_LIMITS = ("max_concurrent_streams", "max_header_bytes", "max_body_bytes", "max_connections", "request_timeout")
+_LIMITS = (
+    "max_concurrent_streams",
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_connections",
+    "request_timeout",
+    "idle_timeout",
+    "connection_window",
+    "stream_reset_burst",
+    "stream_reset_rate",
+    "control_frame_burst",
+    "control_frame_rate",
+)
 _NOTIFY = {"notify_timeout": "timeout", "notify_retries": "retries", "notify_queue": "queue_size"}
 
 

@@ -6,7 +6,7 @@ that loop alone was a tenth of the h2 library's work per request. This module co
 table into a byte table once, at import (256 states x 256 bytes: the next state, the symbols emitted, and
 whether a step failed or ended on a complete code), so decoding is one lookup per byte. hpack's results and
 errors are kept exactly: tests compare both decoders on valid, invalid and incomplete strings.
-`nchf.http` installs it in place of hpack's (as it already replaces hpack's debug logger).
+`nchf.h2connection` installs it in place of hpack's (see there for how the patch is pinned to hpack's source).
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ from typing import Any
 from chf.core.model import (
     CREDIT_CONTROL_NOT_APPLICABLE,
     CREDIT_LIMIT_REACHED,
+    DIRECT_DEBITING,
     END_USER_SERVICE_DENIED,
     FUA_REDIRECT,
     FUA_RESTRICT,
+    POST_EVENT,
     RATING_FAILED,
     REASON_FINAL,
     SESSION_UNKNOWN,
@@ -62,6 +64,10 @@ UNIT_RESULT = {
     RATING_FAILED: "RATING_FAILED",
 }
 FINAL_UNIT_ACTION = {FUA_REDIRECT: "REDIRECT", FUA_RESTRICT: "RESTRICT_ACCESS"}
+# One-time events (TS 32.290, TS 32.291 oneTimeEventType) -> the core's one-shot actions. IEC, Immediate Event
+# Charging: the create is the debit, before the service (as a Gy CCR-Event DIRECT_DEBITING). PEC, Post Event
+# Charging: the create reports units delivered already, charged once. Neither leaves a charging session open.
+ONE_TIME_EVENTS = {"IEC": DIRECT_DEBITING, "PEC": POST_EVENT}
 
 _PLMN_MCC = re.compile(r"^\d{3}$")
 _PLMN_MNC = re.compile(r"^\d{2,3}$")
@@ -74,6 +80,7 @@ _TOP_LEVEL_TYPES: dict[str, tuple[type, ...]] = {
     "mnSConsumerIdentifier": (str,),
     "retransmissionIndicator": (bool,),
     "oneTimeEvent": (bool,),
+    "oneTimeEventType": (str,),
     "serviceSpecificationInfo": (str,),
     "supportedFeatures": (str,),
     "easid": (str,),
@@ -102,6 +109,7 @@ class ParsedRequest:
     serving_network: str | None = None
     rat: str | None = None
     dnn: str | None = None
+    one_time_event: str | None = None  # the core action of a one-time event create (ONE_TIME_EVENTS), else None
 
 
 class _Checker:
@@ -244,42 +252,15 @@ def parse_request(body: Any, *, creating: bool) -> ParsedRequest:
     if not isinstance(body, dict):
         raise InvalidRequest([{"param": "/", "reason": "the body must be a ChargingDataRequest JSON object"}])
     nf = body.get("nfConsumerIdentification")
-    if nf is None:
-        check.bad("/nfConsumerIdentification", "is required")
-    elif (nf_obj := check.obj(nf, "/nfConsumerIdentification")) is not None:
-        if "nodeFunctionality" not in nf_obj:
-            check.bad("/nfConsumerIdentification/nodeFunctionality", "is required")
-        else:
-            check.string(nf_obj["nodeFunctionality"], "/nfConsumerIdentification/nodeFunctionality")
-    stamp = body.get("invocationTimeStamp")
-    if stamp is None:
-        check.bad("/invocationTimeStamp", "is required")
-    elif not isinstance(stamp, str) or not _DATE_TIME.match(stamp):
-        check.bad("/invocationTimeStamp", "must be an RFC 3339 date-time")
-    number = 0
-    if "invocationSequenceNumber" not in body:
-        check.bad("/invocationSequenceNumber", "is required")
-    else:
-        number = check.uint(body["invocationSequenceNumber"], "/invocationSequenceNumber", UINT32_MAX) or 0
-    for name, types in _TOP_LEVEL_TYPES.items():
-        if name in body and not isinstance(body[name], types):
-            check.bad(f"/{name}", f"must be a {'boolean' if types == (bool,) else 'string'}")
-    if "chargingId" in body:
-        check.uint(body["chargingId"], "/chargingId", UINT32_MAX)
-    if "triggers" in body:
-        check.triggers(body["triggers"], "/triggers")
-    parsed = ParsedRequest(number)
+    _consumer(check, nf)
+    parsed = ParsedRequest(_invocation(check, body))
+    _unused_fields(check, body)
     if "subscriberIdentifier" in body:
         ident = _identity(check, body["subscriberIdentifier"], "/subscriberIdentifier")
         if ident is not None:
             parsed.identities.append(ident)
     if "notifyUri" in body:
-        uri = check.string(body["notifyUri"], "/notifyUri")
-        if uri is not None:
-            if not uri.startswith(("http://", "https://")) or len(uri.split("/", 3)[2]) == 0:
-                check.bad("/notifyUri", "must be an absolute http or https URI")
-            else:
-                parsed.notify_uri = uri
+        parsed.notify_uri = _notify_uri(check, body["notifyUri"])
     if "pDUSessionChargingInformation" in body:
         _pdu_session(check, body["pDUSessionChargingInformation"], parsed)
     if parsed.serving_network is None and isinstance(nf, dict) and "nFPLMNID" in nf:
@@ -288,11 +269,86 @@ def parse_request(body: Any, *, creating: bool) -> ParsedRequest:
         seen: set[int] = set()
         for i, item in enumerate(check.array(body["multipleUnitUsage"], "/multipleUnitUsage")):
             _unit_usage(check, item, f"/multipleUnitUsage/{i}", parsed, seen)
+    parsed.one_time_event = _one_time_event(check, body, creating)
     if creating and not parsed.identities and not check.problems:
         check.bad("/subscriberIdentifier", "a SUPI (imsi-...) or a GPSI (msisdn-...) is needed to open a session")
     if check.problems:
         raise InvalidRequest(check.problems)
     return parsed
+
+
+def _one_time_event(check: _Checker, body: dict[str, Any], creating: bool) -> str | None:
+    """The core action of a create that is a one-time event (ONE_TIME_EVENTS), or None for a session (and for
+    an update or release, where the two fields are only type-checked). A PEC reports what was delivered: each of
+    its rating groups needs a usedUnitContainer."""
+    if not creating:
+        return None
+    kind = body.get("oneTimeEventType")
+    if body.get("oneTimeEvent") is not True:
+        if isinstance(kind, str):
+            check.bad("/oneTimeEventType", "only for a one-time event (oneTimeEvent true)")
+        return None
+    if kind is None:
+        check.bad("/oneTimeEventType", "is required when oneTimeEvent is true: IEC or PEC")
+        return None
+    if not isinstance(kind, str):
+        return None  # named by the type check of the top-level properties
+    action = ONE_TIME_EVENTS.get(kind)
+    if action is None:
+        check.bad("/oneTimeEventType", f"must be IEC or PEC, got {kind!r}")
+    elif action == POST_EVENT and isinstance(usages := body.get("multipleUnitUsage"), list):
+        for i, usage in enumerate(usages):
+            if isinstance(usage, dict) and not usage.get("usedUnitContainer"):
+                check.bad(
+                    f"/multipleUnitUsage/{i}/usedUnitContainer",
+                    "is required in a PEC one-time event (Post Event Charging reports the units delivered)",
+                )
+    return action
+
+
+def _consumer(check: _Checker, nf: Any) -> None:
+    """nfConsumerIdentification: required, with its nodeFunctionality."""
+    if nf is None:
+        check.bad("/nfConsumerIdentification", "is required")
+    elif (nf_obj := check.obj(nf, "/nfConsumerIdentification")) is not None:
+        if "nodeFunctionality" not in nf_obj:
+            check.bad("/nfConsumerIdentification/nodeFunctionality", "is required")
+        else:
+            check.string(nf_obj["nodeFunctionality"], "/nfConsumerIdentification/nodeFunctionality")
+
+
+def _invocation(check: _Checker, body: dict[str, Any]) -> int:
+    """invocationTimeStamp and invocationSequenceNumber, both required; returns the number (0 when invalid)."""
+    stamp = body.get("invocationTimeStamp")
+    if stamp is None:
+        check.bad("/invocationTimeStamp", "is required")
+    elif not isinstance(stamp, str) or not _DATE_TIME.match(stamp):
+        check.bad("/invocationTimeStamp", "must be an RFC 3339 date-time")
+    if "invocationSequenceNumber" not in body:
+        check.bad("/invocationSequenceNumber", "is required")
+        return 0
+    return check.uint(body["invocationSequenceNumber"], "/invocationSequenceNumber", UINT32_MAX) or 0
+
+
+def _unused_fields(check: _Checker, body: dict[str, Any]) -> None:
+    """Top-level fields we do not use, checked for their type only."""
+    for name, types in _TOP_LEVEL_TYPES.items():
+        if name in body and not isinstance(body[name], types):
+            check.bad(f"/{name}", f"must be a {'boolean' if types == (bool,) else 'string'}")
+    if "chargingId" in body:
+        check.uint(body["chargingId"], "/chargingId", UINT32_MAX)
+    if "triggers" in body:
+        check.triggers(body["triggers"], "/triggers")
+
+
+def _notify_uri(check: _Checker, value: Any) -> str | None:
+    uri = check.string(value, "/notifyUri")
+    if uri is None:
+        return None
+    if not uri.startswith(("http://", "https://")) or len(uri.split("/", 3)[2]) == 0:
+        check.bad("/notifyUri", "must be an absolute http or https URI")
+        return None
+    return uri
 
 
 def _pdu_session(check: _Checker, value: Any, parsed: ParsedRequest) -> None:
@@ -347,7 +403,7 @@ def _unit_usage(check: _Checker, value: Any, pointer: str, parsed: ParsedRequest
 
 
 def to_charging_request(
-    parsed: ParsedRequest, kind: str, session: str, number: int, *, notify: Any = None
+    parsed: ParsedRequest, kind: str, session: str, number: int, *, notify: Any = None, action: str | None = None
 ) -> ChargingRequest:
     return ChargingRequest(
         kind,
@@ -356,6 +412,7 @@ def to_charging_request(
         parsed.identities,
         parsed.units,
         protocol="nchf",
+        action=action,
         serving_network=parsed.serving_network,
         rat=parsed.rat,
         apn=parsed.dnn,
@@ -441,7 +498,7 @@ def _unit_information_json(ua: UnitAnswer) -> str:
         or type(ua.volume_threshold) not in (int, type(None))
     ):
         return _JSON_ENCODER.encode(unit_information(ua))
-    granted = min(ua.granted, UINT32_MAX) if name == "time" else ua.granted  # type: ignore[type-var]
+    granted = min(ua.granted, UINT32_MAX) if name == "time" else ua.granted
     text = (
         f'{{"resultCode":"{UNIT_RESULT.get(ua.result, "RATING_FAILED")}","ratingGroup":{ua.rating_group:d},'
         f'"grantedUnit":{{"{name}":{granted:d}}}'
@@ -481,6 +538,7 @@ def problem(status: int, cause: str, detail: str, invalid: list[dict[str, str]] 
         403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
+        408: "Request Timeout",
         411: "Length Required",
         413: "Payload Too Large",
         415: "Unsupported Media Type",

@@ -14,12 +14,16 @@ Key layout (one LMDB environment, named sub-databases):
                   b"A" + account id + 0x00     -> BalanceSet of the account (shared allowances, IoT pools)
     sessions      session key -> b"L" + line id  (the index from a session to its line)
     idem          idempotency key -> [expires, answer]   (one-shot requests and API operations)
+    debits        8-byte line id + 8-byte (rating group + 1) + 8-byte event sequence -> Debit
+                  (one-shot debits a refund may still reverse, oldest first per line and rating group)
     events        8-byte big-endian sequence -> rated or audit event (the spool)
     cursors       exporter name -> 8-byte sequence
 
 A line's balance set and its sessions sit under adjacent keys of one sub-database, so the common update
 (commit used units from the line's buckets, reserve the next grant, remember the answer) dirties one leaf
-page instead of three: with fsync, page writes are what bounds throughput (DESIGN.md section 8).
+page instead of three: with fsync, page writes are what bounds throughput (docs/architecture.md).
+
+`Store` and `Txn` implement the Protocols of store.interface; only this module knows the keys above.
 """
 
 from __future__ import annotations
@@ -31,15 +35,19 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
+from store import interface
+from store.interface import Owner, StoreBusy, StoreClosed, StoreError, Sweep
 from store.schema import (
     SCHEMA_VERSION,
+    SESSION,
     Account,
     BalanceSet,
+    Debit,
     SchemaError,
     Session,
     Subscriber,
@@ -47,6 +55,8 @@ from store.schema import (
     pack,
     unpack,
 )
+
+__all__ = ["Op", "Store", "StoreBusy", "StoreClosed", "StoreError", "Txn"]
 
 log = logging.getLogger("chf.store")
 
@@ -64,25 +74,24 @@ _DBS = (
     b"balances",
     b"sessions",
     b"idem",
+    b"debits",
     b"events",
     b"cursors",
 )
 
 
-class StoreError(Exception):
-    """Base class of store failures."""
-
-
-class StoreBusy(StoreError):
-    """The write queue is full: the caller answers "too busy" (DESIGN.md invariant 7)."""
-
-
-class StoreClosed(StoreError):
-    """The store was closed while a request was waiting."""
+# Where a session's key and expiry sit in its stored array (the sweep reads them without building a Session).
+_SESSION_KEY = SESSION.position("key")
+_SESSION_EXPIRES = SESSION.position("expires")
 
 
 def _u64(n: int) -> bytes:
     return n.to_bytes(8, "big")
+
+
+def _debit_key(line_id: int, rating_group: int, seq: int) -> bytes:
+    # A request without a rating group has -1 (chf.core.model.NO_RATING_GROUP): stored as 0, the others as rg + 1.
+    return _u64(line_id) + _u64(rating_group + 1) + _u64(seq)
 
 
 def line_key(line_id: int) -> bytes:
@@ -96,7 +105,9 @@ class Txn:
 
     def __init__(self, store: Store, txn: lmdb.Transaction, write: bool) -> None:
         self._store = store
-        self._txn = txn
+        # Typed Any: the environment is opened without `buffers`, so py-lmdb returns bytes where its stubs say
+        # bytes | memoryview.
+        self._txn: Any = txn
         self._db = store._db
         self.write = write
         self.wrote = False  # whether this view changed anything (see Store._apply)
@@ -275,6 +286,35 @@ class Txn:
                 if key[:1] == b"L" and key[9:10] == b"\x01":
                     yield Session.decode(raw)
 
+    def sweep(self, position: bytes, limit: int, now: int) -> Sweep:
+        """The next slice of the balances sub-database (see interface.Txn.sweep); `resume` is the first key of
+        the next slice."""
+        expired: list[str] = []
+        balances: list[tuple[Owner, BalanceSet]] = []
+        with self._txn.cursor(db=self._db[b"balances"]) as cur:
+            if not (cur.set_range(position) if position else cur.first()):
+                return Sweep(expired, balances, b"")
+            for n, (key, raw) in enumerate(cur, 1):
+                if n > limit:
+                    return Sweep(expired, balances, key)
+                if key[:1] == b"L" and key[9:10] == b"\x01":
+                    # A session of a line: only its expiry is needed, read from the array without building a
+                    # Session (most sessions are not due).
+                    fields = unpack(raw)
+                    if fields[_SESSION_EXPIRES] <= now:
+                        expired.append(fields[_SESSION_KEY])
+                elif key[-1:] == b"\x00":
+                    owner: Owner = (
+                        ("line", int.from_bytes(key[1:9], "big"))
+                        if key[:1] == b"L"
+                        else (
+                            "account",
+                            key[1:-1].decode(),
+                        )
+                    )
+                    balances.append((owner, BalanceSet.decode(raw)))
+        return Sweep(expired, balances, b"")
+
     def session_count(self) -> int:
         return int(self._txn.stat(self._db[b"sessions"])["entries"])
 
@@ -305,6 +345,55 @@ class Txn:
             gone += 1
         return gone
 
+    # -- refundable debits (chf.core.events) ------------------------------------------------------------------------
+    def put_debit(self, debit: Debit) -> None:
+        self._put(_debit_key(debit.line, debit.rating_group, debit.seq), debit.encode(), db=self._db[b"debits"])
+
+    def delete_debit(self, debit: Debit) -> None:
+        self._delete(_debit_key(debit.line, debit.rating_group, debit.seq), db=self._db[b"debits"])
+
+    def debits(self, line_id: int, rating_group: int) -> list[Debit]:
+        """The kept debits of a line and rating group, oldest first."""
+        prefix = _u64(line_id) + _u64(rating_group + 1)
+        out: list[Debit] = []
+        with self._txn.cursor(db=self._db[b"debits"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append(Debit.decode(raw))
+        return out
+
+    def prune_debits(self, line_id: int, rating_group: int, before: int) -> int:
+        """Delete the debits of a line and rating group made before `before`; returns how many."""
+        prefix = _u64(line_id) + _u64(rating_group + 1)
+        db = self._db[b"debits"]
+        victims = []
+        with self._txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    if not key.startswith(prefix) or Debit.decode(raw).time >= before:
+                        break
+                    victims.append(key)
+        for key in victims:
+            self._delete(key, db=db)
+        return len(victims)
+
+    def purge_debits(self, before: int, limit: int) -> int:
+        """Delete up to `limit` debits made before `before` (out of the refund window); returns how many."""
+        db = self._db[b"debits"]
+        victims = []
+        with self._txn.cursor(db=db) as cur:
+            for key, raw in cur:
+                if Debit.decode(raw).time < before:
+                    victims.append(key)
+                    if len(victims) >= limit:
+                        break
+        for key in victims:
+            self._delete(key, db=db)
+        return len(victims)
+
     # -- events -----------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:
         """Append an event to the spool with the next sequence number and a unique id; returns the number."""
@@ -318,17 +407,6 @@ class Txn:
         event["id"] = f"{self._store.store_id}-{seq}"
         self._put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
         return seq
-
-    def append_events(self, events: list[dict[str, Any]]) -> None:
-        """`append_event` for many events at once (bulk import): one counter update, one C-level put loop."""
-
-        def encode(first: int, store_id: str) -> list[bytes]:
-            for seq, event in enumerate(events, first):
-                event["seq"] = seq
-                event["id"] = f"{store_id}-{seq}"
-            return [pack(e) for e in events]
-
-        self.append_encoded_events(encode)
 
     def append_encoded_events(self, encode: Callable[[int, str], list[bytes]]) -> int:
         """Append events that the caller encodes itself (bulk import renders them from templates):
@@ -424,25 +502,20 @@ class Store:
         self.path = os.fspath(path)
         os.makedirs(self.path, exist_ok=True)
         self.durability = durability
-        self.env = lmdb.open(
-            self.path,
-            map_size=map_size,
-            max_dbs=len(_DBS) + 2,
-            sync=durability == "fsync",
-            metasync=durability == "fsync",
-            readahead=False,
-            max_readers=256,
-        )
-        self._db = {name: self.env.open_db(name) for name in _DBS}
-        with self.env.begin(write=True) as txn:
-            meta = self._db[b"meta"]
-            schema = txn.get(b"schema", db=meta)
-            if schema is None:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
-                txn.put(b"store_id", secrets.token_hex(4).encode(), db=meta)
-            elif int(schema) != SCHEMA_VERSION:
-                raise SchemaError(f"store {self.path} has schema {int(schema)}, this code reads {SCHEMA_VERSION}")
-            self.store_id: str = txn.get(b"store_id", db=meta).decode()
+        try:
+            self.env = lmdb.open(
+                self.path,
+                map_size=map_size,
+                max_dbs=len(_DBS) + 2,
+                sync=durability == "fsync",
+                metasync=durability == "fsync",
+                readahead=False,
+                max_readers=256,
+            )
+            self._db = {name: self.env.open_db(name) for name in _DBS}
+            self.store_id: str = self._identify()
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.sync_interval = sync_interval
@@ -464,6 +537,21 @@ class Store:
         self.commits = 0
         self.committed_ops = 0
 
+    def _identify(self) -> str:
+        """The store's id; a new store gets one, and the schema version of this code."""
+        with self.env.begin(write=True) as txn:
+            meta = self._db[b"meta"]
+            schema = txn.get(b"schema", db=meta)
+            if schema is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
+                txn.put(b"store_id", secrets.token_hex(4).encode(), db=meta)
+            elif int(schema) != SCHEMA_VERSION:
+                raise SchemaError(f"store {self.path} has schema {int(schema)}, this code reads {SCHEMA_VERSION}")
+            store_id = txn.get(b"store_id", db=meta)
+        if store_id is None:
+            raise StoreError(f"store {self.path} has a schema version but no store id")
+        return bytes(store_id).decode()
+
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self) -> _ReadContext:
         """A read-only snapshot; reads never wait for the writer (LMDB MVCC)."""
@@ -477,18 +565,21 @@ class Store:
             raise result
         return result
 
-    def run_batch(self, fns: list[Op]) -> list[Any]:
+    def run_batch(self, fns: Sequence[Op]) -> list[Any]:
         """Apply operations in one write transaction, each atomically (a failing one leaves no trace), commit
         durably, and return each one's result or the exception it raised."""
         results: list[Any] = []
         started = time.perf_counter()
-        with self.env.begin(write=True) as txn:
-            self._begin_write(txn)
-            try:
-                for fn in fns:
-                    results.append(self._apply(txn, fn))
-            finally:
-                self._end_write(txn)
+        try:
+            with self.env.begin(write=True) as txn:
+                self._begin_write(txn)
+                try:
+                    for fn in fns:
+                        results.append(self._apply(txn, fn))
+                finally:
+                    self._end_write(txn)
+        except lmdb.Error as exc:  # the commit failed (disk full, I/O error): nothing was written
+            raise StoreError(str(exc)) from exc
         self._committed(len(fns), time.perf_counter() - started)
         return results
 
@@ -518,14 +609,14 @@ class Store:
                 if view.wrote:
                     raise _BatchAborted(f"operation failed after writing: {exc!r}") from exc
                 self._event_seq = seq
-                return exc
+                return _failure(exc)
         child = self.env.begin(write=True, parent=txn)
         try:
             result = fn(Txn(self, child, True))
         except Exception as exc:  # the operation's own failure: roll back just this operation
             child.abort()
             self._event_seq = seq  # its events were rolled back with it: no gap in the sequence
-            return exc
+            return _failure(exc)
         child.commit()
         return result
 
@@ -696,9 +787,21 @@ class Store:
     def stat(self) -> dict[str, int]:
         with self.env.begin() as txn:
             out = {name.decode(): int(txn.stat(self._db[name])["entries"]) for name in _DBS}
-        out["map_size"] = int(self.env.info()["map_size"])
-        out["last_page"] = int(self.env.info()["last_pgno"])
+        info = self.env.info()
+        out["map_size"] = int(info["map_size"])
+        out["last_page"] = int(info["last_pgno"])
+        out["used_bytes"] = (out["last_page"] + 1) * int(self.env.stat()["psize"])
         return out
+
+
+def _failure(exc: Exception) -> Exception:
+    """An operation's exception as its caller gets it: LMDB's own (the map is full, ...) as a StoreError, so that
+    callers handle store failures without knowing the backend."""
+    if isinstance(exc, lmdb.Error):
+        failure = StoreError(str(exc))
+        failure.__cause__ = exc
+        return failure
+    return exc
 
 
 def _resolve(batch: list[_Pending]) -> None:
@@ -734,3 +837,9 @@ class _ReadContext:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
+
+
+if TYPE_CHECKING:  # mypy holds the LMDB classes to the Protocols they implement
+
+    def _implements(store: Store, txn: Txn) -> tuple[interface.Store, interface.Txn]:
+        return store, txn

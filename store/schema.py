@@ -1,8 +1,14 @@
 """Records kept in the balance store, and their msgpack encoding.
 
-Every record is a msgpack array whose first element is the record's schema version: positional arrays are
-1.6x faster than maps and 45% smaller (DESIGN.md section 8). A reader that meets a version it does not know
-raises `SchemaError` instead of guessing.
+Every record is a msgpack array whose first element is the record's schema version, then its fields in the
+order of its `Layout`: positional arrays are 1.6x faster than maps and 45% smaller (docs/architecture.md). A
+reader that meets a version it does not know raises `SchemaError` instead of guessing.
+
+Each record's fields are listed once, in its layout (below). The code that follows from the lists is derived
+from them: `as_dict` when this module is imported, and the hot path (`encode`, `decode`, and store/schema.pxd,
+which makes the records extension types in the compiled build) by `python -m store.codegen`, which writes it
+into this file between "generated" markers. tests/test_store.py fails when that code, or an `__init__`, no
+longer follows the layouts.
 
 Money is an int in micro-units of the account currency; units are ints (octets, seconds, events).
 """
@@ -10,6 +16,7 @@ Money is an int in micro-units of the account currency; units are ints (octets, 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -17,7 +24,7 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
-# Line lifecycle (DESIGN.md section 3).
+# Line lifecycle (docs/architecture.md).
 PROVISIONED = "provisioned"
 ACTIVE = "active"
 SUSPENDED = "suspended"
@@ -106,8 +113,207 @@ def pack_template(obj: Any) -> tuple[list[bytes], list[Any]]:
     return parts, names
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Record layouts: the fields of each stored record, once
+# ------------------------------------------------------------------------------------------------------------------
+class Many:
+    """A field that holds records of another layout, stored as an array of their arrays. In memory they are a
+    list, or with `key` a dict of them by that field of theirs (a session's reservations by rating group)."""
+
+    __slots__ = ("key", "layout")
+
+    def __init__(self, layout: Layout, key: str | None = None) -> None:
+        self.layout = layout
+        self.key = key
+
+
+class Layout:
+    """How one kind of record is stored: its fields in stored order (the msgpack array after the schema version,
+    for records stored on their own; records stored inside another have no version of their own), the fields
+    among them that hold records of another layout (`Many`), and what `as_dict` shows (`shown`: fields, and
+    `views` computed from the record).
+
+    A record class takes its fields in this order (`__init__`) and declares them in store/schema.pxd; its
+    `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
+    store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
+
+    __slots__ = ("cls", "fields", "kind", "nested", "shown", "versioned", "views")
+
+    def __init__(
+        self,
+        kind: str,
+        fields: tuple[str, ...],
+        *,
+        nested: dict[str, Many] | None = None,
+        shown: tuple[str, ...] | None = None,
+        views: dict[str, Callable[[Any], Any]] | None = None,
+        versioned: bool = True,
+    ) -> None:
+        self.kind = kind  # in messages: "balance set record has schema version ..."
+        self.fields = fields
+        self.nested = nested or {}
+        self.shown = shown if shown is not None else fields
+        self.views = views or {}
+        self.versioned = versioned
+        self.cls: Any = None  # the record class, once it is defined (end of this module)
+
+    def position(self, name: str) -> int:
+        """Where field `name` sits in the stored array."""
+        return self.fields.index(name) + (1 if self.versioned else 0)
+
+    def viewer(self) -> Callable[[Any], dict[str, Any]]:
+        """`record.as_dict()`: the shown entries by name, in order (what the API and the CLI show of a record)."""
+        shown = self.shown
+        views = self.views
+
+        def as_dict(record: Any) -> dict[str, Any]:
+            return {name: views[name](record) if name in views else getattr(record, name) for name in shown}
+
+        return as_dict
+
+
+TENANT = Layout("tenant", ("id", "name", "currency", "created"))
+ACCOUNT = Layout(
+    "account",
+    (
+        "id",
+        "tenant",
+        "payment",
+        "currency",
+        "balance",
+        "reserved",
+        "credit_limit",
+        "cycle_day",
+        "parent",
+        "plan",
+        "created",
+        "active_lines",
+    ),
+    shown=(
+        "id",
+        "tenant",
+        "payment",
+        "currency",
+        "balance",
+        "reserved",
+        "available",
+        "credit_limit",
+        "cycle_day",
+        "parent",
+        "plan",
+        "active_lines",
+        "created",
+    ),
+    views={"available": lambda account: account.available()},
+)
+SUBSCRIBER = Layout(
+    "subscriber",
+    (
+        "id",
+        "tenant",
+        "account",
+        "imsi",
+        "msisdn",
+        "iccid",
+        "eid",
+        "state",
+        "state_since",
+        "plan",
+        "created",
+        "history",
+    ),
+    views={
+        "history": lambda sub: [
+            {"from": h[0], "to": h[1], "at": h[2], "actor": h[3], "reason": h[4]} for h in sub.history
+        ]
+    },
+)
+BUCKET = Layout(
+    "bucket",
+    (
+        "id",
+        "name",
+        "kind",
+        "unit",
+        "rating_groups",
+        "priority",
+        "initial",
+        "remaining",
+        "reserved",
+        "valid_from",
+        "valid_to",
+    ),
+    shown=(
+        "id",
+        "name",
+        "kind",
+        "unit",
+        "rating_groups",
+        "priority",
+        "initial",
+        "remaining",
+        "reserved",
+        "available",
+        "valid_from",
+        "valid_to",
+    ),
+    views={"available": lambda bucket: bucket.available()},
+    versioned=False,
+)
+BALANCE_SET = Layout(
+    "balance set",
+    ("plan", "period_start", "period_end", "period_index", "buckets", "usage", "next_bucket_id", "renewal_pending"),
+    nested={"buckets": Many(BUCKET)},
+)
+RESERVATION = Layout(
+    "reservation",
+    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone"),
+    shown=("rating_group", "unit", "granted", "money", "tariff", "zone"),
+    versioned=False,
+)
+SESSION = Layout(
+    "session",
+    (
+        "key",
+        "subscriber",
+        "account",
+        "protocol",
+        "created",
+        "updated",
+        "expires",
+        "last_request",
+        "closed",
+        "reservations",
+        "answers",
+        "serving_network",
+        "notify",
+        "seen",
+    ),
+    nested={"reservations": Many(RESERVATION, key="rating_group")},
+    shown=(
+        "key",
+        "subscriber",
+        "account",
+        "protocol",
+        "created",
+        "updated",
+        "expires",
+        "last_request",
+        "closed",
+        "serving_network",
+        "reservations",
+    ),
+    views={"reservations": lambda session: [r.as_dict() for r in session.reservations.values()]},
+)
+DEBIT = Layout(
+    "debit",
+    ("line", "rating_group", "seq", "event", "time", "account", "unit", "portions", "units", "money"),
+    views={"portions": lambda debit: [{"source": p[0], "bucket": p[1], "units": p[2]} for p in debit.portions]},
+)
+
+
 class Tenant:
-    __slots__ = ("created", "currency", "id", "name")
+    __slots__ = TENANT.fields
 
     def __init__(self, id: str, name: str, currency: str, created: int) -> None:
         self.id = id
@@ -115,17 +321,32 @@ class Tenant:
         self.currency = currency
         self.created = created
 
+    as_dict = TENANT.viewer()
+
+    # <generated from TENANT>
     def encode(self) -> bytes:
-        return pack([SCHEMA_VERSION, self.id, self.name, self.currency, self.created])
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.id,
+                self.name,
+                self.currency,
+                self.created,
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Tenant:
-        v, id_, name, currency, created = unpack(data)
-        _check(v, "tenant")
-        return cls(id_, name, currency, created)
+        r = unpack(data)
+        _check(r[0], "tenant")
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+        )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "currency": self.currency, "created": self.created}
+    # </generated>
 
 
 class Account:
@@ -136,20 +357,7 @@ class Account:
     open grants. Available money = balance - reserved + credit_limit.
     """
 
-    __slots__ = (
-        "active_lines",
-        "balance",
-        "created",
-        "credit_limit",
-        "currency",
-        "cycle_day",
-        "id",
-        "parent",
-        "payment",
-        "plan",
-        "reserved",
-        "tenant",
-    )
+    __slots__ = ACCOUNT.fields
 
     def __init__(
         self,
@@ -182,6 +390,9 @@ class Account:
     def available(self) -> int:
         return self.balance - self.reserved + self.credit_limit
 
+    as_dict = ACCOUNT.viewer()
+
+    # <generated from ACCOUNT>
     def encode(self) -> bytes:
         return pack(
             [
@@ -205,43 +416,28 @@ class Account:
     def decode(cls, data: bytes) -> Account:
         r = unpack(data)
         _check(r[0], "account")
-        return cls(*r[1:])
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            r[11],
+            r[12],
+        )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "payment": self.payment,
-            "currency": self.currency,
-            "balance": self.balance,
-            "reserved": self.reserved,
-            "available": self.available(),
-            "credit_limit": self.credit_limit,
-            "cycle_day": self.cycle_day,
-            "parent": self.parent,
-            "plan": self.plan,
-            "active_lines": self.active_lines,
-            "created": self.created,
-        }
+    # </generated>
 
 
 class Subscriber:
     """One line (SIM or eSIM). Identities are indexed; `history` keeps every lifecycle transition."""
 
-    __slots__ = (
-        "account",
-        "created",
-        "eid",
-        "history",
-        "iccid",
-        "id",
-        "imsi",
-        "msisdn",
-        "plan",
-        "state",
-        "state_since",
-        "tenant",
-    )
+    __slots__ = SUBSCRIBER.fields
 
     def __init__(
         self,
@@ -271,6 +467,9 @@ class Subscriber:
         self.created = created
         self.history = history if history is not None else []
 
+    as_dict = SUBSCRIBER.viewer()
+
+    # <generated from SUBSCRIBER>
     def encode(self) -> bytes:
         return pack(
             [
@@ -294,41 +493,28 @@ class Subscriber:
     def decode(cls, data: bytes) -> Subscriber:
         r = unpack(data)
         _check(r[0], "subscriber")
-        return cls(*r[1:])
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            r[11],
+            r[12],
+        )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "account": self.account,
-            "imsi": self.imsi,
-            "msisdn": self.msisdn,
-            "iccid": self.iccid,
-            "eid": self.eid,
-            "state": self.state,
-            "state_since": self.state_since,
-            "plan": self.plan,
-            "created": self.created,
-            "history": [{"from": h[0], "to": h[1], "at": h[2], "actor": h[3], "reason": h[4]} for h in self.history],
-        }
+    # </generated>
 
 
 class Bucket:
     """An allowance: `remaining` units of one type, `reserved` of them held for open grants."""
 
-    __slots__ = (
-        "id",
-        "initial",
-        "kind",
-        "name",
-        "priority",
-        "rating_groups",
-        "remaining",
-        "reserved",
-        "unit",
-        "valid_from",
-        "valid_to",
-    )
+    __slots__ = BUCKET.fields
 
     def __init__(
         self,
@@ -366,6 +552,9 @@ class Bucket:
             and (self.rating_groups is None or rating_group in self.rating_groups)
         )
 
+    as_dict = BUCKET.viewer()
+
+    # <generated from BUCKET>
     def pack(self) -> list[Any]:
         return [
             self.id,
@@ -381,21 +570,7 @@ class Bucket:
             self.valid_to,
         ]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "unit": self.unit,
-            "rating_groups": self.rating_groups,
-            "priority": self.priority,
-            "initial": self.initial,
-            "remaining": self.remaining,
-            "reserved": self.reserved,
-            "available": self.available(),
-            "valid_from": self.valid_from,
-            "valid_to": self.valid_to,
-        }
+    # </generated>
 
 
 class BalanceSet:
@@ -405,16 +580,7 @@ class BalanceSet:
     per rating group feed tiered prices and reset at each period boundary.
     """
 
-    __slots__ = (
-        "buckets",
-        "next_bucket_id",
-        "period_end",
-        "period_index",
-        "period_start",
-        "plan",
-        "renewal_pending",
-        "usage",
-    )
+    __slots__ = BALANCE_SET.fields
 
     def __init__(
         self,
@@ -448,6 +614,7 @@ class BalanceSet:
         self.next_bucket_id += 1
         return bid
 
+    # <generated from BALANCE_SET>
     def encode(self) -> bytes:
         return pack(
             [
@@ -456,7 +623,7 @@ class BalanceSet:
                 self.period_start,
                 self.period_end,
                 self.period_index,
-                [b.pack() for b in self.buckets],
+                [x.pack() for x in self.buckets],
                 self.usage,
                 self.next_bucket_id,
                 self.renewal_pending,
@@ -467,7 +634,18 @@ class BalanceSet:
     def decode(cls, data: bytes) -> BalanceSet:
         r = unpack(data)
         _check(r[0], "balance set")
-        return cls(r[1], r[2], r[3], r[4], [Bucket(*b) for b in r[5]], r[6], r[7], r[8])
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            [Bucket(*x) for x in r[5]],
+            r[6],
+            r[7],
+            r[8],
+        )
+
+    # </generated>
 
 
 class Reservation:
@@ -477,7 +655,7 @@ class Reservation:
     `money` the wallet money held for the units beyond the buckets, priced with `tariff` in `zone`.
     """
 
-    __slots__ = ("granted", "money", "portions", "rating_group", "tariff", "unit", "zone")
+    __slots__ = RESERVATION.fields
 
     def __init__(
         self,
@@ -497,8 +675,21 @@ class Reservation:
         self.tariff = tariff
         self.zone = zone
 
+    as_dict = RESERVATION.viewer()
+
+    # <generated from RESERVATION>
     def pack(self) -> list[Any]:
-        return [self.rating_group, self.unit, self.granted, self.portions, self.money, self.tariff, self.zone]
+        return [
+            self.rating_group,
+            self.unit,
+            self.granted,
+            self.portions,
+            self.money,
+            self.tariff,
+            self.zone,
+        ]
+
+    # </generated>
 
 
 class Session:
@@ -508,22 +699,7 @@ class Session:
     with no extra page write (the session is rewritten on every request anyway).
     """
 
-    __slots__ = (
-        "account",
-        "answers",
-        "closed",
-        "created",
-        "expires",
-        "key",
-        "last_request",
-        "notify",
-        "protocol",
-        "reservations",
-        "seen",
-        "serving_network",
-        "subscriber",
-        "updated",
-    )
+    __slots__ = SESSION.fields
 
     def __init__(
         self,
@@ -559,6 +735,9 @@ class Session:
         # requests arriving out of order are applied once each, even after their answers left `answers`.
         self.seen = seen
 
+    as_dict = SESSION.viewer()
+
+    # <generated from SESSION>
     def encode(self) -> bytes:
         return pack(
             [
@@ -572,7 +751,7 @@ class Session:
                 self.expires,
                 self.last_request,
                 self.closed,
-                [r.pack() for r in self.reservations.values()],
+                [x.pack() for x in self.reservations.values()],
                 self.answers,
                 self.serving_network,
                 self.notify,
@@ -584,8 +763,24 @@ class Session:
     def decode(cls, data: bytes) -> Session:
         r = unpack(data)
         _check(r[0], "session")
-        reservations = {x[0]: Reservation(*x) for x in r[10]}
-        return cls(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], reservations, r[11], r[12], r[13], r[14])
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            {x[0]: Reservation(*x) for x in r[10]},
+            r[11],
+            r[12],
+            r[13],
+            r[14],
+        )
+
+    # </generated>
 
     SEEN_WINDOW = 64
 
@@ -616,27 +811,98 @@ class Session:
                 return unpack(answer) if isinstance(answer, bytes) else answer
         return None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "subscriber": self.subscriber,
-            "account": self.account,
-            "protocol": self.protocol,
-            "created": self.created,
-            "updated": self.updated,
-            "expires": self.expires,
-            "last_request": self.last_request,
-            "closed": self.closed,
-            "serving_network": self.serving_network,
-            "reservations": [
-                {
-                    "rating_group": r.rating_group,
-                    "unit": r.unit,
-                    "granted": r.granted,
-                    "money": r.money,
-                    "tariff": r.tariff,
-                    "zone": r.zone,
-                }
-                for r in self.reservations.values()
-            ],
-        }
+
+class Debit:
+    """What is left of a one-shot debit (CCR-Event DIRECT_DEBITING, Nchf IEC or PEC) that a REFUND_ACCOUNT may
+    still reverse (chf.core.events): the units it took from each bucket, those it charged to the wallet and their
+    money, less what was refunded since. `event` is the id of the debit's usage event, which each refund names.
+
+    Kept per line and rating group, oldest first (`Txn.debits`), and only for the refund window
+    ([engine] refund_window): older debits are no longer refundable and are deleted.
+    """
+
+    __slots__ = DEBIT.fields
+
+    def __init__(
+        self,
+        line: int,
+        rating_group: int,
+        seq: int,
+        event: str,
+        time: int,
+        account: str,
+        unit: str,
+        portions: list[list[int]],
+        units: int,
+        money: int,
+    ) -> None:
+        self.line = line
+        self.rating_group = rating_group
+        self.seq = seq  # the debit event's sequence number
+        self.event = event
+        self.time = time
+        self.account = account  # the account whose wallet and shared buckets paid
+        self.unit = unit
+        self.portions = portions  # [source, bucket id, units not yet refunded], in the order they were taken
+        self.units = units  # units charged to the wallet, not yet refunded
+        self.money = money  # the money charged for them, not yet refunded
+
+    def left(self) -> int:
+        """The units still refundable (buckets and wallet)."""
+        total = self.units
+        for portion in self.portions:
+            total += portion[2]
+        return total
+
+    as_dict = DEBIT.viewer()
+
+    # <generated from DEBIT>
+    def encode(self) -> bytes:
+        return pack(
+            [
+                SCHEMA_VERSION,
+                self.line,
+                self.rating_group,
+                self.seq,
+                self.event,
+                self.time,
+                self.account,
+                self.unit,
+                self.portions,
+                self.units,
+                self.money,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Debit:
+        r = unpack(data)
+        _check(r[0], "debit")
+        return cls(
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+        )
+
+    # </generated>
+
+
+for _layout, _cls in (
+    (TENANT, Tenant),
+    (ACCOUNT, Account),
+    (SUBSCRIBER, Subscriber),
+    (BUCKET, Bucket),
+    (BALANCE_SET, BalanceSet),
+    (RESERVATION, Reservation),
+    (SESSION, Session),
+    (DEBIT, Debit),
+):
+    _layout.cls = _cls
+del _layout, _cls

@@ -27,15 +27,24 @@ INTEROP = {
     "test_nchf.py::test_curl_http2_prior_knowledge",
     "test_nchf.py::test_http1_expect_continue",
     "test_nchf.py::test_tls_with_alpn_h2",
+    "test_systemd.py::test_systemd_analyze_verify",
+    "test_monitoring.py::test_promtool_check_and_test_rules",
+    "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
+    "test_snmp.py::test_mib_loads_in_snmptranslate_with_the_agents_oids",
+    "test_snmp.py::test_mib_passes_smilint_level_3",
 }
 # Fixtures that start an external program.
-INTEROP_FIXTURES = {"nats_server"}
+INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
     "test_catalogue.py::test_affordable_agrees_with_charge",
     "test_catalogue.py::test_period_chain_properties",
     "test_cli.py::test_catalogue_reload_signals_the_running_server",
     "test_cli.py::test_events_follow_and_entry_point",
+    "test_cdr.py::test_cdr_sink_survives_killed_exporters",
+    "test_cdr.py::test_chf_serve_writes_the_cdrs_of_nchf_sessions",
+    "test_cdr.py::test_generic_types_agree_with_pycrates_compile_of_the_full_specification",
     "test_crash.py::test_acknowledged_operations_survive_sigkill",
     "test_export.py::test_file_sink_survives_a_killed_exporter_and_restarts",
     "test_export.py::test_nats_sink_survives_a_killed_broker",
@@ -49,11 +58,19 @@ SLOW = {
     "test_nchf.py::test_a_request_that_never_completes_is_cut_off",
     "test_nchf.py::test_chf_serve_runs_the_nchf_front_end",
     "test_nchf.py::test_create_update_release_flow",
+    "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
     "test_nchf_schemathesis.py",
+    "test_packaging.py::test_the_wheel_installed_in_a_fresh_venv_gives_a_working_chf",
+    "test_progress.py::test_import_bar_on_a_terminal_only",
+    "test_progress.py::test_reconcile_bars_on_a_terminal_only",
+    "test_progress.py::test_report_bar_on_a_terminal_only",
     "test_properties.py::TestChargingSystem",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
+    "test_snmp.py::test_chf_serve_agent_through_snmpd",
     "test_store.py::test_full_queue_answers_busy",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
+    "test_systemd.py::test_ready_after_the_listeners_watchdog_pings_stopping_and_drain",
+    "test_systemd.py::test_ready_waits_for_the_frontend_workers",
     "test_workers.py::test_serve_with_two_frontend_workers",
 }
 SLOW_UNIT_SECONDS = 2.0

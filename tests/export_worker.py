@@ -2,6 +2,7 @@
 
     python -m tests.export_worker STORE files DIRECTORY [MAX_BYTES]
     python -m tests.export_worker STORE nats URL
+    python -m tests.export_worker STORE cdr DIRECTORY [MAX_RECORDS]
 
 Runs until SIGTERM (a clean stop: the open file is closed and renamed) or SIGKILL (a crash).
 """
@@ -13,7 +14,10 @@ import logging
 import signal
 import sys
 
-from chf.export import Exporter, FileSink, NatsSink, Sink
+from chf.export.cdr import CdrSink
+from chf.export.exporter import Exporter, Sink
+from chf.export.files import FileSink
+from chf.export.nats import NatsSink
 from store.lmdbstore import Store
 
 
@@ -23,6 +27,9 @@ async def main(argv: list[str]) -> None:
     if kind == "files":
         max_bytes = int(argv[3]) if len(argv) > 3 else 64 << 20
         sink = FileSink(target, max_bytes=max_bytes, max_age=3600)
+    elif kind == "cdr":
+        max_records = int(argv[3]) if len(argv) > 3 else 100_000
+        sink = CdrSink(target, node_id="chftest", max_records=max_records, max_age=3600)
     else:
         sink = NatsSink([target], ack_timeout=1.0)
     store = Store(store_path, map_size=1 << 30)

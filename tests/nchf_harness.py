@@ -12,7 +12,8 @@ from chf.core import provisioning
 from chf.core.catalogue_loader import parse_catalogue
 from chf.runtime.service import ChargingService
 from nchf.client import H2Client
-from nchf.component import NchfComponent, NchfSettings
+from nchf.component import NchfComponent
+from nchf.config import NchfSettings
 from store.lmdbstore import Store
 from tests.nchf_openapi import check_response
 from tests.support import fixture_text

@@ -114,9 +114,16 @@ def refused(chf: Any, home: Path, args: list[str], field: str, status: int = 2) 
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "micro"),
-    [("10.50", 10_500_000), ("0.000001", 1), ("-3", -3_000_000), ("1e3", 1_000_000_000), ("0.1", 100_000),
-     ("1_000.25", 1_000_250_000), ("10.5000000", 10_500_000)],
-)  # fmt: skip
+    [
+        ("10.50", 10_500_000),
+        ("0.000001", 1),
+        ("-3", -3_000_000),
+        ("1e3", 1_000_000_000),
+        ("0.1", 100_000),
+        ("1_000.25", 1_000_250_000),
+        ("10.5000000", 10_500_000),
+    ],
+)
 def test_money_is_parsed_exactly(text: str, micro: int) -> None:
     assert parse_money("amount", text, allow_negative=True) == micro
     assert Decimal(money(micro)) == Decimal(text.replace("_", ""))
@@ -138,8 +145,8 @@ def test_tenant_and_account_lifecycle(chf: Any, home: Path) -> None:
     r = chf("account", "create", "a1", "--tenant", "acme", "--payment", "prepaid", "--balance", "10.50")
     assert r.status == 0, r.err
     assert "10.50 EUR" in r.out
-    r = chf("account", "create", "p1", "--tenant", "acme", "--payment", "postpaid", "--credit-limit", "100",
-            "--cycle-day", "5", "--parent", "a1")  # fmt: skip
+    postpaid = ["account", "create", "p1", "--tenant", "acme", "--payment", "postpaid"]
+    r = chf(*postpaid, "--credit-limit", "100", "--cycle-day", "5", "--parent", "a1")
     assert r.status == 0, r.err
     r = chf("--json", "account", "show", "p1")
     shown = r.json()
@@ -156,8 +163,12 @@ def test_account_create_refusals(chf: Any, home: Path) -> None:
     base = ["account", "create", "a1", "--tenant", "acme", "--payment", "prepaid"]
     refused(chf, home, [*base, "--balance", "10.1234567"], "balance")
     refused(chf, home, [*base, "--balance", "ten"], "balance")
-    refused(chf, home, ["account", "create", "p1", "--tenant", "acme", "--payment", "postpaid",
-                        "--credit-limit", "-5"], "credit_limit")  # fmt: skip
+    refused(
+        chf,
+        home,
+        ["account", "create", "p1", "--tenant", "acme", "--payment", "postpaid", "--credit-limit", "-5"],
+        "credit_limit",
+    )
     refused(chf, home, [*base, "--credit-limit", "5"], "credit_limit")  # prepaid has no credit limit
     refused(chf, home, [*base, "--cycle-day", "40"], "cycle_day")
     refused(chf, home, [*base, "--cycle-day", "x"], "--cycle-day")
@@ -203,16 +214,26 @@ def test_topup_adjust_and_idempotency(demo: Any, home: Path) -> None:
 def test_bucket_adjustment_is_in_the_bucket_unit(demo: Any, home: Path) -> None:
     line = demo("--json", "subscriber", "show", "208019000000002").json()
     data = next(b for b in line["buckets"] if b["unit"] == "bytes")
-    args = ["account", "adjust", "bob", "--reason", "network outage", "--line", "208019000000002",
-            "--bucket", str(data["id"])]  # fmt: skip
+    args = ["account", "adjust", "bob", "--reason", "network outage", "--line", "208019000000002"]
+    args += ["--bucket", str(data["id"])]
     r = demo("--json", *args, "1000000")
     assert r.status == 0, r.err
     assert r.json()["remaining"] == data["remaining"] + 1_000_000
     refused(demo, home, [*args, "1.5"], "amount")  # bytes are whole units
-    refused(demo, home, ["account", "adjust", "bob", "--reason", "x", "--line", "208019000000002", "--bucket",
-                         "99", "5"], "bucket", status=1)  # fmt: skip
-    refused(demo, home, ["account", "adjust", "alice", "--reason", "x", "--line", "208019000000002", "--bucket",
-                         str(data["id"]), "5"], "line", status=1)  # the line is not alice's  # fmt: skip
+    refused(
+        demo,
+        home,
+        ["account", "adjust", "bob", "--reason", "x", "--line", "208019000000002", "--bucket", "99", "5"],
+        "bucket",
+        status=1,
+    )
+    refused(
+        demo,
+        home,
+        ["account", "adjust", "alice", "--reason", "x", "--line", "208019000000002", "--bucket", str(data["id"]), "5"],
+        "line",
+        status=1,
+    )  # the line is not alice's
 
 
 def test_account_plan_and_shared_buckets(demo: Any, home: Path) -> None:
@@ -232,8 +253,8 @@ def test_account_plan_and_shared_buckets(demo: Any, home: Path) -> None:
 # subscribers
 # ----------------------------------------------------------------------------------------------------------------------
 def test_subscriber_add_show_by_every_reference(demo: Any, home: Path) -> None:
-    r = demo("--json", "subscriber", "add", "--account", "alice", "--imsi", "001010000000077", "--msisdn",
-             "990000000077", "--iccid", "8900101000000000077", "--eid", "8" * 32, "--plan", "payg")  # fmt: skip
+    identities = f"--imsi 001010000000077 --msisdn 990000000077 --iccid 8900101000000000077 --eid {'8' * 32}"
+    r = demo("--json", "subscriber", "add", "--account", "alice", *identities.split(), "--plan", "payg")
     assert r.status == 0, r.err
     line_id = r.json()["id"]
     for ref in ("001010000000077", "990000000077", "8900101000000000077", f"#{line_id}"):
@@ -305,8 +326,17 @@ def test_import_reports_bad_rows_by_line_and_imports_the_rest(demo: Any, home: P
     r = demo("subscriber", "import", "lines.csv", "--account", "dave", "--batch", "3")
     assert r.status == 1, r.err
     bad = {int(m.group(1)): m.group(2) for m in re.finditer(r"lines\.csv:(\d+): (\w+):", r.err)}
-    assert bad == {3: "imsi", 4: "msisdn", 5: "account", 7: "imsi", 8: "imsi", 9: "plan", 10: "row", 11: "plan",
-                   12: "state"}  # fmt: skip
+    assert bad == {
+        3: "imsi",
+        4: "msisdn",
+        5: "account",
+        7: "imsi",
+        8: "imsi",
+        9: "plan",
+        10: "row",
+        11: "plan",
+        12: "state",
+    }
     assert "duplicates line 2 of this file" in r.err
     assert "read 12, imported 3, skipped 9" in r.out
     assert demo("--json", "subscriber", "show", "001010000000105").json()["account"] == "dave"  # --account default
@@ -336,8 +366,12 @@ def test_import_json_lines_and_json_summary(demo: Any, home: Path) -> None:
     summary = r.json()
     assert summary["read"] == 6 and summary["imported"] == 1 and summary["skipped"] == 5
     assert [(e["line"], e["field"]) for e in summary["errors"]] == [
-        (2, "extra"), (3, "imsi"), (4, "row"), (5, "account"), (6, "row")
-    ]  # fmt: skip
+        (2, "extra"),
+        (3, "imsi"),
+        (4, "row"),
+        (5, "account"),
+        (6, "row"),
+    ]
     assert {"seconds", "lines_per_second"} <= set(summary)
 
 
@@ -510,8 +544,9 @@ def test_events_tail_filters_and_json(demo: Any, home: Path) -> None:
     parsed = [json.loads(x) for x in demo("--json", "events", "tail", "-n", "500").out.splitlines()]
     seqs = [e["seq"] for e in parsed]
     assert seqs == sorted(seqs) and len(set(e["id"] for e in parsed)) == len(parsed)
-    topups = [json.loads(x) for x in demo("--json", "events", "tail", "-n", "2", "--kind", "topup").out.split("\n")
-              if x]  # fmt: skip
+    topups = [
+        json.loads(x) for x in demo("--json", "events", "tail", "-n", "2", "--kind", "topup").out.split("\n") if x
+    ]
     assert len(topups) == 2 and all(e["kind"] == "topup" for e in topups)
     r = demo("--json", "events", "tail", "--line", "#1", "-n", "100")
     assert all(json.loads(x)["subscriber"] == 1 for x in r.out.splitlines())
@@ -527,19 +562,29 @@ def test_events_follow_and_entry_point(home: Path) -> None:
     assert r.returncode == 0 and all(g in r.stdout for g in ("tenant", "account", "subscriber", "catalogue", "events"))
     r = subprocess.run([*cli, "subscriber", "import", "--help"], cwd=home, env=env, capture_output=True, text=True)
     assert "imsi (required), msisdn, iccid, eid, account, plan, state" in r.stdout
-    subprocess.run([*cli, "init", "--demo", "--demo-file", str(DEMO)], cwd=home, env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*cli, "init", "--demo", "--demo-file", str(DEMO)], cwd=home, env=env, check=True, capture_output=True
+    )
     follower = subprocess.Popen(
         [*cli, "--json", "events", "tail", "-n", "1", "--follow", "--kind", "topup", "--follow-for", "60"],
-        cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=home,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert follower.stdout is not None
         # The last existing top-up comes first: once it is printed, the follower is past its starting point.
         assert json.loads(follower.stdout.readline())["reason"] == "opening balance"
         for _ in range(2):
-            done = subprocess.run([*cli, "account", "topup", "alice", "1.25", "--reason", "follow test"], cwd=home,
-                                  env=env, capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [*cli, "account", "topup", "alice", "1.25", "--reason", "follow test"],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             assert done.returncode == 0, done.stderr
         seen = [json.loads(follower.stdout.readline()) for _ in range(2)]
         assert [e["amount"] for e in seen] == [1_250_000, 1_250_000]

@@ -1,4 +1,4 @@
-"""Durable before answered (DESIGN.md invariant 1), checked by killing the writer's process.
+"""Durable before answered (docs/architecture.md), checked by killing the writer's process.
 
 tests/crash_worker.py applies random operations through the real group-commit writer and prints each one
 only after its commit was acknowledged. We SIGKILL it at random moments, many times over the same store, and

@@ -27,7 +27,10 @@ import pytest
 from chf.core import provisioning
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
-from chf.export import Exporter, FileSink, parse_export_config, to_record
+from chf.export import parse_export_config
+from chf.export.exporter import Exporter
+from chf.export.files import FileSink
+from chf.export.records import to_record
 from chf.runtime.config import ConfigError
 from store.lmdbstore import Store
 from tests.support import free_port, require_tool
@@ -408,10 +411,18 @@ def test_nats_sink_survives_a_killed_broker(tmp_path: Path, nats_server: NatsSer
 def test_usage_record_has_its_container_times() -> None:
     record = to_record(
         {
-            "id": "x-9", "seq": 9, "kind": "usage", "time": 1_790_000_600, "opened": 1_790_000_000,
-            "session_started": 1_789_999_000, "session": "gy:s", "used": 5, "unit": "bytes", "reason": "final",
+            "id": "x-9",
+            "seq": 9,
+            "kind": "usage",
+            "time": 1_790_000_600,
+            "opened": 1_790_000_000,
+            "session_started": 1_789_999_000,
+            "session": "gy:s",
+            "used": 5,
+            "unit": "bytes",
+            "reason": "final",
         }
-    )  # fmt: skip
+    )
     assert record["recordOpeningTime"] == "2026-09-21T14:13:20Z"
     assert record["duration"] == 600
     assert record["sessionStartTime"] == "2026-09-21T13:56:40Z"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import hpack.hpack
 import pytest
 from hpack.exceptions import HPACKDecodingError
@@ -11,15 +14,15 @@ from hpack.huffman_table import decode_huffman as hpack_decode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import nchf.http  # noqa: F401  (installs the decoder)
+import nchf.h2connection  # noqa: F401  (installs the decoder)
 from nchf.huffman import decode_huffman
 
 ENCODER = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
 
-def outcome(decode: object, data: bytes) -> object:
+def outcome(decode: Callable[[Any], bytes], data: bytes | bytearray | memoryview) -> object:
     try:
-        return decode(data)  # type: ignore[operator]
+        return decode(data)
     except HPACKDecodingError as exc:
         return ("error", str(exc))
 

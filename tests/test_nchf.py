@@ -15,7 +15,7 @@ import pytest
 from chf.core import provisioning
 from nchf.auth import make_jwt
 from nchf.client import H2Client
-from nchf.component import NchfSettings, parse_settings
+from nchf.config import NchfSettings, parse_settings
 from nchf.http import HttpServer, Request, Response
 from tests.nchf_harness import (
     API,
@@ -313,6 +313,36 @@ async def test_http1_on_the_same_port(chf: Chf) -> None:
     await writer.wait_closed()
 
 
+async def _http1_exchange(port: int, *parts: bytes) -> bytes:
+    """Send `parts` (one write each, a moment apart) and read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+async def test_http1_limits_and_framing_errors(chf: Chf) -> None:
+    """HTTP/1.1 refusals: each answered with its status and a ProblemDetails, then the connection is closed."""
+    create = f"POST {API}/chargingdata HTTP/1.1\r\nHost: chf\r\nContent-Type: application/json\r\n".encode()
+    # A body over the limit is refused from its Content-Length, before it arrives.
+    too_big = await _http1_exchange(chf.port, create + b"Content-Length: 70000\r\n\r\n")
+    assert too_big.startswith(b"HTTP/1.1 413 ") and b'"cause":"REQUEST_TOO_LARGE"' in too_big
+    chunked = await _http1_exchange(chf.port, create + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ") and b'"cause":"LENGTH_REQUIRED"' in chunked
+    not_a_number = await _http1_exchange(chf.port, create + b"Content-Length: 1e3\r\n\r\n")
+    assert not_a_number.startswith(b"HTTP/1.1 400 ") and b'"cause":"INVALID_MSG_FORMAT"' in not_a_number
+    # A header block over the limit that arrives in pieces (never complete) is refused as it grows.
+    padding = b"X-Padding: " + b"p" * 10_000 + b"\r\n"
+    pieces = await _http1_exchange(chf.port, create, padding, padding)
+    assert pieces.startswith(b"HTTP/1.1 431 ") and b'"cause":"REQUEST_TOO_LARGE"' in pieces
+    for answer in (too_big, chunked, not_a_number, pieces):
+        assert b"\r\nconnection: close\r\n" in answer
+
+
 async def test_curl_http2_prior_knowledge(chf: Chf, tmp_path: Path) -> None:
     curl = require_tool("curl")
     body = tmp_path / "create.json"
@@ -389,17 +419,20 @@ async def test_notify_reauthorization_and_abort_reach_the_smf(chf: Chf) -> None:
     )
     _, body = await asyncio.wait_for(receiver.received.get(), 5)
     assert body == {"notificationType": "ABORT_CHARGING"}
+    notifier = chf.component.notifier
+    assert notifier is not None
     for _ in range(100):  # the notifier counts once the SMF's answer is in
-        if chf.component.notifier.delivered == 2:
+        if notifier.delivered == 2:
             break
         await asyncio.sleep(0.01)
-    assert chf.component.notifier.delivered == 2
+    assert notifier.delivered == 2
     await client.close()
     await receiver.server.stop()
 
 
 async def test_notify_failure_is_bounded_and_never_blocks_charging(chf: Chf) -> None:
     notifier = chf.component.notifier
+    assert notifier is not None
     notifier.settings.timeout, notifier.settings.retries, notifier.settings.backoff = 0.5, 1, 0.01
     receiver = NotifyReceiver(status=500)
     await receiver.server.start()
@@ -767,6 +800,7 @@ def test_unit_information_stays_in_range_for_any_grant() -> None:
     check()
 
 
+@pytest.mark.slow
 def test_response_body_written_directly_equals_json_dumps_of_the_mapping() -> None:
     """charging_data_response_json writes the usual answer without json.dumps: it must be the very same text."""
     from hypothesis import given, settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chf.core import provisioning
-from chf.core.model import EVENT, REFUND_ACCOUNT, SUCCESS, ChargingRequest, UnitRequest
+from chf.core.model import DIRECT_DEBITING, EVENT, REFUND_ACCOUNT, SUCCESS, ChargingRequest, UnitRequest
 from store.lmdbstore import Store
 from tests.charging_fixture import CATALOGUE, Charging, at
 from tools import cli
@@ -43,8 +43,13 @@ def charged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     # A: 1.5 GB: the 1 GB welcome bonus first, then 0.5 GB of the monthly 5 GB; 10 minutes of voice. No charge.
     assert c.use(LINE_A, 10, "bytes", 1_500_000_000, at("2026-11-03T10:00:00")) == 0
     assert c.use(LINE_A, 20, "seconds", 600, at("2026-11-03T11:00:00")) == 0
-    # P on payg (Wednesday 11:00 in Paris, daytime): one SMS, two minutes, 2.5 MB (3 started MB)
-    assert c.use(LINE_P, 40, "events", 1, at("2026-11-04T10:00:00")) == 80_000
+    # P on payg (Wednesday 11:00 in Paris, daytime): one SMS (a direct debit, refunded below), two minutes,
+    # 2.5 MB (3 started MB)
+    sms = ChargingRequest(
+        EVENT, "gy:sms;1", 0, [("imsi", LINE_P)], [UnitRequest(40, requested={"events": 1})], action=DIRECT_DEBITING
+    )
+    answer = c.store.write(lambda txn: c.engine.charge(txn, sms, at("2026-11-04T10:00:00")))
+    assert answer.result == SUCCESS and answer.cost == 80_000
     assert c.use(LINE_P, 20, "seconds", 120, at("2026-11-04T10:00:00")) == 240_000
     assert c.use(LINE_P, 10, "bytes", 2_500_000, at("2026-11-04T10:00:00")) == 30_000
     refund = ChargingRequest(

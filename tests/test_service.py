@@ -180,8 +180,11 @@ def test_serve_refuses_a_bad_section_without_a_traceback(tmp_path: Path, section
     )
     proc = subprocess.run(
         [sys.executable, "-m", "tools.cli", "serve", "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert field in proc.stderr
     assert "Traceback" not in proc.stderr

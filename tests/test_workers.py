@@ -32,12 +32,22 @@ IMSI1, IMSI2, IMSI3 = "208010000000001", "208010000000002", "208010000000003"
 
 def test_charging_request_round_trip() -> None:
     request = ChargingRequest(
-        "update", "gy:s;1", 7, [("imsi", IMSI1), ("msisdn", "33600000001")],
-        [UnitRequest(10, 3, {}, [UsageReport({"bytes": 5, "bytes_in": 2}, "quota_exhausted")], "threshold"),
-         UnitRequest(20, None, None, [], None)],
-        protocol="gy", action=None, serving_network="20801", rat="EUTRAN", apn="internet", notify=["pgw", "realm"],
+        "update",
+        "gy:s;1",
+        7,
+        [("imsi", IMSI1), ("msisdn", "33600000001")],
+        [
+            UnitRequest(10, 3, {}, [UsageReport({"bytes": 5, "bytes_in": 2}, "quota_exhausted")], "threshold"),
+            UnitRequest(20, None, None, [], None),
+        ],
+        protocol="gy",
+        action=None,
+        serving_network="20801",
+        rat="EUTRAN",
+        apn="internet",
+        notify=["pgw", "realm"],
         idempotency_key="k",
-    )  # fmt: skip
+    )
     import msgpack
 
     wire = msgpack.unpackb(msgpack.packb(request.pack()))  # what crosses the link: lists, not tuples
@@ -62,10 +72,13 @@ def test_worker_metrics_are_summed_into_the_core_exposition() -> None:
     from prometheus_client import generate_latest
 
     metrics.REQUESTS.labels("gy", "CCR-Z", "success").inc(2)
-    snap = [["chf_requests", "counter", [["chf_requests_total", {"interface": "gy", "operation": "CCR-Z",
-                                                                  "result": "success"}, 3.0]]]]  # fmt: skip
-    other = [["chf_requests", "counter", [["chf_requests_total", {"interface": "nchf", "operation": "create-z",
-                                                                   "result": "SUCCESS"}, 4.0]]]]  # fmt: skip
+
+    def requests(labels: dict[str, str], value: float) -> list[Any]:
+        """A worker's snapshot of chf_requests: [[family, type, [[sample, labels, value]]]]."""
+        return [["chf_requests", "counter", [["chf_requests_total", labels, value]]]]
+
+    snap = requests({"interface": "gy", "operation": "CCR-Z", "result": "success"}, 3.0)
+    other = requests({"interface": "nchf", "operation": "create-z", "result": "SUCCESS"}, 4.0)
     metrics.REMOTE_SAMPLES.append(lambda: [snap, other])
     try:
         text = generate_latest(metrics.exposition()).decode()
@@ -204,8 +217,9 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
         assert granted_bytes(cca)[0] == 4012
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(f"http://127.0.0.1:{api_port}") as http:
-            async with http.post("/v1/accounts/a1/topups", json={"amount": 5_000_000, "reason": "shop"},
-                                 headers=auth) as resp:  # fmt: skip
+            async with http.post(
+                "/v1/accounts/a1/topups", json={"amount": 5_000_000, "reason": "shop"}, headers=auth
+            ) as resp:
                 assert resp.status == 200, await resp.text()
             rar = await asyncio.wait_for(c1.server_requests.get(), 5)
             assert rar.code == 258 and find(rar.avps, 263).text() == "r;1"
@@ -243,8 +257,9 @@ async def test_serve_with_two_frontend_workers(tmp_path: Path, caplog: pytest.Lo
                 finally:
                     for other in others:
                         await other.close()
-                body = request_body(0, supi=None, units=[usage(10, {"totalVolume": 0}, request=False, final=True)],
-                                    plmn=None)  # fmt: skip
+                body = request_body(
+                    0, supi=None, units=[usage(10, {"totalVolume": 0}, request=False, final=True)], plmn=None
+                )
                 released = await h2.post_json(f"{API}/chargingdata/{ref}/release", json.dumps(body).encode())
                 assert released.status == 204, released.body
                 broken = await h2.post_json(f"{API}/chargingdata", b"{not json")
@@ -351,7 +366,7 @@ async def test_remote_service_fails_waiting_requests_when_the_core_goes() -> Non
     with pytest.raises(Exception):  # noqa: B017 - nothing listens: the connect fails
         await remote.connect(timeout=1)
     outcomes: list[Any] = []
-    from store.lmdbstore import StoreClosed
+    from store.interface import StoreClosed
 
     with pytest.raises(StoreClosed):
         remote.charge_then(ChargingRequest("initial", "gy:x", 0, []), outcomes.append)

@@ -1,92 +1,27 @@
 """The `chf` command: one console script with subcommands.
 
 Every subcommand prints readable output, or JSON with `--json`; bad input gives a message naming the field and a
-non-zero exit status, with nothing written. Commands that change data open the store directly (LMDB allows
-it while `chf serve` runs) and commit durably before they report success.
+non-zero exit status, with nothing written. Commands that change data open the store themselves (it takes
+writers beside a running `chf serve`) and commit durably before they report success. What a subcommand is given
+is in tools.cli_env; the subcommand groups register here (SUBCOMMANDS).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 import tomllib
 from collections.abc import Callable
 from typing import Any
 
 from chf.core import provisioning
 from chf.core.catalogue import CatalogueError
-from chf.core.catalogue_loader import load_catalogue
-from chf.core.engine import Engine
 from chf.core.model import RequestError
-from chf.runtime.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from store.lmdbstore import Store, StoreError
+from chf.runtime.config import DEFAULT_CONFIG, ConfigError
+from chf.runtime.storage import StoreError
 from tools import cli_admin, reconcile, reports
-
-EXIT_OK = 0
-EXIT_USAGE = 2  # bad input: nothing was written
-EXIT_FAILED = 1  # the operation could not be carried out (not found, conflict)
-
-
-class CliError(Exception):
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Env:
-    """What a subcommand needs, opened lazily: configuration, catalogue, store and engine."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.json: bool = bool(getattr(args, "json", False))
-        self._config: Config | None = None
-        self._store: Store | None = None
-        self._engine: Engine | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = load_config(self.args.config)
-        return self._config
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = Engine(load_catalogue(self.config.catalogue))
-        return self._engine
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            # As tools.serve.open_store, without importing tools.serve: that loads every front-end and its
-            # libraries (the Diameter dictionary, aiohttp), ~0.8 s added to each command.
-            sc = self.config.store
-            self._store = Store(
-                sc.path,
-                durability=sc.durability,
-                map_size=sc.map_size,
-                max_batch=sc.max_batch,
-                max_queue=sc.max_queue,
-                sync_interval=sc.sync_interval,
-            )
-        return self._store
-
-    def now(self) -> int:
-        return int(time.time())
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-    def out(self, value: Any, text: str | Callable[[], str] | None = None) -> None:
-        if self.json or text is None:
-            print(json.dumps(value, indent=2, sort_keys=True, default=str))
-        else:
-            print(text() if callable(text) else text)
+from tools.cli_env import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Env
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -220,9 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(args)
     try:
         return int(args.func(env))
-    except CliError as exc:
-        print(f"chf: {exc}", file=sys.stderr)
-        return exc.status
     except RequestError as exc:
         print(f"chf: {exc.field}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, provisioning.NotFound | provisioning.Conflict) else EXIT_USAGE

@@ -4,43 +4,28 @@ Every change goes through a chf.core.provisioning function (which validates and 
 one durable store transaction; a refused change writes nothing. Errors are `RequestError(field, message)`, which `chf`
 prints as `chf: FIELD: MESSAGE` with exit status 2 (bad input) or 1 (not found, conflict).
 
-This module does not import tools.cli at run time (tools.cli registers it), so `python -m tools.cli` works.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chf.core import provisioning
 from chf.core.catalogue import Catalogue, CatalogueError, Plan
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
-from store.lmdbstore import Txn
-from store.schema import LINE_STATES, PAYMENT_TYPES
+from chf.core.provisioning import LINE_STATES, PAYMENT_TYPES
+from chf.runtime.storage import Txn
+from tools.cli_env import EXIT_OK, EXIT_USAGE, Env, actor
 from tools.cli_format import fields, money, parse_money, parse_units, quantity, table, when
-
-if TYPE_CHECKING:
-    from tools.cli import Env
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def actor() -> str:
-    """Who made a change, for the audit events: the operator's login on this host."""
-    try:
-        return "cli:" + getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return f"cli:uid{os.getuid()}"
+from tools.cli_import import register_import
 
 
 def change(env: Env, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
@@ -823,8 +808,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_subscriber_set_plan)
-
-    from tools.cli_import import register_import
 
     register_import(g, common)
 

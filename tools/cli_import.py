@@ -18,16 +18,14 @@ import sys
 import time
 from array import array
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-import lmdb
+from typing import Any
 
 from chf.core import provisioning
 from chf.core.model import RequestError
-from store.lmdbstore import StoreError, Txn
-
-if TYPE_CHECKING:
-    from tools.cli import Env
+from chf.runtime.storage import StoreError, Txn
+from tools.cli_env import Env, actor
+from tools.progress import Progress
+from tools.progress import file_position as _position
 
 COLUMNS = provisioning.LINE_FIELDS  # account, imsi, msisdn, iccid, eid, plan, state
 DEFAULT_BATCH = 20_000
@@ -61,7 +59,7 @@ Row = tuple[int, dict[str, Any] | RequestError]
 
 
 def csv_rows(stream: io.TextIOBase, source: str) -> Iterator[Row]:
-    reader = csv.reader(stream)  # type: ignore[arg-type]
+    reader = csv.reader(stream)
     try:
         header = next(reader)
     except StopIteration:
@@ -92,7 +90,8 @@ def csv_rows(stream: io.TextIOBase, source: str) -> Iterator[Row]:
         if len(cells) != width:
             yield line_no, RequestError("row", f"has {len(cells)} cells, the header has {width}")
             continue
-        row = dict(zip(names, map(str.strip, cells), strict=True))  # C loops: ~1 µs a row less than a comprehension
+        # C loops: ~1 µs a row less than a comprehension
+        row: dict[str, str | None] = dict(zip(names, map(str.strip, cells), strict=True))
         if "" in row.values():
             for name, value in row.items():
                 if not value:
@@ -128,31 +127,6 @@ def jsonl_rows(stream: io.TextIOBase) -> Iterator[Row]:
             yield line_no, row
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most 5 times a second."""
-
-    def __init__(self, total_bytes: int, enabled: bool) -> None:
-        self.total = max(total_bytes, 1)
-        self.enabled = enabled
-        self.started = time.perf_counter()
-        self.drawn = 0.0
-
-    def update(self, done_bytes: int, read: int, skipped: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not final and now - self.drawn < 0.2:
-            return
-        self.drawn = now
-        frac = min(done_bytes / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        rate = read / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r[{bar:<30}] {frac:6.1%} {read:>10,} rows {skipped:,} skipped {rate:>9,.0f} rows/s")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def cmd_subscriber_import(env: Env) -> int:
     a = env.args
     fmt = a.format or ("jsonl" if a.file.endswith((".jsonl", ".ndjson", ".json")) else "csv")
@@ -176,136 +150,154 @@ def cmd_subscriber_import(env: Env) -> int:
 
 
 def run_import(env: Env, rows: Iterator[Row], handle: Any, size: int, fmt: str) -> int:
-    a = env.args
-    engine = env.engine
-    store = env.store
-    now = env.now()
-    from tools.cli_admin import actor
-
-    who = actor()
-    show_progress = a.progress or (sys.stderr.isatty() and not env.json)
-    progress = Progress(size, show_progress)
-    started = time.perf_counter()
-    read = imported = 0
-    errors: list[tuple[int, str, str]] = []
-    first_line_id: int | None = None
-    file_line_of = array("Q")  # file line number of each line created, by (line id - first id): 8 bytes a line
-
-    pending: list[tuple[int, str, str]] = []  # bad rows of the current batch, reported in line order at its end
-
-    def report(line_no: int, exc: RequestError) -> None:
-        pending.append((line_no, exc.field, exc.message))
-
-    def emit() -> None:
-        pending.sort()
-        for line_no, field, message in pending:
-            errors.append((line_no, field, message))
-            if not env.json and len(errors) <= MAX_ERRORS_PRINTED:
-                if show_progress:
-                    sys.stderr.write("\r\x1b[K")  # clear the progress line first
-                sys.stderr.write(f"{a.file}:{line_no}: {field}: {message}\n")
-        pending.clear()
-
-    def explain_duplicate(exc: RequestError, row: dict[str, Any]) -> RequestError:
-        """A duplicate within the file names the earlier line of the file, not just "in use"."""
-        if (
-            not isinstance(exc, provisioning.Conflict)
-            or exc.field not in ("imsi", "msisdn", "iccid")
-            or first_line_id is None
-        ):
-            return exc
-        with store.read() as txn:
-            line_id = txn.subscriber_id_by(exc.field, row[exc.field])
-        if line_id is not None and 0 <= line_id - first_line_id < len(file_line_of):
-            earlier = file_line_of[line_id - first_line_id]
-            return provisioning.Conflict(exc.field, f"{row[exc.field]} duplicates line {earlier} of this file")
-        return exc
-
-    batch: list[tuple[int, dict[str, Any]]] = []
-
-    def flush() -> None:
-        nonlocal imported, first_line_id
-        if not batch:
-            emit()
-            return
-        payload = [r for _, r in batch]
-        try:
-            results = store.write(lambda txn: _add(txn, payload))
-        except (StoreError, lmdb.Error) as exc:  # e.g. the store's map is full: this batch left no trace
-            first, last = batch[0][0], batch[-1][0]
-            raise ImportStopped(
-                "store", f"lines {first}-{last} not imported ({exc}); {imported:,} lines of earlier batches were"
-            ) from None
-        for (line_no, row), result in zip(batch, results, strict=True):
-            if isinstance(result, RequestError):
-                report(line_no, explain_duplicate(result, row))
-            else:
-                if first_line_id is None:
-                    first_line_id = result
-                index = result - first_line_id
-                if index == len(file_line_of):  # ids are consecutive unless another writer added lines meanwhile
-                    file_line_of.append(line_no)
-                else:
-                    file_line_of.extend([0] * (index + 1 - len(file_line_of)))
-                    file_line_of[index] = line_no
-                imported += 1
-        batch.clear()
-        emit()
-
-    templates = provisioning.LineTemplates()  # kept across batches: traced once per account, plan and state
-
-    def _add(txn: Txn, payload: list[dict[str, Any]]) -> list[int | RequestError]:
-        return provisioning.add_lines(txn, engine, payload, now=now, actor=who, templates=templates)
-
+    importer = _Import(env, handle, size)
     stopped: str | None = None
     try:
+        importer.feed(rows)
+    except ImportStopped as exc:
+        importer.emit()
+        stopped = f"{exc.field}: {exc.message}"
+        print(f"chf: {stopped}", file=sys.stderr)
+    importer.progress.update(size, importer.read, len(importer.errors), final=True)
+    importer.conclude(fmt, stopped)
+    return 0 if not importer.errors and not stopped else 1
+
+
+class _Import:
+    """One run of `chf subscriber import`: rows go in batches, each batch one durable transaction; bad rows are
+    reported with their file line, in line order, as each batch ends."""
+
+    def __init__(self, env: Env, handle: Any, size: int) -> None:
+        self.env = env
+        self.args = env.args
+        self.engine = env.engine
+        self.store = env.store
+        self.now = env.now()
+        self.who = actor()
+        self.handle = handle
+        self.show_progress = bool(self.args.progress or (sys.stderr.isatty() and not env.json))
+        self.progress = Progress(size, self.show_progress)
+        self.started = time.perf_counter()
+        self.read = self.imported = 0
+        self.errors: list[tuple[int, str, str]] = []
+        self.pending: list[tuple[int, str, str]] = []  # bad rows of the current batch, reported at its end
+        self.batch: list[tuple[int, dict[str, Any]]] = []
+        self.first_line_id: int | None = None
+        # The file line of each line created, by (line id - first id): 8 bytes a line.
+        self.file_line_of = array("Q")
+        self.templates = provisioning.LineTemplates()  # kept across batches: traced once per account, plan, state
+
+    def feed(self, rows: Iterator[Row]) -> None:
+        a = self.args
+        batch = self.batch
         for line_no, row in rows:
-            read += 1
+            self.read += 1
             if isinstance(row, RequestError):
-                report(line_no, row)
+                self.report(line_no, row)
             else:
                 if a.account is not None and not row.get("account"):
                     row["account"] = a.account
                 if a.plan is not None and not row.get("plan"):
                     row["plan"] = a.plan
                 if row.get("account") is None:
-                    report(line_no, RequestError("account", "no account in the row and no --account default"))
+                    self.report(line_no, RequestError("account", "no account in the row and no --account default"))
                 else:
                     batch.append((line_no, row))
                     if len(batch) >= a.batch:
-                        flush()
+                        self.flush()
                         gc.collect()  # the cycles of this batch (refused rows' tracebacks), see _batched_collection
-            if read % 4096 == 0:
-                progress.update(_position(handle), read, len(errors) + len(pending))
-        flush()
-    except ImportStopped as exc:
-        emit()
-        stopped = f"{exc.field}: {exc.message}"
-        print(f"chf: {stopped}", file=sys.stderr)
-    progress.update(size, read, len(errors), final=True)
-    seconds = time.perf_counter() - started
-    summary = {
-        "file": a.file,
-        "format": fmt,
-        "read": read,
-        "imported": imported,
-        "skipped": len(errors),
-        "stopped": stopped,
-        "seconds": round(seconds, 3),
-        "lines_per_second": round(read / seconds) if seconds > 0 else None,
-        "errors": [{"line": n, "field": f, "message": m} for n, f, m in errors],
-    }
-    if env.json:
-        env.out(summary)
-    else:
+            if self.read % 4096 == 0:
+                self.progress.update(_position(self.handle), self.read, len(self.errors) + len(self.pending))
+        self.flush()
+
+    def report(self, line_no: int, exc: RequestError) -> None:
+        self.pending.append((line_no, exc.field, exc.message))
+
+    def emit(self) -> None:
+        """Report the bad rows of the batch just written, in line order."""
+        self.pending.sort()
+        for line_no, field, message in self.pending:
+            self.errors.append((line_no, field, message))
+            if not self.env.json and len(self.errors) <= MAX_ERRORS_PRINTED:
+                if self.show_progress:
+                    sys.stderr.write("\r\x1b[K")  # clear the progress line first
+                sys.stderr.write(f"{self.args.file}:{line_no}: {field}: {message}\n")
+        self.pending.clear()
+
+    def flush(self) -> None:
+        """Write the batch in one durable transaction."""
+        batch = self.batch
+        if not batch:
+            self.emit()
+            return
+        payload = [r for _, r in batch]
+        try:
+            results = self.store.write(lambda txn: self._add(txn, payload))
+        except StoreError as exc:  # e.g. the store is full: this batch left no trace
+            first, last = batch[0][0], batch[-1][0]
+            raise ImportStopped(
+                "store", f"lines {first}-{last} not imported ({exc}); {self.imported:,} lines of earlier batches were"
+            ) from None
+        for (line_no, row), result in zip(batch, results, strict=True):
+            if isinstance(result, RequestError):
+                self.report(line_no, self.explain_duplicate(result, row))
+            else:
+                self.created(line_no, result)
+        batch.clear()
+        self.emit()
+
+    def _add(self, txn: Txn, payload: list[dict[str, Any]]) -> list[int | RequestError]:
+        return provisioning.add_lines(txn, self.engine, payload, now=self.now, actor=self.who, templates=self.templates)
+
+    def created(self, line_no: int, line_id: int) -> None:
+        if self.first_line_id is None:
+            self.first_line_id = line_id
+        index = line_id - self.first_line_id
+        file_line_of = self.file_line_of
+        if index == len(file_line_of):  # ids are consecutive unless another writer added lines meanwhile
+            file_line_of.append(line_no)
+        else:
+            file_line_of.extend([0] * (index + 1 - len(file_line_of)))
+            file_line_of[index] = line_no
+        self.imported += 1
+
+    def explain_duplicate(self, exc: RequestError, row: dict[str, Any]) -> RequestError:
+        """A duplicate within the file names the earlier line of the file, not just "in use"."""
+        first = self.first_line_id
+        if not isinstance(exc, provisioning.Conflict) or exc.field not in ("imsi", "msisdn", "iccid") or first is None:
+            return exc
+        with self.store.read() as txn:
+            line_id = txn.subscriber_id_by(exc.field, row[exc.field])
+        if line_id is not None and 0 <= line_id - first < len(self.file_line_of):
+            earlier = self.file_line_of[line_id - first]
+            return provisioning.Conflict(exc.field, f"{row[exc.field]} duplicates line {earlier} of this file")
+        return exc
+
+    def conclude(self, fmt: str, stopped: str | None) -> None:
+        """The summary: JSON with --json, else a line (and how many bad rows were not printed)."""
+        seconds = time.perf_counter() - self.started
+        read, errors = self.read, self.errors
+        summary = {
+            "file": self.args.file,
+            "format": fmt,
+            "read": read,
+            "imported": self.imported,
+            "skipped": len(errors),
+            "stopped": stopped,
+            "seconds": round(seconds, 3),
+            "lines_per_second": round(read / seconds) if seconds > 0 else None,
+            "errors": [{"line": n, "field": f, "message": m} for n, f, m in errors],
+        }
+        if self.env.json:
+            self.env.out(summary)
+            return
         if len(errors) > MAX_ERRORS_PRINTED:
             hidden = len(errors) - MAX_ERRORS_PRINTED
             print(f"chf: ... {hidden} more bad rows not shown (--json lists all)", file=sys.stderr)
         print(
-            f"read {read:,}, imported {imported:,}, skipped {len(errors):,} in {seconds:.1f} s "
+            f"read {read:,}, imported {self.imported:,}, skipped {len(errors):,} in {seconds:.1f} s "
             f"({summary['lines_per_second'] or 0:,} lines/s)" + (" - stopped early" if stopped else "")
         )
-    return 0 if not errors and not stopped else 1
 
 
 @contextlib.contextmanager
@@ -325,13 +317,6 @@ def _batched_collection() -> Iterator[None]:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
-
-
-def _position(handle: Any) -> int:
-    try:
-        return int(handle.buffer.tell())
-    except (AttributeError, OSError, ValueError):
-        return 0
 
 
 def register_import(g: Any, common: argparse.ArgumentParser) -> None:

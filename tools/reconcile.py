@@ -43,6 +43,9 @@ ours, difference, mno_rows, mno_first_line, detail) and malformed.csv (line, fie
 table goes to stdout (JSON with --json). Exit status: 0 when discrepancies plus malformed rows are at most
 --threshold (default 0), 1 when they exceed it, 2 for bad arguments or an unreadable file.
 
+Progress: on a terminal, and without --json, one bar per phase on stderr (our usage events, the wholesale file,
+the comparison); --progress draws them anyway.
+
 Scale: rows are streamed; memory holds one aggregate per (line, day, service) per side and a 12-byte
 fingerprint per record (for duplicates).
 """
@@ -54,14 +57,16 @@ import csv
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, TextIO
 
 from chf.core.catalogue import Catalogue
-from store.lmdbstore import Store
+from chf.runtime.storage import Store
+from tools.cli_env import Env
+from tools.progress import Progress, file_position, wanted
 
 MEASURES = ("bytes", "seconds", "events")
 MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
@@ -246,9 +251,23 @@ class Record:
         return hashlib.blake2b(raw.encode(), digest_size=12).digest()
 
 
-def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iterator[Record | Malformed]:
-    """Every data row of the file as a Record, or as a Malformed naming its line and field."""
-    reader = csv.reader(stream)
+@dataclass(slots=True)
+class _Columns:
+    """Where each field sits in the rows of a wholesale file (None: the file has no such column)."""
+
+    width: int
+    imsi: int
+    start: int
+    end: int
+    rating_group: int | None
+    apn: int | None
+    bytes_up: int | None
+    bytes_down: int | None
+    seconds: int | None
+    events: int | None
+
+
+def _read_header(reader: Any, source: str) -> _Columns:
     try:
         header = next(reader)
     except StopIteration:
@@ -262,11 +281,68 @@ def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iter
         missing.append("rating_group or apn")
     if missing:
         raise ReconcileError(f"{source}: line 1: header lacks column(s): {', '.join(missing)}")
-    c_imsi, c_start, c_end = column["imsi"], column["start"], column["end"]
-    c_rg, c_apn = column.get("rating_group"), column.get("apn")
-    c_up, c_down = column.get("bytes_up"), column.get("bytes_down")
-    c_sec, c_ev = column.get("seconds"), column.get("events")
-    width = len(names)
+    optional = ("rating_group", "apn", "bytes_up", "bytes_down", "seconds", "events")
+    return _Columns(
+        len(names), column["imsi"], column["start"], column["end"], *(column.get(name) for name in optional)
+    )
+
+
+def _row_reader(columns: _Columns, apn_map: dict[str, int]) -> Callable[[list[str], int], Record]:
+    """The reader of one data row into a Record; _FieldError names the first field that is wrong. The column
+    positions are bound once (a month of wholesale records is millions of rows)."""
+    c_imsi, c_start, c_end, c_rg, c_apn = columns.imsi, columns.start, columns.end, columns.rating_group, columns.apn
+    c_up, c_down, c_sec, c_ev = columns.bytes_up, columns.bytes_down, columns.seconds, columns.events
+
+    def read(row: list[str], line: int) -> Record:
+        imsi = row[c_imsi].strip()
+        if not (imsi.isdigit() and 6 <= len(imsi) <= 15):
+            raise _FieldError("imsi", imsi, "must be 6 to 15 digits")
+        try:
+            start = parse_timestamp(row[c_start])
+        except ValueError:
+            raise _FieldError("start", row[c_start], "not an ISO 8601 time or epoch seconds") from None
+        try:
+            end = parse_timestamp(row[c_end])
+        except ValueError:
+            raise _FieldError("end", row[c_end], "not an ISO 8601 time or epoch seconds") from None
+        if end < start:
+            raise _FieldError("end", row[c_end], "is before start")
+        rg_text = row[c_rg].strip() if c_rg is not None else ""
+        if rg_text:
+            if not rg_text.isdigit() or int(rg_text) > MAX_RATING_GROUP:
+                raise _FieldError("rating_group", rg_text, "must be an integer from 0 to 4294967295")
+            rating_group = int(rg_text)
+        else:
+            rating_group = _apn_rating_group(row[c_apn].strip() if c_apn is not None else "", apn_map)
+        return Record(
+            line,
+            imsi,
+            start,
+            end,
+            rating_group,
+            _count(row, c_up, "bytes_up"),
+            _count(row, c_down, "bytes_down"),
+            _count(row, c_sec, "seconds"),
+            _count(row, c_ev, "events"),
+        )
+
+    return read
+
+
+def _apn_rating_group(apn: str, apn_map: dict[str, int]) -> int:
+    if not apn:
+        raise _FieldError("rating_group", "", "neither rating_group nor apn is given")
+    mapped = apn_map.get(normalise_apn(apn))
+    if mapped is None:
+        raise _FieldError("apn", apn, "no rating group mapped to this APN (use --apn NAME=RG)")
+    return mapped
+
+
+def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iterator[Record | Malformed]:
+    """Every data row of the file as a Record, or as a Malformed naming its line and field."""
+    reader = csv.reader(stream)
+    columns = _read_header(reader, source)
+    read_row = _row_reader(columns, apn_map)
     while True:
         try:
             row = next(reader)
@@ -278,47 +354,11 @@ def read_wholesale(stream: TextIO, apn_map: dict[str, int], source: str) -> Iter
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # a blank line carries no usage
-        if len(row) != width:
-            yield Malformed(line, "row", str(len(row)), f"has {len(row)} fields, the header has {width}")
+        if len(row) != columns.width:
+            yield Malformed(line, "row", str(len(row)), f"has {len(row)} fields, the header has {columns.width}")
             continue
         try:
-            imsi = row[c_imsi].strip()
-            if not (imsi.isdigit() and 6 <= len(imsi) <= 15):
-                raise _FieldError("imsi", imsi, "must be 6 to 15 digits")
-            try:
-                start = parse_timestamp(row[c_start])
-            except ValueError:
-                raise _FieldError("start", row[c_start], "not an ISO 8601 time or epoch seconds") from None
-            try:
-                end = parse_timestamp(row[c_end])
-            except ValueError:
-                raise _FieldError("end", row[c_end], "not an ISO 8601 time or epoch seconds") from None
-            if end < start:
-                raise _FieldError("end", row[c_end], "is before start")
-            rg_text = row[c_rg].strip() if c_rg is not None else ""
-            if rg_text:
-                if not rg_text.isdigit() or int(rg_text) > MAX_RATING_GROUP:
-                    raise _FieldError("rating_group", rg_text, "must be an integer from 0 to 4294967295")
-                rating_group = int(rg_text)
-            else:
-                apn = row[c_apn].strip() if c_apn is not None else ""
-                if not apn:
-                    raise _FieldError("rating_group", "", "neither rating_group nor apn is given")
-                mapped = apn_map.get(normalise_apn(apn))
-                if mapped is None:
-                    raise _FieldError("apn", apn, "no rating group mapped to this APN (use --apn NAME=RG)")
-                rating_group = mapped
-            record = Record(
-                line,
-                imsi,
-                start,
-                end,
-                rating_group,
-                _count(row, c_up, "bytes_up"),
-                _count(row, c_down, "bytes_down"),
-                _count(row, c_sec, "seconds"),
-                _count(row, c_ev, "events"),
-            )
+            record = read_row(row, line)
         except _FieldError as exc:
             yield Malformed(line, exc.field, exc.value, exc.message)
             continue
@@ -397,14 +437,22 @@ def catalogue_units(catalogue: Catalogue | None) -> tuple[dict[int, set[str]], s
     return by_rg, default
 
 
-def aggregate_ours(store: Store, options: Options, summary: Summary, table: Table) -> dict[int, set[str]]:
+def aggregate_ours(
+    store: Store, options: Options, summary: Summary, table: Table, show_progress: bool = False
+) -> dict[int, set[str]]:
     """Add our rated usage per (imsi, day, rating group) to `table`, in the unit each event was rated in;
     returns the unit types seen per rating group."""
     first = options.day_from * DAY
     stop = (options.day_to + 1) * DAY
     units: dict[int, set[str]] = {}
     with store.read() as txn:
+        last = txn.last_event_seq()
+        progress = Progress(last, show_progress, unit="events", label="our usage")
+        scanned = 0
         for event in txn.events():
+            scanned += 1
+            if not scanned & 4095:
+                progress.update(event.get("seq", 0), scanned)
             if event.get("kind") != "usage":
                 continue
             when = event.get("time")
@@ -412,7 +460,7 @@ def aggregate_ours(store: Store, options: Options, summary: Summary, table: Tabl
             if not isinstance(when, int) or not first <= when < stop or not imsi:
                 continue
             rg = event.get("rating_group", -1)
-            unit = event.get("unit")
+            unit: str = event.get("unit") or ""
             units.setdefault(rg, set()).add(unit)
             index = MEASURE_INDEX.get(unit)
             if index is None:
@@ -421,6 +469,7 @@ def aggregate_ours(store: Store, options: Options, summary: Summary, table: Tabl
             table.entry(table.key(imsi, when // DAY, rg))[index] += used
             summary.our_totals[unit] += used
             summary.our_events += 1
+    progress.update(last, scanned, final=True)
     return units
 
 
@@ -439,10 +488,11 @@ def reconcile(
     out_dir: str,
     *,
     malformed_sample_size: int = 20,
+    show_progress: bool = False,
 ) -> Result:
     summary = Summary()
     table = Table()
-    our_units = aggregate_ours(store, options, summary, table)
+    our_units = aggregate_ours(store, options, summary, table, show_progress)
     cat_units, default_units = catalogue_units(catalogue)
 
     compared_cache: dict[int, tuple[str, ...]] = {}
@@ -472,8 +522,11 @@ def reconcile(
         disc.writerow(DISCREPANCY_COLUMNS)
         bad = csv.writer(bad_file)
         bad.writerow(MALFORMED_COLUMNS)
+        progress = Progress(os.fstat(source.fileno()).st_size, show_progress, label="wholesale")
         try:
             for item in read_wholesale(source, options.apn_map, wholesale):
+                if not summary.rows & 4095:
+                    progress.update(file_position(source), summary.rows, summary.malformed)
                 if isinstance(item, Malformed):
                     summary.rows += 1
                     summary.malformed += 1
@@ -525,9 +578,19 @@ def reconcile(
                 for i, m in enumerate(MEASURES):
                     summary.mno_totals[m] += amounts[i]
         except UnicodeDecodeError as exc:
+            progress.clear()
             raise ReconcileError(f"{wholesale}: not UTF-8 text: {exc.reason}") from exc
+        progress.update(progress.total, summary.rows, summary.malformed, final=True)
         seen.clear()
-        _compare(store, table, compared, options, summary, disc)
+        _compare(
+            store,
+            table,
+            compared,
+            options,
+            summary,
+            disc,
+            Progress(len(table.rows), show_progress, unit="keys", label="compare"),
+        )
     return Result(summary, disc_path, bad_path, sample)
 
 
@@ -538,13 +601,16 @@ def _compare(
     options: Options,
     summary: Summary,
     disc: Any,
+    progress: Progress,
 ) -> None:
     known: dict[str, bool] = {}
     keys = table.sorted_keys()
     summary.keys = len(keys)
     rows = table.rows
     with store.read() as txn:
-        for key in keys:
+        for done, key in enumerate(keys):
+            if not done & 4095:
+                progress.update(done, done)
             imsi, day, rg = table.split(key)
             entry = rows[key]
             for unit in compared(rg):
@@ -588,6 +654,7 @@ def _compare(
                         detail,
                     )
                 )
+    progress.update(len(keys), len(keys), final=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -634,7 +701,7 @@ def _percent(text: str) -> Fraction:
     return value
 
 
-def cmd_reconcile(env: Any) -> int:
+def cmd_reconcile(env: Env) -> int:
     import json
 
     args = env.args
@@ -653,7 +720,10 @@ def cmd_reconcile(env: Any) -> int:
             apn_map=parse_apn_map(args.apn or [], section.get("apn")),
         )
         out_dir = args.out or os.path.join(env.config.data_dir, "reconcile")
-        result = reconcile(env.store, env.engine.catalogue, args.wholesale, options, out_dir)
+        show_progress = wanted(env.json, args.progress)
+        result = reconcile(
+            env.store, env.engine.catalogue, args.wholesale, options, out_dir, show_progress=show_progress
+        )
     except ReconcileError as exc:
         print(f"chf: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -690,4 +760,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=_non_negative, default=0, metavar="N", help="discrepancies tolerated")
     p.add_argument("--apn", action="append", metavar="NAME=RG", help="map an APN to a rating group (repeatable)")
     p.add_argument("--out", metavar="DIR", help="where the CSV files go (default <data_dir>/reconcile)")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr even when it is not a terminal")
     p.set_defaults(func=cmd_reconcile)

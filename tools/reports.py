@@ -21,6 +21,9 @@ revenue
 Both end with the usage not yet exported: for each exporter cursor, the events after it (all kinds) and the
 usage events among them by unit type, with their charges, whatever their day. Without any cursor the report
 says that no exporter has delivered anything.
+
+On a terminal, and without --json, a progress bar of the pass over the spool is drawn on stderr (--progress draws
+it anyway).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.lmdbstore import Store
+from chf.runtime.storage import Store
+from tools.cli_env import Env
+from tools.progress import Progress, wanted
 from tools.reconcile import DAY, ReconcileError, day_text, parse_day
 
 GROUPINGS = ("tenant", "account", "plan")
@@ -123,7 +128,7 @@ class _Plans:
         return str(self.account[account] or NO_PLAN)
 
 
-def build_report(store: Store, day_from: int, day_to: int, by: str) -> dict[str, Any]:
+def build_report(store: Store, day_from: int, day_to: int, by: str, show_progress: bool = False) -> dict[str, Any]:
     """Everything both reports show, as plain data (ints and strings)."""
     if by not in GROUPINGS:
         raise ReconcileError(f"--by: must be one of {', '.join(GROUPINGS)}, got {by!r}")
@@ -137,7 +142,12 @@ def build_report(store: Store, day_from: int, day_to: int, by: str) -> dict[str,
         oldest_cursor = min((seq for _, seq in cursors), default=None)
         last_seq = txn.last_event_seq()
         plans = _Plans(txn)
+        progress = Progress(last_seq, show_progress, unit="events", label="spool")
+        scanned = 0
         for event in txn.events():
+            scanned += 1
+            if not scanned & 4095:
+                progress.update(event.get("seq", 0), scanned)
             kind = event.get("kind")
             if kind == "plan_change":
                 plans.follow(event)
@@ -154,6 +164,7 @@ def build_report(store: Store, day_from: int, day_to: int, by: str) -> dict[str,
             if group is None:
                 group = groups[name] = Group()
             _tally(group, name, event, granted_in_period, groups)
+        progress.update(last_seq, scanned, final=True)
     out_groups = [_group_dict(name, groups[name]) for name in sorted(groups)]
     return {
         "from": day_text(day_from),
@@ -374,14 +385,14 @@ def backlog_text(unexported: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def cmd_report(env: Any) -> int:
+def cmd_report(env: Env) -> int:
     args = env.args
     try:
         day_from = parse_day(args.date_from, "--from")
         day_to = parse_day(args.date_to, "--to")
         if day_to < day_from:
             raise ReconcileError(f"--to: {args.date_to} is before --from {args.date_from}")
-        report = build_report(env.store, day_from, day_to, args.by)
+        report = build_report(env.store, day_from, day_to, args.by, wanted(env.json, args.progress))
     except ReconcileError as exc:
         print(f"chf: {exc}", file=sys.stderr)
         return 2
@@ -405,4 +416,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="first UTC day, YYYY-MM-DD")
     p.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="last UTC day (inclusive)")
     p.add_argument("--by", choices=GROUPINGS, default="tenant", help="grouping (default tenant)")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
     p.set_defaults(func=cmd_report)

@@ -5,17 +5,20 @@ services configured in conf/chf.toml. SIGHUP reloads the catalogue (an invalid f
 running one kept). Shutdown runs in reverse: front-ends stop taking requests and drain, then the writer
 commits what is queued, then the store closes.
 
-With `[server] frontend_workers = N` (N > 0) this process is the core (store, engine, sweeper, API, exporters,
-Nchf notifications) and N worker processes (`chf serve --worker I`) run the Gy and Nchf servers on the same
-ports (SO_REUSEPORT), reaching the core over the core link (chf.corelink). A worker that exits is restarted.
-The core is ready once every worker listens; on shutdown the workers drain first (Gy DPR, HTTP/2 GOAWAY,
-answers still due from the core), then the core stops as above.
+The process topology is decided here and nowhere else (`process_role`): everything in one process, or, with
+`[server] frontend_workers = N` (N > 0), a core (store, engine, sweeper, API, exporters, Nchf notifications) and
+N worker processes (`chf serve --worker I`) that run the Gy and Nchf servers on the same ports (SO_REUSEPORT),
+reaching the core over the core link (chf.runtime.corelink). A worker that exits is restarted. The core is ready
+once every worker listens; on shutdown the workers drain first (Gy DPR, HTTP/2 GOAWAY, answers still due from
+the core), then the core stops as above. The front-ends receive a `ChargingPort` (the service, or the core link
+in a worker) and the role, and build what the role runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -23,19 +26,37 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import EngineConfig
 from chf.export import export_components
+from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
-from chf.runtime.corelink import CoreLinkServer, RemoteService, link_path
+from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
+from chf.runtime.port import ChargingPort
 from chf.runtime.service import ChargingService, tune_collector
-from store.lmdbstore import Store
+from chf.runtime.storage import Store, open_store
+from chf.snmp import snmp_components
+from tools.sdnotify import Notifier
 
 log = logging.getLogger("chf.serve")
+
+# What a process runs:
+# - "all": everything, in one process;
+# - "core" ([server] frontend_workers > 0): the store, engine, sweeper, management API, exporters, the core link
+#   and the workers' supervisor; the front-ends only check their sections (a worker must not fail to start);
+# - "worker" (`chf serve --worker I`): the Gy and Nchf front-ends, on the core link.
+Role = Literal["all", "core", "worker"]
+
+
+def process_role(config: Config, worker: int | None = None) -> Role:
+    """The role of this process; no other part of the code decides it."""
+    if worker is not None:
+        return "worker"
+    return "core" if config.frontend_workers > 0 else "all"
 
 
 class Component(Protocol):
@@ -48,18 +69,46 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-# Factories add components for the sections present in the configuration. Each front-end issue registers its
-# own here, so `chf serve` stays the one place that knows every part.
-ComponentFactory = Callable[[Config, ChargingService], list[Component]]
-COMPONENT_FACTORIES: list[ComponentFactory] = []
-COMPONENT_FACTORIES.append(api_components)
-COMPONENT_FACTORIES.append(export_components)
+# Factories add components for the sections present in the configuration, so that `chf serve` stays the one
+# place that knows every part. Beside the store (roles "all" and "core"):
+CoreFactory = Callable[[Config, ChargingService], list[Component]]
+CORE_FACTORIES: list[CoreFactory] = [api_components, export_components]
 
 from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
-from nchf.component import nchf_components  # noqa: E402
+from nchf.component import NchfComponent, NchfNotifierComponent  # noqa: E402
+from nchf.config import parse_settings as parse_nchf_settings  # noqa: E402
 
-COMPONENT_FACTORIES.append(gy_components)
-COMPONENT_FACTORIES.append(nchf_components)
+
+def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
+    config.role = role  # gy_components still takes the role from the configuration
+    return gy_components(config, port)
+
+
+def _nchf_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
+    """The Nchf front-end for a process role, when conf/chf.toml has an enabled [nchf] section: in one process
+    ("all") the server with its notifier; with front-end workers, the workers share the port and leave the
+    numbering of unnumbered requests to the core (one counter for all workers: the engine needs the numbers to
+    grow per session, and the updates of one session may arrive through different workers), and the core sends
+    the notifications (each once, whatever the number of workers)."""
+    if "nchf" not in config.raw:
+        return []
+    settings = parse_nchf_settings(config.section("nchf"), config.source)
+    if not settings.enabled:
+        return []
+    if role == "core":
+        if settings.port == 0:  # each worker would listen on a port of its own
+            raise ConfigError([f"{config.source}: [nchf] port: must be a fixed port with [server] frontend_workers"])
+        return [NchfNotifierComponent(port, settings)]
+    if role == "worker":
+        numbers = itertools.repeat(ASSIGN_NUMBER)  # the core numbers them
+        return [NchfComponent(port, settings, reuse_port=True, send_notifications=False, request_numbers=numbers)]
+    return [NchfComponent(port, settings)]
+
+
+# The front-ends, in every role: each builds what `role` runs of it (nothing, in a core that has workers, once its
+# section is checked).
+FrontendFactory = Callable[[Config, ChargingPort, Role], list[Component]]
+FRONTEND_FACTORIES: list[FrontendFactory] = [_gy_frontend, _nchf_frontend]
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -94,24 +143,14 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def open_store(config: Config) -> Store:
-    sc = config.store
-    return Store(
-        sc.path,
-        durability=sc.durability,
-        map_size=sc.map_size,
-        max_batch=sc.max_batch,
-        max_queue=sc.max_queue,
-        sync_interval=sc.sync_interval,
-        writer=sc.writer,
-    )
-
-
 def build_service(config: Config, store: Store) -> ChargingService:
     catalogue = load_catalogue(config.catalogue)
     ec = config.engine
     engine_config = EngineConfig(
-        idempotency_window=ec.idempotency_window, reap_factor=ec.reap_factor, answers_kept=ec.answers_kept
+        idempotency_window=ec.idempotency_window,
+        reap_factor=ec.reap_factor,
+        answers_kept=ec.answers_kept,
+        refund_window=ec.refund_window,
     )
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 
@@ -133,6 +172,7 @@ class WorkerPool:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        metrics.watch_workers(self.count, link.ready_workers.__contains__)
 
     def command(self, worker_id: int) -> list[str]:
         cmd = [sys.executable, "-m", "tools.cli"]
@@ -164,8 +204,14 @@ class WorkerPool:
             rc = await proc.wait()
             if self._stopping:
                 return
-            log.error("event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f", worker_id, proc.pid, rc,
-                      WORKER_RESTART_DELAY)  # fmt: skip
+            metrics.FRONTEND_WORKER_EXITS.labels(str(worker_id)).inc()
+            log.error(
+                "event=worker_exited worker=%d pid=%d returncode=%d restart_in=%.1f",
+                worker_id,
+                proc.pid,
+                rc,
+                WORKER_RESTART_DELAY,
+            )
             await asyncio.sleep(WORKER_RESTART_DELAY)
 
     async def stop(self) -> None:
@@ -190,19 +236,32 @@ class WorkerPool:
 
 
 async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[None] | None] | None = None) -> None:
-    if config.frontend_workers > 0 and config.role == "all":
-        config.role = "core"
+    """The single process, or the core of front-end workers (see process_role)."""
+    role = process_role(config)
+    # systemd (deploy/chf.service, Type=notify): READY=1 once everything listens, the watchdog pinged from this
+    # loop, STOPPING=1 when the drain begins. Taken from the environment before any worker is started.
+    notifier = Notifier.from_environment()
     store = open_store(config)
+    # Store size and commit times for /metrics and SNMP, whichever of them is configured.
+    metrics.watch_store(store.stat)
+    if metrics.observe_commit not in store.on_commit:
+        store.on_commit.append(metrics.observe_commit)
     try:
         service = build_service(config, store)
         # Every section is checked before anything starts: a bad one stops start-up with its errors.
         components: list[Component] = []
-        for factory in COMPONENT_FACTORIES:
+        for factory in CORE_FACTORIES:
             components.extend(factory(config, service))
+        for frontend in FRONTEND_FACTORIES:
+            components.extend(frontend(config, service, role))
+        # The SNMP agent last: started once the front-ends listen, stopped before they drain (a stopping chf sends
+        # no peer-down notifications for the peers it disconnects itself).
+        components.extend(snmp_components(config, service))
     except BaseException:
         store.close()
         raise
     await service.start()
+    notifier.start_watchdog(lambda: store.running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -224,7 +283,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
             await component.start()
             log.info("event=component_started name=%s", component.name)
         os.makedirs(config.data_dir, exist_ok=True)
-        if config.role == "core":
+        if role == "core":
             link = CoreLinkServer(service, link_path(config.data_dir))
             await link.start()
             # Stopped first (reverse order): the workers drain while the link still answers them.
@@ -249,6 +308,7 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         )
         if pool is not None:
             log.info("event=frontend_workers_ready workers=%d", pool.count)
+        notifier.ready("serving: " + (",".join(c.name for c in components) or "-"))
         if started is not None:
             res = started(service)
             if res is not None:
@@ -256,12 +316,15 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
         await stop.wait()
         log.info("event=stopping")
     finally:
+        notifier.stopping()
         for component in reversed(components):
             try:
                 await component.stop()
             except Exception:
                 log.exception("event=component_stop_failed name=%s", component.name)
+        await notifier.close()  # the watchdog pings until the front-ends have drained
         await service.stop()
+        metrics.watch_store(None)
         store.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_path)
@@ -272,13 +335,11 @@ async def run(config: Config, *, started: Callable[[ChargingService], Awaitable[
 
 async def run_worker(config: Config, worker_id: int) -> None:
     """A front-end worker: the Gy and Nchf servers of the configuration on a RemoteService (the core link)."""
-    config.role = "worker"
     remote = RemoteService(link_path(config.data_dir), worker_id)
     await remote.connect()
-    service: Any = remote  # offers what the front-ends use of ChargingService
     components: list[Component] = []
-    for factory in (gy_components, nchf_components):
-        components.extend(factory(config, service))
+    for frontend in FRONTEND_FACTORIES:
+        components.extend(frontend(config, remote, process_role(config, worker_id)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -298,8 +359,12 @@ async def run_worker(config: Config, worker_id: int) -> None:
             await component.start()
             started.append(component)
         remote.ready()
-        log.info("event=worker_ready worker=%d pid=%d components=%s", worker_id, os.getpid(),
-                 ",".join(c.name for c in components) or "-")  # fmt: skip
+        log.info(
+            "event=worker_ready worker=%d pid=%d components=%s",
+            worker_id,
+            os.getpid(),
+            ",".join(c.name for c in components) or "-",
+        )
         closed = asyncio.create_task(remote.closed.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)

@@ -23,7 +23,7 @@ from chf.api.problems import ApiProblem
 from chf.core import provisioning
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
-from store.lmdbstore import Txn
+from store.interface import Txn
 
 routes = web.RouteTableDef()
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from chf.core.engine import Engine
 from chf.core.model import OpResult
 from chf.runtime.service import ChargingService
-from store.lmdbstore import Txn
+from store.interface import Txn
 
 ACTOR = web.RequestKey("actor", str)  # who is calling: "api:<token name>", recorded in audit events
 

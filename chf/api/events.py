@@ -12,7 +12,7 @@ from chf.api.context import context
 from chf.api.problems import bad_request
 from chf.core import provisioning
 from chf.runtime.service import open_sessions
-from store.lmdbstore import Txn
+from store.interface import Txn
 
 routes = web.RouteTableDef()
 

@@ -63,6 +63,9 @@ async def metrics_page(request: web.Request) -> web.Response:
     with store.read() as txn:
         metrics.OPEN_SESSIONS.set(txn.session_count())
     metrics.WRITE_QUEUE.set(store.queued())
+    sizes = store.stat()
+    metrics.STORE_USED.set(sizes["used_bytes"])
+    metrics.STORE_MAP_SIZE.set(sizes["map_size"])
     for name, (backlog, _limit) in export.backlogs(store).items():
         metrics.EXPORT_BACKLOG.labels(name).set(backlog)
     body = generate_latest(metrics.exposition())

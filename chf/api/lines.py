@@ -14,7 +14,7 @@ from chf.api.context import ACTOR, context
 from chf.core import provisioning
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
-from store.lmdbstore import Txn
+from store.interface import Txn
 
 routes = web.RouteTableDef()
 

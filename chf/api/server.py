@@ -46,7 +46,7 @@ from chf.core import provisioning
 from chf.core.model import RequestError
 from chf.runtime import metrics
 from chf.runtime.service import ChargingService
-from store.lmdbstore import StoreBusy, StoreClosed, StoreError
+from store.interface import StoreBusy, StoreClosed, StoreError
 
 __all__ = ["ApiConfig", "ApiServer", "api_components", "parse_api_config"]
 

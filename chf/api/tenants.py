@@ -9,7 +9,7 @@ from aiohttp import web
 from chf.api.bodies import TenantCreate, read_body
 from chf.api.context import context
 from chf.core import provisioning
-from store.lmdbstore import Txn
+from store.interface import Txn
 
 routes = web.RouteTableDef()
 

@@ -3,14 +3,14 @@
 # the record types of their locals.
 import cython
 
-from store.lmdbstore cimport Txn
+from store.lmdbstore cimport Txn as LmdbTxn  # compiled, the LMDB Txn is called directly (see engine.pxd)
 from store.schema cimport BalanceSet, Bucket
 
 
 cdef class Context:
     cdef public object account, account_dirty, acct_bs, acct_bs_dirty, catalogue, events, line_bs, line_bs_dirty
     cdef public object now, sub
-    cdef public Txn txn
+    cdef public LmdbTxn txn
 
     @cython.locals(bs=BalanceSet)
     cpdef bucket(self, src, bucket_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from chf.core.catalogue import Catalogue
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import SRC_ACCOUNT, SRC_LINE, Account, BalanceSet, Bucket, Subscriber
 
 

@@ -7,7 +7,7 @@ import cython
 
 from chf.core.context cimport Context
 from chf.core.renewals cimport bring_up_to_date
-from store.lmdbstore cimport Txn
+from store.lmdbstore cimport Txn as LmdbTxn  # the compiled engine calls the LMDB Txn's cpdef methods directly
 from store.schema cimport Account, BalanceSet, Bucket, Reservation, Session, Subscriber
 
 
@@ -15,7 +15,7 @@ cdef class Engine:
     cdef public object _by_version, _catalogue, _version, config
 
     @cython.locals(ctx=Context, session=Session, sub=Subscriber)
-    cpdef charge(self, Txn txn, req, now)
+    cpdef charge(self, LmdbTxn txn, req, now)
 
     cpdef _replay(self, Session session, req)
 
@@ -50,6 +50,6 @@ cdef class Engine:
     cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions)
 
     @cython.locals(account=Account, ctx=Context)
-    cpdef context(self, Txn txn, Subscriber sub, now, account_id=*)
+    cpdef context(self, LmdbTxn txn, Subscriber sub, now, account_id=*)
 
     cpdef line_plan(self, Context ctx)

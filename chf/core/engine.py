@@ -51,8 +51,14 @@ from chf.core.model import (
     all_failed,
 )
 from chf.core.renewals import bring_up_to_date
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
+
+# Protocols whose sessions the charging function names, not the client (Nchf: the ChargingDataRef of a create).
+# Their client cannot retransmit an initial request after it used the session (it learns the name from the
+# answer), so an initial request on such a session closed by a later request is a new one: it is not answered
+# from the closed session's stored answer (the front-end names a new session for it).
+SESSIONS_NAMED_BY_US = frozenset({"nchf"})
 
 
 @dataclass(slots=True)
@@ -60,6 +66,8 @@ class EngineConfig:
     idempotency_window: int = 3600  # seconds a stored answer is kept for replay
     answers_kept: int = 4  # recent answers kept in a session for retransmissions (older: refused)
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
+    # Seconds a one-shot debit stays refundable by REFUND_ACCOUNT (chf.core.events); 0: no refunds.
+    refund_window: int = 7 * 86_400
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which
@@ -254,7 +262,12 @@ class Engine:
         """The answer to a request the session has seen: its stored answer, or SESSION_UNKNOWN once the session
         is closed; None for a new request. A request applied before whose answer is no longer kept is refused."""
         stored = session.answer_for(req.number)
-        if stored is not None:
+        if stored is not None and not (
+            session.closed
+            and req.kind == INITIAL
+            and req.protocol in SESSIONS_NAMED_BY_US
+            and session.last_request != req.number
+        ):
             return ChargingAnswer.unpack(stored, duplicate=True)
         if session.closed:
             return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="session already terminated")

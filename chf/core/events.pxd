@@ -1,16 +1,19 @@
-# Compiled builds only (setup.py): see chf/core/engine.pxd. An event request's context and line, and the buckets a
-# direct debit takes units from, are typed records.
+# Compiled builds only (setup.py): see chf/core/engine.pxd. An event request's context and line, the buckets a
+# debit takes units from and the debits a refund reverses are typed records.
 import cython
 
 from chf.core.context cimport Context
-from store.lmdbstore cimport Txn
+from store.lmdbstore cimport Txn as LmdbTxn  # compiled, the LMDB Txn is called directly (see engine.pxd)
 from store.schema cimport Bucket, Subscriber
 
 
 @cython.locals(ctx=Context, sub=Subscriber)
-cpdef charge_event(engine, Txn txn, req, now)
+cpdef charge_event(engine, LmdbTxn txn, req, now)
 
-cpdef _rate_units(Context ctx, plan, req, answer)
+cpdef _rate_units(job)
 
-@cython.locals(bucket=Bucket)
-cpdef _debit(Context ctx, req, unit_req, ua, answer, p)
+@cython.locals(ctx=Context, bucket=Bucket)
+cpdef _take(job, unit_req, ua, p, reason)
+
+@cython.locals(ctx=Context, bucket=Bucket)
+cpdef _reverse(job, debit, want)

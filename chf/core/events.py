@@ -1,21 +1,28 @@
-"""One-shot events (RFC 4006 CCR-Event with a Requested-Action): direct debit, refund, balance check, price
-enquiry.
+"""One-shot events: RFC 4006 CCR-Event with a Requested-Action (direct debit, refund, balance check, price
+enquiry) and the Nchf one-time events (TS 32.290: IEC is a direct debit, PEC a post-event charge).
 
 An event is rated and acted on in one request: no session, no reservation (TS 32.299 immediate event charging).
 Each is answered once per idempotency key (the session and request number unless the client gives one); a
 retransmission is answered from the stored answer and changes nothing.
 
-Per rating group, `_price` rates the units the request names (what buckets do not pay, at the tariff price),
-then the action's function in `ACTIONS` acts on it. Another action (a future IEC/PEC variant) is one more
-function there.
+Per rating group, the action's function in `ACTIONS` acts on it: debits and enquiries rate the units first
+(`_price`: what buckets do not pay, at the tariff price); a refund rates nothing, it reverses debits.
+
+Refunds (README "Refunds"). Every debit of units (direct debit, post-event charge) is kept as a `Debit` record:
+the units it took from each bucket, the units it charged to the wallet and their money. A REFUND_ACCOUNT of a
+line and rating group reverses those debits, newest first, within [engine] refund_window seconds: wallet money
+back to the wallet it came from, then allowance units back to their bucket if that bucket still exists and is
+valid (an expired allowance is not refunded, in units or in money). It never returns more than the debits took
+and was not refunded yet, and each reversal is a "refund" event naming the debit it reverses (`reverses`). Debits
+made while the line belonged to another account are not refunded here (the money went to that account). With
+nothing to refund, the rating group gets RATING_FAILED (Diameter 5031) and nothing changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from chf.core.catalogue import Plan, Tariff
 from chf.core.context import Context, bucket_impact, funds
@@ -26,6 +33,7 @@ from chf.core.model import (
     END_USER_SERVICE_DENIED,
     EVENT_ACTIONS,
     FUA_TERMINATE,
+    POST_EVENT,
     PRICE_ENQUIRY,
     RATING_FAILED,
     REFUND_ACCOUNT,
@@ -39,11 +47,23 @@ from chf.core.model import (
     UnitRequest,
     all_failed,
 )
-from store.lmdbstore import Txn
-from store.schema import ACTIVE, Bucket
+from store.interface import Txn
+from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
 if TYPE_CHECKING:
     from chf.core.engine import Engine
+
+# The line states in which an action may change or quote a balance. A direct debit (and its balance check) comes
+# before the service: active lines only. A post-event charge reports a service delivered already: charged on a
+# suspended line too (it may predate the suspension), never on a line that cannot have had service (provisioned)
+# or is gone (terminated). A refund returns what a debit took, whatever the line's state; a price enquiry asks.
+_LINE_STATES: dict[str | None, tuple[str, ...]] = {
+    DIRECT_DEBITING: (ACTIVE,),
+    CHECK_BALANCE: (ACTIVE,),
+    POST_EVENT: (ACTIVE, SUSPENDED),
+}
+# Actions whose answer is kept for replay even when nothing was written (a retransmission must not act twice).
+_REMEMBERED = (DIRECT_DEBITING, REFUND_ACCOUNT, POST_EVENT)
 
 
 @dataclass(slots=True)
@@ -56,8 +76,22 @@ class Priced:
     units: int  # the units the request names (1 for an events tariff that names none)
     usage: int  # the line's usage of the rating group in the period, before this event
     buckets: list[tuple[Bucket, int, str]]  # the buckets that may pay, in consumption order
-    from_buckets: int  # the units they pay (debit and balance check only)
+    from_buckets: int  # the units they pay (debits and balance check only)
     cost: int  # money for the rest, at the tariff price
+
+
+@dataclass(slots=True)
+class Job:
+    """One event request being decided: what every action works with."""
+
+    ctx: Context
+    plan: Plan | None
+    req: ChargingRequest
+    answer: ChargingAnswer
+    refund_window: int
+    cost: int = 0  # money priced, charged or refunded over the rating groups
+    # Debits made by this request, with their events: stored once the events have their ids (after the flush).
+    made: list[tuple[Debit, dict[str, Any]]] = field(default_factory=list)
 
 
 def charge_event(engine: Engine, txn: Txn, req: ChargingRequest, now: int) -> ChargingAnswer:
@@ -74,122 +108,144 @@ def charge_event(engine: Engine, txn: Txn, req: ChargingRequest, now: int) -> Ch
     ctx = engine.context(txn, sub, now)
     answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
     writes = False
-    if sub.state != ACTIVE and req.action in (DIRECT_DEBITING, CHECK_BALANCE):
+    job = Job(ctx, engine.line_plan(ctx), req, answer, engine.config.refund_window)
+    if sub.state not in _LINE_STATES.get(req.action, (sub.state,)):
         answer.result = END_USER_SERVICE_DENIED
         answer.detail = f"line is {sub.state}"
     elif req.action == CHECK_BALANCE and not req.units:
         answer.balance = ctx.account.balance
         answer.enough_credit = ctx.account.available() > 0
     else:
-        writes = _rate_units(ctx, engine.line_plan(ctx), req, answer)
+        writes = _rate_units(job)
     ctx.flush()
-    if writes or req.action in (DIRECT_DEBITING, REFUND_ACCOUNT):
+    for debit, event in job.made:
+        debit.seq = event["seq"]
+        debit.event = event["id"]
+        txn.put_debit(debit)
+    if writes or req.action in _REMEMBERED:
         txn.put_idem(key, now + engine.config.idempotency_window, answer.pack())
     return answer
 
 
-def _rate_units(ctx: Context, plan: Plan | None, req: ChargingRequest, answer: ChargingAnswer) -> bool:
-    """Rate and act on each rating group of the request (one without a rating group when it names none).
-    Returns whether anything was written."""
-    catalogue = ctx.catalogue
-    zone = catalogue.zone_of(req.serving_network)
-    local = catalogue.local_time(ctx.now)
+def _rate_units(job: Job) -> bool:
+    """Act on each rating group of the request (one without a rating group when it names none, but for a
+    post-event charge, which then reports nothing to charge). Returns whether anything was written."""
+    req = job.req
+    answer = job.answer
     act = ACTIONS[req.action]
     writes = False
-    total_cost = 0
-    for unit_req in req.units or [UnitRequest()]:
+    units = req.units
+    if not units and req.action != POST_EVENT:
+        units = [UnitRequest()]
+    for unit_req in units:
         ua = UnitAnswer(unit_req.rating_group, service_id=unit_req.service_id)
         answer.units.append(ua)
-        priced = _price(ctx, plan, req.action, unit_req, ua, zone, local)
-        if priced is None:
-            continue
-        total_cost += priced.cost
-        if act(ctx, req, unit_req, ua, answer, priced):
+        if act(job, unit_req, ua):
             writes = True
-    answer.cost = total_cost
-    answer.balance = ctx.account.balance
-    if req.units and all_failed(answer.units):
+    answer.cost = job.cost
+    answer.balance = job.ctx.account.balance
+    if answer.units and all_failed(answer.units):
         answer.result = answer.units[0].result
     return writes
 
 
-def _price(
-    ctx: Context,
-    plan: Plan | None,
-    action: str | None,
-    unit_req: UnitRequest,
-    ua: UnitAnswer,
-    zone: str,
-    local: datetime,
-) -> Priced | None:
-    """Rate one rating group, or answer why it cannot be (no tariff, barred zone) and return None."""
+def _named_units(unit_req: UnitRequest, unit: str, *, delivered: bool) -> int:
+    """The units of type `unit` a request names: its requested units, else the sum of its used-unit reports
+    (`delivered`, a post-event charge: the reports only). Bytes may be reported as uplink and downlink only."""
+    amounts = None if delivered else unit_req.requested
+    if unit_req.used and not amounts:
+        amounts = {}
+        for report in unit_req.used:
+            for name, value in report.units.items():
+                amounts[name] = amounts.get(name, 0) + value
+    if not amounts:
+        return 0
+    units = amounts.get(unit, 0)
+    if unit == "bytes" and not units:
+        units = amounts.get("bytes_in", 0) + amounts.get("bytes_out", 0)
+    return units
+
+
+def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: bool) -> Priced | None:
+    """Rate one rating group, or answer why it cannot be (no tariff, barred zone) and return None. With
+    `from_buckets`, the units the line's usable buckets hold are taken off before pricing."""
+    ctx = job.ctx
+    plan = job.plan
+    catalogue = ctx.catalogue
     rg = unit_req.rating_group
     tariff = plan.tariff_for(rg) if plan is not None else None
     if tariff is None or plan is None:
         ua.result = RATING_FAILED
         return None
-    if ctx.catalogue.is_denied(plan, rg, zone):
-        ua.result = END_USER_SERVICE_DENIED
-        return None
-    amounts = unit_req.requested or (unit_req.used[0].units if unit_req.used else {})
-    units = amounts.get(tariff.unit) or (1 if tariff.unit == "events" else 0)
+    post_event = job.req.action == POST_EVENT
+    zone = catalogue.zone_of(job.req.serving_network)
+    if catalogue.is_denied(plan, rg, zone):
+        if not post_event:
+            ua.result = END_USER_SERVICE_DENIED
+            return None
+        # Delivered where the tariff bars it (never granted there): charged at the home price, as session usage
+        # is (chf/core/engine.py): revenue is never dropped.
+        zone = catalogue.settings.home_zone
+    units = _named_units(unit_req, tariff.unit, delivered=post_event) or (1 if tariff.unit == "events" else 0)
     ua.unit = tariff.unit
     usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
-    from_buckets = 0
+    taken = 0
     buckets = ctx.usable_buckets(tariff.unit, rg)
-    if action in (DIRECT_DEBITING, CHECK_BALANCE):
-        from_buckets = min(units, sum(b.available() for b, _, _ in buckets))
-    cost = tariff.charge(units - from_buckets, zone, local, usage)
-    return Priced(rg, tariff, zone, units, usage, buckets, from_buckets, cost)
+    if from_buckets:
+        held = 0
+        for b, _src, _owner in buckets:
+            held += b.available()
+        taken = min(units, held)
+    cost = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
+    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost)
 
 
-# -- the actions: each acts on one rated rating group and returns whether it wrote anything ---------------------------
-def _price_enquiry(
-    ctx: Context, req: ChargingRequest, unit_req: UnitRequest, ua: UnitAnswer, answer: ChargingAnswer, p: Priced
-) -> bool:
-    ua.granted = p.units
+# -- the actions: each acts on one rating group and returns whether it wrote anything --------------------------------
+def _price_enquiry(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
+    p = _price(job, unit_req, ua, from_buckets=False)
+    if p is not None:
+        job.cost += p.cost
+        ua.granted = p.units
     return False
 
 
-def _check_balance(
-    ctx: Context, req: ChargingRequest, unit_req: UnitRequest, ua: UnitAnswer, answer: ChargingAnswer, p: Priced
-) -> bool:
-    answer.enough_credit = p.cost <= funds(ctx.account)
+def _check_balance(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
+    p = _price(job, unit_req, ua, from_buckets=True)
+    if p is not None:
+        job.cost += p.cost
+        job.answer.enough_credit = p.cost <= funds(job.ctx.account)
     return False
 
 
-def _refund(
-    ctx: Context, req: ChargingRequest, unit_req: UnitRequest, ua: UnitAnswer, answer: ChargingAnswer, p: Priced
-) -> bool:
-    """Credit the wallet with the price of the units (buckets are not refunded)."""
-    ctx.account.balance += p.cost
-    ctx.account_dirty = True
-    event = ctx.base_event("refund", f"network:{req.protocol}", "REFUND_ACCOUNT")
-    event.update(
-        session=req.session,
-        rating_group=p.rating_group,
-        unit=p.tariff.unit,
-        used=-p.units,
-        charge=-p.cost,
-        tariff=p.tariff.name,
-        zone=p.zone,
-    )
-    event["impacts"].append(ctx.wallet_impact(p.cost))
-    ctx.events.append(event)
-    ua.granted = p.units
-    return True
-
-
-def _debit(
-    ctx: Context, req: ChargingRequest, unit_req: UnitRequest, ua: UnitAnswer, answer: ChargingAnswer, p: Priced
-) -> bool:
-    """Take the units from the buckets that may pay them, the rest's price from the wallet; refused whole when
-    the funds do not cover the price."""
-    if p.cost > funds(ctx.account):
+def _debit(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
+    """Direct debit (and Nchf IEC): refused whole when the funds do not cover the price."""
+    p = _price(job, unit_req, ua, from_buckets=True)
+    if p is None:
+        return False
+    if p.cost > funds(job.ctx.account):
         ua.result = CREDIT_LIMIT_REACHED
         ua.final = FinalUnit(FUA_TERMINATE)
         return False
-    event = ctx.base_event("usage", f"network:{req.protocol}", "DIRECT_DEBITING")
+    _take(job, unit_req, ua, p, "DIRECT_DEBITING")
+    return True
+
+
+def _post_event(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
+    """Post-event charge (Nchf PEC): the units reported were delivered already, so they are charged whatever the
+    funds, as usage beyond a grant is (the wallet may go below zero)."""
+    p = _price(job, unit_req, ua, from_buckets=True)
+    if p is None:
+        return False
+    _take(job, unit_req, ua, p, "POST_EVENT")
+    return True
+
+
+def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: str) -> None:
+    """Take the units from the buckets that may pay them, the rest's price from the wallet, and keep the debit
+    for the refunds that may follow."""
+    ctx = job.ctx
+    req = job.req
+    event = ctx.base_event("usage", f"network:{req.protocol}", reason)
     event.update(
         session=req.session,
         rating_group=p.rating_group,
@@ -200,17 +256,19 @@ def _debit(
         zone=p.zone,
         charge=p.cost,
     )
+    portions: list[list[int]] = []
     left = p.from_buckets
     for bucket, src, owner in p.buckets:
+        if left == 0:
+            break
         take = min(left, bucket.available())
         if take <= 0:
             continue
         bucket.remaining -= take
         ctx.mark(src)
         event["impacts"].append(bucket_impact(owner, bucket, -take))
+        portions.append([src, bucket.id, take])
         left -= take
-        if left == 0:
-            break
     if p.cost:
         ctx.account.balance -= p.cost
         ctx.account_dirty = True
@@ -221,13 +279,104 @@ def _debit(
     ctx.events.append(event)
     ua.granted = p.units
     ua.charged = p.cost
+    job.cost += p.cost
+    if p.units:
+        line = ctx.sub.id
+        # Debits out of the refund window can no longer be refunded: this rating group's are dropped here.
+        ctx.txn.prune_debits(line, p.rating_group, ctx.now - job.refund_window)
+        paid = p.units - p.from_buckets  # the units charged to the wallet, for p.cost
+        debit = Debit(line, p.rating_group, 0, "", ctx.now, ctx.account.id, p.tariff.unit, portions, paid, p.cost)
+        job.made.append((debit, event))
+
+
+def _refund(job: Job, unit_req: UnitRequest, ua: UnitAnswer) -> bool:
+    """Reverse the line's debits of this rating group, newest first, up to the units the request names."""
+    ctx = job.ctx
+    rg = unit_req.rating_group
+    since = ctx.now - job.refund_window
+    candidates: list[Debit] = []
+    if job.refund_window > 0:
+        for debit in reversed(ctx.txn.debits(ctx.sub.id, rg)):
+            if debit.time >= since and debit.account == ctx.account.id and debit.left() > 0:
+                candidates.append(debit)
+    if not candidates:
+        ua.result = RATING_FAILED
+        job.answer.detail = f"nothing to refund: no debit of rating group {rg} on this line within the refund window"
+        return False
+    unit = candidates[0].unit
+    ua.unit = unit
+    want = _named_units(unit_req, unit, delivered=False) or (1 if unit == "events" else 0)
+    done = 0
+    for debit in candidates:
+        if done >= want:
+            break
+        if debit.unit == unit:
+            done += _reverse(job, debit, want - done)
+    if done == 0:
+        ua.result = RATING_FAILED
+        job.answer.detail = f"nothing to refund: the allowances rating group {rg} was debited from have expired"
+        return False
+    ua.granted = done
     return True
 
 
-_Action = Callable[[Context, ChargingRequest, UnitRequest, UnitAnswer, ChargingAnswer, Priced], bool]
+def _reverse(job: Job, debit: Debit, want: int) -> int:
+    """Return up to `want` units of one debit where they came from: the wallet's share first (the last taken),
+    then the buckets in the reverse order of the debit, each only while it exists and is valid. One refund event
+    names the debit. Returns the units refunded."""
+    ctx = job.ctx
+    req = job.req
+    event = ctx.base_event("refund", f"network:{req.protocol}", "REFUND_ACCOUNT")
+    impacts = event["impacts"]
+    done = 0
+    money = 0
+    if debit.units:
+        done = min(want, debit.units)
+        money = debit.money if done == debit.units else debit.money * done // debit.units
+        debit.units -= done
+        debit.money -= money
+        if money:
+            ctx.account.balance += money
+            ctx.account_dirty = True
+            impacts.append(ctx.wallet_impact(money))
+    now = ctx.now
+    for portion in reversed(debit.portions):
+        if done >= want:
+            break
+        src, bucket_id, left = portion
+        if left <= 0:
+            continue
+        bucket, owner = ctx.bucket(src, bucket_id)
+        if bucket is None or not bucket.valid_from <= now < bucket.valid_to:
+            continue  # that allowance is gone: its units are not refunded
+        take = min(want - done, left)
+        bucket.remaining += take
+        ctx.mark(src)
+        portion[2] = left - take
+        impacts.append(bucket_impact(owner, bucket, take))
+        done += take
+    if done == 0:
+        return 0
+    bs = ctx.line_bs
+    rg = debit.rating_group
+    if bs is not None and debit.time >= bs.period_start and bs.usage.get(rg, 0) > 0:
+        bs.usage[rg] = max(0, bs.usage[rg] - done)  # the units no longer count towards this period's tiers
+        ctx.line_bs_dirty = True
+    event.update(session=req.session, rating_group=rg, unit=debit.unit, used=-done, charge=-money, reverses=debit.event)
+    ctx.events.append(event)
+    if debit.left() > 0:
+        ctx.txn.put_debit(debit)
+    else:
+        ctx.txn.delete_debit(debit)
+    job.cost += money
+    return done
+
+
+_Action = Callable[[Job, UnitRequest, UnitAnswer], bool]
 ACTIONS: dict[str | None, _Action] = {
     PRICE_ENQUIRY: _price_enquiry,
     CHECK_BALANCE: _check_balance,
     REFUND_ACCOUNT: _refund,
     DIRECT_DEBITING: _debit,
+    POST_EVENT: _post_event,
 }

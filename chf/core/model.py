@@ -15,12 +15,14 @@ UPDATE = "update"
 TERMINATE = "terminate"
 EVENT = "event"
 
-# One-shot event actions (RFC 4006 Requested-Action).
+# One-shot event actions (RFC 4006 Requested-Action, and the Nchf one-time events: IEC is a direct debit).
 DIRECT_DEBITING = "debit"
 REFUND_ACCOUNT = "refund"
 CHECK_BALANCE = "check_balance"
 PRICE_ENQUIRY = "price_enquiry"
-EVENT_ACTIONS = (DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY)
+# Nchf one-time event PEC (TS 32.290 Post Event Charging): units already delivered, charged once.
+POST_EVENT = "post_event"
+EVENT_ACTIONS = (DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE, PRICE_ENQUIRY, POST_EVENT)
 
 # Results. Front-ends map them: Diameter Result-Code in brackets, Nchf causes in the nchf front-end.
 SUCCESS = "success"  # 2001

@@ -17,7 +17,7 @@ from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
 from chf.core.renewals import assign_plan_to, retry_pending_renewal
-from store.lmdbstore import Txn
+from store.interface import Txn
 from store.schema import (
     ACTIVE,
     LINE_STATES,

@@ -70,6 +70,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idempotency_window: Annotated[int, Meta(ge=1)] = 3600
     reap_factor: Annotated[int, Meta(ge=1)] = 2
     answers_kept: Annotated[int, Meta(ge=1)] = 4
+    refund_window: Annotated[int, Meta(ge=0, le=366 * 86_400)] = 7 * 86_400
 
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

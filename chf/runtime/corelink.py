@@ -289,9 +289,9 @@ class RemoteService:
     async def connect(self, timeout: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
         self._hello_seen = loop.create_future()
-        self._conn = _WorkerConnection(self)
-        await loop.create_unix_connection(lambda: self._conn, self.path)  # type: ignore[arg-type, return-value]
-        self._conn.send(["hello", self.worker_id])
+        conn = self._conn = _WorkerConnection(self)
+        await loop.create_unix_connection(lambda: conn, self.path)
+        conn.send(["hello", self.worker_id])
         self.store.store_id = await asyncio.wait_for(self._hello_seen, timeout)
 
     def _hello(self, store_id: str) -> None:

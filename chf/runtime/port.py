@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chf.core.model import ChargingAnswer, ChargingRequest, RequestError, Signal
-from store.lmdbstore import StoreBusy, StoreClosed
+from store.interface import StoreBusy, StoreClosed
 
 Done = Callable[[ChargingAnswer | BaseException], None]
 SignalHandler = Callable[[Signal], None]

@@ -21,7 +21,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager
 
 from chf.core.catalogue import Catalogue
 from chf.core.catalogue_loader import load_catalogue
@@ -29,8 +29,8 @@ from chf.core.engine import Engine, EngineConfig
 from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
 from chf.core.renewals import needs_upkeep
 from chf.runtime import metrics
-from store.lmdbstore import Store, StoreBusy, StoreClosed, Txn
-from store.schema import BalanceSet, Session, unpack
+from store.interface import Owner, Store, StoreBusy, StoreClosed, Txn
+from store.schema import Session
 
 log = logging.getLogger("chf.service")
 
@@ -149,7 +149,12 @@ class ChargingService:
         the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises."""
         if self.catalogue_path is None:
             raise RuntimeError("the service was started without a catalogue file")
-        catalogue = load_catalogue(self.catalogue_path)
+        try:
+            catalogue = load_catalogue(self.catalogue_path)
+        except Exception:
+            metrics.observe_catalogue_reload(False)
+            raise
+        metrics.observe_catalogue_reload(True)
         self.engine.catalogue = catalogue
         log.info("event=catalogue_reloaded digest=%s plans=%d", catalogue.digest[:12], len(catalogue.plans))
         return catalogue
@@ -197,42 +202,20 @@ class ChargingService:
             self.bus.publish(result.signals)
         return result
 
-    def read(self) -> Any:
+    def read(self) -> AbstractContextManager[Txn]:
         return self.store.read()
 
     # -- background work --------------------------------------------------------------------------------------------
-    def sweep_slice_once(self, now: int) -> tuple[list[str], list[tuple[str, int | str]]]:
-        """Scan the next slice of the balance sub-database. Returns (sessions to reap, owners to renew)."""
-        store = self.store
-        expired: list[str] = []
-        due: list[tuple[str, int | str]] = []
-        db = store._db[b"balances"]
-        with store.env.begin() as txn, txn.cursor(db=db) as cur:
-            positioned = cur.set_range(self._sweep_from) if self._sweep_from else cur.first()
-            if not positioned:
-                self._sweep_from = b""
-                self.sweeps += 1
-                return expired, due
-            for n, (key, raw) in enumerate(cur, 1):
-                if n > self.sweep_slice:
-                    self._sweep_from = key
-                    break
-                kind = key[9:10] if key[:1] == b"L" else b"\x00"
-                if kind == b"\x01":
-                    fields = unpack(raw)
-                    if fields[7] <= now:  # Session.expires
-                        expired.append(fields[1])
-                elif key[-1:] == b"\x00":
-                    bs = BalanceSet.decode(raw)
-                    if needs_upkeep(bs, now):
-                        if key[:1] == b"L":
-                            due.append(("line", int.from_bytes(key[1:9], "big")))
-                        else:
-                            due.append(("account", key[1:-1].decode()))
-            else:
-                self._sweep_from = b""
-                self.sweeps += 1
-        return expired, due
+    def sweep_slice_once(self, now: int) -> tuple[list[str], list[Owner]]:
+        """Scan the next slice of the store's balance sets and sessions. Returns (sessions to reap, owners whose
+        balance set needs upkeep: a period ended, or a renewal is pending)."""
+        with self.store.read() as txn:
+            found = txn.sweep(self._sweep_from, self.sweep_slice, now)
+        self._sweep_from = found.resume
+        if not found.resume:
+            self.sweeps += 1
+        due = [owner for owner, balances in found.balances if needs_upkeep(balances, now)]
+        return found.expired, due
 
     async def _sweeper(self) -> None:
         while True:
@@ -248,11 +231,8 @@ class ChargingService:
         now = self.now()
         expired, due = self.sweep_slice_once(now)
         engine = self.engine
-        waits = []
-        for key in expired:
-            waits.append(self.store.submit(lambda txn, k=key: engine.reap(txn, k, int(self.clock()))))
-        for owner in due:
-            waits.append(self.store.submit(lambda txn, o=owner: self._upkeep(txn, o)))
+        waits = [self.store.submit(self._reap_op(engine, key)) for key in expired]
+        waits.extend(self.store.submit(self._upkeep_op(owner)) for owner in due)
         if waits:
             results = await asyncio.gather(*waits, return_exceptions=True)
             for key, res in zip(expired, results, strict=False):
@@ -263,7 +243,13 @@ class ChargingService:
                     log.info("event=session_reaped session=%s", key)
             self.renewed += sum(1 for r in results[len(expired) :] if r is True)
 
-    def _upkeep(self, txn: Txn, owner: tuple[str, int | str]) -> bool:
+    def _reap_op(self, engine: Engine, key: str) -> Callable[[Txn], bool]:
+        return lambda txn: engine.reap(txn, key, int(self.clock()))
+
+    def _upkeep_op(self, owner: Owner) -> Callable[[Txn], bool]:
+        return lambda txn: self._upkeep(txn, owner)
+
+    def _upkeep(self, txn: Txn, owner: Owner) -> bool:
         now = int(self.clock())
         engine = self.engine
         kind, ident = owner
@@ -280,6 +266,9 @@ class ChargingService:
         ctx.flush()
         return True
 
+    def _purge_debits(self, txn: Txn) -> int:
+        return txn.purge_debits(self.now() - self.engine.config.refund_window, 10_000)
+
     async def _purger(self) -> None:
         while True:
             await asyncio.sleep(self.purge_interval)
@@ -287,6 +276,10 @@ class ChargingService:
                 gone = await self.store.submit(lambda txn: txn.purge_idem(self.now(), 10_000))
                 if gone:
                     log.info("event=idempotency_purged records=%d", gone)
+                # Debits out of the refund window (chf.core.events) of lines that made no debit since.
+                gone = await self.store.submit(self._purge_debits)
+                if gone:
+                    log.info("event=debits_purged records=%d", gone)
             except asyncio.CancelledError:
                 raise
             except Exception:
