@@ -44,7 +44,6 @@ from tests.corekit import balances_now, check_reservations
 
 # Rule -> the open item of issue 11 that breaks it today (see the module docstring).
 KNOWN_OPEN: dict[str, str] = {
-    "refund_bounded": "issue 11 item 2: REFUND_ACCOUNT credits the tariff price, tied to no debit (money-events)",
     "fee_state": "issue 11 item 3: fees charged whatever the line's state (money-lifecycle)",
     "pool_derived": "issue 11 item 4: a flexible pool grows on every activation (money-lifecycle)",
     "currency": "issue 11 item 5: EUR prices charged to USD wallets (money-accounts)",
@@ -116,19 +115,22 @@ class Ledger:
         self.states: dict[int, list[tuple[int, int, str]]] = {}
         # (line, rating group, balance) -> what usage debited and no refund gave back yet
         self.refundable: dict[tuple[int | None, int | None, str], int] = {}
+        # usage event id -> (line, rating group, currency, {balance: what it debited and no refund gave back yet})
+        self.debits: dict[str, tuple[int | None, int | None, str | None, dict[str, int]]] = {}
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
         self.fees: int = 0
 
     # -- following the spool ----------------------------------------------------------------------------------------
-    def follow(self, txn: Txn) -> int:
-        """Judge the events appended since the last call; returns how many there were."""
+    def follow(self, txn: Txn) -> set[str]:
+        """Judge the events appended since the last call; returns their kinds (with the reason of the refunds
+        and renewals)."""
         currencies = {a.id: a.currency for a in txn.accounts()}
-        count = 0
+        kinds: set[str] = set()
         for ev in txn.events(self.seq):
             self._event(ev, currencies)
-            count += 1
+            kinds.add(ev["kind"] if ev["kind"] not in ("renewal", "refund") else f"{ev['kind']} ({ev.get('reason')})")
         verify("conservation", txn.last_event_seq() == self.seq, "event counter and spool disagree")
-        return count
+        return kinds
 
     def _event(self, ev: dict[str, Any], currencies: dict[str, str]) -> None:
         self.seq += 1
@@ -185,7 +187,7 @@ class Ledger:
             ev.get("currency") == wallet_currency,
             f"{where}: {ev.get('currency')} in a {wallet_currency} wallet",
         )
-        if ev["kind"] in ("usage", "refund", "renewal"):
+        if ev["kind"] in ("usage", "renewal"):
             priced = price_currency(self.catalogue, ev.get("plan"), ev.get("tariff"))
             verify(
                 "currency",
@@ -194,24 +196,47 @@ class Ledger:
             )
 
     def _debited(self, ev: dict[str, Any]) -> None:
+        taken: dict[str, int] = {}
         for impact in ev["impacts"]:
             if impact["delta"] < 0:
                 key = (ev.get("subscriber"), ev.get("rating_group"), impact["balance"])
                 self.refundable[key] = self.refundable.get(key, 0) - impact["delta"]
+                taken[impact["balance"]] = taken.get(impact["balance"], 0) - impact["delta"]
+        if taken:
+            self.debits[ev["id"]] = (ev.get("subscriber"), ev.get("rating_group"), ev.get("currency"), taken)
 
     def _refund(self, ev: dict[str, Any], where: str) -> None:
+        line, rg = ev.get("subscriber"), ev.get("rating_group")
+        debit = self.debits.get(ev.get("reverses") or "")
+        if debit is not None:  # the refund names the debit it reverses: it is bounded by that debit, balance by balance
+            verify(
+                "refund_bounded", debit[:2] == (line, rg), f"{where}: reverses a debit of line {debit[0]} rg {debit[1]}"
+            )
+            verify(
+                "currency",
+                debit[2] == ev.get("currency"),
+                f"{where}: a {debit[2]} debit refunded in {ev.get('currency')}",
+            )
         for impact in ev["impacts"]:
             if impact["delta"] <= 0:
                 continue
-            key = (ev.get("subscriber"), ev.get("rating_group"), impact["balance"])
+            key = (line, rg, impact["balance"])
             open_debit = self.refundable.get(key, 0)
             verify(
                 "refund_bounded",
                 impact["delta"] <= open_debit,
-                f"{where}: refunds {impact['delta']} to {impact['balance']}, line {key[0]} rating group {key[1]} "
+                f"{where}: refunds {impact['delta']} to {impact['balance']}, line {line} rating group {rg} "
                 f"has {open_debit} debited there and not refunded",
             )
             self.refundable[key] = open_debit - impact["delta"]
+            if debit is not None:
+                left = debit[3].get(impact["balance"], 0)
+                verify(
+                    "refund_bounded",
+                    impact["delta"] <= left,
+                    f"{where}: refunds {impact['delta']} to {impact['balance']}, its debit left {left} to refund there",
+                )
+                debit[3][impact["balance"]] = left - impact["delta"]
 
     def state_at(self, line: int, time: int, seq: int) -> str | None:
         """The line's state at `time`, as its lifecycle events set it (at the same time: the earlier events)."""
