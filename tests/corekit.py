@@ -210,7 +210,7 @@ def check_invariants(txn: Txn) -> dict[str, Any]:
     """
     running, count = _check_events(txn)
     current = _check_conservation(txn, running)
-    check_reservations(txn)
+    _check_reservations(txn)
     return {"events": count, "balances": current}
 
 
@@ -245,7 +245,7 @@ def _check_conservation(txn: Txn, running: dict[str, int]) -> dict[str, int]:
     return current
 
 
-def check_reservations(txn: Txn) -> None:
+def _check_reservations(txn: Txn) -> None:
     """What buckets and accounts hold reserved is exactly what the open sessions hold against them."""
     held_bucket: dict[tuple[str, int], int] = {}
     held_money: dict[str, int] = {}

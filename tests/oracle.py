@@ -38,9 +38,9 @@ import os
 from typing import Any
 
 from chf.core.catalogue import Catalogue, Plan
+from chf.core.context import account_owner, line_owner
 from store.lmdbstore import Txn
-from store.schema import ACTIVE, PROVISIONED, SUSPENDED, TERMINATED
-from tests.corekit import balances_now, check_reservations
+from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, Account, BalanceSet
 
 # Rule -> the open item of issue 11 that breaks it today (see the module docstring).
 KNOWN_OPEN: dict[str, str] = {
@@ -290,7 +290,8 @@ class Ledger:
     # -- the rules, on the stored state -----------------------------------------------------------------------------
     def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:
         """After `follow`: the stored state agrees with the spool, the test's own credits and the catalogue."""
-        current = balances_now(txn)
+        state = Stored(txn)
+        current = state.balances()
         for name, value in current.items():
             verify("conservation", type(value) is int, f"{name} is not an int: {value!r}")
             events = self.running.get(name, 0)
@@ -301,14 +302,14 @@ class Ledger:
         for key in set(self.admin) | set(admin_expected):
             made, seen = admin_expected.get(key, 0), self.admin.get(key, 0)
             verify("justified", made == seen, f"{key[0]} of {key[1]}: the test made {made}, the spool holds {seen}")
-        check_reservations(txn)
-        self._lines_and_pools(txn)
+        _reservations(txn, state)
+        self._lines_and_pools(state)
 
-    def _lines_and_pools(self, txn: Txn) -> None:
+    def _lines_and_pools(self, state: Stored) -> None:
         catalogue = self.catalogue
-        accounts = {a.id: a for a in txn.accounts()}
+        accounts = state.accounts
         active: dict[str, int] = dict.fromkeys(accounts, 0)
-        for sub in txn.subscribers():
+        for sub in state.lines:
             account = accounts[sub.account]
             if sub.state == ACTIVE:
                 active[sub.account] += 1
@@ -329,19 +330,67 @@ class Ledger:
                 account.active_lines == active[account.id],
                 f"account {account.id}: active_lines {account.active_lines}, {active[account.id]} lines active",
             )
-            self._pool(txn, account, active[account.id])
+            self._pool(state.account_sets.get(account.id), account, active[account.id])
 
-    def _pool(self, txn: Txn, account: Any, active: int) -> None:
+    def _pool(self, bs: BalanceSet | None, account: Account, active: int) -> None:
         plan = self.catalogue.plans.get(account.plan or "")
-        if plan is None or plan.pool is None:
+        if plan is None or plan.pool is None or bs is None:
             return
-        bs = txn.get_account_balances(account.id)
-        pools = [b for b in (bs.buckets if bs is not None else ()) if b.kind == "pool"]
         expected = plan.pool_allowance(active)
         size = expected.amount if expected is not None else 0
-        for bucket in pools:
-            verify(
-                "pool_derived",
-                bucket.initial == size,
-                f"account {account.id}: pool of {bucket.initial} {bucket.unit}, {size} derived from {active} active",
-            )
+        for bucket in bs.buckets:
+            if bucket.kind == "pool":
+                verify(
+                    "pool_derived",
+                    bucket.initial == size,
+                    f"account {account.id}: pool of {bucket.initial}, {size} derived from {active} active lines",
+                )
+
+
+class Stored:
+    """What the state checks read, read once: accounts, lines and their balance sets."""
+
+    def __init__(self, txn: Txn) -> None:
+        self.accounts: dict[str, Account] = {a.id: a for a in txn.accounts()}
+        self.account_sets = {a: txn.get_account_balances(a) for a in self.accounts}
+        self.lines = list(txn.subscribers())
+        self.line_sets = {sub.id: txn.get_line_balances(sub.id) for sub in self.lines}
+
+    def owners(self) -> list[tuple[str, BalanceSet | None]]:
+        """(owner name as events give it, its balance set) of every account and line."""
+        out = [(account_owner(a), bs) for a, bs in self.account_sets.items()]
+        out += [(line_owner(line), bs) for line, bs in self.line_sets.items()]
+        return out
+
+    def balances(self) -> dict[str, int]:
+        """Every balance by the name events use for it: wallets and buckets, with their current value."""
+        out = {f"{account_owner(a.id)}:wallet": a.balance for a in self.accounts.values()}
+        for owner, bs in self.owners():
+            for b in bs.buckets if bs is not None else ():
+                out[f"{owner}:bucket:{b.id}"] = b.remaining
+        return out
+
+
+def _reservations(txn: Txn, state: Stored) -> None:
+    """What buckets and wallets hold reserved is what the open sessions hold against them ("reservations")."""
+    held_bucket: dict[tuple[str, int], int] = {}
+    held_money: dict[str, int] = {}
+    for session in txn.sessions():
+        if session.closed:
+            verify("reservations", not session.reservations, f"closed session {session.key} holds reservations")
+            continue
+        for r in session.reservations.values():
+            verify("reservations", r.granted > 0 and r.money >= 0, f"session {session.key}: {r.pack()}")
+            verify("reservations", sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: {r.pack()}")
+            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            for src, bucket_id, amount in r.portions:
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
+    for account in state.accounts.values():
+        held = held_money.get(account.id, 0)
+        verify("reservations", account.reserved == held, f"account {account.id}: reserved {account.reserved}, {held}")
+    for owner, bs in state.owners():
+        for b in bs.buckets if bs is not None else ():
+            held = held_bucket.get((owner, b.id), 0)
+            verify("reservations", 0 <= b.reserved <= b.remaining, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
+            verify("reservations", b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions {held}")
