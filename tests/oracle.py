@@ -265,7 +265,7 @@ class Ledger:
         verify("fee_state", fee <= most, f"{where}: line {line} {state} charged {fee} (at most {most})")
         verify(
             "fee_state",
-            not granted or state in (ACTIVE, SUSPENDED),
+            not granted or state == ACTIVE or (state == SUSPENDED and getattr(plan, "suspended_fee", None) is None),
             f"{where}: line {line} {state} granted a period's allowances {granted}",
         )
 
@@ -276,9 +276,11 @@ class Ledger:
         verify("justified", amount in amounts, f"{where}: {name} granted {amount}, plan {plan.name} gives {amounts}")
 
     def _expiry(self, ev: dict[str, Any], where: str) -> None:
-        expired = -sum(i["delta"] for i in ev["impacts"] if i["delta"] < 0)
-        rolled = sum(i["delta"] for i in ev["impacts"] if i["delta"] > 0)
-        verify("justified", rolled <= expired, f"{where}: {rolled} rolled over out of {expired} expired")
+        # The expiring bucket goes to 0 (up from below 0 for a pool that shrank below its use); a rollover is a new
+        # bucket, at most what expired.
+        expired = -sum(i["delta"] for i in ev["impacts"] if i["after"] == 0)
+        rolled = sum(i["delta"] for i in ev["impacts"] if i["after"] != 0)
+        verify("justified", rolled <= max(expired, 0), f"{where}: {rolled} rolled over out of {expired} expired")
 
     def _bonus(self, ev: dict[str, Any], where: str) -> None:
         amounts = {
@@ -392,5 +394,7 @@ def _reservations(txn: Txn, state: Stored) -> None:
     for owner, bs in state.owners():
         for b in bs.buckets if bs is not None else ():
             held = held_bucket.get((owner, b.id), 0)
-            verify("reservations", 0 <= b.reserved <= b.remaining, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
+            # A pool that shrank below its use (a member left) is exhausted, its grants kept (README, IoT pools).
+            most = b.remaining if b.kind != "pool" else max(b.remaining, b.reserved)
+            verify("reservations", 0 <= b.reserved <= most, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
             verify("reservations", b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions {held}")
