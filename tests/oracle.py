@@ -79,13 +79,10 @@ def verify(rule: str, condition: bool, message: str) -> None:
     raise OracleFailure(f"[{rule}] {message}")
 
 
-def price_currency(catalogue: Catalogue, plan: str | None = None, tariff: str | None = None) -> str:
-    """The currency a plan's fee or a tariff's price is in: its own if it names one, else the catalogue's."""
-    for record in (catalogue.tariffs.get(tariff or ""), catalogue.plans.get(plan or "")):
-        currency = getattr(record, "currency", None)
-        if currency:
-            return str(currency)
-    return catalogue.settings.currency
+def price_currency(catalogue: Catalogue, plan: str | None) -> str:
+    """The currency a plan's fee and its tariffs' prices are in: its own if it names one, else the catalogue's."""
+    currency = getattr(catalogue.plans.get(plan or ""), "currency", None)
+    return str(currency) if currency else catalogue.settings.currency
 
 
 def max_fee(plan: Plan, state: str, period_index: int) -> int:
@@ -118,6 +115,7 @@ class Ledger:
         # usage event id -> (line, rating group, currency, {balance: what it debited and no refund gave back yet})
         self.debits: dict[str, tuple[int | None, int | None, str | None, dict[str, int]]] = {}
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
+        self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
         self.fees: int = 0
 
     # -- following the spool ----------------------------------------------------------------------------------------
@@ -148,6 +146,9 @@ class Ledger:
             if impact["balance"].endswith(":wallet"):
                 self._currency(ev, impact, currencies, where)
         kind = ev["kind"]
+        if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
+            owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
+            self.plans[owner] = ev["plan"]
         if kind == "lifecycle" and ev.get("subscriber") is not None:
             self.states.setdefault(ev["subscriber"], []).append((ev["time"], ev["seq"], ev["state"]))
         elif kind == "usage":
@@ -188,7 +189,12 @@ class Ledger:
             f"{where}: {ev.get('currency')} in a {wallet_currency} wallet",
         )
         if ev["kind"] in ("usage", "renewal"):
-            priced = price_currency(self.catalogue, ev.get("plan"), ev.get("tariff"))
+            plan = ev.get("plan")
+            if ev["kind"] == "usage":  # priced by the plan that rates the line: its own, else its account's
+                line = ev.get("subscriber")
+                plan = self.plans.get(line_owner(line)) if line is not None else None
+                plan = plan or self.plans.get(account_owner(ev["account"]))
+            priced = price_currency(self.catalogue, plan)
             verify(
                 "currency",
                 priced == wallet_currency,
@@ -322,7 +328,7 @@ class Ledger:
                     plan.payment == account.payment,
                     f"line {sub.id}: {plan.payment} plan {plan.name} in {account.payment} account {account.id}",
                 )
-                priced = price_currency(catalogue, plan=plan.name)
+                priced = price_currency(catalogue, plan.name)
                 verify(
                     "currency", priced == account.currency, f"line {sub.id}: {priced} plan, {account.currency} account"
                 )
