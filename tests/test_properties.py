@@ -20,7 +20,6 @@ Default run: 100 examples of up to 50 steps (the suite). `HYPOTHESIS_PROFILE=lon
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
@@ -33,9 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chf.core import provisioning
-from chf.core.catalogue import Catalogue
 from chf.core.context import account_owner, line_owner
-from chf.core.engine import EngineConfig
 from chf.core.model import (
     CHECK_BALANCE,
     DIRECT_DEBITING,
@@ -52,15 +49,12 @@ from chf.core.model import (
     OpResult,
     RequestError,
     UnitRequest,
-    UsageReport,
 )
 from chf.core.periods import period_end
-from chf.runtime.service import ChargingService
-from nchf.mapping import parse_request, to_charging_request
-from store.lmdbstore import Store
 from store.schema import ACTIVE, TERMINATED
-from tests.corekit import T0, snapshot, test_catalogue
+from tests.corekit import snapshot, test_catalogue
 from tests.oracle import Ledger, verify
+from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 
@@ -95,8 +89,6 @@ LINES = [
 MAX_LINES = len(LINES) + 4
 LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir"]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic"]
-UNIT_OF = {10: "bytes", 11: "bytes", 20: "seconds", 30: "bytes", 40: "events"}
-NCHF_FIELD = {"bytes": "totalVolume", "seconds": "time", "events": "serviceSpecificUnits"}
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
 ONE_SHOT = [
@@ -109,66 +101,8 @@ ONE_SHOT = [
     "IEC",
     "PEC",
 ]
-# Stores live in memory where there is a tmpfs: these tests never lose power, and a sync per example costs more
-# than the example's own work.
 # Units a report claims: mostly plausible, now and then what a broken or hostile client may send (issue 11 item 12).
 USAGE = st.integers(0, 2500) | st.sampled_from([2**32, 2**63, 2**64 - 1])
-SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-class System:
-    """The charging service on a store in a temporary directory, on an event loop of its own, with a clock that
-    moves only when the test moves it. Requests go through `ChargingService.charge_then` (the front-ends' port,
-    group commit included); management operations through `ChargingService.operate`."""
-
-    def __init__(self, path: Path, catalogue: Catalogue) -> None:
-        self.now = T0
-        self.loop = asyncio.new_event_loop()
-        # Durability "os": these tests never lose power, and fsync per step would make shrinking crawl. Two kept
-        # answers per session (default 4): retransmissions older than the kept answers come up often.
-        self.store = Store(path, durability="os", sync_interval=3600, map_size=256 << 20)
-        self.service = ChargingService(
-            self.store, catalogue, engine_config=EngineConfig(answers_kept=2), clock=lambda: self.now, sweep_slice=5
-        )
-        self.store.start(self.loop)
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.store.stop())
-        self.store.close()
-        self.loop.close()
-
-    @property
-    def engine(self) -> Any:
-        return self.service.engine
-
-    def charge(self, requests: list[ChargingRequest]) -> list[ChargingAnswer | BaseException]:
-        """Submit requests together (one group commit) and wait for their answers (or the errors refusing them)."""
-        futures = []
-        for request in requests:
-            future: asyncio.Future[Any] = self.loop.create_future()
-            self.service.charge_then(request, future.set_result)
-            futures.append(future)
-        return list(self.loop.run_until_complete(asyncio.gather(*futures)))
-
-    def operate(self, fn: Any, *args: Any, **kwargs: Any) -> OpResult | RequestError:
-        """A chf.core.provisioning function (txn, engine, ..., now=...), durably; its refusal is returned."""
-
-        def op(txn: Any, engine: Any, now: int) -> OpResult:
-            result: OpResult = fn(txn, engine, *args, now=now, **kwargs)
-            return result
-
-        try:
-            return self.loop.run_until_complete(self.service.operate(op))
-        except RequestError as exc:
-            return exc
-
-    def sweep(self) -> None:
-        """One whole pass of the service's sweeper: renewals of idle owners, reaper, purge of closed sessions."""
-        passes = self.service.sweeps
-        for _ in range(10_000):
-            self.loop.run_until_complete(self.service._sweep_step())
-            if self.service.sweeps > passes:
-                return
 
 
 @dataclass
@@ -191,74 +125,6 @@ class Sent:
     request: Any  # a ChargingRequest, or ("topup", account, amount, key)
     answer: Any
     at: int
-
-
-def gy_request(kind: str, key: str, number: int, imsi: str, units: list[UnitRequest], **kw: Any) -> ChargingRequest:
-    return ChargingRequest(kind, "gy:" + key, number, [("imsi", imsi)], units, notify=["pgw.test", "test"], **kw)
-
-
-def nchf_request(
-    kind: str, ref: str, number: int, imsi: str, units: list[UnitRequest], network: str | None = None
-) -> ChargingRequest:
-    """The ChargingRequest nchf/ makes of a ChargingDataRequest with these units (through its own mapping)."""
-    usage = []
-    for u in units:
-        item: dict[str, Any] = {"ratingGroup": u.rating_group}
-        if u.requested is not None:
-            item["requestedUnit"] = {NCHF_FIELD[k]: v for k, v in u.requested.items()}
-        containers = []
-        for n, report in enumerate(u.used):
-            container: dict[str, Any] = {NCHF_FIELD[k]: v for k, v in report.units.items()}
-            container["localSequenceNumber"] = n
-            if report.reason == "final" or kind == TERMINATE:
-                container["triggers"] = [{"triggerType": "FINAL", "triggerCategory": "IMMEDIATE_REPORT"}]
-            containers.append(container)
-        if containers:
-            item["usedUnitContainer"] = containers
-        usage.append(item)
-    body: dict[str, Any] = {
-        "nfConsumerIdentification": {"nodeFunctionality": "SMF"},
-        "invocationTimeStamp": "2026-03-04T12:00:00Z",
-        "invocationSequenceNumber": number,
-        "subscriberIdentifier": f"imsi-{imsi}",
-        "multipleUnitUsage": usage,
-        "notifyUri": "http://smf.test/notify",
-    }
-    if network is not None:
-        body["pDUSessionChargingInformation"] = {
-            "pduSessionInformation": {"servingCNPlmnId": {"mcc": network[:3], "mnc": network[3:]}}
-        }
-    parsed = parse_request(body, creating=kind == INITIAL)
-    return to_charging_request(parsed, kind, "nchf:" + ref, number, notify=parsed.notify_uri)
-
-
-def nchf_event(ref: str, imsi: str, kind: str, rg: int, amount: dict[str, int]) -> ChargingRequest:
-    """An Nchf one-time event create (IEC: the units asked for; PEC: the units delivered), as nchf/ maps it."""
-    units = {NCHF_FIELD[k]: v for k, v in amount.items()}
-    usage: dict[str, Any] = {"ratingGroup": rg}
-    if kind == "IEC":
-        usage["requestedUnit"] = units
-    else:
-        usage["usedUnitContainer"] = [{**units, "localSequenceNumber": 1}]
-    body = {
-        "nfConsumerIdentification": {"nodeFunctionality": "SMSF"},
-        "invocationTimeStamp": "2026-03-04T12:00:00Z",
-        "invocationSequenceNumber": 0,
-        "subscriberIdentifier": f"imsi-{imsi}",
-        "oneTimeEvent": True,
-        "oneTimeEventType": kind,
-        "multipleUnitUsage": [usage],
-    }
-    parsed = parse_request(body, creating=True)
-    return to_charging_request(parsed, EVENT, "nchf:" + ref, 0, action=parsed.one_time_event)
-
-
-def unit_request(rg: int, requested: bool, used: int) -> UnitRequest:
-    unit = UNIT_OF.get(rg, "bytes")
-    if unit == "seconds":
-        used = min(used, 2**32 - 1)  # CC-Time and Nchf's time are 32-bit: no client can say more
-    reports = [UsageReport({unit: used})] if used else []
-    return UnitRequest(rg, requested={} if requested else None, used=reports)
 
 
 class ChargingSystem(RuleBasedStateMachine):
