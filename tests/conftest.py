@@ -66,7 +66,7 @@ SLOW = {
     "test_progress.py::test_import_bar_on_a_terminal_only",
     "test_progress.py::test_reconcile_bars_on_a_terminal_only",
     "test_progress.py::test_report_bar_on_a_terminal_only",
-    "test_properties.py::TestChargingCore",
+    "test_properties.py::TestChargingSystem",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_snmp.py::test_chf_serve_agent_through_snmpd",
     "test_store.py::test_full_queue_answers_busy",
