@@ -44,13 +44,8 @@ from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, A
 
 # Rule -> the open item of issue 11 that breaks it today (see the module docstring).
 KNOWN_OPEN: dict[str, str] = {
-    "fee_state": "issue 11 item 3: fees charged whatever the line's state (money-lifecycle)",
-    "pool_derived": "issue 11 item 4: a flexible pool grows on every activation (money-lifecycle)",
-    "currency": "issue 11 item 5: EUR prices charged to USD wallets (money-accounts)",
-    "plan_payment": "issue 11 item 7: a move skips the payment-type rule (money-accounts)",
     "usage_bounded": "issue 11 item 12: implausible usage is committed (no branch on it in this round)",
     "no_internal_error": "issue 11 item 12: usage beyond 2^64 in a sum fails the store's encoding (idem)",
-    "restart_keeps_replays": "issue 11 item 10: an INITIAL on an open session forgets what it applied (gy-house)",
 }
 # ORACLE_ENFORCE=all (or a comma-separated list of rules) fails on known open rules too.
 ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
