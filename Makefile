@@ -9,7 +9,7 @@ NATIVE_STAMP = $(VENV)/.built-native
 NATIVE_MODULES := $(shell grep -v '^\#' native-modules.txt)
 NATIVE_SOURCES := $(NATIVE_MODULES) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
-.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
+.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup clean
 
 # The editable install itself compiles nothing (CHF_PURE_PYTHON=1): $(NATIVE_STAMP) does, in parallel and
 # incrementally. A plain `pip install .` compiles in one go.
@@ -67,6 +67,9 @@ bench-gy: $(NATIVE_STAMP)
 # `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
 bench-import: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_import
+# Gy charging with and without `chf backup` running beside it (see loadtest/bench_backup.py --help).
+bench-backup: $(NATIVE_STAMP)
+	$(BIN)/python -m loadtest.bench_backup
 # Nchf updates over HTTP/2 with h2load (Debian nghttp2-client), fsync on (see loadtest/bench_nchf.py --help).
 bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
