@@ -1,0 +1,50 @@
+"""Implausible usage (issue 11 item 12): a report over [engine] max_report_* is refused whole before anything is
+written (Gy 5004 with Failed-AVP, Nchf 400 naming the JSON pointer), and the line keeps working."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gy.client import Mscc, ccr_avps
+from gy.codec import find
+from tests.gy_support import balance_of, provision, running_server
+
+HOST, REALM = "pgw.test", "test"
+U64_MAX = (1 << 64) - 1
+
+
+def ccr(session: str, rtype: int, number: int, **kw):  # type: ignore[no-untyped-def]
+    return ccr_avps(session, rtype, number, origin_host=HOST, origin_realm=REALM, **kw)
+
+
+def rc(msg) -> int:  # type: ignore[no-untyped-def]
+    return find(msg.avps, 268).u32()
+
+
+def failed_usu_octets(msg) -> int:  # type: ignore[no-untyped-def]
+    failed = find(msg.avps, 279)
+    assert failed is not None, "no Failed-AVP"
+    usu = find(failed.children, 446)
+    assert usu is not None, "Failed-AVP does not hold the Used-Service-Unit"
+    return int(find(usu.children, 421).value())
+
+
+async def test_gy_implausible_usage_is_refused_and_the_line_keeps_working(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision())
+        client = await srv.client()
+        sid = "pgw.test;ub;1"
+        cca = await client.ccr(ccr(sid, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})]))
+        assert rc(cca) == 2001
+        before = balance_of(srv, "a1")
+        cca = await client.ccr(ccr(sid, 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": U64_MAX}])]))
+        assert rc(cca) == 5004
+        assert failed_usu_octets(cca) == U64_MAX
+        assert balance_of(srv, "a1") == before
+        cca = await client.ccr(ccr(sid, 2, 2, mscc=[Mscc(10, {}, used=[{"bytes": 1 << 63}, {"bytes": 1 << 63}])]))
+        assert rc(cca) == 5004
+        assert failed_usu_octets(cca) == 1 << 63
+        assert balance_of(srv, "a1") == before
+        cca = await client.ccr(ccr(sid, 2, 3, mscc=[Mscc(10, {}, used=[{"bytes": 1_000}])]))
+        assert rc(cca) == 2001
+        assert balance_of(srv, "a1") == before - 10_000  # one started MB at 0.01 EUR
