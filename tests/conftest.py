@@ -39,6 +39,7 @@ INTEROP = {
 INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
+    "test_usage_bounds.py::test_nchf_implausible_usage_is_refused_naming_the_pointer",
     "test_catalogue.py::test_affordable_agrees_with_charge",
     "test_catalogue.py::test_period_chain_properties",
     "test_cli.py::test_catalogue_reload_signals_the_running_server",

@@ -48,3 +48,34 @@ async def test_gy_implausible_usage_is_refused_and_the_line_keeps_working(tmp_pa
         cca = await client.ccr(ccr(sid, 2, 3, mscc=[Mscc(10, {}, used=[{"bytes": 1_000}])]))
         assert rc(cca) == 2001
         assert balance_of(srv, "a1") == before - 10_000  # one started MB at 0.01 EUR
+
+
+async def test_nchf_implausible_usage_is_refused_naming_the_pointer(tmp_path: Path) -> None:
+    from tests.nchf_harness import IMSI, request_body, start_chf, stop_chf, usage
+
+    chf = await start_chf(tmp_path)
+    try:
+        client = await chf.client()
+        created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+        assert created.status == 201
+        before = (chf.bucket(IMSI), chf.wallet("acct-a"))
+
+        def twice(volume: int) -> dict[str, object]:
+            item = usage(10, {"totalVolume": volume})
+            item["usedUnitContainer"].append({"localSequenceNumber": 2, "totalVolume": volume})  # type: ignore[index]
+            return item
+
+        pointer = "/multipleUnitUsage/0/usedUnitContainer/{}/totalVolume"
+        for n, (volume, culprit) in enumerate([(U64_MAX, 0), (1 << 40, 1)], start=2):
+            refused = await chf.call(client, "update", request_body(n, units=[twice(volume)]), created.ref)
+            assert refused.status == 400, refused.body
+            assert [p["param"] for p in refused.body["invalidParams"]] == [pointer.format(culprit)]
+            assert (chf.bucket(IMSI), chf.wallet("acct-a")) == before
+        updated = await chf.call(
+            client, "update", request_body(4, units=[usage(10, {"totalVolume": 1_000})]), created.ref
+        )
+        assert updated.status == 200, updated.body
+        assert chf.bucket(IMSI) != before[0]
+        await client.close()
+    finally:
+        await stop_chf(chf)
