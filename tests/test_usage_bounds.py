@@ -4,29 +4,34 @@ written (Gy 5004 with Failed-AVP, Nchf 400 naming the JSON pointer), and the lin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from gy.client import Mscc, ccr_avps
-from gy.codec import find
+from gy.codec import Message, find
 from tests.gy_support import balance_of, provision, running_server
 
 HOST, REALM = "pgw.test", "test"
 U64_MAX = (1 << 64) - 1
 
 
-def ccr(session: str, rtype: int, number: int, **kw):  # type: ignore[no-untyped-def]
+def ccr(session: str, rtype: int, number: int, **kw: Any) -> list[bytes]:
     return ccr_avps(session, rtype, number, origin_host=HOST, origin_realm=REALM, **kw)
 
 
-def rc(msg) -> int:  # type: ignore[no-untyped-def]
-    return find(msg.avps, 268).u32()
+def rc(msg: Message) -> int:
+    result = find(msg.avps, 268)
+    assert result is not None
+    return result.u32()
 
 
-def failed_usu_octets(msg) -> int:  # type: ignore[no-untyped-def]
+def failed_usu_octets(msg: Message) -> int:
     failed = find(msg.avps, 279)
     assert failed is not None, "no Failed-AVP"
     usu = find(failed.children, 446)
     assert usu is not None, "Failed-AVP does not hold the Used-Service-Unit"
-    return int(find(usu.children, 421).value())
+    octets = find(usu.children, 421)
+    assert octets is not None
+    return octets.u64()
 
 
 async def test_gy_implausible_usage_is_refused_and_the_line_keeps_working(tmp_path: Path) -> None:
@@ -60,9 +65,9 @@ async def test_nchf_implausible_usage_is_refused_naming_the_pointer(tmp_path: Pa
         assert created.status == 201
         before = (chf.bucket(IMSI), chf.wallet("acct-a"))
 
-        def twice(volume: int) -> dict[str, object]:
+        def twice(volume: int) -> dict[str, Any]:
             item = usage(10, {"totalVolume": volume})
-            item["usedUnitContainer"].append({"localSequenceNumber": 2, "totalVolume": volume})  # type: ignore[index]
+            item["usedUnitContainer"].append({"localSequenceNumber": 2, "totalVolume": volume})
             return item
 
         pointer = "/multipleUnitUsage/0/usedUnitContainer/{}/totalVolume"
