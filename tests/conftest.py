@@ -40,6 +40,7 @@ INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
     "test_backup.py::test_backup_while_chf_serve_charges_then_restore",
+    "test_usage_bounds.py::test_nchf_implausible_usage_is_refused_naming_the_pointer",
     "test_catalogue.py::test_affordable_agrees_with_charge",
     "test_catalogue.py::test_period_chain_properties",
     "test_cli.py::test_catalogue_reload_signals_the_running_server",
