@@ -44,8 +44,6 @@ from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, A
 
 # Rule -> the open item of issue 11 that breaks it today (see the module docstring).
 KNOWN_OPEN: dict[str, str] = {
-    "usage_bounded": "issue 11 item 12: implausible usage is committed (no branch on it in this round)",
-    "no_internal_error": "issue 11 item 12: usage beyond 2^64 in a sum fails the store's encoding (idem)",
 }
 # ORACLE_ENFORCE=all (or a comma-separated list of rules) fails on known open rules too.
 ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
