@@ -43,8 +43,7 @@ from store.lmdbstore import Txn
 from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, Account, BalanceSet
 
 # Rule -> the open item of issue 11 that breaks it today (see the module docstring).
-KNOWN_OPEN: dict[str, str] = {
-}
+KNOWN_OPEN: dict[str, str] = {}
 # ORACLE_ENFORCE=all (or a comma-separated list of rules) fails on known open rules too.
 ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
 
