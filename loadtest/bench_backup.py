@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     backups = Backups(config, work)
                     backups.thread.start()
                 try:
-                    measured = asyncio.run(drive(args, [("127.0.0.1", port)], [server.pid], first_session=n * 10**8))
+                    measured = asyncio.run(drive(args, "127.0.0.1", port, server.pid, first_session=n * 10**8))
                 finally:
                     backups.stopping.set()
                     if with_backups:
