@@ -74,10 +74,11 @@ bench-backup: $(NATIVE_STAMP)
 bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
 
-# Long run of the charging core's stateful property test (2000 examples; the suite runs 200).
+# Long run of the money oracle, the whole-system stateful test (tests/test_properties.py): 20,000 examples of up
+# to 80 steps (the suite runs 100 of up to 50). ORACLE_EXAMPLES=n runs n.
 .PHONY: bench-properties
 bench-properties: $(TEST_STAMP)
-	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q --durations=1 tests/test_properties.py
 # Gy codec: decode a CCR-U + encode the CCA-U, and the server's event-loop side (see loadtest/bench_gy_codec.py).
 bench-gy-codec: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_gy_codec
