@@ -270,9 +270,7 @@ class Store(Protocol):
         submission order; operations without one are applied in submission order among themselves."""
         ...
 
-    def submit_then(
-        self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None
-    ) -> None:
+    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None) -> None:
         """`submit` for callers that answer from a callback: `done(result or exception)` runs on the event loop
         once the operation is durable."""
         ...

@@ -695,9 +695,7 @@ class Store:
         self._enqueue(_Pending(fn, future, nested))
         return future
 
-    def submit_then(
-        self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None
-    ) -> None:
+    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None) -> None:
         """`submit` for callers that answer from a callback: `done(result)` runs on the event loop once the
         transaction is durable; `result` is the operation's return value or the exception it raised. No
         future, no coroutine and no extra loop callback per request: on the front-ends' hot path they cost

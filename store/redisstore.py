@@ -1325,6 +1325,10 @@ class RedisStore:
                 return p
         return None
 
+    def event_feed(self, name: str) -> EventFeed:
+        """What an exporter reads instead of a cursor over one sequence (see EventFeed)."""
+        return EventFeed(self, name)
+
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self) -> _ReadContext:
         """A read-only view. Each record read is as committed; records read at different moments may be of
@@ -1565,3 +1569,93 @@ if TYPE_CHECKING:  # mypy holds the Redis classes to the Protocols they implemen
 
     def _implements(store: RedisStore, txn: RedisTxn) -> tuple[interface.Store, interface.Txn]:
         return store, txn
+
+
+class EventFeed:
+    """The events of every partition for one exporter: consumer group `export:<name>` on each partition's
+    stream, read by the process holding the partition's export lease (one at a time; another takes over when
+    the lease lapses). Entries delivered but not acknowledged stay pending and are read again first, so delivery
+    is at least once and in order within a partition (so within an account). Synchronous: call it from a thread.
+    """
+
+    CONSUMER = "owner"  # one consumer name: a new lease holder reads what the last one left pending
+
+    def __init__(self, store: RedisStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.group = "export:" + name
+        self._groups: set[int] = set()
+        self._next = 0
+
+    def _key(self, p: int) -> str:
+        return f"{{{self.store.tag(p)}}}:ev"
+
+    def _ensure_group(self, p: int) -> None:
+        if p in self._groups:
+            return
+        try:
+            self.store.call(p, "XGROUP", "CREATE", self._key(p), self.group, "0", "MKSTREAM")
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(p)
+
+    def take(self, limit: int) -> tuple[list[dict[str, Any]], Any]:
+        """The next batch of one partition (its pending entries first): (events, token for `ack`)."""
+        store = self.store
+        parts = store.partitions
+        for i in range(parts):
+            p = (self._next + i) % parts
+            if not store.lease(p, self.group):
+                continue
+            self._ensure_group(p)
+            for start in ("0", ">"):
+                answer = store.call(
+                    p, "XREADGROUP", "GROUP", self.group, self.CONSUMER, "COUNT", limit, "STREAMS", self._key(p), start
+                )
+                entries = _stream_entries(answer)
+                if entries:
+                    self._next = p  # stay on this partition until it is drained
+                    events = [_event_of(store, p, entry_id, fields) for entry_id, fields in entries]
+                    return events, (p, [entry_id for entry_id, _ in entries])
+        self._next = (self._next + 1) % parts
+        return [], None
+
+    def ack(self, token: Any) -> None:
+        p, ids = token
+        self.store.call(p, "XACK", self._key(p), self.group, *ids)
+
+    def backlog(self) -> int:
+        """Events not yet acknowledged, over every partition (lag + pending of the group)."""
+        total = 0
+        for p in range(self.store.partitions):
+            try:
+                groups = self.store.call(p, "XINFO", "GROUPS", self._key(p))
+            except ResponseError:  # no stream yet
+                continue
+            for group in groups:
+                info = dict(zip(group[::2], group[1::2], strict=False)) if isinstance(group, list) else group
+                name = info.get(b"name") or info.get("name")
+                if name in (self.group, self.group.encode()):
+                    lag = info.get(b"lag", info.get("lag"))
+                    pending = info.get(b"pending", info.get("pending")) or 0
+                    total += int(lag or 0) + int(pending)
+        return total
+
+
+def _stream_entries(answer: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    if not answer:
+        return []
+    if isinstance(answer, dict):  # RESP3
+        streams = list(answer.values())
+        return [(e[0], e[1]) for e in streams[0][0]] if streams and streams[0] else []
+    return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields is not None]
+
+
+def _event_of(store: RedisStore, p: int, entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    n = int(entry_id.split(b"-", 1)[0])
+    event: dict[str, Any] = unpack(fields[b"e"])
+    seq = n * store.partitions + p
+    event["seq"] = seq
+    event["id"] = f"{store.store_id}-{seq}"
+    return event
