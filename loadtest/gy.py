@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from gy.client import CMD_CC, DiameterClient, Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, Message, encode_message
@@ -37,8 +38,30 @@ REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
 
 
-def server_config(tmp: Path, port: int, durability: str, writer: str = "inline", workers: int = 0) -> Path:
+def server_config(
+    tmp: Path,
+    port: int,
+    durability: str,
+    writer: str = "inline",
+    workers: int = 0,
+    redis: str = "",
+    namespace: str = "",
+) -> Path:
+    """A `chf serve` configuration in `tmp`: LMDB there, or the Redis cluster `redis` ("host:port,...") under
+    `namespace` (every node of a multi-node run gets the same store, each its own directory and Gy port)."""
     path = tmp / "chf.toml"
+    if redis:
+        nodes = ", ".join(f'"{a}"' for a in redis.split(","))
+        store = f'''backend = "redis-cluster"
+nodes = [{nodes}]
+namespace = "{namespace}"
+'''
+    else:
+        store = f'''path = "{tmp / "chf.lmdb"}"
+durability = "{durability}"
+writer = "{writer}"
+map_size_mb = 4096
+'''
     path.write_text(
         f"""
 [chf]
@@ -50,11 +73,7 @@ log_level = "warning"
 frontend_workers = {workers}
 
 [store]
-path = "{tmp / "chf.lmdb"}"
-durability = "{durability}"
-writer = "{writer}"
-map_size_mb = 4096
-
+{store}
 [gy]
 listen = "127.0.0.1"
 port = {port}
@@ -282,11 +301,20 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int | None) -> dict[str, object]:
+def _cpu(pids: list[int]) -> float:
+    return sum(sum(tree_cpu(pid).values()) for pid in pids)
+
+
+async def drive(
+    args: argparse.Namespace, addresses: list[tuple[str, int]], server_pids: list[int]
+) -> dict[str, object]:
+    """Connections spread over `addresses` (several chf nodes: connection i to node i mod n)."""
     clients = [
-        (await LoadClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
+        (await LoadClient.connect(*addresses[i % len(addresses)], f"load{i}.localdomain", "localdomain"))[0]
         for i in range(args.connections)
     ]
+    server_pid = server_pids[0] if server_pids else None
+    extra0 = _cpu(server_pids[1:])
     stats = Stats()
     warm_until = time.monotonic() + args.warmup
     stop_at = warm_until + args.duration
@@ -309,7 +337,7 @@ async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int 
     await asyncio.sleep(args.duration)
     elapsed = time.monotonic() - t0
     tree1 = tree_cpu(server_pid) if server_pid else {}
-    cpu1 = sum(tree1.values())
+    cpu1 = sum(tree1.values()) + _cpu(server_pids[1:]) - extra0
     threads1 = thread_cpu(server_pid) if server_pid else {}
     # With front-end workers the core's threads are "loop" and "other", the workers' processes "workers".
     threads0["workers"], threads1["workers"] = tree0.get("workers", 0.0), tree1.get("workers", 0.0)
@@ -363,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--durability", choices=("fsync", "os"), default="fsync")
-    p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
+    p.add_argument("--connect", help="HOST:PORT[,HOST:PORT...] of running servers instead of starting one")
+    p.add_argument("--redis", default="", help="host:port,... of a Redis cluster: the servers' store (redis-cluster)")
+    p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
@@ -381,40 +411,48 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     if args.connect:
-        host, port = args.connect.rsplit(":", 1)
-        result = runner(drive(args, host, int(port), None))
+        addresses = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.connect.split(",")]
+        result = runner(drive(args, addresses, []))
     else:
-        with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
-            from tests.support import free_port
-
-            port = free_port()
-            config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
-            provision(config, args.sessions, args.plan_on)
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from tools.cli import main; raise SystemExit(main())",
-                    "serve",
-                    "--config",
-                    str(config),
-                ],
-                cwd=REPO,
-            )
-            try:
-                wait_ready(Path(tmp), server)
-                result = runner(drive(args, "127.0.0.1", port, server.pid))
-            finally:
-                server.send_signal(signal.SIGTERM)
-                server.wait(30)
-        result["durability"] = args.durability
-    result["settings"] = {k: getattr(args, k) for k in ("connections", "sessions", "updates", "rate", "workers")}
+        result = run_servers(args, runner)
+        result["durability"] = "redis-cluster" if args.redis else args.durability
+    keys = ("connections", "sessions", "updates", "rate", "workers", "nodes")
+    result["settings"] = {k: getattr(args, k) for k in keys}
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:>22}: {value}")
     return 0
+
+
+def run_servers(args: argparse.Namespace, runner: Any) -> dict[str, object]:
+    """Start `--nodes` chf serve processes (one store), provision, drive them, stop them."""
+    from tests.support import free_port
+
+    if args.nodes > 1 and not args.redis:
+        raise SystemExit("--nodes > 1 needs --redis (LMDB is one process's store)")
+    namespace = f"bench{os.getpid()}x{int(time.time())}"
+    with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
+        dirs = [Path(tmp) / f"node{i}" for i in range(args.nodes)]
+        ports = [free_port() for _ in dirs]
+        configs = []
+        for d, port in zip(dirs, ports, strict=True):
+            d.mkdir()
+            configs.append(server_config(d, port, args.durability, args.writer, args.workers, args.redis, namespace))
+        provision(configs[0], args.sessions, args.plan_on)
+        command = [sys.executable, "-c", "from tools.cli import main; raise SystemExit(main())", "serve", "--config"]
+        servers = [subprocess.Popen([*command, str(c)], cwd=REPO) for c in configs]
+        try:
+            for d, server in zip(dirs, servers, strict=True):
+                wait_ready(d, server)
+            addresses = [("127.0.0.1", port) for port in ports]
+            return runner(drive(args, addresses, [s.pid for s in servers]))  # type: ignore[no-any-return]
+        finally:
+            for server in servers:
+                server.send_signal(signal.SIGTERM)
+            for server in servers:
+                server.wait(30)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import hashlib
 import heapq
 import logging
@@ -900,7 +901,7 @@ class RedisTxn:
             ws = w(p)
             ws.events.append(raw)
             index_in_part.append(len(ws.events))
-        for p, raw in ((p, raw) for p, raw in self._events):
+        for p in {p for p, _ in self._events}:
             ws = by_part[p]
             ws.keys.add(self._k(p, "ev"))
             ws.keys.add(self._k(p, "evc"))
@@ -1121,7 +1122,7 @@ class RedisStore:
         return self.rc.get_node_from_key(self._key_of(p))
 
     def get(self, key: str) -> bytes | None:
-        return self._retrying(lambda: self.rc.execute_command("GET", key))  # type: ignore[no-any-return]
+        return self._retrying(lambda: self.rc.execute_command("GET", key))
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of keys of any slots: one MGET per slot, pipelined per node."""
@@ -1160,7 +1161,7 @@ class RedisStore:
                 pipe.execute_command(*args)
             return list(pipe.execute())
 
-        return self._retrying(run)  # type: ignore[no-any-return]
+        return self._retrying(run)
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + self.op_timeout
@@ -1423,7 +1424,7 @@ class RedisStore:
                         self.locked(p, answer[1])
                     raise Retry(f"prepare {status} in partition {p}")
                 held.append(p)
-            intent = []
+            intent: list[Any] = []
             for p in order:
                 ws = by_part[p]
                 intent.append([p, [[self.lock_key(p), *sorted(ws.keys)], ws.payload(self.tag(p))]])
@@ -1474,10 +1475,8 @@ class RedisStore:
                 self._queued -= 1
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(_resolve, item)
-                except RuntimeError:  # the loop closed meanwhile
-                    pass
 
     async def stop(self) -> None:
         threads, self._threads = self._threads, []
@@ -1553,7 +1552,7 @@ class _ReadContext:
 
 def _lua_pack(obj: Any) -> bytes:
     """msgpack for Redis's Lua cmsgpack, which knows no bin type: bytes go as raw strings."""
-    return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=False)
 
 
 def _sha1(text: str) -> str:

@@ -136,9 +136,9 @@ class RedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = [n for n in self.nodes if n.proc is not None]
-            if all("cluster_state:ok" in self.redis_cli(n, "CLUSTER", "INFO") for n in live):
-                if not replicas or self._replicated(live):
-                    return
+            ok = all("cluster_state:ok" in self.redis_cli(n, "CLUSTER", "INFO") for n in live)
+            if ok and (not replicas or self._replicated(live)):
+                return
             time.sleep(0.1)
         raise RuntimeError("the Redis cluster did not become ready")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from chf.export.cdr import CdrSink
-from chf.runtime.config import ConfigError
 from chf.export.config import parse_export_config
 from chf.export.exporter import Exporter, Sink, backlogs
 from chf.export.files import FileSink
 from chf.export.nats import NatsSink
 from chf.export.records import encode_record, iso_time, to_record
+from chf.runtime.config import ConfigError
 
 __all__ = [
     "CdrSink",
