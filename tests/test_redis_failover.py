@@ -120,7 +120,7 @@ class Load:
             try:
                 cca = await asyncio.wait_for(state["client"].ccr(avps), 15)
                 code = int(find(cca.avps, 268).u32())
-            except (ConnectionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError, OSError):
                 self.retries += 1
                 state["client"].close()
                 state["node"] += 1
@@ -199,4 +199,4 @@ def test_no_acknowledged_debit_lost_and_none_twice_across_failovers(cluster: Red
         # Every acknowledged report is charged, once: a retry of one already committed got the stored answer.
         assert sorted(usage.get(sid, [])) == sorted(used), sid
     world.close()
-    assert T0 < time.time()
+    assert time.time() > T0
