@@ -200,7 +200,7 @@ async def test_comverse_monetary_units(tmp_path: Path) -> None:
             provision(
                 imsi="404100000000001",
                 msisdn=infos[0]["msisdn"],
-                plan="wallet",
+                plan="wallet-inr",
                 balance=10_000_000,
                 currency="INR",
                 tenant="in",

@@ -31,7 +31,6 @@ from typing import Any, Literal, Protocol
 from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
-from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
@@ -145,13 +144,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def build_service(config: Config, store: Store) -> ChargingService:
     catalogue = load_catalogue(config.catalogue)
-    ec = config.engine
-    engine_config = EngineConfig(
-        idempotency_window=ec.idempotency_window,
-        reap_factor=ec.reap_factor,
-        answers_kept=ec.answers_kept,
-        refund_window=ec.refund_window,
-    )
+    engine_config = config.engine.engine_config()
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 
 

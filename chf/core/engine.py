@@ -21,7 +21,7 @@ One-shot events (CCR-Event) are decided by `chf.core.events`; the state a reques
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chf.core.catalogue import Catalogue, GrantPolicy, Plan, Tariff
@@ -60,6 +60,8 @@ from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, p
 # from the closed session's stored answer (the front-end names a new session for it).
 SESSIONS_NAMED_BY_US = frozenset({"nchf"})
 
+IDENTITY_QUARANTINE = {"imsi": 90 * 86400, "msisdn": 90 * 86400, "iccid": 90 * 86400}
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -68,6 +70,9 @@ class EngineConfig:
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
     # Seconds a one-shot debit stays refundable by REFUND_ACCOUNT (chf.core.events); 0: no refunds.
     refund_window: int = 7 * 86_400
+    # Seconds after its line's termination before an identity may go to another line ([engine]
+    # <kind>_quarantine_days; chf.core.provisioning releases it then).
+    identity_quarantine: dict[str, int] = field(default_factory=lambda: dict(IDENTITY_QUARANTINE))
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which
@@ -186,10 +191,9 @@ class Engine:
         return ctx
 
     def line_plan(self, ctx: Context) -> Plan | None:
-        name = ctx.sub.plan or ctx.account.plan
-        if name is None:
-            return None
-        return self._catalogue.plans.get(name)
+        """The plan that rates the line: its own, else its account's; None (nothing is granted) when it is not in
+        the catalogue or not priced in the account's currency (never relabelled: chf.core.catalogue.plan_in)."""
+        return self._catalogue.plan_in(ctx.sub.plan or ctx.account.plan, ctx.account.currency)
 
     # ==============================================================================================================
     # Session requests
