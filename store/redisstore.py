@@ -98,6 +98,7 @@ from redis.exceptions import (
 from store import interface
 from store.interface import Owner, StoreBusy, StoreClosed, StoreError, Sweep
 from store.schema import (
+    ACTIVE,
     SCHEMA_VERSION,
     Account,
     BalanceSet,
@@ -136,9 +137,10 @@ local function apply(w)
   end
   for _, k in ipairs(w[2]) do redis.call('DEL', k) end
   local z = w[3]
-  for i = 1, #z, 3 do redis.call('ZADD', z[i], z[i + 1], z[i + 2]) end
-  z = w[4]
-  for i = 1, #z, 2 do redis.call('ZREM', z[i], z[i + 1]) end
+  for i = 1, #z, 4 do
+    if z[i] == 1 then redis.call('ZADD', z[i + 1], z[i + 3], z[i + 2])
+    else redis.call('ZREM', z[i + 1], z[i + 2]) end
+  end
   local ev = w[7]
   local c = 0
   local first = 0
@@ -267,13 +269,12 @@ class Retry(Exception):
 class _Writes:
     """What one operation writes into one partition (the argument of its commit or APPLY script)."""
 
-    __slots__ = ("debit_sets", "debits", "dels", "events", "hdels", "keys", "sets", "zadds", "zrems")
+    __slots__ = ("debit_sets", "debits", "dels", "events", "hdels", "keys", "sets", "zops")
 
     def __init__(self) -> None:
         self.sets: list[Any] = []  # key, value, pxat (0: none)
         self.dels: list[str] = []
-        self.zadds: list[Any] = []  # key, score, member
-        self.zrems: list[Any] = []  # key, member
+        self.zops: list[Any] = []  # 1 (ZADD) or 0 (ZREM), key, member, score: in the order they were made
         self.events: list[bytes] = []
         self.debits: list[Any] = []  # hash key, 1-based index of the event, record
         self.hdels: list[Any] = []  # hash key, field
@@ -284,8 +285,8 @@ class _Writes:
         return [
             self.sets,
             self.dels,
-            self.zadds,
-            self.zrems,
+            self.zops,
+            [],
             f"{{{tag}}}:ev",
             f"{{{tag}}}:evc",
             self.events,
@@ -306,8 +307,7 @@ class RedisTxn:
         self._versions: dict[str, bytes] = {}  # key -> version read (ABSENT: not there)
         self._values: dict[str, bytes | None] = {}  # key -> payload read or written (None: absent or deleted)
         self._dirty: dict[str, tuple[int, bytes | None, int]] = {}  # key -> (partition, payload or None, pxat)
-        self._zadds: list[tuple[int, str, float, str]] = []
-        self._zrems: list[tuple[int, str, str]] = []
+        self._zops: list[tuple[int, str, float | None, str]] = []  # (partition, key, score or None: ZREM, member)
         self._events: list[tuple[int, bytes]] = []  # (partition, event without seq and id)
         self._debits: list[tuple[int, str, int, bytes]] = []  # (partition, hash key, op event index, record)
         self._debit_sets: list[tuple[int, str, str, bytes]] = []
@@ -365,11 +365,11 @@ class RedisTxn:
 
     def _zadd(self, p: int, key: str, score: float, member: str) -> None:
         self.wrote = True
-        self._zadds.append((p, key, score, member))
+        self._zops.append((p, key, score, member))
 
     def _zrem(self, p: int, key: str, member: str) -> None:
         self.wrote = True
-        self._zrems.append((p, key, member))
+        self._zops.append((p, key, None, member))
 
     def _prefetch_account(self, account_id: str, line_id: int | None, session_key: str | None = None) -> None:
         """Everything of one request in one MGET: account, its balance set, the line, its balance set, the
@@ -466,10 +466,26 @@ class RedisTxn:
                 if raw is not None:
                     yield Account.decode(raw[8:])
 
+    def _zmembers(self, p: int, key: str) -> dict[str, float]:
+        """A sorted set's members and scores as this operation sees it: the stored set, then its own changes."""
+        raw = self._store.call(p, "ZRANGE", key, 0, -1, "WITHSCORES")
+        members = {m.decode(): float(score) for m, score in raw}
+        for _, k, score, member in self._zops:
+            if k != key:
+                continue
+            if score is None:
+                members.pop(member, None)
+            else:
+                members[member] = score
+        return members
+
     def lines_of_account(self, account_id: str) -> Iterator[int]:
         p = self._acct_part(account_id)
-        for m in self._store.call(p, "ZRANGE", self._k(p, "al:" + account_id), 0, -1):
-            yield int(m)
+        yield from sorted(int(m) for m in self._zmembers(p, self._k(p, "al:" + account_id)))
+
+    def active_line_count(self, account_id: str) -> int:
+        p = self._acct_part(account_id)
+        return len(self._zmembers(p, self._k(p, "aa:" + account_id)))
 
     # -- lines ------------------------------------------------------------------------------------------------------
     def get_subscriber(self, line_id: int) -> Subscriber | None:
@@ -516,6 +532,12 @@ class RedisTxn:
                 self._set(q, key, str(sub.id).encode())
         p = self._acct_part(sub.account)
         line = str(sub.id)
+        is_active = sub.state == ACTIVE
+        if previous is not None and previous.state == ACTIVE and (not is_active or previous.account != sub.account):
+            q = self._acct_part(previous.account)
+            self._zrem(q, self._k(q, "aa:" + previous.account), line)
+        if is_active:
+            self._zadd(p, self._k(p, "aa:" + sub.account), sub.id, line)
         old_acct = previous.account if previous is not None else self._line_acct.get(sub.id)
         if old_acct is not None and old_acct != sub.account:
             self._move_line(sub.id, old_acct, sub.account)
@@ -546,6 +568,19 @@ class RedisTxn:
 
     def put_new_subscriber(self, sub: Subscriber) -> None:
         self.put_subscriber(sub, None)
+
+    def release_identity(self, kind: str, value: str, line_id: int, now: int) -> None:
+        q = _part(value, self._store.partitions)
+        key = self._k(q, f"i:{kind}:{value}")
+        if self._get(q, key) != str(line_id).encode():
+            return  # not (or no longer) the line's
+        self._set(q, key, None)
+        self._zadd(q, self._k(q, f"ir:{kind}:{value}"), now, str(line_id))
+
+    def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
+        q = _part(value, self._store.partitions)
+        members = self._zmembers(q, self._k(q, f"ir:{kind}:{value}"))
+        return sorted(((int(m), int(t)) for m, t in members.items()), key=lambda held: (held[1], held[0]))
 
     def subscribers(self) -> Iterator[Subscriber]:
         store = self._store
@@ -888,14 +923,10 @@ class RedisTxn:
                 ws.dels.append(key)
             else:
                 ws.sets += (key, stamp + value, pxat)
-        for p, key, score, member in self._zadds:
+        for p, key, score, member in self._zops:
             ws = w(p)
             ws.keys.add(key)
-            ws.zadds += (key, score, member)
-        for p, key, member in self._zrems:
-            ws = w(p)
-            ws.keys.add(key)
-            ws.zrems += (key, member)
+            ws.zops += (0, key, member, 0) if score is None else (1, key, member, score)
         index_in_part: list[int] = []
         for p, raw in self._events:
             ws = w(p)
