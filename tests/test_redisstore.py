@@ -29,7 +29,7 @@ from store.interface import StoreBusy, StoreError
 from store.redisstore import RedisStore, RedisTxn, _lua_pack
 from tests.corekit import World, check_invariants, initial, terminate, update
 from tests.redis_cluster import RedisCluster
-from tests.support import require_tool
+from tests.support import REPO, require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -288,3 +288,42 @@ def test_clusterdown_answers_busy_never_a_wrong_grant(fragile_cluster: RedisClus
         assert txn.get_account("a").reserved == before  # type: ignore[union-attr]
         check_invariants(txn)
     w.close()
+
+
+def test_the_cli_works_unchanged_on_the_cluster(
+    redis_cluster: RedisCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chf init --demo`, a line, a top-up, the event tail and a revenue report, on [store] backend =
+    "redis-cluster": the commands reach the store through the same interface."""
+    from tools.cli import main
+
+    nodes = ", ".join(f'"{a}"' for a in redis_cluster.addresses)
+    (tmp_path / "chf.toml").write_text(
+        f'[chf]\ndata_dir = "var"\ncatalogue = "{REPO / "conf" / "catalogue.toml"}"\n\n'
+        f'[store]\nbackend = "redis-cluster"\nnodes = [{nodes}]\nnamespace = "cli{secrets.token_hex(4)}"\n'
+        "partitions = 8\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    def chf(*args: str) -> Any:
+        status = main(["--config", "chf.toml", *args])
+        out = capsys.readouterr()
+        assert status == 0, out.err
+        if "--json" not in args:
+            return out.out
+        try:
+            return json.loads(out.out)
+        except json.JSONDecodeError:  # JSON Lines (events tail)
+            return [json.loads(x) for x in out.out.strip().splitlines()]
+
+    assert chf("init", "--demo", "--demo-file", str(REPO / "conf" / "demo.toml"), "--json")["demo"]
+    line = chf("subscriber", "show", "208019000000001", "--json")
+    assert line["account"] == "alice" and line["state"] == "active"
+    before = chf("account", "show", "alice", "--json")["balance"]
+    chf("account", "topup", "alice", "10.00", "--reason", "shop", "--json")
+    assert chf("account", "show", "alice", "--json")["balance"] == before + 10_000_000
+    events = chf("events", "tail", "-n", "3", "--json")
+    assert events and events[-1]["kind"] == "topup"
+    assert "alice" in chf("account", "list")
+    report = chf("report", "revenue", "--from", "2000-01-01", "--to", "2100-01-01", "--json")
+    assert report is not None
