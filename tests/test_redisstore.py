@@ -327,3 +327,51 @@ def test_the_cli_works_unchanged_on_the_cluster(
     assert "alice" in chf("account", "list")
     report = chf("report", "revenue", "--from", "2000-01-01", "--to", "2100-01-01", "--json")
     assert report is not None
+
+
+def test_a_partition_moving_to_another_primary_keeps_charging(world: World, redis_cluster: RedisCluster) -> None:
+    """The slot of an account's partition migrates (CLUSTER SETSLOT MIGRATING/IMPORTING, MIGRATE, SETSLOT NODE)
+    while its sessions are charged: requests meet ASK/TRYAGAIN during the move and MOVED after it, and are
+    retried; every one is answered, charged once."""
+    world.account("mv", balance=10**9)
+    _, imsi = world.line("mv", plan="payg")
+    store = rs(world)
+    p = RedisTxn(store, False)._acct_part("mv")
+    slot = store.rc.keyslot(store.lock_key(p))
+    src = redis_cluster.primary_of_slot(slot)
+    dst = next(n for n in redis_cluster.primaries() if n is not src)
+    src_id = redis_cluster.redis_cli(src, "CLUSTER", "MYID").strip()
+    dst_id = redis_cluster.redis_cli(dst, "CLUSTER", "MYID").strip()
+    assert world.charge(initial("mv1", imsi)).result == SUCCESS
+    answers: list[Any] = []
+    done = threading.Event()
+
+    def charge() -> None:
+        n = 1
+        while not done.is_set() or n < 20:
+            answers.append(world.charge(update("mv1", n, imsi, used=100)))
+            n += 1
+
+    worker = threading.Thread(target=charge)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        redis_cluster.redis_cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id)
+        redis_cluster.redis_cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst_id)
+        time.sleep(0.2)
+        while True:
+            keys = redis_cluster.redis_cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
+            if not keys:
+                break
+            redis_cluster.redis_cli(src, "MIGRATE", "127.0.0.1", str(dst.port), "", "0", "5000", "KEYS", *keys)
+        for node in redis_cluster.primaries():
+            redis_cluster.redis_cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
+    finally:
+        done.set()
+        worker.join()
+    assert redis_cluster.primary_of_slot(slot) is dst
+    assert answers and all(a.result == SUCCESS for a in answers)
+    with store.read() as txn:
+        session = txn.get_session("mv1")
+        assert session is not None and session.last_request == len(answers)
+        check_invariants(txn)
