@@ -74,8 +74,8 @@ def model(rows: dict[str, dict[str, object]]) -> list[str]:
         f"(e.g. {max(3, round(redis_cores * 0.75)):.0f} primaries, each with a replica)"
     )
     lines.append(
-        "10M subscribers: ~2 KB per line (line, balance set, session, pointers) -> ~20 GB of records, "
-        "plus event streams until exported and trimmed; spread over the primaries' memory"
+        "10M subscribers: ~2 KB per line (line, balance set, session, pointers) -> ~20 GB of records in the "
+        "primaries' memory (as much again in the replicas), plus the event streams, kept like LMDB's spool"
     )
     lines.append(
         "linear: every request touches one partition (one primary) and one chf node, so adding primaries "

@@ -1076,6 +1076,7 @@ class RedisStore:
         self.commits = 0
         self.conflicts = 0
         self._leases: dict[tuple[int, str], float] = {}
+        self._stat_cache: tuple[float, dict[str, int]] | None = None
         self._purge_next = 0
         startup = []
         for node in nodes:
@@ -1368,6 +1369,18 @@ class RedisStore:
         return _ReadContext(self)
 
     def stat(self) -> dict[str, int]:
+        """Counts and memory, read at most every `STAT_MAX_AGE` seconds (they cost a few round trips per node: the
+        metrics gauges read them when scraped)."""
+        cached = self._stat_cache
+        if cached is not None and time.monotonic() - cached[0] < self.STAT_MAX_AGE:
+            return dict(cached[1])
+        out = self._stat()
+        self._stat_cache = (time.monotonic(), out)
+        return dict(out)
+
+    STAT_MAX_AGE = 5.0
+
+    def _stat(self) -> dict[str, int]:
         with self.read() as txn:
             out = {
                 "tenants": len(list(txn.tenants())),
