@@ -76,6 +76,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+from hiredis import pack_command
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     AskError,
@@ -327,7 +328,13 @@ class RedisTxn:
         return f"{{{self._store.namespace}}}:{suffix}"
 
     def _acct_part(self, account_id: str) -> int:
-        return _part(account_id, self._store.partitions)
+        parts = self._store.account_parts
+        p = parts.get(account_id)
+        if p is None:
+            p = parts[account_id] = _part(account_id, self._store.partitions)
+            if len(parts) > 1 << 20:
+                parts.clear()
+        return p
 
     # -- reading records ---------------------------------------------------------------------------------------------
     def _load(self, p: int, keys: Sequence[str]) -> None:
@@ -339,7 +346,8 @@ class RedisTxn:
         fetch = list(wanted)
         if check_lock:
             fetch.append(self._k(p, "lock"))
-        raws = self._store.mget(fetch)
+        store = self._store
+        raws = store.mget(fetch) if p < 0 else list(store._slot_get(store._slots[p], fetch))
         if check_lock:
             lock = raws.pop()
             if lock is not None:
@@ -1077,6 +1085,8 @@ class RedisStore:
         self.conflicts = 0
         self._leases: dict[tuple[int, str], float] = {}
         self._stat_cache: tuple[float, dict[str, int]] | None = None
+        self._local = threading.local()  # each thread's raw connections, by node (see _raw)
+        self.account_parts: dict[str, int] = {}  # account id -> partition, computed once
         self._purge_next = 0
         startup = []
         for node in nodes:
@@ -1113,6 +1123,7 @@ class RedisStore:
         }
         self.partitions, self.store_id = self._identify(partitions)
         self.tags = partition_tags(namespace, self.partitions)
+        self._slots = [slot_of(f"{{{t}}}") for t in self.tags]
         self._workers = workers
         self._queues: list[queue.SimpleQueue[_Pending | None]] = []
         self._threads: list[threading.Thread] = []
@@ -1151,7 +1162,12 @@ class RedisStore:
         return self._retrying(lambda: self.rc.execute_command(*args))
 
     def _node(self, p: int) -> ClusterNode:
-        return self.rc.get_node_from_key(self._key_of(p))
+        slot = self._slots[p] if p >= 0 else slot_of(self._key_of(p))
+        try:
+            return self.rc.nodes_manager.slots_cache[slot][0]
+        except (KeyError, IndexError):
+            self._refresh()
+            return self.rc.get_node_from_key(self._key_of(p))
 
     def get(self, key: str) -> bytes | None:
         return self._retrying(lambda: self.rc.execute_command("GET", key))
@@ -1167,8 +1183,7 @@ class RedisStore:
             by_slot.setdefault(slot_of(key), []).append(i)
         out: list[bytes | None] = [None] * len(keys)
         if len(by_slot) == 1:
-            values = self._retrying(lambda: self.rc.execute_command("MGET", *keys))
-            return list(values)
+            return list(self._slot_get(next(iter(by_slot)), keys))
 
         def fetch() -> None:
             pipe = self.rc.pipeline()
@@ -1233,16 +1248,13 @@ class RedisStore:
         asking: ClusterNode | None = None
         while True:
             node = asking or self._node(p)
-            client = node.redis_connection
+            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking is not None else []
+            commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+            if wait and self.min_replicas_acked:
+                commands.append(("WAIT", self.min_replicas_acked, self.wait_timeout_ms))
             try:
-                pipe = client.pipeline(transaction=False)
-                if asking is not None:
-                    pipe.execute_command("ASKING")
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-                if wait and self.min_replicas_acked:
-                    pipe.execute_command("WAIT", self.min_replicas_acked, self.wait_timeout_ms)
-                results = pipe.execute(raise_on_error=False)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+                results = self._raw(node, commands)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # Sent, maybe applied: unknown. The operation is answered busy; a retry finds its stored answer.
                 self._refresh()
                 raise StoreBusy(f"redis-cluster: commit outcome unknown: {_reason(exc)}") from exc
@@ -1253,7 +1265,7 @@ class RedisStore:
             if isinstance(answer, NoScriptError) or (
                 isinstance(answer, ResponseError) and str(answer).startswith("NOSCRIPT")
             ):
-                client.execute_command("SCRIPT", "LOAD", src)
+                self._raw(node, [("SCRIPT", "LOAD", src)])
                 continue
             if isinstance(answer, AskError):
                 asking = self._node_at(answer.node_addr)
@@ -1275,6 +1287,51 @@ class RedisStore:
                         f"{self.wait_timeout_ms} ms (got {acked})"
                     )
             return answer
+
+    def _raw(self, node: ClusterNode, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Commands pipelined on this thread's own connection to `node`, without redis-py's client layers (they
+        cost more CPU than the engine itself per request); each answer, or the error it is."""
+        conns: dict[str, Any] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(node.name)
+        if conn is None:
+            conn = conns[node.name] = node.redis_connection.connection_pool.make_connection()
+        try:
+            conn.send_packed_command([pack_command(c) for c in commands], check_health=False)
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        except BaseException:
+            conns.pop(node.name, None)
+            conn.disconnect()
+            raise
+
+    def _slot_get(self, slot: int, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET of keys of one slot on its primary's raw connection (see _raw), redirections retried."""
+        deadline = time.monotonic() + self.op_timeout
+        delay = 0.005
+        while True:
+            try:
+                node = self.rc.nodes_manager.slots_cache[slot][0]
+                (answer,) = self._raw(node, [("MGET", *keys)])
+            except (RedisConnectionError, RedisTimeoutError, OSError, KeyError, IndexError) as exc:
+                answer = exc
+            if not isinstance(answer, Exception):
+                return answer  # type: ignore[no-any-return]
+            if isinstance(answer, AuthenticationError):
+                raise StoreError(f"redis-cluster {self._where}: authentication failed: {answer}")
+            if isinstance(answer, ResponseError) and not isinstance(
+                answer, (MovedError, AskError, TryAgainError, ClusterDownError)
+            ):
+                raise StoreError(f"redis-cluster: MGET failed: {answer}")
+            if time.monotonic() + delay > deadline:
+                raise StoreBusy(f"redis-cluster unavailable: {_reason(answer)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            self._refresh()
 
     def _node_at(self, addr: tuple[str, int] | str) -> ClusterNode:
         host, port = addr if isinstance(addr, tuple) else (addr.rsplit(":", 1)[0], int(addr.rsplit(":", 1)[1]))
@@ -1561,7 +1618,14 @@ class RedisStore:
             raise StoreBusy(f"work queue full ({self.max_queue} operations waiting)")
         with self._queued_lock:
             self._queued += 1
-        index = hash(affinity) % len(self._queues) if affinity is not None else 0
+        if affinity is None:
+            index = 0
+        else:
+            # A session whose account is known goes to its account's thread: the requests of one shared wallet
+            # or pool are then applied one after the other on this node instead of conflicting with each other
+            # (the first request of a new session goes by the session id; its client waits for its answer).
+            home = self.hints.get(("sx", affinity))
+            index = hash(home[0] if home is not None else affinity) % len(self._queues)
         self._queues[index].put(pending)
 
 
