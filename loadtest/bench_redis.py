@@ -38,6 +38,7 @@ def proc_cpu(pid: int) -> float:
 def run_gy(args: argparse.Namespace, extra: list[str], redis_pids: list[int]) -> dict[str, object]:
     command = [sys.executable, "-m", "loadtest.gy", "--json", "--duration", str(args.duration)]
     command += ["--sessions", str(args.sessions), "--connections", str(args.connections), "--warmup", "3"]
+    command += ["--plan-on", args.plan_on]
     before = sum(proc_cpu(p) for p in redis_pids)
     t0 = time.monotonic()
     out = subprocess.run([*command, *extra], cwd=REPO, capture_output=True, text=True, check=True)
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--connections", type=int, default=4)
+    p.add_argument(
+        "--plan-on",
+        choices=("line", "account"),
+        default="line",
+        help="line (default): each line spends its own allowance; account: every request charges one shared wallet",
+    )
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from tests.redis_cluster import RedisCluster
