@@ -447,7 +447,7 @@ def run_servers(args: argparse.Namespace, runner: Any) -> dict[str, object]:
             for d, server in zip(dirs, servers, strict=True):
                 wait_ready(d, server)
             addresses = [("127.0.0.1", port) for port in ports]
-            return runner(drive(args, addresses, [s.pid for s in servers]))  # type: ignore[no-any-return]
+            return runner(drive(args, addresses, [s.pid for s in servers]))
         finally:
             for server in servers:
                 server.send_signal(signal.SIGTERM)

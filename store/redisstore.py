@@ -1320,7 +1320,7 @@ class RedisStore:
             except (RedisConnectionError, RedisTimeoutError, OSError, KeyError, IndexError) as exc:
                 answer = exc
             if not isinstance(answer, Exception):
-                return answer  # type: ignore[no-any-return]
+                return answer
             if isinstance(answer, AuthenticationError):
                 raise StoreError(f"redis-cluster {self._where}: authentication failed: {answer}")
             if isinstance(answer, ResponseError) and not isinstance(

@@ -119,7 +119,9 @@ class Load:
         while True:
             try:
                 cca = await asyncio.wait_for(state["client"].ccr(avps), 15)
-                code = int(find(cca.avps, 268).u32())
+                result = find(cca.avps, 268)
+                assert result is not None
+                code = int(result.u32())
             except (TimeoutError, ConnectionError, OSError):
                 self.retries += 1
                 state["client"].close()

@@ -374,4 +374,4 @@ def test_a_partition_moving_to_another_primary_keeps_charging(world: World, redi
     with store.read() as txn:
         session = txn.get_session("mv1")
         assert session is not None and session.last_request == len(answers)
-        check_invariants(txn)
+        check_invariants(cast(Any, txn))
