@@ -38,7 +38,8 @@ def proc_cpu(pid: int) -> float:
 def run_gy(args: argparse.Namespace, extra: list[str], redis_pids: list[int]) -> dict[str, object]:
     command = [sys.executable, "-m", "loadtest.gy", "--json", "--duration", str(args.duration)]
     command += ["--sessions", str(args.sessions), "--connections", str(args.connections), "--warmup", "3"]
-    command += ["--plan-on", args.plan_on]
+    command += ["--plan-on", args.plan_on, "--accounts", str(args.accounts or args.sessions)]
+    command += ["--redis-workers", str(args.redis_workers)]
     before = sum(proc_cpu(p) for p in redis_pids)
     t0 = time.monotonic()
     out = subprocess.run([*command, *extra], cwd=REPO, capture_output=True, text=True, check=True)
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--redis-workers", type=int, default=32, help="[store] workers of each chf node")
+    p.add_argument("--accounts", type=int, default=0, help="accounts the lines are spread over (default: one each)")
     p.add_argument(
         "--plan-on",
         choices=("line", "account"),

@@ -46,6 +46,7 @@ def server_config(
     workers: int = 0,
     redis: str = "",
     namespace: str = "",
+    redis_workers: int = 8,
 ) -> Path:
     """A `chf serve` configuration in `tmp`: LMDB there, or the Redis cluster `redis` ("host:port,...") under
     `namespace` (every node of a multi-node run gets the same store, each its own directory and Gy port)."""
@@ -55,6 +56,7 @@ def server_config(
         store = f'''backend = "redis-cluster"
 nodes = [{nodes}]
 namespace = "{namespace}"
+workers = {redis_workers}
 '''
     else:
         store = f'''path = "{tmp / "chf.lmdb"}"
@@ -87,7 +89,7 @@ max_inflight = 100000
     return path
 
 
-def provision(config: Path, lines: int, plan_on: str = "account") -> None:
+def provision(config: Path, lines: int, plan_on: str = "account", accounts: int = 1) -> None:
     """Lines of one postpaid account with a large credit limit, straight into the store. plan_on "account":
     the account holds plan postpaid-l and every line rates with it, so each request charges the one shared
     wallet (an IoT fleet's shape: one record written by every request). plan_on "line": every line has
@@ -102,19 +104,26 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     engine = service.engine
     now = int(time.time())
 
+    names = ["load"] if accounts <= 1 else [f"load-{i}" for i in range(accounts)]
+
     def setup(txn):  # type: ignore[no-untyped-def]
         provisioning.create_tenant(txn, "load", "load", "EUR", now)
-        provisioning.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
-                             credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
+
+    def account(name):  # type: ignore[no-untyped-def]
+        return lambda txn: provisioning.create_account(txn, engine, account_id=name, tenant="load", payment="postpaid",
+            now=now, credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
 
     store.write(setup)
+    for r in store.run_batch([account(name) for name in names]):
+        if isinstance(r, BaseException):
+            raise r
     for start in range(0, lines, 2000):
         ops = [
             (
                 lambda txn, n=n: provisioning.add_line(
                     txn,
                     engine,
-                    account="load",
+                    account=names[n % len(names)],
                     imsi=str(IMSI_BASE + n),
                     now=now,
                     plan="postpaid-l" if plan_on == "line" else None,
@@ -394,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect", help="HOST:PORT[,HOST:PORT...] of running servers instead of starting one")
     p.add_argument("--redis", default="", help="host:port,... of a Redis cluster: the servers' store (redis-cluster)")
     p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
+    p.add_argument("--accounts", type=int, default=1, help="accounts the lines are spread over (default: one)")
+    p.add_argument("--redis-workers", type=int, default=8, help="[store] workers of the nodes (with --redis)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
@@ -416,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run_servers(args, runner)
         result["durability"] = "redis-cluster" if args.redis else args.durability
-    keys = ("connections", "sessions", "updates", "rate", "workers", "nodes")
+    keys = ("connections", "sessions", "updates", "rate", "workers", "nodes", "accounts")
     result["settings"] = {k: getattr(args, k) for k in keys}
     if args.json:
         print(json.dumps(result))
@@ -439,8 +450,12 @@ def run_servers(args: argparse.Namespace, runner: Any) -> dict[str, object]:
         configs = []
         for d, port in zip(dirs, ports, strict=True):
             d.mkdir()
-            configs.append(server_config(d, port, args.durability, args.writer, args.workers, args.redis, namespace))
-        provision(configs[0], args.sessions, args.plan_on)
+            configs.append(
+                server_config(
+                    d, port, args.durability, args.writer, args.workers, args.redis, namespace, args.redis_workers
+                )
+            )
+        provision(configs[0], args.sessions, args.plan_on, args.accounts)
         command = [sys.executable, "-c", "from tools.cli import main; raise SystemExit(main())", "serve", "--config"]
         servers = [subprocess.Popen([*command, str(c)], cwd=REPO) for c in configs]
         try:
