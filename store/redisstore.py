@@ -1062,7 +1062,7 @@ class RedisStore:
         tls_key: str | None = None,
         min_replicas_acked: int = 1,
         wait_timeout: float = 1.0,
-        workers: int = 8,
+        workers: int = 32,
         max_queue: int = 65536,
         connect_timeout: float = 2.0,
         op_timeout: float = 5.0,
