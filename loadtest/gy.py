@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import resource
 import signal
 import struct
@@ -28,11 +29,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gy.client import CMD_CC, DiameterClient, Mscc, ccr_avps
+from gy.client import DiameterClient, Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, Message, encode_message
+from gy.grammar import CMD_CC
 
 REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
@@ -106,35 +110,41 @@ def provision(config: Path, lines: int, plan_on: str = "account", accounts: int 
 
     names = ["load"] if accounts <= 1 else [f"load-{i}" for i in range(accounts)]
 
-    def setup(txn):  # type: ignore[no-untyped-def]
+    def setup(txn: Any) -> None:
         provisioning.create_tenant(txn, "load", "load", "EUR", now)
 
-    def account(name):  # type: ignore[no-untyped-def]
-        return lambda txn: provisioning.create_account(txn, engine, account_id=name, tenant="load", payment="postpaid",
-            now=now, credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
+    def account(name: str) -> Callable[[Any], Any]:
+        return lambda txn: provisioning.create_account(
+            txn,
+            engine,
+            account_id=name,
+            tenant="load",
+            payment="postpaid",
+            now=now,
+            credit_limit=10**15,
+            plan="postpaid-l" if plan_on == "account" else None,
+        )
 
     store.write(setup)
     for r in store.run_batch([account(name) for name in names]):
         if isinstance(r, BaseException):
             raise r
     for start in range(0, lines, 2000):
-        ops = [
-            (
-                lambda txn, n=n: provisioning.add_line(
-                    txn,
-                    engine,
-                    account=names[n % len(names)],
-                    imsi=str(IMSI_BASE + n),
-                    now=now,
-                    plan="postpaid-l" if plan_on == "line" else None,
-                )
-            )
+        ops: list[Callable[[Any], Any]] = [
+            partial(_add_line, engine, now, n, plan_on, names[n % len(names)])
             for n in range(start, min(lines, start + 2000))
         ]
         for r in store.run_batch(ops):
             if isinstance(r, BaseException):
                 raise r
     store.close()
+
+
+def _add_line(engine: Any, now: int, n: int, plan_on: str, account: str, txn: Any) -> Any:
+    from chf.core import provisioning
+
+    plan = "postpaid-l" if plan_on == "line" else None
+    return provisioning.add_line(txn, engine, account=account, imsi=str(IMSI_BASE + n), now=now, plan=plan)
 
 
 class Stats:
@@ -157,6 +167,10 @@ class LoadClient(DiameterClient):
     def __init__(self, origin_host: str, origin_realm: str) -> None:
         super().__init__(origin_host, origin_realm)
         self._out: list[bytes] = []
+        # End-to-End ids as RFC 6733 3 has them start (the time's low 12 bits, then 20 random bits): a second run
+        # from the same Origin-Host is not taken for retransmissions of the first.
+        start = ((int(time.time()) & 0xFFF) << 20) | random.getrandbits(20)
+        self._e2e = itertools.count(start)  # taken modulo 2^32 in send_ccr
 
     def send_raw(self, data: bytes) -> None:
         self._out.append(data)
@@ -170,7 +184,7 @@ class LoadClient(DiameterClient):
 
     def send_ccr(self, template: bytearray, number_at: int, number: int) -> asyncio.Future[Message]:
         hbh = next(self._hbh)
-        _IDS.pack_into(template, 12, hbh, next(self._e2e))
+        _IDS.pack_into(template, 12, hbh, next(self._e2e) & 0xFFFFFFFF)
         _U32.pack_into(template, number_at, number)
         future = self.expect(hbh)
         self.send_raw(bytes(template))
@@ -189,7 +203,7 @@ def data_offset(raw: bytes | bytearray, code: int) -> int:
 
 
 def result_code(answer: Message) -> int:
-    return _U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0]  # type: ignore[no-any-return]
+    return int(_U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0])
 
 
 def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
@@ -198,9 +212,14 @@ def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
 
 
 async def session_loop(
-    n: int, client: LoadClient, stats: Stats, updates: int, stop_at: float, pace: asyncio.Semaphore | None,
-    session_counter: itertools.count,  # type: ignore[type-arg]
-) -> None:  # fmt: skip
+    n: int,
+    client: LoadClient,
+    stats: Stats,
+    updates: int,
+    stop_at: float,
+    pace: asyncio.Semaphore | None,
+    session_counter: itertools.count[int],
+) -> None:
     host = client.origin_host
     # Session n's first session is cut short to n mod (updates + 1) updates: session ends and starts (CCR-T,
     # CCR-I, which --rate does not pace) then spread over time instead of all sessions turning over at once,
@@ -210,13 +229,30 @@ async def session_loop(
         sid = f"{host};{n};{next(session_counter)}"
         imsi = str(IMSI_BASE + n)
         templates = {
-            "I": ccr_template(ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi,
-                                       mscc=[Mscc(10, {})])),
-            "U": ccr_template(ccr_avps(sid, 2, 0, origin_host=host, origin_realm="localdomain",
-                                       mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])])),
-            "T": ccr_template(ccr_avps(sid, 3, 0, origin_host=host, origin_realm="localdomain",
-                                       mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])])),
-        }  # fmt: skip
+            "I": ccr_template(
+                ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi, mscc=[Mscc(10, {})])
+            ),
+            "U": ccr_template(
+                ccr_avps(
+                    sid,
+                    2,
+                    0,
+                    origin_host=host,
+                    origin_realm="localdomain",
+                    mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])],
+                )
+            ),
+            "T": ccr_template(
+                ccr_avps(
+                    sid,
+                    3,
+                    0,
+                    origin_host=host,
+                    origin_realm="localdomain",
+                    mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])],
+                )
+            ),
+        }
         kinds = ["I"] + ["U"] * session_updates + ["T"]
         session_updates = updates
         for number, kind in enumerate(kinds):
@@ -315,20 +351,31 @@ def _cpu(pids: list[int]) -> float:
 
 
 async def drive(
-    args: argparse.Namespace, addresses: list[tuple[str, int]], server_pids: list[int]
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    server_pid: int | None,
+    first_session: int = 0,
+    *,
+    addresses: list[tuple[str, int]] | None = None,
+    other_pids: list[int] | None = None,
 ) -> dict[str, object]:
-    """Connections spread over `addresses` (several chf nodes: connection i to node i mod n)."""
+    """Run the load; `first_session` numbers the Session-Ids of a second run against the same server (the same
+    ids again would be answered from the stored answers, charging nothing). With `addresses` the connections are
+    spread over several chf nodes (connection i to node i mod n); `other_pids` are those nodes' other processes,
+    whose CPU counts with the server's."""
+    addresses = addresses or [(host, port)]
+    others = other_pids or []
     clients = [
         (await LoadClient.connect(*addresses[i % len(addresses)], f"load{i}.localdomain", "localdomain"))[0]
         for i in range(args.connections)
     ]
-    server_pid = server_pids[0] if server_pids else None
-    extra0 = _cpu(server_pids[1:])
+    extra0 = _cpu(others)
     stats = Stats()
     warm_until = time.monotonic() + args.warmup
     stop_at = warm_until + args.duration
     pace = asyncio.Semaphore(0) if args.rate else None
-    counter = itertools.count()
+    counter = itertools.count(first_session)
     tasks = [
         asyncio.create_task(session_loop(n, clients[n % len(clients)], stats, args.updates, stop_at, pace, counter))
         for n in range(args.sessions)
@@ -346,7 +393,7 @@ async def drive(
     await asyncio.sleep(args.duration)
     elapsed = time.monotonic() - t0
     tree1 = tree_cpu(server_pid) if server_pid else {}
-    cpu1 = sum(tree1.values()) + _cpu(server_pids[1:]) - extra0
+    cpu1 = sum(tree1.values()) + _cpu(others) - extra0
     threads1 = thread_cpu(server_pid) if server_pid else {}
     # With front-end workers the core's threads are "loop" and "other", the workers' processes "workers".
     threads0["workers"], threads1["workers"] = tree0.get("workers", 0.0), tree1.get("workers", 0.0)
@@ -418,12 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
     if args.connect:
         addresses = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.connect.split(",")]
-        result = runner(drive(args, addresses, []))
+        result = runner(drive(args, *addresses[0], None, addresses=addresses))
     else:
         result = run_servers(args, runner)
         result["durability"] = "redis-cluster" if args.redis else args.durability
@@ -462,7 +509,8 @@ def run_servers(args: argparse.Namespace, runner: Any) -> dict[str, object]:
             for d, server in zip(dirs, servers, strict=True):
                 wait_ready(d, server)
             addresses = [("127.0.0.1", port) for port in ports]
-            return runner(drive(args, addresses, [s.pid for s in servers]))
+            pids = [s.pid for s in servers]
+            return runner(drive(args, *addresses[0], pids[0], addresses=addresses, other_pids=pids[1:]))
         finally:
             for server in servers:
                 server.send_signal(signal.SIGTERM)
