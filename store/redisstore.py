@@ -67,6 +67,7 @@ import logging
 import os
 import queue
 import random
+import re
 import secrets
 import threading
 import time
@@ -117,6 +118,7 @@ __all__ = ["RedisStore", "RedisTxn", "StoreBusy", "StoreClosed", "StoreError"]
 log = logging.getLogger("chf.store.redis")
 
 SLOTS = 16384
+_STORE_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
 ABSENT = b""  # the version of a record that does not exist
 # Provisional sequence numbers of the events of an operation not committed yet (chf.core.events keeps a debit's
 # event sequence and id before the commit assigns them): far above any real one, told apart by `_MARK`.
@@ -142,16 +144,32 @@ local function apply(w)
     if z[i] == 1 then redis.call('ZADD', z[i + 1], z[i + 3], z[i + 2])
     else redis.call('ZREM', z[i + 1], z[i + 2]) end
   end
+  local parts, part = w[11], w[12]
+  local cp = w[4]
+  for i = 1, #cp, 3 do  -- events copied from another store: their own sequence number and id
+    local n = redis.call('INCR', w[6])
+    redis.call('XADD', w[5], string.format('%d-0', n), 'e', cp[i], 's', string.format('%d', cp[i + 1]), 'i', cp[i + 2])
+    local top = tonumber(redis.call('GET', w[13]) or '0')
+    if cp[i + 1] > top then redis.call('SET', w[13], string.format('%d', cp[i + 1])) end
+  end
   local ev = w[7]
   local c = 0
   local first = 0
   if #ev > 0 then
-    c = redis.call('INCRBY', w[6], #ev)
-    first = c - #ev
+    first = tonumber(redis.call('GET', w[6]) or '0')
+    -- Above every sequence number copied into the store (set_store_id spreads their maximum to each partition).
+    local floor = tonumber(redis.call('GET', w[14]) or '0')
+    local least = math.floor((floor - part) / parts)
+    if first < least then first = least end
+    c = first + #ev
+    redis.call('SET', w[6], string.format('%d', c))
+    redis.call('SET', w[15], string.format('%d', c * parts + part))
     for i, e in ipairs(ev) do redis.call('XADD', w[5], string.format('%d-0', first + i), 'e', e) end
   end
   local d = w[8]
-  for i = 1, #d, 3 do redis.call('HSET', d[i], string.format('%d', first + d[i + 1]), d[i + 2]) end
+  for i = 1, #d, 3 do
+    redis.call('HSET', d[i], string.format('%d', (first + d[i + 1]) * parts + part), d[i + 2])
+  end
   d = w[9]
   for i = 1, #d, 2 do redis.call('HDEL', d[i], d[i + 1]) end
   d = w[10]
@@ -270,30 +288,36 @@ class Retry(Exception):
 class _Writes:
     """What one operation writes into one partition (the argument of its commit or APPLY script)."""
 
-    __slots__ = ("debit_sets", "debits", "dels", "events", "hdels", "keys", "sets", "zops")
+    __slots__ = ("copied", "debit_sets", "debits", "dels", "events", "hdels", "keys", "sets", "zops")
 
     def __init__(self) -> None:
         self.sets: list[Any] = []  # key, value, pxat (0: none)
         self.dels: list[str] = []
         self.zops: list[Any] = []  # 1 (ZADD) or 0 (ZREM), key, member, score: in the order they were made
+        self.copied: list[Any] = []  # event, sequence number, id (events copied from another store)
         self.events: list[bytes] = []
         self.debits: list[Any] = []  # hash key, 1-based index of the event, record
         self.hdels: list[Any] = []  # hash key, field
         self.debit_sets: list[Any] = []  # hash key, field, record (debits that already have their sequence)
         self.keys: set[str] = set()
 
-    def payload(self, tag: str) -> list[Any]:
+    def payload(self, tag: str, partitions: int, p: int) -> list[Any]:
         return [
             self.sets,
             self.dels,
             self.zops,
-            [],
+            self.copied,
             f"{{{tag}}}:ev",
             f"{{{tag}}}:evc",
             self.events,
             self.debits,
             self.hdels,
             self.debit_sets,
+            partitions,
+            max(p, 0),
+            f"{{{tag}}}:evmax",  # the highest copied sequence number
+            f"{{{tag}}}:evfloor",  # new sequence numbers stay above it
+            f"{{{tag}}}:evlast",  # the last new sequence number
         ]
 
 
@@ -319,6 +343,8 @@ class RedisTxn:
         self._idem_absent: dict[str, None] = {}  # idempotency keys found absent (no pointer)
         self._idem_put: dict[str, tuple[int, bytes]] = {}  # key -> (expires, record)
         self._next_line: int | None = None
+        self._copied: list[tuple[int, bytes, int, str]] = []  # (partition, event, its seq, its id)
+        self._copy_floor: int | None = None
 
     # -- keys -------------------------------------------------------------------------------------------------------
     def _k(self, p: int, suffix: str) -> str:
@@ -423,13 +449,19 @@ class RedisTxn:
 
     # -- counters ---------------------------------------------------------------------------------------------------
     def last_event_seq(self) -> int:
+        """The highest sequence number of the store: of its own events, or of those copied into it."""
         store = self._store
-        counters = store.mget([self._k(p, "evc") for p in range(store.partitions)])
-        best = 0
-        for p, raw in enumerate(counters):
-            if raw:
-                best = max(best, int(raw) * store.partitions + p)
-        return best
+        keys = [self._k(p, k) for p in range(store.partitions) for k in ("evlast", "evmax")]
+        return max([int(raw) for raw in store.mget(keys) if raw] or [0])
+
+    def last_subscriber_id(self) -> int:
+        raw = self._get(-1, self._g("nextline"))
+        return int(raw) if raw else 0
+
+    def reserve_subscriber_ids(self, last: int) -> None:
+        if last > (self._next_line if self._next_line is not None else self.last_subscriber_id()):
+            self._next_line = last
+            self._set(-1, self._g("nextline"), str(last).encode())
 
     def new_subscriber_id(self) -> int:
         if self._next_line is None:
@@ -584,6 +616,15 @@ class RedisTxn:
             return  # not (or no longer) the line's
         self._set(q, key, None)
         self._zadd(q, self._k(q, f"ir:{kind}:{value}"), now, str(line_id))
+        self._zadd(q, self._k(q, "irs"), 0, f"{kind}:{value}")
+
+    def released_identities(self) -> Iterator[tuple[str, str, int, int]]:
+        store = self._store
+        for q in range(store.partitions):
+            for member in store.call(q, "ZRANGE", self._k(q, "irs"), 0, -1):
+                kind, _, value = member.decode().partition(":")
+                for line_id, when in self.released_identity(kind, value):
+                    yield kind, value, line_id, when
 
     def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
         q = _part(value, self._store.partitions)
@@ -761,6 +802,15 @@ class RedisTxn:
         self.wrote = True
         self._idem_put[key] = (expires, pack([expires, answer]))
 
+    def idempotency_records(self) -> Iterator[tuple[str, int, Any]]:
+        store = self._store
+        for p in range(store.partitions):
+            keys = [m.decode() for m in store.call(p, "ZRANGE", self._k(p, "ims"), 0, -1)]
+            for key, raw in zip(keys, store.mget([self._k(p, "im:" + k) for k in keys]), strict=True):
+                if raw is not None:  # gone: expired a day past its time
+                    expires, answer = unpack(raw[8:])
+                    yield key, int(expires), answer
+
     def purge_idem(self, now: int, limit: int) -> int:
         return 0  # idempotency records expire by themselves (SET ... PXAT)
 
@@ -778,19 +828,31 @@ class RedisTxn:
     def put_debit(self, debit: Debit) -> None:
         p, vkey, hkey = self._debit_keys(debit.account, debit.line, debit.rating_group)
         self._touch_debits(p, vkey, hkey)
-        if debit.seq >= _MARK:  # made by this operation: its event's counter is known at the commit
+        if debit.seq >= _MARK:  # made by this operation: its event's number is known at the commit
             index = debit.seq - _MARK
             saved = debit.seq, debit.event
             debit.seq, debit.event = 0, ""
             self._debits.append((p, hkey, index, debit.encode()))
             debit.seq, debit.event = saved
         else:
-            self._debit_sets.append((p, hkey, str(debit.seq // self._store.partitions), _stored_debit(debit)))
+            self._debit_sets.append((p, hkey, str(debit.seq), self._stored_debit(debit)))
+
+    def _stored_debit(self, debit: Debit) -> bytes:
+        """A debit as kept: its sequence number is the hash field; its event id is left out when it is the one
+        this store gives that number (a debit copied from another store keeps the id its events have)."""
+        saved = debit.seq, debit.event
+        debit.seq = 0
+        if debit.event == f"{self._store.store_id}-{saved[0]}":
+            debit.event = ""
+        try:
+            return debit.encode()
+        finally:
+            debit.seq, debit.event = saved
 
     def delete_debit(self, debit: Debit) -> None:
         p, vkey, hkey = self._debit_keys(debit.account, debit.line, debit.rating_group)
         self._touch_debits(p, vkey, hkey)
-        self._hdels.append((p, hkey, str(debit.seq // self._store.partitions)))
+        self._hdels.append((p, hkey, str(debit.seq)))
 
     def debits(self, line_id: int, rating_group: int) -> list[Debit]:
         acct = self._account_of_line(line_id)
@@ -802,17 +864,29 @@ class RedisTxn:
         p, vkey, hkey = self._debit_keys(acct, line_id, rating_group)
         self._get(p, vkey)
         raw = self._store.call(p, "HGETALL", hkey)
-        parts = self._store.partitions
         out = []
         gone = {f for q, h, f in self._hdels if h == hkey}
         for field, rec in sorted(raw.items(), key=lambda kv: int(kv[0])):
             if field.decode() in gone:
                 continue
-            debit = Debit.decode(rec)
-            debit.seq = int(field) * parts + p
-            debit.event = f"{self._store.store_id}-{debit.seq}"
-            out.append(debit)
+            out.append(self._debit_of(field, rec))
         return out
+
+    def _debit_of(self, field: bytes, rec: bytes) -> Debit:
+        debit = Debit.decode(rec)
+        debit.seq = int(field)
+        debit.event = debit.event or f"{self._store.store_id}-{debit.seq}"
+        return debit
+
+    def all_debits(self) -> Iterator[Debit]:
+        store = self._store
+        for p in range(store.partitions):
+            found = []
+            for hkey in store.call(p, "ZRANGE", self._k(p, "dsets"), 0, -1):
+                for field, rec in store.call(p, "HGETALL", hkey.decode()).items():
+                    found.append(self._debit_of(field, rec))
+            found.sort(key=lambda d: (d.line, d.rating_group, d.seq))
+            yield from found
 
     def prune_debits(self, line_id: int, rating_group: int, before: int) -> int:
         gone = 0
@@ -880,21 +954,31 @@ class RedisTxn:
 
     def _partition_events(self, p: int, after: int, parts: int) -> Iterator[tuple[int, dict[str, Any]]]:
         store = self._store
-        c = max(0, (after - p) // parts) + 1 if after >= p else 1
+        # Entry c holds sequence number c * parts + p, but for events copied from another store (their own numbers,
+        # in fields): a partition holding some is read from its start.
+        copied = store.get(self._k(p, "evmax")) is not None
+        c = 1 if copied or after < p else max(0, (after - p) // parts) + 1
         key = self._k(p, "ev")
-        store_id = store.store_id
         while True:
             entries = store.call(p, "XRANGE", key, f"{c}-0", "+", "COUNT", 500)
             for entry_id, fields in entries:
-                n = int(entry_id.split(b"-", 1)[0])
-                event = unpack(fields[b"e"])
-                seq = n * parts + p
-                event["seq"] = seq
-                event["id"] = f"{store_id}-{seq}"
-                yield seq, event
-                c = n + 1
+                event = _event_of(store, p, entry_id, fields)
+                if event["seq"] > after:
+                    yield event["seq"], event
+                c = int(entry_id.split(b"-", 1)[0]) + 1
             if len(entries) < 500:
                 return
+
+    def put_copied_event(self, event: dict[str, Any]) -> None:
+        seq, event_id = int(event["seq"]), str(event["id"])
+        if self._copy_floor is None:
+            self._copy_floor = self.last_event_seq()
+        if seq <= self._copy_floor:
+            raise StoreError(f"event {event_id}: sequence {seq} is not above the store's last, {self._copy_floor}")
+        self._copy_floor = seq
+        body = {k: v for k, v in event.items() if k not in ("seq", "id")}
+        self._copied.append((self._acct_part(body.get("account") or ""), pack(body), seq, event_id))
+        self.wrote = True
 
     # -- exporter cursors -------------------------------------------------------------------------------------------
     def get_cursor(self, name: str) -> int:
@@ -940,10 +1024,13 @@ class RedisTxn:
             ws = w(p)
             ws.events.append(raw)
             index_in_part.append(len(ws.events))
-        for p in {p for p, _ in self._events}:
+        for p, raw, seq, event_id in self._copied:
+            ws = w(p)
+            ws.copied += (raw, seq, event_id)
+            ws.keys.add(self._k(p, "evmax"))
+        for p in {p for p, _ in self._events} | {p for p, _, _, _ in self._copied}:
             ws = by_part[p]
-            ws.keys.add(self._k(p, "ev"))
-            ws.keys.add(self._k(p, "evc"))
+            ws.keys.update(self._k(p, k) for k in ("ev", "evc", "evfloor", "evlast"))
         for p, hkey, index, rec in self._debits:
             ws = w(p)
             ws.keys.add(hkey)
@@ -974,6 +1061,7 @@ class RedisTxn:
             # Redis forgets the record a day after it expired (by the operation's clock, or by Redis's own if that
             # is later: a test clock may lag the wall clock); until then `get_idem` judges by the caller's `now`.
             self._set(p, rkey, record, (max(expires, int(time.time())) + 86_400) * 1000)
+            self._zadd(p, self._k(p, "ims"), 0, key)
             pkey, current = self._pointer("ip", key)
             self._point(pkey, str(p).encode(), current)
 
@@ -984,15 +1072,6 @@ class RedisTxn:
             if key.startswith(prefix):
                 out += (key, version)
         return out
-
-
-def _stored_debit(debit: Debit) -> bytes:
-    saved = debit.seq, debit.event
-    debit.seq, debit.event = 0, ""
-    try:
-        return debit.encode()
-    finally:
-        debit.seq, debit.event = saved
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -1415,6 +1494,19 @@ class RedisStore:
                 return p
         return None
 
+    def set_store_id(self, store_id: str) -> None:
+        """Give the store another id (a store copied into this one takes its source's). Also lifts every
+        partition's sequence numbers above the highest copied one, so that new event ids stay unique."""
+        if not _STORE_ID.fullmatch(store_id):
+            raise ValueError(f"a store id is 1 to 32 letters, digits or '_', got {store_id!r}")
+        with self.read() as txn:
+            floor = txn.last_event_seq()
+        for p in range(self.partitions):
+            key = f"{{{self.tag(p)}}}:evfloor"
+            self.call(p, "SET", key, floor)
+        self.call(-1, "HSET", f"{{{self.namespace}}}:meta", "store_id", store_id)
+        self.store_id = store_id
+
     def event_feed(self, name: str) -> EventFeed:
         """What an exporter reads instead of a cursor over one sequence (see EventFeed)."""
         return EventFeed(self, name)
@@ -1493,7 +1585,9 @@ class RedisStore:
         if len(by_part) == 1:
             ((p, ws),) = by_part.items()
             keys = [self.lock_key(p), *sorted(ws.keys)]
-            answer = self._script(p, "commit", keys, [_lua_pack([txn.checks_of(p), ws.payload(self.tag(p))])])
+            answer = self._script(
+                p, "commit", keys, [_lua_pack([txn.checks_of(p), ws.payload(self.tag(p), self.partitions, p)])]
+            )
             self._answered(answer, p)
             return
         self._two_phase(txn, by_part)
@@ -1528,7 +1622,7 @@ class RedisStore:
             intent: list[Any] = []
             for p in order:
                 ws = by_part[p]
-                intent.append([p, [[self.lock_key(p), *sorted(ws.keys)], ws.payload(self.tag(p))]])
+                intent.append([p, [[self.lock_key(p), *sorted(ws.keys)], ws.payload(self.tag(p), self.partitions, p)]])
             intent_key = f"{{{self.tag(home)}}}:tx:{txid}"
             answer = self._script(home, "decide", [self.lock_key(home), intent_key], [lock, _lua_pack(intent)])
             if answer[0].decode() != "OK":
@@ -1760,9 +1854,12 @@ def _stream_entries(answer: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
 
 
 def _event_of(store: RedisStore, p: int, entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    n = int(entry_id.split(b"-", 1)[0])
     event: dict[str, Any] = unpack(fields[b"e"])
-    seq = n * store.partitions + p
+    if b"s" in fields:  # copied from another store: its own number and id
+        event["seq"] = int(fields[b"s"])
+        event["id"] = fields[b"i"].decode()
+        return event
+    seq = int(entry_id.split(b"-", 1)[0]) * store.partitions + p
     event["seq"] = seq
     event["id"] = f"{store.store_id}-{seq}"
     return event

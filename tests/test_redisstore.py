@@ -139,7 +139,10 @@ def _prepare_and_maybe_decide(store: RedisStore, fn: Any, decide: bool, lease_ms
     for p in order:
         assert store._script(p, "prepare", [store.lock_key(p)], [_lua_pack(txn.checks_of(p)), lock])[0] == b"OK"
     if decide:
-        intent = [[p, [[store.lock_key(p), *sorted(by_part[p].keys)], by_part[p].payload(store.tag(p))]] for p in order]
+        intent = [
+            [p, [[store.lock_key(p), *sorted(by_part[p].keys)], by_part[p].payload(store.tag(p), store.partitions, p)]]
+            for p in order
+        ]
         key = f"{{{store.tag(order[0])}}}:tx:{txid}"
         assert store._script(order[0], "decide", [store.lock_key(order[0]), key], [lock, _lua_pack(intent)])[0] == b"OK"
     return lock
@@ -375,3 +378,42 @@ def test_a_partition_moving_to_another_primary_keeps_charging(world: World, redi
         session = txn.get_session("mv1")
         assert session is not None and session.last_request == len(answers)
         check_invariants(cast(Any, txn))
+
+
+def test_chf_store_copy_lmdb_to_the_cluster_and_back(redis_cluster: RedisCluster, tmp_path: Path) -> None:
+    """`chf store copy` (chf/runtime/storecopy.py) from LMDB into the cluster and back: every record, the events
+    with their own numbers and ids, the line counter and the store id; the verification finds nothing different.
+    The cluster copy then charges on: its new events number above every copied one."""
+    from chf.core.engine import EngineConfig
+    from chf.runtime import storecopy
+    from store.lmdbstore import Store as LmdbStore
+    from tests.corekit import fill_every_kind
+
+    source = World(tmp_path / "source", config=EngineConfig(refund_window=30 * 86_400))
+    imsis = fill_every_kind(source)
+    cluster_store = redis_cluster.store(namespace="cp" + secrets.token_hex(4))
+    report = storecopy.copy_store(source.store, cluster_store, batch=7)
+    assert report["ok"], report["differences"]
+    assert cluster_store.store_id == source.store.store_id
+    back = LmdbStore(tmp_path / "back")
+    again = storecopy.copy_store(cluster_store, back, batch=5)
+    assert again["ok"], again["differences"]
+    back.close()
+    # The moved store goes on charging: a new event gets a number above every copied one, a new line the next id.
+    last = source.last_seq()
+    moved = World(tmp_path / "moved", opener=lambda: cluster_store, config=EngineConfig(refund_window=30 * 86_400))
+    moved.now, moved._imsi = source.now, source._imsi
+    imsi = next(iter(imsis.values()))
+    before = {e["id"] for e in moved.events()}
+    moved.charge(initial("after-the-move", imsi))
+    new = [e for e in moved.events() if e["id"] not in before]
+    assert new and all(e["seq"] > last for e in new)
+    line, _ = moved.line(_accounts(cluster_store)[0].id)
+    assert line == source.store.write(lambda txn: txn.new_subscriber_id())
+    source.close()
+    cluster_store.close()
+
+
+def _accounts(store: RedisStore) -> list[Any]:
+    with store.read() as txn:
+        return list(txn.accounts())
