@@ -98,6 +98,9 @@ def open_store_at(spec: str, *, create: bool = False) -> tuple[Store, str]:
         config = load_config(spec)
         if not create and not store_exists(config):
             raise ConfigError([f"{spec}: its store {config.store.path} does not exist"])
+        if _backend(config) != "lmdb":
+            where = f"redis-cluster {config.store.namespace} on {','.join(config.store.nodes)}"
+            return open_store(config), f"{spec} ({where})"
         return open_store(config), f"{spec} (lmdb:{config.store.path})"
     raise ConfigError([f"{spec}: no such store or configuration file; name a store as {STORE_FORMS}"])
 
