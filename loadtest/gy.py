@@ -50,7 +50,7 @@ def server_config(
     workers: int = 0,
     redis: str = "",
     namespace: str = "",
-    redis_workers: int = 32,
+    redis_workers: int = 64,
 ) -> Path:
     """A `chf serve` configuration in `tmp`: LMDB there, or the Redis cluster `redis` ("host:port,...") under
     `namespace` (every node of a multi-node run gets the same store, each its own directory and Gy port)."""
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis", default="", help="host:port,... of a Redis cluster: the servers' store (redis-cluster)")
     p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
     p.add_argument("--accounts", type=int, default=1, help="accounts the lines are spread over (default: one)")
-    p.add_argument("--redis-workers", type=int, default=32, help="[store] workers of the nodes (with --redis)")
+    p.add_argument("--redis-workers", type=int, default=64, help="[store] workers of the nodes (with --redis)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
