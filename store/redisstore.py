@@ -1234,6 +1234,7 @@ class RedisStore:
         self.commits = 0
         self.conflicts = 0
         self._leases: dict[tuple[int, str], float] = {}
+        self._denied: dict[tuple[int, str], float] = {}
         self._stat_cache: tuple[float, dict[str, int]] | None = None
         self._local = threading.local()  # each thread's raw connections, by node (see _raw)
         self.account_parts: dict[str, int] = {}  # account id -> partition, computed once
@@ -1544,6 +1545,8 @@ class RedisStore:
         held = self._leases.get((p, work))
         if held is not None and held > now + seconds / 3:
             return True
+        if self._denied.get((p, work), 0.0) > now:  # another process held it a moment ago: ask again later
+            return False
         try:
             got = self._script(p, "lease", [f"{{{self.tag(p)}}}:lease:{work}"], [self.owner, int(seconds * 1000)])
         except StoreError:
@@ -1552,6 +1555,7 @@ class RedisStore:
             self._leases[(p, work)] = now + seconds
             return True
         self._leases.pop((p, work), None)
+        self._denied[(p, work)] = now + seconds / 3
         return False
 
     def next_purge_partition(self) -> int | None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -96,6 +98,7 @@ class Exporter:
         feed = getattr(store, "event_feed", None)
         self.feed: Any = feed(self.name) if feed is not None else None
         self.backlog = 0
+        self._backlog_read = -math.inf
 
     # -- one step, usable without the loop (tests, a catch-up command) ----------------------------------------------
     def pending(self) -> tuple[int, list[dict[str, Any]], int]:
@@ -130,7 +133,10 @@ class Exporter:
         feed = self.feed
         events, token = await asyncio.to_thread(feed.take, self.batch)
         if not events:
-            self.backlog = await asyncio.to_thread(feed.backlog)
+            now = time.monotonic()
+            if now - self._backlog_read >= 5.0:  # a few commands per partition: not at every poll
+                self._backlog_read = now
+                self.backlog = await asyncio.to_thread(feed.backlog)
             metrics.EXPORT_BACKLOG.labels(self.name).set(self.backlog)
             self._check_limit(self.backlog)
             await self.sink.idle()
