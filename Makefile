@@ -9,7 +9,7 @@ NATIVE_STAMP = $(VENV)/.built-native
 NATIVE_MODULES := $(shell grep -v '^\#' native-modules.txt)
 NATIVE_SOURCES := $(NATIVE_MODULES) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
-.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup clean
+.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup bench-redis clean
 
 # The editable install itself compiles nothing (CHF_PURE_PYTHON=1): $(NATIVE_STAMP) does, in parallel and
 # incrementally. A plain `pip install .` compiles in one go.
@@ -73,6 +73,10 @@ bench-backup: $(NATIVE_STAMP)
 # Nchf updates over HTTP/2 with h2load (Debian nghttp2-client), fsync on (see loadtest/bench_nchf.py --help).
 bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
+
+# Gy CCR-U on a 6-node Redis Cluster (1 and 2 chf nodes) against LMDB, and the sizing model (loadtest/bench_redis.py).
+bench-redis: $(NATIVE_STAMP)
+	$(BIN)/python -m loadtest.bench_redis
 
 # Long run of the money oracle, the whole-system stateful test (tests/test_properties.py): 20,000 examples of up
 # to 80 steps (the suite runs 100 of up to 50). ORACLE_EXAMPLES=n runs n.

@@ -42,8 +42,32 @@ REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
 
 
-def server_config(tmp: Path, port: int, durability: str, writer: str = "inline", workers: int = 0) -> Path:
+def server_config(
+    tmp: Path,
+    port: int,
+    durability: str,
+    writer: str = "inline",
+    workers: int = 0,
+    redis: str = "",
+    namespace: str = "",
+    redis_workers: int = 64,
+) -> Path:
+    """A `chf serve` configuration in `tmp`: LMDB there, or the Redis cluster `redis` ("host:port,...") under
+    `namespace` (every node of a multi-node run gets the same store, each its own directory and Gy port)."""
     path = tmp / "chf.toml"
+    if redis:
+        nodes = ", ".join(f'"{a}"' for a in redis.split(","))
+        store = f'''backend = "redis-cluster"
+nodes = [{nodes}]
+namespace = "{namespace}"
+workers = {redis_workers}
+'''
+    else:
+        store = f'''path = "{tmp / "chf.lmdb"}"
+durability = "{durability}"
+writer = "{writer}"
+map_size_mb = 4096
+'''
     path.write_text(
         f"""
 [chf]
@@ -55,11 +79,7 @@ log_level = "warning"
 frontend_workers = {workers}
 
 [store]
-path = "{tmp / "chf.lmdb"}"
-durability = "{durability}"
-writer = "{writer}"
-map_size_mb = 4096
-
+{store}
 [gy]
 listen = "127.0.0.1"
 port = {port}
@@ -73,7 +93,7 @@ max_inflight = 100000
     return path
 
 
-def provision(config: Path, lines: int, plan_on: str = "account") -> None:
+def provision(config: Path, lines: int, plan_on: str = "account", accounts: int = 1) -> None:
     """Lines of one postpaid account with a large credit limit, straight into the store. plan_on "account":
     the account holds plan postpaid-l and every line rates with it, so each request charges the one shared
     wallet (an IoT fleet's shape: one record written by every request). plan_on "line": every line has
@@ -88,12 +108,16 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     engine = service.engine
     now = int(time.time())
 
+    names = ["load"] if accounts <= 1 else [f"load-{i}" for i in range(accounts)]
+
     def setup(txn: Any) -> None:
         provisioning.create_tenant(txn, "load", "load", "EUR", now)
-        provisioning.create_account(
+
+    def account(name: str) -> Callable[[Any], Any]:
+        return lambda txn: provisioning.create_account(
             txn,
             engine,
-            account_id="load",
+            account_id=name,
             tenant="load",
             payment="postpaid",
             now=now,
@@ -102,9 +126,13 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
         )
 
     store.write(setup)
+    for r in store.run_batch([account(name) for name in names]):
+        if isinstance(r, BaseException):
+            raise r
     for start in range(0, lines, 2000):
         ops: list[Callable[[Any], Any]] = [
-            partial(_add_line, engine, now, n, plan_on) for n in range(start, min(lines, start + 2000))
+            partial(_add_line, engine, now, n, plan_on, names[n % len(names)])
+            for n in range(start, min(lines, start + 2000))
         ]
         for r in store.run_batch(ops):
             if isinstance(r, BaseException):
@@ -112,11 +140,11 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     store.close()
 
 
-def _add_line(engine: Any, now: int, n: int, plan_on: str, txn: Any) -> Any:
+def _add_line(engine: Any, now: int, n: int, plan_on: str, account: str, txn: Any) -> Any:
     from chf.core import provisioning
 
     plan = "postpaid-l" if plan_on == "line" else None
-    return provisioning.add_line(txn, engine, account="load", imsi=str(IMSI_BASE + n), now=now, plan=plan)
+    return provisioning.add_line(txn, engine, account=account, imsi=str(IMSI_BASE + n), now=now, plan=plan)
 
 
 class Stats:
@@ -318,15 +346,31 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def _cpu(pids: list[int]) -> float:
+    return sum(sum(tree_cpu(pid).values()) for pid in pids)
+
+
 async def drive(
-    args: argparse.Namespace, host: str, port: int, server_pid: int | None, first_session: int = 0
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    server_pid: int | None,
+    first_session: int = 0,
+    *,
+    addresses: list[tuple[str, int]] | None = None,
+    other_pids: list[int] | None = None,
 ) -> dict[str, object]:
     """Run the load; `first_session` numbers the Session-Ids of a second run against the same server (the same
-    ids again would be answered from the stored answers, charging nothing)."""
+    ids again would be answered from the stored answers, charging nothing). With `addresses` the connections are
+    spread over several chf nodes (connection i to node i mod n); `other_pids` are those nodes' other processes,
+    whose CPU counts with the server's."""
+    addresses = addresses or [(host, port)]
+    others = other_pids or []
     clients = [
-        (await LoadClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
+        (await LoadClient.connect(*addresses[i % len(addresses)], f"load{i}.localdomain", "localdomain"))[0]
         for i in range(args.connections)
     ]
+    extra0 = _cpu(others)
     stats = Stats()
     warm_until = time.monotonic() + args.warmup
     stop_at = warm_until + args.duration
@@ -349,7 +393,7 @@ async def drive(
     await asyncio.sleep(args.duration)
     elapsed = time.monotonic() - t0
     tree1 = tree_cpu(server_pid) if server_pid else {}
-    cpu1 = sum(tree1.values())
+    cpu1 = sum(tree1.values()) + _cpu(others) - extra0
     threads1 = thread_cpu(server_pid) if server_pid else {}
     # With front-end workers the core's threads are "loop" and "other", the workers' processes "workers".
     threads0["workers"], threads1["workers"] = tree0.get("workers", 0.0), tree1.get("workers", 0.0)
@@ -403,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--durability", choices=("fsync", "os"), default="fsync")
-    p.add_argument("--connect", help="HOST:PORT of a running server instead of starting one")
+    p.add_argument("--connect", help="HOST:PORT[,HOST:PORT...] of running servers instead of starting one")
+    p.add_argument("--redis", default="", help="host:port,... of a Redis cluster: the servers' store (redis-cluster)")
+    p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
+    p.add_argument("--accounts", type=int, default=1, help="accounts the lines are spread over (default: one)")
+    p.add_argument("--redis-workers", type=int, default=64, help="[store] workers of the nodes (with --redis)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
@@ -421,40 +469,53 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     if args.connect:
-        host, port = args.connect.rsplit(":", 1)
-        result = runner(drive(args, host, int(port), None))
+        addresses = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.connect.split(",")]
+        result = runner(drive(args, *addresses[0], None, addresses=addresses))
     else:
-        with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
-            from tests.support import free_port
-
-            port = free_port()
-            config = server_config(Path(tmp), port, args.durability, args.writer, args.workers)
-            provision(config, args.sessions, args.plan_on)
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from tools.cli import main; raise SystemExit(main())",
-                    "serve",
-                    "--config",
-                    str(config),
-                ],
-                cwd=REPO,
-            )
-            try:
-                wait_ready(Path(tmp), server)
-                result = runner(drive(args, "127.0.0.1", port, server.pid))
-            finally:
-                server.send_signal(signal.SIGTERM)
-                server.wait(30)
-        result["durability"] = args.durability
-    result["settings"] = {k: getattr(args, k) for k in ("connections", "sessions", "updates", "rate", "workers")}
+        result = run_servers(args, runner)
+        result["durability"] = "redis-cluster" if args.redis else args.durability
+    keys = ("connections", "sessions", "updates", "rate", "workers", "nodes", "accounts")
+    result["settings"] = {k: getattr(args, k) for k in keys}
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:>22}: {value}")
     return 0
+
+
+def run_servers(args: argparse.Namespace, runner: Any) -> dict[str, object]:
+    """Start `--nodes` chf serve processes (one store), provision, drive them, stop them."""
+    from tests.support import free_port
+
+    if args.nodes > 1 and not args.redis:
+        raise SystemExit("--nodes > 1 needs --redis (LMDB is one process's store)")
+    namespace = f"bench{os.getpid()}x{int(time.time())}"
+    with tempfile.TemporaryDirectory(prefix="chf-bench-gy-") as tmp:
+        dirs = [Path(tmp) / f"node{i}" for i in range(args.nodes)]
+        ports = [free_port() for _ in dirs]
+        configs = []
+        for d, port in zip(dirs, ports, strict=True):
+            d.mkdir()
+            configs.append(
+                server_config(
+                    d, port, args.durability, args.writer, args.workers, args.redis, namespace, args.redis_workers
+                )
+            )
+        provision(configs[0], args.sessions, args.plan_on, args.accounts)
+        command = [sys.executable, "-c", "from tools.cli import main; raise SystemExit(main())", "serve", "--config"]
+        servers = [subprocess.Popen([*command, str(c)], cwd=REPO) for c in configs]
+        try:
+            for d, server in zip(dirs, servers, strict=True):
+                wait_ready(d, server)
+            addresses = [("127.0.0.1", port) for port in ports]
+            pids = [s.pid for s in servers]
+            return runner(drive(args, *addresses[0], pids[0], addresses=addresses, other_pids=pids[1:]))
+        finally:
+            for server in servers:
+                server.send_signal(signal.SIGTERM)
+            for server in servers:
+                server.wait(30)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ keyed and laid out on disk is the backend's business (docs/architecture.md).
 
 What every backend guarantees:
 - An operation (`Op`: a function of a `Txn`) applied by the store is atomic: it takes effect whole or, if it
-  raises, not at all. Operations are applied one at a time in submission order; the writes of one are visible to
-  the next.
+  raises, not at all. Operations are serialisable: each sees the writes of those applied before it. LMDB applies
+  them one at a time in submission order; the Redis store applies them concurrently (optimistically, rerunning
+  one that met a concurrent change) and keeps submission order among operations of one `affinity`.
 - `submit`/`submit_then` answer only once the operation's effects are durable (per the store's durability setting).
 - `read()` is a consistent snapshot that never waits for the writer.
-- Events appended by committed operations get consecutive sequence numbers, with no gaps.
+- Events appended by committed operations get unique sequence numbers that increase with commit order among the
+  events of one account. LMDB numbers them 1, 2, 3... with no gaps; the Redis store keeps one such sequence per
+  partition (store/redisstore.py says why).
 """
 
 from __future__ import annotations
@@ -309,14 +312,16 @@ class Store(Protocol):
         """Operations waiting for the writer."""
         ...
 
-    def submit(self, fn: Op, *, nested: bool = True) -> asyncio.Future[Any]:
+    def submit(self, fn: Op, *, nested: bool = True, affinity: Any = None) -> asyncio.Future[Any]:
         """Queue an operation; the future resolves with its result once it is durable, or with its exception
         (nothing written). Raises StoreBusy when the queue is full, StoreClosed when the writer is not running.
         `nested=False` is for operations that write only after every check passed: the store may then skip
-        isolating them (a cost on the hot path), and must still leave no trace of one that fails."""
+        isolating them (a cost on the hot path), and must still leave no trace of one that fails.
+        `affinity` (a session id) lets a store that applies operations concurrently keep those of one session in
+        submission order; operations without one are applied in submission order among themselves."""
         ...
 
-    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True) -> None:
+    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None) -> None:
         """`submit` for callers that answer from a callback: `done(result or exception)` runs on the event loop
         once the operation is durable."""
         ...

@@ -848,7 +848,7 @@ class Store:
         """Whether `submit` is being served: the writer thread is alive, or the inline writer was started."""
         return self._inline_started or (self._thread is not None and self._thread.is_alive())
 
-    def submit(self, fn: Op, *, nested: bool = True) -> asyncio.Future[Any]:
+    def submit(self, fn: Op, *, nested: bool = True, affinity: Any = None) -> asyncio.Future[Any]:
         """Queue an operation for the next group commit. The returned future resolves with the operation's
         result only after the transaction holding it is durable (or with its exception; nothing was written).
         `nested=False` is for operations that write only after every check passed (see `_apply`)."""
@@ -859,7 +859,7 @@ class Store:
         self._enqueue(_Pending(fn, future, nested))
         return future
 
-    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True) -> None:
+    def submit_then(self, fn: Op, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None) -> None:
         """`submit` for callers that answer from a callback: `done(result)` runs on the event loop once the
         transaction is durable; `result` is the operation's return value or the exception it raised. No
         future, no coroutine and no extra loop callback per request: on the front-ends' hot path they cost

@@ -13,7 +13,10 @@ free of markers and in one place.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+import secrets
+from collections.abc import Callable, Generator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +39,7 @@ INTEROP = {
     "test_snmp.py::test_mib_passes_smilint_level_3",
 }
 # Fixtures that start an external program.
-INTEROP_FIXTURES = {"nats_server", "net_snmp"}
+INTEROP_FIXTURES = {"nats_server", "net_snmp", "redis_cluster"}
 
 SLOW = {
     "test_backup.py::test_backup_while_chf_serve_charges_then_restore",
@@ -79,6 +82,45 @@ SLOW = {
     "test_workers.py::test_serve_with_two_frontend_workers",
 }
 SLOW_UNIT_SECONDS = 2.0
+
+# The store backends a parametrised suite runs on: LMDB on disk, and a Redis Cluster (3 primaries, 3 replicas)
+# started once per session (tests/redis_cluster.py); the Redis variants start external programs (interop).
+BACKENDS = ["lmdb", pytest.param("redis", marks=pytest.mark.interop)]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A real 6-node Redis Cluster on loopback for the whole session (tmp dirs, free ports, stopped at the end)."""
+    from tests.redis_cluster import RedisCluster
+
+    support.require_tool("redis-server")
+    support.require_tool("redis-cli")
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """`open_store(name="store", **lmdb_options)`: the store `name` of this test on the backend under test; the same
+    name opens the same store again (a reopen)."""
+    from store.lmdbstore import Store as LmdbStore
+
+    if backend == "lmdb":
+        return lambda name="store", **kw: LmdbStore(tmp_path / name, **kw)
+    cluster = request.getfixturevalue("redis_cluster")
+    namespaces: dict[str, str] = {}
+
+    def open_redis(name: str = "store", **kw: Any) -> Any:
+        namespace = namespaces.setdefault(name, "t" + secrets.token_hex(5))
+        return cluster.store(namespace=namespace)
+
+    return open_redis
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

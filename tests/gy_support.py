@@ -26,6 +26,11 @@ CAPTURES = SHARED / "captures"
 CATALOGUE = fixture_text("gy.toml")
 
 
+# The [store] section of the servers the Gy tests start: LMDB in the test's directory unless a test module sets
+# another (tests/test_gy_server.py runs each test on LMDB and on the Redis cluster).
+STORE_SECTION: str | None = None
+
+
 def make_config(tmp: Path, port: int, *, gy: str = "", durability: str = "os") -> Config:
     catalogue = tmp / "catalogue.toml"
     if not catalogue.exists():
@@ -36,10 +41,7 @@ data_dir = "{tmp}"
 catalogue = "{catalogue}"
 log_level = "warning"
 
-[store]
-path = "{tmp / "chf.lmdb"}"
-durability = "{durability}"
-map_size_mb = 64
+{STORE_SECTION or _lmdb_section(tmp, durability)}
 
 [gy]
 listen = "127.0.0.1"
@@ -50,6 +52,27 @@ peers = [{{ host = "pgw.test", realm = "test" }}]
 {gy}
 """
     return parse_config(text, str(tmp / "chf.toml"))
+
+
+def _lmdb_section(tmp: Path, durability: str) -> str:
+    return f"""[store]
+path = "{tmp / "chf.lmdb"}"
+durability = "{durability}"
+map_size_mb = 64
+"""
+
+
+def redis_section(cluster: Any) -> str:
+    """[store] on the test cluster, in a namespace of its own."""
+    import secrets
+
+    nodes = ", ".join(f'"{a}"' for a in cluster.addresses)
+    return f"""[store]
+backend = "redis-cluster"
+nodes = [{nodes}]
+namespace = "g{secrets.token_hex(5)}"
+partitions = 8
+"""
 
 
 @dataclass

@@ -132,8 +132,12 @@ class Chf:
             return acct.balance, acct.reserved
 
 
+# Opens the store of `start_chf` when set (a test module running on the Redis cluster too); else LMDB.
+STORE_OPENER: Any = None
+
+
 async def start_chf(tmp_path: Path, settings: NchfSettings | None = None) -> Chf:
-    store = Store(tmp_path / "chf.lmdb", map_size=64 << 20)
+    store = STORE_OPENER("chf") if STORE_OPENER is not None else Store(tmp_path / "chf.lmdb", map_size=64 << 20)
     service = ChargingService(store, parse_catalogue(CATALOGUE, "test-catalogue.toml"))
     await service.start()
 

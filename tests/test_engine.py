@@ -7,9 +7,10 @@ costs 10 micro-units per started 100 bytes at home (20 in the EU, denied elsewhe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,8 +78,8 @@ def balances_of(txn: Txn, line: int) -> BalanceSet:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path / "store")
+def world(tmp_path: Path, open_store: Callable[..., Any]) -> Iterator[World]:
+    w = World(tmp_path / "store", opener=open_store)
     w.tenant()
     yield w
     with w.store.read() as txn:
@@ -555,10 +556,10 @@ def test_line_move_releases_and_charges_new_account(world: World) -> None:
     assert (world.acct("a").balance, world.acct("b").balance) == (10_000, 4_900)
 
 
-async def test_catalogue_reload_applies_to_new_grants_only(tmp_path: Path) -> None:
+async def test_catalogue_reload_applies_to_new_grants_only(tmp_path: Path, open_store: Callable[..., Any]) -> None:
     cat_path = tmp_path / "catalogue.toml"
     cat_path.write_text(CATALOGUE_TOML)
-    world = World(tmp_path / "store", test_catalogue())
+    world = World(tmp_path / "store", test_catalogue(), opener=open_store)
     world.tenant()
     world.account("a", balance=100_000)
     _, imsi = world.line("a", plan="payg")
@@ -705,8 +706,10 @@ def test_postpaid_rollover_at_boundary(world: World) -> None:
     assert world.acct("b").balance == -4_000  # two fees on the bill
 
 
-async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(tmp_path: Path) -> None:
-    world = World(tmp_path / "store")
+async def test_service_delivers_abort_signal_and_reaps_with_injected_clock(
+    tmp_path: Path, open_store: Callable[..., Any]
+) -> None:
+    world = World(tmp_path / "store", opener=open_store)
     world.tenant()
     world.account("a", balance=10_000)
     line, imsi = world.line("a", plan="payg")

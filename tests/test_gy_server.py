@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gy.client import Mscc, ccr_avps
 from gy.codec import find, find_all
+from tests import gy_support
 from tests.gy_support import balance_of, provision, running_server
 
 HOST, REALM = "pgw.test", "test"
+
+
+@pytest.fixture(autouse=True)
+def store_backend(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs on LMDB and on the Redis cluster."""
+    if backend == "redis":
+        gy_support.STORE_SECTION = gy_support.redis_section(request.getfixturevalue("redis_cluster"))
+    yield backend
+    gy_support.STORE_SECTION = None
 
 
 def ccr(session: str, rtype: int, number: int, **kw):  # type: ignore[no-untyped-def]

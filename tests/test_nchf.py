@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from nchf.auth import make_jwt
 from nchf.client import H2Client
 from nchf.config import NchfSettings, parse_settings
 from nchf.http import HttpServer, Request, Response
+from tests import nchf_harness
 from tests.nchf_harness import (
     API,
     IMSI,
@@ -32,6 +33,15 @@ from tests.nchf_harness import (
 )
 from tests.nchf_openapi import check_response, schema_errors, specs_or_skip
 from tests.support import free_port, require_tool
+
+
+@pytest.fixture(autouse=True)
+def store_backend(open_store: Any) -> Iterator[None]:
+    """Every test here runs on LMDB and on the Redis cluster (tests/conftest.py: open_store)."""
+    nchf_harness.STORE_OPENER = open_store
+    yield
+    nchf_harness.STORE_OPENER = None
+
 
 MB = 1_000_000
 

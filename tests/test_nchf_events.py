@@ -8,14 +8,24 @@ is checked against the 3GPP OpenAPI (tests/nchf_harness.py). An SMS (rating grou
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import nchf_harness
 from tests.nchf_harness import IMSI, IMSI_SUSPENDED, Chf, request_body, start_chf, stop_chf, usage
 from tests.nchf_openapi import specs_or_skip
+
+
+@pytest.fixture(autouse=True)
+def store_backend(open_store: Any) -> Iterator[None]:
+    """Every test here runs on LMDB and on the Redis cluster (tests/conftest.py: open_store)."""
+    nchf_harness.STORE_OPENER = open_store
+    yield
+    nchf_harness.STORE_OPENER = None
+
 
 SMS = 80_000
 WALLET = 5_000_000

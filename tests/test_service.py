@@ -13,7 +13,6 @@ from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, SUCCESS, UPDATE, ChargingRequest, Signal, UnitRequest, UsageReport
 from chf.runtime.service import ChargingService
-from store.lmdbstore import Store
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_790_000_000  # 2026-09-21T14:13:20Z
@@ -28,10 +27,10 @@ class Clock:
 
 
 @pytest.fixture
-def service(tmp_path: Path):
+def service(tmp_path: Path, open_store):
     catalogue_path = tmp_path / "catalogue.toml"
     shutil.copy(REPO / "conf" / "catalogue.toml", catalogue_path)
-    store = Store(tmp_path / "db")
+    store = open_store("db")
     clock = Clock(T0)
     svc = ChargingService(
         store, load_catalogue(catalogue_path), catalogue_path=str(catalogue_path), clock=clock, sweep_interval=0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -32,9 +33,14 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = context(request)
     store = ctx.service.store
     checks: dict[str, Any] = {"writer": store.running}
-    try:
+
+    def read() -> None:
         with store.read() as txn:
             txn.last_event_seq()
+
+    try:
+        # In a thread: on a Redis store a read is a network round trip the event loop must not wait for.
+        await asyncio.to_thread(read)
         checks["store"] = True
     except Exception as exc:
         log.error("event=readyz_store_failed error=%r", exc)
@@ -60,10 +66,14 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics", name="metrics")
 async def metrics_page(request: web.Request) -> web.Response:
     store = context(request).service.store
-    with store.read() as txn:
-        metrics.OPEN_SESSIONS.set(txn.session_count())
+
+    def read() -> tuple[int, dict[str, int]]:
+        with store.read() as txn:
+            return txn.session_count(), store.stat()
+
+    sessions, sizes = await asyncio.to_thread(read)  # off the event loop (a Redis store reads over the network)
+    metrics.OPEN_SESSIONS.set(sessions)
     metrics.WRITE_QUEUE.set(store.queued())
-    sizes = store.stat()
     metrics.STORE_USED.set(sizes["used_bytes"])
     metrics.STORE_MAP_SIZE.set(sizes["map_size"])
     for name, (backlog, _limit) in export.backlogs(store).items():

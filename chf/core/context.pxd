@@ -3,14 +3,12 @@
 # the record types of their locals.
 import cython
 
-from store.lmdbstore cimport Txn as LmdbTxn  # compiled, the LMDB Txn is called directly (see engine.pxd)
 from store.schema cimport BalanceSet, Bucket
 
 
 cdef class Context:
     cdef public object account, account_dirty, acct_bs, acct_bs_dirty, catalogue, events, line_bs, line_bs_dirty
-    cdef public object now, sub
-    cdef public LmdbTxn txn
+    cdef public object now, sub, txn  # txn: LMDB's or the Redis store's (see engine.pxd)
 
     @cython.locals(bs=BalanceSet)
     cpdef bucket(self, src, bucket_id)

@@ -7,7 +7,6 @@ import cython
 
 from chf.core.context cimport Context
 from chf.core.renewals cimport bring_up_to_date
-from store.lmdbstore cimport Txn as LmdbTxn  # the compiled engine calls the LMDB Txn's cpdef methods directly
 from store.schema cimport Account, BalanceSet, Bucket, Reservation, Session, Subscriber
 
 
@@ -15,7 +14,9 @@ cdef class Engine:
     cdef public object _by_version, _catalogue, _version, config
 
     @cython.locals(ctx=Context, session=Session, sub=Subscriber)
-    cpdef charge(self, LmdbTxn txn, req, now)
+    # `txn` is untyped: the store's transaction is LMDB's or the Redis store's (store/redisstore.py); see
+    # README "Compiled hot path" for what that costs the LMDB path.
+    cpdef charge(self, txn, req, now)
 
     cpdef _replay(self, Session session, req)
 
@@ -50,6 +51,6 @@ cdef class Engine:
     cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions)
 
     @cython.locals(account=Account, ctx=Context)
-    cpdef context(self, LmdbTxn txn, Subscriber sub, now, account_id=*)
+    cpdef context(self, txn, Subscriber sub, now, account_id=*)
 
     cpdef line_plan(self, Context ctx)

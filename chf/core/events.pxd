@@ -3,12 +3,11 @@
 import cython
 
 from chf.core.context cimport Context
-from store.lmdbstore cimport Txn as LmdbTxn  # compiled, the LMDB Txn is called directly (see engine.pxd)
 from store.schema cimport Bucket, Subscriber
 
 
 @cython.locals(ctx=Context, sub=Subscriber)
-cpdef charge_event(engine, LmdbTxn txn, req, now)
+cpdef charge_event(engine, txn, req, now)
 
 cpdef _rate_units(job)
 

@@ -15,6 +15,7 @@ from chf.export.exporter import Exporter, Sink, backlogs
 from chf.export.files import FileSink
 from chf.export.nats import NatsSink
 from chf.export.records import encode_record, iso_time, to_record
+from chf.runtime.config import ConfigError
 
 __all__ = [
     "CdrSink",
@@ -45,6 +46,15 @@ def export_components(config: Any, service: Any) -> list[Any]:
     if cfg.nats is not None:
         sinks.append(NatsSink(**cfg.nats))
     if cfg.cdr is not None:
+        if getattr(service.store, "event_feed", None) is not None:
+            # The CDR files number CDRs by one spool sequence (their high-water mark de-duplicates after a
+            # crash): a Redis store has one sequence per partition. Not supported there yet.
+            raise ConfigError(
+                [
+                    f'{config.source}: [export.cdr]: needs [store] backend = "lmdb" (one event sequence); use '
+                    "[export.files] or [export.nats] with a redis-cluster store"
+                ]
+            )
         kwargs = dict(cfg.cdr)
         kwargs["node_id"] = kwargs["node_id"] or "chf" + service.store.store_id
         sinks.append(CdrSink(**kwargs))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -54,6 +56,8 @@ def backlogs(store: Store) -> dict[str, tuple[int, int]]:
     exporters = [e for e in _RUNNING if e.store is store]
     if not exporters:
         return out
+    if exporters[0].feed is not None:  # a store with an event feed: the backlog of the last step
+        return {e.name: (e.backlog, e.backlog_limit) for e in exporters}
     with store.read() as txn:
         last = txn.last_event_seq()
         for e in exporters:
@@ -89,6 +93,12 @@ class Exporter:
         self.delivered = 0
         self._task: asyncio.Task[None] | None = None
         self._over_limit = False
+        # A store whose events are not one sequence (the Redis store: one stream per partition) gives a feed
+        # with consumer groups instead of the cursor: `take` a batch, `ack` it once the sink acknowledged.
+        feed = getattr(store, "event_feed", None)
+        self.feed: Any = feed(self.name) if feed is not None else None
+        self.backlog = 0
+        self._backlog_read = -math.inf
 
     # -- one step, usable without the loop (tests, a catch-up command) ----------------------------------------------
     def pending(self) -> tuple[int, list[dict[str, Any]], int]:
@@ -101,6 +111,8 @@ class Exporter:
 
     async def step(self) -> int:
         """Deliver the next batch; returns how many events were delivered (0: the sink is up to date)."""
+        if self.feed is not None:
+            return await self._feed_step()
         cursor, events, last = self.pending()
         metrics.EXPORT_BACKLOG.labels(self.name).set(last - cursor)
         self._check_limit(last - cursor)
@@ -114,6 +126,26 @@ class Exporter:
         self.delivered += len(events)
         metrics.EXPORT_DELIVERED.labels(self.name).inc(len(events))
         metrics.EXPORT_BACKLOG.labels(self.name).set(max(0, last - upto))
+        return len(events)
+
+    async def _feed_step(self) -> int:
+        """`step` on an event feed: its reads and acknowledgements are round trips, made in a thread."""
+        feed = self.feed
+        events, token = await asyncio.to_thread(feed.take, self.batch)
+        if not events:
+            now = time.monotonic()
+            if now - self._backlog_read >= 5.0:  # a few commands per partition: not at every poll
+                self._backlog_read = now
+                self.backlog = await asyncio.to_thread(feed.backlog)
+            metrics.EXPORT_BACKLOG.labels(self.name).set(self.backlog)
+            self._check_limit(self.backlog)
+            await self.sink.idle()
+            return 0
+        records = [self.mapper(e) for e in events]
+        await self.sink.deliver(records)  # raises unless acknowledged
+        await asyncio.to_thread(feed.ack, token)
+        self.delivered += len(events)
+        metrics.EXPORT_DELIVERED.labels(self.name).inc(len(events))
         return len(events)
 
     async def _advance(self, upto: int) -> None:

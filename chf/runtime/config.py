@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from chf.core.engine import EngineConfig
-from chf.core.validation import CONFIG, Invalid, NonEmptyStr, config_errors, decode
+from chf.core.validation import CONFIG, Invalid, NonEmptyStr, config_errors, decode, expected
 
 DEFAULT_CONFIG = "conf/chf.toml"
 
@@ -48,9 +48,15 @@ class ChfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["kv", "json"] = "kv"
 
 
-class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """[store]: the LMDB store and its writer (store/lmdbstore.py)."""
+Secret = Annotated[str, Meta(min_length=1, extra=expected("a non-empty string", secret=True))]
 
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[store]: the backend. "lmdb" (the default): one LMDB file and its group-commit writer (store/lmdbstore.py);
+    "redis-cluster": a Redis Cluster shared by several `chf serve` nodes (store/redisstore.py)."""
+
+    backend: Literal["lmdb", "redis-cluster"] = "lmdb"
+    # -- lmdb --
     path: NonEmptyStr = "var/chf.lmdb"  # when not set in the file: chf.lmdb in [chf] data_dir
     durability: Literal["fsync", "os"] = "fsync"
     map_size_mb: Annotated[int, Meta(ge=16)] = 32 << 10
@@ -58,6 +64,20 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_queue: Annotated[int, Meta(ge=1)] = 65536
     sync_interval: Annotated[float, Meta(ge=0.01)] = 1.0
     writer: Literal["thread", "inline"] = "inline"
+    # -- redis-cluster --
+    nodes: list[NonEmptyStr] = []  # "host:port" of some cluster nodes (the others are discovered)
+    namespace: NonEmptyStr = "chf"  # key prefix: several stores may share a cluster
+    partitions: Annotated[int, Meta(ge=1, le=16384)] = 256  # fixed when the store is created
+    username: NonEmptyStr | None = None  # Redis ACL user (AUTH username password)
+    password: Secret | None = None
+    tls: bool = False
+    tls_ca: NonEmptyStr | None = None
+    tls_cert: NonEmptyStr | None = None
+    tls_key: NonEmptyStr | None = None
+    min_replicas_acked: Annotated[int, Meta(ge=0)] = 1  # WAIT for this many replicas before answering
+    wait_timeout: Annotated[float, Meta(gt=0)] = 1.0  # seconds WAIT waits; fewer replicas: "too busy"
+    workers: Annotated[int, Meta(ge=1, le=256)] = 64  # threads running operations (their round trips overlap)
+    op_timeout: Annotated[float, Meta(gt=0)] = 5.0  # seconds an operation may spend retrying before "too busy"
 
     @property
     def map_size(self) -> int:
@@ -170,6 +190,12 @@ def parse_config(text: str, source: str = DEFAULT_CONFIG) -> Config:
         server=read(ServerSection, "server"),
         raw=raw,
     )
+    if cfg.store.backend == "redis-cluster" and not cfg.store.nodes:
+        errors.append(f'{source}: [store] nodes: must list at least one "host:port" with backend = "redis-cluster"')
+    for i, node in enumerate(cfg.store.nodes):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            errors.append(f"{source}: [store] nodes[{i}]: must be host:port, got {node!r}")
     if errors:
         raise ConfigError(errors)
     if "path" not in (raw.get("store") or {}):

@@ -174,7 +174,9 @@ class ChargingService:
     async def charge(self, request: ChargingRequest) -> ChargingAnswer:
         """Decide a charging request; the answer arrives once its effects are durable. The engine decides
         before it writes, so the request needs no nested transaction of its own. StoreBusy is raised at once."""
-        result: ChargingAnswer = await self.store.submit(self._charge_op(request), nested=False)
+        result: ChargingAnswer = await self.store.submit(
+            self._charge_op(request), nested=False, affinity=request.session
+        )
         metrics.observe_charge(request, result)
         return result
 
@@ -189,7 +191,7 @@ class ChargingService:
                 metrics.observe_charge(request, result)
             done(result)
 
-        self.store.submit_then(self._charge_op(request), resolved, nested=False)
+        self.store.submit_then(self._charge_op(request), resolved, nested=False, affinity=request.session)
 
     async def operate(self, fn: Callable[[Txn, Engine, int], OpResult]) -> OpResult:
         """Run a management operation (chf.core.provisioning) durably, then publish its signals."""
@@ -231,7 +233,8 @@ class ChargingService:
 
     async def _sweep_step(self) -> None:
         now = self.now()
-        expired, due = self.sweep_slice_once(now)
+        # In a thread: on a Redis store a slice is a few round trips, which the event loop must not wait for.
+        expired, due = await asyncio.to_thread(self.sweep_slice_once, now)
         engine = self.engine
         waits = [self.store.submit(self._reap_op(engine, key)) for key in expired]
         waits.extend(self.store.submit(self._upkeep_op(owner)) for owner in due)

@@ -16,6 +16,7 @@ from store import lmdbbackup
 from store.interface import Store, StoreBusy, StoreClosed, StoreError, Txn
 from store.lmdbstore import Store as LmdbStore
 from store.lmdbstore import StoreLocked
+from store.redisstore import RedisStore
 
 __all__ = [
     "Store",
@@ -34,8 +35,26 @@ __all__ = [
 
 
 def open_store(config: Config) -> Store:
-    """The store of the configuration, created if it does not exist yet; its writer is not started."""
+    """The store of the configuration, created if it does not exist yet; its writer is not started. A cluster
+    that cannot be reached, or refuses the credentials, raises StoreError saying so."""
     settings = config.store
+    if settings.backend == "redis-cluster":
+        return RedisStore(
+            settings.nodes,
+            namespace=settings.namespace,
+            partitions=settings.partitions,
+            username=settings.username,
+            password=settings.password,
+            tls=settings.tls,
+            tls_ca=settings.tls_ca,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            min_replicas_acked=settings.min_replicas_acked,
+            wait_timeout=settings.wait_timeout,
+            workers=settings.workers,
+            max_queue=settings.max_queue,
+            op_timeout=settings.op_timeout,
+        )
     return LmdbStore(
         settings.path,
         durability=settings.durability,
@@ -79,6 +98,9 @@ def open_store_at(spec: str, *, create: bool = False) -> tuple[Store, str]:
         config = load_config(spec)
         if not create and not store_exists(config):
             raise ConfigError([f"{spec}: its store {config.store.path} does not exist"])
+        if _backend(config) != "lmdb":
+            where = f"redis-cluster {config.store.namespace} on {','.join(config.store.nodes)}"
+            return open_store(config), f"{spec} ({where})"
         return open_store(config), f"{spec} (lmdb:{config.store.path})"
     raise ConfigError([f"{spec}: no such store or configuration file; name a store as {STORE_FORMS}"])
 
