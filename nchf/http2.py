@@ -160,6 +160,16 @@ class _FrameGuard:
         return None
 
 
+def _announced_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The request's content-length (0 when absent or not a number: the body's own size is checked as it comes)."""
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return 0
+            return int(value) if len(value) < 19 else 1 << 63
+    return 0
+
+
 def _request(stream: _Stream, scheme: str) -> Request:
     """The Request a complete stream carries (its header names and values are bytes: header_encoding=None)."""
     method = path = authority = ""
@@ -332,6 +342,13 @@ class Http2Session:
         if sum(len(n) + len(v) + 32 for n, v in headers) > self.limits.max_header_bytes:
             stream.too_big = True
             self.send(stream_id, self.server.error_responder(431, "the request headers exceed the size limit"))
+            self.streams.pop(stream_id, None)
+            return
+        if _announced_length(headers) > self.limits.max_body_bytes:
+            # Refused from its content-length: waiting for the body would wait for bytes the flow-control window may
+            # never let through (a body past the connection's window stalls until request_timeout, then 408).
+            stream.too_big = True
+            self.send(stream_id, self.server.error_responder(413, "the request body exceeds the size limit"))
             self.streams.pop(stream_id, None)
             return
         if event.stream_ended is not None:

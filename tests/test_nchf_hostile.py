@@ -158,6 +158,21 @@ async def test_a_header_block_of_endless_continuations_is_refused(chf: Chf) -> N
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
+async def test_a_body_announced_past_the_limit_is_refused_from_its_headers(chf: Chf) -> None:
+    """A content-length over max_body_bytes is a 413 at once: waiting for the body waited for bytes the
+    flow-control window never let through, and the client got a 408 after request_timeout (found by make
+    bench-chaos's JSON fuzzer: a 120 KB body, 9.8 s)."""
+    client = await RawH2.connect(chf.port, handshake=True)
+    hdrs = [(":method", "POST"), (":scheme", "http"), (":authority", "chf"), (":path", f"{API}/chargingdata")]
+    client.conn.send_headers(1, [*hdrs, ("content-type", "application/json"), ("content-length", "120001")])
+    client.conn.send_data(1, b"{" * 1000)
+    await client.flush()
+    await client.read_until(lambda: client.ended(1), 3)
+    assert client.status(1) == 413
+    client.close()
+    await assert_still_serving(chf)
+
+
 @pytest.mark.slow
 async def test_request_bodies_buffered_per_connection_stay_within_the_connection_window(tmp_path: Path) -> None:
     """Streams that never end hold their bytes: the server gives the connection's flow-control window back only as
