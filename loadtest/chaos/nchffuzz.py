@@ -234,6 +234,11 @@ def split_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
 
 def valid_client_frames(imsi: str) -> list[tuple[int, int, int, bytes]]:
     """What h2's client sends for a create and an update: the frames mutations start from."""
+    return split_frames(client_bytes(imsi)[len(PREFACE) :])
+
+
+def client_bytes(imsi: str) -> bytes:
+    """The bytes h2's client sends for a create and an update (the preface first)."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     for stream_id, doc in ((1, body(0, imsi)), (3, body(1, imsi))):
@@ -243,7 +248,7 @@ def valid_client_frames(imsi: str) -> list[tuple[int, int, int, bytes]]:
                                       ("content-length", str(len(data)))])  # fmt: skip
         conn.send_data(stream_id, data, end_stream=True)
     conn.ping(b"12345678")
-    return split_frames(conn.data_to_send())
+    return conn.data_to_send()
 
 
 class FrameMutator:
