@@ -37,13 +37,15 @@ class Ports:
     api: int = field(default_factory=free_port)
 
 
-def config_text(home: Path, ports: Ports, *, durability: str = "os", gy: str = "", nchf: str = "") -> str:
+def config_text(
+    home: Path, ports: Ports, *, durability: str = "os", gy: str = "", nchf: str = "", log_level: str = "warning"
+) -> str:
     var = home / "var"
     return f"""
 [chf]
 data_dir = "{var}"
 catalogue = "{REPO / "conf" / "catalogue.toml"}"
-log_level = "warning"
+log_level = "{log_level}"
 
 [store]
 path = "{var / "chf.lmdb"}"
@@ -140,6 +142,7 @@ class Server:
         gy: str = "",
         nchf: str = "",
         ports: Ports | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.home = home
         self.ports = ports or Ports()
@@ -149,7 +152,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         home.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(config_text(home, self.ports, durability=durability, gy=gy, nchf=nchf))
+        self.config.write_text(config_text(home, self.ports, durability=durability, gy=gy, nchf=nchf, log_level=log_level))
         if lines:
             provision(self.config, lines)
 
