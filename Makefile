@@ -72,6 +72,12 @@ bench-import: $(NATIVE_STAMP)
 bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
 
+# The chaos and fuzz suite against a real chf serve: Gy / Nchf / HTTP/2 fuzzing over the wire, atheris in process,
+# slow / no-read / idle peers with RSS, 3x overload (server and generator pinned apart), SIGKILL under Gy + Nchf
+# debits with a bookkeeping client; one table (see loadtest/chaos/__main__.py; `make test` runs a short version).
+bench-chaos: $(NATIVE_STAMP)
+	$(BIN)/python -m loadtest.chaos $(BENCH_ARGS)
+
 # Long run of the charging core's stateful property test (2000 examples; the suite runs 200).
 .PHONY: bench-properties
 bench-properties: $(TEST_STAMP)

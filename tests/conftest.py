@@ -39,6 +39,11 @@ INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
     "test_catalogue.py::test_affordable_agrees_with_charge",
+    "test_chaos.py::test_fuzzers_over_the_wire_find_no_crash",
+    "test_chaos.py::test_coverage_guided_fuzzing_finds_nothing",
+    "test_chaos.py::test_slow_no_read_and_idle_peers_stay_bounded",
+    "test_chaos.py::test_overload_is_refused_fast_and_recovers",
+    "test_chaos.py::test_sigkill_loses_no_acknowledged_debit_and_doubles_none",
     "test_catalogue.py::test_period_chain_properties",
     "test_cli.py::test_catalogue_reload_signals_the_running_server",
     "test_cli.py::test_events_follow_and_entry_point",

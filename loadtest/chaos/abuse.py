@@ -16,7 +16,6 @@ a moment). During the abuse a well-behaved peer must still get its answers (`ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -208,11 +207,9 @@ async def nchf_citizen(port: int, until: float) -> tuple[int, int]:
             client = await H2Client.connect("127.0.0.1", port, timeout=2)
             response = await client.post_json(nchffuzz.API, body, timeout=2)
             served += response.status == 201
-            if response.status != 201:
-                print("citizen", response.status, response.body[:200])
             await client.close()
-        except (OSError, TimeoutError, ClientError) as exc:
-            print("citizen", repr(exc))
+        except (OSError, TimeoutError, ClientError):
+            pass
         await asyncio.sleep(0.25)
     return served, tried
 
@@ -248,12 +245,14 @@ async def settle(pid: int, seconds: float) -> int:
     return last
 
 
-async def run_scenario(server: Server, name: str, connections: int, seconds: float) -> AbuseResult:
+async def run_scenario(
+    server: Server, name: str, connections: int, seconds: float, *, warm: float = 1.0, settle_for: float = 10.0
+) -> AbuseResult:
     interface, peer = SCENARIOS[name]
     port = server.ports.gy if interface == "gy" else server.ports.nchf
     citizen = gy_citizen if interface == "gy" else nchf_citizen
-    await warm_up(server)
-    before = await settle(server.pid, 3)
+    await warm_up(server, warm)
+    before = await settle(server.pid, min(3.0, settle_for))
     tracebacks = server.tracebacks()
     started = time.monotonic()
     until = started + seconds
@@ -262,9 +261,7 @@ async def run_scenario(server: Server, name: str, connections: int, seconds: flo
         served, tried = await citizen(port, until)
         outcomes = await asyncio.gather(*abusers, return_exceptions=True)
     closed = sum(1 for o in outcomes if o is False or isinstance(o, ConnectionError))
-    after = await settle(server.pid, 10)
-    with contextlib.suppress(Exception):
-        await warm_up(server, 0.3)
+    after = await settle(server.pid, settle_for)
     return AbuseResult(
         name,
         connections,

@@ -106,7 +106,11 @@ def h2_target() -> Callable[[bytes], None]:
     return one
 
 
-TARGETS = {"gy": (gy_target, ["gy"]), "nchf": (nchf_target, ["nchf", "json"]), "h2": (h2_target, ["nchf", "h2", "hpack", "hyperframe"])}
+TARGETS = {
+    "gy": (gy_target, ["gy"]),
+    "nchf": (nchf_target, ["nchf", "json"]),
+    "h2": (h2_target, ["nchf", "h2", "hpack", "hyperframe"]),
+}
 
 
 def seed_inputs(name: str) -> list[bytes]:

@@ -134,7 +134,9 @@ class Mutator:
         code = rng.choice([rng.randrange(1 << 32), rng.randrange(2000), 263, 264, 268, 415, 416, 456, 443, 873])
         flags = rng.choice([0x40, 0x00, 0xC0, 0x80, 0x20, 0x1F, 0xFF])
         vendor = rng.choice([None, 10415, rng.randrange(1 << 32)]) if flags & 0x80 else None
-        return Avp(code, flags, vendor, rng.choice(EXTREMES) if rng.random() < 0.5 else rng.randbytes(rng.randrange(16)))
+        return Avp(
+            code, flags, vendor, rng.choice(EXTREMES) if rng.random() < 0.5 else rng.randbytes(rng.randrange(16))
+        )
 
     def nested(self, depth: int) -> Avp:
         inner = Avp(443, 0x40, None, Avp(450, 0x40, None, b"\0\0\0\1").encode())
@@ -177,7 +179,9 @@ class Mutator:
                 data[rng.randrange(len(data))] = rng.randrange(256)
                 avps[i] = Avp(avps[i].code, avps[i].flags, avps[i].vendor, bytes(data))
             else:
-                avps[i] = Avp(avps[i].code, avps[i].flags, avps[i].vendor, avps[i].data[: rng.randrange(len(avps[i].data) + 1)])
+                avps[i] = Avp(
+                    avps[i].code, avps[i].flags, avps[i].vendor, avps[i].data[: rng.randrange(len(avps[i].data) + 1)]
+                )
         return [a.encode(length_delta.get(n, 0)) for n, a in enumerate(avps)]
 
     def mutate(self, seed: bytes) -> tuple[bytes, bool]:

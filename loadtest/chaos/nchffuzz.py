@@ -34,7 +34,9 @@ API = "/nchf-convergedcharging/v3/chargingdata"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def body(number: int, imsi: str, *, units: list[dict[str, Any]] | None = None, stamp: str | None = None) -> dict[str, Any]:
+def body(
+    number: int, imsi: str, *, units: list[dict[str, Any]] | None = None, stamp: str | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "nfConsumerIdentification": {"nodeFunctionality": "SMF", "nFName": "8bd2d3b4-5c7a-4a7a-9f3c-1c2d3e4f5a6b"},
         "invocationTimeStamp": stamp or "2026-11-22T10:00:00Z",
@@ -72,7 +74,11 @@ def seeds(imsi: str) -> list[dict[str, Any]]:
     return [
         body(0, imsi),
         body(1, imsi, units=[{"ratingGroup": 10, "requestedUnit": {"totalVolume": 1000}, "usedUnitContainer": [used]}]),
-        body(2, imsi, units=[{"ratingGroup": 10, "usedUnitContainer": [{**used, "triggers": [{"triggerType": "FINAL"}]}]}]),
+        body(
+            2,
+            imsi,
+            units=[{"ratingGroup": 10, "usedUnitContainer": [{**used, "triggers": [{"triggerType": "FINAL"}]}]}],
+        ),
         one_time("IEC", imsi, "2026-11-22T10:00:00Z"),
         one_time("PEC", imsi, "2026-11-22T10:00:01Z"),
     ]
@@ -219,7 +225,12 @@ async def fuzz_json(port: int, requests: int, *, seed: int, imsi: str) -> NchfFu
 # -- HTTP/2 frames -------------------------------------------------------------------------------------------------
 def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes, length: int | None = None) -> bytes:
     size = len(payload) if length is None else length
-    return (size & 0xFFFFFF).to_bytes(3, "big") + bytes([kind & 0xFF, flags & 0xFF]) + (stream_id & 0xFFFFFFFF).to_bytes(4, "big") + payload
+    return (
+        (size & 0xFFFFFF).to_bytes(3, "big")
+        + bytes([kind & 0xFF, flags & 0xFF])
+        + (stream_id & 0xFFFFFFFF).to_bytes(4, "big")
+        + payload
+    )
 
 
 def split_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -227,7 +238,14 @@ def split_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
     pos = 0
     while pos + 9 <= len(data):
         length = int.from_bytes(data[pos : pos + 3], "big")
-        out.append((data[pos + 3], data[pos + 4], int.from_bytes(data[pos + 5 : pos + 9], "big"), data[pos + 9 : pos + 9 + length]))
+        out.append(
+            (
+                data[pos + 3],
+                data[pos + 4],
+                int.from_bytes(data[pos + 5 : pos + 9], "big"),
+                data[pos + 9 : pos + 9 + length],
+            )
+        )
         pos += 9 + length
     return out
 

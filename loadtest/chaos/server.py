@@ -152,7 +152,9 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         home.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(config_text(home, self.ports, durability=durability, gy=gy, nchf=nchf, log_level=log_level))
+        self.config.write_text(
+            config_text(home, self.ports, durability=durability, gy=gy, nchf=nchf, log_level=log_level)
+        )
         if lines:
             provision(self.config, lines)
 
