@@ -425,6 +425,33 @@ async def test_overload_refusals_are_counted_and_logged_as_a_summary(
     await client.close()
 
 
+@pytest.mark.slow
+async def test_overload_is_refused_at_once_past_the_latency_budget(chf: Chf) -> None:
+    """In-flight requests are bounded by the time they are expected to take, not by a count: once those in flight
+    would take longer than [nchf] latency_budget_ms at the measured answer rate, a new request gets 503 at once
+    (the old bound, 8,192 in flight, let a burst queue for seconds and refused nothing)."""
+    app = chf.component.app
+    app.admission.budget = 0.05
+    clients = [await chf.client() for _ in range(12)]
+
+    async def timed(n: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        result = await chf.call(clients[n % len(clients)], "create", request_body(n, units=[usage(10)]))
+        return result.status, time.perf_counter() - started
+
+    warm = await asyncio.gather(*[timed(n) for n in range(1, 301)])  # the answer rate gets measured
+    assert all(status < 500 or status == 503 for status, _ in warm)  # 201, or 403 once the wallet is spent
+    assert app.admission.rate > 0
+    burst = await asyncio.gather(*[timed(n) for n in range(1000, 4000)])
+    refused = sorted(t for status, t in burst if status == 503)
+    accepted = sorted(t for status, t in burst if status != 503)
+    assert refused, "3,000 requests at once were all taken"
+    assert accepted and len(accepted) < 1500
+    assert refused[len(refused) // 2] < accepted[-1]  # refusals do not wait behind the accepted
+    for client in clients:
+        await client.close()
+
+
 def test_the_limits_are_settings_with_safe_defaults() -> None:
     from nchf.config import parse_settings
 
