@@ -10,10 +10,20 @@ import asyncio
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
-from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, Message, decode_header, encode_message, message_length
-
-CMD_CE, CMD_DW, CMD_DP, CMD_CC, CMD_RA, CMD_AS = 257, 280, 282, 272, 258, 274
+from gy.codec import (
+    FLAG_PROXIABLE,
+    FLAG_REQUEST,
+    E,
+    Message,
+    decode_header,
+    encode_message,
+    end_to_end_ids,
+    message_length,
+)
+from gy.codes import DIAMETER_SUCCESS, SESSION_ID
+from gy.grammar import APP_BASE, APP_CREDIT_CONTROL, CMD_AS, CMD_CC, CMD_CE, CMD_DP, CMD_DW, CMD_RA
 
 
 @dataclass(slots=True)
@@ -85,7 +95,7 @@ def ccr_avps(
         E("Origin-Host").octets(origin_host.encode()),
         E("Origin-Realm").octets(origin_realm.encode()),
         E("Destination-Realm").octets(destination_realm.encode()),
-        E("Auth-Application-Id").u32(4),
+        E("Auth-Application-Id").u32(APP_CREDIT_CONTROL),
         E("Service-Context-Id").text(context),
         E("CC-Request-Type").i32(request_type),
         E("CC-Request-Number").u32(number),
@@ -109,14 +119,14 @@ def ccr_avps(
 
 
 class DiameterClient(asyncio.Protocol):
-    def __init__(self, origin_host: str, origin_realm: str, *, answer_server_requests: int = 2001) -> None:
+    def __init__(self, origin_host: str, origin_realm: str, *, answer_server_requests: int = DIAMETER_SUCCESS) -> None:
         self.origin_host = origin_host
         self.origin_realm = origin_realm
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._hbh = itertools.count(1)
-        self._e2e = itertools.count(0x10000)
+        self._e2e = end_to_end_ids()  # RFC 6733 3: not restarting at the same value on every connection
         self.server_requests: asyncio.Queue[Message] = asyncio.Queue()
         self.answer_server_requests = answer_server_requests
         self.answer_watchdog = True
@@ -125,9 +135,15 @@ class DiameterClient(asyncio.Protocol):
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, origin_host: str = "pgw.localdomain", origin_realm: str = "localdomain",
-        *, cer: bool = True, apps: Iterable[int] = (4,),
-    ) -> tuple[DiameterClient, Message | None]:  # fmt: skip
+        cls,
+        host: str,
+        port: int,
+        origin_host: str = "pgw.localdomain",
+        origin_realm: str = "localdomain",
+        *,
+        cer: bool = True,
+        apps: Iterable[int] = (APP_CREDIT_CONTROL,),
+    ) -> tuple[Self, Message | None]:
         loop = asyncio.get_running_loop()
         _, client = await loop.create_connection(lambda: cls(origin_host, origin_realm), host, port)
         cea = await client.capabilities(apps) if cer else None
@@ -168,8 +184,11 @@ class DiameterClient(asyncio.Protocol):
             E("Origin-Host").octets(self.origin_host.encode()),
             E("Origin-Realm").octets(self.origin_realm.encode()),
         ]
-        avps = [E("Result-Code").u32(2001 if msg.code in (CMD_DW, CMD_DP) else self.answer_server_requests), *ident]
-        session = msg.find(263)
+        avps = [
+            E("Result-Code").u32(DIAMETER_SUCCESS if msg.code in (CMD_DW, CMD_DP) else self.answer_server_requests),
+            *ident,
+        ]
+        session = msg.find(SESSION_ID)
         if session is not None:
             avps.insert(0, E("Session-Id").octets(session.data))
         if self.transport is not None:
@@ -181,8 +200,15 @@ class DiameterClient(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def request_bytes(self, code: int, app: int, avps: list[bytes], *, flags: int = FLAG_REQUEST | FLAG_PROXIABLE,
-                      e2e: int | None = None) -> tuple[int, bytes]:  # fmt: skip
+    def request_bytes(
+        self,
+        code: int,
+        app: int,
+        avps: list[bytes],
+        *,
+        flags: int = FLAG_REQUEST | FLAG_PROXIABLE,
+        e2e: int | None = None,
+    ) -> tuple[int, bytes]:
         hbh = next(self._hbh)
         return hbh, encode_message(code, flags, app, hbh, next(self._e2e) if e2e is None else e2e, avps)
 
@@ -197,7 +223,7 @@ class DiameterClient(asyncio.Protocol):
         self.send_raw(data)
         return await asyncio.wait_for(fut, timeout)
 
-    async def capabilities(self, apps: Iterable[int] = (4,)) -> Message:
+    async def capabilities(self, apps: Iterable[int] = (APP_CREDIT_CONTROL,)) -> Message:
         avps = [
             E("Origin-Host").octets(self.origin_host.encode()),
             E("Origin-Realm").octets(self.origin_realm.encode()),
@@ -206,10 +232,10 @@ class DiameterClient(asyncio.Protocol):
             E("Product-Name").text("chf-test-client"),
             *[E("Auth-Application-Id").u32(a) for a in apps],
         ]
-        return await self.request(CMD_CE, 0, avps, flags=FLAG_REQUEST)
+        return await self.request(CMD_CE, APP_BASE, avps, flags=FLAG_REQUEST)
 
     async def ccr(self, avps: list[bytes], **kw: int) -> Message:
-        return await self.request(CMD_CC, 4, avps, **kw)
+        return await self.request(CMD_CC, APP_CREDIT_CONTROL, avps, **kw)
 
     def close(self) -> None:
         if self.transport is not None:

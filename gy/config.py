@@ -36,6 +36,7 @@ class GyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight_per_peer: Count = 2048
     max_inflight: Count = 16384
     duplicate_cache: Count = 65536
+    duplicate_window: Seconds = 240.0  # seconds an answer is kept for retransmissions (RFC 6733 6.1.4: 4 minutes)
     # Credit-Control-Failure-Handling sent in CCAs (RFC 4006 section 8.14)
     ccfh: Literal["terminate", "continue", "retry_and_terminate"] = "retry_and_terminate"
     session_failover: bool = False

@@ -1,7 +1,7 @@
 """The AVP dictionary, taken from python-diameter (codes, vendors, types, M flag), plus names used here.
 
 Only the dictionary of python-diameter is used: its message classes and node are too slow for the hot path
-(DESIGN.md section 8). Lookups are by (code, vendor) and by name.
+(docs/architecture.md). Lookups are by (code, vendor) and by name.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ BY_NAME: dict[str, AvpDef] = {}
 
 
 def _load() -> None:
-    tables: list[tuple[int, dict[int, dict]]] = [(0, AVP_DICTIONARY)]  # type: ignore[list-item]
-    tables.extend((vendor, table) for vendor, table in AVP_VENDOR_DICTIONARY.items() if vendor)  # type: ignore[misc]
+    tables: list[tuple[int, dict[int, dict]]] = [(0, AVP_DICTIONARY)]
+    tables.extend((vendor, table) for vendor, table in AVP_VENDOR_DICTIONARY.items() if vendor)
     for vendor, table in tables:
         for code, info in table.items():
             d = AvpDef(code, vendor, info["name"], _tag(info["type"]), bool(info.get("mandatory", False)))
@@ -65,6 +65,11 @@ def _load() -> None:
 
 
 _load()
+
+# The specifications' names where python-diameter spells them otherwise (gy/grammar.py uses the specifications').
+ALIASES = {"Acct-Multi-Session-Id": "Accounting-Multi-Session-Id", "Reporting-Reason": "3GPP-Reporting-Reason"}
+for _alias, _name in ALIASES.items():
+    BY_NAME[_alias] = BY_NAME[_name]
 
 
 def avp(name: str) -> AvpDef:

@@ -29,28 +29,27 @@ from gy.codec import (
     Message,
     decode_header,
     encode_message,
-    find,
+    end_to_end_ids,
     find_all,
 )
+from gy.codes import (
+    ACCT_APPLICATION_ID,
+    AUTH_APPLICATION_ID,
+    DIAMETER_INVALID_HDR_BITS,
+    DIAMETER_MISSING_AVP,
+    DIAMETER_NO_COMMON_APPLICATION,
+    DIAMETER_SUCCESS,
+    DIAMETER_UNKNOWN_PEER,
+    DIAMETER_UNSUPPORTED_VERSION,
+    ORIGIN_HOST,
+    ORIGIN_REALM,
+    VENDOR_SPECIFIC_APPLICATION_ID,
+    is_protocol_error,
+)
+from gy.dictionary import VENDOR_3GPP
+from gy.grammar import APP_BASE, APP_CREDIT_CONTROL, APP_RELAY, BASE_COMMANDS, CMD_CE, CMD_DP, CMD_DW
 
 log = logging.getLogger("gy.peer")
-
-CMD_CE = 257
-CMD_DW = 280
-CMD_DP = 282
-CMD_CC = 272
-CMD_RA = 258
-CMD_AS = 274
-APP_BASE = 0
-APP_CREDIT_CONTROL = 4
-APP_RELAY = 0xFFFFFFFF
-VENDOR_3GPP = 10415
-
-SUCCESS = 2001
-UNKNOWN_PEER = 3010
-NO_COMMON_APPLICATION = 5010
-UNSUPPORTED_VERSION = 5011
-INVALID_HDR_BITS = 3008
 
 WAIT_CER = "wait_cer"
 OPEN = "open"
@@ -64,7 +63,6 @@ DISCONNECT_DO_NOT_WANT_TO_TALK = 2
 
 # A request without the E bit or reserved header bits; base-protocol commands the state machine answers itself.
 _PLAIN_REQUEST_MASK = FLAG_REQUEST | FLAG_ERROR | HEADER_RESERVED_BITS
-_BASE = frozenset((CMD_CE, CMD_DW, CMD_DP))
 
 
 @dataclass(slots=True)
@@ -133,8 +131,7 @@ class PeerConnection:
         self._out: list[bytes] = []
         self._rng = rng
         self._hbh = random.getrandbits(32)
-        self._e2e_high = (int(now) & 0xFFF) << 20
-        self._e2e_low = random.getrandbits(20)
+        self._e2e = end_to_end_ids()
         self._last_rx = now
         self._dwr_sent_at: float | None = None
         self._dwr_hbh: int | None = None
@@ -152,9 +149,7 @@ class PeerConnection:
         return self._hbh
 
     def next_e2e(self) -> int:
-        # RFC 6733 3: high 12 bits from the clock at start-up, low 20 bits a counter.
-        self._e2e_low = (self._e2e_low + 1) & 0xFFFFF
-        return self._e2e_high | self._e2e_low
+        return next(self._e2e)
 
     def _tw(self) -> float:
         tw = self.policy.tw
@@ -218,10 +213,10 @@ class PeerConnection:
                 # RFC 6733 7.1.5 DIAMETER_UNSUPPORTED_VERSION; the length field still frames the stream.
                 msg = decode_header(raw)
                 if msg.is_request:
-                    self.send(self.answer(msg, self._result(UNSUPPORTED_VERSION)))
+                    self.send(self.answer(msg, self._result(DIAMETER_UNSUPPORTED_VERSION)))
                 continue
             msg = decode_header(raw)
-            if self.state == OPEN and msg.flags & _PLAIN_REQUEST_MASK == FLAG_REQUEST and msg.code not in _BASE:
+            if self.state == OPEN and msg.flags & _PLAIN_REQUEST_MASK == FLAG_REQUEST and msg.code not in BASE_COMMANDS:
                 events.append(RequestReceived(msg))  # the common case, straight through `_message`
                 continue
             events.extend(self._message(msg, now))
@@ -238,22 +233,27 @@ class PeerConnection:
         if msg.is_request:
             if msg.flags & FLAG_ERROR or msg.flags & HEADER_RESERVED_BITS:
                 # 3008: a request with the E bit (or reserved bits) set. Answered in every state that can answer.
-                self.send(self.answer(msg, self._result(INVALID_HDR_BITS), error=True))
+                self.send(self.answer(msg, self._result(DIAMETER_INVALID_HDR_BITS), error=True))
                 return []
             if self.state == WAIT_CER:
                 if code != CMD_CE:
                     return self._close(f"command {code} before capabilities exchange")
                 return self._on_cer(msg)
             if code == CMD_DW:
-                self.send(self.answer(msg, self._result(SUCCESS, E("Origin-State-Id").u32(self.local.origin_state_id))))
+                self.send(
+                    self.answer(
+                        msg, self._result(DIAMETER_SUCCESS, E("Origin-State-Id").u32(self.local.origin_state_id))
+                    )
+                )
                 return []
             if code == CMD_DP:
-                self.send(self.answer(msg, self._result(SUCCESS)))
+                self.send(self.answer(msg, self._result(DIAMETER_SUCCESS)))
                 self.close_after_flush = True
                 return self._close("peer sent DPR", clean=True)
             if code == CMD_CE:
-                # RFC 6733 5.2: a CER on an open connection is an election loss for the peer; refuse it.
-                self.send(self.answer(msg, self._result(UNKNOWN_PEER)))
+                # RFC 6733 5.2: a CER on an open connection is an election loss for the peer; refuse it. 3010 is a
+                # protocol error: the E bit (RFC 6733 7.1.3), and the CEA's own AVPs as in every CEA we send.
+                self.send(self.answer(msg, self._result(DIAMETER_UNKNOWN_PEER, *self._cea_tail()), error=True))
                 return []
             if self.state != OPEN:
                 return []
@@ -272,30 +272,33 @@ class PeerConnection:
 
     def _on_cer(self, msg: Message) -> list[object]:
         try:
-            host_avp = msg.find(264)
-            realm_avp = msg.find(296)
+            host_avp = msg.find(ORIGIN_HOST)
+            realm_avp = msg.find(ORIGIN_REALM)
             host = host_avp.data.decode("utf-8", "replace") if host_avp else ""
             realm = realm_avp.data.decode("utf-8", "replace") if realm_avp else ""
-            apps = {a.u32() for a in find_all(msg.avps, 258)} | {a.u32() for a in find_all(msg.avps, 259)}
-            for vsa in find_all(msg.avps, 260):
-                apps |= {a.u32() for a in vsa.children if a.code in (258, 259)}
+            ids = (AUTH_APPLICATION_ID, ACCT_APPLICATION_ID)
+            apps = {a.u32() for a in msg.avps if a.code in ids and not a.vendor}
+            for vsa in find_all(msg.avps, VENDOR_SPECIFIC_APPLICATION_ID):
+                apps |= {a.u32() for a in vsa.children if a.code in ids}
         except DecodeError as exc:
-            self.send(self.answer(msg, self._result(exc.result_code, *self._cea_tail()), error=True))
+            # The E bit marks protocol errors (3xxx) only, RFC 6733 7.1.3; a malformed AVP is a 5xxx failure.
+            code = exc.result_code
+            self.send(self.answer(msg, self._result(code, *self._cea_tail()), error=is_protocol_error(code)))
             return self._close(f"malformed CER: {exc}")
         if not host or not realm:
-            self.send(self.answer(msg, self._result(5005, *self._cea_tail()), error=True))
+            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail())))
             return self._close("CER without Origin-Host or Origin-Realm")
         self.peer_host = host
         self.peer_realm = realm
         if not self.policy.admits(host, realm):
-            self.send(self.answer(msg, self._result(UNKNOWN_PEER, *self._cea_tail()), error=True))
+            self.send(self.answer(msg, self._result(DIAMETER_UNKNOWN_PEER, *self._cea_tail()), error=True))
             self.close_after_flush = True
             return self._close(f"unknown peer {host} realm {realm}")
         if APP_CREDIT_CONTROL not in apps and APP_RELAY not in apps:
-            self.send(self.answer(msg, self._result(NO_COMMON_APPLICATION, *self._cea_tail())))
+            self.send(self.answer(msg, self._result(DIAMETER_NO_COMMON_APPLICATION, *self._cea_tail())))
             self.close_after_flush = True
             return self._close(f"no common application with {host} (offered {sorted(apps)})")
-        self.send(self.answer(msg, self._result(SUCCESS, *self._cea_tail())))
+        self.send(self.answer(msg, self._result(DIAMETER_SUCCESS, *self._cea_tail())))
         self.state = OPEN
         return [PeerOpened(host, realm)]
 
@@ -312,9 +315,6 @@ class PeerConnection:
         ]
 
     # -- timers -------------------------------------------------------------------------------------------------
-    def next_deadline(self) -> float:
-        return self._deadline
-
     def on_timer(self, now: float) -> list[object]:
         """Drive the watchdog (and the CER wait) from the clock; returns events."""
         if self.state == CLOSED or now < self._deadline:
@@ -358,8 +358,3 @@ class PeerConnection:
         if not clean:
             self.close_after_flush = True
         return [PeerClosed(reason)]
-
-
-def first_u32(msg: Message, code: int) -> int | None:
-    a = find(msg.avps, code)
-    return a.u32() if a is not None else None

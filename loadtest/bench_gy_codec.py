@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from chf.core.model import ChargingAnswer, UnitAnswer
-from gy.ccapp import AnswerEncoder, parse_ccr
+from gy.cca import AnswerEncoder
+from gy.ccr_fast import parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, E, decode_header, encode_message
 from gy.peer import LocalIdentity, PeerConnection, PeerPolicy
@@ -177,7 +178,7 @@ async def _pipeline(raw: bytes, requests: int, batch: int) -> float:
     the store and engine stubbed out: what the event-loop thread spends beyond the engine."""
     from chf.core.catalogue_loader import load_catalogue
     from chf.runtime.service import ChargingService
-    from gy.client import CMD_CE
+    from gy.grammar import CMD_CE
     from gy.server import GyConfig, GyProtocol, GyServer
 
     store = StubStore()

@@ -28,10 +28,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from gy.client import CMD_CC, DiameterClient, Mscc, ccr_avps
+from gy.client import DiameterClient, Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, Message, encode_message
+from gy.grammar import CMD_CC
 
 REPO = Path(__file__).resolve().parents[1]
 IMSI_BASE = 208990000000000
@@ -83,30 +87,35 @@ def provision(config: Path, lines: int, plan_on: str = "account") -> None:
     engine = service.engine
     now = int(time.time())
 
-    def setup(txn):  # type: ignore[no-untyped-def]
+    def setup(txn: Any) -> None:
         provisioning.create_tenant(txn, "load", "load", "EUR", now)
-        provisioning.create_account(txn, engine, account_id="load", tenant="load", payment="postpaid", now=now,
-                             credit_limit=10**15, plan="postpaid-l" if plan_on == "account" else None)  # fmt: skip
+        provisioning.create_account(
+            txn,
+            engine,
+            account_id="load",
+            tenant="load",
+            payment="postpaid",
+            now=now,
+            credit_limit=10**15,
+            plan="postpaid-l" if plan_on == "account" else None,
+        )
 
     store.write(setup)
     for start in range(0, lines, 2000):
-        ops = [
-            (
-                lambda txn, n=n: provisioning.add_line(
-                    txn,
-                    engine,
-                    account="load",
-                    imsi=str(IMSI_BASE + n),
-                    now=now,
-                    plan="postpaid-l" if plan_on == "line" else None,
-                )
-            )
-            for n in range(start, min(lines, start + 2000))
+        ops: list[Callable[[Any], Any]] = [
+            partial(_add_line, engine, now, n, plan_on) for n in range(start, min(lines, start + 2000))
         ]
         for r in store.run_batch(ops):
             if isinstance(r, BaseException):
                 raise r
     store.close()
+
+
+def _add_line(engine: Any, now: int, n: int, plan_on: str, txn: Any) -> Any:
+    from chf.core import provisioning
+
+    plan = "postpaid-l" if plan_on == "line" else None
+    return provisioning.add_line(txn, engine, account="load", imsi=str(IMSI_BASE + n), now=now, plan=plan)
 
 
 class Stats:
@@ -161,7 +170,7 @@ def data_offset(raw: bytes | bytearray, code: int) -> int:
 
 
 def result_code(answer: Message) -> int:
-    return _U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0]  # type: ignore[no-any-return]
+    return int(_U32.unpack_from(answer.buf, data_offset(answer.buf, 268))[0])
 
 
 def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
@@ -170,9 +179,14 @@ def ccr_template(avps: list[bytes]) -> tuple[bytearray, int]:
 
 
 async def session_loop(
-    n: int, client: LoadClient, stats: Stats, updates: int, stop_at: float, pace: asyncio.Semaphore | None,
-    session_counter: itertools.count,  # type: ignore[type-arg]
-) -> None:  # fmt: skip
+    n: int,
+    client: LoadClient,
+    stats: Stats,
+    updates: int,
+    stop_at: float,
+    pace: asyncio.Semaphore | None,
+    session_counter: itertools.count[int],
+) -> None:
     host = client.origin_host
     # Session n's first session is cut short to n mod (updates + 1) updates: session ends and starts (CCR-T,
     # CCR-I, which --rate does not pace) then spread over time instead of all sessions turning over at once,
@@ -182,13 +196,30 @@ async def session_loop(
         sid = f"{host};{n};{next(session_counter)}"
         imsi = str(IMSI_BASE + n)
         templates = {
-            "I": ccr_template(ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi,
-                                       mscc=[Mscc(10, {})])),
-            "U": ccr_template(ccr_avps(sid, 2, 0, origin_host=host, origin_realm="localdomain",
-                                       mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])])),
-            "T": ccr_template(ccr_avps(sid, 3, 0, origin_host=host, origin_realm="localdomain",
-                                       mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])])),
-        }  # fmt: skip
+            "I": ccr_template(
+                ccr_avps(sid, 1, 0, origin_host=host, origin_realm="localdomain", imsi=imsi, mscc=[Mscc(10, {})])
+            ),
+            "U": ccr_template(
+                ccr_avps(
+                    sid,
+                    2,
+                    0,
+                    origin_host=host,
+                    origin_realm="localdomain",
+                    mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])],
+                )
+            ),
+            "T": ccr_template(
+                ccr_avps(
+                    sid,
+                    3,
+                    0,
+                    origin_host=host,
+                    origin_realm="localdomain",
+                    mscc=[Mscc(10, used=[{"bytes": 1000, "reason": 2}])],
+                )
+            ),
+        }
         kinds = ["I"] + ["U"] * session_updates + ["T"]
         session_updates = updates
         for number, kind in enumerate(kinds):
@@ -377,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
     if args.connect:

@@ -94,6 +94,11 @@ class Txn(Protocol):
         """The ids of the lines of an account, in id order."""
         ...
 
+    def active_line_count(self, account_id: str) -> int:
+        """How many lines of the account are active, counted from the line records as `put_subscriber` and
+        `put_new_subscriber` wrote them (an index the store keeps in step with them, not a running tally)."""
+        ...
+
     # -- lines ----------------------------------------------------------------------------------------------------
     def get_subscriber(self, line_id: int) -> Subscriber | None: ...
 
@@ -104,12 +109,22 @@ class Txn(Protocol):
     def subscriber_by(self, kind: str, value: str) -> Subscriber | None: ...
 
     def put_subscriber(self, sub: Subscriber, previous: Subscriber | None = None) -> None:
-        """Write a line and keep its identity indexes and account membership in step with it; `previous` is the
-        line as read before the change (None for a new line)."""
+        """Write a line and keep its identity indexes, its account membership and its account's active lines in
+        step with it; `previous` is the line as read before the change (None for a new line)."""
         ...
 
     def put_new_subscriber(self, sub: Subscriber) -> None:
         """`put_subscriber` for a line just numbered by `new_subscriber_id` (bulk import)."""
+        ...
+
+    def release_identity(self, kind: str, value: str, line_id: int, now: int) -> None:
+        """Line `line_id` gives up identity `value` ("imsi", "msisdn" or "iccid"), if the index names that line:
+        the entry goes, so another line can take the identity, and the line stays findable by it in
+        `released_identity`; else nothing changes. The line record itself keeps the identity (its history)."""
+        ...
+
+    def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
+        """The lines that held identity `value` and released it, as (line id, release time), oldest first."""
         ...
 
     def subscribers(self) -> Iterator[Subscriber]: ...

@@ -7,8 +7,13 @@ Key layout (one LMDB environment, named sub-databases):
     accounts      account id -> Account (with its wallet)
     subscribers   8-byte line id -> Subscriber
     idx_imsi, idx_msisdn, idx_iccid
-                  identity -> 8-byte line id
+                  identity -> 8-byte line id                           (the line holding it now)
+    idx_released  kind + 0x00 + identity + 0x00 + 8-byte line id -> 8-byte time
+                  (identities a terminated line held and gave up, kept for searches in history)
     account_lines account id + 0x00 + 8-byte line id -> b""     (lines of an account)
+    account_active
+                  account id -> 8-byte line id, one duplicate per active line (LMDB dupsort): the account's
+                  active lines, kept in step with the line records by put_subscriber; counted in O(1)
     balances      b"L" + line id + 0x00        -> BalanceSet of the line
                   b"L" + line id + 0x01 + key  -> Session of the line (with its reservations)
                   b"A" + account id + 0x00     -> BalanceSet of the account (shared allowances, IoT pools)
@@ -43,6 +48,7 @@ import lmdb
 from store import interface
 from store.interface import Owner, StoreBusy, StoreClosed, StoreError, Sweep
 from store.schema import (
+    ACTIVE,
     SCHEMA_VERSION,
     SESSION,
     Account,
@@ -70,7 +76,9 @@ _DBS = (
     b"idx_imsi",
     b"idx_msisdn",
     b"idx_iccid",
+    b"idx_released",
     b"account_lines",
+    b"account_active",
     b"balances",
     b"sessions",
     b"idem",
@@ -79,6 +87,9 @@ _DBS = (
     b"cursors",
 )
 
+
+# Sub-databases with more than one value per key (fixed-size values, sorted: LMDB dupsort + dupfixed).
+_DUPSORT = frozenset({b"account_active"})
 
 # Where a session's key and expiry sit in its stored array (the sweep reads them without building a Session).
 _SESSION_KEY = SESSION.position("key")
@@ -92,6 +103,11 @@ def _u64(n: int) -> bytes:
 def _debit_key(line_id: int, rating_group: int, seq: int) -> bytes:
     # A request without a rating group has -1 (chf.core.model.NO_RATING_GROUP): stored as 0, the others as rg + 1.
     return _u64(line_id) + _u64(rating_group + 1) + _u64(seq)
+
+
+def _released_key(kind: str, value: str) -> bytes:
+    """The prefix of the lines that gave up an identity (idx_released); the line id follows it."""
+    return kind.encode() + b"\x00" + value.encode() + b"\x00"
 
 
 def line_key(line_id: int) -> bytes:
@@ -173,6 +189,10 @@ class Txn:
                     return
                 yield int.from_bytes(key[len(prefix) :], "big")
 
+    def active_line_count(self, account_id: str) -> int:
+        with self._txn.cursor(db=self._db[b"account_active"]) as cur:
+            return int(cur.count()) if cur.set_key(account_id.encode()) else 0
+
     # -- lines ------------------------------------------------------------------------------------------------------
     def get_subscriber(self, line_id: int) -> Subscriber | None:
         raw = self._txn.get(_u64(line_id), db=self._db[b"subscribers"])
@@ -187,7 +207,8 @@ class Txn:
         return self.get_subscriber(line_id) if line_id is not None else None
 
     def put_subscriber(self, sub: Subscriber, previous: Subscriber | None = None) -> None:
-        """Write a line and keep its identity indexes and account membership in step with it."""
+        """Write a line and keep its identity indexes, account membership and its account's active lines in step
+        with it."""
         db = self._db
         key = _u64(sub.id)
         for kind in ("imsi", "msisdn", "iccid"):
@@ -204,6 +225,12 @@ class Txn:
             if previous is not None:
                 self._delete(previous.account.encode() + b"\x00" + key, db=db[b"account_lines"])
             self._put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        is_active = sub.state == ACTIVE
+        if previous is not None and previous.state == ACTIVE and (not is_active or previous.account != sub.account):
+            self.wrote = True
+            self._txn.delete(previous.account.encode(), key, db=db[b"account_active"])
+        if is_active:
+            self._put(sub.account.encode(), key, db=db[b"account_active"])
         self._put(key, sub.encode(), db=db[b"subscribers"])
 
     def put_new_subscriber(self, sub: Subscriber) -> None:
@@ -219,7 +246,30 @@ class Txn:
         if sub.iccid:
             put(sub.iccid.encode(), key, db=db[b"idx_iccid"])
         put(sub.account.encode() + b"\x00" + key, b"", db=db[b"account_lines"])
+        if sub.state == ACTIVE:
+            put(sub.account.encode(), key, db=db[b"account_active"])
         put(key, sub.encode(), db=db[b"subscribers"])
+
+    def release_identity(self, kind: str, value: str, line_id: int, now: int) -> None:
+        db = self._db
+        idx = db[b"idx_" + kind.encode()]
+        if self._txn.get(value.encode(), db=idx) != _u64(line_id):
+            return  # not (or no longer) the line's
+        self._delete(value.encode(), db=idx)
+        self._put(_released_key(kind, value) + _u64(line_id), _u64(now), db=db[b"idx_released"])
+
+    def released_identity(self, kind: str, value: str) -> list[tuple[int, int]]:
+        prefix = _released_key(kind, value)
+        out: list[tuple[int, int]] = []
+        with self._txn.cursor(db=self._db[b"idx_released"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append((int.from_bytes(key[len(prefix) :], "big"), int.from_bytes(raw, "big")))
+        out.sort(key=lambda held: (held[1], held[0]))
+        return out
 
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
@@ -512,8 +562,14 @@ class Store:
                 readahead=False,
                 max_readers=256,
             )
-            self._db = {name: self.env.open_db(name) for name in _DBS}
+            with self.env.begin() as txn:
+                indexed = txn.get(b"account_active") is not None  # named databases are keys of the main one
+            self._db = {
+                name: self.env.open_db(name, dupsort=name in _DUPSORT, dupfixed=name in _DUPSORT) for name in _DBS
+            }
             self.store_id: str = self._identify()
+            if not indexed:
+                self._index_active_lines()
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         self.max_batch = max_batch
@@ -551,6 +607,17 @@ class Store:
         if store_id is None:
             raise StoreError(f"store {self.path} has a schema version but no store id")
         return bytes(store_id).decode()
+
+    def _index_active_lines(self) -> None:
+        """Build the index of each account's active lines from the line records (a store written before the
+        index existed; a new store has no lines, and an empty index)."""
+        with self.env.begin(write=True) as txn:
+            db = self._db[b"account_active"]
+            with txn.cursor(db=self._db[b"subscribers"]) as cur:
+                for key, raw in cur:
+                    sub = Subscriber.decode(raw)
+                    if sub.state == ACTIVE:
+                        txn.put(sub.account.encode(), key, db=db)
 
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self) -> _ReadContext:

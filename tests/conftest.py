@@ -24,6 +24,7 @@ from tools import native
 INTEROP = {
     "test_gy_erlang.py",
     "test_gy_wire.py::test_tshark_dissects_a_test_run",
+    "test_cli.py::test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on",
     "test_nchf.py::test_curl_http2_prior_knowledge",
     "test_nchf.py::test_http1_expect_continue",
     "test_nchf.py::test_tls_with_alpn_h2",
@@ -50,6 +51,7 @@ SLOW = {
     "test_cdr.py::test_cdr_sink_survives_killed_exporters",
     "test_cdr.py::test_chf_serve_writes_the_cdrs_of_nchf_sessions",
     "test_cdr.py::test_generic_types_agree_with_pycrates_compile_of_the_full_specification",
+    "test_cli.py::test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on",
     "test_crash.py::test_acknowledged_operations_survive_sigkill",
     "test_export.py::test_file_sink_survives_a_killed_exporter_and_restarts",
     "test_export.py::test_nats_sink_survives_a_killed_broker",

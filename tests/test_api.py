@@ -12,9 +12,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import msgspec
@@ -36,6 +38,7 @@ from store.schema import LINE_STATES, PAYMENT_TYPES
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "conf" / "catalogue.toml"
 TOKEN = "test-token-0123456789abcdef"
+PARIS = ZoneInfo("Europe/Paris")
 
 
 class Api:
@@ -727,3 +730,147 @@ def _explore(operation: Any, base_url: str, session: Any, checks: list[Any], sta
 
 def api_routes() -> list[tuple[str, str]]:
     return [(m, p) for p, ops in OPENAPI["paths"].items() for m in ops]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Money and the line lifecycle (issue 11, items 3 and 4)
+# ----------------------------------------------------------------------------------------------------------------------
+class Clock:
+    """The service's injected clock: it moves only when the test moves it."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return float(self.now)
+
+
+@pytest.fixture
+async def clocked(tmp_path: Path) -> AsyncIterator[tuple[Api, Clock]]:
+    """An API whose service runs its sweeper on an injected clock (4 March 2026, noon in Paris)."""
+    clock = Clock(int(datetime(2026, 3, 4, 12, tzinfo=PARIS).timestamp()))
+    store = Store(tmp_path / "chf.lmdb")
+    service = ChargingService(
+        store, load_catalogue(CATALOGUE), catalogue_path=str(CATALOGUE), clock=clock, sweep_interval=0.01
+    )
+    await service.start()
+    server = ApiServer(service, ApiConfig(port=0, tokens={"crm": TOKEN}))
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        yield Api(server, http, service), clock
+    await server.stop()
+    await service.stop()
+    store.close()
+
+
+async def add_line(api: Api, account: str, imsi: str, plan: str | None, state: str = "active") -> int:
+    body: dict[str, Any] = {"account": account, "imsi": imsi, "state": state}
+    if plan is not None:
+        body["plan"] = plan
+    status, line, _ = await api.call("POST", "/v1/lines", body)
+    assert status == 201, line
+    return int(line["id"])
+
+
+async def set_state(api: Api, line: int, state: str) -> None:
+    status, answer, _ = await api.call("POST", f"/v1/lines/{line}/state", {"state": state, "reason": "audit"})
+    assert status == 200 and answer["state"] == state, answer
+
+
+async def fees_of(api: Api, line: int) -> list[int]:
+    """The line's period fees as the API shows its events: the money each renewal took from the wallet."""
+    status, page, _ = await api.call("GET", f"/v1/lines/{line}/events?limit=1000")
+    assert status == 200
+    return [
+        -sum(i["delta"] for i in e["impacts"] if i["balance"].endswith(":wallet"))
+        for e in page["events"]
+        if e["kind"] == "renewal"
+    ]
+
+
+async def swept(api: Api, until: Callable[[], Awaitable[bool]]) -> None:
+    """Wait for the service's sweeper to bring the store up to date with the clock, then for one pass more."""
+    for _ in range(500):
+        if await until():
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the sweeper did not renew the active line")
+    passes = api.service.sweeps
+    while api.service.sweeps < passes + 2:
+        await asyncio.sleep(0.02)
+
+
+async def test_fees_follow_the_line_state_when_the_clock_moves_on(clocked: tuple[Api, Clock]) -> None:
+    """The audit's path: lines on a monthly plan, then the clock moves on four months and the sweeper renews every
+    line. The terminated and the provisioned line pay nothing; the suspended ones pay what their plan says
+    (prepaid-s: the full fee; postpaid-l: its suspended fee of 4.99)."""
+    api, clock = clocked
+    assert (await api.call("POST", "/v1/tenants", {"id": "mvno", "name": "MVNO", "currency": "EUR"}))[0] == 201
+    body = {"id": "shop", "tenant": "mvno", "payment": "prepaid", "balance": 200_000_000}
+    assert (await api.call("POST", "/v1/accounts", body))[0] == 201
+    body = {"id": "corp", "tenant": "mvno", "payment": "postpaid", "credit_limit": 500_000_000}
+    assert (await api.call("POST", "/v1/accounts", body))[0] == 201
+    terminated = await add_line(api, "shop", "001010000000201", "prepaid-s")
+    suspended = await add_line(api, "shop", "001010000000202", "prepaid-s")
+    provisioned = await add_line(api, "shop", "001010000000203", "prepaid-s", state="provisioned")
+    active = await add_line(api, "shop", "001010000000204", "prepaid-s")
+    kept = await add_line(api, "corp", "001010000000205", "postpaid-l")
+    clock.now += 3600
+    await set_state(api, terminated, "terminated")
+    await set_state(api, suspended, "suspended")
+    await set_state(api, kept, "suspended")
+
+    clock.now = int(datetime(2026, 7, 15, 12, tzinfo=PARIS).timestamp())  # 1 April, May, June, July: 4 periods
+
+    async def renewed() -> bool:
+        return len(await fees_of(api, active)) == 5
+
+    await swept(api, renewed)
+    # prepaid-s: 4.99 for the first three periods, then 9.99.
+    assert await fees_of(api, active) == [4_990_000] * 3 + [9_990_000] * 2
+    assert await fees_of(api, suspended) == [4_990_000] * 3 + [9_990_000] * 2
+    assert await fees_of(api, terminated) == [4_990_000]  # the period it was terminated in, paid while active
+    assert await fees_of(api, provisioned) == []
+    assert await fees_of(api, kept) == [24_990_000] + [4_990_000] * 4
+    status, shop, _ = await api.call("GET", "/v1/accounts/shop")
+    assert status == 200 and shop["balance"] == 200_000_000 - 3 * 4_990_000 - 2 * (2 * 4_990_000 + 2 * 9_990_000)
+    status, corp, _ = await api.call("GET", "/v1/accounts/corp")
+    assert corp["balance"] == -(24_990_000 + 4 * 4_990_000)
+    status, bal, _ = await api.call("GET", f"/v1/lines/{kept}/balances")
+    assert status == 200 and bal["buckets"] == []  # suspended on postpaid-l: no bundle while suspended
+    status, gone, _ = await api.call("GET", f"/v1/lines/{terminated}")
+    assert gone["period"] is None  # its periods stopped
+    before = api.snapshot()
+    status, data, resp = await api.call("PUT", f"/v1/lines/{terminated}/plan", {"plan": "payg"})
+    assert_problem(status, data, resp, 409, "line")
+    assert api.snapshot() == before
+
+
+async def test_flexible_pool_follows_its_lines_through_the_api(api: Api) -> None:
+    """The audit: suspending and re-activating a line of the acme-trackers pool (iot-flex-50m, 50 MB per active
+    line) three times took it to 250 MB with 2 active lines."""
+    assert (await api.call("POST", "/v1/tenants", {"id": "demo", "name": "Demo", "currency": "EUR"}))[0] == 201
+    body = {
+        "id": "acme-trackers",
+        "tenant": "demo",
+        "payment": "postpaid",
+        "credit_limit": 500_000_000,
+        "plan": "iot-flex-50m",
+    }
+    assert (await api.call("POST", "/v1/accounts", body))[0] == 201
+    tracker = await add_line(api, "acme-trackers", "208019000000201", "iot-flex-50m")
+    await add_line(api, "acme-trackers", "208019000000202", "iot-flex-50m")
+    for _ in range(3):
+        await set_state(api, tracker, "suspended")
+        await set_state(api, tracker, "active")
+    status, bal, _ = await api.call("GET", "/v1/accounts/acme-trackers/balances")
+    (pool,) = [b for b in bal["buckets"] if b["kind"] == "pool"]
+    assert (pool["initial"], pool["remaining"]) == (100_000_000, 100_000_000)
+    status, account, _ = await api.call("GET", "/v1/accounts/acme-trackers")
+    assert status == 200 and account["active_lines"] == 2
+    status, page, _ = await api.call("GET", f"/v1/lines/{tracker}/events?limit=1000")
+    assert status == 200
+    resized = [e for e in page["events"] if e["kind"] == "pool_resize"]
+    # The line's own: added (+50 MB), then three times suspended and re-activated.
+    assert [e["impacts"][0]["delta"] for e in resized] == [50_000_000] + [-50_000_000, 50_000_000] * 3

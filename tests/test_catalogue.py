@@ -14,8 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from chf.core.catalogue import UNLIMITED, Catalogue, CatalogueError, Tariff, Tier
-from chf.core.catalogue_loader import load_catalogue, parse_catalogue
-from chf.core.periods import first_period_start, parse_period, period_end
+from chf.core.catalogue_loader import check_replacement, load_catalogue, parse_catalogue
+from chf.core.periods import first_period_start, parse_period, period_end, prorate
 
 DEMO = Path(__file__).resolve().parent.parent / "conf" / "catalogue.toml"
 PARIS = ZoneInfo("Europe/Paris")
@@ -106,7 +106,11 @@ def test_demo_catalogue_semantics() -> None:
     assert [a.name for a in p.allowances_for(20)] == ["voice"]
     assert p.allowances_for(99) == ()
 
+    assert (p.suspended_fee, p.prorate) == (None, False)  # suspended: the full fee; no proration
+
     pl = c.plan("postpaid-l")
+    assert pl.suspended_fee == 4_990_000
+    assert (c.plan("hybrid-m").suspended_fee, c.plan("hybrid-m").prorate) == (0, True)
     assert pl.tariff_for(12345) is c.tariffs["data-payg"]
     assert [a.name for a in pl.allowances_for(12345)] == ["data"]
     assert [a.name for a in pl.allowances_for(20)] == ["voice"]
@@ -340,7 +344,19 @@ overage = "redirect"
             "plan 'p': pool_unit: no tariff of this plan rates 'events'",
         ),
         ("roaming = 0", "plan 'p': roaming: must be true or false, got 0"),
+        ('currency = "usd"', "plan 'p': currency: must be an ISO 4217 code of 3 upper-case letters, got 'usd'"),
+        ("currency = 840", "plan 'p': currency: must be a string, got 840"),
         ('period = "0d"', "plan 'p': period: must be"),
+        (
+            'suspended_fee = "half"',
+            "plan 'p': suspended_fee: must be 'full', 'none' or a reduced fee in micro-units (an integer >= 0), "
+            "got 'half'",
+        ),
+        ("suspended_fee = 0.5", "plan 'p': suspended_fee: must be 'full', 'none' or a reduced fee"),
+        ("suspended_fee = -1", "plan 'p': suspended_fee: must be 'full', 'none' or a reduced fee"),
+        ("fee = 1000\nsuspended_fee = 1001", "plan 'p': suspended_fee: a reduced fee must not exceed the plan's fee"),
+        ('prorate = "yes"', "plan 'p': prorate: must be true or false, got 'yes'"),
+        ("prorat = true", "plan 'p': prorat: unknown key (did you mean 'prorate'?)"),
     ],
 )
 def test_plan_field_errors(plan_extra: str, expected: str) -> None:
@@ -348,6 +364,26 @@ def test_plan_field_errors(plan_extra: str, expected: str) -> None:
     errs = errors_of(text)
     assert len(errs) == 1, errs
     assert errs[0].startswith("catalogue.toml: " + expected), errs
+
+
+def test_a_plan_is_priced_in_its_currency_else_the_catalogues() -> None:
+    c = cat(PLAN + '\n[plans.u]\npayment = "prepaid"\ncurrency = "USD"\n[plans.u.rating]\ndefault = "data"\n')
+    assert (c.plans["p"].currency, c.plans["u"].currency) == ("EUR", "USD")
+    assert c.plan_in("u", "USD") is c.plans["u"]
+    assert c.plan_in("u", "EUR") is None and c.plan_in("p", "USD") is None and c.plan_in(None, "EUR") is None
+    assert {p.currency for p in load_catalogue(DEMO).plans.values()} == {"EUR"}
+
+
+def test_a_reload_keeps_each_plans_currency() -> None:
+    running = cat()
+    check_replacement(running, cat(PLAN.replace('payment = "prepaid"', 'payment = "prepaid"\ncurrency = "EUR"')))
+    check_replacement(running, cat(PLAN.replace("[plans.p", "[plans.q")))  # another plan: any currency
+    with pytest.raises(CatalogueError) as exc:
+        check_replacement(running, cat(PLAN.replace('payment = "prepaid"', 'payment = "prepaid"\ncurrency = "GBP"')))
+    assert exc.value.errors == [
+        "catalogue.toml: plan 'p': currency: was EUR, now GBP; a plan keeps its currency (give a plan in another "
+        "currency another name)"
+    ]
 
 
 def test_allowance_cross_checks() -> None:
@@ -725,3 +761,41 @@ def test_period_end_after_arbitrary_start(start: int, tzname: str, cycle_day: in
 
 def _month_len(year: int, month: int) -> int:
     return calendar.monthrange(year, month)[1]
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "at", "expected"),
+    [
+        ("month", ts(2026, 3, 1), ts(2026, 3, 28, 10), 31_000_000 * 4 // 31),  # 28, 29, 30, 31 March
+        ("month", ts(2026, 3, 1), ts(2026, 3, 1), 31_000_000),  # at the boundary: the whole fee
+        ("month", ts(2026, 3, 1), ts(2026, 3, 31, 23), 31_000_000 // 31),  # the last day
+        ("month", ts(2026, 2, 1), ts(2026, 2, 15), 31_000_000 * 14 // 28),
+        ("30d", ts(2026, 3, 1, 14), ts(2026, 3, 11, 15), 31_000_000 * 20 // 30),
+    ],
+)
+def test_prorate_by_local_days_left(period: str, start: int, at: int, expected: int) -> None:
+    end = period_end(period, start, 1, PARIS)
+    assert prorate(31_000_000, period, at, end, 1, PARIS) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now=st.integers(ts(2000, 1, 1, tz=ZoneInfo("UTC")), ts(2040, 1, 1, tz=ZoneInfo("UTC"))),
+    tzname=st.sampled_from(ZONES),
+    cycle_day=st.integers(1, 31),
+    period=st.sampled_from(["month", "day", "week", "30d"]),
+    amount=st.integers(0, 10**12),
+    later=st.integers(0, 40 * 86400),
+)
+def test_prorate_never_exceeds_and_never_rises(
+    now: int, tzname: str, cycle_day: int, period: str, amount: int, later: int
+) -> None:
+    """A whole period costs its amount; a part of it costs at most that, less the later it starts."""
+    tz = ZoneInfo(tzname)
+    s = first_period_start(period, now, cycle_day, tz)
+    e = period_end(period, s, cycle_day, tz)
+    assert prorate(amount, period, s, e, cycle_day, tz) == amount
+    first = prorate(amount, period, now, e, cycle_day, tz)
+    second = prorate(amount, period, min(now + later, e - 1), e, cycle_day, tz)
+    assert 0 <= second <= first <= amount
+    assert type(first) is int

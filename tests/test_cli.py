@@ -8,6 +8,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import lmdb
 import pytest
 
 from chf.core.model import RequestError
+from chf.core.periods import period_end
+from tests.support import require_tool
 from tools.cli import main
 from tools.cli_format import money, parse_money
 
@@ -442,6 +446,10 @@ def test_catalogue_check_and_show(chf: Any, home: Path) -> None:
     detail = r.json()
     assert detail["fee"] == 9_990_000 and {a["name"] for a in detail["allowances"]} >= {"data", "voice", "sms"}
     assert chf("catalogue", "show", "iot-flex-50m").status == 0
+    shown = chf("catalogue", "show", "postpaid-l").out
+    assert "4.99 EUR per period, allowances held back" in shown and "prorated:" in shown
+    detail = chf("--json", "catalogue", "show", "hybrid-m").json()
+    assert (detail["suspended_fee"], detail["prorate"]) == (0, True)
     r = chf("catalogue", "show", "nope")
     assert r.status == 1 and "plan" in r.err
 
@@ -608,3 +616,115 @@ def test_import_stops_cleanly_when_the_store_is_full(demo: Any, home: Path) -> N
     assert 0 < summary["imported"] < 40_000 and summary["imported"] % 2000 == 0  # whole batches only
     shown = demo("--json", "account", "show", "mig-0", "--lines", "0").json()
     assert shown["line_count"] == summary["imported"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# money and the line lifecycle (issue 11, items 3 and 4)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_flexible_pool_follows_set_state(demo: Any, home: Path) -> None:
+    """The audit: suspending and re-activating a line of the acme-trackers pool three times took it to 250 MB with
+    2 active lines. Its size is derived from its active lines at every change."""
+    for _ in range(3):
+        for state in ("suspended", "active"):
+            r = demo("subscriber", "set-state", "208019000000201", state, "--reason", "audit")
+            assert r.status == 0, r.err
+    shown = demo("--json", "account", "show", "acme-trackers").json()
+    (pool,) = [b for b in shown["shared_buckets"] if b["kind"] == "pool"]
+    assert (pool["initial"], pool["remaining"], shown["active_lines"]) == (100_000_000, 100_000_000, 2)
+    demo("subscriber", "set-state", "208019000000202", "terminated", "--reason", "scrapped")
+    shown = demo("--json", "account", "show", "acme-trackers").json()
+    (pool,) = [b for b in shown["shared_buckets"] if b["kind"] == "pool"]
+    assert (pool["initial"], shown["active_lines"]) == (50_000_000, 1)
+    resized = [json.loads(x) for x in demo("--json", "events", "tail", "--kind", "pool_resize").out.splitlines()]
+    assert [e["impacts"][0]["delta"] for e in resized][-7:] == [-50_000_000, 50_000_000] * 3 + [-50_000_000]
+
+
+def _months_ended(start: int, end: int) -> int:
+    """How many monthly renewal dates (cycle day 1, the demo catalogue's time zone) fall in (start, end]."""
+    tz = ZoneInfo("Europe/Paris")
+    count, boundary = 0, period_end("month", start, 1, tz)
+    while boundary <= end:
+        count += 1
+        boundary = period_end("month", boundary, 1, tz)
+    return count
+
+
+def _stop_group(leader: subprocess.Popen[str], pid_file: Path) -> None:
+    """Stop a process group started with start_new_session (a wrapper and the chf serve it started): SIGTERM,
+    then wait for chf serve to remove its pid file on its way out; SIGKILL if it does not within 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        if pid_file.exists():
+            os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait(timeout=20)
+
+
+def test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on(chf: Any, home: Path) -> None:
+    """The audit's path: three lines (terminated, suspended, provisioned) on a monthly plan, then `chf serve` with
+    the clock 125 days on (faketime): its sweeper renews every line. The terminated and the provisioned line pay
+    nothing; the suspended one pays its plan's suspended fee (postpaid-l: 4.99 a month)."""
+    faketime = require_tool("faketime")
+    assert chf("init").status == 0
+    assert chf("tenant", "create", "mvno", "--currency", "EUR").status == 0
+    r = chf("account", "create", "corp", "--tenant", "mvno", "--payment", "postpaid", "--credit-limit", "500")
+    assert r.status == 0, r.err
+    lines = {}
+    states = {"terminated": "active", "suspended": "active", "provisioned": "provisioned", "active": "active"}
+    for n, (name, state) in enumerate(states.items()):
+        imsi = f"00101000000030{n}"
+        r = chf("subscriber", "add", "--account", "corp", "--imsi", imsi, "--plan", "postpaid-l", "--state", state)
+        assert r.status == 0, r.err
+        lines[name] = imsi
+    assert chf("subscriber", "set-state", lines["terminated"], "terminated", "--reason", "churn").status == 0
+    assert chf("subscriber", "set-state", lines["suspended"], "suspended", "--reason", "unpaid").status == 0
+    started = int(time.time())
+    months = _months_ended(started, started + 125 * 86400)
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "tools.cli", "--config", "chf.toml"]
+    later = [faketime, "-f", "+125d", *cli, "serve"]
+    # Its own process group: faketime runs chf serve as its child, and both must go at the end.
+    server = subprocess.Popen(later, cwd=home, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log: list[str] = []
+    try:
+        _wait_for(server, log, r"event=ready")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            period = chf("--json", "subscriber", "show", lines["active"]).json()["period"]
+            if period["index"] == months:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the sweeper did not renew the active line {months} times; log:\n{''.join(log)}")
+        time.sleep(1.0)  # the sweeper's pass over four lines ends well within this
+    finally:
+        _stop_group(server, home / "var" / "chf.pid")
+
+    def fees(imsi: str) -> list[int]:
+        out = chf("--json", "events", "tail", "--line", imsi, "--kind", "renewal", "-n", "100").out
+        renewals = [json.loads(x) for x in out.splitlines()]
+        return [-sum(i["delta"] for i in e["impacts"] if i["balance"].endswith(":wallet")) for e in renewals]
+
+    assert fees(lines["active"]) == [24_990_000] * (1 + months)
+    assert fees(lines["suspended"]) == [24_990_000] + [4_990_000] * months
+    assert fees(lines["terminated"]) == [24_990_000]  # its first period, paid while active; nothing since
+    assert fees(lines["provisioned"]) == []
+    shown = chf("--json", "account", "show", "corp").json()
+    assert shown["balance"] == -(3 * 24_990_000 + months * (24_990_000 + 4_990_000))
+    assert chf("--json", "subscriber", "show", lines["terminated"]).json()["period"] is None
+
+
+def test_a_terminated_line_cannot_change_plan_and_a_provisioned_one_pays_from_activation(demo: Any, home: Path) -> None:
+    # 208019000000005: alice's SIM in stock (provisioned, plan payg). Its plan can change; nothing is charged.
+    wallet = demo("--json", "account", "show", "alice").json()["balance"]
+    r = demo("--json", "subscriber", "set-plan", "208019000000005", "prepaid-s", "--reason", "upsell")
+    assert r.status == 0 and r.json()["plan"] == "prepaid-s"
+    shown = demo("--json", "subscriber", "show", "208019000000005").json()
+    assert shown["period"] is None and shown["buckets"] == []
+    assert demo("--json", "account", "show", "alice").json()["balance"] == wallet
+    demo("subscriber", "set-state", "208019000000005", "terminated", "--reason", "never sold")
+    refused(demo, home, ["subscriber", "set-plan", "208019000000005", "payg"], "line", status=1)

@@ -49,10 +49,22 @@ def independent(raw: bytes) -> dict[str, Any]:
         "requested": {},  # rating group -> CC-Total-Octets of its RSU
         "money": 0,
     }
+    _identities(top, info)
+    _services(top, info)
+    for usu in (a for a in top if a.code == 446):
+        for digits in _walk(usu.value, 447):
+            info["money"] += digits.value * 1_000_000  # the Comverse capture sends whole units, no Exponent
+    return info
+
+
+def _identities(top: list[Any], info: dict[str, Any]) -> None:
     for sid in (a for a in top if a.code == 443):
         kind = next(c.value for c in sid.value if c.code == 450)
         data = next(c.value for c in sid.value if c.code == 444)
         info["imsi" if kind == 1 else "msisdn"] = data
+
+
+def _services(top: list[Any], info: dict[str, Any]) -> None:
     for mscc in (a for a in top if a.code == 456):
         rg = next((c.value for c in mscc.value if c.code == 432), -1)
         for rsu in (c for c in mscc.value if c.code == 437):
@@ -60,10 +72,6 @@ def independent(raw: bytes) -> dict[str, Any]:
         for usu in (c for c in mscc.value if c.code == 446):
             total = next((c.value for c in usu.value if c.code == 421), 0)
             info["used"].append((rg, total))
-    for usu in (a for a in top if a.code == 446):
-        for digits in _walk(usu.value, 447):
-            info["money"] += digits.value * 1_000_000  # the Comverse capture sends whole units, no Exponent
-    return info
 
 
 def gy_requests(name: str) -> list[bytes]:
@@ -200,7 +208,7 @@ async def test_comverse_monetary_units(tmp_path: Path) -> None:
             provision(
                 imsi="404100000000001",
                 msisdn=infos[0]["msisdn"],
-                plan="wallet",
+                plan="wallet-inr",
                 balance=10_000_000,
                 currency="INR",
                 tenant="in",

@@ -13,7 +13,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chf.core import provisioning
+from gy import grammar
 from tests.gy_support import REPO, provision, running_server
 from tests.support import require_tool, unavailable
 
@@ -49,21 +52,28 @@ def _build(out: Path) -> None:
         ["diameterc", "-o", str(out), "-i", str(out), str(ERLANG_DIR / "gy_test.dia")],
         ["erlc", "-o", str(out), str(out / "gy_test.erl")],
         ["erlc", "-o", str(out), str(ERLANG_DIR / "gy_interop.erl")],
+        ["erlc", "-o", str(out), str(ERLANG_DIR / "gy_grammar_dump.erl")],
     ]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=120, cwd=out)
         assert done.returncode == 0, f"{' '.join(step)}: {done.stdout}{done.stderr}"
 
 
+@pytest.fixture(scope="module")
+def otp_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dictionaries and modules of tests/erlang/, compiled once for the tests of this file."""
+    _tools_or_skip()
+    build = tmp_path_factory.mktemp("erl")
+    _build(build)
+    return build
+
+
 def _fields(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
-async def test_otp_diameter_peer(tmp_path: Path) -> None:
-    _tools_or_skip()
-    build = tmp_path / "erl"
-    build.mkdir()
-    await asyncio.to_thread(_build, build)
+async def test_otp_diameter_peer(tmp_path: Path, otp_build: Path) -> None:
+    build = otp_build
     async with running_server(tmp_path, gy="allow_unknown_peers = true\ntw = 3.0") as srv:
         await srv.op(provision(imsi=IMSI, balance=15_000))
         peer = await asyncio.create_subprocess_exec(
@@ -144,3 +154,42 @@ async def test_otp_diameter_peer(tmp_path: Path) -> None:
             await asyncio.sleep(0.1)
         assert not srv.gy.connections and not srv.gy.by_host
         assert srv.gy.pending_signals == {}  # the RAA and ASA were matched to our RAR and ASR
+
+
+def test_the_grammar_table_is_otp_s(otp_build: Path) -> None:
+    """gy/grammar.py against OTP's compiled dictionaries: the RFC 6733 base messages (CER/CEA, DWR/DWA, DPR/DPA,
+    answer-message) as OTP ships them, the credit-control ones as tests/erlang/gy_test.dia compiles, and the M bit
+    of every IETF AVP of FLAG_RULES as OTP's base, rfc4006_cc and rfc4005_nas dictionaries set it."""
+    ietf = [name for name in grammar.FLAG_RULES if not grammar.avp(name).vendor]
+    out = subprocess.run(
+        ["erl", "-noshell", "-pa", str(otp_build), "-run", "gy_grammar_dump", "main", *ietf],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    messages = {**grammar.MESSAGES, "answer-message": grammar.ERROR_ANSWER}
+    seen = set()
+    for line in out.splitlines():
+        kind, name, *rest = line.split()
+        if kind == "msg":
+            cmd = messages[name]
+            seen.add(name)
+            code, flags, app = (int(x) for x in rest[:3])
+            error = 0x20 if cmd is grammar.ERROR_ANSWER else 0
+            assert (code, flags, app) == (cmd.code, 0x80 * cmd.request | 0x40 * cmd.proxiable | error, cmd.app), name
+            theirs = {}
+            for rule in rest[3:]:
+                avp, _, arity = rule.partition("=")
+                low, _, high = arity.partition(":")
+                theirs[avp] = (int(low), grammar.MANY if high == "*" else int(high))
+            ours = {r.name: (r.min, r.max) for r in cmd.rules if r.name == grammar.ANY or not r.definition.vendor}
+            assert theirs == ours, name
+        else:
+            assert rest != ["none"], f"{name}: in no OTP dictionary"
+            code, flags = int(rest[0]), int(rest[1])
+            assert code == grammar.avp(name).code, name
+            rule = grammar.FLAG_RULES[name]
+            # OTP encodes an AVP whose M bit is MAY without it, as we do
+            assert bool(flags & 0x40) == (rule == grammar.M), f"{name}: OTP flags {flags}, our rule {rule}"
+    assert seen == set(messages)

@@ -22,7 +22,9 @@ from chf.core.model import (
     FinalUnit,
     UnitAnswer,
 )
-from gy.ccapp import AnswerEncoder, _Fallback, _parse_ccr_fast, parse_ccr, parse_ccr_reference
+from gy.cca import AnswerEncoder
+from gy.ccr_fast import _Fallback, _parse_ccr_fast, parse_ccr
+from gy.ccr_reference import parse_ccr_reference
 from gy.client import Mscc, ccr_avps
 from gy.codec import FLAG_PROXIABLE, FLAG_REQUEST, DecodeError, E, decode_header, encode_message
 from gy.peer import LocalIdentity, PeerConnection, PeerPolicy
@@ -216,7 +218,7 @@ def test_cached_layouts_check_values_like_the_reference(monkeypatch: pytest.Monk
     """A CCR whose AVP headers are those of one walked before takes the cached layout without a walk; its values
     (Session-Id, CC-Request-Type, Subscription-Id-Type, Tariff-Change-Usage, UTF-8, ...) are still checked like
     the reference checks them. Mutants here change data bytes only, never a header."""
-    import gy.ccapp as ccapp
+    import gy.ccr_fast as ccr_fast
 
     bases = []
     for raw in _valid_ccrs():
@@ -225,12 +227,12 @@ def test_cached_layouts_check_values_like_the_reference(monkeypatch: pytest.Monk
         except _Fallback:
             continue  # the money CCR: never cached
         bases.append(raw)
-    assert all(any(layout.check(raw) == layout.headers for layout in ccapp._LAYOUTS[len(raw)]) for raw in bases)
+    assert all(any(layout.check(raw) == layout.headers for layout in ccr_fast._LAYOUTS[len(raw)]) for raw in bases)
 
     def no_walk(buf: bytes) -> None:
         raise AssertionError("walked a CCR whose headers were cached")
 
-    monkeypatch.setattr(ccapp, "_walk", no_walk)
+    monkeypatch.setattr(ccr_fast, "_walk", no_walk)
     rng = random.Random(7)
     taken = refused = 0
     for _ in range(3000):

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chf.core.model import ChargingAnswer, FinalUnit, UnitAnswer
-from gy.ccapp import AnswerEncoder, parse_ccr
+from gy.cca import AnswerEncoder
+from gy.ccr_fast import parse_ccr
 from gy.client import Mscc, ccr_avps
 from gy.codec import E, decode_header, encode_message, find, find_all
 from tests.gy_support import provision, running_server
@@ -65,16 +66,7 @@ def test_ours_encode_python_diameter_decodes(
     got = [a for a in top if a.code == 456]
     assert len(got) == len(mscc)
     for ours, their in zip(mscc, got, strict=True):
-        rg = [a.value for a in their.value if a.code == 432]
-        assert rg == ([] if ours.rating_group is None else [ours.rating_group])
-        usus = [a for a in their.value if a.code == 446]
-        assert len(usus) == len(ours.used)
-        for used, usu in zip(ours.used, usus, strict=True):
-            by_code = {a.code: a.value for a in usu.value}
-            if "bytes" in used:
-                assert by_code[421] == used["bytes"]
-            if "seconds" in used:
-                assert by_code[420] == used["seconds"]
+        _same_mscc(ours, their)
     # and our decoder reads back what we wrote
     ccr = parse_ccr(decode_header(raw))
     assert ccr.session_id == session and ccr.request.number == number
@@ -86,6 +78,20 @@ def test_ours_encode_python_diameter_decodes(
             for key in ("seconds", "events", "money"):
                 if key in used:
                     assert report.units[key] == used[key]
+
+
+def _same_mscc(ours: Mscc, their: PdAvp) -> None:
+    """python-diameter's reading of one Multiple-Services-Credit-Control we encoded."""
+    rg = [a.value for a in their.value if a.code == 432]
+    assert rg == ([] if ours.rating_group is None else [ours.rating_group])
+    usus = [a for a in their.value if a.code == 446]
+    assert len(usus) == len(ours.used)
+    for used, usu in zip(ours.used, usus, strict=True):
+        by_code = {a.code: a.value for a in usu.value}
+        if "bytes" in used:
+            assert by_code[421] == used["bytes"]
+        if "seconds" in used:
+            assert by_code[420] == used["seconds"]
 
 
 def _pd(code: int, value: object, vendor: int = 0) -> PdAvp:
@@ -131,7 +137,7 @@ def test_python_diameter_encodes_ours_decodes(
     assert unit.rating_group == rg and unit.requested == {}
     (report,) = unit.used
     assert report.units == {"bytes": total, "seconds": seconds}
-    from gy.ccapp import REPORTING_REASONS
+    from gy.ccr import REPORTING_REASONS
 
     assert report.reason == REPORTING_REASONS[reason]
 

@@ -84,6 +84,7 @@ SUB_DATABASES = (
     b"idx_msisdn",
     b"idx_iccid",
     b"account_lines",
+    b"account_active",
     b"balances",
     b"sessions",
     b"idem",
@@ -144,7 +145,7 @@ def test_bulk_import_writes_exactly_what_add_line_writes(tmp_path: Path, batch: 
         assert [outcome(r) for r in got] == [outcome(r) for r in expected]
         assert sum(isinstance(r, RequestError) for r in got) == 7
 
-        # Most lines came from templates; the pool's active lines and the unpaid fees went through the engine.
+        # Most lines came from templates; the unpaid fees went through the engine.
         assert templates.rendered > len(rows) // 2
         lines = len(rows) - 7
         assert templates.rendered < lines
@@ -160,9 +161,9 @@ def test_bulk_import_writes_exactly_what_add_line_writes(tmp_path: Path, batch: 
         single.close()
 
 
-def test_a_template_is_refused_when_the_engine_would_write_more(tmp_path: Path) -> None:
-    """An IoT pool that grows with each activated line changes the account's shared balance set: no template;
-    a provisioned line of the same account does not touch the pool: template."""
+def test_a_pool_is_derived_after_each_templated_line(tmp_path: Path) -> None:
+    """A line does not write its account's IoT pool: the pool is derived from the account's active lines after
+    each row (chf.core.renewals.resize_pool), so active lines of a flexible pool render from a template too."""
     world = World(tmp_path / "w")
     try:
         provision(world)
@@ -177,12 +178,15 @@ def test_a_template_is_refused_when_the_engine_would_write_more(tmp_path: Path) 
             )
             return templates.rendered > before
 
-        assert not templated("active")
+        assert templated("active")
         assert templated("provisioned")
         # A fee, a wallet balance after it, buckets, a bonus: all rendered from the template.
         assert templated("active", "rich", "promo") and templated("active", "rich", "promo")
         pool = [b for b in world.account_buckets("flex") if b.kind == "pool"]
-        assert [b.remaining for b in pool] == [1000]  # one active line: grown once, by the engine
+        assert [b.remaining for b in pool] == [1000]  # one active line (the provisioned one does not count)
+        assert templated("active")
+        pool = [b for b in world.account_buckets("flex") if b.kind == "pool"]
+        assert [b.remaining for b in pool] == [2000] and world.acct("flex").active_lines == 2
     finally:
         world.close()
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -431,3 +432,100 @@ def test_lmdb_store_instance_has_the_interface_attributes(tmp_path: Path) -> Non
     assert isinstance(store.store_id, str) and store.store_id
     assert store.on_commit == []
     store.close()
+
+
+def test_the_active_lines_of_an_account_follow_the_line_records(tmp_path: Path) -> None:
+    """`active_line_count` counts the account's active lines from the line records as they are written (a line
+    added, its state changed, moved to another account), and a store written before the index existed gets it
+    built from its lines when it is opened."""
+
+    def line(line_id: int, account: str, state: str) -> Subscriber:
+        return Subscriber(line_id, "t", account, f"00101000000{line_id:04d}", None, None, None, state, 0, None, 0)
+
+    def counts(store: Store) -> tuple[int, int]:
+        with store.read() as txn:
+            return txn.active_line_count("a"), txn.active_line_count("b")
+
+    store = Store(tmp_path / "db")
+
+    def setup(txn: Txn) -> None:
+        txn.put_subscriber(line(1, "a", "active"))
+        txn.put_subscriber(line(2, "a", "provisioned"))
+        txn.put_new_subscriber(line(3, "a", "active"))
+        txn.put_new_subscriber(line(4, "b", "suspended"))
+
+    store.write(setup)
+    assert counts(store) == (2, 0)
+
+    def change(line_id: int, **fields: Any) -> None:
+        def op(txn: Txn) -> None:
+            previous = txn.get_subscriber(line_id)
+            assert previous is not None
+            sub = Subscriber.decode(previous.encode())
+            for name, value in fields.items():
+                setattr(sub, name, value)
+            txn.put_subscriber(sub, previous)
+
+        store.write(op)
+
+    change(2, state="active")
+    assert counts(store) == (3, 0)
+    change(1, state="suspended")
+    change(1, state="suspended")  # written again unchanged: counted once
+    assert counts(store) == (2, 0)
+    change(3, account="b")
+    change(4, state="active")
+    assert counts(store) == (1, 2)
+    change(4, state="terminated")
+    assert counts(store) == (1, 1)
+    store.close()
+
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=32)  # as a store written before the index: without it
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"account_active", txn=txn), delete=True)
+    env.close()
+    again = Store(tmp_path / "db")
+    assert counts(again) == (1, 1)
+    again.close()
+
+
+def test_a_released_identity_leaves_its_index_and_stays_in_history(tmp_path: Path) -> None:
+    def line(line_id: int, msisdn: str) -> Subscriber:
+        return Subscriber(line_id, "t", "a", f"00101000000000{line_id}", msisdn, None, None, "active", 0, None, 0)
+
+    store = Store(tmp_path / "db")
+    store.write(lambda txn: txn.put_subscriber(line(1, "33600000001")))
+    store.write(lambda txn: txn.release_identity("msisdn", "33600000001", 1, 100))
+    with store.read() as txn:
+        assert txn.subscriber_id_by("msisdn", "33600000001") is None
+        assert txn.subscriber_id_by("imsi", "001010000000001") == 1  # only the identity released
+        assert txn.released_identity("msisdn", "33600000001") == [(1, 100)]
+        assert txn.released_identity("msisdn", "3360000000") == [] and txn.released_identity("imsi", "x") == []
+    store.write(lambda txn: txn.put_subscriber(line(2, "33600000001")))
+    store.write(lambda txn: txn.release_identity("msisdn", "33600000001", 1, 200))  # a late repeat: no change
+    store.write(lambda txn: txn.put_new_subscriber(line(3, "33600000003")))
+    store.write(lambda txn: txn.release_identity("msisdn", "33600000003", 3, 150))
+    with store.read() as txn:
+        assert txn.subscriber_id_by("msisdn", "33600000001") == 2
+        assert txn.released_identity("msisdn", "33600000001") == [(1, 100)]
+        assert txn.released_identity("msisdn", "33600000003") == [(3, 150)]
+        sub = txn.get_subscriber(1)
+        assert sub is not None and sub.msisdn == "33600000001"  # the record keeps it: history
+    store.close()
+
+
+def test_a_store_written_before_the_released_index_opens(tmp_path: Path) -> None:
+    import lmdb
+
+    store = Store(tmp_path / "db")
+    store.write(lambda txn: _account(txn, "a1", 5))
+    store.close()
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=32)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"idx_released", txn=txn), delete=True)
+    env.close()
+    again = Store(tmp_path / "db")
+    with again.read() as txn:
+        assert txn.released_identity("msisdn", "33600000001") == []
+        assert txn.get_account("a1") is not None
+    again.close()

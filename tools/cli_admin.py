@@ -165,7 +165,7 @@ def cmd_account_show(env: Env) -> int:
         out = [account_text(view), f"lines:        {count}"]
         if view["period"] is not None:
             p = view["period"]
-            pending = " (fee unpaid: allowances held back)" if p["renewal_pending"] else ""
+            pending = " (allowances held back: fee unpaid or line suspended)" if p["renewal_pending"] else ""
             out.append(f"period:       {when(p['start'])} .. {when(p['end'])}{pending}")
         if view["shared_buckets"]:
             out += ["", "shared buckets:", buckets_text(view["shared_buckets"], account.currency)]
@@ -289,9 +289,10 @@ def line_text(view: dict[str, Any]) -> str:
             ]
         )
     ]
+    out += identity_history_text(view)
     period = view.get("period")
     if period:
-        pending = " (fee unpaid: allowances held back)" if period["renewal_pending"] else ""
+        pending = " (allowances held back: fee unpaid or line suspended)" if period["renewal_pending"] else ""
         out.append(f"period:    {period['plan']} #{period['index']} {when(period['start'])} .. {when(period['end'])}")
         out[-1] += pending
         if period["usage"]:
@@ -311,6 +312,19 @@ def line_text(view: dict[str, Any]) -> str:
             rows.append([s["key"], s["protocol"], when(s["updated"]), when(s["expires"]), held or "-"])
         out.append(table(rows, ["SESSION", "PROTOCOL", "UPDATED", "EXPIRES", "RESERVED"]))
     return "\n".join(out)
+
+
+def identity_history_text(view: dict[str, Any]) -> list[str]:
+    """The identities a terminated line gave up, and the lines that held this line's identities before it."""
+    out = []
+    released = view.get("released") or {}
+    if released:
+        gave_up = ", ".join(f"{kind} {view[kind]} on {when(at)}" for kind, at in released.items())
+        out.append(f"released:  {gave_up} (free for other lines)")
+    for former in view.get("former_holders") or ():
+        kind = former["kind"]
+        out.append(f"before:    {kind} {view[kind]} was line #{former['line']}'s until {when(former['until'])}")
+    return out
 
 
 def cmd_subscriber_add(env: Env) -> int:
@@ -342,6 +356,24 @@ def cmd_subscriber_show(env: Env) -> int:
         sub = provisioning.get_line(txn, env.args.ref)
         view = provisioning.line_view(txn, env.engine, sub, env.now())
     env.out(view, lambda: line_text(view))
+    return EXIT_OK
+
+
+def cmd_subscriber_find(env: Env) -> int:
+    with env.store.read() as txn:
+        found = provisioning.identity_lines(txn, env.args.identity)
+    rows = [
+        [
+            x["kind"],
+            f"#{x['line']}",
+            x["account"],
+            x["state"],
+            when(x["since"]),
+            when(x["until"]) if x["until"] else "now",
+        ]
+        for x in found
+    ]
+    env.out(found, lambda: table(rows, ["AS", "LINE", "ACCOUNT", "STATE", "FROM", "UNTIL"]))
     return EXIT_OK
 
 
@@ -394,29 +426,48 @@ def cmd_subscriber_set_plan(env: Env) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 # catalogue
 # ----------------------------------------------------------------------------------------------------------------------
-def plans_in_use(env: Env) -> dict[str, int]:
-    """Plans that accounts and lines of the store are on, with how many of each."""
-    used: dict[str, int] = {}
+def plans_in_use(env: Env) -> dict[str, dict[str, int]]:
+    """Plans that accounts and lines of the store are on: per plan, how many in each account currency."""
+    used: dict[str, dict[str, int]] = {}
+    currency_of: dict[str, str] = {}
+
+    def count(plan: str, currency: str) -> None:
+        per_currency = used.setdefault(plan, {})
+        per_currency[currency] = per_currency.get(currency, 0) + 1
+
     with env.store.read() as txn:
         for account in txn.accounts():
+            currency_of[account.id] = account.currency
             if account.plan:
-                used[account.plan] = used.get(account.plan, 0) + 1
+                count(account.plan, account.currency)
         for sub in txn.subscribers():
             if sub.plan:
-                used[sub.plan] = used.get(sub.plan, 0) + 1
+                count(sub.plan, currency_of.get(sub.account, "?"))
     return used
 
 
 def check_catalogue(env: Env, path: str) -> Catalogue:
-    """Validate a catalogue file; with --store also check that every plan in use is still in it."""
+    """Validate a catalogue file; with --store also check that every plan in use is still in it, priced in the
+    currency of the accounts on it (a plan in another currency would no longer rate them)."""
     catalogue = load_catalogue(path)
     if getattr(env.args, "store", False):
-        missing = {p: n for p, n in plans_in_use(env).items() if p not in catalogue.plans}
-        if missing:
-            source = os.path.basename(path)
-            raise CatalogueError(
-                [f"{source}: plan {p!r}: missing, but {n} account(s) or line(s) are on it" for p, n in missing.items()]
-            )
+        source = os.path.basename(path)
+        errors = []
+        for name, currencies in plans_in_use(env).items():
+            plan = catalogue.plans.get(name)
+            if plan is None:
+                errors.append(
+                    f"{source}: plan {name!r}: missing, but {sum(currencies.values())} account(s) or line(s) are on it"
+                )
+                continue
+            errors += [
+                f"{source}: plan {name!r}: currency: {plan.currency}, but {n} account(s) or line(s) in {currency} "
+                "are on it"
+                for currency, n in sorted(currencies.items())
+                if currency != plan.currency
+            ]
+        if errors:
+            raise CatalogueError(errors)
     return catalogue
 
 
@@ -442,12 +493,13 @@ def cmd_catalogue_check(env: Env) -> int:
     return EXIT_OK
 
 
-def plan_summary(plan: Plan, currency: str) -> dict[str, Any]:
+def plan_summary(plan: Plan) -> dict[str, Any]:
     return {
         "name": plan.name,
         "payment": plan.payment,
+        "currency": plan.currency,
         "fee": plan.fee,
-        "fee_text": money(plan.fee, currency),
+        "fee_text": money(plan.fee, plan.currency),
         "period": plan.period,
         "overage": plan.overage,
         "roaming": plan.roaming,
@@ -456,8 +508,8 @@ def plan_summary(plan: Plan, currency: str) -> dict[str, Any]:
     }
 
 
-def plan_detail(plan: Plan, currency: str) -> dict[str, Any]:
-    out = plan_summary(plan, currency)
+def plan_detail(plan: Plan) -> dict[str, Any]:
+    out = plan_summary(plan)
     out["allowances"] = [
         {
             "name": a.name,
@@ -488,7 +540,15 @@ def plan_detail(plan: Plan, currency: str) -> dict[str, Any]:
     out["pool_unit"] = plan.pool_unit
     out["pool_amount"] = plan.pool_amount
     out["pool_per_line"] = plan.pool_per_line
+    out["suspended_fee"] = plan.suspended_fee  # None: the full fee (README, "Fees and the line lifecycle")
+    out["prorate"] = plan.prorate
     return out
+
+
+def suspended_text(fee: int | None, currency: str) -> str:
+    if fee is None:
+        return "the full fee, with the allowances"
+    return f"{money(fee, currency)} per period, allowances held back" if fee else "nothing, allowances held back"
 
 
 def cmd_catalogue_show(env: Env) -> int:
@@ -496,7 +556,7 @@ def cmd_catalogue_show(env: Env) -> int:
     catalogue = load_catalogue(path)
     currency = catalogue.settings.currency
     if env.args.plan is None:
-        plans = [plan_summary(p, currency) for p in catalogue.plans.values()]
+        plans = [plan_summary(p) for p in catalogue.plans.values()]
         env.out(
             {"file": path, "digest": catalogue.digest, "currency": currency, "plans": plans},
             lambda: table(
@@ -510,7 +570,8 @@ def cmd_catalogue_show(env: Env) -> int:
         raise provisioning.NotFound(
             "plan", f"no plan {env.args.plan!r} in {path} (plans: {', '.join(catalogue.plans)})"
         )
-    d = plan_detail(plan, currency)
+    d = plan_detail(plan)
+    currency = plan.currency
 
     def text() -> str:
         out = [
@@ -520,6 +581,8 @@ def cmd_catalogue_show(env: Env) -> int:
                     ("description", d["description"]),
                     ("payment", d["payment"]),
                     ("fee", f"{d['fee_text']} per {d['period']}"),
+                    ("suspended", suspended_text(d["suspended_fee"], currency)),
+                    ("prorated", "yes: a partial period costs its days left" if d["prorate"] else "no"),
                     ("overage", d["overage"]),
                     ("roaming", "yes" if d["roaming"] else "no"),
                     ("pool", f"{d['pool']} ({d['pool_unit']})" if d["pool"] else None),
@@ -790,6 +853,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = g.add_parser("show", parents=[common], help="a line with buckets, period and open sessions")
     p.add_argument("ref", help="IMSI, MSISDN, ICCID or #id")
     p.set_defaults(func=cmd_subscriber_show)
+
+    p = g.add_parser(
+        "find",
+        parents=[common],
+        help="every line that holds or held an IMSI, MSISDN or ICCID (numbers reused after termination)",
+    )
+    p.add_argument("identity", help="IMSI, MSISDN or ICCID")
+    p.set_defaults(func=cmd_subscriber_find)
 
     p = g.add_parser("set-state", parents=[common], help="lifecycle: provisioned -> active <-> suspended -> terminated")
     p.add_argument("ref")

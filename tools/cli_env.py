@@ -52,7 +52,7 @@ class Env:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(load_catalogue(self.config.catalogue))
+            self._engine = Engine(load_catalogue(self.config.catalogue), self.config.engine.engine_config())
         return self._engine
 
     @property

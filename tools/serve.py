@@ -31,7 +31,6 @@ from typing import Any, Literal, Protocol
 from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
-from chf.core.engine import EngineConfig
 from chf.export import export_components
 from chf.runtime import metrics
 from chf.runtime.config import Config, ConfigError
@@ -74,14 +73,27 @@ class Component(Protocol):
 CoreFactory = Callable[[Config, ChargingService], list[Component]]
 CORE_FACTORIES: list[CoreFactory] = [api_components, export_components]
 
-from gy.server import gy_components  # noqa: E402 - front-ends register below the list they extend
+from gy.config import GyConfig, GyConfigError  # noqa: E402 - front-ends register below the list they extend
+from gy.server import GyServer  # noqa: E402
 from nchf.component import NchfComponent, NchfNotifierComponent  # noqa: E402
 from nchf.config import parse_settings as parse_nchf_settings  # noqa: E402
 
 
 def _gy_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
-    config.role = role  # gy_components still takes the role from the configuration
-    return gy_components(config, port)
+    """The Gy front-end of a process role, when conf/chf.toml has a [gy] section (CHF_GY_PORT overrides the port):
+    "all" runs it here; "core" runs none (its front-end workers do: the section is only checked, and must give a
+    fixed port); "worker" runs it on the port it shares with the other workers (SO_REUSEPORT)."""
+    if "gy" not in config.raw:
+        return []
+    section = dict(config.section("gy"))
+    if os.environ.get("CHF_GY_PORT"):
+        section["port"] = int(os.environ["CHF_GY_PORT"])
+    gy_config = GyConfig.from_section(section, config.source)
+    if role == "core":
+        if gy_config.port == 0:  # each worker would listen on a port of its own
+            raise GyConfigError([f"{config.source}: [gy] port: must be a fixed port with [server] frontend_workers"])
+        return []
+    return [GyServer(gy_config, port, shared_port=role == "worker")]
 
 
 def _nchf_frontend(config: Config, port: ChargingPort, role: Role) -> list[Component]:
@@ -145,13 +157,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def build_service(config: Config, store: Store) -> ChargingService:
     catalogue = load_catalogue(config.catalogue)
-    ec = config.engine
-    engine_config = EngineConfig(
-        idempotency_window=ec.idempotency_window,
-        reap_factor=ec.reap_factor,
-        answers_kept=ec.answers_kept,
-        refund_window=ec.refund_window,
-    )
+    engine_config = config.engine.engine_config()
     return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
 
 

@@ -52,6 +52,14 @@ async def get_line(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/v1/identities/{identity}", name="identity_lines")
+async def identity_lines(request: web.Request) -> web.Response:
+    """A number's history: the lines that held it before (terminated, then released) and the one holding it."""
+    identity = request.match_info["identity"]
+    lines = context(request).read(lambda txn: provisioning.identity_lines(txn, identity))
+    return web.json_response({"identity": identity, "lines": lines})
+
+
 @routes.post("/v1/lines/{line}/state", name="line_state")
 async def line_state(request: web.Request) -> web.Response:
     ref = request.match_info["line"]

@@ -358,6 +358,15 @@ OPENAPI: dict[str, Any] = {
                 ],
             )
         },
+        "/v1/identities/{identity}": {
+            "get": _op(
+                "identity_lines",
+                "Every line that holds or held an IMSI, MSISDN or ICCID: those that gave it up at their termination "
+                "(until: when), then its holder now (until: null)",
+                _json({"type": "object"}, "The identity and its lines"),
+                params=[_path_param("identity", "An IMSI, MSISDN or ICCID.")],
+            )
+        },
         "/v1/sessions": {
             "get": _op(
                 "list_sessions",
@@ -446,6 +455,17 @@ OPENAPI: dict[str, Any] = {
                     "plan": {"type": "string", "nullable": True},
                     "created": _TIME,
                     "history": {"type": "array", "items": {"type": "object"}},
+                    "released": {
+                        "type": "object",
+                        "description": "Identities the line gave up after its termination (kind: UNIX time); "
+                        "shown with a line's details",
+                    },
+                    "former_holders": {
+                        "type": "array",
+                        "items": {"type": "object"},
+                        "description": "Terminated lines that gave this line's identities up to it; shown with a "
+                        "line's details",
+                    },
                 },
             },
             "Bucket": {

@@ -265,6 +265,7 @@ class Promotion:
 class Plan:
     name: str
     payment: str
+    currency: str  # what its prices are in: the plan's own `currency`, else the catalogue's (ISO 4217)
     fee: int
     period: str
     overage: str
@@ -282,6 +283,13 @@ class Plan:
     description: str
     rating: Mapping[int, Tariff]
     default_tariff: Tariff | None
+    # The fee of a period that starts while the line is suspended: None = the full fee, with the allowances, as
+    # for an active line; an amount (0 = none) = that fee, capped at the period's fee, and the allowances held
+    # back until the line is active again (chf.core.renewals).
+    suspended_fee: int | None = None
+    # A period that starts between two renewal dates (activation, plan change, a held or unpaid period started
+    # later) is charged for the local days left of it, rounded down to the micro-unit (chf.core.periods.prorate).
+    prorate: bool = False
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
     _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)
@@ -356,6 +364,13 @@ class Catalogue:
         if p is None:
             raise CatalogueError([f"{self.source}: plan {name!r}: no such plan"])
         return p
+
+    def plan_in(self, name: str | None, currency: str) -> Plan | None:
+        """Plan ``name`` if it is priced in ``currency``, else None: a price is never charged to a wallet of
+        another currency (relabelled). Provisioning refuses such a pairing; this keeps the engine from applying
+        one that got into the store anyway (a line stored before the check, a catalogue edited under it)."""
+        p = self.plans.get(name) if name is not None else None
+        return p if p is not None and p.currency == currency else None
 
     def is_denied(self, plan: Plan, rating_group: int, zone: str) -> bool:
         """True if usage of ``rating_group`` in ``zone`` is barred under ``plan``.

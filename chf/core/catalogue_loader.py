@@ -48,7 +48,10 @@ File format
     by more than one micro-unit, never losing revenue).
 
 ``[plans.<name>]``
-    ``payment`` = prepaid | postpaid | hybrid; ``fee`` (recurring, micro-units, >= 0, default 0);
+    ``payment`` = prepaid | postpaid | hybrid; ``currency`` (ISO 4217, default the ``[settings]`` one): what the
+    plan's fee and the prices of its tariffs are in. Only accounts of that currency take the plan (README,
+    "Currencies and reused numbers"); a plan keeps its currency across reloads (to price it in another, give it
+    another name); ``fee`` (recurring, micro-units, >= 0, default 0);
     ``period`` = month | week | day | "<N>d" (default month); ``overage`` = charge | deny | redirect |
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
@@ -70,7 +73,16 @@ File format
 
     IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
     all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
-    per-line amount x active lines); ``pool_rating_groups`` optional.
+    per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes state);
+    ``pool_rating_groups`` optional.
+
+    Line lifecycle (README, "Fees and the line lifecycle"): ``suspended_fee`` = ``"full"`` (default: a
+    suspended line pays the fee and gets the allowances, as an active one) | ``"none"`` | a reduced fee in
+    micro-units (>= 0, at most ``fee``; the allowances are held back until the line is active again);
+    ``prorate`` (default false): a period that starts between two renewal dates (activation, plan change, a
+    held period started on reactivation) is charged for the local days left of it, rounded down to the
+    micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
+    stop at the end of the one in progress.
 """
 
 from __future__ import annotations
@@ -108,7 +120,7 @@ from chf.core.catalogue import (
 )
 from chf.core.periods import period_error
 
-__all__ = ["DEFAULT_GRANTS", "CatalogueError", "load_catalogue", "parse_catalogue"]
+__all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
 
 DAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -499,6 +511,7 @@ def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozense
 _ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
 _PLAN_KEYS = (
     "payment",
+    "currency",
     "fee",
     "period",
     "overage",
@@ -515,6 +528,8 @@ _PLAN_KEYS = (
     "pool_amount",
     "pool_per_line",
     "pool_rating_groups",
+    "suspended_fee",
+    "prorate",
 )
 
 
@@ -530,12 +545,17 @@ def _allowance(t: _Table) -> Allowance:
     )
 
 
-def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None]) -> Plan | None:
+def _load_plan(
+    errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None], settings: Settings
+) -> Plan | None:
     owner = f"plan {name!r}"
     t = _Table(errs, owner, "", raw, _PLAN_KEYS)
     if not t.ok:
         return None
     payment = t.get_str("payment", choices=PAYMENT_TYPES)
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):  # (the default is checked once)
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
     fee = t.get_int("fee", 0, minimum=0)
     period = t.get_str("period", "month")
     if period:
@@ -550,10 +570,13 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
     allowances = _load_allowances(errs, owner, t, rating, names)
     promotions, intro = _load_promotions(errs, owner, t, rating, names)
     pool = _load_pool(t, rating)
+    suspended_fee = _load_suspended_fee(t, fee)
+    prorate = t.get_bool("prorate", False)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
         payment=payment,
+        currency=currency,
         fee=fee,
         period=period,
         overage=overage.action,
@@ -571,11 +594,28 @@ def _load_plan(errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff 
         description=description,
         rating=MappingProxyType(rating.by_rg),
         default_tariff=rating.default,
+        suspended_fee=suspended_fee,
+        prorate=prorate,
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
         _allow_default=allow_default,
     )
+
+
+def _load_suspended_fee(t: _Table, fee: int) -> int | None:
+    """``suspended_fee``: ``"full"`` (the default: None), ``"none"`` (0) or a reduced fee in micro-units."""
+    v = t.data.get("suspended_fee", "full")
+    if v == "full":
+        return None
+    if v == "none":
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        t.err("suspended_fee", f"must be 'full', 'none' or a reduced fee in micro-units (an integer >= 0), got {v!r}")
+        return None
+    if v > fee:
+        t.err("suspended_fee", f"a reduced fee must not exceed the plan's fee ({fee}), got {v}")
+    return v
 
 
 @dataclass(slots=True)
@@ -839,7 +879,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         errs, "tariff", doc.get("tariffs"), lambda n, r: _load_tariff(errs, n, r, known)
     )
     plans: dict[str, Plan | None] = _named_tables(
-        errs, "plan", doc.get("plans"), lambda n, r: _load_plan(errs, n, r, tariffs)
+        errs, "plan", doc.get("plans"), lambda n, r: _load_plan(errs, n, r, tariffs, settings)
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
@@ -874,3 +914,17 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
     except UnicodeDecodeError as exc:
         raise CatalogueError([f"{source}: not valid UTF-8: {exc}"]) from None
     return parse_catalogue(text, source)
+
+
+def check_replacement(running: Catalogue, new: Catalogue) -> None:
+    """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
+    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
+    reused numbers")."""
+    errors = [
+        f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
+        "its currency (give a plan in another currency another name)"
+        for name, plan in running.plans.items()
+        if name in new.plans and new.plans[name].currency != plan.currency
+    ]
+    if errors:
+        raise CatalogueError(errors)

@@ -21,7 +21,7 @@ One-shot events (CCR-Event) are decided by `chf.core.events`; the state a reques
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chf.core.catalogue import Catalogue, GrantPolicy, Plan, Tariff
@@ -60,6 +60,8 @@ from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, p
 # from the closed session's stored answer (the front-end names a new session for it).
 SESSIONS_NAMED_BY_US = frozenset({"nchf"})
 
+IDENTITY_QUARANTINE = {"imsi": 90 * 86400, "msisdn": 90 * 86400, "iccid": 90 * 86400}
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -68,6 +70,9 @@ class EngineConfig:
     reap_factor: int = 2  # a session silent for reap_factor x validity time is released
     # Seconds a one-shot debit stays refundable by REFUND_ACCOUNT (chf.core.events); 0: no refunds.
     refund_window: int = 7 * 86_400
+    # Seconds after its line's termination before an identity may go to another line ([engine]
+    # <kind>_quarantine_days; chf.core.provisioning releases it then).
+    identity_quarantine: dict[str, int] = field(default_factory=lambda: dict(IDENTITY_QUARANTINE))
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which
@@ -118,6 +123,16 @@ def _final_unit(plan: Plan) -> FinalUnit:
     if plan.overage == "restrict":
         return FinalUnit(FUA_RESTRICT, filter_id=plan.filter_id, restriction_rules=list(plan.restriction_rules) or None)
     return FinalUnit(FUA_TERMINATE)
+
+
+def _keep_replay_state(previous: Session, session: Session) -> None:
+    """A CCR-INITIAL on a session still open starts it afresh (its reservations were released) but keeps what
+    recognises a retransmission of the session's earlier requests: the numbers applied and the answers kept.
+    Without them a retransmitted CCR-UPDATE after it (say with the T flag, after a failover and a restart) was
+    charged a second time."""
+    session.last_request = previous.last_request
+    session.seen = previous.seen
+    session.answers = previous.answers
 
 
 class Engine:
@@ -186,10 +201,9 @@ class Engine:
         return ctx
 
     def line_plan(self, ctx: Context) -> Plan | None:
-        name = ctx.sub.plan or ctx.account.plan
-        if name is None:
-            return None
-        return self._catalogue.plans.get(name)
+        """The plan that rates the line: its own, else its account's; None (nothing is granted) when it is not in
+        the catalogue or not priced in the account's currency (never relabelled: chf.core.catalogue.plan_in)."""
+        return self._catalogue.plan_in(ctx.sub.plan or ctx.account.plan, ctx.account.currency)
 
     # ==============================================================================================================
     # Session requests
@@ -213,6 +227,7 @@ class Engine:
                 self._release_all(ctx, session)
             else:
                 ctx = self.context(txn, sub, now)
+            previous = session  # its replay state outlives a new CCR-INITIAL: see _keep_replay_state
             session = Session(
                 req.session,
                 sub.id,
@@ -228,6 +243,8 @@ class Engine:
                 req.serving_network,
                 req.notify,
             )
+            if previous is not None:
+                _keep_replay_state(previous, session)
         else:
             if session is None:
                 return ChargingAnswer(SESSION_UNKNOWN, req.session, req.number, detail="no such session")

@@ -21,7 +21,7 @@ import re
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-__all__ = ["first_period_start", "parse_period", "period_end", "period_error"]
+__all__ = ["first_period_start", "parse_period", "period_end", "period_error", "prorate"]
 
 _DAYS_RE = re.compile(r"^([1-9][0-9]{0,3})d$")
 _MONTH = 0  # parse_period() returns 0 days for "month"
@@ -129,3 +129,24 @@ def first_period_start(period: str, now_epoch: int, cycle_day: int, tz: ZoneInfo
             return candidate
         y, m = _prev_month(y, m)
     raise AssertionError("unreachable: a cycle day occurs every month")  # pragma: no cover
+
+
+def prorate(amount: int, period: str, at: int, end: int, cycle_day: int, tz: ZoneInfo) -> int:
+    """``amount`` for the part of a period from ``at`` to its end ``end``: amount x days left // days in the
+    period, in local calendar days.
+
+    The whole period is the one ending at ``end`` (month: since the cycle day before it; "<N>d": N days before
+    it). Days left = its days minus the whole days elapsed since its start before the day of ``at``: the day of
+    ``at`` counts as a whole day (the day a line is activated is paid for). The result is rounded down to the
+    micro-unit, never more than ``amount``; a whole period costs exactly ``amount``.
+    """
+    days = parse_period(period)
+    if days:
+        start = (datetime.fromtimestamp(end, tz) - timedelta(days=days)).date()
+    else:
+        start = datetime.fromtimestamp(first_period_start(period, end - 1, cycle_day, tz), tz).date()
+        days = (datetime.fromtimestamp(end - 1, tz).date() - start).days + 1
+    left = days - (datetime.fromtimestamp(at, tz).date() - start).days
+    if left >= days:
+        return amount
+    return amount * max(left, 0) // days

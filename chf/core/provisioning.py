@@ -8,15 +8,16 @@ signals tell the front-ends which sessions to re-authorise or abort once the cha
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from chf.core.catalogue import UNIT_TYPES, CatalogueError, Plan
-from chf.core.context import Context, account_owner, bucket_impact, line_owner
+from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
+from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
-from chf.core.renewals import assign_plan_to, retry_pending_renewal
+from chf.core.renewals import assign_plan_to, resize_pool, retry_pending_renewal, start_line_plan
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -187,9 +188,22 @@ def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
         plan = engine.catalogue.plan(name)
     except CatalogueError as exc:
         raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
-    if account is not None and plan.payment != account.payment:
-        raise Conflict("plan", f"plan {name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if account is not None:
+        check_plan_fits(plan, account, "plan")
     return plan
+
+
+def check_plan_fits(plan: Plan, account: Account, field: str) -> None:
+    """The rule wherever a plan meets an account (a new line or account on a plan, a plan change, a move, an
+    import): the plan's payment type is the account's, and its prices are in the account's currency (a price
+    is never relabelled; README, "Currencies and reused numbers"). `field` is the request's field at fault: the
+    plan, or the account a line moves to."""
+    if plan.payment != account.payment:
+        raise Conflict(field, f"plan {plan.name!r} is {plan.payment}, account {account.id!r} is {account.payment}")
+    if plan.currency != account.currency:
+        raise Conflict(
+            field, f"plan {plan.name!r} is priced in {plan.currency}, account {account.id!r} is in {account.currency}"
+        )
 
 
 def topup(
@@ -343,8 +357,10 @@ def _check_new_line(
     eid: str | None,
     plan: str | None,
     state: str,
-) -> tuple[Account, Plan | None]:
-    """Every check of a new line, before anything is written: returns its account and plan (or None)."""
+    now: int,
+) -> tuple[Account, Plan | None, list[Release]]:
+    """Every check of a new line, before anything is written: returns its account, its plan (or None) and the
+    identities it takes over from terminated lines (`_release` them before writing the line)."""
     check_identity("imsi", imsi, _IMSI_RE, "6 to 15 digits")
     if msisdn is not None:
         check_identity("msisdn", msisdn, _MSISDN_RE, "6 to 15 digits in international format, no '+'")
@@ -358,25 +374,61 @@ def _check_new_line(
     if acct is None:
         raise NotFound("account", f"no account {account!r}")
     plan_rec = _plan(engine, plan, acct) if plan is not None else None
-    for kind, value in (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)):
-        if value and txn.subscriber_id_by(kind, value) is not None:
-            raise Conflict(kind, f"{kind} {value} is already in use by another line")
-    return acct, plan_rec
+    releases = _claim_identities(txn, engine, (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)), now)
+    return acct, plan_rec, releases
+
+
+Release = tuple[str, str, int]  # (kind, identity, the terminated line that gives it up)
+
+
+def _claim_identities(
+    txn: Txn, engine: Engine, identities: tuple[tuple[str, str | None], ...], now: int
+) -> list[Release]:
+    """The identities a new line asks for: free, or held by a line terminated longer ago than the quarantine
+    of their kind ([engine] <kind>_quarantine_days), which then gives them up. Anything else is a Conflict."""
+    releases: list[Release] = []
+    for kind, value in identities:
+        holder_id = txn.subscriber_id_by(kind, value) if value else None
+        if holder_id is None:
+            continue
+        assert value is not None
+        holder = txn.get_subscriber(holder_id)
+        if holder is None or holder.state != TERMINATED:
+            raise Conflict(kind, f"{kind} {value} is already in use by line #{holder_id}")
+        free_from = holder.state_since + engine.config.identity_quarantine.get(kind, 0)
+        if now < free_from:
+            raise Conflict(
+                kind,
+                f"{kind} {value} belonged to line #{holder_id}, terminated {_day(holder.state_since)}: "
+                f"in quarantine until {_day(free_from)}",
+            )
+        releases.append((kind, value, holder_id))
+    return releases
+
+
+def _release(txn: Txn, releases: list[Release], now: int) -> None:
+    """Terminated lines give up identities a new line takes (checked by `_claim_identities`)."""
+    for kind, value, holder_id in releases:
+        txn.release_identity(kind, value, holder_id, now)
+
+
+def _day(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def _write_new_line(
     engine: Engine, ctx: Context, plan_rec: Plan | None, actor: str, *, record_line: bool = True
 ) -> Subscriber:
-    """Write a checked new line with its creation, activation and plan events into `ctx` (not flushed)."""
+    """Write a checked new line with its creation and plan events into `ctx` (not flushed). A provisioned line's
+    plan is recorded on it; its first period starts when it is activated. The account's count of active lines
+    and its pool are the caller's to derive (`resize_pool`), once the line is in the store."""
     sub = ctx.sub
     if record_line:
         ctx.txn.put_subscriber(sub)
     event = ctx.base_event("lifecycle", actor, "line created")
     event["state"] = sub.state
     ctx.events.append(event)
-    if sub.state == ACTIVE:
-        _line_activated(engine, ctx)
-    if plan_rec is not None:
+    if plan_rec is not None and sub.state == ACTIVE:
         assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason="line created")
     ctx.line_bs_dirty = True
     return sub
@@ -424,7 +476,7 @@ def add_line(
     state: str = ACTIVE,
     actor: str = "admin",
 ) -> OpResult:
-    acct, plan_rec = _check_new_line(
+    acct, plan_rec, releases = _check_new_line(
         txn,
         engine,
         txn.get_account,
@@ -435,11 +487,15 @@ def add_line(
         eid=eid,
         plan=plan,
         state=state,
+        now=now,
     )
+    _release(txn, releases, now)
     sub = _new_subscriber(txn.new_subscriber_id(), acct, imsi, msisdn, iccid, eid, state, plan, now, actor)
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
     _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
+    if state == ACTIVE:
+        resize_pool(ctx, f"line {sub.id} added")
     ctx.flush()
     return OpResult(sub.as_dict())
 
@@ -458,15 +514,11 @@ class _LineTemplate:
     field by field, and each event is then packed (bulk import, issue #2).
     """
 
-    __slots__ = ("account_changed", "active_delta", "balance_delta", "balances", "events", "slots")
+    __slots__ = ("balance_delta", "balances", "events", "slots")
 
-    def __init__(
-        self, balances: bytes, balance_delta: int, active_delta: int, events: list[tuple[list[bytes], list[Any]]]
-    ) -> None:
+    def __init__(self, balances: bytes, balance_delta: int, events: list[tuple[list[bytes], list[Any]]]) -> None:
         self.balances = balances  # the line's encoded balance set: nothing in it names the line
         self.balance_delta = balance_delta  # what the line does to its account's wallet (the first fee)
-        self.active_delta = active_delta  # and to its count of active lines
-        self.account_changed = bool(balance_delta or active_delta)
         # The line's own values, each packed once per line: ("sub", attribute), ("line", balance name after the
         # line id) or ("wallet", offset from the wallet before the line); then the event's sequence and id.
         self.slots: list[tuple[str, Any]] = []
@@ -522,8 +574,9 @@ class LineTemplates:
 
     A template belongs to an account as it was when the template was traced (every field but the wallet and
     the line count, which lines change, plus its shared balance set), a plan and a state, and to the import's
-    catalogue, time and actor. When no template reproduces the engine exactly (an IoT pool that grows with each
-    line, say), `template` answers None and the line goes through the engine.
+    catalogue, time and actor. When no template reproduces the engine exactly (a line that would change its
+    account's shared balance set, say), `template` answers None and the line goes through the engine. An IoT
+    pool is not the line's to change: it is derived from the account's lines after each row (`resize_pool`).
     """
 
     def __init__(self) -> None:
@@ -576,21 +629,19 @@ def _trace_template(
         ctx.acct_bs = acct_bs
         _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
         if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
-            return None  # the line changes a shared balance set (a flexible pool): the engine does it per line
+            return None  # the line changes a shared balance set: the engine does it per line
         if sub.encode() != sub_before:
             return None
-        balance_delta, active_delta = account.balance - wallet, account.active_lines - actx.account.active_lines
-        account.balance, account.active_lines = actx.account.balance, actx.account.active_lines
+        balance_delta = account.balance - wallet
+        account.balance = actx.account.balance
         if account.encode() != actx.account.encode():
-            return None  # the line changes more of its account than the wallet and the line count
+            return None  # the line changes more of its account than the wallet
         assert ctx.line_bs is not None
-        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta, active_delta))
-    (sub_a, wallet_a, events_a, bs_a, balance_a, active_a), (sub_b, wallet_b, events_b, bs_b, balance_b, active_b) = (
-        traces
-    )
-    if bs_a != bs_b or balance_a != balance_b or active_a != active_b or len(events_a) != len(events_b):
+        traces.append((sub, wallet, ctx.events, ctx.line_bs.encode(), balance_delta))
+    (sub_a, wallet_a, events_a, bs_a, balance_a), (sub_b, wallet_b, events_b, bs_b, balance_b) = traces
+    if bs_a != bs_b or balance_a != balance_b or len(events_a) != len(events_b):
         return None
-    template = _LineTemplate(bs_a, balance_a, active_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
+    template = _LineTemplate(bs_a, balance_a, [_event_template(e, sub_a, wallet_a) for e in events_a])
     first_seq, store_id = 2**40 + 7, "trace"
     for seq, event in enumerate(events_b, first_seq):
         event["seq"], event["id"] = seq, f"{store_id}-{seq}"
@@ -662,7 +713,7 @@ def add_lines(
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
-            acct, plan_rec = _check_new_line(
+            acct, plan_rec, releases = _check_new_line(
                 txn,
                 engine,
                 get_account,
@@ -673,10 +724,12 @@ def add_lines(
                 eid=row.get("eid"),
                 plan=row.get("plan"),
                 state=state,
+                now=now,
             )
         except RequestError as exc:
             results.append(exc)
             continue
+        _release(txn, releases, now)
         actx = accounts[acct.id]
         assert actx is not None
         sub = _new_subscriber(
@@ -697,21 +750,29 @@ def add_lines(
         else:
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
+        results.append(sub.id)
+        # A line of an account with an IoT pool changes the pool (and so writes an event) if it is active: the pool
+        # is derived after each such row, as add_line does. Other accounts' count of active lines is derived once,
+        # after the last row, when the account is written.
+        pooled = state == ACTIVE and _has_pool(catalogue, acct)
         if template is not None and template.fits(acct):
             txn.put_new_subscriber(sub)
             events.append((template, sub, acct.balance))
-            if template.account_changed:
+            if template.balance_delta:
                 acct.balance += template.balance_delta
-                acct.active_lines += template.active_delta
                 actx.account_dirty = True
             txn.put_line_balances_encoded(sub.id, template.balances)
             templates.rendered += 1
-            results.append(sub.id)
-            continue
-        ctx = Context(txn, catalogue, now, sub, acct)
-        ctx.line_bs = BalanceSet()
-        ctx.acct_bs = actx.acct_bs  # shared: a flexible pool grows with each activated line
-        _write_new_line(engine, ctx, plan_rec, actor)
+            if not pooled:
+                continue
+            ctx = Context(txn, catalogue, now, sub, acct)
+        else:
+            ctx = Context(txn, catalogue, now, sub, acct)
+            ctx.line_bs = BalanceSet()
+            _write_new_line(engine, ctx, plan_rec, actor)
+        ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
+        if pooled:
+            resize_pool(ctx, f"line {sub.id} added")
         # The account and its balance set are written once, after the last row.
         actx.account_dirty |= ctx.account_dirty
         actx.acct_bs_dirty |= ctx.acct_bs_dirty
@@ -720,7 +781,6 @@ def add_lines(
         events.extend(ctx.events)
         ctx.events.clear()
         ctx.flush()
-        results.append(sub.id)
 
     def encode_events(first_seq: int, store_id: str) -> list[bytes]:
         encoded: list[bytes] = []
@@ -740,28 +800,14 @@ def add_lines(
     txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
+            resize_pool(actx, "lines imported")  # the count of active lines (pools were derived row by row)
             actx.flush()
     return results
 
 
-def _line_activated(engine: Engine, ctx: Context) -> None:
-    """One more active line: a flexible IoT pool grows by its per-line amount for the current period."""
-    ctx.account.active_lines += 1
-    ctx.account_dirty = True
-    if ctx.account.plan is None or ctx.acct_bs is None:
-        return
-    plan = engine.catalogue.plans.get(ctx.account.plan)
-    if plan is None or plan.pool != "flexible" or not plan.pool_per_line:
-        return
-    for bucket in ctx.acct_bs.buckets:
-        if bucket.kind == "pool" and bucket.valid_from <= ctx.now < bucket.valid_to:
-            bucket.remaining += plan.pool_per_line
-            bucket.initial += plan.pool_per_line
-            ctx.acct_bs_dirty = True
-            event = ctx.base_event("pool_resize", "system", "line activated")
-            event["impacts"].append(bucket_impact(account_owner(ctx.account.id), bucket, plan.pool_per_line))
-            ctx.events.append(event)
-            return
+def _has_pool(catalogue: Catalogue, account: Account) -> bool:
+    plan = catalogue.plans.get(account.plan) if account.plan is not None else None
+    return plan is not None and plan.pool is not None
 
 
 def get_line(txn: Txn, ref: str) -> Subscriber:
@@ -784,7 +830,9 @@ def get_line(txn: Txn, ref: str) -> Subscriber:
 
 def set_state(txn: Txn, engine: Engine, line_ref: str, state: str, *, now: int, actor: str, reason: str) -> OpResult:
     """A lifecycle transition. Suspending or terminating a line aborts its open sessions (their final usage is
-    still charged when the client reports it); activation counts the line into a flexible pool."""
+    still charged when the client reports it). Activation starts the line's plan: its first period, or a period
+    whose allowances were held back while it was suspended (chf.core.renewals, `start_line_plan`). The account's
+    active lines and its pool follow (`resize_pool`)."""
     if state not in LINE_STATES:
         raise RequestError("state", f"must be one of {', '.join(LINE_STATES)}, got {state!r}")
     sub = get_line(txn, line_ref)
@@ -793,22 +841,19 @@ def set_state(txn: Txn, engine: Engine, line_ref: str, state: str, *, now: int, 
     if state not in LINE_TRANSITIONS[sub.state]:
         raise Conflict("state", f"a {sub.state} line cannot become {state}")
     previous = Subscriber.decode(sub.encode())
-    ctx = engine.context(txn, sub, now)
-    was_active = sub.state == ACTIVE
+    ctx = engine.context(txn, sub, now)  # periods that ended before now renew in the state they ended in
     sub.history.append([sub.state, state, now, actor, reason])
     sub.state = state
     sub.state_since = now
-    if state == ACTIVE:
-        _line_activated(engine, ctx)
-    elif was_active:
-        ctx.account.active_lines = max(0, ctx.account.active_lines - 1)
-        ctx.account_dirty = True
+    txn.put_subscriber(sub, previous)
     event = ctx.base_event("lifecycle", actor, reason)
     event["from"] = previous.state
     event["state"] = state
     ctx.events.append(event)
+    if state == ACTIVE:
+        start_line_plan(ctx, actor, "line activated")
+    resize_pool(ctx, f"line {sub.id} {state}")
     ctx.flush()
-    txn.put_subscriber(sub, previous)
     signals = _signals(txn, [sub.id], "abort") if state != ACTIVE else []
     return OpResult(sub.as_dict(), signals)
 
@@ -828,24 +873,26 @@ def move_line(
         return OpResult(sub.as_dict())
     if target.tenant != sub.tenant:
         raise Conflict("account", f"account {account_id!r} belongs to another tenant")
+    if sub.plan is not None:  # a line without a plan of its own is rated by its account's plan, which fits it
+        plan = engine.catalogue.plans.get(sub.plan)
+        if plan is None:
+            raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
+        check_plan_fits(plan, target, "account")
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
     previous = Subscriber.decode(sub.encode())
     old_ctx = engine.context(txn, sub, now)
-    if sub.state == ACTIVE:
-        old_ctx.account.active_lines = max(0, old_ctx.account.active_lines - 1)
-        old_ctx.account_dirty = True
     event = old_ctx.base_event("line_move", actor, reason)
     event["to_account"] = target.id
     old_ctx.events.append(event)
-    old_ctx.flush()
     sub.account = target.id
     sub.history.append([sub.state, sub.state, now, actor, f"moved from {previous.account} to {target.id}"])
     txn.put_subscriber(sub, previous)
+    resize_pool(old_ctx, f"line {sub.id} moved to {target.id}")
+    old_ctx.flush()
     new_ctx = engine.context(txn, sub, now)
-    if sub.state == ACTIVE:
-        _line_activated(engine, new_ctx)
+    resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)
 
@@ -866,12 +913,21 @@ def assign_plan(
         raise RequestError("target", "name exactly one of a line or an account")
     if line_ref is not None:
         sub = get_line(txn, line_ref)
+        if sub.state == TERMINATED:
+            raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
         plan_rec = _plan(engine, plan, txn.get_account(sub.account))
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
         ctx = engine.context(txn, sub, now)
-        assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        if sub.state == PROVISIONED:
+            # No period runs before activation: the plan is recorded, its first period starts then.
+            change = ctx.base_event("plan_change", actor, reason)
+            change["plan"] = plan_rec.name
+            change["previous_plan"] = previous.plan
+            ctx.events.append(change)
+        else:
+            assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
         ctx.flush()
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
@@ -882,9 +938,44 @@ def assign_plan(
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
 
 
+IDENTITY_KINDS = ("imsi", "msisdn", "iccid")
+
+
+def identity_lines(txn: Txn, value: str) -> list[dict[str, Any]]:
+    """Every line that holds or held `value` as its IMSI, MSISDN or ICCID, oldest first per kind: the lines that
+    gave it up at their termination (`until`: when), then the one holding it now (`until` None)."""
+    value = str(value).strip()
+    out: list[dict[str, Any]] = []
+    for kind in IDENTITY_KINDS:
+        held: list[tuple[int, int | None]] = [*txn.released_identity(kind, value)]
+        holder = txn.subscriber_id_by(kind, value)
+        if holder is not None:
+            held.append((holder, None))
+        for line_id, until in held:
+            sub = txn.get_subscriber(line_id)
+            if sub is not None:
+                entry = {"kind": kind, "line": sub.id, "account": sub.account, "state": sub.state}
+                out.append({**entry, "since": sub.created, "until": until})
+    if not out:
+        raise NotFound("identity", f"no line holds or held IMSI, MSISDN or ICCID {value!r}")
+    return out
+
+
 def line_view(txn: Txn, engine: Engine, sub: Subscriber, now: int) -> dict[str, Any]:
-    """A line with its account, buckets (its own and shared) and open sessions, as the CLI and API show it."""
+    """A line with its account, buckets (its own and shared) and open sessions, as the CLI and API show it; with
+    the identities it gave up (`released`: kind -> when) and the lines that gave its identities up to it."""
     out = sub.as_dict()
+    released: dict[str, int] = {}
+    former: list[dict[str, Any]] = []
+    for kind in IDENTITY_KINDS:
+        value = getattr(sub, kind)
+        for line_id, until in txn.released_identity(kind, value) if value else ():
+            if line_id == sub.id:
+                released[kind] = until
+            elif until <= sub.created:  # it gave the identity up before this line took it, not after
+                former.append({"kind": kind, "line": line_id, "until": until})
+    out["released"] = released
+    out["former_holders"] = former
     account = txn.get_account(sub.account)
     out["account_detail"] = account.as_dict() if account is not None else None
     bs = txn.get_line_balances(sub.id)

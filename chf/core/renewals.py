@@ -7,16 +7,28 @@ allowances granted, unused allowances rolled over where the plan says so), and b
 expire, each with its event at the time it happened. A prepaid period whose fee cannot be paid stays pending
 until a top-up (`retry_pending_renewal`).
 
+A line's periods follow its lifecycle (README, "Fees and the line lifecycle"): at each boundary the line's
+state at that moment decides. Active: the fee and the allowances. Suspended: as the plan says
+(`Plan.suspended_fee`): the full fee and the allowances, or a reduced fee (or none) with the allowances held
+back (`renewal_pending`) until the line is active again. Provisioned or terminated: no period at all; the chain
+of periods stops at that boundary and only activation starts a new one (`start_line_plan`). Where the plan
+prorates, a period that starts between two boundaries is charged for the days left of it.
+
+An IoT pool's size is derived from its members: `resize_pool` sets it from the account's active lines whenever
+one joins, leaves or changes state, with an event for each change.
+
 Everything here works on a `Context` and the catalogue it was loaded with; it writes nothing itself (the
 caller flushes the context).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
-from chf.core.periods import period_end
-from store.schema import BalanceSet, Bucket
+from chf.core.periods import period_end, prorate
+from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
 
@@ -45,26 +57,79 @@ def bring_up_to_date(ctx: Context) -> None:
         _renew_owner(ctx, ctx.acct_bs, is_account=True)
 
 
+def state_at(sub: Subscriber, at: int) -> str:
+    """The line's lifecycle state at `at`, from its history: the state its last transition before `at` left it
+    in. A transition at `at` itself is not counted: every operation on a line renews the periods that ended by
+    `now` before it changes the line's state."""
+    state = None
+    for entry in sub.history:
+        if entry[2] >= at:
+            break
+        state = entry[1]
+    return state if state is not None else sub.state
+
+
+def line_terms(plan: Plan, state: str, period_index: int) -> tuple[int, bool]:
+    """The fee of a line's period that starts while the line is in `state`, and whether its allowances are
+    granted: active, or suspended on a plan whose suspended fee is full: the period's fee and the allowances;
+    suspended otherwise: the suspended fee (at most the period's) and no allowances; provisioned or terminated:
+    nothing (no period runs)."""
+    fee = plan.fee_for_period(period_index)
+    if state == ACTIVE or (state == SUSPENDED and plan.suspended_fee is None):
+        return fee, True
+    if state == SUSPENDED:
+        return min(fee, plan.suspended_fee or 0), False
+    return 0, False
+
+
 def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
     catalogue = ctx.catalogue
     owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
-    plan = catalogue.plans.get(bs.plan) if bs.plan is not None else None
+    plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
     # Periods: at most one catch-up per missed period, bounded so a long-idle line cannot stall a batch.
     for _ in range(400):
         if plan is None or ctx.now < bs.period_end:
             break
         boundary = bs.period_end
+        state = ACTIVE if is_account else state_at(ctx.sub, boundary)
+        if state not in (ACTIVE, SUSPENDED):
+            _end_line_plan(ctx, bs, owner, boundary, state)
+            break
         _expire_buckets(ctx, bs, owner, boundary, period_ended=True)
         bs.period_start = boundary
         bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, catalogue.settings.timezone)
         bs.period_index += 1
         bs.usage = {}
-        _start_period(ctx, bs, plan, owner, is_account=is_account, at=boundary, reason="renewal")
+        _start_period(ctx, bs, plan, owner, is_account=is_account, at=boundary, reason="renewal", state=state)
     _expire_buckets(ctx, bs, owner, ctx.now, period_ended=False)
     if is_account:
         ctx.acct_bs_dirty = True
     else:
         ctx.line_bs_dirty = True
+
+
+def _event(ctx: Context, kind: str, actor: str, reason: str | None, owner: str) -> dict[str, Any]:
+    """An event about `owner`'s balance set. An account's (shared allowances, a pool, the account's plan fee)
+    names no line, whichever line's request brought it up to date."""
+    event = ctx.base_event(kind, actor, reason)
+    if owner.startswith("account:"):
+        event["subscriber"] = event["imsi"] = event["msisdn"] = None
+    return event
+
+
+def _end_line_plan(ctx: Context, bs: BalanceSet, owner: str, at: int, state: str) -> None:
+    """A line that is not (or no longer) in service at a boundary: its plan's periods stop there. Its buckets
+    expire as they end, nothing rolls over, no fee is charged and nothing is granted; the line keeps its plan
+    (`Subscriber.plan`), which starts again only if the line is activated."""
+    _expire_buckets(ctx, bs, owner, at, period_ended=False)
+    event = ctx.base_event("plan_change", "system", f"line {state}: its periods stop")
+    event["time"] = at
+    event["plan"] = None
+    event["previous_plan"] = bs.plan
+    ctx.events.append(event)
+    bs.plan = None
+    bs.renewal_pending = False
+    bs.usage = {}
 
 
 def _expire_buckets(ctx: Context, bs: BalanceSet, owner: str, at: int, *, period_ended: bool) -> None:
@@ -76,7 +141,7 @@ def _expire_buckets(ctx: Context, bs: BalanceSet, owner: str, at: int, *, period
         if b.valid_to > at:
             keep.append(b)
             continue
-        event = ctx.base_event("expiry", "system", "validity ended")
+        event = _event(ctx, "expiry", "system", "validity ended", owner)
         event["time"] = b.valid_to
         remaining = b.remaining
         b.remaining = 0
@@ -116,17 +181,29 @@ def _rollover(ctx: Context, bs: BalanceSet, plan: Plan, b: Bucket, carried: int,
 
 
 def _start_period(
-    ctx: Context, bs: BalanceSet, plan: Plan, owner: str, *, is_account: bool, at: int, reason: str
+    ctx: Context,
+    bs: BalanceSet,
+    plan: Plan,
+    owner: str,
+    *,
+    is_account: bool,
+    at: int,
+    reason: str,
+    state: str = ACTIVE,
 ) -> None:
-    """Charge the period's fee and grant the period's allowances (line: own ones; account: shared and pool)."""
-    event = ctx.base_event("renewal", "system", reason)
+    """Charge the period's fee and grant the period's allowances (line: own ones; account: shared and pool), as
+    the line's `state` at `at` allows (`line_terms`). A period starting after its nominal start (`at` inside
+    it) is charged for the days left of it when the plan prorates."""
+    event = _event(ctx, "renewal", "system", reason, owner)
     event["time"] = at
     event["plan"] = plan.name
     event["period_index"] = bs.period_index
-    fee = plan.fee_for_period(bs.period_index)
+    fee, grants = line_terms(plan, ACTIVE if is_account else state, bs.period_index)
     if not is_account and ctx.account.plan == plan.name:
         fee = 0  # a line on its account's plan: the account pays the fee once
     account = ctx.account
+    if fee and plan.prorate:
+        fee = prorate(fee, plan.period, at, bs.period_end, account.cycle_day, ctx.catalogue.settings.timezone)
     if fee:
         if account.payment == "prepaid" and account.available() < fee:
             bs.renewal_pending = True
@@ -139,11 +216,16 @@ def _start_period(
         ctx.account_dirty = True
         event["charge"] = fee
         event["impacts"].append(ctx.wallet_impact(-fee))
-    bs.renewal_pending = False
+    bs.renewal_pending = not grants
+    if not grants:
+        event["state"] = state
+        event["held"] = "allowances held back until the line is active"
+        ctx.events.append(event)
+        return
     valid_to = bs.period_end
     allowances = [a for a in plan.allowances if a.shared == is_account]
-    if is_account:
-        pool = plan.pool_allowance(account.active_lines)
+    if is_account and plan.pool is not None:
+        pool = plan.pool_allowance(_active_lines(ctx))
         if pool is not None:
             allowances.append(pool)
     for a in allowances:
@@ -177,7 +259,7 @@ def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, re
         if b.kind in ("plan", "pool", "rollover"):
             b.valid_to = min(b.valid_to, now)
     _expire_buckets(ctx, bs, owner, now, period_ended=False)
-    change = ctx.base_event("plan_change", actor, reason)
+    change = _event(ctx, "plan_change", actor, reason, owner)
     change["plan"] = plan.name
     change["previous_plan"] = bs.plan
     ctx.events.append(change)
@@ -186,7 +268,8 @@ def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, re
     bs.period_end = period_end_of(ctx.catalogue, plan, now, ctx.account.cycle_day)
     bs.period_index = 0
     bs.usage = {}
-    _start_period(ctx, bs, plan, owner, is_account=is_account, at=now, reason="plan assigned")
+    state = ACTIVE if is_account else ctx.sub.state
+    _start_period(ctx, bs, plan, owner, is_account=is_account, at=now, reason="plan assigned", state=state)
     if not is_account:
         _grant_bonuses(ctx, bs, plan, owner, actor)
 
@@ -207,15 +290,19 @@ def _grant_bonuses(ctx: Context, bs: BalanceSet, plan: Plan, owner: str, actor: 
         ctx.events.append(event)
 
 
-def retry_pending_renewal(ctx: Context) -> None:
-    """After a top-up: a period whose fee could not be paid is started now (allowances valid to its end)."""
+def retry_pending_renewal(ctx: Context, reason: str = "renewal retried") -> None:
+    """After a top-up or an activation: a period whose allowances were held back (its fee could not be paid, or
+    the line was suspended) is started now, allowances valid to its end, if the line's state now allows it."""
     catalogue = ctx.catalogue
     for bs, is_account in ((ctx.line_bs, False), (ctx.acct_bs, True)):
         if bs is None or not bs.renewal_pending or bs.plan is None:
             continue
-        plan = catalogue.plans.get(bs.plan)
+        plan = catalogue.plan_in(bs.plan, ctx.account.currency)
         if plan is None:
             continue
+        state = ACTIVE if is_account else ctx.sub.state
+        if not line_terms(plan, state, bs.period_index)[1]:
+            continue  # still suspended (or no longer in service): the allowances stay held back
         owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
         # Periods that ended while the fee stayed unpaid and nobody touched the line (service down, sweeper
         # not there yet) are skipped, not charged: the retried renewal starts the period holding `now`.
@@ -224,8 +311,64 @@ def retry_pending_renewal(ctx: Context) -> None:
             bs.period_end = period_end_of(catalogue, plan, bs.period_start, ctx.account.cycle_day)
             bs.period_index += 1
             bs.usage = {}
-        _start_period(ctx, bs, plan, owner, is_account=is_account, at=ctx.now, reason="renewal retried")
+        _start_period(ctx, bs, plan, owner, is_account=is_account, at=ctx.now, reason=reason, state=state)
         if is_account:
             ctx.acct_bs_dirty = True
         else:
             ctx.line_bs_dirty = True
+
+
+def start_line_plan(ctx: Context, actor: str, reason: str) -> None:
+    """A line becomes active: its plan's first period starts now if none runs (a provisioned line, or one whose
+    periods stopped), else a period whose allowances were held back while it was suspended starts now."""
+    sub = ctx.sub
+    bs = ctx.line_bs
+    if sub.plan is None or bs is None:
+        return
+    plan = ctx.catalogue.plans.get(sub.plan)
+    if plan is None:
+        return
+    if bs.plan is None:
+        assign_plan_to(ctx, plan, is_account=False, actor=actor, reason=reason)
+    else:
+        retry_pending_renewal(ctx, reason)
+
+
+def _active_lines(ctx: Context) -> int:
+    """The account's active lines, counted from its line records (the store's index of them); the account
+    record keeps the count for display."""
+    account = ctx.account
+    active = ctx.txn.active_line_count(account.id)
+    if account.active_lines != active:
+        account.active_lines = active
+        ctx.account_dirty = True
+    return active
+
+
+def resize_pool(ctx: Context, reason: str) -> None:
+    """Derive the account's count of active lines and its pool's size for the current period from its member
+    lines, after a line joined or left the account or changed state (or several did: a bulk import). A flexible
+    pool's bucket is set to that size (what was used of it stays used: a pool that shrinks below its use is
+    exhausted until it grows again or the period ends); every change of the size is a pool_resize event."""
+    active = _active_lines(ctx)
+    bs = ctx.acct_bs
+    account = ctx.account
+    plan = ctx.catalogue.plans.get(account.plan) if account.plan is not None else None
+    if bs is None or plan is None or plan.pool is None or bs.plan != plan.name:
+        return
+    pool = plan.pool_allowance(active)
+    if pool is None:
+        return
+    now = ctx.now
+    for b in bs.buckets:
+        if b.kind != "pool" or not b.valid_from <= now < b.valid_to or b.initial == pool.amount:
+            continue
+        delta = pool.amount - b.initial
+        b.initial = pool.amount
+        b.remaining += delta
+        ctx.acct_bs_dirty = True
+        event = ctx.base_event("pool_resize", "system", reason)
+        event["active_lines"] = active
+        event["pool_size"] = pool.amount
+        event["impacts"].append(bucket_impact(account_owner(account.id), b, delta))
+        ctx.events.append(event)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
+from chf.core.engine import EngineConfig
 from chf.core.validation import CONFIG, Invalid, NonEmptyStr, config_errors, decode
 
 DEFAULT_CONFIG = "conf/chf.toml"
@@ -71,6 +72,25 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reap_factor: Annotated[int, Meta(ge=1)] = 2
     answers_kept: Annotated[int, Meta(ge=1)] = 4
     refund_window: Annotated[int, Meta(ge=0, le=366 * 86_400)] = 7 * 86_400
+    # Days after a line's termination before its identities may go to a new line (README, "Currencies and reused
+    # numbers").
+    msisdn_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
+    imsi_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
+    iccid_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's settings, as `chf serve` and the `chf` commands both run it."""
+        return EngineConfig(
+            idempotency_window=self.idempotency_window,
+            reap_factor=self.reap_factor,
+            answers_kept=self.answers_kept,
+            refund_window=self.refund_window,
+            identity_quarantine={
+                "msisdn": self.msisdn_quarantine_days * 86400,
+                "imsi": self.imsi_quarantine_days * 86400,
+                "iccid": self.iccid_quarantine_days * 86400,
+            },
+        )
 
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from chf.core.catalogue import Catalogue
-from chf.core.catalogue_loader import load_catalogue
+from chf.core.catalogue_loader import check_replacement, load_catalogue
 from chf.core.engine import Engine, EngineConfig
 from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
 from chf.core.renewals import needs_upkeep
@@ -146,11 +146,13 @@ class ChargingService:
 
     def reload_catalogue(self) -> Catalogue:
         """Load and validate the catalogue file again; on success new grants use it (open reservations keep
-        the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises."""
+        the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises; a
+        plan of both that changes currency is a failure (`check_replacement`)."""
         if self.catalogue_path is None:
             raise RuntimeError("the service was started without a catalogue file")
         try:
             catalogue = load_catalogue(self.catalogue_path)
+            check_replacement(self.engine.catalogue, catalogue)
         except Exception:
             metrics.observe_catalogue_reload(False)
             raise

@@ -1,3 +1,0 @@
-# Compiled builds only (setup.py): see store/schema.pxd. A layout is read for every CCR of its shape.
-cdef class _Layout:
-    cdef public object check, headers, msccs, once, ps, subscription_ids, top_rsu, top_usus
