@@ -43,7 +43,7 @@ from nchf.mapping import (
     to_charging_request,
 )
 from nchf.messages import Request, Respond, Response
-from nchf.ratelog import RateLog
+from chf.runtime.ratelog import RateLog
 
 log = logging.getLogger("nchf")
 

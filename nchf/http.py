@@ -30,7 +30,7 @@ from nchf.messages import (
     Response,
     plain_error,
 )
-from nchf.ratelog import RateLog
+from chf.runtime.ratelog import RateLog
 
 __all__ = [
     "CallbackHandler",
