@@ -32,6 +32,7 @@ from chf.core.model import (
 from chf.runtime import metrics
 from chf.runtime.admission import Admission
 from chf.runtime.port import OVERLOAD, ChargingPort, Refusal, refusal
+from chf.runtime.ratelog import RateLog
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.mapping import (
     SESSION_RESULT,
@@ -43,7 +44,6 @@ from nchf.mapping import (
     to_charging_request,
 )
 from nchf.messages import Request, Respond, Response
-from chf.runtime.ratelog import RateLog
 
 log = logging.getLogger("nchf")
 

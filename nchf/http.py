@@ -6,7 +6,7 @@ the ALPN result ("h2" or "http/1.1"). From then on the connection hands its byte
 version (nchf/http2.py, nchf/http1.py); this module keeps what does not depend on it: the connection count,
 the sweep that applies the time limits, the hand-over of requests to the handler, and shutdown.
 Connections are never closed after N requests, only when idle; what a client may make the server hold, and for
-how long, is bounded (Limits); refusals and cut-offs are counted and logged as a summary (nchf/ratelog.py).
+how long, is bounded (Limits); refusals and cut-offs are counted and logged as a summary (chf/runtime/ratelog.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import ssl
 import time
 from typing import Any
 
+from chf.runtime.ratelog import RateLog
 from nchf.http1 import Http1Session
 from nchf.http2 import Http2Session
 from nchf.messages import (
@@ -30,7 +31,6 @@ from nchf.messages import (
     Response,
     plain_error,
 )
-from chf.runtime.ratelog import RateLog
 
 __all__ = [
     "CallbackHandler",
