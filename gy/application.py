@@ -70,6 +70,8 @@ _requests = metrics.labelled(metrics.REQUESTS)
 _latency = metrics.labelled(metrics.REQUEST_LATENCY)
 _duplicates = metrics.DUPLICATES.labels("gy")
 _overload = metrics.OVERLOAD.labels("gy")
+_TOO_BUSY = str(DIAMETER_TOO_BUSY)
+_too_busy = metrics.PROTOCOL_ERRORS.labels("gy", _TOO_BUSY)
 _protocol_error_children: dict[str, object] = {}
 
 
@@ -240,7 +242,13 @@ class GyApplication:
         if link.inflight >= self.max_inflight_per_peer or not admission.admit():
             # Before the CCR is decoded: a retransmission is refused too, and sent again later like any 3004.
             _overload.inc()
-            self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too busy")
+            answer = self.encoder.too_busy(msg)
+            if answer is None:
+                self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too busy")
+                return
+            _too_busy.inc()
+            self.refusals.note(_TOO_BUSY)
+            link.write_answer(answer)
             return
         try:
             ccr = parse_ccr(msg)
