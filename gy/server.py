@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from typing import Any
 
@@ -56,6 +57,13 @@ class GyProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         limit = self.server.config.output_buffer
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)  # type: ignore[union-attr]
+        # The kernel's buffers too: autotuned, a socket's grow to megabytes for a peer that does not read (or
+        # floods), beyond what the process holds.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit)
         self.connected = True
         self.server.connections.add(self)
         self.stats = DIAMETER_PEERS.connection(transport.get_extra_info("peername"))
