@@ -62,3 +62,20 @@ def test_the_table_names_every_check() -> None:
     rows = [suite.Row("kill", "SIGKILL", "3 kills survived", "0 lost", True), suite.Row("fuzz", "x", "y")]
     text = suite.table(rows)
     assert "kill: SIGKILL" in text and "3 kills survived" in text and "0 lost" in text
+
+
+def test_loadtest_gy_provisions_lines_for_a_running_server(tmp_path: Path) -> None:
+    """loadtest/gy.py's docstring sends `--connect` users to `--provision-only`, which did not exist (issue 12)."""
+    from chf.runtime.config import load_config
+    from chf.runtime.storage import open_store
+    from loadtest import gy
+
+    config = gy.server_config(tmp_path, 3868, "os")
+    assert gy.main(["--provision-only", str(config), "--sessions", "5"]) == 0
+    store = open_store(load_config(str(config)))
+    try:
+        with store.read() as txn:
+            assert all(txn.subscriber_by("imsi", str(gy.IMSI_BASE + n)) is not None for n in range(5))
+            assert txn.subscriber_by("imsi", str(gy.IMSI_BASE + 5)) is None
+    finally:
+        store.close()
