@@ -33,6 +33,7 @@ CMD_CC = 272
 _IDS = struct.Struct("!II")
 _U32 = struct.Struct("!I")
 MAX_OUTSTANDING = 200_000
+_CREATES = itertools.count()
 # End-to-End ids unique per Origin-Host across every run of the process (RFC 6733 3: the server's duplicate
 # detection keys on them); Hop-by-Hop ids per connection.
 _E2E = itertools.count((int(time.time()) & 0xFFF) << 20)
@@ -244,6 +245,19 @@ async def gy_run(port: int, *, lines: int, seconds: float, rate: float = 0, sess
     return stats, offered
 
 
+async def gy_new_peer_cer(port: int, timeout: float = 1.0) -> float | None:
+    """Seconds for a new peer's CER to be answered 2001 (during overload its requests may well get 3004), or
+    None."""
+    started = time.perf_counter()
+    try:
+        client, cea = await asyncio.wait_for(DiameterClient.connect("127.0.0.1", port, "probe.chaos", "chaos"), timeout)
+    except (OSError, TimeoutError):
+        return None
+    client.close()
+    code = cea.find(268) if cea is not None else None
+    return time.perf_counter() - started if code is not None and code.u32() == 2001 else None
+
+
 async def gy_new_peer(port: int, timeout: float = 1.0) -> float | None:
     """Seconds for a new peer's CER and first CCR-I to be answered 2001, or None."""
     started = time.perf_counter()
@@ -329,6 +343,76 @@ class NchfLoad:
                 await c.close()
 
 
+def update_body() -> bytes:
+    """An update of rating group 10 with usage, invocationSequenceNumber 0: a new request every time."""
+    used = {"localSequenceNumber": 1, "totalVolume": 1000, "uplinkVolume": 500, "downlinkVolume": 500}
+    doc = nchffuzz.body(0, "0", units=[{"ratingGroup": 10, "requestedUnit": {}, "usedUnitContainer": [used]}])
+    del doc["subscriberIdentifier"]
+    return json.dumps(doc).encode()
+
+
+async def nchf_h2load(port: int, *, lines: int, seconds: float, rate: float = 0, clients: int = 16,
+                      streams: int = 128, sessions: int = 200) -> tuple[LoadStats, float]:  # fmt: skip
+    """Nchf updates from h2load (nghttp2, C: the generator must not be the bottleneck): `clients` connections of
+    up to `streams` requests each, cycling over `sessions` charging sessions created first; `rate` requests per
+    second in all (0: as fast as the streams allow). Latency per request from h2load's --log-file (from the
+    request's send: one held back by the streams limit waits uncounted)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        raise RuntimeError("h2load is not installed (Debian nghttp2-client)")
+    client = await H2Client.connect("127.0.0.1", port)
+    refs = []
+    statuses: collections.Counter[int] = collections.Counter()
+    for n in range(sessions):
+        stamp = f"2026-11-22T12:00:00.{next(_CREATES):09d}Z"  # each run its own sessions
+        doc = nchffuzz.body(0, str(IMSI_BASE + n % lines), stamp=stamp)
+        created = await client.post_json(nchffuzz.API, json.dumps(doc).encode())
+        if created.status == 201:
+            refs.append(created.headers["location"].rsplit("/", 1)[1])
+        else:
+            statuses[created.status] += 1
+    await client.close()
+    if not refs:
+        raise RuntimeError(f"no charging session could be created: {dict(statuses)}")
+    with tempfile.TemporaryDirectory(prefix="chf-chaos-h2load-") as tmp:
+        uris, body, log_file = Path(tmp, "uris"), Path(tmp, "body.json"), Path(tmp, "h2load.log")
+        uris.write_text("".join(f"http://127.0.0.1:{port}{nchffuzz.API}/{ref}/update\n" for ref in refs))
+        body.write_bytes(update_body())
+        command = [h2load, "-c", str(clients), "-m", str(streams), "-t", "1", "-D", str(max(1, round(seconds))), "-i", str(uris),
+                   "-d", str(body), "-H", "content-type: application/json", "--log-file", str(log_file)]  # fmt: skip
+        if rate:
+            command += ["--rps", str(max(1, round(rate / clients)))]
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        if not log_file.exists():
+            raise RuntimeError(f"h2load failed ({proc.returncode}): {err.decode()[-500:]} {out.decode()[-500:]}")
+        stats = LoadStats()
+        for line in log_file.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            status, latency = int(parts[1]), int(parts[2]) / 1e6
+            stats.sent += 1
+            if status == 200:
+                stats.ok += 1
+                stats.ok_latency.append(latency)
+            elif status == 503:
+                stats.busy += 1
+                stats.busy_latency.append(latency)
+            elif status <= 0:
+                stats.lost += 1
+            else:
+                stats.other += 1
+                stats.other_codes[status] += 1
+    return stats, stats.sent / seconds
+
+
 async def nchf_run(port: int, *, seconds: float, rate: float = 0, concurrency: int = 0,
                    connections: int = 8) -> tuple[LoadStats, float]:  # fmt: skip
     stats = LoadStats()
@@ -356,7 +440,9 @@ async def nchf_run(port: int, *, seconds: float, rate: float = 0, concurrency: i
     return stats, offered
 
 
-async def nchf_new_peer(port: int, timeout: float = 1.0) -> float | None:
+async def nchf_new_peer(port: int, timeout: float = 1.0, *, answered: tuple[int, ...] = (201,)) -> float | None:
+    """Seconds for a new client's first request to get a status of `answered` (201: served; during overload a
+    503 is an answer too), or None."""
     started = time.perf_counter()
     try:
         client = await H2Client.connect("127.0.0.1", port, timeout=timeout)
@@ -367,7 +453,7 @@ async def nchf_new_peer(port: int, timeout: float = 1.0) -> float | None:
         await client.close()
     except (OSError, TimeoutError, ClientError):
         return None
-    return time.perf_counter() - started if response.status == 201 else None
+    return time.perf_counter() - started if response.status in answered else None
 
 
 # -- the scenario ----------------------------------------------------------------------------------------------------
@@ -391,6 +477,7 @@ class OverloadResult:
     rss_peak_kb: int
     rss_after_kb: int
     server_cpu_percent: float
+    tracebacks: int = 0
 
     @property
     def goodput_share(self) -> float:
@@ -411,11 +498,14 @@ async def recovery(interface: str, port: int, limit: float) -> float | None:
 async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0, capacity_seconds: float = 5.0,
               seconds: float = 10.0, recovery_limit: float = 30.0) -> OverloadResult:  # fmt: skip
     port = server.ports.gy if interface == "gy" else server.ports.nchf
+    tracebacks = server.tracebacks()
 
     async def load(seconds: float, rate: float = 0) -> tuple[LoadStats, float]:
         if interface == "gy":
             return await gy_run(port, lines=lines, seconds=seconds, rate=rate, sessions=0 if rate else 512)
-        return await nchf_run(port, seconds=seconds, rate=rate, concurrency=0 if rate else 256)
+        if rate:
+            return await nchf_h2load(port, lines=lines, seconds=seconds, rate=rate)
+        return await nchf_h2load(port, lines=lines, seconds=seconds, streams=16)
 
     await load(1.0)  # warm up
     capacity_stats, _ = await load(capacity_seconds)
@@ -427,7 +517,10 @@ async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0
     with RssSampler(server.pid) as sampler:
         overload = asyncio.create_task(load(seconds, target))
         await asyncio.sleep(seconds / 2)
-        during = await (gy_new_peer if interface == "gy" else nchf_new_peer)(port, 2.0)
+        if interface == "gy":
+            during = await gy_new_peer_cer(port, 2.0)
+        else:
+            during = await nchf_new_peer(port, 2.0, answered=(201, 503))
         stats, offered = await overload
         cpu = (server.cpu_seconds() - cpu0) / seconds
         recovered = await recovery(interface, port, recovery_limit)
@@ -451,6 +544,7 @@ async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0
         sampler.peak,
         server.rss_kb(),
         round(100 * cpu),
+        server.tracebacks() - tracebacks,
     )
 
 

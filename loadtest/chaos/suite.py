@@ -201,7 +201,7 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
             short = r.offered_per_s < 0.95 * r.target_per_s
             ok = (share >= GOODPUT_SHARE and r.refusal_p99_ms < REFUSAL_P99_MS
                   and r.accepted_p99_ms < ACCEPTED_P99_MS and r.recovery_s is not None and r.recovery_s < RECOVERY_S
-                  and r.new_peer_during_s is not None and r.new_peer_during_s < NEW_PEER_S)  # fmt: skip
+                  and r.new_peer_during_s is not None and r.new_peer_during_s < NEW_PEER_S and not r.tracebacks)  # fmt: skip
             refusal = "3004" if interface == "gy" else "503"
             rows.append(Row(
                 "overload", f"{interface} at {s.overload_factor:g}x",
@@ -211,7 +211,7 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
                 f"{r.refusal_p50_ms}/{r.refusal_p99_ms} ms; accepted p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; "
                 f"new peer during: {_seconds(r.new_peer_during_s)}; recovery {_seconds(r.recovery_s)}; RSS "
                 f"{_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> {_mb(r.rss_after_kb)} MB; server CPU "
-                f"{r.server_cpu_percent} %",
+                f"{r.server_cpu_percent} %; {r.tracebacks} tracebacks in the log",
                 f"goodput >= {100 * GOODPUT_SHARE:.0f} %, refusal p99 < {REFUSAL_P99_MS:g} ms, accepted p99 < "
                 f"{ACCEPTED_P99_MS:g} ms, new peer < {NEW_PEER_S:g} s, recovery < {RECOVERY_S:g} s", ok,
                 {**asdict(r), "goodput_share": share},
