@@ -23,7 +23,9 @@ ACTIVE = "208010000000001"
 
 
 def dwr(hbh: int, version: int = 1) -> bytes:
-    raw = encode_message(280, 0x80, 0, hbh, hbh, [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").text(REALM)])
+    raw = encode_message(
+        280, 0x80, 0, hbh, hbh, [E("Origin-Host").octets(HOST.encode()), E("Origin-Realm").text(REALM)]
+    )
     return bytes([version]) + raw[1:]
 
 
@@ -204,6 +206,8 @@ async def test_a_load_client_with_two_connections_is_served(tmp_path: Path) -> N
     async with running_server(tmp_path) as srv:
         await srv.op(provision(imsi=ACTIVE))
         one, _ = await DiameterClient.connect("127.0.0.1", srv.port, HOST, REALM)
-        answers = await asyncio.gather(*[one.ccr(ccr(f"p;{n}", 4, 0, imsi=ACTIVE, requested_action=2)) for n in range(50)])
+        answers = await asyncio.gather(
+            *[one.ccr(ccr(f"p;{n}", 4, 0, imsi=ACTIVE, requested_action=2)) for n in range(50)]
+        )
         assert all(find(a.avps, 268).u32() == 2001 for a in answers)  # type: ignore[union-attr]
         one.close()

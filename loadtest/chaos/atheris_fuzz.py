@@ -17,6 +17,7 @@ Run as a child process (libFuzzer ends the process when it is done); loadtest.ch
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -63,10 +64,8 @@ def gy_target() -> Callable[[bytes], None]:
         for parse in (ccapp.parse_ccr, reference):
             if parse is None:
                 continue
-            try:
+            with contextlib.suppress(DecodeError):
                 parse(msg)
-            except DecodeError:
-                pass
 
     return one
 
@@ -80,10 +79,8 @@ def nchf_target() -> Callable[[bytes], None]:
         except (ValueError, UnicodeDecodeError, RecursionError):
             return
         for creating in (True, False):
-            try:
+            with contextlib.suppress(InvalidRequest):
                 parse_request(body, creating=creating)
-            except InvalidRequest:
-                pass
 
     return one
 
@@ -98,10 +95,8 @@ def h2_target() -> Callable[[bytes], None]:
     def one(data: bytes) -> None:
         conn = ServerH2Connection(config=config)
         conn.initiate_connection()
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             conn.receive_data(PREFACE + data)
-        except h2.exceptions.H2Error:
-            pass
 
     return one
 

@@ -382,8 +382,10 @@ async def nchf_h2load(port: int, *, lines: int, seconds: float, rate: float = 0,
         uris, body, log_file = Path(tmp, "uris"), Path(tmp, "body.json"), Path(tmp, "h2load.log")
         uris.write_text("".join(f"http://127.0.0.1:{port}{nchffuzz.API}/{ref}/update\n" for ref in refs))
         body.write_bytes(update_body())
-        command = [h2load, "-c", str(clients), "-m", str(streams), "-t", "1", "-D", str(max(1, round(seconds))), "-i", str(uris),
-                   "-d", str(body), "-H", "content-type: application/json", "--log-file", str(log_file)]  # fmt: skip
+        command = [
+            *(h2load, "-c", str(clients), "-m", str(streams), "-t", "1", "-D", str(max(1, round(seconds)))),
+            *("-i", str(uris), "-d", str(body), "-H", "content-type: application/json", "--log-file", str(log_file)),
+        ]
         if rate:
             command += ["--rps", str(max(1, round(rate / clients)))]
         proc = await asyncio.create_subprocess_exec(

@@ -25,6 +25,7 @@ from loadtest.chaos import abuse, gyfuzz, kill, nchffuzz, overload
 from loadtest.chaos.server import IMSI_BASE, Server, cpus
 
 # Issue 12's targets.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RSS_PEAK_FACTOR = 2.0  # RSS under abuse within 2x the baseline
 RSS_AFTER_FACTOR = 1.25  # and back near it once the abusers left
 GOODPUT_SHARE = 0.8  # of the pinned capacity, under overload
@@ -152,21 +153,23 @@ def atheris_rows(s: Settings) -> list[Row]:
     rows = []
     for target in ("gy", "nchf", "h2"):
         with tempfile.TemporaryDirectory(prefix=f"chf-atheris-{target}-") as corpus:
-            command = [sys.executable, "-m", "loadtest.chaos.atheris_fuzz", target, corpus,
-                       f"-runs={s.atheris_runs}", f"-max_total_time={s.atheris_seconds}", "-print_final_stats=1"]  # fmt: skip
+            command = [
+                *(sys.executable, "-m", "loadtest.chaos.atheris_fuzz", target, corpus),
+                *(f"-runs={s.atheris_runs}", f"-max_total_time={s.atheris_seconds}", "-print_final_stats=1"),
+            ]
             started = time.monotonic()
-            done = subprocess.run(command, capture_output=True, text=True, timeout=s.atheris_seconds + 120,
-                                  cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=s.atheris_seconds + 120, cwd=REPO_ROOT
+            )
         runs = re.findall(r"Done (\d+) runs", done.stderr)
         cov = re.findall(r"cov: (\d+)", done.stderr)
         finding = done.returncode != 0
-        detail = done.stderr[-1500:] if finding else ""
-        rows.append(Row(
-            "fuzz", f"atheris {target} decoder",
-            f"{runs[-1] if runs else '?'} inputs in {time.monotonic() - started:.0f} s, coverage {cov[-1] if cov else '?'}"
-            f" edges: {int(finding)} findings",
-            "0 findings", not finding, {"returncode": done.returncode, "detail": detail},
-        ))  # fmt: skip
+        figures = (
+            f"{runs[-1] if runs else '?'} inputs in {time.monotonic() - started:.0f} s, "
+            f"coverage {cov[-1] if cov else '?'} edges: {int(finding)} findings"
+        )
+        data = {"returncode": done.returncode, "detail": done.stderr[-1500:] if finding else ""}
+        rows.append(Row("fuzz", f"atheris {target} decoder", figures, "0 findings", not finding, data))
     return rows
 
 
@@ -199,23 +202,33 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
                                    capacity_seconds=s.capacity_seconds, seconds=s.overload_seconds)  # fmt: skip
             share = r.goodput_share
             short = r.offered_per_s < 0.95 * r.target_per_s
-            ok = (share >= GOODPUT_SHARE and r.refusal_p99_ms < REFUSAL_P99_MS
-                  and r.accepted_p99_ms < ACCEPTED_P99_MS and r.recovery_s is not None and r.recovery_s < RECOVERY_S
-                  and r.new_peer_during_s is not None and r.new_peer_during_s < NEW_PEER_S and not r.tracebacks)  # fmt: skip
+            ok = (
+                share >= GOODPUT_SHARE
+                and r.refusal_p99_ms < REFUSAL_P99_MS
+                and r.accepted_p99_ms < ACCEPTED_P99_MS
+                and r.recovery_s is not None
+                and r.recovery_s < RECOVERY_S
+                and r.new_peer_during_s is not None
+                and r.new_peer_during_s < NEW_PEER_S
+                and not r.tracebacks
+            )
             refusal = "3004" if interface == "gy" else "503"
-            rows.append(Row(
-                "overload", f"{interface} at {s.overload_factor:g}x",
-                f"capacity {r.capacity_per_s}/s; offered {r.offered_per_s}/s"
-                f"{' (the generator maximum; target ' + str(r.target_per_s) + '/s)' if short else ''}; goodput "
-                f"{r.goodput_per_s}/s = {100 * share:.0f} % of capacity; {r.refused} x {refusal} p50/p99 "
-                f"{r.refusal_p50_ms}/{r.refusal_p99_ms} ms; accepted p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; "
-                f"new peer during: {_seconds(r.new_peer_during_s)}; recovery {_seconds(r.recovery_s)}; RSS "
-                f"{_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> {_mb(r.rss_after_kb)} MB; server CPU "
-                f"{r.server_cpu_percent} %; {r.tracebacks} tracebacks in the log",
+            offered = f"offered {r.offered_per_s}/s"
+            if short:
+                offered += f" (the generator's maximum; target {r.target_per_s}/s)"
+            figures = (
+                f"capacity {r.capacity_per_s}/s; {offered}; goodput {r.goodput_per_s}/s = {100 * share:.0f} % of "
+                f"capacity; {r.refused} x {refusal} p50/p99 {r.refusal_p50_ms}/{r.refusal_p99_ms} ms; accepted "
+                f"p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; new peer during: {_seconds(r.new_peer_during_s)};"
+                f" recovery {_seconds(r.recovery_s)}; RSS {_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> "
+                f"{_mb(r.rss_after_kb)} MB; server CPU {r.server_cpu_percent} %; {r.tracebacks} tracebacks in the log"
+            )
+            target = (
                 f"goodput >= {100 * GOODPUT_SHARE:.0f} %, refusal p99 < {REFUSAL_P99_MS:g} ms, accepted p99 < "
-                f"{ACCEPTED_P99_MS:g} ms, new peer < {NEW_PEER_S:g} s, recovery < {RECOVERY_S:g} s", ok,
-                {**asdict(r), "goodput_share": share},
-            ))  # fmt: skip
+                f"{ACCEPTED_P99_MS:g} ms, new peer < {NEW_PEER_S:g} s, recovery < {RECOVERY_S:g} s"
+            )
+            data = {**asdict(r), "goodput_share": share}
+            rows.append(Row("overload", f"{interface} at {s.overload_factor:g}x", figures, target, ok, data))
     return rows
 
 
