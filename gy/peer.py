@@ -297,8 +297,8 @@ class PeerConnection:
         if not host or not realm:
             # RFC 6733 7.5: Failed-AVP holds an example of the missing AVP.
             missing = E("Origin-Host" if not host else "Origin-Realm").octets(b"")
-            failed = E("Failed-AVP").grouped([missing])
-            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail(), failed)))
+            example = E("Failed-AVP").grouped([missing])
+            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail(), example)))
             return self._close("CER without Origin-Host or Origin-Realm")
         self.peer_host = host
         self.peer_realm = realm

@@ -19,8 +19,9 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from gy.client import DiameterClient
 from loadtest.chaos import gyfuzz, nchffuzz
@@ -214,7 +215,7 @@ async def nchf_citizen(port: int, until: float) -> tuple[int, int]:
     return served, tried
 
 
-Peer = Callable[[int, float, int], Awaitable[bool]]
+Peer = Callable[[int, float, int], Coroutine[Any, Any, bool]]
 SCENARIOS: dict[str, tuple[str, Peer]] = {
     "gy-noread-precer": ("gy", lambda port, until, n: gy_noread_precer(port, until)),
     "gy-noread-dwr": ("gy", gy_noread_dwr),

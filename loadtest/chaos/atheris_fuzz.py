@@ -3,8 +3,8 @@
     python -m loadtest.chaos.atheris_fuzz TARGET CORPUS_DIR [libFuzzer options, e.g. -runs=20000 -max_total_time=10]
 
 Targets:
-  gy    bytes -> Diameter header -> the CCR decoder (the fast walker and the reference decoder): a DecodeError is
-        the only allowed failure (it becomes a Result-Code with Failed-AVP).
+  gy    bytes -> Diameter header -> the CCR decoders (gy/ccr_fast.py's walker and gy/ccr_reference.py): a
+        DecodeError is the only allowed failure (it becomes a Result-Code with Failed-AVP).
   nchf  bytes -> JSON -> the ChargingDataRequest mapping (create and update): ValueError, UnicodeDecodeError and
         RecursionError of the JSON decoder (400 INVALID_MSG_FORMAT) and InvalidRequest (400 with invalidParams).
   h2    bytes after the connection preface -> the server's h2 connection (the Nchf server's configuration and
@@ -48,24 +48,21 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 
 
 def gy_target() -> Callable[[bytes], None]:
-    from gy import ccapp
+    from gy.ccr_fast import parse_ccr
+    from gy.ccr_reference import parse_ccr_reference
     from gy.codec import DecodeError, decode_header
-
-    reference = getattr(ccapp, "parse_ccr_reference", None)
 
     def one(data: bytes) -> None:
         if len(data) < 20:
             return
         buf = data[:1] + len(data).to_bytes(3, "big") + data[4:]
         try:
-            msg = decode_header(buf)
+            decode_header(buf)
         except DecodeError:
             return
-        for parse in (ccapp.parse_ccr, reference):
-            if parse is None:
-                continue
+        for parse in (parse_ccr, parse_ccr_reference):
             with contextlib.suppress(DecodeError):
-                parse(msg)
+                parse(decode_header(buf))
 
     return one
 

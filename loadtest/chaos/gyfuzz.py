@@ -25,6 +25,7 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from gy.client import Mscc, ccr_avps
 from gy.codec import E, encode_message
@@ -60,7 +61,7 @@ def seeds(host: str, realm: str, imsi: str) -> list[bytes]:
     """The well-formed messages mutations start from."""
     data = Mscc(10, {"bytes": 1_000_000}, used=[{"bytes": 5000, "bytes_in": 2000, "bytes_out": 3000, "reason": 2}])
     money = Mscc(40, {"money": 500_000}, used=[{"events": 1, "seconds": 30}])
-    kw = {"origin_host": host, "origin_realm": realm}
+    kw: dict[str, Any] = {"origin_host": host, "origin_realm": realm}
     ccrs = [
         ccr_avps("s;1", 1, 0, imsi=imsi, msisdn="33600000001", mscc=[Mscc(10, {})], mcc_mnc="20801", **kw),
         ccr_avps("s;1", 2, 1, mscc=[data, money, Mscc(11, {"seconds": 60})], **kw),
@@ -175,9 +176,9 @@ class Mutator:
             elif op == 8:
                 length_delta[i] = rng.choice([-8, -4, -1, 1, 3, 4, 1 << 20])
             elif op == 9:
-                data = bytearray(avps[i].data or b"\0")
-                data[rng.randrange(len(data))] = rng.randrange(256)
-                avps[i] = Avp(avps[i].code, avps[i].flags, avps[i].vendor, bytes(data))
+                changed = bytearray(avps[i].data or b"\0")
+                changed[rng.randrange(len(changed))] = rng.randrange(256)
+                avps[i] = Avp(avps[i].code, avps[i].flags, avps[i].vendor, bytes(changed))
             else:
                 avps[i] = Avp(
                     avps[i].code, avps[i].flags, avps[i].vendor, avps[i].data[: rng.randrange(len(avps[i].data) + 1)]

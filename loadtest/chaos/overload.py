@@ -20,6 +20,7 @@ import json
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.exceptions
 
@@ -81,7 +82,7 @@ class GySession:
         host = f"load{conn}.chaos"
         sid = f"{host};ovl;{self.n}"
         imsi = str(IMSI_BASE + self.n % lines)
-        kw = {"origin_host": host, "origin_realm": "chaos"}
+        kw: dict[str, Any] = {"origin_host": host, "origin_realm": "chaos"}
         self.templates = {
             1: self._template(ccr_avps(sid, 1, 0, imsi=imsi, mscc=[Mscc(10, {})], **kw)),
             2: self._template(ccr_avps(sid, 2, 0, mscc=[Mscc(10, {}, used=[{"bytes": 500_000, "reason": 3}])], **kw)),
@@ -181,7 +182,8 @@ class GyLoad(asyncio.Protocol):
         code = int.from_bytes(msg[5:8], "big")
         if code == 280 and self.transport is not None:  # DWR: answered, or the server gives up on us
             avps = [gyfuzz.E("Result-Code").u32(2001), *gyfuzz.host_avps("load.chaos", "chaos")]
-            self.transport.write(encode_message(280, 0, 0, *_IDS.unpack_from(msg, 12), avps))
+            hbh, e2e = _IDS.unpack_from(msg, 12)
+            self.transport.write(encode_message(280, 0, 0, hbh, e2e, avps))
 
 
 async def gy_connections(port: int, count: int, stats: LoadStats, idle: collections.deque[GySession]) -> list[GyLoad]:
@@ -272,7 +274,7 @@ async def gy_new_peer(port: int, timeout: float = 1.0) -> float | None:
         sid = f"probe.chaos;{time.monotonic_ns()}"
         avps = ccr_avps(sid, 1, 0, origin_host="probe.chaos", origin_realm="chaos", imsi=str(IMSI_BASE),
                         mscc=[Mscc(10, {})])  # fmt: skip
-        answer = await client.ccr(avps, timeout=timeout)
+        answer = await client.ccr(avps, timeout=max(1, round(timeout)))
         result = answer.find(268)
         if result is None or result.u32() != 2001:
             return None

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support import REPO, free_port
 
@@ -85,7 +86,7 @@ def provision(config: Path, lines: int) -> None:
         engine = build_service(cfg, store).engine
         now = int(time.time())
 
-        def setup(txn):  # type: ignore[no-untyped-def]
+        def setup(txn: Any) -> None:
             provisioning.create_tenant(txn, "chaos", "chaos", "EUR", now)
             provisioning.create_account(
                 txn, engine, account_id=ACCOUNT, tenant="chaos", payment="prepaid", now=now, balance=OPENING
