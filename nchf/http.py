@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from typing import Any
@@ -49,6 +50,9 @@ log = logging.getLogger("nchf.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
+# Bytes the kernel may hold of a connection's answers (SO_SNDBUF; Linux doubles it for its bookkeeping).
+SOCKET_BUFFER = 262144
+
 
 class HttpConnection(asyncio.Protocol):
     """One client connection; HTTP/2 or HTTP/1.1, decided by its first bytes (or by ALPN under TLS)."""
@@ -73,6 +77,12 @@ class HttpConnection(asyncio.Protocol):
             self.server.refusals.note("too_many_connections")
             transport.close()
             return
+        # The kernel's buffers, autotuned, grow to megabytes for a client that does not read: its answers would pile
+        # up there, out of pause_writing's sight, while its requests are still read and charged.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.scheme = "https"

@@ -8,10 +8,11 @@ client had given up (issue 12). What a client can wait is a time, so the bound i
     expected wait = requests in flight / the rate at which they are answered  >  budget  ->  refuse
 
 The answer rate is measured, not configured: answers are counted in windows of about WINDOW seconds, over the
-time the front-end had requests in flight (busy time: an idle moment says nothing about what it could do), and an
-average of the windows' rates, each weighted by its busy time, follows the machine (fsync or not, a neighbour's
-load, the engine's work per request). Below `floor` requests in flight, and until a rate was measured, everything is
-admitted (a cold start, a trickle); `limit` stays the hard bound by count, for memory.
+time more than `floor` requests were in flight (a queue: the answer rate is then the front-end's throughput; with
+fewer in flight it is only their latency, and would make a quiet server refuse a sudden burst), and an average of
+the windows' rates, each weighted by that time, follows the machine (fsync or not, a neighbour's load, the engine's
+work per request). Up to `floor` requests in flight, and until a rate was measured, everything is admitted (a cold
+start, a trickle); `limit` stays the hard bound by count, for memory.
 
 Sans-IO: the caller passes the time (a monotonic clock in seconds). Cost per request: a few attribute reads and
 one comparison; a division only once `floor` requests are in flight.
@@ -42,10 +43,10 @@ class Admission:
         self.limit = limit
         self.floor = floor
         self.in_flight = 0
-        self.rate = 0.0  # answers per second of busy time; 0 until measured
-        self.completed = 0  # answers in the current window
-        self.busy_time = 0.0  # busy seconds of the current window, up to busy_since
-        self.busy_since = 0.0  # start of the current busy stretch (or of the window)
+        self.rate = 0.0  # answers per second while more than `floor` were in flight; 0 until measured
+        self.completed = 0  # answers of the current window given while more than `floor` were in flight
+        self.busy_time = 0.0  # seconds of the current window with more than `floor` in flight, up to busy_since
+        self.busy_since = 0.0  # start of the current such stretch (or of the window)
         self.window_start = 0.0
 
     def admit(self) -> bool:
@@ -62,20 +63,21 @@ class Admission:
         return self.in_flight / self.rate if self.rate else 0.0
 
     def started(self, now: float) -> None:
-        if not self.in_flight:
-            self.busy_since = now
         self.in_flight += 1
+        if self.in_flight == self.floor + 1:
+            self.busy_since = now
 
     def finished(self, now: float) -> None:
+        if self.in_flight > self.floor:
+            self.completed += 1
+            if self.in_flight == self.floor + 1:
+                self.busy_time += now - self.busy_since
         self.in_flight -= 1
-        self.completed += 1
-        if not self.in_flight:
-            self.busy_time += now - self.busy_since
         if now - self.window_start >= WINDOW:
             self._roll(now)
 
     def _roll(self, now: float) -> None:
-        busy = self.busy_time + (now - self.busy_since if self.in_flight else 0.0)
+        busy = self.busy_time + (now - self.busy_since if self.in_flight > self.floor else 0.0)
         if self.completed and busy > 0:
             measured = self.completed / busy
             if not self.rate:
