@@ -500,7 +500,7 @@ async def recovery(interface: str, port: int, limit: float) -> float | None:
 
 
 async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0, capacity_seconds: float = 5.0,
-              seconds: float = 10.0, recovery_limit: float = 30.0) -> OverloadResult:  # fmt: skip
+              seconds: float = 10.0, recovery_limit: float = 30.0, pause: float = 1.0) -> OverloadResult:  # fmt: skip
     port = server.ports.gy if interface == "gy" else server.ports.nchf
     tracebacks = server.tracebacks()
 
@@ -511,10 +511,10 @@ async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0
             return await nchf_h2load(port, lines=lines, seconds=seconds, rate=rate)
         return await nchf_h2load(port, lines=lines, seconds=seconds, streams=16)
 
-    await load(1.0)  # warm up
+    await load(pause)  # warm up
     capacity_stats, _ = await load(capacity_seconds)
     capacity = capacity_stats.ok / capacity_seconds
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(pause)
     before = server.rss_kb()
     target = factor * capacity
     cpu0 = server.cpu_seconds()
@@ -528,7 +528,7 @@ async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0
         stats, offered = await overload
         cpu = (server.cpu_seconds() - cpu0) / seconds
         recovered = await recovery(interface, port, recovery_limit)
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2 * pause)
     return OverloadResult(
         interface,
         round(capacity),

@@ -53,6 +53,7 @@ class Settings:
     overload_factor: float
     kills: int
     lines: int = 1000
+    pause: float = 1.0  # seconds between the overload's phases
 
 
 FULL = Settings(
@@ -71,20 +72,21 @@ FULL = Settings(
     kills=10,
 )
 SHORT = Settings(
-    gy_frames=300,
+    gy_frames=250,
     nchf_requests=150,
     h2_connections=60,
     atheris_runs=3_000,
-    atheris_seconds=3,
+    atheris_seconds=2,
     abuse_connections=20,
     abuse_seconds=1.5,
     warm_seconds=0.3,
-    settle_seconds=1.5,
-    capacity_seconds=2.0,
-    overload_seconds=3.0,
+    settle_seconds=1.0,
+    capacity_seconds=1.5,
+    overload_seconds=2.5,
     overload_factor=3.0,
     kills=3,
     lines=100,
+    pause=0.3,
 )
 
 
@@ -199,7 +201,8 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
     for interface in ("gy", "nchf"):
         with Server(home / interface, lines=s.lines, cpu=cpu) as server:
             r = await overload.run(server, interface, lines=s.lines, factor=s.overload_factor,
-                                   capacity_seconds=s.capacity_seconds, seconds=s.overload_seconds)  # fmt: skip
+                                   capacity_seconds=s.capacity_seconds, seconds=s.overload_seconds,
+                                   pause=s.pause)  # fmt: skip
             share = r.goodput_share
             short = r.offered_per_s < 0.95 * r.target_per_s
             ok = (
