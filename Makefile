@@ -9,7 +9,7 @@ NATIVE_STAMP = $(VENV)/.built-native
 NATIVE_MODULES := $(shell grep -v '^\#' native-modules.txt)
 NATIVE_SOURCES := $(NATIVE_MODULES) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
-.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec clean
+.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup bench-chaos clean
 
 # The editable install itself compiles nothing (CHF_PURE_PYTHON=1): $(NATIVE_STAMP) does, in parallel and
 # incrementally. A plain `pip install .` compiles in one go.
@@ -67,6 +67,9 @@ bench-gy: $(NATIVE_STAMP)
 # `chf subscriber import` of a generated 1,000,000-line CSV (see loadtest/bench_import.py --help).
 bench-import: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_import
+# Gy charging with and without `chf backup` running beside it (see loadtest/bench_backup.py --help).
+bench-backup: $(NATIVE_STAMP)
+	$(BIN)/python -m loadtest.bench_backup
 # Nchf updates over HTTP/2 with h2load (Debian nghttp2-client), fsync on (see loadtest/bench_nchf.py --help).
 bench-nchf: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_nchf $(BENCH_ARGS)
@@ -77,10 +80,11 @@ bench-nchf: $(NATIVE_STAMP)
 bench-chaos: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.chaos $(BENCH_ARGS)
 
-# Long run of the charging core's stateful property test (2000 examples; the suite runs 200).
+# Long run of the money oracle, the whole-system stateful test (tests/test_properties.py): 20,000 examples of up
+# to 80 steps (the suite runs 100 of up to 50). ORACLE_EXAMPLES=n runs n.
 .PHONY: bench-properties
 bench-properties: $(TEST_STAMP)
-	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q --durations=1 tests/test_properties.py
 # Gy codec: decode a CCR-U + encode the CCA-U, and the server's event-loop side (see loadtest/bench_gy_codec.py).
 bench-gy-codec: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_gy_codec

@@ -36,18 +36,20 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
+from chf.core.engine import USAGE_BOUND_FIELD
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
 from chf.runtime.admission import Admission
 from chf.runtime.port import ChargingPort, refusal
 from chf.runtime.ratelog import RateLog
-from gy.cca import RESULT_CODES, AnswerEncoder
+from gy.cca import RESULT_CODES, AnswerEncoder, used_unit_failed_avp
 from gy.ccr import ParsedCCR
 from gy.ccr_fast import parse_ccr
 from gy.codec import DecodeError, E, Message, find
 from gy.codes import (
     DIAMETER_APPLICATION_UNSUPPORTED,
     DIAMETER_COMMAND_UNSUPPORTED,
+    DIAMETER_INVALID_AVP_VALUE,
     DIAMETER_LIMITED_SUCCESS,
     DIAMETER_SUCCESS,
     DIAMETER_TOO_BUSY,
@@ -332,7 +334,12 @@ class GyApplication:
             if not isinstance(exc, RequestError):
                 log.error("event=charge_failed session=%s error=%r", ccr.session_id, exc, exc_info=exc)
             log.warning("event=cca session=%s result=%d error=%s", ccr.session_id, code, text)
-            data = link.peer.answer(msg, self.encoder.failure(msg, code, None, text))
+            failed = None
+            if isinstance(exc, RequestError) and exc.field.startswith(USAGE_BOUND_FIELD + "/"):
+                # Implausible usage (over [engine] max_report_*): 5004 naming the Used-Service-Unit (RFC 6733 7.5).
+                code = DIAMETER_INVALID_AVP_VALUE
+                failed = used_unit_failed_avp(ccr, exc.field)
+            data = link.peer.answer(msg, self.encoder.failure(msg, code, failed, text))
         metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
         _requests("gy", operation, str(code)).inc()
         return data

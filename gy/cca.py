@@ -69,6 +69,34 @@ _ISO_4217 = """
 CURRENCIES = {alpha: int(numeric) for alpha, numeric in (pair.split(":") for pair in _ISO_4217.split())}
 
 _E_SESSION = E("Session-Id")
+_E_USU = E("Used-Service-Unit")
+# The AVP of a Used-Service-Unit that carried each unit type (Failed-AVP of a report over [engine] max_report_*).
+_USED_AVP = {
+    "bytes": (E("CC-Total-Octets"), 64),
+    "bytes_in": (E("CC-Input-Octets"), 64),
+    "bytes_out": (E("CC-Output-Octets"), 64),
+    "seconds": (E("CC-Time"), 32),
+    "events": (E("CC-Service-Specific-Units"), 64),
+}
+
+
+def used_unit_failed_avp(ccr: ParsedCCR, field: str) -> bytes | None:
+    """Failed-AVP for the core's refusal of implausible usage (RequestError field "usage/i/j/unit", see
+    chf.core.engine.check_usage_bounds): the Used-Service-Unit holding the offending AVP and its value."""
+    parts = field.split("/")
+    try:
+        _, i, j, unit = parts
+        value = ccr.request.units[int(i)].used[int(j)].units[unit]
+    except (ValueError, IndexError, KeyError):
+        return None
+    enc = _USED_AVP.get(unit)
+    if enc is None:
+        return None
+    avp, bits = enc
+    value = max(0, min(value, (1 << bits) - 1))
+    return _E_USU.octets(avp.u64(value) if bits == 64 else avp.u32(value))
+
+
 _E_RESULT = E("Result-Code")
 _E_TYPE = E("CC-Request-Type")
 _E_NUMBER = E("CC-Request-Number")

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import resource
 import signal
 import struct
@@ -139,6 +140,10 @@ class LoadClient(DiameterClient):
     def __init__(self, origin_host: str, origin_realm: str) -> None:
         super().__init__(origin_host, origin_realm)
         self._out: list[bytes] = []
+        # End-to-End ids as RFC 6733 3 has them start (the time's low 12 bits, then 20 random bits): a second run
+        # from the same Origin-Host is not taken for retransmissions of the first.
+        start = ((int(time.time()) & 0xFFF) << 20) | random.getrandbits(20)
+        self._e2e = itertools.count(start)  # taken modulo 2^32 in send_ccr
 
     def send_raw(self, data: bytes) -> None:
         self._out.append(data)
@@ -152,7 +157,7 @@ class LoadClient(DiameterClient):
 
     def send_ccr(self, template: bytearray, number_at: int, number: int) -> asyncio.Future[Message]:
         hbh = next(self._hbh)
-        _IDS.pack_into(template, 12, hbh, next(self._e2e))
+        _IDS.pack_into(template, 12, hbh, next(self._e2e) & 0xFFFFFFFF)
         _U32.pack_into(template, number_at, number)
         future = self.expect(hbh)
         self.send_raw(bytes(template))
@@ -314,7 +319,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int | None) -> dict[str, object]:
+async def drive(
+    args: argparse.Namespace, host: str, port: int, server_pid: int | None, first_session: int = 0
+) -> dict[str, object]:
+    """Run the load; `first_session` numbers the Session-Ids of a second run against the same server (the same
+    ids again would be answered from the stored answers, charging nothing)."""
     clients = [
         (await LoadClient.connect(host, port, f"load{i}.localdomain", "localdomain"))[0]
         for i in range(args.connections)
@@ -323,7 +332,7 @@ async def drive(args: argparse.Namespace, host: str, port: int, server_pid: int 
     warm_until = time.monotonic() + args.warmup
     stop_at = warm_until + args.duration
     pace = asyncio.Semaphore(0) if args.rate else None
-    counter = itertools.count()
+    counter = itertools.count(first_session)
     tasks = [
         asyncio.create_task(session_loop(n, clients[n % len(clients)], stats, args.updates, stop_at, pace, counter))
         for n in range(args.sessions)

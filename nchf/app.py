@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from chf.core.engine import USAGE_BOUND_FIELD
 from chf.core.model import (
     EVENT,
     INITIAL,
@@ -59,6 +60,26 @@ CORE_FIELDS = {
     "used units": "/multipleUnitUsage",
     "session": "{ChargingDataRef}",
 }
+# The JSON field of a usedUnitContainer that carried each unit type (nchf/mapping.py).
+_USED_FIELD = {
+    "bytes": "totalVolume",
+    "bytes_in": "downlinkVolume",
+    "bytes_out": "uplinkVolume",
+    "seconds": "time",
+    "events": "serviceSpecificUnits",
+}
+
+
+def _core_param(field: str) -> str:
+    """The JSON pointer of the core's culprit; implausible usage ("usage/i/j/unit", chf.core.engine
+    check_usage_bounds) names the container's field."""
+    parts = field.split("/")
+    if len(parts) == 4 and parts[0] == USAGE_BOUND_FIELD:
+        _, i, j, unit = parts
+        return f"/multipleUnitUsage/{i}/usedUnitContainer/{j}/{_USED_FIELD.get(unit, unit)}"
+    return CORE_FIELDS.get(field, field)
+
+
 _PROBLEM = [("content-type", "application/problem+json")]
 # References made from one create body at most (NchfApp._resource_ref): beyond, the create is refused.
 _MAX_GENERATIONS = 8
@@ -356,7 +377,7 @@ class NchfApp:
                 "event=nchf_request_error session=%s field=%s detail=%s", session, exc.field, json.dumps(exc.message)
             )
             self._count(operation, "CHARGING_FAILED")
-            param = CORE_FIELDS.get(exc.field, exc.field)
+            param = _core_param(exc.field)
             return problem_response(400, "CHARGING_FAILED", exc.message, [{"param": param, "reason": exc.message}])
         refused = refusal(exc) if exc is not None else None
         if refused is not None and refused.transient:

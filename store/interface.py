@@ -77,6 +77,15 @@ class Txn(Protocol):
         """The next line id: 1, 2, 3... never reused."""
         ...
 
+    def last_subscriber_id(self) -> int:
+        """The last line id `new_subscriber_id` handed out (0: none yet); read-only."""
+        ...
+
+    def reserve_subscriber_ids(self, last: int) -> None:
+        """Make `new_subscriber_id` return ids above `last` from now on (a store copied into this one: its lines
+        keep their ids). Never lowers the counter."""
+        ...
+
     # -- tenants and accounts -------------------------------------------------------------------------------------
     def get_tenant(self, tenant_id: str) -> Tenant | None: ...
 
@@ -127,7 +136,13 @@ class Txn(Protocol):
         """The lines that held identity `value` and released it, as (line id, release time), oldest first."""
         ...
 
-    def subscribers(self) -> Iterator[Subscriber]: ...
+    def released_identities(self) -> Iterator[tuple[str, str, int, int]]:
+        """Every identity a line released, as (kind, identity, line id, release time) (a store copy)."""
+        ...
+
+    def subscribers(self) -> Iterator[Subscriber]:
+        """Every line, in id order (a store copy replays the identity releases in that order)."""
+        ...
 
     def subscriber_count(self) -> int: ...
 
@@ -179,6 +194,10 @@ class Txn(Protocol):
         """Delete up to `limit` expired idempotency records; returns how many."""
         ...
 
+    def idempotency_records(self) -> Iterator[tuple[str, int, Any]]:
+        """Every idempotency record as (key, expires, answer), expired ones included (a store copy)."""
+        ...
+
     # -- refundable debits (chf.core.events) ----------------------------------------------------------------------
     def put_debit(self, debit: Debit) -> None:
         """Keep (or update) what is left of a one-shot debit, under its line, rating group and event sequence."""
@@ -198,6 +217,10 @@ class Txn(Protocol):
         """Delete up to `limit` debits of any line made before `before`; returns how many."""
         ...
 
+    def all_debits(self) -> Iterator[Debit]:
+        """Every kept debit of the store (a store copy); by line, rating group and sequence in LMDB."""
+        ...
+
     # -- events ---------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:
         """Append an event with the next sequence number ("seq") and a unique id ("id": "<store id>-<seq>", both
@@ -211,6 +234,13 @@ class Txn(Protocol):
 
     def events(self, after: int = 0, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Events with a sequence number above `after`, in sequence order."""
+        ...
+
+    def put_copied_event(self, event: dict[str, Any]) -> None:
+        """Append an event read from another store as it is, with its own "seq" and "id" (a store copy keeps
+        both, so export records keep their recordId), in the source's order: its "seq" must be above
+        `last_event_seq()` (else StoreError), and becomes it. The source's numbering is kept, gaps included (a
+        store copied from the Redis store, which numbers per partition, has gaps)."""
         ...
 
     # -- exporter cursors -----------------------------------------------------------------------------------------
@@ -232,6 +262,12 @@ class Store(Protocol):
 
     store_id: str  # stable for the life of the store; prefixes every event id
     on_commit: list[Callable[[int, float], None]]  # observers of each commit: (operations, seconds)
+
+    def set_store_id(self, store_id: str) -> None:
+        """Give the store another id, durably: a copy takes its source's (it is the same store, moved), a restored
+        backup a new one (its events after the backup are lost, so its new events must not reuse their ids).
+        Only while nothing serves the store; the ids of events already appended do not change."""
+        ...
 
     # -- reading --------------------------------------------------------------------------------------------------
     def read(self) -> AbstractContextManager[Txn]:

@@ -34,8 +34,10 @@ page instead of three: with fsync, page writes are what bounds throughput (docs/
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -62,7 +64,7 @@ from store.schema import (
     unpack,
 )
 
-__all__ = ["Op", "Store", "StoreBusy", "StoreClosed", "StoreError", "Txn"]
+__all__ = ["Op", "Store", "StoreBusy", "StoreClosed", "StoreError", "StoreLocked", "Txn", "lock_store_dir"]
 
 log = logging.getLogger("chf.store")
 
@@ -94,6 +96,45 @@ _DUPSORT = frozenset({b"account_active"})
 # Where a session's key and expiry sit in its stored array (the sweep reads them without building a Session).
 _SESSION_KEY = SESSION.position("key")
 _SESSION_EXPIRES = SESSION.position("expires")
+
+
+# Every process that opens the store holds a shared lock on this file inside its directory; `chf restore`, which
+# swaps the directory for another, takes it exclusively (store/lmdbbackup.py). LMDB's own lock.mdb is not used
+# for this: LMDB relies on fcntl locks on it, which any close() of that file by the process would drop.
+LOCK_FILE = "chf.lock"
+LOCK_WAIT = 60.0  # seconds an opener waits for a restore to finish
+_STORE_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+
+class StoreLocked(StoreError):
+    """The store directory's lock is held: by a restore (for an opener), or by an open store (for a restore)."""
+
+
+def lock_store_dir(path: str, *, exclusive: bool, wait: float) -> int:
+    """Take the lock of the store directory `path` (which exists); returns the locked descriptor, to close to
+    let go. Waits up to `wait` seconds for the holders of a conflicting lock, then raises StoreLocked. A restore
+    may swap the directory while an opener waits: the lock taken must be the one of the directory now at `path`."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # between the two renames of a restore without RENAME_EXCHANGE
+            fd = -1
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, mode)
+                held, now_at = os.fstat(fd), os.stat(lock_path)
+                if (held.st_dev, held.st_ino) == (now_at.st_dev, now_at.st_ino):
+                    return fd
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            holder = "a restore is swapping it" if not exclusive else "it is open in another process"
+            raise StoreLocked(f"store {path} is locked: {holder} ({lock_path})")
+        time.sleep(0.05)
 
 
 def _u64(n: int) -> bytes:
@@ -159,6 +200,13 @@ class Txn:
 
     def new_subscriber_id(self) -> int:
         return self._bump(b"next_subscriber")
+
+    def last_subscriber_id(self) -> int:
+        return self._counter(b"next_subscriber")
+
+    def reserve_subscriber_ids(self, last: int) -> None:
+        if last > self._counter(b"next_subscriber"):
+            self._put(b"next_subscriber", _u64(last), db=self._db[b"meta"])
 
     # -- tenants and accounts ---------------------------------------------------------------------------------------
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -276,6 +324,12 @@ class Txn:
                 out.append((int.from_bytes(key[len(prefix) :], "big"), int.from_bytes(raw, "big")))
         out.sort(key=lambda held: (held[1], held[0]))
         return out
+
+    def released_identities(self) -> Iterator[tuple[str, str, int, int]]:
+        with self._txn.cursor(db=self._db[b"idx_released"]) as cur:
+            for key, raw in cur:
+                kind, _, rest = key.partition(b"\x00")
+                yield kind.decode(), rest[:-9].decode(), int.from_bytes(rest[-8:], "big"), int.from_bytes(raw, "big")
 
     def subscribers(self) -> Iterator[Subscriber]:
         with self._txn.cursor(db=self._db[b"subscribers"]) as cur:
@@ -401,6 +455,12 @@ class Txn:
             gone += 1
         return gone
 
+    def idempotency_records(self) -> Iterator[tuple[str, int, Any]]:
+        with self._txn.cursor(db=self._db[b"idem"]) as cur:
+            for key, raw in cur:
+                expires, answer = unpack(raw)
+                yield key.decode(), expires, answer
+
     # -- refundable debits (chf.core.events) ------------------------------------------------------------------------
     def put_debit(self, debit: Debit) -> None:
         self._put(_debit_key(debit.line, debit.rating_group, debit.seq), debit.encode(), db=self._db[b"debits"])
@@ -450,6 +510,11 @@ class Txn:
             self._delete(key, db=db)
         return len(victims)
 
+    def all_debits(self) -> Iterator[Debit]:
+        with self._txn.cursor(db=self._db[b"debits"]) as cur:
+            for _, raw in cur:
+                yield Debit.decode(raw)
+
     # -- events -----------------------------------------------------------------------------------------------------
     def append_event(self, event: dict[str, Any]) -> int:
         """Append an event to the spool with the next sequence number and a unique id; returns the number."""
@@ -492,6 +557,20 @@ class Txn:
                 yield unpack(raw)
                 if limit is not None and n >= limit:
                     return
+
+    def put_copied_event(self, event: dict[str, Any]) -> None:
+        """Append an event of another store with its own "seq" and "id" (see interface.Txn.put_copied_event)."""
+        store = self._store
+        in_batch = store._event_seq  # the writer's in-memory counter while a batch is open (see append_event)
+        last = in_batch if in_batch is not None else self._counter(b"event_seq")
+        seq = event.get("seq")
+        if not isinstance(seq, int) or seq <= last or not isinstance(event.get("id"), str):
+            raise StoreError(f"copied event {seq!r} does not come after event {last} (or has no id)")
+        if in_batch is not None:
+            store._event_seq = seq
+        else:
+            self._put(b"event_seq", _u64(seq), db=self._db[b"meta"])
+        self._put(_u64(seq), pack(event), db=self._db[b"events"], append=True)
 
     def get_cursor(self, name: str) -> int:
         raw = self._txn.get(name.encode(), db=self._db[b"cursors"])
@@ -558,6 +637,7 @@ class Store:
         self.path = os.fspath(path)
         os.makedirs(self.path, exist_ok=True)
         self.durability = durability
+        self._lock_fd = lock_store_dir(self.path, exclusive=False, wait=LOCK_WAIT)
         try:
             self.env = lmdb.open(
                 self.path,
@@ -576,8 +656,11 @@ class Store:
             self.store_id: str = self._identify()
             if not indexed:
                 self._index_active_lines()
-        except lmdb.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        except BaseException as exc:
+            self._unlock()
+            if isinstance(exc, lmdb.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.sync_interval = sync_interval
@@ -625,6 +708,20 @@ class Store:
                     sub = Subscriber.decode(raw)
                     if sub.state == ACTIVE:
                         txn.put(sub.account.encode(), key, db=db)
+
+    def set_store_id(self, store_id: str) -> None:
+        """Give the store another id (see interface.Store.set_store_id)."""
+        if not _STORE_ID.fullmatch(store_id):
+            raise ValueError(f"a store id is 1 to 32 letters, digits or '_', got {store_id!r}")
+        with self.env.begin(write=True) as txn:
+            txn.put(b"store_id", store_id.encode(), db=self._db[b"meta"])
+        self.env.sync(True)
+        self.store_id = store_id
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self) -> _ReadContext:
@@ -875,6 +972,7 @@ class Store:
         if self.durability == "os":
             self.env.sync(True)
         self.env.close()
+        self._unlock()
 
     def stat(self) -> dict[str, int]:
         with self.env.begin() as txn:

@@ -39,6 +39,8 @@ INTEROP = {
 INTEROP_FIXTURES = {"nats_server", "net_snmp"}
 
 SLOW = {
+    "test_backup.py::test_backup_while_chf_serve_charges_then_restore",
+    "test_usage_bounds.py::test_nchf_implausible_usage_is_refused_naming_the_pointer",
     "test_catalogue.py::test_affordable_agrees_with_charge",
     "test_chaos.py::test_fuzzers_over_the_wire_find_no_crash",
     "test_chaos.py::test_coverage_guided_fuzzing_finds_nothing",
@@ -74,10 +76,11 @@ SLOW = {
     "test_progress.py::test_import_bar_on_a_terminal_only",
     "test_progress.py::test_reconcile_bars_on_a_terminal_only",
     "test_progress.py::test_report_bar_on_a_terminal_only",
-    "test_properties.py::TestChargingCore",
+    "test_properties.py::TestChargingSystem",
     "test_service.py::test_serve_refuses_a_bad_section_without_a_traceback",
     "test_snmp.py::test_chf_serve_agent_through_snmpd",
     "test_store.py::test_full_queue_answers_busy",
+    "test_storecopy.py::test_chf_store_copy_and_verify",
     "test_store.py::test_record_encoding_matches_the_msgpack_package",
     "test_systemd.py::test_ready_after_the_listeners_watchdog_pings_stopping_and_drain",
     "test_systemd.py::test_ready_waits_for_the_frontend_workers",

@@ -279,3 +279,40 @@ def _check_reservations(txn: Txn) -> None:
             )
             held = held_bucket.get((owner, b.id), 0)
             assert b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions hold {held}"
+
+
+def fill_every_kind(world: World) -> dict[str, str]:
+    """Records of every kind a store keeps (tests of backups and store copies): tenant, accounts with and without
+    an account balance set (family sharing, an IoT pool), lines with and without MSISDN / ICCID, an open and a
+    closed session, an idempotency record and a refundable debit (a one-shot DIRECT_DEBITING), an exporter cursor
+    and the events of all of it. Returns the IMSIs by role."""
+    from chf.core.model import DIRECT_DEBITING
+
+    world.tenant()
+    world.account("a", balance=1_000_000)
+    world.account("fam", payment="postpaid", credit_limit=1_000_000, plan="fam")
+    world.account("iot", payment="postpaid", credit_limit=1_000_000, plan="iotstatic")
+    _, payg = world.line("a", plan="payg")
+    _, pre = world.line("a", plan="pre")
+    world.admin(
+        provisioning.add_line, account="a", imsi="208019900000001", msisdn="33799000001", iccid="8933999000000000001"
+    )
+    _, fam = world.line("fam")
+    _, iot = world.line("iot")
+    answers = [
+        world.charge(initial("s-open", pre)),
+        world.charge(update("s-open", 1, pre, 500)),
+        world.charge(initial("s-closed", pre)),
+        world.charge(terminate("s-closed", 1, pre, 700)),
+        world.charge(event("d1", payg, DIRECT_DEBITING, amount={"events": 3})),
+        world.charge(initial("s-fam", fam)),
+        world.charge(initial("s-iot", iot, rg=30)),
+    ]
+    assert all(a.result == "success" for a in answers), [a.result for a in answers]
+    world.write(lambda txn: txn.put_cursor("files", 5))
+    # A terminated line whose MSISDN a new line takes over after the quarantine (the released identities).
+    world.admin(provisioning.add_line, account="a", imsi="208019900000002", msisdn="33799000002")
+    world.admin(provisioning.set_state, "208019900000002", "terminated", actor="test", reason="ported out")
+    world.now += 91 * 86_400
+    world.admin(provisioning.add_line, account="a", imsi="208019900000003", msisdn="33799000002")
+    return {"payg": payg, "pre": pre, "fam": fam, "iot": iot}

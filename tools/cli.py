@@ -20,7 +20,7 @@ from chf.core.catalogue import CatalogueError
 from chf.core.model import RequestError
 from chf.runtime.config import DEFAULT_CONFIG, ConfigError
 from chf.runtime.storage import StoreError
-from tools import cli_admin, reconcile, reports
+from tools import cli_admin, cli_store, reconcile, reports
 from tools.cli_env import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Env
 
 
@@ -138,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Further subcommand groups (subscriber, account, catalogue, events, ...) register here.
-# cli_admin: tenant, account, subscriber (with import), catalogue, events.
+# cli_admin: tenant, account, subscriber (with import), catalogue, events; cli_store: backup, restore, store.
 SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     reconcile.register,
     reports.register,
     cli_admin.register,
+    cli_store.register,
 ]
 
 

@@ -60,6 +60,14 @@ from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, p
 # from the closed session's stored answer (the front-end names a new session for it).
 SESSIONS_NAMED_BY_US = frozenset({"nchf"})
 
+# Defaults of EngineConfig.max_report: octets 2^40 (1 TiB), seconds 7 days, events 10^6. Unit types not named
+# here (e.g. money) are bounded by MAX_REPORT_OTHER so that no sum can overflow a 64-bit field.
+MAX_REPORT = {"bytes": 1 << 40, "seconds": 7 * 86_400, "events": 1_000_000}
+MAX_REPORT_OTHER = (1 << 62) - 1
+# RequestError.field of a report over the bound: "usage/<unit request index>/<report index>/<unit type>", the
+# report at which the request's sum of that unit type passed it (front-ends name its AVP or JSON pointer).
+USAGE_BOUND_FIELD = "usage"
+
 IDENTITY_QUARANTINE = {"imsi": 90 * 86400, "msisdn": 90 * 86400, "iccid": 90 * 86400}
 
 
@@ -73,10 +81,38 @@ class EngineConfig:
     # Seconds after its line's termination before an identity may go to another line ([engine]
     # <kind>_quarantine_days; chf.core.provisioning releases it then).
     identity_quarantine: dict[str, int] = field(default_factory=lambda: dict(IDENTITY_QUARANTINE))
+    # The most one request may report used, per unit type, summed over its rating groups and reports ([engine]
+    # max_report_*); more is implausible and refused whole (USAGE_BOUND_FIELD) before anything is written.
+    max_report: dict[str, int] = field(default_factory=lambda: dict(MAX_REPORT))
 
 
 # Helpers of the per-request methods, outside them: chf/core/engine.pxd compiles those as cpdef methods, which
 # cannot hold closures (generator expressions, lambdas).
+def _report_bound(bounds: dict[str, int], unit: str) -> int:
+    if unit in ("bytes_in", "bytes_out"):
+        unit = "bytes"
+    return bounds.get(unit, MAX_REPORT_OTHER)
+
+
+def check_usage_bounds(req: ChargingRequest, bounds: dict[str, int]) -> None:
+    """Refuse (RequestError, field USAGE_BOUND_FIELD/i/j/unit) a request whose used units, one report or the sum
+    over its reports of a unit type, exceed the bound of that unit type, or are negative. Runs before anything is
+    read or written, so a refused request changes nothing."""
+    sums: dict[str, int] = {}
+    for i, unit_req in enumerate(req.units):
+        for j, report in enumerate(unit_req.used):
+            for unit, value in report.units.items():
+                bound = _report_bound(bounds, unit)
+                total = sums.get(unit, 0) + value
+                sums[unit] = total
+                if value < 0 or total > bound:
+                    what = "negative" if value < 0 else f"more than {bound}"
+                    raise RequestError(
+                        f"{USAGE_BOUND_FIELD}/{i}/{j}/{unit}",
+                        f"{what} {unit} reported used in this request (rating group {unit_req.rating_group})",
+                    )
+
+
 def _any_final(reports: list[UsageReport]) -> bool:
     return any(r.reason == REASON_FINAL for r in reports)
 
@@ -210,6 +246,7 @@ class Engine:
     # ==============================================================================================================
     def charge(self, txn: Txn, req: ChargingRequest, now: int) -> ChargingAnswer:
         """Decide one charging request inside the store transaction `txn`."""
+        check_usage_bounds(req, self.config.max_report)
         if req.kind == EVENT:
             return charge_event(self, txn, req, now)
         session = txn.get_session(req.session)

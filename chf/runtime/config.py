@@ -77,6 +77,11 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     msisdn_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
     imsi_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
     iccid_quarantine_days: Annotated[int, Meta(ge=0, le=36500)] = 90
+    # The most one request may report used, summed over its rating groups and reports; more is refused whole
+    # (Gy 5004 with Failed-AVP, Nchf 400 naming the JSON pointer) and changes nothing.
+    max_report_octets: Annotated[int, Meta(ge=1, le=(1 << 62) - 1)] = 1 << 40
+    max_report_seconds: Annotated[int, Meta(ge=1, le=(1 << 62) - 1)] = 7 * 86_400
+    max_report_events: Annotated[int, Meta(ge=1, le=(1 << 62) - 1)] = 1_000_000
 
     def engine_config(self) -> EngineConfig:
         """The engine's settings, as `chf serve` and the `chf` commands both run it."""
@@ -89,6 +94,11 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 "msisdn": self.msisdn_quarantine_days * 86400,
                 "imsi": self.imsi_quarantine_days * 86400,
                 "iccid": self.iccid_quarantine_days * 86400,
+            },
+            max_report={
+                "bytes": self.max_report_octets,
+                "seconds": self.max_report_seconds,
+                "events": self.max_report_events,
             },
         )
 

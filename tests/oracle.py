@@ -1,0 +1,398 @@
+"""The money oracle: what must hold of a store after any sequence of charging and management operations.
+
+`Ledger` follows the event spool (only the events appended since it last looked) and judges each event by what
+justifies it; `check_state` compares the stored state with the ledger and with what the catalogue derives. The
+stateful test (tests/test_properties.py) calls both after every step. The rules, each with its name:
+
+- conservation   events are gap-free with unique ids; every impact's `after` is its balance's running sum; every
+                 balance (wallet and bucket) equals its opening value (0, before its first event) plus its events.
+- justified      every credit has a rule behind it, by event kind: money enters a wallet only by top-up,
+                 adjustment or refund; units enter a bucket only as a plan's allowance, a promotion, a rollover of
+                 what expired, a pool's derivation, a goodwill grant, an adjustment or a refund. The stateful test
+                 adds up top-ups, adjustments and grants it made and compares them with the ledger's.
+- refund_bounded a refund credits a balance at most what usage of the same line and rating group debited from
+                 that same balance and no refund has given back yet (so it goes back where the debit came from).
+- fee_state      a period fee (or a period's allowances) is charged for a line only in a billable state at the
+                 period's start: never provisioned or terminated; suspended only as its plan says; never more
+                 than the plan's fee for that period.
+- currency       a wallet is only ever moved in its account's currency, by prices in that currency.
+- pool_derived   a pool's size for the current period is what its plan derives from the account's lines; an
+                 account's count of active lines is the number of its lines that are active.
+- plan_payment   a line's own plan has its account's payment type (and currency).
+- reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
+- usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
+                 seconds, ... in one report).
+The stateful test checks more on the answers: identity (every answer names the request it answers),
+exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
+INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
+never failed by our own error).
+
+A rule that today's code breaks because of an open item of issue 11 is listed in KNOWN_OPEN with that item: its
+check runs but does not fail the test until the item is fixed and the entry removed. ORACLE_ENFORCE=all (or
+rule names, comma-separated) fails on them too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from chf.core.catalogue import Catalogue, Plan
+from chf.core.context import account_owner, line_owner
+from store.lmdbstore import Txn
+from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, Account, BalanceSet
+
+# Rule -> the open item of issue 11 that breaks it today (see the module docstring).
+KNOWN_OPEN: dict[str, str] = {}
+# ORACLE_ENFORCE=all (or a comma-separated list of rules) fails on known open rules too.
+ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
+
+# Which event kinds may move a balance in which direction (see "justified").
+WALLET_CREDITS = frozenset({"topup", "adjustment", "refund"})
+WALLET_DEBITS = frozenset({"usage", "renewal", "adjustment"})
+BUCKET_CREDITS = frozenset({"renewal", "expiry", "bonus", "bucket_grant", "adjustment", "pool_resize", "refund"})
+BUCKET_DEBITS = frozenset({"usage", "expiry", "adjustment", "pool_resize"})
+# Credits the stateful test makes itself and counts: (kind, balance) -> amount.
+ADMIN_KINDS = frozenset({"topup", "adjustment", "bucket_grant"})
+BILLABLE = {ACTIVE: True, PROVISIONED: False, TERMINATED: False}
+PLAUSIBLE = 2**40  # more units than any one report can honestly claim, whatever the unit
+
+
+class OracleFailure(AssertionError):
+    pass
+
+
+def verify(rule: str, condition: bool, message: str) -> None:
+    """Fail with the rule's name, unless the rule is broken by a known open item (KNOWN_OPEN)."""
+    if condition:
+        return
+    if rule in KNOWN_OPEN and rule not in ENFORCE and "all" not in ENFORCE:
+        return
+    raise OracleFailure(f"[{rule}] {message}")
+
+
+def price_currency(catalogue: Catalogue, plan: str | None) -> str:
+    """The currency a plan's fee and its tariffs' prices are in: its own if it names one, else the catalogue's."""
+    currency = getattr(catalogue.plans.get(plan or ""), "currency", None)
+    return str(currency) if currency else catalogue.settings.currency
+
+
+def max_fee(plan: Plan, state: str, period_index: int) -> int:
+    """The most a period of `plan` may cost a line in `state` (the fee policy of the README)."""
+    full = plan.fee_for_period(period_index)
+    if state == SUSPENDED:
+        policy = getattr(plan, "suspended_fee", None)
+        return full if policy is None else min(full, int(policy))
+    return full if BILLABLE.get(state, False) else 0
+
+
+def _split(balance: str) -> tuple[str, str]:
+    """'line:7:bucket:3' -> ('line:7', 'bucket'); 'account:a:wallet' -> ('account:a', 'wallet')."""
+    parts = balance.split(":")
+    return ":".join(parts[:2]), parts[2]
+
+
+class Ledger:
+    """Follows the event spool and keeps what the rules need: running sums, lines' states, open debits."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self.seq = 0
+        self.ids: set[str] = set()
+        self.running: dict[str, int] = {}
+        # line id -> [(time, seq, state)] in spool order
+        self.states: dict[int, list[tuple[int, int, str]]] = {}
+        # (line, rating group, balance) -> what usage debited and no refund gave back yet
+        self.refundable: dict[tuple[int | None, int | None, str], int] = {}
+        # usage event id -> (line, rating group, currency, {balance: what it debited and no refund gave back yet})
+        self.debits: dict[str, tuple[int | None, int | None, str | None, dict[str, int]]] = {}
+        self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
+        self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
+        self.fees: int = 0
+
+    # -- following the spool ----------------------------------------------------------------------------------------
+    def follow(self, txn: Txn) -> set[str]:
+        """Judge the events appended since the last call; returns their kinds (with the reason of the refunds
+        and renewals)."""
+        currencies = {a.id: a.currency for a in txn.accounts()}
+        kinds: set[str] = set()
+        for ev in txn.events(self.seq):
+            self._event(ev, currencies)
+            kinds.add(ev["kind"] if ev["kind"] not in ("renewal", "refund") else f"{ev['kind']} ({ev.get('reason')})")
+        verify("conservation", txn.last_event_seq() == self.seq, "event counter and spool disagree")
+        return kinds
+
+    def _event(self, ev: dict[str, Any], currencies: dict[str, str]) -> None:
+        self.seq += 1
+        where = f"event {ev.get('seq')} {ev.get('kind')} ({ev.get('reason')})"
+        verify("conservation", ev["seq"] == self.seq, f"sequence gap: expected {self.seq}, found {ev['seq']}")
+        verify("conservation", ev["id"] not in self.ids, f"duplicate event id {ev['id']}")
+        self.ids.add(ev["id"])
+        for impact in ev["impacts"]:
+            delta, after = impact["delta"], impact["after"]
+            verify("conservation", type(delta) is int and type(after) is int, f"{where}: not integers: {impact}")
+            value = self.running.get(impact["balance"], 0) + delta
+            self.running[impact["balance"]] = value
+            verify("conservation", after == value, f"{where}: {impact['balance']} after {after}, events sum {value}")
+            self._justified(ev, impact, where)
+            if impact["balance"].endswith(":wallet"):
+                self._currency(ev, impact, currencies, where)
+        kind = ev["kind"]
+        if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
+            owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
+            self.plans[owner] = ev["plan"]
+        if kind == "lifecycle" and ev.get("subscriber") is not None:
+            self.states.setdefault(ev["subscriber"], []).append((ev["time"], ev["seq"], ev["state"]))
+        elif kind == "usage":
+            self._debited(ev)
+            used = ev.get("used", 0)
+            verify("usage_bounded", abs(used) <= PLAUSIBLE, f"{where}: {used} {ev.get('unit')} committed")
+        elif kind == "refund":
+            self._refund(ev, where)
+        elif kind in ("renewal", "renewal_failed"):
+            self._renewal(ev, where)
+        elif kind == "expiry":
+            self._expiry(ev, where)
+        elif kind == "bonus":
+            self._bonus(ev, where)
+        if kind in ADMIN_KINDS:
+            for impact in ev["impacts"]:
+                key = (kind, impact["balance"])
+                self.admin[key] = self.admin.get(key, 0) + impact["delta"]
+
+    # -- the rules, per event ---------------------------------------------------------------------------------------
+    def _justified(self, ev: dict[str, Any], impact: dict[str, Any], where: str) -> None:
+        kind, delta = ev["kind"], impact["delta"]
+        if delta == 0:
+            return
+        wallet = impact["balance"].endswith(":wallet")
+        if wallet:
+            allowed = WALLET_CREDITS if delta > 0 else WALLET_DEBITS
+        else:
+            allowed = BUCKET_CREDITS if delta > 0 else BUCKET_DEBITS
+        verify("justified", kind in allowed, f"{where}: {impact['balance']} moved by {delta}: no rule allows it")
+
+    def _currency(self, ev: dict[str, Any], impact: dict[str, Any], currencies: dict[str, str], where: str) -> None:
+        owner, _ = _split(impact["balance"])
+        wallet_currency = currencies.get(owner.partition(":")[2])
+        verify(
+            "currency",
+            ev.get("currency") == wallet_currency,
+            f"{where}: {ev.get('currency')} in a {wallet_currency} wallet",
+        )
+        if ev["kind"] in ("usage", "renewal"):
+            plan = ev.get("plan")
+            if ev["kind"] == "usage":  # priced by the plan that rates the line: its own, else its account's
+                line = ev.get("subscriber")
+                plan = self.plans.get(line_owner(line)) if line is not None else None
+                plan = plan or self.plans.get(account_owner(ev["account"]))
+            priced = price_currency(self.catalogue, plan)
+            verify(
+                "currency",
+                priced == wallet_currency,
+                f"{where}: priced in {priced}, charged to a {wallet_currency} wallet",
+            )
+
+    def _debited(self, ev: dict[str, Any]) -> None:
+        taken: dict[str, int] = {}
+        for impact in ev["impacts"]:
+            if impact["delta"] < 0:
+                key = (ev.get("subscriber"), ev.get("rating_group"), impact["balance"])
+                self.refundable[key] = self.refundable.get(key, 0) - impact["delta"]
+                taken[impact["balance"]] = taken.get(impact["balance"], 0) - impact["delta"]
+        if taken:
+            self.debits[ev["id"]] = (ev.get("subscriber"), ev.get("rating_group"), ev.get("currency"), taken)
+
+    def _refund(self, ev: dict[str, Any], where: str) -> None:
+        line, rg = ev.get("subscriber"), ev.get("rating_group")
+        debit = self.debits.get(ev.get("reverses") or "")
+        if debit is not None:  # the refund names the debit it reverses: it is bounded by that debit, balance by balance
+            verify(
+                "refund_bounded", debit[:2] == (line, rg), f"{where}: reverses a debit of line {debit[0]} rg {debit[1]}"
+            )
+            verify(
+                "currency",
+                debit[2] == ev.get("currency"),
+                f"{where}: a {debit[2]} debit refunded in {ev.get('currency')}",
+            )
+        for impact in ev["impacts"]:
+            if impact["delta"] <= 0:
+                continue
+            key = (line, rg, impact["balance"])
+            open_debit = self.refundable.get(key, 0)
+            verify(
+                "refund_bounded",
+                impact["delta"] <= open_debit,
+                f"{where}: refunds {impact['delta']} to {impact['balance']}, line {line} rating group {rg} "
+                f"has {open_debit} debited there and not refunded",
+            )
+            self.refundable[key] = open_debit - impact["delta"]
+            if debit is not None:
+                left = debit[3].get(impact["balance"], 0)
+                verify(
+                    "refund_bounded",
+                    impact["delta"] <= left,
+                    f"{where}: refunds {impact['delta']} to {impact['balance']}, its debit left {left} to refund there",
+                )
+                debit[3][impact["balance"]] = left - impact["delta"]
+
+    def state_at(self, line: int, time: int, seq: int) -> str | None:
+        """The line's state at `time`, as its lifecycle events set it (at the same time: the earlier events)."""
+        state = None
+        for at, at_seq, to in self.states.get(line, ()):
+            if at < time or (at == time and at_seq < seq):
+                state = to
+        return state
+
+    def _renewal(self, ev: dict[str, Any], where: str) -> None:
+        plan = self.catalogue.plans.get(ev.get("plan") or "")
+        fee = -sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
+        self.fees += fee
+        line = ev.get("subscriber")
+        if plan is None:
+            verify("justified", not ev["impacts"], f"{where}: a renewal of an unknown plan moves balances")
+            return
+        granted = {i["name"]: i["delta"] for i in ev["impacts"] if ":bucket:" in i["balance"]}
+        for name, amount in granted.items():
+            self._allowance_amount(plan, name, amount, where)
+        if line is None:
+            verify("fee_state", fee <= plan.fee_for_period(ev.get("period_index", 0)), f"{where}: fee {fee}")
+            return
+        state = self.state_at(line, ev["time"], ev["seq"])
+        most = max_fee(plan, state or ACTIVE, ev.get("period_index", 0))
+        verify("fee_state", fee <= most, f"{where}: line {line} {state} charged {fee} (at most {most})")
+        verify(
+            "fee_state",
+            not granted or state == ACTIVE or (state == SUSPENDED and getattr(plan, "suspended_fee", None) is None),
+            f"{where}: line {line} {state} granted a period's allowances {granted}",
+        )
+
+    def _allowance_amount(self, plan: Plan, name: str, amount: int, where: str) -> None:
+        if name == "pool" and plan.pool is not None:
+            return  # the pool's size is checked against its derivation on the stored state (pool_derived)
+        amounts = [a.amount for a in plan.allowances if a.name == name]
+        verify("justified", amount in amounts, f"{where}: {name} granted {amount}, plan {plan.name} gives {amounts}")
+
+    def _expiry(self, ev: dict[str, Any], where: str) -> None:
+        # The expiring bucket goes to 0 (up from below 0 for a pool that shrank below its use); a rollover is a new
+        # bucket, at most what expired.
+        expired = -sum(i["delta"] for i in ev["impacts"] if i["after"] == 0)
+        rolled = sum(i["delta"] for i in ev["impacts"] if i["after"] != 0)
+        verify("justified", rolled <= max(expired, 0), f"{where}: {rolled} rolled over out of {expired} expired")
+
+    def _bonus(self, ev: dict[str, Any], where: str) -> None:
+        amounts = {
+            p.allowance.amount for plan in self.catalogue.plans.values() for p in plan.bonus_allowances() if p.allowance
+        }
+        for impact in ev["impacts"]:
+            verify("justified", impact["delta"] in amounts, f"{where}: a bonus of {impact['delta']}")
+
+    # -- the rules, on the stored state -----------------------------------------------------------------------------
+    def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:
+        """After `follow`: the stored state agrees with the spool, the test's own credits and the catalogue."""
+        state = Stored(txn)
+        current = state.balances()
+        for name, value in current.items():
+            verify("conservation", type(value) is int, f"{name} is not an int: {value!r}")
+            events = self.running.get(name, 0)
+            verify("conservation", events == value, f"{name}: opening 0 + events {events} != balance {value}")
+        for name, value in self.running.items():
+            if name not in current:
+                verify("conservation", value == 0, f"{name} is gone but its events sum to {value}")
+        for key in set(self.admin) | set(admin_expected):
+            made, seen = admin_expected.get(key, 0), self.admin.get(key, 0)
+            verify("justified", made == seen, f"{key[0]} of {key[1]}: the test made {made}, the spool holds {seen}")
+        _reservations(txn, state)
+        self._lines_and_pools(state)
+
+    def _lines_and_pools(self, state: Stored) -> None:
+        catalogue = self.catalogue
+        accounts = state.accounts
+        active: dict[str, int] = dict.fromkeys(accounts, 0)
+        for sub in state.lines:
+            account = accounts[sub.account]
+            if sub.state == ACTIVE:
+                active[sub.account] += 1
+            plan = catalogue.plans.get(sub.plan or "")
+            if plan is not None and sub.state != TERMINATED:
+                verify(
+                    "plan_payment",
+                    plan.payment == account.payment,
+                    f"line {sub.id}: {plan.payment} plan {plan.name} in {account.payment} account {account.id}",
+                )
+                priced = price_currency(catalogue, plan.name)
+                verify(
+                    "currency", priced == account.currency, f"line {sub.id}: {priced} plan, {account.currency} account"
+                )
+        for account in accounts.values():
+            verify(
+                "pool_derived",
+                account.active_lines == active[account.id],
+                f"account {account.id}: active_lines {account.active_lines}, {active[account.id]} lines active",
+            )
+            self._pool(state.account_sets.get(account.id), account, active[account.id])
+
+    def _pool(self, bs: BalanceSet | None, account: Account, active: int) -> None:
+        plan = self.catalogue.plans.get(account.plan or "")
+        if plan is None or plan.pool is None or bs is None:
+            return
+        expected = plan.pool_allowance(active)
+        size = expected.amount if expected is not None else 0
+        for bucket in bs.buckets:
+            if bucket.kind == "pool":
+                verify(
+                    "pool_derived",
+                    bucket.initial == size,
+                    f"account {account.id}: pool of {bucket.initial}, {size} derived from {active} active lines",
+                )
+
+
+class Stored:
+    """What the state checks read, read once: accounts, lines and their balance sets."""
+
+    def __init__(self, txn: Txn) -> None:
+        self.accounts: dict[str, Account] = {a.id: a for a in txn.accounts()}
+        self.account_sets = {a: txn.get_account_balances(a) for a in self.accounts}
+        self.lines = list(txn.subscribers())
+        self.line_sets = {sub.id: txn.get_line_balances(sub.id) for sub in self.lines}
+
+    def owners(self) -> list[tuple[str, BalanceSet | None]]:
+        """(owner name as events give it, its balance set) of every account and line."""
+        out = [(account_owner(a), bs) for a, bs in self.account_sets.items()]
+        out += [(line_owner(line), bs) for line, bs in self.line_sets.items()]
+        return out
+
+    def balances(self) -> dict[str, int]:
+        """Every balance by the name events use for it: wallets and buckets, with their current value."""
+        out = {f"{account_owner(a.id)}:wallet": a.balance for a in self.accounts.values()}
+        for owner, bs in self.owners():
+            for b in bs.buckets if bs is not None else ():
+                out[f"{owner}:bucket:{b.id}"] = b.remaining
+        return out
+
+
+def _reservations(txn: Txn, state: Stored) -> None:
+    """What buckets and wallets hold reserved is what the open sessions hold against them ("reservations")."""
+    held_bucket: dict[tuple[str, int], int] = {}
+    held_money: dict[str, int] = {}
+    for session in txn.sessions():
+        if session.closed:
+            verify("reservations", not session.reservations, f"closed session {session.key} holds reservations")
+            continue
+        for r in session.reservations.values():
+            verify("reservations", r.granted > 0 and r.money >= 0, f"session {session.key}: {r.pack()}")
+            verify("reservations", sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: {r.pack()}")
+            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            for src, bucket_id, amount in r.portions:
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
+    for account in state.accounts.values():
+        held = held_money.get(account.id, 0)
+        verify("reservations", account.reserved == held, f"account {account.id}: reserved {account.reserved}, {held}")
+    for owner, bs in state.owners():
+        for b in bs.buckets if bs is not None else ():
+            held = held_bucket.get((owner, b.id), 0)
+            # A pool that shrank below its use (a member left) is exhausted, its grants kept (README, IoT pools).
+            most = b.remaining if b.kind != "pool" else max(b.remaining, b.reserved)
+            verify("reservations", 0 <= b.reserved <= most, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
+            verify("reservations", b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions {held}")
