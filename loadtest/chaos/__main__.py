@@ -21,8 +21,9 @@ from loadtest.chaos import suite
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="loadtest.chaos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="loadtest.chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--short", action="store_true", help="the test suite's size")
     p.add_argument("--only", nargs="+", choices=list(suite.SECTIONS), help="run these sections only")
     p.add_argument("--factor", type=float, help="overload as a multiple of the capacity (default 3)")
@@ -36,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.kills:
         settings.kills = args.kills
     server_cpu, generator_cpu = suite.placement()
-    print(f"# chf serve on CPU {server_cpu}, the generator on CPU {generator_cpu}; load average "
-          f"{os.getloadavg()[0]:.1f} at the start", file=sys.stderr)  # fmt: skip
+    print(
+        f"# chf serve on CPU {server_cpu}, the generator on CPU {generator_cpu}; load average "
+        f"{os.getloadavg()[0]:.1f} at the start",
+        file=sys.stderr,
+    )
     rows = suite.run(args.only or list(suite.SECTIONS), settings)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], default=str))

@@ -121,9 +121,24 @@ def message(header: bytes, avps: list[bytes]) -> bytes:
 
 
 GROUPED = {443, 456, 437, 446, 413, 445, 873, 874, 260, 279, 284, 297, 430, 440, 458, 20, 1264}
-EXTREMES = [b"", b"\0", b"\0\0\0\0", b"\xff\xff\xff\xff", b"\x80\0\0\0", b"\x7f\xff\xff\xff", b"\xff" * 8,
-            b"\x7f" + b"\xff" * 7, b"\x80" + b"\0" * 7, b"\0" * 8, b"\xff" * 3, b"\xc3\x28", b"\xed\xa0\x80",
-            b"%s%n" * 4, b"\0" * 300, b"A" * 5000]  # fmt: skip
+EXTREMES = [
+    b"",
+    b"\0",
+    b"\0\0\0\0",
+    b"\xff\xff\xff\xff",
+    b"\x80\0\0\0",
+    b"\x7f\xff\xff\xff",
+    b"\xff" * 8,
+    b"\x7f" + b"\xff" * 7,
+    b"\x80" + b"\0" * 7,
+    b"\0" * 8,
+    b"\xff" * 3,
+    b"\xc3\x28",
+    b"\xed\xa0\x80",
+    b"%s%n" * 4,
+    b"\0" * 300,
+    b"A" * 5000,
+]
 
 
 class Mutator:
@@ -142,8 +157,12 @@ class Mutator:
     def nested(self, depth: int) -> Avp:
         inner = Avp(443, 0x40, None, Avp(450, 0x40, None, b"\0\0\0\1").encode())
         for _ in range(depth):
-            inner = Avp(self.rng.choice([456, 443, 873, 874]), 0xC0 if self.rng.random() < 0.3 else 0x40,
-                        10415 if self.rng.random() < 0.3 else None, inner.encode())  # fmt: skip
+            inner = Avp(
+                self.rng.choice([456, 443, 873, 874]),
+                0xC0 if self.rng.random() < 0.3 else 0x40,
+                10415 if self.rng.random() < 0.3 else None,
+                inner.encode(),
+            )
         return inner
 
     def mutate_avps(self, avps: list[Avp]) -> list[bytes]:

@@ -105,8 +105,16 @@ _numbers = itertools.count()
 def new_gy(book: Book, run: int, rng: random.Random) -> str:
     sid = f"bookkeeper.chaos;{run};{next(_numbers)}"
     imsi = str(IMSI_BASE + rng.randrange(LINES))
-    book.gy_sent[sid] = ccr_avps(sid, 4, 0, origin_host="bookkeeper.chaos", origin_realm="chaos", imsi=imsi,
-                                 requested_action=0, mscc=[Mscc(40, {"events": 1})])  # fmt: skip
+    book.gy_sent[sid] = ccr_avps(
+        sid,
+        4,
+        0,
+        origin_host="bookkeeper.chaos",
+        origin_realm="chaos",
+        imsi=imsi,
+        requested_action=0,
+        mscc=[Mscc(40, {"events": 1})],
+    )
     return sid
 
 
@@ -206,8 +214,9 @@ def check(server: Server, book: Book) -> tuple[int, int, bool, int, list[str]]:
     return len(lost), len(doubled), balance_ok, events, (lost + doubled)[:5]
 
 
-async def run(home: Path, *, kills: int, seed: int = 1, width: int = 4, cpu: int | None = None,
-              durability: str = "fsync") -> KillResult:  # fmt: skip
+async def run(
+    home: Path, *, kills: int, seed: int = 1, width: int = 4, cpu: int | None = None, durability: str = "fsync"
+) -> KillResult:
     rng = random.Random(seed)
     book = Book()
     server = Server(home, lines=LINES, cpu=cpu, durability=durability)
@@ -230,5 +239,6 @@ async def run(home: Path, *, kills: int, seed: int = 1, width: int = 4, cpu: int
         lost, doubled, balance_ok, events, examples = check(server, book)
     finally:
         server.stop()
-    return KillResult(kills, len(book.acked), book.answers, resent, events, lost, doubled, balance_ok,
-                      round(restart, 2), examples)  # fmt: skip
+    return KillResult(
+        kills, len(book.acked), book.answers, resent, events, lost, doubled, balance_ok, round(restart, 2), examples
+    )

@@ -84,9 +84,32 @@ def seeds(imsi: str) -> list[dict[str, Any]]:
     ]
 
 
-ODD_VALUES: list[Any] = [None, True, False, 0, -1, 1.5, -1e308, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**40, "",
-                         "x" * 10_000, "\u0000", "\ud800", "imsi-" + "9" * 300, [], {}, [[[]]], {"": {}},
-                         "2026-13-45T99:99:99Z", "NaN", "-0"]  # fmt: skip
+ODD_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    -1e308,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**40,
+    "",
+    "x" * 10_000,
+    "\u0000",
+    "\ud800",
+    "imsi-" + "9" * 300,
+    [],
+    {},
+    [[[]]],
+    {"": {}},
+    "2026-13-45T99:99:99Z",
+    "NaN",
+    "-0",
+]
 
 
 class JsonMutator:
@@ -127,8 +150,18 @@ class JsonMutator:
             elif op == 1:
                 del parent[key]
             elif op == 2 and isinstance(parent, dict):
-                parent[rng.choice(["unknownKey", "oneTimeEvent", "oneTimeEventType", "retransmissionIndicator",
-                                   "notifyUri", "tenantIdentifier"])] = rng.choice(ODD_VALUES)  # fmt: skip
+                parent[
+                    rng.choice(
+                        [
+                            "unknownKey",
+                            "oneTimeEvent",
+                            "oneTimeEventType",
+                            "retransmissionIndicator",
+                            "notifyUri",
+                            "tenantIdentifier",
+                        ]
+                    )
+                ] = rng.choice(ODD_VALUES)
             elif op == 3:
                 parent[key] = [parent[key]] * rng.choice([2, 100, 3000])
             elif op == 4:
@@ -172,8 +205,16 @@ class NchfFuzzResult:
             self.examples.append(text[:400])
 
 
-CONTENT_TYPES = ["application/json", "application/json", "application/json", "application/jsonx", "text/plain",
-                 "application/problem+json", "application/json; charset=latin-1", ""]  # fmt: skip
+CONTENT_TYPES = [
+    "application/json",
+    "application/json",
+    "application/json",
+    "application/jsonx",
+    "text/plain",
+    "application/problem+json",
+    "application/json; charset=latin-1",
+    "",
+]
 
 
 async def _send(client: H2Client, path: str, data: bytes, ctype: str) -> int:
@@ -261,9 +302,17 @@ def client_bytes(imsi: str) -> bytes:
     conn.initiate_connection()
     for stream_id, doc in ((1, body(0, imsi)), (3, body(1, imsi))):
         data = json.dumps(doc).encode()
-        conn.send_headers(stream_id, [(":method", "POST"), (":scheme", "http"), (":authority", "chf"),
-                                      (":path", API), ("content-type", "application/json"),
-                                      ("content-length", str(len(data)))])  # fmt: skip
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "chf"),
+                (":path", API),
+                ("content-type", "application/json"),
+                ("content-length", str(len(data))),
+            ],
+        )
         conn.send_data(stream_id, data, end_stream=True)
     conn.ping(b"12345678")
     return conn.data_to_send()
@@ -278,8 +327,16 @@ class FrameMutator:
         rng = self.rng
         kind = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x10, 0xFF])
         stream = rng.choice([0, 1, 2, 3, 5, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 31)])
-        payload = rng.choice([b"", b"\0" * 4, b"\0\0\0\0\0\0", b"\xff" * 8, rng.randbytes(rng.randrange(64)),
-                              bytes([0x3F, 0xE1, 0xFF, 0xFF, 0xFF, 0x0F])])  # fmt: skip
+        payload = rng.choice(
+            [
+                b"",
+                b"\0" * 4,
+                b"\0\0\0\0\0\0",
+                b"\xff" * 8,
+                rng.randbytes(rng.randrange(64)),
+                bytes([0x3F, 0xE1, 0xFF, 0xFF, 0xFF, 0x0F]),
+            ]
+        )
         length = None if rng.random() < 0.9 else rng.choice([0, 1, len(payload) + 1])
         return raw_frame(kind, rng.randrange(256), stream, payload, length)
 

@@ -197,8 +197,9 @@ async def gy_connections(port: int, count: int, stats: LoadStats, idle: collecti
     return out
 
 
-async def gy_run(port: int, *, lines: int, seconds: float, rate: float = 0, sessions: int = 0,
-                 connections: int = 8, updates: int = 8) -> tuple[LoadStats, float]:  # fmt: skip
+async def gy_run(
+    port: int, *, lines: int, seconds: float, rate: float = 0, sessions: int = 0, connections: int = 8, updates: int = 8
+) -> tuple[LoadStats, float]:
     """Closed loop (`sessions` concurrent) when rate is 0, else open loop at `rate` requests per second.
     Returns the stats and the rate actually offered."""
     stats = LoadStats()
@@ -272,8 +273,9 @@ async def gy_new_peer(port: int, timeout: float = 1.0) -> float | None:
         if code is None or code.u32() != 2001:
             return None
         sid = f"probe.chaos;{time.monotonic_ns()}"
-        avps = ccr_avps(sid, 1, 0, origin_host="probe.chaos", origin_realm="chaos", imsi=str(IMSI_BASE),
-                        mscc=[Mscc(10, {})])  # fmt: skip
+        avps = ccr_avps(
+            sid, 1, 0, origin_host="probe.chaos", origin_realm="chaos", imsi=str(IMSI_BASE), mscc=[Mscc(10, {})]
+        )
         answer = await client.ccr(avps, timeout=max(1, round(timeout)))
         result = answer.find(268)
         if result is None or result.u32() != 2001:
@@ -353,8 +355,16 @@ def update_body() -> bytes:
     return json.dumps(doc).encode()
 
 
-async def nchf_h2load(port: int, *, lines: int, seconds: float, rate: float = 0, clients: int = 16,
-                      streams: int = 128, sessions: int = 200) -> tuple[LoadStats, float]:  # fmt: skip
+async def nchf_h2load(
+    port: int,
+    *,
+    lines: int,
+    seconds: float,
+    rate: float = 0,
+    clients: int = 16,
+    streams: int = 128,
+    sessions: int = 200,
+) -> tuple[LoadStats, float]:
     """Nchf updates from h2load (nghttp2, C: the generator must not be the bottleneck): `clients` connections of
     up to `streams` requests each, cycling over `sessions` charging sessions created first; `rate` requests per
     second in all (0: as fast as the streams allow). Latency per request from h2load's --log-file (from the
@@ -417,8 +427,9 @@ async def nchf_h2load(port: int, *, lines: int, seconds: float, rate: float = 0,
     return stats, stats.sent / seconds
 
 
-async def nchf_run(port: int, *, seconds: float, rate: float = 0, concurrency: int = 0,
-                   connections: int = 8) -> tuple[LoadStats, float]:  # fmt: skip
+async def nchf_run(
+    port: int, *, seconds: float, rate: float = 0, concurrency: int = 0, connections: int = 8
+) -> tuple[LoadStats, float]:
     stats = LoadStats()
     load = NchfLoad(port, stats, connections)
     await load.open()
@@ -499,8 +510,17 @@ async def recovery(interface: str, port: int, limit: float) -> float | None:
     return None
 
 
-async def run(server: Server, interface: str, *, lines: int, factor: float = 3.0, capacity_seconds: float = 5.0,
-              seconds: float = 10.0, recovery_limit: float = 30.0, pause: float = 1.0) -> OverloadResult:  # fmt: skip
+async def run(
+    server: Server,
+    interface: str,
+    *,
+    lines: int,
+    factor: float = 3.0,
+    capacity_seconds: float = 5.0,
+    seconds: float = 10.0,
+    recovery_limit: float = 30.0,
+    pause: float = 1.0,
+) -> OverloadResult:
     port = server.ports.gy if interface == "gy" else server.ports.nchf
     tracebacks = server.tracebacks()
 

@@ -120,32 +120,47 @@ async def fuzz_rows(home: Path, s: Settings, cpu: int | None, seed: int = 1) -> 
             before = server.tracebacks()
             r = await gyfuzz.fuzz(server.ports.gy, frames, seed=seed + after_cer, after_cer=after_cer)
             crashes = server.tracebacks() - before + r.hangs + (not server.alive())
-            rows.append(Row(
-                "fuzz", f"Gy frames {'after' if after_cer else 'before'} CER",
-                f"{r.frames} frames in {r.seconds:.0f} s: {crashes} crashes ({r.hangs} unanswered), {r.answered} "
-                f"answered, {r.closed} closed, {r.waiting} left waiting; {r.no_failed_avp} answers without Failed-AVP",
-                "0 crashes, Failed-AVP always", crashes == 0 and r.no_failed_avp == 0,
-                {**asdict(r), "result_codes": dict(r.result_codes), "crashes": crashes},
-            ))  # fmt: skip
+            rows.append(
+                Row(
+                    "fuzz",
+                    f"Gy frames {'after' if after_cer else 'before'} CER",
+                    f"{r.frames} frames in {r.seconds:.0f} s: {crashes} crashes ({r.hangs} unanswered), {r.answered} "
+                    f"answered, {r.closed} closed, {r.waiting} left waiting; {r.no_failed_avp} answers without "
+                    "Failed-AVP",
+                    "0 crashes, Failed-AVP always",
+                    crashes == 0 and r.no_failed_avp == 0,
+                    {**asdict(r), "result_codes": dict(r.result_codes), "crashes": crashes},
+                )
+            )
         before = server.tracebacks()
         j = await nchffuzz.fuzz_json(server.ports.nchf, s.nchf_requests, seed=seed, imsi=str(IMSI_BASE + 1))
         crashes = server.tracebacks() - before + j.server_errors + j.no_answer + (not server.alive())
         statuses = ", ".join(f"{k}:{v}" for k, v in sorted(j.statuses.items()))
-        rows.append(Row(
-            "fuzz", "Nchf JSON bodies",
-            f"{j.requests} requests in {j.seconds:.0f} s: {crashes} crashes ({j.server_errors} 5xx, {j.no_answer} "
-            f"unanswered), {j.slow} slower than 1 s; statuses {statuses}",
-            "0 crashes", crashes == 0 and j.slow == 0, {**asdict(j), "statuses": dict(j.statuses)},
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                "fuzz",
+                "Nchf JSON bodies",
+                f"{j.requests} requests in {j.seconds:.0f} s: {crashes} crashes ({j.server_errors} 5xx, {j.no_answer} "
+                f"unanswered), {j.slow} slower than 1 s; statuses {statuses}",
+                "0 crashes",
+                crashes == 0 and j.slow == 0,
+                {**asdict(j), "statuses": dict(j.statuses)},
+            )
+        )
         before = server.tracebacks()
         h = await nchffuzz.fuzz_frames(server.ports.nchf, s.h2_connections, seed=seed, imsi=str(IMSI_BASE + 1))
         crashes = server.tracebacks() - before + h.unanswered_probes + (not server.alive())
-        rows.append(Row(
-            "fuzz", "HTTP/2 frames",
-            f"{h.frames} frames on {h.connections} connections in {h.seconds:.0f} s: {crashes} crashes, "
-            f"{h.closed_by_server} connections closed by the server",
-            "0 crashes", crashes == 0, asdict(h),
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                "fuzz",
+                "HTTP/2 frames",
+                f"{h.frames} frames on {h.connections} connections in {h.seconds:.0f} s: {crashes} crashes, "
+                f"{h.closed_by_server} connections closed by the server",
+                "0 crashes",
+                crashes == 0,
+                asdict(h),
+            )
+        )
     return rows
 
 
@@ -180,18 +195,25 @@ async def abuse_rows(home: Path, s: Settings, cpu: int | None, scenarios: list[s
     rows = []
     with Server(home, lines=60, cpu=cpu) as server:
         for name in scenarios or list(abuse.SCENARIOS):
-            r = await abuse.run_scenario(server, name, s.abuse_connections, s.abuse_seconds,
-                                         warm=s.warm_seconds, settle_for=s.settle_seconds)  # fmt: skip
+            r = await abuse.run_scenario(
+                server, name, s.abuse_connections, s.abuse_seconds, warm=s.warm_seconds, settle_for=s.settle_seconds
+            )
             peak, after = r.rss_peak_kb / r.rss_before_kb, r.rss_after_kb / r.rss_before_kb
-            ok = (peak <= RSS_PEAK_FACTOR and after <= RSS_AFTER_FACTOR and r.alive and r.tracebacks == 0
-                  and r.served > 0)  # fmt: skip
-            rows.append(Row(
-                "abuse", name,
-                f"{r.connections} peers, {r.seconds:.0f} s: RSS {_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> "
-                f"{_mb(r.rss_after_kb)} MB (peak x{peak:.2f}, after x{after:.2f}); a new peer served {r.served}/"
-                f"{r.tried}; {r.closed_by_server} abusers closed by the server",
-                f"peak <= x{RSS_PEAK_FACTOR:g}, after <= x{RSS_AFTER_FACTOR:g}, new peers served", ok, asdict(r),
-            ))  # fmt: skip
+            ok = (
+                peak <= RSS_PEAK_FACTOR and after <= RSS_AFTER_FACTOR and r.alive and r.tracebacks == 0 and r.served > 0
+            )
+            rows.append(
+                Row(
+                    "abuse",
+                    name,
+                    f"{r.connections} peers, {r.seconds:.0f} s: RSS {_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> "
+                    f"{_mb(r.rss_after_kb)} MB (peak x{peak:.2f}, after x{after:.2f}); a new peer served {r.served}/"
+                    f"{r.tried}; {r.closed_by_server} abusers closed by the server",
+                    f"peak <= x{RSS_PEAK_FACTOR:g}, after <= x{RSS_AFTER_FACTOR:g}, new peers served",
+                    ok,
+                    asdict(r),
+                )
+            )
     return rows
 
 
@@ -200,9 +222,15 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
     rows = []
     for interface in ("gy", "nchf"):
         with Server(home / interface, lines=s.lines, cpu=cpu) as server:
-            r = await overload.run(server, interface, lines=s.lines, factor=s.overload_factor,
-                                   capacity_seconds=s.capacity_seconds, seconds=s.overload_seconds,
-                                   pause=s.pause)  # fmt: skip
+            r = await overload.run(
+                server,
+                interface,
+                lines=s.lines,
+                factor=s.overload_factor,
+                capacity_seconds=s.capacity_seconds,
+                seconds=s.overload_seconds,
+                pause=s.pause,
+            )
             share = r.goodput_share
             short = r.offered_per_s < 0.95 * r.target_per_s
             ok = (
@@ -243,13 +271,18 @@ def _seconds(value: float | None) -> str:
 async def kill_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
     r = await kill.run(home, kills=s.kills, cpu=cpu)
     ok = r.lost == 0 and r.doubled == 0 and r.balance_ok and r.acknowledged > 0
-    return [Row(
-        "kill", "SIGKILL under Gy + Nchf debits",
-        f"{r.kills} kills survived: {r.acknowledged} debits acknowledged, {r.resent} resent after restarts, "
-        f"{r.debit_events} debit events; {r.lost} lost, {r.doubled} doubled; balance = opening + events: "
-        f"{'yes' if r.balance_ok else 'NO'}; restart {r.restart_seconds} s",
-        "0 lost, 0 doubled", ok, asdict(r),
-    )]  # fmt: skip
+    return [
+        Row(
+            "kill",
+            "SIGKILL under Gy + Nchf debits",
+            f"{r.kills} kills survived: {r.acknowledged} debits acknowledged, {r.resent} resent after restarts, "
+            f"{r.debit_events} debit events; {r.lost} lost, {r.doubled} doubled; balance = opening + events: "
+            f"{'yes' if r.balance_ok else 'NO'}; restart {r.restart_seconds} s",
+            "0 lost, 0 doubled",
+            ok,
+            asdict(r),
+        )
+    ]
 
 
 SECTIONS: dict[str, Callable[..., Any]] = {
