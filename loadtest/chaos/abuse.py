@@ -152,7 +152,8 @@ async def nchf_slow_frame(port: int, until: float) -> bool:
         writer.close()
 
 
-async def nchf_noread(port: int, until: float, n: int) -> bool:
+async def nchf_noread(port: int, until: float, n: int, every: float = 0.01) -> bool:
+    """Creates pipelined on ever new streams, 16 each `every` seconds, the answers never read."""
     _, writer = await open_raw(port)
     data = nchffuzz.client_bytes(str(IMSI_BASE + n % 50))
     frames = nchffuzz.split_frames(data[len(nchffuzz.PREFACE) :])
@@ -170,7 +171,7 @@ async def nchf_noread(port: int, until: float, n: int) -> bool:
                 stream += 2
             if not await push(writer, batch, min(until, time.monotonic() + 0.2)):
                 return False
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(every)
         return True
     finally:
         writer.close()
@@ -216,15 +217,17 @@ async def nchf_citizen(port: int, until: float) -> tuple[int, int]:
     return served, tried
 
 
-Peer = Callable[[int, float, int], Coroutine[Any, Any, bool]]
+Peer = Callable[[int, float, int, int], Coroutine[Any, Any, bool]]  # (port, until, peer number, peers)
 SCENARIOS: dict[str, tuple[str, Peer]] = {
-    "gy-noread-precer": ("gy", lambda port, until, n: gy_noread_precer(port, until)),
-    "gy-noread-dwr": ("gy", gy_noread_dwr),
-    "gy-slow-frame": ("gy", lambda port, until, n: gy_slow_frame(port, until)),
-    "gy-idle": ("gy", lambda port, until, n: gy_idle(port, until)),
-    "nchf-slow-frame": ("nchf", lambda port, until, n: nchf_slow_frame(port, until)),
-    "nchf-noread": ("nchf", nchf_noread),
-    "nchf-idle": ("nchf", lambda port, until, n: nchf_idle(port, until)),
+    "gy-noread-precer": ("gy", lambda port, until, n, peers: gy_noread_precer(port, until)),
+    "gy-noread-dwr": ("gy", lambda port, until, n, peers: gy_noread_dwr(port, until, n)),
+    "gy-slow-frame": ("gy", lambda port, until, n, peers: gy_slow_frame(port, until)),
+    "gy-idle": ("gy", lambda port, until, n, peers: gy_idle(port, until)),
+    "nchf-slow-frame": ("nchf", lambda port, until, n, peers: nchf_slow_frame(port, until)),
+    # 16 requests per connection every peers x 10 ms: 1,600/s in all, whatever the number of peers (about what this
+    # server serves: more is the overload section's matter)
+    "nchf-noread": ("nchf", lambda port, until, n, peers: nchf_noread(port, until, n, every=peers * 0.01)),
+    "nchf-idle": ("nchf", lambda port, until, n, peers: nchf_idle(port, until)),
 }
 
 
@@ -259,7 +262,7 @@ async def run_scenario(
     started = time.monotonic()
     until = started + seconds
     with RssSampler(server.pid) as sampler:
-        abusers = [asyncio.create_task(peer(port, until, n)) for n in range(connections)]
+        abusers = [asyncio.create_task(peer(port, until, n, connections)) for n in range(connections)]
         served, tried = await citizen(port, until)
         outcomes = await asyncio.gather(*abusers, return_exceptions=True)
     closed = sum(1 for o in outcomes if o is False or isinstance(o, ConnectionError))
