@@ -24,6 +24,7 @@ from tools import native
 INTEROP = {
     "test_gy_erlang.py",
     "test_gy_wire.py::test_tshark_dissects_a_test_run",
+    "test_chaos.py::test_overload_is_refused_fast_and_recovers",
     "test_cli.py::test_no_fee_for_terminated_or_provisioned_lines_when_the_clock_moves_on",
     "test_nchf.py::test_curl_http2_prior_knowledge",
     "test_nchf.py::test_http1_expect_continue",

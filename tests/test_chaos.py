@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.chaos import suite
+from tests.support import require_tool
 
 S = suite.SHORT
 
@@ -43,6 +44,7 @@ async def test_slow_no_read_and_idle_peers_stay_bounded(tmp_path: Path) -> None:
 
 
 async def test_overload_is_refused_fast_and_recovers(tmp_path: Path) -> None:
+    require_tool("h2load")  # the Nchf load
     rows = await suite.overload_rows(tmp_path, S, _cpu())
     for row in rows:
         d = row.data
