@@ -40,7 +40,7 @@ class GyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     latency_budget_ms: Annotated[int, Meta(ge=0, le=600_000)] = 250
     # Per connection: answers waiting for a peer that does not read. Past output_buffer bytes the connection is not
     # read any more (its requests wait in TCP); still full after write_timeout seconds, it is closed.
-    output_buffer: Annotated[int, Meta(ge=4096, le=1 << 30)] = 65536
+    output_buffer: Annotated[int, Meta(ge=4096, le=1 << 30)] = 16384
     write_timeout: Seconds = 30.0
     # A message longer than max_message bytes closes the connection (the stream cannot be framed any more); one
     # begun and not complete within message_timeout seconds too.

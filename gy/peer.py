@@ -218,6 +218,9 @@ class PeerConnection:
                 msg = decode_header(raw)
                 if msg.is_request:
                     self.send(self.answer(msg, self._result(DIAMETER_UNSUPPORTED_VERSION)))
+                if self.state == WAIT_CER:  # it cannot open a connection: answered once, not again and again
+                    events.extend(self._close(f"Diameter version {raw[0]} before capabilities exchange"))
+                    break
                 continue
             msg = decode_header(raw)
             if self.state == OPEN and msg.flags & _PLAIN_REQUEST_MASK == FLAG_REQUEST and msg.code not in BASE_COMMANDS:
@@ -240,9 +243,10 @@ class PeerConnection:
         code = msg.code
         if msg.is_request:
             if msg.flags & FLAG_ERROR or msg.flags & HEADER_RESERVED_BITS:
-                # 3008: a request with the E bit (or reserved bits) set. Answered in every state that can answer.
+                # 3008: a request with the E bit (or reserved bits) set. Answered in every state that can answer;
+                # before CER, as anything but a CER, it closes the connection.
                 self.send(self.answer(msg, self._result(DIAMETER_INVALID_HDR_BITS), error=True))
-                return []
+                return self._close("invalid header bits before capabilities exchange") if self.state == WAIT_CER else []
             if self.state == WAIT_CER:
                 if code != CMD_CE:
                     return self._close(f"command {code} before capabilities exchange")

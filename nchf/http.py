@@ -130,6 +130,12 @@ class HttpConnection(asyncio.Protocol):
             if not holds:
                 self.transport.resume_reading()
 
+    def pause_for(self, reason: str, seconds: float) -> None:
+        """Hold reading for `reason` during `seconds` (once at a time per reason)."""
+        if reason not in self.holds and not self.closed:
+            self.hold_reading(reason, True)
+            self.loop.call_later(seconds, self.hold_reading, reason, False)
+
     # -- timers (HttpServer's sweep) --------------------------------------------------------------------------------
     def sweep(self, now: float) -> None:
         """Close the connection, or refuse its requests, where a time limit has passed: the first bytes must tell

@@ -428,6 +428,8 @@ class Http2Session:
         self.server.in_flight -= 1
         self.in_flight -= 1
         self.active = self.server.now
+        if response.status == 503 and self.limits.overload_pause:
+            self.connection.pause_for("overload", self.limits.overload_pause)
         if not stream.cancelled:
             if not stream.pending:
                 self.streams.pop(stream_id, None)
