@@ -20,7 +20,7 @@ import json
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import h2.exceptions
 
@@ -110,15 +110,57 @@ class GySession:
         return self.number >= len(self.kinds)
 
 
+class GyEvent:
+    """One CCR-Event DIRECT_DEBITING (an SMS, rating group 40) of its own Session-Id: a request without session state,
+    so that the generator can offer a multiple of the server's capacity from one core (a template per connection,
+    patched: Session-Id counter, Hop-by-Hop, End-to-End)."""
+
+    __slots__ = ("conn", "template")
+
+    counter = itertools.count()
+    templates: ClassVar[dict[tuple[int, int], tuple[bytearray, int]]] = {}
+
+    def __init__(self, conn: int, lines: int) -> None:
+        self.conn = conn
+        key = (conn, lines)
+        template = GyEvent.templates.get(key)
+        if template is None:
+            host = f"load{conn}.chaos"
+            sid = f"{host};ev;{0:010d}"
+            imsi = str(IMSI_BASE + conn % lines)
+            avps = ccr_avps(
+                sid,
+                4,
+                0,
+                origin_host=host,
+                origin_realm="chaos",
+                imsi=imsi,
+                requested_action=0,
+                mscc=[Mscc(40, {"events": 1})],
+            )
+            raw = encode_message(CMD_CC, 0xC0, 4, 0, 0, avps)
+            template = GyEvent.templates[key] = (bytearray(raw), 28 + len(sid) - 10)  # where the counter's digits are
+        self.template = template
+
+    def next_request(self, hbh: int) -> bytes:
+        buf, at = self.template
+        _IDS.pack_into(buf, 12, hbh, next(_E2E) & 0xFFFFFFFF)
+        buf[at : at + 10] = b"%010d" % (next(GyEvent.counter) % 10**10)
+        return bytes(buf)
+
+    def answered(self, code: int) -> bool:
+        return True  # one request; a refused one is not sent again (an open loop: the next arrival is new)
+
+
 class GyLoad(asyncio.Protocol):
     """One generator connection: requests written in one write per loop iteration, answers matched by Hop-by-Hop."""
 
-    def __init__(self, stats: LoadStats, done: collections.deque[GySession]) -> None:
+    def __init__(self, stats: LoadStats, done: collections.deque[Any]) -> None:
         self.stats = stats
         self.idle = done
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.pending: dict[int, tuple[float, GySession]] = {}
+        self.pending: dict[int, tuple[float, Any]] = {}
         self.hbh = itertools.count(1)
         self.out: list[bytes] = []
 
@@ -130,7 +172,7 @@ class GyLoad(asyncio.Protocol):
         self.stats.lost += len(self.pending)
         self.pending.clear()
 
-    def send(self, session: GySession, now: float) -> None:
+    def send(self, session: Any, now: float) -> None:
         hbh = next(self.hbh) & 0xFFFFFFFF
         self.pending[hbh] = (now, session)
         self.out.append(session.next_request(hbh))
@@ -186,7 +228,7 @@ class GyLoad(asyncio.Protocol):
             self.transport.write(encode_message(280, 0, 0, hbh, e2e, avps))
 
 
-async def gy_connections(port: int, count: int, stats: LoadStats, idle: collections.deque[GySession]) -> list[GyLoad]:
+async def gy_connections(port: int, count: int, stats: LoadStats, idle: collections.deque[Any]) -> list[GyLoad]:
     loop = asyncio.get_running_loop()
     out = []
     for i in range(count):
@@ -198,20 +240,29 @@ async def gy_connections(port: int, count: int, stats: LoadStats, idle: collecti
 
 
 async def gy_run(
-    port: int, *, lines: int, seconds: float, rate: float = 0, sessions: int = 0, connections: int = 8, updates: int = 8
+    port: int,
+    *,
+    lines: int,
+    seconds: float,
+    rate: float = 0,
+    sessions: int = 0,
+    connections: int = 8,
+    updates: int = 8,
+    events: bool = True,
 ) -> tuple[LoadStats, float]:
-    """Closed loop (`sessions` concurrent) when rate is 0, else open loop at `rate` requests per second.
-    Returns the stats and the rate actually offered."""
+    """Closed loop (`sessions` concurrent) when rate is 0, else open loop at `rate` requests per second: one-shot
+    debits (`events`, the default: light enough for the generator to offer 3x) or sessions (CCR-I, `updates` x
+    CCR-U, CCR-T). Returns the stats and the rate actually offered."""
     stats = LoadStats()
-    idle: collections.deque[GySession] = collections.deque()
+    idle: collections.deque[Any] = collections.deque()
     conns = await gy_connections(port, connections, stats, idle)
     spread = itertools.cycle(range(len(conns)))
 
-    def conn_of(session: GySession) -> GyLoad:
+    def conn_of(session: Any) -> GyLoad:
         return conns[session.conn]
 
-    def new_session() -> GySession:
-        return GySession(next(spread), lines, updates)
+    def new_session() -> Any:
+        return GyEvent(next(spread), lines) if events else GySession(next(spread), lines, updates)
 
     started = time.perf_counter()
     stop = started + seconds
@@ -262,7 +313,7 @@ async def gy_new_peer_cer(port: int, timeout: float = 1.0) -> float | None:
 
 
 async def gy_new_peer(port: int, timeout: float = 1.0) -> float | None:
-    """Seconds for a new peer's CER and first CCR-I to be answered 2001, or None."""
+    """Seconds for a new peer's CER and first request (an SMS debit) to be answered 2001, or None."""
     started = time.perf_counter()
     try:
         client, cea = await asyncio.wait_for(DiameterClient.connect("127.0.0.1", port, "probe.chaos", "chaos"), timeout)
@@ -274,7 +325,14 @@ async def gy_new_peer(port: int, timeout: float = 1.0) -> float | None:
             return None
         sid = f"probe.chaos;{time.monotonic_ns()}"
         avps = ccr_avps(
-            sid, 1, 0, origin_host="probe.chaos", origin_realm="chaos", imsi=str(IMSI_BASE), mscc=[Mscc(10, {})]
+            sid,
+            4,
+            0,
+            origin_host="probe.chaos",
+            origin_realm="chaos",
+            imsi=str(IMSI_BASE),
+            requested_action=0,
+            mscc=[Mscc(40, {"events": 1})],
         )
         answer = await client.ccr(avps, timeout=max(1, round(timeout)))
         result = answer.find(268)
