@@ -17,6 +17,7 @@ import collections
 import contextlib
 import itertools
 import json
+import resource
 import struct
 import time
 from dataclasses import dataclass, field
@@ -551,6 +552,7 @@ class OverloadResult:
     rss_after_kb: int
     server_cpu_percent: float
     tracebacks: int = 0
+    generator_cpu_percent: float = 0.0  # near 100: the generator, not the server, set the pace (and the latencies)
 
     @property
     def goodput_share(self) -> float:
@@ -596,6 +598,7 @@ async def run(
     before = server.rss_kb()
     target = factor * capacity
     cpu0 = server.cpu_seconds()
+    own0 = _own_cpu()
     with RssSampler(server.pid) as sampler:
         overload = asyncio.create_task(load(seconds, target))
         await asyncio.sleep(seconds / 2)
@@ -605,6 +608,7 @@ async def run(
             during = await nchf_new_peer(port, 2.0, answered=(201, 503))
         stats, offered = await overload
         cpu = (server.cpu_seconds() - cpu0) / seconds
+        own = (_own_cpu() - own0) / seconds
         recovered = await recovery(interface, port, recovery_limit)
     await asyncio.sleep(2 * pause)
     return OverloadResult(
@@ -627,7 +631,14 @@ async def run(
         server.rss_kb(),
         round(100 * cpu),
         server.tracebacks() - tracebacks,
+        round(100 * own),
     )
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its ended children (h2load)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 __all__ = ["OverloadResult", "cpu_seconds", "run"]
