@@ -252,8 +252,8 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
                 f"capacity; {r.refused} x {refusal} p50/p99 {r.refusal_p50_ms}/{r.refusal_p99_ms} ms; accepted "
                 f"p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; new peer during: {_seconds(r.new_peer_during_s)};"
                 f" recovery {_seconds(r.recovery_s)}; RSS {_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> "
-                f"{_mb(r.rss_after_kb)} MB; server CPU {r.server_cpu_percent} %, generator CPU {r.generator_cpu_percent} %; {r.tracebacks} "
-                "tracebacks in the log"
+                f"{_mb(r.rss_after_kb)} MB; server CPU {r.server_cpu_percent} %, generator CPU "
+                f"{r.generator_cpu_percent} %; {r.tracebacks} tracebacks in the log"
             )
             target = (
                 f"goodput >= {100 * GOODPUT_SHARE:.0f} %, refusal p99 < {REFUSAL_P99_MS:g} ms, accepted p99 < "
