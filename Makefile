@@ -9,7 +9,7 @@ NATIVE_STAMP = $(VENV)/.built-native
 NATIVE_MODULES := $(shell grep -v '^\#' native-modules.txt)
 NATIVE_SOURCES := $(NATIVE_MODULES) $(wildcard store/*.pxd chf/*/*.pxd gy/*.pxd nchf/*.pxd)
 
-.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup bench-redis clean
+.PHONY: run test lint typecheck format pure bench-engine bench-reconcile bench-export bench-gy bench-import bench-nchf bench-gy-codec bench-backup bench-redis bench-chaos clean
 
 # The editable install itself compiles nothing (CHF_PURE_PYTHON=1): $(NATIVE_STAMP) does, in parallel and
 # incrementally. A plain `pip install .` compiles in one go.
@@ -77,6 +77,12 @@ bench-nchf: $(NATIVE_STAMP)
 # Gy CCR-U on a 6-node Redis Cluster (1 and 2 chf nodes) against LMDB, and the sizing model (loadtest/bench_redis.py).
 bench-redis: $(NATIVE_STAMP)
 	$(BIN)/python -m loadtest.bench_redis
+
+# The chaos and fuzz suite against a real chf serve: Gy / Nchf / HTTP/2 fuzzing over the wire, atheris in process,
+# slow / no-read / idle peers with RSS, 3x overload (server and generator pinned apart), SIGKILL under Gy + Nchf
+# debits with a bookkeeping client; one table (see loadtest/chaos/__main__.py; `make test` runs a short version).
+bench-chaos: $(NATIVE_STAMP)
+	$(BIN)/python -m loadtest.chaos $(BENCH_ARGS)
 
 # Long run of the money oracle, the whole-system stateful test (tests/test_properties.py): 20,000 examples of up
 # to 80 steps (the suite runs 100 of up to 50). ORACLE_EXAMPLES=n runs n.

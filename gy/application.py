@@ -5,7 +5,11 @@ The asyncio layer (gy/server.py) feeds it: `request` for every application reque
 answers to our requests, `peer_opened` / `peer_closed`, `signal` for the core's re-auth and abort signals. It
 answers through the `Link` of the request's connection (`write_answer`), and queues RAR/ASR on a peer's state
 machine (`send_request`, then `Link.flush`). It holds:
-- the in-flight bounds (per peer and in all; beyond them 3004 DIAMETER_TOO_BUSY),
+- the in-flight bounds: per peer, by count; in all, by time (chf.runtime.admission: a request is taken only if those in
+  flight are expected to be answered within [gy] latency_budget_ms, at the measured answer rate) and by count.
+  Beyond them 3004 DIAMETER_TOO_BUSY, decided before the CCR is decoded: under overload most requests are refused,
+  and each refusal must cost a small fraction of a served request. Refusals are counted (metrics, and one summary
+  line per interval: `event=gy_refusals`), never logged one by one;
 - the duplicate cache (RFC 6733 section 6.1.4), see `DuplicateCache`,
 - RAR/ASR building, and the matching of their answers.
 
@@ -30,12 +34,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from chf.core.engine import USAGE_BOUND_FIELD
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
+from chf.runtime.admission import Admission
 from chf.runtime.port import ChargingPort, refusal
+from chf.runtime.ratelog import RateLog
 from gy.cca import RESULT_CODES, AnswerEncoder, used_unit_failed_avp
 from gy.ccr import ParsedCCR
 from gy.ccr_fast import parse_ccr
@@ -65,6 +71,17 @@ MAX_PENDING_SIGNALS = 65536  # RAR/ASR awaiting their answer; the oldest is forg
 _requests = metrics.labelled(metrics.REQUESTS)
 _latency = metrics.labelled(metrics.REQUEST_LATENCY)
 _duplicates = metrics.DUPLICATES.labels("gy")
+_overload = metrics.OVERLOAD.labels("gy")
+_TOO_BUSY = str(DIAMETER_TOO_BUSY)
+_too_busy = metrics.PROTOCOL_ERRORS.labels("gy", _TOO_BUSY)
+_protocol_error_children: dict[str, object] = {}
+
+
+def _protocol_errors(code: str) -> Any:
+    child = _protocol_error_children.get(code)
+    if child is None:
+        child = _protocol_error_children[code] = metrics.PROTOCOL_ERRORS.labels("gy", code)
+    return child
 
 
 class Link(Protocol):
@@ -177,20 +194,32 @@ class GyApplication:
         max_inflight: int,
         duplicate_cache: int,
         duplicate_window: float = DUPLICATE_WINDOW,
+        latency_budget: float = 0.0,
         shared_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`identity`: our Origin-Host and Origin-Realm, encoded. `duplicate_cache`, `duplicate_window`: the
-        answers kept for retransmissions, and for how long (seconds). `shared_port`: see `signal`."""
+        answers kept for retransmissions, and for how long (seconds). `latency_budget`: seconds a request may
+        expect to wait for its answer (0: the counts alone). `shared_port`: see `signal`."""
         self.port = port
         self.encoder = AnswerEncoder(identity, ccfh, session_failover)
         self.max_inflight_per_peer = max_inflight_per_peer
-        self.max_inflight = max_inflight
+        self.admission = Admission(latency_budget, max_inflight)
         self.duplicates = DuplicateCache(duplicate_cache, duplicate_window, clock)
         self.shared_port = shared_port
-        self.inflight = 0
+        # Refusals of every kind (3004, protocol errors, malformed CCRs) by Result-Code: counted, and logged as one
+        # summary line per interval. A flood of them must not become a flood of log lines.
+        self.refusals = RateLog(log, "gy_refusals")
         self.pending_signals: dict[int, tuple[str, str]] = {}  # hbh of our RAR/ASR -> (kind, session)
         self.by_host: dict[str, Link] = {}
+
+    @property
+    def inflight(self) -> int:
+        return self.admission.in_flight
+
+    @property
+    def max_inflight(self) -> int:
+        return self.admission.limit
 
     # -- peers ------------------------------------------------------------------------------------------------------
     def peer_opened(self, link: Link, origin_host: str) -> None:
@@ -211,6 +240,18 @@ class GyApplication:
         if msg.code != CMD_CC:
             self._protocol_error(link, msg, DIAMETER_COMMAND_UNSUPPORTED, f"command {msg.code} is not supported")
             return
+        admission = self.admission
+        if link.inflight >= self.max_inflight_per_peer or not admission.admit():
+            # Before the CCR is decoded: a retransmission is refused too, and sent again later like any 3004.
+            _overload.inc()
+            answer = self.encoder.too_busy(msg)
+            if answer is None:
+                self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too busy")
+                return
+            _too_busy.inc()
+            self.refusals.note(_TOO_BUSY)
+            link.write_answer(answer)
+            return
         try:
             ccr = parse_ccr(msg)
         except DecodeError as exc:
@@ -227,14 +268,11 @@ class GyApplication:
             else:  # the first copy is still being charged: answer this one when it is
                 hit.append((link, msg))
             return
-        if link.inflight >= self.max_inflight_per_peer or self.inflight >= self.max_inflight:
-            metrics.OVERLOAD.labels("gy").inc()
-            self._protocol_error(link, msg, DIAMETER_TOO_BUSY, "too many requests in flight")
-            return
         tracked = duplicates.start(key, session, number, msg.code)
         link.inflight += 1
-        self.inflight += 1
-        done = partial(self._charged, link, msg, ccr, key if tracked else None, time.perf_counter())
+        started = time.perf_counter()
+        admission.started(started)
+        done = partial(self._charged, link, msg, ccr, key if tracked else None, started)
         try:
             # A callback, not a Task or future per request: they were a tenth of the loop's work in profiles.
             self.port.charge_then(ccr.request, done)
@@ -251,7 +289,8 @@ class GyApplication:
         result: ChargingAnswer | BaseException,
     ) -> None:
         link.inflight -= 1
-        self.inflight -= 1
+        now = time.perf_counter()
+        self.admission.finished(now)
         operation = OPERATIONS[ccr.request_type]
         kept: bytes | None = None
         if isinstance(result, BaseException):
@@ -274,7 +313,7 @@ class GyApplication:
             if result.result in RESULT_CODES:
                 kept = data
         waiting = self.duplicates.answered(key, kept) if key is not None else _NOT_WAITING
-        _latency("gy", operation).observe(time.perf_counter() - started)
+        _latency("gy", operation).observe(now - started)
         if link.connected:
             link.write_answer(data)
         for other, other_msg in waiting:
@@ -285,7 +324,8 @@ class GyApplication:
         refused = refusal(exc)
         code = refused.result_code
         if refused.transient:  # store queue full, store stopping, core link down: the PGW retries elsewhere
-            metrics.OVERLOAD.labels("gy").inc()
+            _overload.inc()
+            self.refusals.note(str(code))
             data = link.peer.answer(
                 msg, self._error_avps(msg, code, "the charging function is busy"), error=refused.error_bit
             )
@@ -308,17 +348,23 @@ class GyApplication:
         return self.encoder.failure(msg, code, None, text)
 
     def _protocol_error(self, link: Link, msg: Message, code: int, text: str) -> None:
-        """3xxx: an answer with the E bit (RFC 6733 7.1.3)."""
-        log.warning(
-            "event=protocol_error peer=%s command=%d result=%d error=%s", link.peer.peer_host, msg.code, code, text
-        )
-        metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
+        """3xxx: an answer with the E bit (RFC 6733 7.1.3). Counted and summarised, not logged one by one."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event=protocol_error peer=%s command=%d result=%d error=%s", link.peer.peer_host, msg.code, code, text
+            )
+        _protocol_errors(str(code)).inc()
+        self.refusals.note(str(code))
         link.write_answer(link.peer.answer(msg, self._error_avps(msg, code, text), error=True))
 
     def _refuse(self, link: Link, msg: Message, code: int, failed_avp: bytes | None, text: str) -> None:
-        session = _session_text(msg)
-        log.warning("event=ccr_refused peer=%s session=%s result=%d error=%s", link.peer.peer_host, session, code, text)
-        metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            session = _session_text(msg)
+            log.debug(
+                "event=ccr_refused peer=%s session=%s result=%d error=%s", link.peer.peer_host, session, code, text
+            )
+        _protocol_errors(str(code)).inc()
+        self.refusals.note(str(code))
         answer = self.encoder.failure(msg, code, failed_avp, text)
         link.write_answer(link.peer.answer(msg, answer, error=is_protocol_error(code)))
 

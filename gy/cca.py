@@ -29,7 +29,7 @@ from chf.core.model import (
     UnitAnswer,
 )
 from gy.ccr import EVENT_REQUEST, ParsedCCR, example_avp
-from gy.codec import FLAG_PROXIABLE, HEADER_LEN, DecodeError, E, Message, find
+from gy.codec import FLAG_ERROR, FLAG_PROXIABLE, HEADER_LEN, DecodeError, E, Message, find
 from gy.codes import (
     CC_REQUEST_NUMBER,
     CC_REQUEST_TYPE,
@@ -38,6 +38,7 @@ from gy.codes import (
     DIAMETER_END_USER_SERVICE_DENIED,
     DIAMETER_RATING_FAILED,
     DIAMETER_SUCCESS,
+    DIAMETER_TOO_BUSY,
     DIAMETER_UNABLE_TO_COMPLY,
     DIAMETER_UNKNOWN_SESSION_ID,
     DIAMETER_USER_UNKNOWN,
@@ -211,6 +212,7 @@ def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
 
 _pack_header = struct.Struct("!IIIII").pack
 _pack_avp_header = struct.Struct("!II").pack
+_SESSION_CODE = SESSION_ID.to_bytes(4, "big")
 _pack_avp_u32 = struct.Struct("!III").pack
 _SESSION_WORD = _E_SESSION.word
 _NUMBER_WORD = _E_NUMBER.word | 12
@@ -280,6 +282,7 @@ class AnswerEncoder:
         if session_failover is not None:
             fh.append(E("CC-Session-Failover").i32(session_failover))
         self.failure_handling = b"".join(fh)
+        self._busy_tail = _E_RESULT.u32(DIAMETER_TOO_BUSY) + self.identity_app
         self._heads: dict[tuple[int, int], bytes] = {}
         self._msccs: dict[tuple[object, ...], bytes] = {}  # encoded MSCCs without Final-Unit-Indication
 
@@ -342,6 +345,21 @@ class AnswerEncoder:
             parts.append(rating_failed_avp(ccr, answer))
         body = b"".join(parts)
         flags_code = ((msg.flags & FLAG_PROXIABLE) << 24) | msg.code
+        return _pack_header((1 << 24) | (HEADER_LEN + len(body)), flags_code, msg.app, msg.hbh, msg.e2e) + body
+
+    def too_busy(self, msg: Message) -> bytes | None:
+        """The 3004 answer (E bit) to a CCR refused before it is decoded, from the request's raw Session-Id: the
+        refusals of an overload must cost a small fraction of a served request. None when the CCR does not begin
+        with a well-framed Session-Id (RFC 4006 3.1 places it first): the caller then takes the general path."""
+        buf = msg.buf
+        if len(buf) < 28 or buf[20:24] != _SESSION_CODE:
+            return None
+        length = (buf[25] << 16) | (buf[26] << 8) | buf[27]
+        end = 20 + ((length + 3) & ~3)
+        if length <= 8 or end > len(buf):
+            return None
+        body = buf[20:end] + self._busy_tail
+        flags_code = (((msg.flags & FLAG_PROXIABLE) | FLAG_ERROR) << 24) | msg.code
         return _pack_header((1 << 24) | (HEADER_LEN + len(body)), flags_code, msg.app, msg.hbh, msg.e2e) + body
 
     def cca(self, ccr: ParsedCCR, answer: ChargingAnswer) -> list[bytes]:

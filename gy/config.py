@@ -35,6 +35,17 @@ class GyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_unknown_peers: bool = False
     max_inflight_per_peer: Count = 2048
     max_inflight: Count = 16384
+    # A request is taken only if those in flight are expected to be answered within this many milliseconds (in flight
+    # / measured answer rate); beyond, 3004 at once. 0: the counts alone. (chf/runtime/admission.py)
+    latency_budget_ms: Annotated[int, Meta(ge=0, le=600_000)] = 250
+    # Per connection: answers waiting for a peer that does not read. Past output_buffer bytes the connection is not
+    # read any more (its requests wait in TCP); still full after write_timeout seconds, it is closed.
+    output_buffer: Annotated[int, Meta(ge=4096, le=1 << 30)] = 16384
+    write_timeout: Seconds = 30.0
+    # A message longer than max_message bytes closes the connection (the stream cannot be framed any more); one
+    # begun and not complete within message_timeout seconds too.
+    max_message: Annotated[int, Meta(ge=4096, le=(1 << 24) - 1)] = 65536
+    message_timeout: Seconds = 10.0
     duplicate_cache: Count = 65536
     duplicate_window: Seconds = 240.0  # seconds an answer is kept for retransmissions (RFC 6733 6.1.4: 4 minutes)
     # Credit-Control-Failure-Handling sent in CCAs (RFC 4006 section 8.14)

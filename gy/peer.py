@@ -83,6 +83,8 @@ class PeerPolicy:
     peers: dict[str, str] = field(default_factory=dict)  # origin host -> realm
     allow_unknown: bool = False
     tw: float = 30.0
+    max_message: int = MAX_MESSAGE  # bytes; a longer message closes the connection
+    message_timeout: float = 10.0  # seconds for a message begun to arrive whole
 
     def admits(self, host: str, realm: str) -> bool:
         if host in self.peers:
@@ -128,6 +130,7 @@ class PeerConnection:
         self.peer_realm = ""
         self.suspect = False
         self._buf = bytearray()
+        self._partial_since: float | None = None  # when the incomplete message in _buf began to arrive
         self._out: list[bytes] = []
         self._rng = rng
         self._hbh = random.getrandbits(32)
@@ -199,9 +202,10 @@ class PeerConnection:
         self.suspect = False
         pos = 0
         size = len(data)
+        max_message = self.policy.max_message
         while size - pos >= 4:
             length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
-            if length < HEADER_LEN or length > MAX_MESSAGE or length & 3:
+            if length < HEADER_LEN or length > max_message or length & 3:
                 # The stream cannot be framed any more: nothing after this point can be trusted.
                 buf.clear()
                 return events + self._close(f"invalid message length {length}")
@@ -214,6 +218,9 @@ class PeerConnection:
                 msg = decode_header(raw)
                 if msg.is_request:
                     self.send(self.answer(msg, self._result(DIAMETER_UNSUPPORTED_VERSION)))
+                if self.state == WAIT_CER:  # it cannot open a connection: answered once, not again and again
+                    events.extend(self._close(f"Diameter version {raw[0]} before capabilities exchange"))
+                    break
                 continue
             msg = decode_header(raw)
             if self.state == OPEN and msg.flags & _PLAIN_REQUEST_MASK == FLAG_REQUEST and msg.code not in BASE_COMMANDS:
@@ -223,6 +230,10 @@ class PeerConnection:
             if self.state == CLOSED:
                 break
         buf[:] = data[pos:] if pos < size and self.state != CLOSED else b""
+        if not buf:
+            self._partial_since = None
+        elif pos or self._partial_since is None:  # a new message began in this read
+            self._partial_since = now
         return events
 
     def _result(self, code: int, *extra: bytes) -> list[bytes]:
@@ -232,9 +243,10 @@ class PeerConnection:
         code = msg.code
         if msg.is_request:
             if msg.flags & FLAG_ERROR or msg.flags & HEADER_RESERVED_BITS:
-                # 3008: a request with the E bit (or reserved bits) set. Answered in every state that can answer.
+                # 3008: a request with the E bit (or reserved bits) set. Answered in every state that can answer;
+                # before CER, as anything but a CER, it closes the connection.
                 self.send(self.answer(msg, self._result(DIAMETER_INVALID_HDR_BITS), error=True))
-                return []
+                return self._close("invalid header bits before capabilities exchange") if self.state == WAIT_CER else []
             if self.state == WAIT_CER:
                 if code != CMD_CE:
                     return self._close(f"command {code} before capabilities exchange")
@@ -283,10 +295,14 @@ class PeerConnection:
         except DecodeError as exc:
             # The E bit marks protocol errors (3xxx) only, RFC 6733 7.1.3; a malformed AVP is a 5xxx failure.
             code = exc.result_code
-            self.send(self.answer(msg, self._result(code, *self._cea_tail()), error=is_protocol_error(code)))
+            failed = [E("Failed-AVP").grouped([exc.failed_avp])] if exc.failed_avp else []
+            self.send(self.answer(msg, self._result(code, *self._cea_tail(), *failed), error=is_protocol_error(code)))
             return self._close(f"malformed CER: {exc}")
         if not host or not realm:
-            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail())))
+            # RFC 6733 7.5: Failed-AVP holds an example of the missing AVP.
+            missing = E("Origin-Host" if not host else "Origin-Realm").octets(b"")
+            example = E("Failed-AVP").grouped([missing])
+            self.send(self.answer(msg, self._result(DIAMETER_MISSING_AVP, *self._cea_tail(), example)))
             return self._close("CER without Origin-Host or Origin-Realm")
         self.peer_host = host
         self.peer_realm = realm
@@ -316,8 +332,14 @@ class PeerConnection:
 
     # -- timers -------------------------------------------------------------------------------------------------
     def on_timer(self, now: float) -> list[object]:
-        """Drive the watchdog (and the CER wait) from the clock; returns events."""
-        if self.state == CLOSED or now < self._deadline:
+        """Drive the watchdog (and the CER wait, and the time a message may take to arrive) from the clock; returns
+        events."""
+        if self.state == CLOSED:
+            return []
+        if self._partial_since is not None and now - self._partial_since > self.policy.message_timeout:
+            self._buf.clear()
+            return self._close(f"a message did not arrive whole within {self.policy.message_timeout:g} s")
+        if now < self._deadline:
             return []
         if self.state == WAIT_CER:
             return self._close("no CER within Tw")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from typing import Any
 
@@ -47,12 +48,22 @@ class GyProtocol(asyncio.Protocol):
         self.inflight = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self.write_paused_at: float | None = None  # the peer stopped reading: we stopped reading it
         self.opened = False
         self.stats = DIAMETER_PEERS.connection()  # counts for the Diameter peer table (chf/runtime/peers.py)
 
     # -- transport ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        limit = self.server.config.output_buffer
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)  # type: ignore[union-attr]
+        # The kernel's buffers too: autotuned, a socket's grow to megabytes for a peer that does not read (or
+        # floods), beyond what the process holds.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit)
         self.connected = True
         self.server.connections.add(self)
         self.stats = DIAMETER_PEERS.connection(transport.get_extra_info("peername"))
@@ -66,6 +77,18 @@ class GyProtocol(asyncio.Protocol):
             log.info("event=peer_disconnected peer=%s", self.peer.peer_host)
         self.transport = None
         self.connected = False
+
+    def pause_writing(self) -> None:
+        """Answers pile up for a peer that does not read: read nothing more from it (its requests wait in TCP, in
+        its own buffers) until it has read; closed if it does not within write_timeout (`on_timer`)."""
+        self.write_paused_at = time.monotonic()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused_at = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.stats.received(data)
@@ -100,6 +123,12 @@ class GyProtocol(asyncio.Protocol):
             transport.close()
 
     def on_timer(self, now: float) -> None:
+        paused = self.write_paused_at
+        if paused is not None and now - paused > self.server.config.write_timeout and self.transport is not None:
+            log.info("event=peer_closing peer=%s reason=not_reading", self.peer.peer_host or "-")
+            self.server.app.refusals.note("not_reading")
+            self.transport.abort()  # what it did not read is dropped with it
+            return
         for event in self.peer.on_timer(now):
             self._event(event)
         self.stats.set_suspect(self.peer.suspect)
@@ -143,7 +172,13 @@ class GyServer:
             product_name=config.product_name,
             origin_state_id=int(time.time()) & 0xFFFFFFFF,
         )
-        self.policy = PeerPolicy(dict(config.peers), config.allow_unknown_peers, config.tw)
+        self.policy = PeerPolicy(
+            dict(config.peers),
+            config.allow_unknown_peers,
+            config.tw,
+            max_message=config.max_message,
+            message_timeout=config.message_timeout,
+        )
         self.app = GyApplication(
             port,
             PeerConnection(self.local, self.policy, 0.0).identity_avps,
@@ -151,6 +186,7 @@ class GyServer:
             session_failover=1 if config.session_failover else 0,
             max_inflight_per_peer=config.max_inflight_per_peer,
             max_inflight=config.max_inflight,
+            latency_budget=config.latency_budget_ms / 1000,
             duplicate_cache=config.duplicate_cache,
             duplicate_window=config.duplicate_window,
             shared_port=shared_port,
@@ -206,6 +242,7 @@ class GyServer:
                     conn.on_timer(now)
                 except Exception:
                     log.exception("event=watchdog_failed peer=%s", conn.peer.peer_host)
+            self.app.refusals.flush_due()
 
     async def stop(self) -> None:
         """Stop accepting, send DPR to every peer, let in-flight requests finish and peers answer, then close."""

@@ -2,8 +2,9 @@
 
 By default it starts its own `chf serve` core in a child process (a fresh store in a temporary directory,
 the demo catalogue, lines provisioned for every session) and reports the server's CPU alongside the
-generator's; `--connect HOST:PORT` drives a server that is already running (with lines 208990000000000 + n
-provisioned by `--provision-only`).
+generator's; `--connect HOST:PORT` drives a server that is already running, with lines 208990000000000 + n that
+`--provision-only CONFIG` writes into the store of that configuration beforehand (the server stopped: it opens the
+store itself).
 
 Examples:
     python -m loadtest.gy --duration 20 --sessions 2000 --updates 20          # maximum rate, fsync on
@@ -452,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
     p.add_argument("--accounts", type=int, default=1, help="accounts the lines are spread over (default: one)")
     p.add_argument("--redis-workers", type=int, default=64, help="[store] workers of the nodes (with --redis)")
+    p.add_argument(
+        "--provision-only",
+        metavar="CONFIG",
+        help="write the --sessions lines (and their account) into the store of CONFIG's chf.toml, then exit",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--writer", choices=("thread", "inline"), default="inline", help="the store's [store] writer")
     p.add_argument("--workers", type=int, default=0, help="the server's [server] frontend_workers")
@@ -468,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if args.provision_only:
+        provision(Path(args.provision_only), args.sessions, args.plan_on, args.accounts)
+        print(f"provisioned {args.sessions} lines from {IMSI_BASE} into the store of {args.provision_only}")
+        return 0
     if args.connect:
         addresses = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.connect.split(",")]
         result = runner(drive(args, *addresses[0], None, addresses=addresses))

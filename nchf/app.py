@@ -31,7 +31,9 @@ from chf.core.model import (
     RequestError,
 )
 from chf.runtime import metrics
+from chf.runtime.admission import Admission
 from chf.runtime.port import OVERLOAD, ChargingPort, Refusal, refusal
+from chf.runtime.ratelog import RateLog
 from nchf.auth import BearerAuth, Unauthorized
 from nchf.mapping import (
     SESSION_RESULT,
@@ -43,7 +45,6 @@ from nchf.mapping import (
     to_charging_request,
 )
 from nchf.messages import Request, Respond, Response
-from nchf.ratelog import RateLog
 
 log = logging.getLogger("nchf")
 
@@ -83,7 +84,7 @@ _PROBLEM = [("content-type", "application/problem+json")]
 # References made from one create body at most (NchfApp._resource_ref): beyond, the create is refused.
 _MAX_GENERATIONS = 8
 _BUSY_DETAIL = {
-    "in_flight": "too many requests in progress; retry later",
+    "in_flight": "the requests in progress would not be answered in time; retry later",
     "core": "the charging function is busy; retry later",
 }
 
@@ -128,6 +129,7 @@ class NchfApp:
         *,
         auth: BearerAuth | None = None,
         max_in_flight: int = 8192,
+        latency_budget: float = 0.25,
         request_numbers: Iterator[int] | None = None,
     ) -> None:
         """`request_numbers`: the numbers given to requests that carry invocationSequenceNumber 0 after the create
@@ -135,11 +137,13 @@ class NchfApp:
         Uint32 (no client can send such a number) from microseconds since the epoch (it never repeats, even
         across restarts); where several processes serve one core, the core must number them instead (one
         counter: the engine needs them to grow per session, and one session's updates may come through
-        different processes)."""
+        different processes).
+
+        `latency_budget`: seconds a request may expect to wait for its answer; past it, 503 at once
+        (chf.runtime.admission). `max_in_flight` stays the bound by count."""
         self.service = service
         self.auth = auth
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.admission = Admission(latency_budget, max_in_flight)
         if request_numbers is None:
             request_numbers = itertools.count(2**32 + time.time_ns() // 1000)
         self._unnumbered = request_numbers
@@ -153,6 +157,18 @@ class NchfApp:
         self._busy: dict[tuple[Refusal, str], Response] = {}  # the 503s, made once: they are all alike
         self.overload_log = RateLog(log, "nchf_overload")
 
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.admission.limit
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self.admission.limit = value
+
     # -- entry point ------------------------------------------------------------------------------------------------
     def handle_soon(self, request: Request, respond: Respond) -> None:
         """Answer `request` through `respond(response)`, exactly once: at once when it is refused, or from the
@@ -163,7 +179,7 @@ class NchfApp:
             respond(route)
             return
         operation, ref = route
-        if self.in_flight >= self.max_in_flight:
+        if not self.admission.admit():
             self._busy_errors.inc()
             respond(self._overloaded(operation, "in_flight"))
             return
@@ -334,7 +350,7 @@ class NchfApp:
             parsed, kind, session, number, notify=parsed.notify_uri, action=parsed.one_time_event
         )
         exchange = _Exchange(self, operation, ref, charging_request, parsed.sequence_number, request, started, respond)
-        self.in_flight += 1
+        self.admission.started(started)
         # Submitted together once the whole read is parsed (as Tasks did, which started on the next iteration): a
         # writer thread woken by the first request of a read would commit it alone and fight the parsing of the
         # others for the GIL (smaller batches, more fsyncs, measured 30 % fewer requests/s with the thread writer).
@@ -460,7 +476,7 @@ class _Exchange:
             and app._create_anew(self)
         ):
             return
-        app.in_flight -= 1
+        app.admission.finished(time.perf_counter())
         try:
             response = app._answer(self, outcome)
         except Exception:  # a bug of ours in the mapping: never a hung stream

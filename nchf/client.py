@@ -203,7 +203,11 @@ class H2Client(asyncio.Protocol):
                 if window <= 0:
                     break
                 chunk, p.to_send = p.to_send[:window], p.to_send[window:]
-                self.conn.send_data(stream_id, chunk, end_stream=not p.to_send)
+                try:
+                    self.conn.send_data(stream_id, chunk, end_stream=not p.to_send)
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    p.to_send = b""  # the server answered (413, say) or reset the stream before the body was sent
+                    break
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()

@@ -40,7 +40,13 @@ class NchfComponent:
         auth = None
         if settings.auth_tokens or settings.jwt_key is not None:
             auth = BearerAuth(settings.auth_tokens, settings.jwt_key)
-        self.app = NchfApp(service, auth=auth, max_in_flight=settings.max_in_flight, request_numbers=request_numbers)
+        self.app = NchfApp(
+            service,
+            auth=auth,
+            max_in_flight=settings.max_in_flight,
+            latency_budget=settings.latency_budget,
+            request_numbers=request_numbers,
+        )
         ssl_context = None
         if settings.tls_cert and settings.tls_key:
             ssl_context = server_ssl_context(settings.tls_cert, settings.tls_key)

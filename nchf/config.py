@@ -34,6 +34,7 @@ class NchfSettings:
     tls_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_in_flight: int = 8192
+    latency_budget: float = 0.25  # seconds ([nchf] latency_budget_ms)
     auth_tokens: list[str] = field(default_factory=list)
     jwt_key: bytes | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -50,6 +51,7 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: Annotated[int, Meta(ge=1024, le=_MAX)] | None = None
     max_connections: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
+    latency_budget_ms: Annotated[int, Meta(ge=0, le=600_000)] | None = None
     request_timeout: Seconds | None = None
     idle_timeout: Seconds | None = None
     connection_window: Annotated[int, Meta(ge=65535, le=_MAX)] | None = None
@@ -57,6 +59,7 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stream_reset_rate: Annotated[float, Meta(gt=0)] | None = None
     control_frame_burst: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     control_frame_rate: Annotated[float, Meta(gt=0)] | None = None
+    overload_pause: Annotated[float, Meta(ge=0, le=10)] | None = None
     auth_tokens: Annotated[list[Token], Meta(extra=expected("a list of non-empty strings", secret=True))] | None = None
     jwt_key_file: NonEmptyStr | None = None  # HS256 key of the NRF
     notify_timeout: Seconds | None = None
@@ -78,6 +81,7 @@ _LIMITS = (
     "stream_reset_rate",
     "control_frame_burst",
     "control_frame_rate",
+    "overload_pause",
 )
 _NOTIFY = {"notify_timeout": "timeout", "notify_retries": "retries", "notify_queue": "queue_size"}
 
@@ -99,6 +103,8 @@ def parse_settings(section: dict[str, Any], source: str = "conf/chf.toml") -> Nc
     for name, attribute in _NOTIFY.items():
         if (value := getattr(given, name)) is not None:
             setattr(s.notify, attribute, value)
+    if given.latency_budget_ms is not None:
+        s.latency_budget = given.latency_budget_ms / 1000
     if given.jwt_key_file is not None:
         try:
             with open(given.jwt_key_file, "rb") as f:

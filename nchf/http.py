@@ -6,7 +6,7 @@ the ALPN result ("h2" or "http/1.1"). From then on the connection hands its byte
 version (nchf/http2.py, nchf/http1.py); this module keeps what does not depend on it: the connection count,
 the sweep that applies the time limits, the hand-over of requests to the handler, and shutdown.
 Connections are never closed after N requests, only when idle; what a client may make the server hold, and for
-how long, is bounded (Limits); refusals and cut-offs are counted and logged as a summary (nchf/ratelog.py).
+how long, is bounded (Limits); refusals and cut-offs are counted and logged as a summary (chf/runtime/ratelog.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from typing import Any
 
+from chf.runtime.ratelog import RateLog
 from nchf.http1 import Http1Session
 from nchf.http2 import Http2Session
 from nchf.messages import (
@@ -30,7 +32,6 @@ from nchf.messages import (
     Response,
     plain_error,
 )
-from nchf.ratelog import RateLog
 
 __all__ = [
     "CallbackHandler",
@@ -48,6 +49,9 @@ __all__ = [
 log = logging.getLogger("nchf.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Bytes the kernel may hold of a connection's answers (SO_SNDBUF; Linux doubles it for its bookkeeping).
+SOCKET_BUFFER = 262144
 
 
 class HttpConnection(asyncio.Protocol):
@@ -73,6 +77,12 @@ class HttpConnection(asyncio.Protocol):
             self.server.refusals.note("too_many_connections")
             transport.close()
             return
+        # The kernel's buffers, autotuned, grow to megabytes for a client that does not read: its answers would pile
+        # up there, out of pause_writing's sight, while its requests are still read and charged.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.scheme = "https"
@@ -119,6 +129,12 @@ class HttpConnection(asyncio.Protocol):
             holds.discard(reason)
             if not holds:
                 self.transport.resume_reading()
+
+    def pause_for(self, reason: str, seconds: float) -> None:
+        """Hold reading for `reason` during `seconds` (once at a time per reason)."""
+        if reason not in self.holds and not self.closed:
+            self.hold_reading(reason, True)
+            self.loop.call_later(seconds, self.hold_reading, reason, False)
 
     # -- timers (HttpServer's sweep) --------------------------------------------------------------------------------
     def sweep(self, now: float) -> None:

@@ -155,6 +155,12 @@ def line_key(line_id: int) -> bytes:
     return b"L" + line_id.to_bytes(8, "big")
 
 
+# The inline writer's group commit per loop iteration: at most INLINE_SLICE seconds of work (estimated from the
+# measured cost per operation), at least INLINE_MIN_BATCH operations (fsync amortised over them).
+INLINE_SLICE = 0.02
+INLINE_MIN_BATCH = 32
+
+
 class Txn:
     """A typed view of one LMDB transaction. Writes are only possible inside the group-commit writer."""
 
@@ -669,6 +675,7 @@ class Store:
         self.writer = writer
         self._inline_started = False
         self._inline_scheduled = False
+        self._op_seconds = 0.0001  # seconds of work per operation in a batch (measured: _committed)
         self._event_seq: int | None = None  # the event counter while a write transaction is open
         self._event_seq_start = 0
         # Observers of each committed batch: (batch size, commit seconds). Metrics hook in here.
@@ -787,6 +794,8 @@ class Store:
     def _committed(self, count: int, seconds: float) -> None:
         self.commits += 1
         self.committed_ops += count
+        if count >= INLINE_MIN_BATCH:  # the cost per operation, from batches large enough to say
+            self._op_seconds += 0.25 * (seconds / count - self._op_seconds)
         if self.durability == "os" and self._syncer is None:  # no sync thread (see start): sync here, in time
             now = time.monotonic()
             if now - self._last_sync >= self.sync_interval:
@@ -833,7 +842,23 @@ class Store:
         self._syncer = None
 
     def _drain_inline(self) -> None:
+        """One group commit of what is queued, at most INLINE_SLICE seconds of work (at the measured cost per
+        operation); the rest in the next loop iteration. Between them the event loop reads its sockets: under
+        overload the front-ends refuse what they cannot take in milliseconds, instead of after a commit of every
+        request in flight (seconds of work in one callback)."""
         self._inline_scheduled = False
+        queue = self._queue
+        if not queue:
+            return
+        size = min(len(queue), self.max_batch, max(INLINE_MIN_BATCH, int(INLINE_SLICE / self._op_seconds)))
+        batch = [queue.popleft() for _ in range(size)]
+        self._commit_batch(batch)
+        _resolve(batch)
+        if queue and self._inline_started and self._loop is not None and not self._inline_scheduled:
+            self._inline_scheduled = True
+            self._loop.call_soon(self._drain_inline)
+
+    def _drain_all(self) -> None:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
@@ -925,7 +950,7 @@ class Store:
     async def stop(self) -> None:
         """Let the writer finish everything queued, then stop it."""
         if self._inline_started:
-            self._drain_inline()
+            self._drain_all()
             self._inline_started = False
             await asyncio.get_running_loop().run_in_executor(None, self._stop_syncer)
             return

@@ -158,6 +158,21 @@ async def test_a_header_block_of_endless_continuations_is_refused(chf: Chf) -> N
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
+async def test_a_body_announced_past_the_limit_is_refused_from_its_headers(chf: Chf) -> None:
+    """A content-length over max_body_bytes is a 413 at once: waiting for the body waited for bytes the
+    flow-control window never let through, and the client got a 408 after request_timeout (found by make
+    bench-chaos's JSON fuzzer: a 120 KB body, 9.8 s)."""
+    client = await RawH2.connect(chf.port, handshake=True)
+    hdrs = [(":method", "POST"), (":scheme", "http"), (":authority", "chf"), (":path", f"{API}/chargingdata")]
+    client.conn.send_headers(1, [*hdrs, ("content-type", "application/json"), ("content-length", "120001")])
+    client.conn.send_data(1, b"{" * 1000)
+    await client.flush()
+    await client.read_until(lambda: client.ended(1), 3)
+    assert client.status(1) == 413
+    client.close()
+    await assert_still_serving(chf)
+
+
 @pytest.mark.slow
 async def test_request_bodies_buffered_per_connection_stay_within_the_connection_window(tmp_path: Path) -> None:
     """Streams that never end hold their bytes: the server gives the connection's flow-control window back only as
@@ -408,6 +423,33 @@ async def test_overload_refusals_are_counted_and_logged_as_a_summary(
     assert len(lines) <= 2, [r.getMessage() for r in lines]
     assert chf.component.app.overload_log.totals == {"StoreBusy": 200}
     await client.close()
+
+
+@pytest.mark.slow
+async def test_overload_is_refused_at_once_past_the_latency_budget(chf: Chf) -> None:
+    """In-flight requests are bounded by the time they are expected to take, not by a count: once those in flight
+    would take longer than [nchf] latency_budget_ms at the measured answer rate, a new request gets 503 at once
+    (the old bound, 8,192 in flight, let a burst queue for seconds and refused nothing)."""
+    app = chf.component.app
+    app.admission.budget = 0.05
+    clients = [await chf.client() for _ in range(12)]
+
+    async def timed(n: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        result = await chf.call(clients[n % len(clients)], "create", request_body(n, units=[usage(10)]))
+        return result.status, time.perf_counter() - started
+
+    warm = await asyncio.gather(*[timed(n) for n in range(1, 301)])  # the answer rate gets measured
+    assert all(status < 500 or status == 503 for status, _ in warm)  # 201, or 403 once the wallet is spent
+    assert app.admission.rate > 0
+    burst = await asyncio.gather(*[timed(n) for n in range(1000, 4000)])
+    refused = sorted(t for status, t in burst if status == 503)
+    accepted = sorted(t for status, t in burst if status != 503)
+    assert refused, "3,000 requests at once were all taken"
+    assert accepted and len(accepted) < 1500
+    assert refused[len(refused) // 2] < accepted[-1]  # refusals do not wait behind the accepted
+    for client in clients:
+        await client.close()
 
 
 def test_the_limits_are_settings_with_safe_defaults() -> None:
