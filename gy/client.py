@@ -197,7 +197,8 @@ class DiameterClient(asyncio.Protocol):
             self.server_requests.put_nowait(msg)
 
     def send_raw(self, data: bytes) -> None:
-        assert self.transport is not None
+        if self.transport is None:  # the peer closed the connection (a server killed between two requests)
+            raise ConnectionResetError("the connection to the Diameter server is closed")
         self.transport.write(data)
 
     def request_bytes(

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--connections", type=int, default=4)
-    p.add_argument("--redis-workers", type=int, default=64, help="[store] workers of each chf node")
+    p.add_argument("--redis-workers", type=int, default=4, help="[store] workers of each chf node")
     p.add_argument("--accounts", type=int, default=0, help="accounts the lines are spread over (default: one each)")
     p.add_argument(
         "--plan-on",
