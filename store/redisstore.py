@@ -44,7 +44,9 @@ Pointers (sx, ln, ip) are written before the commit and are hints: a pointer who
 commit that failed) reads as nothing.
 
 Durability: the commit script and then `WAIT <min_replicas_acked> <wait_timeout>` go down one connection in
-one round trip; an operation is answered only when both returned and the replicas confirmed. A commit whose
+one round trip (in a batch, store.redisbatch: the batch's scripts for one primary, then one WAIT, which confirms
+every write the connection sent before it); an operation is answered only when both returned and the replicas
+confirmed. A commit whose
 outcome is unknown (connection lost) or not confirmed by enough replicas is answered StoreBusy (Diameter 3004,
 HTTP 503): a client retry is answered from the stored answer, so nothing is charged twice.
 
