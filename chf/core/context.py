@@ -103,6 +103,8 @@ class Context:
             "msisdn": sub.msisdn if line else None,
             "currency": self.account.currency,
             "impacts": [],
+            # The version of the catalogue that priced it (chf.core.versions); usage names its grant's version.
+            "catalogue": self.catalogue.version,
         }
 
     def wallet_impact(self, delta: int) -> dict[str, Any]:
