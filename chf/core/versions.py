@@ -129,41 +129,60 @@ def version_of_tariff(tariff_ref: str | None) -> str | None:
 
 # -- what changes at each date (`chf catalogue check`) --------------------------------------------------------------
 def changes(old: Catalogue, new: Catalogue) -> list[str]:
-    """What ``new`` changes from ``old``: plans and tariffs added, removed and changed (with the fields that
-    changed), settings, grants and zones changed."""
+    """What ``new`` changes from ``old``: tariffs and plans added, removed and changed (with the fields that
+    changed; a changed tariff names the plans that use it), settings, grants and zones changed."""
     out: list[str] = []
-    for kind, a, b in (("plan", old.plans, new.plans), ("tariff", old.tariffs, new.tariffs)):
-        out.extend(f"{kind} {name!r} added" for name in b if name not in a)
-        out.extend(f"{kind} {name!r} removed" for name in a if name not in b)
-        for name in a:
-            if name in b and a[name] != b[name]:
-                out.append(f"{kind} {name!r} changed: {', '.join(_changed_fields(a[name], b[name]))}")
+    for name, tariff in new.tariffs.items():
+        before = old.tariffs.get(name)
+        if before is None:
+            out.append(f"tariff {name!r} added")
+        elif before != tariff:
+            users = sorted(p.name for p in new.plans.values() if _tariff_names(p).count(name))
+            used_by = f" (plans {', '.join(users)})" if users else ""
+            out.append(f"tariff {name!r} changed: {', '.join(_changed_fields(before, tariff))}{used_by}")
+    out.extend(f"tariff {name!r} removed" for name in old.tariffs if name not in new.tariffs)
+    for name, plan in new.plans.items():
+        was = old.plans.get(name)
+        if was is None:
+            out.append(f"plan {name!r} added")
+            continue
+        fields = _changed_fields(was, plan)
+        if fields:
+            out.append(f"plan {name!r} changed: {', '.join(fields)}")
+    out.extend(f"plan {name!r} removed" for name in old.plans if name not in new.plans)
     for what in ("settings", "grants"):
         if getattr(old, what) != getattr(new, what):
             out.append(f"{what} changed: {', '.join(_changed_fields(getattr(old, what), getattr(new, what)))}")
-    if dict(old.zones) != dict(new.zones):
-        out.append("zones changed")
     if dict(old._grants_by_rg) != dict(new._grants_by_rg):
         out.append("grants per rating group changed")
+    if dict(old.zones) != dict(new.zones):
+        out.append("zones changed")
     return out
 
 
+def _tariff_names(plan: Any) -> list[str]:
+    names = [t.name for t in plan.rating.values()]
+    if plan.default_tariff is not None:
+        names.append(plan.default_tariff.name)
+    return names
+
+
 def _changed_fields(a: Any, b: Any) -> list[str]:
-    """The compared fields of two records of one dataclass that differ: ``field old -> new`` for plain values."""
+    """The compared fields of two records of one dataclass that differ: ``field old -> new`` for plain values.
+    A plan's tariffs are compared by name (a changed tariff is listed as such)."""
     out = []
     for f in dataclasses.fields(a):
         if not f.compare:
             continue
         x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "rating":
+            x, y = _rating_text(x), _rating_text(y)
+        elif f.name == "default_tariff":
+            x, y = getattr(x, "name", None), getattr(y, "name", None)
         if x == y:
             continue
         if isinstance(x, (int, str, bool, type(None))) and isinstance(y, (int, str, bool, type(None))):
             out.append(f"{f.name} {x!r} -> {y!r}")
-        elif f.name == "rating":
-            before, after = _rating_text(x), _rating_text(y)
-            out.append(f"rating {before} -> {after}" if before != after else "rating (a tariff it uses changed)")
-        elif f.name == "default_tariff":
-            out.append(f"default tariff {getattr(x, 'name', None)!r} -> {getattr(y, 'name', None)!r}")
         else:
             out.append(f.name)
     return out
