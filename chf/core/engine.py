@@ -250,6 +250,7 @@ class Engine:
         if account is None:
             raise RequestError("account", f"line {sub.id} belongs to unknown account {sub.account!r}")
         ctx = Context(txn, self.catalogue_at(now), now, sub, account)
+        ctx.versions = self._versions
         ctx.line_bs = txn.get_line_balances(sub.id) or BalanceSet()
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
@@ -263,6 +264,7 @@ class Engine:
             return None
         pseudo = Subscriber(0, account.tenant, account.id, "", None, None, None, ACTIVE, 0, account.plan, 0)
         ctx = Context(txn, self.catalogue_at(now), now, pseudo, account)
+        ctx.versions = self._versions
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
             bring_up_to_date(ctx)
