@@ -10,7 +10,11 @@ File format
 -----------
 ``[settings]``
     ``currency`` (ISO 4217, 3 upper-case letters), ``timezone`` (zoneinfo name; time-of-day bands and monthly
-    periods use it), ``home_zone``, ``default_zone`` (zone of a serving network not listed in ``[zones]``).
+    periods use it), ``home_zone``, ``default_zone`` (zone of a serving network not listed in ``[zones]``);
+    ``effective`` (optional): when this version of the catalogue takes effect, a TOML date-time
+    (``2027-01-01T00:00:00+01:00``; without an offset, or a date alone, in ``timezone``), to the second. The
+    configured catalogue is this file or a directory of such files, one per version (:mod:`chf.core.versions`:
+    each is in force from its ``effective`` until the next one's; at most one has none, the first).
 
 ``[grants]``
     Quota-grant defaults (docs/architecture.md): ``bytes``, ``seconds``, ``events``, ``money`` (quantum per
