@@ -283,7 +283,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 continue
             policy = self.catalogue.grant_policy(ua.rating_group)
             assert ua.granted <= policy.quantum(ua.unit), ua
-            self._check_validity(ua.validity_time, ua)
+            self._check_validity(ua.validity_time or 0, ua)
             reservation = session.reservations[ua.rating_group]
             assert reservation.granted == ua.granted
             if reservation.money:

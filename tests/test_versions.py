@@ -247,7 +247,9 @@ def test_a_period_fee_is_priced_by_the_version_in_force_when_the_period_starts(
     world.account("a", balance=100_000)
     line, imsi = world.line("a", plan="pre")  # fee 1000, monthly
     with world.store.read() as txn:
-        first_end = txn.get_line_balances(line).period_end
+        bs = txn.get_line_balances(line)
+    assert bs is not None
+    first_end = bs.period_end
     dearer = CATALOGUE_TOML.replace(
         '[plans.pre]\npayment = "prepaid"\nfee = 1000', '[plans.pre]\npayment = "prepaid"\nfee = 1500', 1
     )

@@ -51,9 +51,16 @@ def gy_store(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
     gy_support.STORE_SECTION = None
 
 
+def result_code(cca: Any) -> int:
+    avp = find(cca.avps, 268)
+    assert avp is not None
+    return int(avp.u32())
+
+
 def validity_of(cca: Any, rg: int) -> int | None:
     for m in find_all(cca.avps, 456):
-        if find(m.children, 432).u32() == rg:
+        rating_group = find(m.children, 432)
+        if rating_group is not None and rating_group.u32() == rg:
             vt = find(m.children, 448)
             return None if vt is None else vt.u32()
     raise AssertionError(f"no MSCC for rating group {rg}")
@@ -80,14 +87,14 @@ async def test_gy_grant_ends_at_a_version_change(tmp_path: Path, gy_store: str) 
                 sid, 1, 0, origin_host="pgw.test", origin_realm="test", imsi="208010000000001", mscc=[Mscc(10, {})]
             )
         )
-        assert find(cca.avps, 268).u32() == 2001
+        assert result_code(cca) == 2001
         assert validity_of(cca, 10) == CHANGE - T  # 600 s in the catalogue, cut at the change
         clock[0] = CHANGE
         used = [{"bytes": 1_000_000, "reason": 4}]  # VALIDITY_TIME
         cca = await client.ccr(
             ccr_avps(sid, 2, 1, origin_host="pgw.test", origin_realm="test", mscc=[Mscc(10, {}, used=used)])
         )
-        assert find(cca.avps, 268).u32() == 2001 and validity_of(cca, 10) == 600
+        assert result_code(cca) == 2001 and validity_of(cca, 10) == 600
         clock[0] = CHANGE + 10
         cca = await client.ccr(
             ccr_avps(
@@ -99,7 +106,7 @@ async def test_gy_grant_ends_at_a_version_change(tmp_path: Path, gy_store: str) 
                 mscc=[Mscc(10, used=[{"bytes": 1_000_000, "reason": 2}])],
             )
         )
-        assert find(cca.avps, 268).u32() == 2001
+        assert result_code(cca) == 2001
         # 1 MB at version 1's 0.01 EUR, then 1 MB at version 2's 0.03 EUR
         assert balance_of(srv, "a1") == 10_000_000 - 10_000 - 30_000
         events = usage_events(srv.service.read)
