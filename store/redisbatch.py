@@ -15,11 +15,16 @@ A worker takes what is queued for it (up to `max_batch` operations) and runs the
    (provisioning) commits alone, by the two-phase commit.
 3. Answers: every operation of the batch is answered in one call onto the event loop.
 
-The optimistic concurrency is the one of single operations: the script checks every version read. Two operations
-of one batch that would conflict (the second reads a record the first writes: one shared wallet) are not both
-committed: the second waits for the next batch, so a busy shared account costs a batch cycle per request rather
-than a failed commit. An operation that met a conflict, or whose commit answer was a redirection, runs again in
-a later batch (or, for a redirection, alone through the single-operation path, which follows ASK and MOVED).
+The optimistic concurrency is the one of single operations: the script checks every version read. Within a
+batch, an operation runs on the records as the operations before it in the batch leave them (their writes with
+the version stamps their commits give them), and the commits go in that order: many requests of one shared
+wallet are charged in one batch, each checking the stamps the previous one wrote, so if one fails its commit the
+ones built on it fail theirs and run again. An operation whose outcome would rest on such writes without its
+commit checking them (it writes nothing, so its answer would leave without that commit; or it read them in a
+partition it does not write; or it read a sorted set or a hash straight from Redis, which does not show them)
+waits for the next batch instead. An operation that met a conflict, or whose commit answer was a redirection,
+runs again in a later batch (or, for a redirection, alone through the single-operation path, which follows ASK
+and MOVED).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ MAX_ROUNDS = 6  # read rounds before an operation runs alone (a session's reques
 class _Job:
     """One queued operation while its batch runs."""
 
-    __slots__ = ("attempt", "by_part", "deadline", "pending", "result", "started", "txn")
+    __slots__ = ("attempt", "by_part", "deadline", "direct", "pending", "result", "started", "txn")
 
     def __init__(self, pending: _Pending, op_timeout: float) -> None:
         self.pending = pending
@@ -57,6 +62,7 @@ class _Job:
         self.attempt = 0
         self.txn: RedisTxn | None = None
         self.by_part: dict[int, Any] = {}
+        self.direct = False  # it read something from Redis directly (a sorted set, a hash), not from the batch
         self.result: Any = None
 
 
@@ -96,32 +102,33 @@ class BatchWorker:
     # -- one batch -------------------------------------------------------------------------------------------------
     def run_batch(self, jobs: list[_Job]) -> list[_Pending]:
         store = self.store
-        fetched: dict[str, bytes | None] = {}
+        # What the batch has read, then, over it, what its operations write in the order they will commit: an
+        # operation runs on the records as the earlier ones of its batch leave them (one shared wallet charged by
+        # many requests of one batch), and its commit checks their version stamps, so it fails if they fail.
+        view: dict[str, bytes | None] = {}
+        pending_writes: dict[str, int] = {}  # key written by an operation of the batch -> its partition
         finished: list[_Pending] = []
-        ready = self._prefetch(jobs, fetched)
+        ready = self._prefetch(jobs, view)
         to_commit: list[_Job] = []
-        written: set[str] = set()
         for _ in range(MAX_ROUNDS):
             wanted: dict[int, set[str]] = {}
             again: list[_Job] = []
             for job in ready:
-                outcome = self._run(job, fetched, wanted)
+                outcome = self._run(job, view, wanted)
                 if outcome == "miss":
                     again.append(job)
+                elif outcome in ("commit", "done") and job.txn is not None and _leans_on(job, pending_writes):
+                    job.txn = None
+                    self.carry.append(job)  # its answer would rest on writes not committed yet: the next batch
                 elif outcome == "commit":
-                    txn = job.txn
-                    assert txn is not None
-                    if written.intersection(txn._versions):
-                        self.carry.append(job)  # reads what an earlier operation of this batch writes
-                        continue
-                    written.update(txn._dirty)
+                    _write_over(job, view, pending_writes)
                     to_commit.append(job)
                 elif outcome == "done":
                     finished.append(self._answer(job))
             ready = again
             if not ready:
                 break
-            self._fetch(wanted, fetched)
+            self._fetch(wanted, view)
         for job in ready:  # still reading after MAX_ROUNDS: alone, with plain reads
             job.result = store.apply(job.pending.fn)
             finished.append(self._answer(job, counted=True))
@@ -129,23 +136,15 @@ class BatchWorker:
         return finished
 
     def _prefetch(self, jobs: list[_Job], fetched: dict[str, bytes | None]) -> list[_Job]:
-        """The records of the sessions whose home is known, in one pipeline; operations of an account that another
-        operation of this batch already charges wait for the next batch."""
+        """The records of the sessions whose home is known, in one pipeline."""
         store = self.store
         wanted: dict[int, set[str]] = {}
-        accounts: set[str] = set()
-        ready: list[_Job] = []
         for job in jobs:
             session = job.pending.affinity
             home = store.hints.get(("sx", session)) if session is not None else None
             if home is None:
-                ready.append(job)
                 continue
             acct, line = home
-            if acct in accounts:
-                self.carry.append(job)
-                continue
-            accounts.add(acct)
             p = store.account_part(acct)
             tag = store.tag(p)
             keys = wanted.setdefault(store._slots[p], set())
@@ -159,10 +158,9 @@ class BatchWorker:
                     f"{{{tag}}}:lock",
                 )
             )
-            ready.append(job)
         if wanted:
             self._fetch(wanted, fetched)
-        return ready
+        return jobs
 
     def _fetch(self, wanted: dict[int, set[str]], fetched: dict[str, bytes | None]) -> None:
         """One MGET per slot, pipelined per primary, all primaries at once. What could not be read (a redirection,
@@ -200,6 +198,9 @@ class BatchWorker:
         store = self.store
         txn = RedisTxn(store, True)
         txn._seed = fetched
+        job.txn = txn
+        job.by_part = {}
+        store.direct_reads(reset=True)
         try:
             job.result = job.pending.fn(txn)
             job.by_part = txn._writes() if (txn.wrote or txn._ahead) else {}
@@ -214,10 +215,10 @@ class BatchWorker:
         except Exception as exc:  # the operation's own failure: nothing was written
             job.result = exc
             return "done"
+        job.direct = store.direct_reads()
         if not job.by_part and not txn._ahead:
             store.commits += 1
             return "done"
-        job.txn = txn
         return "commit"
 
     def _retry(self, job: _Job, exc: Retry) -> str:
@@ -225,10 +226,10 @@ class BatchWorker:
         store = self.store
         store.conflicts += 1
         job.attempt += 1
+        job.txn = None
         if time.monotonic() > job.deadline or job.attempt >= store.max_attempts:
             job.result = StoreBusy(f"redis-cluster: gave up after {job.attempt} attempts: {exc}")
             return "done"
-        job.txn = None
         self.carry.append(job)
         return "carried"
 
@@ -373,6 +374,37 @@ class BatchWorker:
             job.result = exc
             return [self._answer(job)]
         return [self._succeeded(job)]
+
+
+def _leans_on(job: _Job, pending_writes: dict[str, int]) -> bool:
+    """Whether an operation's outcome rests on writes of its batch that its own commit does not check: a record
+    written earlier in the batch read in a partition it does not write (or it writes nothing: its answer would
+    leave without that commit), or anything read directly from Redis (which does not show the batch's writes) in
+    a partition the batch writes."""
+    txn = job.txn
+    assert txn is not None
+    if not pending_writes:
+        return False
+    mine = set(job.by_part)
+    if job.direct and not mine.isdisjoint(pending_writes.values()):
+        return True
+    for key in txn._versions:  # a handful of keys; the batch's writes are many
+        p = pending_writes.get(key)
+        if p is not None and p not in mine:
+            return True
+    return False
+
+
+def _write_over(job: _Job, view: dict[str, bytes | None], pending_writes: dict[str, int]) -> None:
+    """Lay an operation's writes over the batch's view (values with the version stamp its commit gives them)."""
+    for p, ws in job.by_part.items():
+        sets = ws.sets
+        for i in range(0, len(sets), 3):
+            view[sets[i]] = sets[i + 1]
+            pending_writes[sets[i]] = p
+        for key in ws.dels:
+            view[key] = None
+            pending_writes[key] = p
 
 
 def _not_run(answer: BaseException) -> bool:

@@ -1384,8 +1384,18 @@ class RedisStore:
         """Learn the cluster's map again (after a redirection or a lost connection)."""
         self._refresh()
 
+    def direct_reads(self, reset: bool = False) -> bool:
+        """Whether this thread read from the cluster through `call`, `get`, `mget` or `each_partition` since the
+        last reset (store.redisbatch: such reads do not see the writes of the batch not committed yet)."""
+        local = self._local
+        found = bool(getattr(local, "direct", False))
+        if reset:
+            local.direct = False
+        return found
+
     def call(self, p: int, *args: Any) -> Any:
         """One command on partition `p` (-1: global), through the cluster client (redirections handled)."""
+        self._local.direct = True
         return self._retrying(lambda: self.rc.execute_command(*args))
 
     def _node(self, p: int) -> ClusterNode:
@@ -1397,10 +1407,12 @@ class RedisStore:
             return self.rc.get_node_from_key(self._key_of(p))
 
     def get(self, key: str) -> bytes | None:
+        self._local.direct = True
         return self._retrying(lambda: self.rc.execute_command("GET", key))
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of keys of any slots: one MGET per slot, pipelined per node."""
+        self._local.direct = True
         if not keys:
             return []
         if len(keys) == 1:
@@ -1427,6 +1439,7 @@ class RedisStore:
 
     def each_partition(self, command: Callable[[int], tuple[Any, ...]]) -> list[Any]:
         """One command per partition, pipelined per node; the answers in partition order."""
+        self._local.direct = True
 
         def run() -> list[Any]:
             pipe = self.rc.pipeline()

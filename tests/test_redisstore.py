@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import os
+import queue
 import secrets
 import signal
 import threading
@@ -156,6 +157,35 @@ def test_batches_of_two_nodes_charging_one_shared_account_lose_and_double_nothin
         account = txn.get_account("fam")
         assert account is not None and account.reserved == 0
         assert account.balance == 20_000 - len(answers) * one_session
+
+
+def test_a_retransmission_in_the_batch_of_its_original_waits_for_the_commit(world: World) -> None:
+    """A request and its retransmission in one batch: the retransmission would be answered from the original's
+    stored answer, which is not committed yet (its commit could fail): it waits for the next batch and is then
+    answered from the committed answer, charged once."""
+    from store.redisbatch import BatchWorker, _Job
+    from store.redisstore import _Pending
+
+    world.account("a", balance=10_000)
+    _, imsi = world.line("a", plan="payg")
+    assert world.charge(initial("s1", imsi)).result == SUCCESS
+    store = rs(world)
+    worker = BatchWorker(store, queue.SimpleQueue(), 256)
+    request = update("s1", 1, imsi, used=700)
+
+    def job() -> Any:
+        return _Job(_Pending(lambda txn: world.engine.charge(txn, request, world.now), None, None, "s1"), 5.0)
+
+    original, again = job(), job()
+    done = worker.run_batch([original, again])
+    assert done == [original.pending] and list(worker.carry) == [again]
+    worker.carry.clear()
+    assert worker.run_batch([again]) == [again.pending]
+    assert again.pending.result.result == original.pending.result.result == SUCCESS
+    usage = [e for e in world.events() if e["kind"] == "usage" and e.get("session") == "s1"]
+    assert [e["used"] for e in usage] == [700]
+    with world.store.read() as txn:
+        check_invariants(txn)
 
 
 def _session_requests(key: str, imsi: str, rounds: int) -> list[Any]:
