@@ -106,12 +106,14 @@ from chf.core.catalogue import (
     PROMOTION_KINDS,
     ROUNDING_MODES,
     UNIT_TYPES,
+    AddOn,
     Allowance,
     Band,
     Catalogue,
     CatalogueError,
     GrantPolicy,
     Plan,
+    PoolTier,
     Promotion,
     Settings,
     Tariff,
@@ -528,6 +530,10 @@ _PLAN_KEYS = (
     "pool_amount",
     "pool_per_line",
     "pool_rating_groups",
+    "pool_family",
+    "pool_contribution",
+    "pool_tiers",
+    "pool_topoff",
     "suspended_fee",
     "prorate",
 )
@@ -570,6 +576,8 @@ def _load_plan(
     allowances = _load_allowances(errs, owner, t, rating, names)
     promotions, intro = _load_promotions(errs, owner, t, rating, names)
     pool = _load_pool(t, rating)
+    if pool.kind == "adaptive" and payment != "postpaid":
+        t.err("pool", "an adaptive pool is billed at the period's close: its plan must be postpaid")
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
@@ -596,6 +604,10 @@ def _load_plan(
         default_tariff=rating.default,
         suspended_fee=suspended_fee,
         prorate=prorate,
+        pool_family=pool.family,
+        pool_contribution=pool.contribution,
+        pool_tiers=pool.tiers,
+        pool_topoff=pool.topoff,
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
@@ -780,39 +792,161 @@ class _Pool:
     amount: int | None
     per_line: int | None
     rating_groups: frozenset[int] | None
+    family: str | None = None
+    contribution: int | None = None
+    tiers: tuple[PoolTier, ...] = ()
+    topoff: bool = False
+
+
+# The keys each pool kind takes besides pool, pool_unit and pool_rating_groups (a member line plan of a stacked
+# pool has no `pool`: it takes pool_family and pool_contribution).
+_POOL_KIND_KEYS: Final = {
+    "static": ("pool_amount",),
+    "flexible": ("pool_per_line",),
+    "stacked": ("pool_family",),
+    "adaptive": ("pool_tiers", "pool_topoff"),
+}
+_POOL_KEYS: Final = ("pool_amount", "pool_per_line", "pool_family", "pool_contribution", "pool_tiers", "pool_topoff")
 
 
 def _load_pool(t: _Table, rating: _Rating) -> _Pool:
-    """The IoT pool keys: ``pool`` and the keys its kind takes (static: an amount; flexible: a per-line one)."""
+    """The IoT pool keys: ``pool`` and the keys its kind takes (static: an amount; flexible: a per-line one;
+    stacked: a family; adaptive: tiers); or, on a member plan of a stacked pool, its family and contribution."""
     pool = t.opt_str("pool")
     pool_unit = t.opt_str("pool_unit")
     pool_amount = t.get_int("pool_amount", minimum=1) if t.has("pool_amount") else None
     pool_per_line = t.get_int("pool_per_line", minimum=1) if t.has("pool_per_line") else None
     pool_rgs = t.rating_groups("pool_rating_groups")
+    family = t.opt_str("pool_family")
+    contribution = t.get_int("pool_contribution", minimum=1) if t.has("pool_contribution") else None
+    tiers = _load_pool_tiers(t)
+    topoff = t.get_bool("pool_topoff", False)
+    out = _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs, family, contribution, tiers, topoff)
     if pool is None:
-        for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups"):
+        for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups", "pool_tiers", "pool_topoff"):
             if t.has(key):
-                t.err(key, "only used with pool = 'static' or 'flexible'")
-    elif pool not in POOL_KINDS:
+                t.err(key, f"only used with pool = {' or '.join(repr(k) for k in POOL_KINDS)}")
+        if t.has("pool_contribution") and not t.has("pool_family"):
+            t.err("pool_family", "required with pool_contribution (the stacked pool this plan's lines join)")
+        elif t.has("pool_family") and not t.has("pool_contribution"):
+            t.err("pool_contribution", "required with pool_family (what each line brings to the stacked pool)")
+        return out
+    if pool not in POOL_KINDS:
         t.err("pool", f"must be one of {' | '.join(POOL_KINDS)}, got {pool!r}")
+        return out
+    if pool_unit is None:
+        t.err("pool_unit", f"required when pool = {pool!r}")
+    elif pool_unit not in UNIT_TYPES:
+        t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
     else:
-        if pool_unit is None:
-            t.err("pool_unit", f"required when pool = {pool!r}")
-        elif pool_unit not in UNIT_TYPES:
-            t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
-        else:
-            rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
-        if pool == "static":
-            if pool_amount is None:
-                t.err("pool_amount", "required when pool = 'static'")
-            if pool_per_line is not None:
-                t.err("pool_per_line", "only used when pool = 'flexible' (use pool_amount)")
-        else:
-            if pool_per_line is None:
-                t.err("pool_per_line", "required when pool = 'flexible'")
-            if pool_amount is not None:
-                t.err("pool_amount", "only used when pool = 'static' (use pool_per_line)")
-    return _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs)
+        rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
+    takes = _POOL_KIND_KEYS[pool]
+    for key in _POOL_KEYS:
+        if key in takes:
+            if not t.has(key) and key != "pool_topoff":
+                t.err(key, f"required when pool = {pool!r}")
+        elif t.has(key):
+            kinds = [k for k, keys in _POOL_KIND_KEYS.items() if key in keys]
+            where = f"pool = {kinds[0]!r}" if kinds else "pool_family, on a member plan of a stacked pool"
+            t.err(key, f"only used when {where} (this plan's pool is {pool!r})")
+    return out
+
+
+def _load_pool_tiers(t: _Table) -> tuple[PoolTier, ...]:
+    """``[[pool_tiers]]`` (amount, fee): strictly ascending amounts; a larger tier never costs less (else the
+    smaller one would never be the cheapest that covers)."""
+    tiers: list[PoolTier] = []
+    for i, raw in enumerate(t.array_of_tables("pool_tiers")):
+        tt = _Table(t.errs, t.owner, f"pool_tiers[{i}].", raw, ("amount", "fee"))
+        if not tt.ok:
+            continue
+        tier = PoolTier(tt.get_int("amount", minimum=1), tt.get_int("fee", minimum=0))
+        if tiers and tier.amount <= tiers[-1].amount:
+            tt.err("amount", f"must be above the previous tier's ({tiers[-1].amount})")
+        elif tiers and tier.fee < tiers[-1].fee:
+            tt.err("fee", f"must be at least the previous tier's ({tiers[-1].fee}): a larger tier never costs less")
+        tiers.append(tier)
+    if t.has("pool_tiers") and not tiers:
+        t.err("pool_tiers", "must name at least one tier")
+    return tuple(tiers)
+
+
+def _check_pool_families(errs: _Errors, plans: Mapping[str, Plan | None]) -> None:
+    """A stacked pool's family: the plans whose lines bring their contribution to it. Every member plan's family
+    has a stacked pool plan, and the stacked plans of a family agree on its unit and currency."""
+    pools: dict[str, Plan] = {}
+    for name, plan in plans.items():
+        if plan is None or plan.pool != "stacked" or plan.pool_family is None:
+            continue
+        first = pools.setdefault(plan.pool_family, plan)
+        if (first.pool_unit, first.currency) != (plan.pool_unit, plan.currency):
+            errs.add(
+                f"plan {name!r}: pool_family",
+                f"family {plan.pool_family!r} is a pool of {first.pool_unit} in {first.currency} (plan "
+                f"{first.name!r}), not {plan.pool_unit} in {plan.currency}",
+            )
+    for name, plan in plans.items():
+        if plan is None or plan.pool is not None or plan.pool_family is None:
+            continue
+        pool = pools.get(plan.pool_family)
+        if pool is None:
+            errs.add(
+                f"plan {name!r}: pool_family", f"no plan has pool = 'stacked' with pool_family = {plan.pool_family!r}"
+            )
+        elif pool.currency != plan.currency:
+            errs.add(f"plan {name!r}: pool_family", f"family {plan.pool_family!r} is priced in {pool.currency}")
+
+
+_ADDON_KEYS = (
+    "price",
+    "currency",
+    "unit",
+    "amount",
+    "rating_groups",
+    "priority",
+    "validity_days",
+    "plans",
+    "description",
+)
+
+
+def _load_addon(
+    errs: _Errors, name: str, raw: Any, plans: Mapping[str, Plan | None], settings: Settings
+) -> AddOn | None:
+    """``[addons.<name>]``: a bucket sold for a price (chf.core.addons)."""
+    owner = f"addon {name!r}"
+    t = _Table(errs, owner, "", raw, _ADDON_KEYS)
+    if not t.ok:
+        return None
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    price = t.get_int("price", minimum=0)
+    unit = t.get_str("unit", choices=UNIT_TYPES)
+    allowance = Allowance(
+        name,
+        unit,
+        t.get_int("amount", minimum=1),
+        t.rating_groups("rating_groups"),
+        t.get_int("priority", 50),
+        False,
+        False,
+    )
+    days = t.get_int("validity_days", minimum=1) if t.has("validity_days") else None
+    for_plans: frozenset[str] | None = None
+    listed = t.get_list("plans")
+    if listed is not None:
+        for_plans = frozenset(p for p in listed if isinstance(p, str))
+        for i, p in enumerate(listed):
+            plan = plans.get(p) if isinstance(p, str) else None
+            if plan is None:
+                t.err(f"plans[{i}]", f"no plan {p!r}")
+            elif plan.currency != currency:
+                t.err(f"plans[{i}]", f"plan {p!r} is priced in {plan.currency}, the add-on in {currency}")
+        if not listed:
+            t.err("plans", "must not be empty (omit it for every plan)")
+    description = t.get_str("description", "")
+    return AddOn(name, currency, price, allowance, None if days is None else days * 86400, for_plans, description)
 
 
 def _allowance_lookups(
@@ -851,7 +985,7 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
     return out
 
 
-_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons")
 
 
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
@@ -883,6 +1017,10 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
+    _check_pool_families(errs, plans)
+    addons: dict[str, AddOn | None] = _named_tables(
+        errs, "addon", doc.get("addons"), lambda n, r: _load_addon(errs, n, r, plans, settings)
+    )
 
     if errs.items:
         raise CatalogueError(errs.items)
@@ -896,6 +1034,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         zones=MappingProxyType(zones),
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        addons=MappingProxyType({k: v for k, v in addons.items() if v is not None}),
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )
