@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from chf.core import provisioning
+from chf.core.addons import buy_addon
 from chf.core.catalogue import Catalogue, CatalogueError, Plan
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
@@ -420,6 +421,28 @@ def cmd_subscriber_set_plan(env: Env) -> int:
     )
     sub = result.value
     env.out(sub, lambda: f"line #{sub['id']} is on plan {sub['plan']}")
+    return EXIT_OK
+
+
+def cmd_subscriber_buy_addon(env: Env) -> int:
+    a = env.args
+    who = actor()
+    reason = a.reason or f"add-on {a.addon}"
+    result = change(
+        env,
+        lambda txn, engine, now: buy_addon(
+            txn, engine, a.ref, a.addon, now=now, actor=who, reason=reason, idempotency_key=a.idempotency_key
+        ),
+    )
+    value = result.value
+    account = value["account"]
+    note = " (repeated idempotency key: nothing changed)" if result.duplicate else ""
+
+    def text() -> str:
+        head = f"bought {value['addon']} for {money(value['price'], account['currency'])}{note}"
+        return head + "\n" + buckets_text([value["bucket"]], account["currency"]) + "\n" + account_text(account)
+
+    env.out({**value, "duplicate": result.duplicate}, text)
     return EXIT_OK
 
 
@@ -879,6 +902,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_subscriber_set_plan)
+
+    p = g.add_parser(
+        "buy-addon",
+        parents=[common],
+        help="sell a catalogue add-on to a line: its price from the wallet, its bucket to the line, or nothing",
+    )
+    p.add_argument("ref")
+    p.add_argument("addon", help="an [addons.<name>] of the catalogue")
+    p.add_argument("--reason", help="recorded in the audit event")
+    p.add_argument("--idempotency-key", help="a repeated key changes nothing and answers as the first time")
+    p.set_defaults(func=cmd_subscriber_buy_addon)
 
     register_import(g, common)
 
