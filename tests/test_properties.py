@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chf.core import provisioning
+from chf.core.addons import buy_addon
 from chf.core.context import account_owner, line_owner
 from chf.core.model import (
     CHECK_BALANCE,
@@ -86,9 +87,17 @@ LINES = [
     ("usd", "payg", "active"),
     ("usd", "pre", "active"),
 ]
+# -- issue 15: pools and add-ons (chf/core/pools.py, chf/core/addons.py) ------------------------------------------
+# A stacked pool (fleet-s lines bring 100 bytes, fleet-l lines 1000 and nothing while suspended) and an adaptive
+# pool with top-off (1000 then 2000 bytes, billed at the close). Add-ons are bought by the `buy_addon` rule.
+ACCOUNTS.update({"fleet": ("eu", "postpaid", "fleetpool", 3_000, 0), "ent": ("eu", "postpaid", "topoff", 3_000, 0)})
+LINES += [("fleet", "fleet-s", "active"), ("fleet", "fleet-l", "active"), ("ent", None, "active")]
+POOL_LINE_PLANS = ["fleet-s", "fleet-l"]
+POOL_ACCOUNT_PLANS = ["fleetpool", "tiered", "topoff"]
+# ------------------------------------------------------------------------------------------------------------------
 MAX_LINES = len(LINES) + 4
-LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir"]
-ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic"]
+LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", *POOL_LINE_PLANS]
+ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic", *POOL_ACCOUNT_PLANS]
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
 ONE_SHOT = [
@@ -449,7 +458,7 @@ class ChargingSystem(RuleBasedStateMachine):
             provisioning.assign_plan, plan, actor="oracle", reason="plan change", line_ref=f"#{self.lines[index].id}"
         )
 
-    @rule(account=st.sampled_from(["fam", "iot", "iot2"]), plan=st.sampled_from(ACCOUNT_PLANS))
+    @rule(account=st.sampled_from(["fam", "iot", "iot2", "fleet", "ent"]), plan=st.sampled_from(ACCOUNT_PLANS))
     def change_account_plan(self, account: str, plan: str) -> None:
         self.sys.operate(provisioning.assign_plan, plan, actor="oracle", reason="plan change", account_id=account)
 
@@ -481,7 +490,7 @@ class ChargingSystem(RuleBasedStateMachine):
     @precondition(lambda self: len(self.lines) < MAX_LINES)
     @rule(
         account=st.sampled_from(sorted(ACCOUNTS)),
-        plan=st.sampled_from([None, "payg", "pre", "post", "iotflex", "fam"]),
+        plan=st.sampled_from([None, "payg", "pre", "post", "iotflex", "fam", *POOL_LINE_PLANS]),
         state=st.sampled_from(["active", "provisioned"]),
         reuse=st.booleans(),
     )
@@ -497,6 +506,30 @@ class ChargingSystem(RuleBasedStateMachine):
         imsi = self.lines[old].imsi if old is not None else None
         if self._add_line(account, plan, state, imsi) is not None and old is not None:
             self.lines[old].imsi = None  # the number is the new line's now
+
+    # -- issue 15: add-ons ------------------------------------------------------------------------------------------
+    @rule(data=st.data(), addon=st.sampled_from(["data-1k", "sms-5", "nope"]), keyed=st.booleans())
+    def buy_addon(self, data: st.DataObject, addon: str, keyed: bool) -> None:
+        """An add-on for a line: bought whole (price and bucket in one event) or refused with nothing changed."""
+        index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        key = self.name("a") if keyed else None
+        with self.read() as txn:
+            before = snapshot(txn)
+        result = self.sys.operate(
+            buy_addon, f"#{self.lines[index].id}", addon, actor="oracle", reason="bolt-on", idempotency_key=key
+        )
+        with self.read() as txn:
+            after = snapshot(txn)
+        if isinstance(result, RequestError):
+            verify("addon", after == before, f"a refused add-on {addon} ({result}) changed the store")
+            return
+        if key is not None:
+            again = self.sys.operate(
+                buy_addon, f"#{self.lines[index].id}", addon, actor="oracle", reason="bolt-on", idempotency_key=key
+            )
+            assert isinstance(again, OpResult) and again.duplicate and again.value == result.value
+            with self.read() as txn:
+                verify("exactly_once", snapshot(txn) == after, f"add-on {addon} bought again with key {key}")
 
     # -- time and background work -----------------------------------------------------------------------------------
     @rule(step=st.sampled_from([1, 50, 199, 200, 3_599, 86_400, 10 * 86_400, "boundary"]))
