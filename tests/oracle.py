@@ -306,13 +306,7 @@ class Ledger:
         wallet = sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
         buckets = [i for i in ev["impacts"] if ":bucket:" in i["balance"]]
         if ev["kind"] == "addon":
-            addon = self.catalogue.addons.get(ev.get("addon") or "")
-            verify("addon", addon is not None, f"{where}: no add-on {ev.get('addon')!r} in the catalogue")
-            if addon is not None:
-                verify("addon", -wallet == addon.price == ev["charge"], f"{where}: paid {-wallet}, price {addon.price}")
-                deltas = [i["delta"] for i in buckets]
-                verify("addon", deltas == [addon.allowance.amount], f"{where}: granted {deltas}")
-                verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
+            self._addon(ev, wallet, buckets, where)
             return
         plan = self.catalogue.plans.get(ev.get("plan") or "")
         tiers = [(t.amount, t.fee) for t in plan.pool_tiers] if plan is not None else []
@@ -330,6 +324,16 @@ class Ledger:
         verify("pool_tier", -wallet == tier["fee"] == ev["charge"], f"{where}: charged {-wallet} for {tier}")
         if plan is not None and not plan.pool_topoff:
             verify("pool_tier", (tier["amount"], tier["fee"]) == covering, f"{where}: {tier}, cheapest {covering}")
+
+    def _addon(self, ev: dict[str, Any], wallet: int, buckets: list[dict[str, Any]], where: str) -> None:
+        addon = self.catalogue.addons.get(ev.get("addon") or "")
+        verify("addon", addon is not None, f"{where}: no add-on {ev.get('addon')!r} in the catalogue")
+        if addon is None:
+            return
+        verify("addon", -wallet == addon.price == ev["charge"], f"{where}: paid {-wallet}, price {addon.price}")
+        deltas = [i["delta"] for i in buckets]
+        verify("addon", deltas == [addon.allowance.amount], f"{where}: granted {deltas}")
+        verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
 
     # -- the rules, on the stored state -----------------------------------------------------------------------------
     def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:
@@ -389,13 +393,7 @@ class Ledger:
                     verify("pool_derived", bucket.initial in allowed, f"account {account.id}: pool {bucket.initial}")
             return
         if plan.pool == "stacked":
-            size = 0
-            for sub in lines:  # the members: lines whose own plan is of the family, in a state that keeps allowances
-                member = self.catalogue.plans.get(sub.plan or "")
-                if member is None or member.pool_family != plan.pool_family or not member.pool_contribution:
-                    continue
-                if sub.state == ACTIVE or (sub.state == SUSPENDED and member.suspended_fee is None):
-                    size += member.pool_contribution
+            size = self._stacked_size(plan, lines)
         else:
             expected = plan.pool_allowance(active)
             size = expected.amount if expected is not None else 0
@@ -406,6 +404,17 @@ class Ledger:
                     bucket.initial == size,
                     f"account {account.id}: pool of {bucket.initial}, {size} derived from {active} active lines",
                 )
+
+    def _stacked_size(self, plan: Plan, lines: list[Any]) -> int:
+        """The members: lines whose own plan is of the pool's family, in a state that keeps allowances."""
+        size = 0
+        for sub in lines:
+            member = self.catalogue.plans.get(sub.plan or "")
+            if member is None or member.pool_family != plan.pool_family or not member.pool_contribution:
+                continue
+            if sub.state == ACTIVE or (sub.state == SUSPENDED and member.suspended_fee is None):
+                size += member.pool_contribution
+        return size
 
 
 class Stored:

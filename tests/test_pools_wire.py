@@ -4,7 +4,7 @@ asked, on both stores. The pools' rules are tested at the engine in tests/test_p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tests.test_gy_server import ccr, msccs, rc
 MB = 1_000_000
 
 
-def pool_account(account: str, plan: str, lines: list[tuple[str, str | None]]) -> Any:
+def pool_account(account: str, plan: str, lines: Sequence[tuple[str, str | None]]) -> Any:
     """An operation: a postpaid account on `plan` (a pool) with lines (IMSI, own plan)."""
 
     def op(txn: Any, engine: Any, now: int) -> Any:

@@ -72,7 +72,7 @@ ACCOUNTS: dict[str, tuple[str, str, str | None, int, int]] = {
     "usd": ("us", "prepaid", None, 0, 2_000),
 }
 # (account, line plan, initial state)
-LINES = [
+LINES: list[tuple[str, str | None, str]] = [
     ("pre1", "payg", "active"),
     ("pre1", "pre", "active"),
     ("pre1", "pre", "provisioned"),

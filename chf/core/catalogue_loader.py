@@ -71,9 +71,17 @@ File format
     the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
     ``validity_days`` (optional, absent = no expiry): a one-off bucket granted when the plan is assigned.
 
-    IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
-    all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
-    per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes state);
+    IoT pools (chf.core.pools): ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per
+    period shared by all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line``
+    (total = per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes
+    state); ``pool = "stacked"`` with ``pool_unit`` and ``pool_family`` (total = what the account's member lines
+    bring: a line whose own plan has ``pool_family`` equal to it and a ``pool_contribution`` (> 0, in the pool's
+    unit) brings that amount while active, or suspended on a plan with the full suspended fee; recomputed from all
+    the lines whenever one joins, leaves, changes plan or state; the plans of one family share its currency);
+    ``pool = "adaptive"`` (postpaid plans only) with ``pool_unit`` and ``[[pool_tiers]]`` (``amount`` > 0 strictly
+    ascending, ``fee`` >= 0 never decreasing; at the period's close the cheapest tier covering what was used is
+    charged) and ``pool_topoff`` (default false: the pool holds the top tier all period; true: it starts at the
+    first tier and grows to the next one when exhausted, and the close charges at least the tier reached).
     ``pool_rating_groups`` optional.
 
     Line lifecycle (README, "Fees and the line lifecycle"): ``suspended_fee`` = ``"full"`` (default: a
@@ -83,6 +91,13 @@ File format
     held period started on reactivation) is charged for the local days left of it, rounded down to the
     micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
     stop at the end of the one in progress.
+
+``[addons.<name>]`` (chf.core.addons)
+    A priced add-on (bolt-on), bought for a line through the API or the CLI: ``price`` (micro-units, >= 0) in
+    ``currency`` (default the ``[settings]`` one); the bucket: ``unit``, ``amount`` (> 0), ``rating_groups``
+    (absent = every rating group of its unit), ``priority`` (default 50); ``validity_days`` (absent = to the
+    end of the line's current period); ``plans`` (the plans, of the line or else its account, it is sold with;
+    absent = any plan of its currency); ``description``.
 """
 
 from __future__ import annotations
@@ -823,23 +838,34 @@ def _load_pool(t: _Table, rating: _Rating) -> _Pool:
     topoff = t.get_bool("pool_topoff", False)
     out = _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs, family, contribution, tiers, topoff)
     if pool is None:
-        for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups", "pool_tiers", "pool_topoff"):
-            if t.has(key):
-                t.err(key, f"only used with pool = {' or '.join(repr(k) for k in POOL_KINDS)}")
-        if t.has("pool_contribution") and not t.has("pool_family"):
-            t.err("pool_family", "required with pool_contribution (the stacked pool this plan's lines join)")
-        elif t.has("pool_family") and not t.has("pool_contribution"):
-            t.err("pool_contribution", "required with pool_family (what each line brings to the stacked pool)")
-        return out
-    if pool not in POOL_KINDS:
+        _check_member_keys(t)
+    elif pool not in POOL_KINDS:
         t.err("pool", f"must be one of {' | '.join(POOL_KINDS)}, got {pool!r}")
-        return out
-    if pool_unit is None:
-        t.err("pool_unit", f"required when pool = {pool!r}")
-    elif pool_unit not in UNIT_TYPES:
-        t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
     else:
-        rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
+        if pool_unit is None:
+            t.err("pool_unit", f"required when pool = {pool!r}")
+        elif pool_unit not in UNIT_TYPES:
+            t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
+        else:
+            rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
+        _check_pool_kind_keys(t, pool)
+    return out
+
+
+def _check_member_keys(t: _Table) -> None:
+    """A plan without a pool: no pool keys but, on a member plan of a stacked pool, its family and contribution
+    (both)."""
+    for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups", "pool_tiers", "pool_topoff"):
+        if t.has(key):
+            t.err(key, f"only used with pool = {' or '.join(repr(k) for k in POOL_KINDS)}")
+    if t.has("pool_contribution") and not t.has("pool_family"):
+        t.err("pool_family", "required with pool_contribution (the stacked pool this plan's lines join)")
+    elif t.has("pool_family") and not t.has("pool_contribution"):
+        t.err("pool_contribution", "required with pool_family (what each line brings to the stacked pool)")
+
+
+def _check_pool_kind_keys(t: _Table, pool: str) -> None:
+    """The keys pool kind `pool` takes are there (pool_topoff is optional); the other kinds' keys are not."""
     takes = _POOL_KIND_KEYS[pool]
     for key in _POOL_KEYS:
         if key in takes:
@@ -849,7 +875,6 @@ def _load_pool(t: _Table, rating: _Rating) -> _Pool:
             kinds = [k for k, keys in _POOL_KIND_KEYS.items() if key in keys]
             where = f"pool = {kinds[0]!r}" if kinds else "pool_family, on a member plan of a stacked pool"
             t.err(key, f"only used when {where} (this plan's pool is {pool!r})")
-    return out
 
 
 def _load_pool_tiers(t: _Table) -> tuple[PoolTier, ...]:
@@ -908,6 +933,13 @@ _ADDON_KEYS = (
     "plans",
     "description",
 )
+
+
+def _load_addons(errs: _Errors, raw: Any, plans: Mapping[str, Plan | None], settings: Settings) -> Mapping[str, AddOn]:
+    loaded: dict[str, AddOn | None] = _named_tables(
+        errs, "addon", raw, lambda n, r: _load_addon(errs, n, r, plans, settings)
+    )
+    return MappingProxyType({k: v for k, v in loaded.items() if v is not None})
 
 
 def _load_addon(
@@ -1018,9 +1050,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
     _check_pool_families(errs, plans)
-    addons: dict[str, AddOn | None] = _named_tables(
-        errs, "addon", doc.get("addons"), lambda n, r: _load_addon(errs, n, r, plans, settings)
-    )
+    addons = _load_addons(errs, doc.get("addons"), plans, settings)
 
     if errs.items:
         raise CatalogueError(errs.items)
@@ -1034,7 +1064,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         zones=MappingProxyType(zones),
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        addons=MappingProxyType({k: v for k, v in addons.items() if v is not None}),
+        addons=addons,
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )
