@@ -19,7 +19,18 @@ from chf.core import provisioning
 from chf.core.addons import buy_addon
 from chf.core.catalogue import CatalogueError
 from chf.core.model import RequestError
-from tests.corekit import CATALOGUE_TOML, World, check_invariants, initial, snapshot, terminate, test_catalogue, update
+from tests.corekit import (
+    CATALOGUE_TOML,
+    T0,
+    World,
+    check_invariants,
+    initial,
+    snapshot,
+    terminate,
+    test_catalogue,
+    update,
+)
+from tools.reports import build_report
 
 
 @pytest.fixture
@@ -259,3 +270,21 @@ def test_addon_catalogue_checks() -> None:
         test_catalogue(CATALOGUE_TOML + '[addons.x]\nprice = 1\nunit = "bytes"\namount = 1\nplans = ["nope"]\n')
     with pytest.raises(CatalogueError, match="addon 'x': amount: required"):
         test_catalogue(CATALOGUE_TOML + '[addons.x]\nprice = 1\nunit = "bytes"\n')
+
+
+def test_revenue_report_counts_pool_tiers_and_addons_as_fees(world: World) -> None:
+    """`chf report revenue`: an adaptive pool's tier and an add-on's price are fees; their buckets are grants."""
+    world.account("ent", payment="postpaid", credit_limit=100_000, plan="tiered")
+    _, imsi = world.line("ent")
+    world.account("a", balance=2_000)
+    line, _ = world.line("a", plan="pre")  # fee 1000
+    buy(world, line, "data-1k")
+    use(world, "s1", imsi, 1500)
+    world.now = at(2026, 4, 1)
+    world.charge(initial("s2", imsi, rg=30))
+    day = 86_400
+    report = build_report(world.store, T0 // day, world.now // day, "account")
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups["ent"]["fees"] == {"EUR": 150} and groups["a"]["fees"] == {"EUR": 1000 + 300}
+    allowances = {a["name"]: a for a in groups["a"]["allowances"]}
+    assert allowances["data-1k"]["granted"] == 1000
