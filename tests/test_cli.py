@@ -752,5 +752,10 @@ def test_stacked_pool_and_addons_on_the_command_line(demo: Any, home: Path) -> N
     assert r.status == 0 and "bought data-1g-7d for 2.99 EUR" in r.out, r.err
     r = demo("--json", "subscriber", "buy-addon", "208019000000004", "data-1g-7d", "--idempotency-key", "b1")
     assert r.json()["duplicate"] and demo("--json", "account", "show", "dave").json()["balance"] == 3_010_000
+    listing = demo("--json", "catalogue", "show").json()
+    assert {a["name"]: a["price"] for a in listing["addons"]} == {"data-1g-7d": 2_990_000, "roam-eu-500m": 4_990_000}
+    shown = demo("--json", "catalogue", "show", "iot-topoff").json()
+    assert shown["pool_topoff"] and [t["amount"] for t in shown["pool_tiers"]] == [10**10, 5 * 10**10, 10**11]
+    assert "pool tier 2: 50.00 GB for 200.00 EUR" in demo("catalogue", "show", "iot-topoff").out
     (bought,) = [json.loads(x) for x in demo("--json", "events", "tail", "--kind", "addon").out.splitlines()]
     assert (bought["addon"], bought["charge"], bought["actor"][:4]) == ("data-1g-7d", 2_990_000, "cli:")

@@ -18,7 +18,7 @@ from typing import Any
 
 from chf.core import provisioning
 from chf.core.addons import buy_addon
-from chf.core.catalogue import Catalogue, CatalogueError, Plan
+from chf.core.catalogue import AddOn, Catalogue, CatalogueError, Plan
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
@@ -531,6 +531,25 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     }
 
 
+def addon_summary(addon: AddOn) -> dict[str, Any]:
+    a = addon.allowance
+    days = addon.validity_seconds // 86400 if addon.validity_seconds is not None else None
+    return {
+        "name": addon.name,
+        "currency": addon.currency,
+        "price": addon.price,
+        "price_text": money(addon.price, addon.currency),
+        "unit": a.unit,
+        "amount": a.amount,
+        "rating_groups": sorted(a.rating_groups) if a.rating_groups is not None else None,
+        "validity_days": days,
+        "plans": sorted(addon.plans) if addon.plans is not None else None,
+        "bucket": quantity(a.amount, a.unit, addon.currency),
+        "validity": f"{days} days" if days is not None else "to the period's end",
+        "description": addon.description,
+    }
+
+
 def plan_detail(plan: Plan) -> dict[str, Any]:
     out = plan_summary(plan)
     out["allowances"] = [
@@ -563,8 +582,28 @@ def plan_detail(plan: Plan) -> dict[str, Any]:
     out["pool_unit"] = plan.pool_unit
     out["pool_amount"] = plan.pool_amount
     out["pool_per_line"] = plan.pool_per_line
+    out["pool_family"] = plan.pool_family
+    out["pool_contribution"] = plan.pool_contribution
+    out["pool_tiers"] = [{"amount": t.amount, "fee": t.fee} for t in plan.pool_tiers]
+    out["pool_topoff"] = plan.pool_topoff
     out["suspended_fee"] = plan.suspended_fee  # None: the full fee (README, "Fees and the line lifecycle")
     out["prorate"] = plan.prorate
+    return out
+
+
+def pool_text(d: dict[str, Any], currency: str) -> list[str]:
+    """A plan's stacked-pool family (as a pool or as a member) and adaptive tiers, as `catalogue show` says them."""
+    out = []
+    unit = d["pool_unit"] or "bytes"
+    if d["pool_family"] and d["pool"] == "stacked":
+        out.append(f"pool family: {d['pool_family']} (each member line brings its plan's contribution)")
+    elif d["pool_family"]:
+        brings = quantity(d["pool_contribution"], unit, currency)
+        out.append(f"pool family: {d['pool_family']}, each line brings {brings} to its account's stacked pool")
+    for n, tier in enumerate(d["pool_tiers"]):
+        out.append(f"pool tier {n + 1}: {quantity(tier['amount'], unit, currency)} for {money(tier['fee'], currency)}")
+    if d["pool_topoff"]:
+        out.append("pool top-off: starts at the first tier, grows a tier when exhausted")
     return out
 
 
@@ -580,12 +619,20 @@ def cmd_catalogue_show(env: Env) -> int:
     currency = catalogue.settings.currency
     if env.args.plan is None:
         plans = [plan_summary(p) for p in catalogue.plans.values()]
-        env.out(
-            {"file": path, "digest": catalogue.digest, "currency": currency, "plans": plans},
-            lambda: table(
+        addons = [addon_summary(a) for a in catalogue.addons.values()]
+
+        def listing() -> str:
+            out = table(
                 [[p["name"], p["payment"], p["fee_text"], p["period"], p["overage"], p["description"]] for p in plans],
                 ["PLAN", "PAYMENT", "FEE", "PERIOD", "OVERAGE", "DESCRIPTION"],
-            ),
+            )
+            if addons:
+                rows = [[a["name"], a["price_text"], a["bucket"], a["validity"], a["description"]] for a in addons]
+                out += "\n\n" + table(rows, ["ADD-ON", "PRICE", "BUCKET", "VALID", "DESCRIPTION"])
+            return out
+
+        env.out(
+            {"file": path, "digest": catalogue.digest, "currency": currency, "plans": plans, "addons": addons}, listing
         )
         return EXIT_OK
     plan = catalogue.plans.get(env.args.plan)
@@ -627,6 +674,7 @@ def cmd_catalogue_show(env: Env) -> int:
                 for x in d["allowances"]
             ]
             out += ["", table(rows, ["ALLOWANCE", "AMOUNT", "RATING GROUPS", "PRIORITY", "OWNER", "ROLLOVER"])]
+        out += pool_text(d, currency)
         for p in d["promotions"]:
             if p["kind"] == "intro_price":
                 out.append(f"promotion: {money(p['fee'], currency)} for the first {p['periods']} period(s)")
