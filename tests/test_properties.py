@@ -1,7 +1,8 @@
 """The oracle: a stateful property test of the whole charging function, checked for conservation after every step.
 
-Two tenants (EUR and USD), prepaid, postpaid and hybrid accounts, a family shared allowance and two flexible IoT
-pools, lines in every lifecycle state. At random, in any order:
+Two tenants (EUR and USD), prepaid, postpaid and hybrid accounts, a family shared allowance, two flexible IoT
+pools, a stacked pool and an adaptive pool with top-off (issue 15), lines in every lifecycle state. At random, in
+any order:
 - session usage through the charging service's request path (`ChargingService.charge_then`, group commit):
   Gy-like requests and Nchf-like ones (made from ChargingDataRequest JSON by nchf.mapping), INITIAL / UPDATE /
   TERMINATE with used and requested units, several requests in one batch, a session restarted by a new
@@ -9,7 +10,8 @@ pools, lines in every lifecycle state. At random, in any order:
 - one-shot events (CCR-E): direct debits, refunds, balance checks, price enquiries;
 - retransmissions: any earlier request again, also long after and after other requests, also in the same batch;
 - lifecycle changes (activate, suspend, terminate), new lines (provisioned or active, pool members), moves between
-  accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets;
+  accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets, add-ons
+  bought (or refused whole), with and without an idempotency key;
 - the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper).
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
