@@ -33,13 +33,13 @@ def buy_addon(
     """Sell add-on `addon_name` to a line: the price from the wallet, the add-on's bucket to the line."""
 
     def run() -> OpResult:
-        addon = engine.catalogue.addons.get(addon_name)
+        sub = get_line(txn, line_ref)
+        ctx = engine.context(txn, sub, now)
+        addon = ctx.catalogue.addons.get(addon_name)  # as the version of the catalogue in force now sells it
         if addon is None:
             raise NotFound("addon", f"no add-on {addon_name!r} in the catalogue")
-        sub = get_line(txn, line_ref)
         if sub.state != ACTIVE:
             raise Conflict("line", f"line #{sub.id} is {sub.state}: add-ons are sold to active lines")
-        ctx = engine.context(txn, sub, now)
         account = ctx.account
         if addon.currency != account.currency:
             raise Conflict(

@@ -117,6 +117,9 @@ def bill_adaptive(ctx: Context, bs: BalanceSet, plan: Plan, at: int, reason: str
 
     What was used is what was settled against the pool by `at`; units still reserved then are settled against it
     afterwards, as any bucket that expires under an open grant (chf.core.renewals)."""
+    # The period is priced by the version of the catalogue in force when it started (chf.core.versions).
+    priced_by = ctx.catalogue_at(bs.period_start)
+    plan = priced_by.plan_in(bs.plan, ctx.account.currency) or plan
     tiers = plan.pool_tiers
     buckets = _pool_buckets(bs)
     if not tiers or not buckets:
@@ -136,6 +139,7 @@ def bill_adaptive(ctx: Context, bs: BalanceSet, plan: Plan, at: int, reason: str
     event = ctx.base_event("pool_tier", "system", reason)
     event["subscriber"] = event["imsi"] = event["msisdn"] = None  # the account's, whichever line brought it here
     event["time"] = at
+    event["catalogue"] = priced_by.version
     event["plan"] = plan.name
     event["pool_used"] = used
     event["tier"] = {"index": chosen, "amount": tier.amount, "fee": tier.fee}
