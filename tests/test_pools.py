@@ -18,7 +18,9 @@ import pytest
 from chf.core import provisioning
 from chf.core.addons import buy_addon
 from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.model import RequestError
+from chf.core.versions import CatalogueVersions
 from tests.corekit import (
     CATALOGUE_TOML,
     T0,
@@ -288,3 +290,30 @@ def test_revenue_report_counts_pool_tiers_and_addons_as_fees(world: World) -> No
     assert groups["ent"]["fees"] == {"EUR": 150} and groups["a"]["fees"] == {"EUR": 1000 + 300}
     allowances = {a["name"]: a for a in groups["a"]["allowances"]}
     assert allowances["data-1k"]["granted"] == 1000
+
+
+def test_adaptive_pool_close_is_priced_by_the_version_its_period_started_in(
+    tmp_path: Path, open_store: Callable[..., Any]
+) -> None:
+    """An effective-dated catalogue (chf.core.versions) that makes the tiers dearer from 15 March: the March
+    period, started in the old version, is billed at the old tier fee on 1 April; the event names that version."""
+    dearer = CATALOGUE_TOML.replace("  amount = 2000\n  fee = 150\n", "  amount = 2000\n  fee = 180\n", 1)
+    dearer = dearer.replace('default_zone = "world"\n', 'default_zone = "world"\neffective = 2026-03-15T00:00:00Z\n')
+    v1, v2 = test_catalogue(), parse_catalogue(dearer, "v2.toml")
+    w = World(tmp_path / "store", catalogue=CatalogueVersions([v1, v2]), opener=open_store)
+    try:
+        w.tenant()
+        w.account("ent", payment="postpaid", credit_limit=100_000, plan="tiered")
+        _, imsi = w.line("ent")
+        use(w, "s1", imsi, 1500)
+        w.now = at(2026, 4, 1)
+        w.charge(initial("s2", imsi, rg=30))
+        (bill,) = kinds(w, "pool_tier")
+        assert (bill["tier"]["fee"], bill["catalogue"]) == (150, v1.version)
+        w.now = at(2026, 4, 20)
+        w.charge(terminate("s2", 1, imsi, used=1500, rg=30))
+        w.now = at(2026, 5, 1)  # the April period started in the dearer version
+        w.charge(initial("s3", imsi, rg=30))
+        assert [(e["tier"]["fee"], e["catalogue"]) for e in kinds(w, "pool_tier")][1] == (180, v2.version)
+    finally:
+        w.close()
