@@ -300,7 +300,8 @@ def test_adaptive_pool_close_is_priced_by_the_version_its_period_started_in(
     dearer = CATALOGUE_TOML.replace("  amount = 2000\n  fee = 150\n", "  amount = 2000\n  fee = 180\n", 1)
     dearer = dearer.replace('default_zone = "world"\n', 'default_zone = "world"\neffective = 2026-03-15T00:00:00Z\n')
     v1, v2 = test_catalogue(), parse_catalogue(dearer, "v2.toml")
-    w = World(tmp_path / "store", catalogue=CatalogueVersions([v1, v2]), opener=open_store)
+    w = World(tmp_path / "store", opener=open_store)
+    w.engine.versions = CatalogueVersions([v1, v2])
     try:
         w.tenant()
         w.account("ent", payment="postpaid", credit_limit=100_000, plan="tiered")
