@@ -13,8 +13,9 @@ pools, lines in every lifecycle state. At random, in any order:
 - the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper);
 - the catalogue in four versions (chf.core.versions: prices, fees and an allowance change on 7 March, on 3 April
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
-  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; no grant outlives
-  the version it was made in and every usage event names the version of its grant.
+  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
+  coming versions (or the first ones back); no grant outlives the version it was made in and every usage event
+  names the version of its grant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -151,8 +152,14 @@ V4_TOML = _version(
 )
 
 
-def catalogue_versions() -> CatalogueVersions:
-    later = [parse_catalogue(text, f"v{n}.toml") for n, text in ((2, V2_TOML), (3, V3_TOML), (4, V4_TOML))]
+# What a reload may bring instead (the operator edits the coming versions): 3 April's SMS at 45, not 40.
+V3_EDITED_TOML = V3_TOML.replace("block = 1\nprice = 40", "block = 1\nprice = 45", 1)
+V4_EDITED_TOML = V4_TOML.replace("block = 1\nprice = 40", "block = 1\nprice = 45", 1)
+
+
+def catalogue_versions(edited: bool = False) -> CatalogueVersions:
+    texts = ((2, V2_TOML), (3, V3_EDITED_TOML if edited else V3_TOML), (4, V4_EDITED_TOML if edited else V4_TOML))
+    later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in texts]
     return CatalogueVersions([test_catalogue(), *later])
 
 
@@ -322,6 +329,14 @@ class ChargingSystem(RuleBasedStateMachine):
                 ev["catalogue"] == expected,
                 f"usage of {request.session} rg {ev['rating_group']}: version {ev['catalogue']}, granted in {expected}",
             )
+
+    @rule(edited=st.booleans())
+    def reload_catalogue(self, edited: bool) -> None:
+        """A reload (SIGHUP, API) that brings the edited coming versions, or the first ones back: new grants and
+        periods use the running versions; open grants keep the version they were made in."""
+        self.versions = catalogue_versions(edited)
+        self.sys.engine.versions = self.versions
+        self.ledger.reload(self.versions)
 
     @rule(where=st.sampled_from(["on", "before", "after"]))
     def clock_to_a_version_change(self, where: str) -> None:
