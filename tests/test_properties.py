@@ -152,15 +152,25 @@ V4_TOML = _version(
 )
 
 
-# What a reload may bring instead (the operator edits the coming versions): 3 April's SMS at 45, not 40.
-V3_EDITED_TOML = V3_TOML.replace("block = 1\nprice = 40", "block = 1\nprice = 45", 1)
-V4_EDITED_TOML = V4_TOML.replace("block = 1\nprice = 40", "block = 1\nprice = 45", 1)
+def _sms_dearer(text: str) -> str:
+    """What a reload may bring instead (the operator edits every version): SMS 5 micro-units dearer."""
+    for old, new in (
+        ("block = 1\nprice = 50", "block = 1\nprice = 55"),
+        ("block = 1\nprice = 40", "block = 1\nprice = 45"),
+    ):
+        text = text.replace(f'[tariffs.sms]\nunit = "events"\n{old}', f'[tariffs.sms]\nunit = "events"\n{new}', 1)
+    return text
 
 
 def catalogue_versions(edited: bool = False) -> CatalogueVersions:
-    texts = ((2, V2_TOML), (3, V3_EDITED_TOML if edited else V3_TOML), (4, V4_EDITED_TOML if edited else V4_TOML))
-    later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in texts]
-    return CatalogueVersions([test_catalogue(), *later])
+    texts = [CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML]
+    if edited:
+        texts = [_sms_dearer(t) for t in texts]
+        assert not set(texts) & {CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML}
+    name = "corekit-catalogue.toml" if not edited else "v1-edited.toml"
+    first = parse_catalogue(texts[0], name)
+    later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in enumerate(texts[1:], 2)]
+    return CatalogueVersions([first, *later])
 
 
 @dataclass
