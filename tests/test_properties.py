@@ -14,7 +14,7 @@ pools, lines in every lifecycle state. At random, in any order:
 - the catalogue in four versions (chf.core.versions: prices, fees and an allowance change on 7 March, on 3 April
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
   1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
-  coming versions (or the first ones back); no grant outlives the version it was made in and every usage event
+  versions (or the first ones back); no grant outlives the version it was made in and every usage event
   names the version of its grant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
@@ -342,8 +342,8 @@ class ChargingSystem(RuleBasedStateMachine):
 
     @rule(edited=st.booleans())
     def reload_catalogue(self, edited: bool) -> None:
-        """A reload (SIGHUP, API) that brings the edited coming versions, or the first ones back: new grants and
-        periods use the running versions; open grants keep the version they were made in."""
+        """A reload (SIGHUP, API) that brings edited versions (dearer SMS in each), or the first ones back: new
+        grants and periods use the running versions; open grants keep the version they were made in."""
         self.versions = catalogue_versions(edited)
         self.sys.engine.versions = self.versions
         self.ledger.reload(self.versions)
