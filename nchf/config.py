@@ -60,7 +60,6 @@ class NchfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     control_frame_burst: Annotated[int, Meta(ge=1, le=_MAX)] | None = None
     control_frame_rate: Annotated[float, Meta(gt=0)] | None = None
     overload_pause: Annotated[float, Meta(ge=0, le=10)] | None = None
-    receive_buffer: Annotated[int, Meta(ge=0, le=1 << 26)] | None = None
     auth_tokens: Annotated[list[Token], Meta(extra=expected("a list of non-empty strings", secret=True))] | None = None
     jwt_key_file: NonEmptyStr | None = None  # HS256 key of the NRF
     notify_timeout: Seconds | None = None
@@ -83,7 +82,6 @@ _LIMITS = (
     "control_frame_burst",
     "control_frame_rate",
     "overload_pause",
-    "receive_buffer",
 )
 _NOTIFY = {"notify_timeout": "timeout", "notify_retries": "retries", "notify_queue": "queue_size"}
 

@@ -83,8 +83,6 @@ class HttpConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-                if self.server.limits.receive_buffer:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.server.limits.receive_buffer)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.scheme = "https"
@@ -106,8 +104,6 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is not None:
-            if len(data) >= self.server.limits.receive_buffer // 2 > 0:
-                self._next_turn()
             session.received(data)
             return
         preface = self.preface = self.preface + data
@@ -119,17 +115,6 @@ class HttpConnection(asyncio.Protocol):
         else:
             session = self.session = Http1Session(self)
         session.received(preface)
-
-    def _next_turn(self) -> None:
-        """A read that filled half the receive buffer or more: more is likely waiting. The event loop (uvloop's libuv)
-        reads a readable socket again and again, up to 32 times, before it turns to the next: a client sending as
-        fast as TCP lets it had the loop to itself while the others, a new peer's accept and first request
-        included, waited for seconds. Paused until the loop's next iteration, each connection gets one read per turn
-        (make bench-chaos, 200 clients that send as fast as TCP lets them and never read, the server on a third of
-        a core: a new client's first answer 10 s or more before, 1.3 to 4.4 s with this)."""
-        if "next_turn" not in self.holds:
-            self.hold_reading("next_turn", True)
-            self.loop.call_soon(self.hold_reading, "next_turn", False)
 
     def hold_reading(self, reason: str, hold: bool) -> None:
         """Pause reading for `reason` (hold) or lift that reason; reading resumes once no reason is left."""

@@ -36,15 +36,6 @@ class Limits:
     # it admitted, and new connections are read as usual. 0: never paused. Measured at 3x (make bench-chaos, h2load):
     # goodput 9 % of capacity without a pause, 25 % with 0.05 s, 71 % with 0.3 s.
     overload_pause: float = 0.25
-    # Bytes the kernel may hold of a connection's requests (SO_RCVBUF; 0: the kernel's autotuning): what one read
-    # hands the event loop (each connection gets one read per loop iteration: HttpConnection._next_turn). Autotuned,
-    # it grows to megabytes: under overload a read after a pause brought hundreds of requests at once, each decoded
-    # and refused (a 503 costs about two thirds of a served request) while every other connection, a new peer's
-    # included, waited for the loop. Measured at 3x (make bench-chaos, h2load, the same run on a loaded machine):
-    # goodput 12 % of capacity autotuned, 74 % with 16 KiB; a new peer's first answer 0.62 -> 0.05 s. Smaller
-    # still (4 KiB) the server reads about as fast as it serves: a burst then waits in TCP, not for a 503 within
-    # the latency budget (tests/test_nchf_hostile.py), so 16 KiB.
-    receive_buffer: int = 16384
 
 
 @dataclass(slots=True)

@@ -268,25 +268,6 @@ async def test_a_request_must_arrive_whole_in_time_over_h2(tmp_path: Path) -> No
         await stop_chf(chf)
 
 
-@pytest.mark.slow
-async def test_what_one_read_may_bring_is_bounded_by_the_receive_buffer(tmp_path: Path) -> None:
-    """[nchf] receive_buffer bounds the kernel's buffer of a connection's requests: autotuned, it grew to megabytes,
-    and under overload one read after a pause brought hundreds of requests to decode and refuse while every other
-    connection, a new peer's too, waited (goodput at 3x: 12 % of capacity; 74 % bounded)."""
-    import socket
-
-    chf = await chf_with(tmp_path, receive_buffer=8192)
-    try:
-        client = await RawH2.connect(chf.port, handshake=True)
-        [connection] = chf.component.server.connections
-        sock = connection.transport.get_extra_info("socket")  # type: ignore[union-attr]
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * 8192  # Linux doubles it for bookkeeping
-        client.close()
-        await assert_still_serving(chf)
-    finally:
-        await stop_chf(chf)
-
-
 # -- item 3: idle and silent connections ------------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_silent_and_idle_connections_are_closed(tmp_path: Path) -> None:
@@ -478,7 +459,6 @@ def test_the_limits_are_settings_with_safe_defaults() -> None:
     assert (defaults.idle_timeout, defaults.connection_window) == (120.0, 1 << 20)
     assert (defaults.stream_reset_burst, defaults.stream_reset_rate) == (1000, 33.0)
     assert (defaults.control_frame_burst, defaults.control_frame_rate) == (100, 10.0)
-    assert (defaults.overload_pause, defaults.receive_buffer) == (0.25, 16384)
     given = {
         "idle_timeout": 30,
         "connection_window": 262_144,
@@ -486,7 +466,6 @@ def test_the_limits_are_settings_with_safe_defaults() -> None:
         "stream_reset_rate": 0.5,
         "control_frame_burst": 20,
         "control_frame_rate": 2,
-        "receive_buffer": 0,
     }
     limits = parse_settings(given).limits
     assert {key: getattr(limits, key) for key in given} == given
