@@ -325,7 +325,7 @@ def start_line_plan(ctx: Context, actor: str, reason: str) -> None:
     bs = ctx.line_bs
     if sub.plan is None or bs is None:
         return
-    plan = ctx.catalogue.plans.get(sub.plan)
+    plan = ctx.catalogue.plan_in(sub.plan, ctx.account.currency)  # another currency's plan is never started
     if plan is None:
         return
     if bs.plan is None:
@@ -353,7 +353,7 @@ def resize_pool(ctx: Context, reason: str) -> None:
     active = _active_lines(ctx)
     bs = ctx.acct_bs
     account = ctx.account
-    plan = ctx.catalogue.plans.get(account.plan) if account.plan is not None else None
+    plan = ctx.catalogue.plan_in(account.plan, account.currency)
     if bs is None or plan is None or plan.pool is None or bs.plan != plan.name:
         return
     pool = plan.pool_allowance(active)
