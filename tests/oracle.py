@@ -14,7 +14,8 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  that same balance and no refund has given back yet (so it goes back where the debit came from).
 - fee_state      a period fee (or a period's allowances) is charged for a line only in a billable state at the
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
-                 than the plan's fee for that period.
+                 than the plan's fee for that period. An account's plan renews at a boundary (fee or allowances)
+                 only while one of its lines (by the lifecycle and line_move events) is not terminated then.
 - currency       a wallet is only ever moved in its account's currency, by prices in that currency.
 - pool_derived   a pool's size for the current period is what its plan derives from the account's lines; an
                  account's count of active lines is the number of its lines that are active.
@@ -108,6 +109,7 @@ class Ledger:
         self.debits: dict[str, tuple[int | None, int | None, str | None, dict[str, int]]] = {}
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
+        self.members: dict[int, str] = {}  # line id -> its account, as creations and moves set it
         self.fees: int = 0
 
     # -- following the spool ----------------------------------------------------------------------------------------
@@ -143,6 +145,9 @@ class Ledger:
             self.plans[owner] = ev["plan"]
         if kind == "lifecycle" and ev.get("subscriber") is not None:
             self.states.setdefault(ev["subscriber"], []).append((ev["time"], ev["seq"], ev["state"]))
+            self.members.setdefault(ev["subscriber"], ev["account"])
+        elif kind == "line_move":
+            self.members[ev["subscriber"]] = ev["to_account"]
         elif kind == "usage":
             self._debited(ev)
             used = ev.get("used", 0)
@@ -257,6 +262,16 @@ class Ledger:
             self._allowance_amount(plan, name, amount, where)
         if line is None:
             verify("fee_state", fee <= plan.fee_for_period(ev.get("period_index", 0)), f"{where}: fee {fee}")
+            if ev.get("reason") == "renewal" and (fee or granted):  # at a boundary (not an operator's assignment)
+                in_service = [
+                    member
+                    for member, account in self.members.items()
+                    if account == ev["account"]
+                    and self.state_at(member, ev["time"], ev["seq"]) not in (None, TERMINATED)
+                ]
+                verify(
+                    "fee_state", bool(in_service), f"{where}: account {ev['account']} renewed with no line in service"
+                )
             return
         state = self.state_at(line, ev["time"], ev["seq"])
         most = max_fee(plan, state or ACTIVE, ev.get("period_index", 0))

@@ -456,7 +456,18 @@ class ChargingSystem(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.sampled_from(["active", "active", "suspended", "suspended", "terminated"]))
     def set_state(self, data: st.DataObject, state: str) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
-        line = self.lines[index]
+        self._set_state(data, self.lines[index], state)
+
+    @rule(data=st.data(), account=st.sampled_from(["fam", "iot", "iot2"]))
+    def close_account(self, data: st.DataObject, account: str) -> None:
+        """Every line of an account on a plan terminated (a family or fleet leaves): at the next boundaries its
+        plan must charge and grant nothing (oracle rule fee_state), until a line joins it again."""
+        with self.read() as txn:
+            members = set(txn.lines_of_account(account))
+        for line in [ln for ln in self.lines if ln.id in members]:
+            self._set_state(data, line, TERMINATED)
+
+    def _set_state(self, data: st.DataObject, line: Line, state: str) -> None:
         with self.read() as txn:
             open_sessions = {s.key for s in txn.sessions_of_line(line.id) if not s.closed}
             before = txn.get_subscriber(line.id).state

@@ -17,7 +17,13 @@ from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
-from chf.core.renewals import assign_plan_to, resize_pool, retry_pending_renewal, start_line_plan
+from chf.core.renewals import (
+    assign_plan_to,
+    resize_pool,
+    restart_account_plan,
+    retry_pending_renewal,
+    start_line_plan,
+)
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -494,6 +500,7 @@ def add_line(
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
     _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
+    restart_account_plan(ctx, actor, f"line {sub.id} added")
     if state == ACTIVE:
         resize_pool(ctx, f"line {sub.id} added")
     ctx.flush()
@@ -710,6 +717,7 @@ def add_lines(
         return actx.account if actx is not None else None
 
     catalogue = engine.catalogue
+    joined: set[str] = set()  # the accounts a row added a line to
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
@@ -751,6 +759,7 @@ def add_lines(
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
         results.append(sub.id)
+        joined.add(acct.id)
         # A line of an account with an IoT pool changes the pool (and so writes an event) if it is active: the pool
         # is derived after each such row, as add_line does. Other accounts' count of active lines is derived once,
         # after the last row, when the account is written.
@@ -800,6 +809,8 @@ def add_lines(
     txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
+            if actx.account.id in joined:
+                restart_account_plan(actx, actor, "lines imported")
             resize_pool(actx, "lines imported")  # the count of active lines (pools were derived row by row)
             actx.flush()
     return results
@@ -892,6 +903,7 @@ def move_line(
     resize_pool(old_ctx, f"line {sub.id} moved to {target.id}")
     old_ctx.flush()
     new_ctx = engine.context(txn, sub, now)
+    restart_account_plan(new_ctx, actor, f"line {sub.id} moved from {previous.account}")
     resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)

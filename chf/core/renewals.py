@@ -28,7 +28,7 @@ from typing import Any
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
-from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket, Subscriber
+from store.schema import ACTIVE, SUSPENDED, TERMINATED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
 
@@ -69,6 +69,36 @@ def state_at(sub: Subscriber, at: int) -> str:
     return state if state is not None else sub.state
 
 
+def account_state_at(ctx: Context, at: int) -> str:
+    """The state in which an account's plan renews at boundary `at` (README, "Fees and the line lifecycle"): active
+    while at least one of its lines is not terminated at `at` (provisioned and suspended lines keep an account
+    plan, as a family or fleet plan is sold to the account); terminated when it has none (every line terminated,
+    moved away, or none yet), so that its periods stop there, like a line's, until a line joins the account
+    (`restart_account_plan`). The lines are the account's now, in their state at `at`; a line created after `at`
+    was not there. Read at each of the account's boundaries only, and a first line in service ends the search."""
+    txn = ctx.txn
+    for line_id in txn.lines_of_account(ctx.account.id):
+        sub = ctx.sub if line_id == ctx.sub.id else txn.get_subscriber(line_id)
+        if sub is None or (sub.history and sub.history[0][2] >= at):
+            continue
+        if state_at(sub, at) != TERMINATED:
+            return ACTIVE
+    return TERMINATED
+
+
+def restart_account_plan(ctx: Context, actor: str, reason: str) -> None:
+    """A line joined the account (added, imported, moved in): if the account's plan stopped at a boundary for want
+    of a line in service (`account_state_at`), it starts again now (`assign_plan_to`: its fee, prorated where the
+    plan says, and its shared allowances and pool)."""
+    account = ctx.account
+    bs = ctx.acct_bs
+    if account.plan is None or bs is None or bs.plan is not None:
+        return
+    plan = ctx.catalogue.plan_in(account.plan, account.currency)  # another currency's fee is never charged
+    if plan is not None:
+        assign_plan_to(ctx, plan, is_account=True, actor=actor, reason=reason)
+
+
 def line_terms(plan: Plan, state: str, period_index: int) -> tuple[int, bool]:
     """The fee of a line's period that starts while the line is in `state`, and whether its allowances are
     granted: active, or suspended on a plan whose suspended fee is full: the period's fee and the allowances;
@@ -91,7 +121,7 @@ def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
         if plan is None or ctx.now < bs.period_end:
             break
         boundary = bs.period_end
-        state = ACTIVE if is_account else state_at(ctx.sub, boundary)
+        state = account_state_at(ctx, boundary) if is_account else state_at(ctx.sub, boundary)
         if state not in (ACTIVE, SUSPENDED):
             _end_line_plan(ctx, bs, owner, boundary, state)
             break
@@ -118,11 +148,13 @@ def _event(ctx: Context, kind: str, actor: str, reason: str | None, owner: str) 
 
 
 def _end_line_plan(ctx: Context, bs: BalanceSet, owner: str, at: int, state: str) -> None:
-    """A line that is not (or no longer) in service at a boundary: its plan's periods stop there. Its buckets
-    expire as they end, nothing rolls over, no fee is charged and nothing is granted; the line keeps its plan
-    (`Subscriber.plan`), which starts again only if the line is activated."""
+    """A line that is not (or no longer) in service at a boundary, or an account with no line in service: its
+    plan's periods stop there. Its buckets expire as they end, nothing rolls over, no fee is charged and nothing
+    is granted; the line (or account) keeps its plan (`Subscriber.plan`, `Account.plan`), which starts again only
+    if the line is activated (or a line joins the account)."""
     _expire_buckets(ctx, bs, owner, at, period_ended=False)
-    event = ctx.base_event("plan_change", "system", f"line {state}: its periods stop")
+    who = "no line in service" if owner.startswith("account:") else f"line {state}"
+    event = _event(ctx, "plan_change", "system", f"{who}: its periods stop", owner)
     event["time"] = at
     event["plan"] = None
     event["previous_plan"] = bs.plan
@@ -353,7 +385,7 @@ def resize_pool(ctx: Context, reason: str) -> None:
     active = _active_lines(ctx)
     bs = ctx.acct_bs
     account = ctx.account
-    plan = ctx.catalogue.plan_in(account.plan, account.currency)
+    plan = ctx.catalogue.plans.get(account.plan) if account.plan is not None else None
     if bs is None or plan is None or plan.pool is None or bs.plan != plan.name:
         return
     pool = plan.pool_allowance(active)
