@@ -16,11 +16,15 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
                  than the plan's fee for that period. An account's plan renews at a boundary (fee or allowances)
                  only while one of its lines (by the lifecycle and line_move events) is not terminated then.
-- currency       a wallet is only ever moved in its account's currency, by prices in that currency.
+- currency       a wallet is only ever moved in its account's currency, by prices in that currency; a request
+                 naming money in another currency (Gy CC-Money's Currency-Code) is refused and writes nothing
+                 (the stateful test's money_in_a_currency step checks its answer and the spool).
 - pool_derived   a pool's size for the current period is what its plan derives from the account's lines; an
                  account's count of active lines is the number of its lines that are active.
 - plan_payment   a line's own plan has its account's payment type (and currency).
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
+- direction      octets reported by direction are rated in that direction: uplink (Gy CC-Input-Octets, Nchf
+                 uplinkVolume) is bytes_in on both front-ends (checked by the stateful test on each update).
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
 The stateful test checks more on the answers: identity (every answer names the request it answers),

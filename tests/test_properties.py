@@ -49,6 +49,7 @@ from chf.core.model import (
     OpResult,
     RequestError,
     UnitRequest,
+    UsageReport,
 )
 from chf.core.periods import period_end
 from store.schema import ACTIVE, TERMINATED
@@ -207,14 +208,26 @@ class ChargingSystem(RuleBasedStateMachine):
                 if session is None or session.closed:
                     del self.open[key]
 
-    def _request(self, sess: Sess, kind: str, used: int, more: bool) -> ChargingRequest:
+    def _request(self, sess: Sess, kind: str, used: int, more: bool, uplink: int | None = None) -> ChargingRequest:
         line = self.lines[sess.line]
         imsi = line.imsi or "0"
-        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used)
+        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used, uplink=uplink)
         units = [unit] if used or unit.requested is not None else []
         if sess.protocol == "nchf":
             return nchf_request(kind, sess.key, sess.number, imsi, units)
         return gy_request(kind, sess.key, sess.number, imsi, units)
+
+    def _check_directions(self, req: ChargingRequest, sent: UnitRequest, seq: int) -> None:
+        """Octets reported by direction (`sent`, as the client meant them, before a front-end's mapping) are rated
+        and recorded in that direction: uplink (from the UE) is bytes_in on Gy and on Nchf alike (the export's
+        datavolumeUplink)."""
+        reported = [r.units for r in sent.used if "bytes_in" in r.units]
+        if not reported:
+            return
+        with self.read() as txn:
+            rated = [e["units"] for e in txn.events(seq) if e["kind"] == "usage" and e["session"] == req.session]
+        for units in reported:
+            verify("direction", units in rated, f"{req.session}#{req.number}: reported {units}, rated {rated}")
 
     def _check_grant(self, answer: ChargingAnswer, session_key: str) -> None:
         """A new money grant fits the account's funds right after it (no overspend)."""
@@ -292,10 +305,14 @@ class ChargingSystem(RuleBasedStateMachine):
             sess.number += 1
             if sess.rating_group == 40 and used <= 2500:
                 used = min(used, 2)
-            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1)
+            uplink = data.draw(st.none() | st.integers(0, max(used, 0)), label="uplink")
+            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1, uplink)
+            with self.read() as txn:
+                seq = txn.last_event_seq()
             (answer,) = self.send([req])
             if isinstance(answer, ChargingAnswer) and not answer.duplicate:
                 self._check_grant(answer, req.session)
+                self._check_directions(req, unit_request(sess.rating_group, False, used, uplink=uplink), seq)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), used=st.integers(0, 2500))
@@ -380,6 +397,43 @@ class ChargingSystem(RuleBasedStateMachine):
             self.debited.add((index, rg))
         if req.action == DIRECT_DEBITING:
             assert (answer.cost or 0) <= max(funds, 0), (answer, funds)  # a debit never spends what is not there
+
+    @rule(
+        data=st.data(),
+        currency=st.sampled_from([None, "EUR", "USD", "GBP"]),
+        amount=st.integers(1, 3_000),
+        in_session=st.booleans(),
+    )
+    def money_in_a_currency(self, data: st.DataObject, currency: str | None, amount: int, in_session: bool) -> None:
+        """Money named on the wire with its currency (Gy CC-Money's Currency-Code): as a one-shot debit, or as money
+        reported used in an open session. Money in a currency other than the account's is refused and changes
+        nothing (oracle rule currency); no rule converts currencies."""
+        sess = None
+        if in_session and self.open:
+            sess = self.open[data.draw(st.sampled_from(sorted(self.open)), label="session")]
+            if sess.protocol != "gy":  # (Nchf has no monetary units)
+                return
+            line = self.lines[sess.line]
+            units = [UnitRequest(sess.rating_group, requested={}, used=[UsageReport({"money": amount})])]
+            req = gy_request(UPDATE, sess.key, sess.number + 1, line.imsi or "0", units, currency=currency)
+        else:
+            line = self.lines[data.draw(st.integers(0, len(self.lines) - 1), label="line")]
+            if line.imsi is None:
+                return
+            units = [UnitRequest(rating_group=40, requested={"money": amount})]
+            req = gy_request(EVENT, self.name("m"), 0, line.imsi, units, action=DIRECT_DEBITING, currency=currency)
+        with self.read() as txn:
+            held = txn.get_account(txn.get_subscriber(line.id).account).currency
+            seq = txn.last_event_seq()
+        (answer,) = self.send([req])
+        if currency is None or currency == held:
+            if sess is not None and isinstance(answer, ChargingAnswer):
+                sess.number += 1
+            return
+        refused = isinstance(answer, RequestError) and answer.field == "currency"
+        verify("currency", refused, f"money in {currency} for a {held} account: {answer!r}")
+        with self.read() as txn:
+            verify("currency", txn.last_event_seq() == seq, f"money in {currency} for a {held} account wrote events")
 
     # -- money ------------------------------------------------------------------------------------------------------
     @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(1, 5_000), keyed=st.booleans())
