@@ -424,3 +424,34 @@ def test_an_account_plan_stops_when_no_line_is_in_service_and_starts_when_one_jo
     world.admin(provisioning.move_line, f"#{third}", "fam", actor="ops", reason="back")
     assert account_fees(world, "fam", seq) == [(world.now, 3000)]
     assert world.acct("fam").balance == -5 * 3000
+
+
+def test_a_line_holding_money_does_not_move_to_an_account_in_another_currency(world: World) -> None:
+    """A line's money bucket (here a goodwill grant) is in its account's currency: a move to an account of the
+    same tenant in another currency would spend it as that currency. Refused, naming the account, changing
+    nothing; once the money is gone (adjusted away) the line moves."""
+    world.account("eur", payment="postpaid", credit_limit=10_000)
+    world.account("usd", payment="postpaid", credit_limit=10_000, currency="USD")
+    line, _ = world.line("eur")
+    granted = world.admin(
+        provisioning.grant_bucket,
+        line,
+        name="goodwill",
+        unit="money",
+        amount=2_000_000,
+        valid_to=world.now + 30 * 86_400,
+        actor="ops",
+        reason="goodwill",
+    )
+    seq = world.last_seq()
+    with pytest.raises(RequestError) as refused:
+        world.admin(provisioning.move_line, f"#{line}", "usd", actor="ops", reason="x")
+    assert refused.value.field == "account" and "EUR" in refused.value.message and "USD" in refused.value.message
+    assert world.last_seq() == seq
+    with world.store.read() as txn:
+        assert txn.get_subscriber(line).account == "eur"  # type: ignore[union-attr]
+    bucket = granted.value["id"]
+    world.admin(provisioning.adjust, "eur", -2_000_000, actor="ops", reason="spent", line_id=line, bucket_id=bucket)
+    world.admin(provisioning.move_line, f"#{line}", "usd", actor="ops", reason="x")
+    with world.store.read() as txn:
+        assert txn.get_subscriber(line).account == "usd"  # type: ignore[union-attr]

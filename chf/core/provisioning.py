@@ -889,6 +889,7 @@ def move_line(
         if plan is None:
             raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
         check_plan_fits(plan, target, "account")
+    _check_money_moves(txn, sub, target, now)
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
@@ -907,6 +908,23 @@ def move_line(
     resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)
+
+
+def _check_money_moves(txn: Txn, sub: Subscriber, target: Account, now: int) -> None:
+    """A line's money buckets (goodwill or add-on money, a plan's money allowance) are in its account's currency:
+    moved to an account in another currency they would be spent there as that currency (relabelled). Such a move
+    is refused while one holds money; the operator spends or adjusts it away first (README, "Currencies")."""
+    source = txn.get_account(sub.account)
+    if source is None or source.currency == target.currency:
+        return
+    bs = txn.get_line_balances(sub.id)
+    for bucket in bs.buckets if bs is not None else ():
+        if bucket.unit == "money" and bucket.remaining > 0 and bucket.valid_to > now:
+            raise Conflict(
+                "account",
+                f"line #{sub.id} holds {bucket.remaining} micro-units of {source.currency} in bucket {bucket.id} "
+                f"({bucket.name}); account {target.id!r} is in {target.currency}",
+            )
 
 
 def assign_plan(
