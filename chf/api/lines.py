@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from chf.api.accounts import assign_plan
-from chf.api.bodies import BucketGrant, LineCreate, LineMove, LineStateChange, read_body
+from chf.api.accounts import assign_plan, claim_key
+from chf.api.bodies import BucketGrant, LineCreate, LineMove, LineStateChange, idempotency_key, read_body
 from chf.api.context import ACTOR, context
 from chf.core import provisioning
 from chf.core.engine import Engine
@@ -119,8 +119,10 @@ async def grant_bucket(request: web.Request) -> web.Response:
     ref = request.match_info["line"]
     body = await read_body(request, BucketGrant)
     actor = request[ACTOR]
+    key = idempotency_key(request, actor)
 
     def op(txn: Txn, engine: Engine, now: int) -> OpResult:
+        claim_key(txn, key, body, now, engine.config.idempotency_window)
         if body.valid_to <= now:
             raise RequestError("valid_to", f"must be in the future, got {body.valid_to}")
         return provisioning.grant_bucket(
@@ -136,7 +138,9 @@ async def grant_bucket(request: web.Request) -> web.Response:
             reason=body.reason,
             rating_groups=body.rating_groups,
             priority=body.priority,
+            idempotency_key=key,
         )
 
     result = await context(request).operate(op)
-    return web.json_response(result.value, status=201)
+    headers = {"Idempotency-Replayed": "true"} if result.duplicate else None
+    return web.json_response(result.value, status=201, headers=headers)

@@ -325,27 +325,32 @@ def grant_bucket(
     reason: str,
     rating_groups: list[int] | None = None,
     priority: int = 50,
+    idempotency_key: str | None = None,
 ) -> OpResult:
-    """Add a one-off bucket to a line (goodwill, add-on purchase)."""
+    """Add a one-off bucket to a line (goodwill, add-on purchase); once per idempotency key, as a top-up."""
     if unit not in UNIT_TYPES:
         raise RequestError("unit", f"must be bytes, seconds, events or money, got {unit!r}")
     check_amount("amount", amount)
-    sub = txn.get_subscriber(line_id)
-    if sub is None:
-        raise NotFound("line", f"no line {line_id}")
-    ctx = engine.context(txn, sub, now)
-    assert ctx.line_bs is not None
-    bs = ctx.line_bs
-    bucket = Bucket(
-        bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
-    )
-    bs.buckets.append(bucket)
-    ctx.line_bs_dirty = True
-    event = ctx.base_event("bucket_grant", actor, reason)
-    event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
-    ctx.events.append(event)
-    ctx.flush()
-    return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    def run() -> OpResult:
+        sub = txn.get_subscriber(line_id)
+        if sub is None:
+            raise NotFound("line", f"no line {line_id}")
+        ctx = engine.context(txn, sub, now)
+        assert ctx.line_bs is not None
+        bs = ctx.line_bs
+        bucket = Bucket(
+            bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
+        )
+        bs.buckets.append(bucket)
+        ctx.line_bs_dirty = True
+        event = ctx.base_event("bucket_grant", actor, reason)
+        event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
+        ctx.events.append(event)
+        ctx.flush()
+        return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    return idempotent(txn, idempotency_key, now, engine.config.idempotency_window, run)
 
 
 # ------------------------------------------------------------------------------------------------------------------
