@@ -476,24 +476,32 @@ class ChargingSystem(RuleBasedStateMachine):
         if not isinstance(result, RequestError):
             self._count("adjustment", f"{line_owner(sub.id)}:bucket:{bucket}", amount)
 
-    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40))
-    def grant_bucket(self, data: st.DataObject, amount: int, days: int) -> None:
+    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40), keyed=st.booleans())
+    def grant_bucket(self, data: st.DataObject, amount: int, days: int, keyed: bool) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
         rg = data.draw(st.sampled_from(self.rating_groups(index)), label="rating group")
         line_id = self.lines[index].id
-        result = self.sys.operate(
+        grant = ("grant", line_id, rg, amount, self.sys.now + days * 86_400 + 1, self.name("g") if keyed else None)
+        result = self._grant(grant)
+        if not isinstance(result, RequestError):
+            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
+            if keyed:
+                self.history.append(Sent(grant, result.value, self.sys.now))
+
+    def _grant(self, grant: tuple[Any, ...]) -> OpResult | RequestError:
+        _, line_id, rg, amount, valid_to, key = grant
+        return self.sys.operate(
             provisioning.grant_bucket,
             line_id,
             name="goodwill",
             unit=UNIT_OF.get(rg, "bytes"),
             amount=amount,
-            valid_to=self.sys.now + days * 86_400 + 1,
+            valid_to=valid_to,
             actor="oracle",
             reason="goodwill",
             rating_groups=[rg],
+            idempotency_key=key,
         )
-        if not isinstance(result, RequestError):
-            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
 
     # -- plans, lifecycle, moves, new lines -------------------------------------------------------------------------
     @rule(data=st.data(), plan=st.sampled_from(LINE_PLANS))
@@ -587,13 +595,16 @@ class ChargingSystem(RuleBasedStateMachine):
         window = self.sys.engine.config.idempotency_window
         with self.read() as txn:
             before = snapshot(txn)
-        if isinstance(sent.request, tuple):  # an admin top-up with an idempotency key
+        if isinstance(sent.request, tuple):  # an admin top-up or bucket grant with an idempotency key
             if self.sys.now >= sent.at + window:
-                return  # the key has expired: a new top-up by design
-            _, account, amount, key = sent.request
-            again = self.sys.operate(
-                provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
-            )
+                return  # the key has expired: a new top-up (grant) by design
+            if sent.request[0] == "grant":
+                again = self._grant(sent.request)
+            else:
+                _, account, amount, key = sent.request
+                again = self.sys.operate(
+                    provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
+                )
             assert isinstance(again, OpResult) and again.duplicate and again.value == sent.answer
         elif not self._replay_request(sent):
             return
