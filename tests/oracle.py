@@ -14,8 +14,9 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  that same balance and no refund has given back yet (so it goes back where the debit came from).
 - fee_state      a period fee (or a period's allowances) is charged for a line only in a billable state at the
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
-                 than the plan's fee for that period. An account's plan renews at a boundary (fee or allowances)
-                 only while one of its lines (by the lifecycle and line_move events) is not terminated then.
+                 than the plan's fee for that period. An account's plan renews (at a boundary, or a held period
+                 started by a top-up) only while one of its lines (by the lifecycle and line_move events) is not
+                 terminated then.
 - currency       a wallet is only ever moved in its account's currency, by prices in that currency; a request
                  naming money in another currency (Gy CC-Money's Currency-Code) is refused and writes nothing
                  (the stateful test's money_in_a_currency step checks its answer and the spool).
@@ -266,7 +267,8 @@ class Ledger:
             self._allowance_amount(plan, name, amount, where)
         if line is None:
             verify("fee_state", fee <= plan.fee_for_period(ev.get("period_index", 0)), f"{where}: fee {fee}")
-            if ev.get("reason") == "renewal" and (fee or granted):  # at a boundary (not an operator's assignment)
+            # At a boundary, on a retry after a top-up or an activation; not on an operator's assignment of the plan.
+            if ev.get("reason") != "plan assigned" and (fee or granted):
                 in_service = [
                     member
                     for member, account in self.members.items()

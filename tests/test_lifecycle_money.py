@@ -37,6 +37,18 @@ prorate = true
   rating_groups = [10]
   priority = 10
 
+[plans.famp]
+payment = "prepaid"
+fee = 3000
+  [plans.famp.rating]
+  "10" = "data"
+  [[plans.famp.allowances]]
+  name = "family-data"
+  unit = "bytes"
+  amount = 5000
+  rating_groups = [10]
+  shared = true
+
 [plans.halt]
 payment = "prepaid"
 fee = 3000
@@ -455,3 +467,22 @@ def test_a_line_holding_money_does_not_move_to_an_account_in_another_currency(wo
     world.admin(provisioning.move_line, f"#{line}", "usd", actor="ops", reason="x")
     with world.store.read() as txn:
         assert txn.get_subscriber(line).account == "usd"  # type: ignore[union-attr]
+
+
+def test_a_top_up_does_not_start_a_held_account_period_with_no_line_in_service(world: World) -> None:
+    """A prepaid account plan whose fee could not be paid waits for a top-up (renewal_pending). If by then every
+    line of the account is terminated, the top-up starts nothing: no fee, no allowances; a line in service does."""
+    world.account("fam", plan="famp")
+    line, _ = world.line("fam")
+    with world.store.read() as txn:
+        assert txn.get_account_balances("fam").renewal_pending  # type: ignore[union-attr]
+    world.now += 3600
+    state(world, line, "terminated")
+    world.now += 3600
+    seq = world.last_seq()
+    world.admin(provisioning.topup, "fam", 10_000, actor="ops", reason="shop")
+    assert account_fees(world, "fam", seq) == [] and world.acct("fam").balance == 10_000
+    assert not [b for b in world.account_buckets("fam") if b.name == "family-data"]
+    world.line("fam")  # a line in service: the held period starts with the next top-up
+    world.admin(provisioning.topup, "fam", 1, actor="ops", reason="shop")
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)] and world.acct("fam").balance == 10_001 - 3000

@@ -332,7 +332,8 @@ def retry_pending_renewal(ctx: Context, reason: str = "renewal retried") -> None
         plan = catalogue.plan_in(bs.plan, ctx.account.currency)
         if plan is None:
             continue
-        state = ACTIVE if is_account else ctx.sub.state
+        # An account's now: its lines after every change up to and including `now` (account_state_at).
+        state = account_state_at(ctx, ctx.now + 1) if is_account else ctx.sub.state
         if not line_terms(plan, state, bs.period_index)[1]:
             continue  # still suspended (or no longer in service): the allowances stay held back
         owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
