@@ -16,7 +16,7 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
                  than the plan's fee for that period. An account's plan renews (at a boundary, or a held period
                  started by a top-up) only while one of its lines (by the lifecycle and line_move events) is not
-                 terminated then.
+                 terminated then. Putting a line or account on the plan it runs again starts no period.
 - currency       a wallet is only ever moved in its account's currency, by prices in that currency; a request
                  naming money in another currency (Gy CC-Money's Currency-Code) is refused and writes nothing
                  (the stateful test's money_in_a_currency step checks its answer and the spool).
@@ -145,6 +145,8 @@ class Ledger:
             if impact["balance"].endswith(":wallet"):
                 self._currency(ev, impact, currencies, where)
         kind = ev["kind"]
+        if kind == "plan_change":  # putting an owner on the plan it runs again starts no new period (fee_state)
+            verify("fee_state", ev.get("plan") != ev.get("previous_plan"), f"{where}: plan {ev.get('plan')} again")
         if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
             owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
             self.plans[owner] = ev["plan"]

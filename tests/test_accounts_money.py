@@ -382,6 +382,27 @@ async def test_activation_never_starts_a_plan_of_another_currency(api: tuple[Api
     assert [e for e in page["events"] if e["kind"] in ("renewal", "plan_change", "bonus")] == []
 
 
+async def test_api_putting_the_plan_a_line_or_account_is_on_again_charges_nothing(api: tuple[Api, Clock]) -> None:
+    """PUT is idempotent (RFC 9110 9.2.2): a client that retries a plan change after a timeout, or sets the plan
+    already running, must not pay the period's fee again nor get its allowances again."""
+    client, clock = api
+    line = await new_line(client, {"account": "alice", "imsi": "208010000000001", "plan": "prepaid-s"})
+    status, _, _ = await client.call("PUT", "/v1/accounts/bob/plan", {"plan": "family-50g", "reason": "new"})
+    assert status == 200
+    before = client.snapshot()
+    wallets = [(await client.call("GET", f"/v1/accounts/{a}"))[1]["balance"] for a in ("alice", "bob")]
+    clock.now += 3600
+    for _ in range(2):
+        status, got, _ = await client.call("PUT", f"/v1/lines/{line['id']}/plan", {"plan": "prepaid-s", "reason": "x"})
+        assert status == 200 and got["plan"] == "prepaid-s"
+        status, got, _ = await client.call("PUT", "/v1/accounts/bob/plan", {"plan": "family-50g", "reason": "x"})
+        assert status == 200 and got["plan"] == "family-50g"
+    assert client.snapshot() == before
+    assert [(await client.call("GET", f"/v1/accounts/{a}"))[1]["balance"] for a in ("alice", "bob")] == wallets
+    status, changed, _ = await client.call("PUT", f"/v1/lines/{line['id']}/plan", {"plan": "payg", "reason": "x"})
+    assert status == 200 and changed["plan"] == "payg" and client.snapshot() != before  # a change still changes
+
+
 async def test_api_a_terminated_number_is_reused_after_its_quarantine(api: tuple[Api, Clock]) -> None:
     client, clock = api
     body = {"account": "alice", "imsi": "208010000000001", "msisdn": "33600000001", "iccid": "8933010000000000001"}

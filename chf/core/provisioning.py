@@ -951,6 +951,8 @@ def assign_plan(
         if sub.state == TERMINATED:
             raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
         plan_rec = _plan(engine, plan, txn.get_account(sub.account))
+        if sub.plan == plan_rec.name and _runs(txn.get_line_balances(sub.id), plan_rec, sub.state):
+            return OpResult(sub.as_dict())  # already on it: a PUT repeated (RFC 9110 9.2.2) charges nothing
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
@@ -968,9 +970,19 @@ def assign_plan(
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
     plan_rec = _plan(engine, plan, ctx.account)
+    if ctx.account.plan == plan_rec.name and _runs(ctx.acct_bs, plan_rec, ACTIVE):
+        return OpResult(ctx.account.as_dict())  # already on it (the periods brought up to date are not written)
     assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
+
+
+def _runs(bs: BalanceSet | None, plan: Plan, state: str) -> bool:
+    """Whether `plan` is what the balance set's periods run (a provisioned line: what it will run when activated).
+    Putting a line or account on that plan again changes nothing: its fee is not charged twice for one period."""
+    if state == PROVISIONED:
+        return True
+    return bs is not None and bs.plan == plan.name
 
 
 IDENTITY_KINDS = ("imsi", "msisdn", "iccid")
