@@ -486,3 +486,22 @@ def test_a_top_up_does_not_start_a_held_account_period_with_no_line_in_service(w
     world.line("fam")  # a line in service: the held period starts with the next top-up
     world.admin(provisioning.topup, "fam", 1, actor="ops", reason="shop")
     assert account_fees(world, "fam", seq) == [(world.now, 3000)] and world.acct("fam").balance == 10_001 - 3000
+
+
+def test_an_import_into_an_account_whose_plan_stopped_starts_it_once(world: World) -> None:
+    """Bulk import (chf import, add_lines): rows joining an account whose plan stopped start it once, after the
+    rows; a row refused does not (no line joined)."""
+    world.account("fam", payment="postpaid", credit_limit=100_000, plan="fam")
+    line, _ = world.line("fam")
+    state(world, line, "terminated")
+    world.now = at(2026, 4, 2)
+    sweep(world)
+    assert account_plan(world, "fam") is None
+    seq = world.last_seq()
+    bad = [{"account": "fam", "imsi": "12"}]
+    world.write(lambda txn: provisioning.add_lines(txn, world.engine, bad, now=world.now))
+    assert account_fees(world, "fam", seq) == [] and account_plan(world, "fam") is None
+    rows = [{"account": "fam", "imsi": f"20801880000000{n}"} for n in range(3)]
+    world.write(lambda txn: provisioning.add_lines(txn, world.engine, rows, now=world.now))
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)] and account_plan(world, "fam") == "fam"
+    assert world.acct("fam").balance == -2 * 3000  # at creation, and once for the import
