@@ -147,7 +147,7 @@ def create_account(
     if txn.get_account(account_id) is not None:
         raise Conflict("account", f"account {account_id!r} already exists")
     account = Account(account_id, tenant, payment, currency, 0, 0, credit_limit, cycle_day, parent, None, now, 0)
-    plan_rec = _plan(engine, plan, account) if plan is not None else None
+    plan_rec = _plan(engine, plan, now, account) if plan is not None else None
     txn.put_account(account)
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
@@ -189,9 +189,10 @@ def _account_context(txn: Txn, engine: Engine, account_id: str, now: int) -> Con
     return ctx
 
 
-def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
+def _plan(engine: Engine, name: str, now: int, account: Account | None = None) -> Plan:
+    """Plan `name` of the catalogue version in force at `now` (chf.core.versions)."""
     try:
-        plan = engine.catalogue.plan(name)
+        plan = engine.catalogue_at(now).plan(name)
     except CatalogueError as exc:
         raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
     if account is not None:
@@ -244,7 +245,7 @@ def topup(
                 if sub is None:
                     continue
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
-                line_ctx = Context(txn, engine.catalogue, now, sub, account)
+                line_ctx = Context(txn, engine.catalogue_at(now), now, sub, account)
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
@@ -384,7 +385,7 @@ def _check_new_line(
     acct = get_account(check_id("account", account))
     if acct is None:
         raise NotFound("account", f"no account {account!r}")
-    plan_rec = _plan(engine, plan, acct) if plan is not None else None
+    plan_rec = _plan(engine, plan, now, acct) if plan is not None else None
     releases = _claim_identities(txn, engine, (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)), now)
     return acct, plan_rec, releases
 
@@ -612,7 +613,7 @@ class LineTemplates:
         state: str,
         actor: str,
     ) -> _LineTemplate | None:
-        bound = (engine.catalogue, actx.now, actor)
+        bound = (actx.catalogue, actx.now, actor)
         if self._bound != bound:
             self._bound = bound
             self._templates.clear()
@@ -721,7 +722,7 @@ def add_lines(
         actx = accounts[account_id]
         return actx.account if actx is not None else None
 
-    catalogue = engine.catalogue
+    catalogue = engine.catalogue_at(now)
     joined: set[str] = set()  # the accounts a row added a line to
     for row in rows:
         state = row.get("state") or ACTIVE
@@ -890,7 +891,7 @@ def move_line(
     if target.tenant != sub.tenant:
         raise Conflict("account", f"account {account_id!r} belongs to another tenant")
     if sub.plan is not None:  # a line without a plan of its own is rated by its account's plan, which fits it
-        plan = engine.catalogue.plans.get(sub.plan)
+        plan = engine.catalogue_at(now).plans.get(sub.plan)
         if plan is None:
             raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
         check_plan_fits(plan, target, "account")
@@ -950,7 +951,7 @@ def assign_plan(
         sub = get_line(txn, line_ref)
         if sub.state == TERMINATED:
             raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
-        plan_rec = _plan(engine, plan, txn.get_account(sub.account))
+        plan_rec = _plan(engine, plan, now, txn.get_account(sub.account))
         if sub.plan == plan_rec.name and _runs(txn.get_line_balances(sub.id), plan_rec, sub.state):
             return OpResult(sub.as_dict())  # already on it: a PUT repeated (RFC 9110 9.2.2) charges nothing
         previous = Subscriber.decode(sub.encode())
@@ -969,7 +970,7 @@ def assign_plan(
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
-    plan_rec = _plan(engine, plan, ctx.account)
+    plan_rec = _plan(engine, plan, now, ctx.account)
     if ctx.account.plan == plan_rec.name and _runs(ctx.acct_bs, plan_rec, ACTIVE):
         return OpResult(ctx.account.as_dict())  # already on it (the periods brought up to date are not written)
     assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
