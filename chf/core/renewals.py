@@ -12,7 +12,9 @@ state at that moment decides. Active: the fee and the allowances. Suspended: as 
 (`Plan.suspended_fee`): the full fee and the allowances, or a reduced fee (or none) with the allowances held
 back (`renewal_pending`) until the line is active again. Provisioned or terminated: no period at all; the chain
 of periods stops at that boundary and only activation starts a new one (`start_line_plan`). Where the plan
-prorates, a period that starts between two boundaries is charged for the days left of it.
+prorates, a period that starts between two boundaries is charged for the days left of it. An account's plan
+renews while one of its lines is not terminated at the boundary (`account_state_at`); with none its chain of
+periods stops the same way, and a line joining the account starts it again (`restart_account_plan`).
 
 An IoT pool's size is derived from its members: `resize_pool` sets it from the account's active lines whenever
 one joins, leaves or changes state, with an event for each change.
