@@ -51,6 +51,7 @@ from chf.core.model import (
     UsageReport,
     all_failed,
 )
+from chf.core.pools import top_off
 from chf.core.renewals import bring_up_to_date
 from chf.core.versions import CatalogueVersions
 from store.interface import Txn
@@ -659,6 +660,9 @@ class Engine:
             want = quantum
         portions: list[list[int]] = []
         covered = self._reserve_buckets(ctx, unit, rg, want, portions)
+        # An adaptive pool with top-off grows to its next tier when exhausted (chf.core.pools), before the wallet.
+        while covered < want and top_off(ctx, unit, rg):
+            covered += self._reserve_buckets(ctx, unit, rg, want - covered, portions)
         money = 0
         granted = covered
         if covered < want and plan.overage == "charge":
