@@ -142,12 +142,12 @@ def _renew_periods(ctx: Context, bs: BalanceSet, owner: str, *, is_account: bool
         plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
         if plan is None:
             break
+        if is_account and plan.pool == "adaptive":  # the period that ends is billed, whether another follows
+            bill_adaptive(ctx, bs, plan, boundary, "period closed")
         state = account_state_at(ctx, boundary) if is_account else state_at(ctx.sub, boundary)
         if state not in (ACTIVE, SUSPENDED):
             _end_line_plan(ctx, bs, owner, boundary, state)
             break
-        if is_account and plan.pool == "adaptive":
-            bill_adaptive(ctx, bs, plan, boundary, "period closed")
         _expire_buckets(ctx, bs, owner, boundary, period_ended=True)
         bs.period_start = boundary
         bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, catalogue.settings.timezone)
