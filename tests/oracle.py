@@ -116,7 +116,8 @@ class Ledger:
 
     def __init__(self, catalogue: Catalogue, versions: CatalogueVersions | None = None) -> None:
         self.catalogue = catalogue
-        self.versions = versions or CatalogueVersions.of(catalogue)
+        self.versions = versions or CatalogueVersions.of(catalogue)  # the running versions (`reload` swaps them)
+        self.known: dict[str, Catalogue] = {c.version: c for c in self.versions.versions}  # every version loaded
         self.seq = 0
         self.ids: set[str] = set()
         self.running: dict[str, int] = {}
@@ -327,7 +328,7 @@ class Ledger:
     def _bonus(self, ev: dict[str, Any], where: str) -> None:
         amounts = {
             p.allowance.amount
-            for catalogue in self.versions.versions
+            for catalogue in self.known.values()
             for plan in catalogue.plans.values()
             for p in plan.bonus_allowances()
             if p.allowance
@@ -370,12 +371,17 @@ class Ledger:
         verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
 
     # -- versioned: the effective-dated catalogue --------------------------------------------------------------------
+    def reload(self, versions: CatalogueVersions) -> None:
+        """The catalogue was reloaded: events from now on are made by these versions."""
+        self.versions = versions
+        self.known.update((c.version, c) for c in versions.versions)
+
     def version_of(self, ev: dict[str, Any]) -> Catalogue:
         """The version of the catalogue the event names (the first when it names none: `versioned` fails)."""
-        return self.versions.by_version(ev.get("catalogue") or "") or self.versions.versions[0]
+        return self.known.get(ev.get("catalogue") or "") or self.versions.versions[0]
 
     def _versioned(self, ev: dict[str, Any], where: str) -> None:
-        named = self.versions.by_version(ev.get("catalogue") or "")
+        named = self.known.get(ev.get("catalogue") or "")
         verify("versioned", named is not None, f"{where}: names catalogue version {ev.get('catalogue')!r}")
         if ev["kind"] in ("renewal", "renewal_failed") and named is not None:
             in_force = self.versions.at(ev["time"])[0]

@@ -496,6 +496,9 @@ def test_catalogue_versions_check_and_show(chf: Any, home: Path) -> None:
     r = chf("catalogue", "check", "catalogue.d")
     assert r.status == 2 and "2099-02.toml: settings: effective: the same effective time as 2099-01.toml" in r.err
     (versions / "2099-02.toml").unlink()
+    (versions / "2019.toml").unlink()  # the first version is in force before its effective time too
+    r = chf("catalogue", "check", "catalogue.d")
+    assert "from the start (effective 2020-01-01 00:00 CET, the first version): version" in r.out
 
     (home / "chf.toml").write_text((home / "chf.toml").read_text().replace('"catalogue.toml"', '"catalogue.d"'))
     assert "8.99 EUR" in chf("catalogue", "show", "prepaid-s").out  # the version in force now

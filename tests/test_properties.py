@@ -15,8 +15,9 @@ any order:
 - the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper);
 - the catalogue in four versions (chf.core.versions: prices, fees and an allowance change on 7 March, on 3 April
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
-  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; no grant outlives
-  the version it was made in and every usage event names the version of its grant.
+  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
+  versions (or the first ones back); no grant outlives the version it was made in and every usage event
+  names the version of its grant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -163,9 +164,25 @@ V4_TOML = _version(
 )
 
 
-def catalogue_versions() -> CatalogueVersions:
-    later = [parse_catalogue(text, f"v{n}.toml") for n, text in ((2, V2_TOML), (3, V3_TOML), (4, V4_TOML))]
-    return CatalogueVersions([test_catalogue(), *later])
+def _sms_dearer(text: str) -> str:
+    """What a reload may bring instead (the operator edits every version): SMS 5 micro-units dearer."""
+    for old, new in (
+        ("block = 1\nprice = 50", "block = 1\nprice = 55"),
+        ("block = 1\nprice = 40", "block = 1\nprice = 45"),
+    ):
+        text = text.replace(f'[tariffs.sms]\nunit = "events"\n{old}', f'[tariffs.sms]\nunit = "events"\n{new}', 1)
+    return text
+
+
+def catalogue_versions(edited: bool = False) -> CatalogueVersions:
+    texts = [CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML]
+    if edited:
+        texts = [_sms_dearer(t) for t in texts]
+        assert not set(texts) & {CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML}
+    name = "corekit-catalogue.toml" if not edited else "v1-edited.toml"
+    first = parse_catalogue(texts[0], name)
+    later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in enumerate(texts[1:], 2)]
+    return CatalogueVersions([first, *later])
 
 
 @dataclass
@@ -346,6 +363,14 @@ class ChargingSystem(RuleBasedStateMachine):
                 ev["catalogue"] == expected,
                 f"usage of {request.session} rg {ev['rating_group']}: version {ev['catalogue']}, granted in {expected}",
             )
+
+    @rule(edited=st.booleans())
+    def reload_catalogue(self, edited: bool) -> None:
+        """A reload (SIGHUP, API) that brings edited versions (dearer SMS in each), or the first ones back: new
+        grants and periods use the running versions; open grants keep the version they were made in."""
+        self.versions = catalogue_versions(edited)
+        self.sys.engine.versions = self.versions
+        self.ledger.reload(self.versions)
 
     @rule(where=st.sampled_from(["on", "before", "after"]))
     def clock_to_a_version_change(self, where: str) -> None:

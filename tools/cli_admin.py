@@ -511,17 +511,12 @@ def version_timeline(versions: CatalogueVersions, now: int) -> list[dict[str, An
     out: list[dict[str, Any]] = []
     previous: Catalogue | None = None
     for c in versions.versions:
-        tz = c.settings.timezone
         out.append(
             {
                 "version": c.version,
                 "file": c.source,
                 "effective": c.effective,
-                "effective_text": (
-                    "from the start"
-                    if c.effective is None or previous is None
-                    else datetime.fromtimestamp(c.effective, tz).strftime("%Y-%m-%d %H:%M %Z")
-                ),
+                "effective_text": _effective_text(c, first=previous is None),
                 "in_force": c is in_force,
                 "past": c is not in_force and (c.effective or 0) <= now,
                 "plans": len(c.plans),
@@ -531,6 +526,14 @@ def version_timeline(versions: CatalogueVersions, now: int) -> list[dict[str, An
         )
         previous = c
     return out
+
+
+def _effective_text(c: Catalogue, *, first: bool) -> str:
+    if c.effective is None:
+        return "from the start"
+    at = datetime.fromtimestamp(c.effective, c.settings.timezone).strftime("%Y-%m-%d %H:%M %Z")
+    # The first version is in force before its effective time too (chf.core.versions).
+    return f"from the start (effective {at}, the first version)" if first else at
 
 
 def _timeline_text(path: str, timeline: list[dict[str, Any]]) -> str:

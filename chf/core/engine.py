@@ -199,6 +199,13 @@ class Engine:
             del self._by_version[next(iter(self._by_version))]
         self._span = versions.at(0)
 
+    def remember(self, catalogue: Catalogue) -> None:
+        """Make a version that is not (or no longer) among the running ones reachable by its name, for the open
+        reservations granted in it (chf.runtime.catalogues reads the kept ones back after a restart)."""
+        if catalogue.version not in self._by_version:
+            self._by_version[catalogue.version] = catalogue
+            self.versions = self._versions  # evicts beyond KEPT_CATALOGUES, the running versions kept
+
     @property
     def catalogue(self) -> Catalogue:
         """The version that takes effect last (with one version: the catalogue). Requests use `catalogue_at`."""
