@@ -14,8 +14,12 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  that same balance and no refund has given back yet (so it goes back where the debit came from).
 - fee_state      a period fee (or a period's allowances) is charged for a line only in a billable state at the
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
-                 than the plan's fee for that period.
-- currency       a wallet is only ever moved in its account's currency, by prices in that currency.
+                 than the plan's fee for that period. An account's plan renews (at a boundary, or a held period
+                 started by a top-up) only while one of its lines (by the lifecycle and line_move events) is not
+                 terminated then. Putting a line or account on the plan it runs again starts no period.
+- currency       a wallet is only ever moved in its account's currency, by prices in that currency; a request
+                 naming money in another currency (Gy CC-Money's Currency-Code) is refused and writes nothing
+                 (the stateful test's money_in_a_currency step checks its answer and the spool).
 - pool_derived   a pool's size for the current period is what its plan derives from the account's lines (a
                  stacked pool: the sum of what its member lines' plans bring, in the states that keep allowances;
                  an adaptive pool: a tier, the first with top-off, else the top one); an account's count of active
@@ -26,6 +30,8 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  bucket of the line, in one event, in the add-on's currency.
 - plan_payment   a line's own plan has its account's payment type (and currency).
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
+- direction      octets reported by direction are rated in that direction: uplink (Gy CC-Input-Octets, Nchf
+                 uplinkVolume) is bytes_in on both front-ends (checked by the stateful test on each update).
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
 - versioned      (effective-dated catalogue, chf.core.versions) every event names a version of the catalogue; a
@@ -123,6 +129,7 @@ class Ledger:
         self.debits: dict[str, tuple[int | None, int | None, str | None, dict[str, int]]] = {}
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
+        self.members: dict[int, str] = {}  # line id -> its account, as creations and moves set it
         self.fees: int = 0
 
     # -- following the spool ----------------------------------------------------------------------------------------
@@ -154,11 +161,16 @@ class Ledger:
                 self._currency(ev, impact, currencies, where)
         self._versioned(ev, where)
         kind = ev["kind"]
+        if kind == "plan_change":  # putting an owner on the plan it runs again starts no new period (fee_state)
+            verify("fee_state", ev.get("plan") != ev.get("previous_plan"), f"{where}: plan {ev.get('plan')} again")
         if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
             owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
             self.plans[owner] = ev["plan"]
         if kind == "lifecycle" and ev.get("subscriber") is not None:
             self.states.setdefault(ev["subscriber"], []).append((ev["time"], ev["seq"], ev["state"]))
+            self.members.setdefault(ev["subscriber"], ev["account"])
+        elif kind == "line_move":
+            self.members[ev["subscriber"]] = ev["to_account"]
         elif kind == "usage":
             self._debited(ev)
             used = ev.get("used", 0)
@@ -279,6 +291,17 @@ class Ledger:
             self._allowance_amount(plan, name, amount, where)
         if line is None:
             verify("fee_state", fee <= plan.fee_for_period(ev.get("period_index", 0)), f"{where}: fee {fee}")
+            # At a boundary, on a retry after a top-up or an activation; not on an operator's assignment of the plan.
+            if ev.get("reason") != "plan assigned" and (fee or granted):
+                in_service = [
+                    member
+                    for member, account in self.members.items()
+                    if account == ev["account"]
+                    and self.state_at(member, ev["time"], ev["seq"]) not in (None, TERMINATED)
+                ]
+                verify(
+                    "fee_state", bool(in_service), f"{where}: account {ev['account']} renewed with no line in service"
+                )
             return
         state = self.state_at(line, ev["time"], ev["seq"])
         most = max_fee(plan, state or ACTIVE, ev.get("period_index", 0))

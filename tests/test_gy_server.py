@@ -164,6 +164,72 @@ async def test_events(tmp_path: Path) -> None:
         assert rc(cca) == 4012
 
 
+def money_of(avps) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]
+    """(micro-units, Currency-Code) of the CC-Money among `avps`."""
+    money = find(avps, 413).children
+    uv = find(money, 445).children
+    currency = find(money, 425)
+    return find(uv, 447).i64() * 10 ** (find(uv, 429).i32() + 6), currency.u32() if currency is not None else None
+
+
+def failed_currency(msg) -> int:  # type: ignore[no-untyped-def]
+    return find(find(msg.avps, 279).children, 425).u32()
+
+
+async def test_money_in_another_currency_is_refused_never_charged(tmp_path: Path) -> None:
+    """CC-Money's Currency-Code (RFC 4006 8.22, 8.11): money in the account's currency is charged, and the CCA
+    names that currency; money in another is refused with 5031 and the Currency-Code as Failed-AVP, and changes
+    nothing (no rule converts currencies), whether reported, requested, debited or mixed in one CCR."""
+    eur, usd = 978, 840
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(plan="wallet"))
+        client = await srv.client()
+        imsi = "208010000000001"
+        cca = await client.ccr(ccr("m;1", 1, 0, imsi=imsi, mscc=[Mscc(7, {"money": 1_000_000, "currency": eur})]))
+        assert rc(cca) == 2001
+        [mscc] = find_all(cca.avps, 456)
+        assert money_of(find(mscc.children, 431).children) == (1_000_000, eur)
+
+        def reserved() -> int:
+            with srv.service.read() as txn:
+                return int(txn.get_account("a1").reserved)  # type: ignore[union-attr]
+
+        assert (balance_of(srv, "a1"), reserved()) == (10_000_000, 1_000_000)
+        with srv.service.read() as txn:
+            events = len(list(txn.events()))
+        refused = [
+            ccr("m;1", 2, 1, mscc=[Mscc(7, {}, used=[{"money": 500_000, "currency": usd}])]),
+            ccr("m;1", 2, 1, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;2", 4, 0, imsi=imsi, requested_action=0, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;3", 4, 0, imsi=imsi, requested_action=1, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;4", 4, 0, imsi=imsi, requested_action=3, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr(
+                "m;5",
+                4,
+                0,
+                imsi=imsi,
+                requested_action=0,
+                mscc=[Mscc(7, {"money": 1, "currency": eur}), Mscc(8, {"money": 1, "currency": usd})],
+            ),
+        ]
+        for request in refused:
+            cca = await client.ccr(request)
+            assert rc(cca) == 5031 and failed_currency(cca) == usd
+        unassigned = ccr("m;6", 4, 0, imsi=imsi, requested_action=0, mscc=[Mscc(7, {"money": 1, "currency": 1})])
+        cca = await client.ccr(unassigned)
+        assert rc(cca) == 5031 and failed_currency(cca) == 1
+        assert (balance_of(srv, "a1"), reserved()) == (10_000_000, 1_000_000)
+        with srv.service.read() as txn:
+            assert len(list(txn.events())) == events
+        # The session goes on in the account's currency, named or not.
+        used = [{"money": 400_000, "currency": eur}, {"money": 100_000}]
+        cca = await client.ccr(ccr("m;1", 2, 1, mscc=[Mscc(7, {"money": 1_000_000}, used=used)]))
+        assert rc(cca) == 2001
+        [mscc] = find_all(cca.avps, 456)
+        assert money_of(find(mscc.children, 431).children) == (1_000_000, eur)
+        assert (balance_of(srv, "a1"), reserved()) == (9_500_000, 1_000_000)
+
+
 async def test_duplicates_by_end_to_end_id_and_after_restart(tmp_path: Path) -> None:
     imsi = "208010000000001"
     async with running_server(tmp_path) as srv:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chf.core import provisioning
+from chf.export.records import to_record
 from nchf.auth import make_jwt
 from nchf.client import H2Client
 from nchf.config import NchfSettings, parse_settings
@@ -139,6 +140,30 @@ async def test_retransmitted_create_reserves_once(chf: Chf) -> None:
     other = await chf.call(client, "create", {**body, "invocationTimeStamp": "2026-11-22T10:00:01Z"})
     assert other.status == 201 and other.ref != first.ref  # a new session: a second reservation
     assert chf.bucket(IMSI) == (100 * MB, 20 * MB)
+    await client.close()
+
+
+async def test_uplink_and_downlink_keep_their_direction(chf: Chf) -> None:
+    """uplinkVolume is what the UE sent (TS 32.291 UsedUnitContainer; Gy's CC-Input-Octets, RFC 4006 8.24) and
+    downlinkVolume what it received (CC-Output-Octets, 8.25): the spool and the export records keep them so, as
+    they do for Gy, and a refusal names the field the client sent."""
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    used = {"uplinkVolume": MB // 4, "downlinkVolume": 3 * MB // 4}
+    updated = await chf.call(client, "update", request_body(2, units=[usage(10, used)]), created.ref)
+    assert updated.status == 200, updated.body
+    with chf.store.read() as txn:
+        [rated] = [e for e in txn.events() if e["kind"] == "usage"]
+    assert rated["units"] == {"bytes_in": MB // 4, "bytes_out": 3 * MB // 4}
+    assert to_record(rated)["usedUnits"] == {"datavolumeUplink": MB // 4, "datavolumeDownlink": 3 * MB // 4}
+    state = chf.bucket(IMSI)
+    for name in ("uplinkVolume", "downlinkVolume"):
+        implausible = {name: 2**41}
+        refused = await chf.call(client, "update", request_body(3, units=[usage(10, implausible)]), created.ref)
+        assert refused.status == 400, refused.body
+        [param] = refused.body["invalidParams"]
+        assert param["param"] == f"/multipleUnitUsage/0/usedUnitContainer/0/{name}"
+    assert chf.bucket(IMSI) == state
     await client.close()
 
 

@@ -58,6 +58,7 @@ from chf.core.model import (
     OpResult,
     RequestError,
     UnitRequest,
+    UsageReport,
 )
 from chf.core.periods import period_end
 from chf.core.versions import CatalogueVersions, version_of_tariff
@@ -290,14 +291,26 @@ class ChargingSystem(RuleBasedStateMachine):
                 if session is None or session.closed:
                     del self.open[key]
 
-    def _request(self, sess: Sess, kind: str, used: int, more: bool) -> ChargingRequest:
+    def _request(self, sess: Sess, kind: str, used: int, more: bool, uplink: int | None = None) -> ChargingRequest:
         line = self.lines[sess.line]
         imsi = line.imsi or "0"
-        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used)
+        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used, uplink=uplink)
         units = [unit] if used or unit.requested is not None else []
         if sess.protocol == "nchf":
             return nchf_request(kind, sess.key, sess.number, imsi, units)
         return gy_request(kind, sess.key, sess.number, imsi, units)
+
+    def _check_directions(self, req: ChargingRequest, sent: UnitRequest, seq: int) -> None:
+        """Octets reported by direction (`sent`, as the client meant them, before a front-end's mapping) are rated
+        and recorded in that direction: uplink (from the UE) is bytes_in on Gy and on Nchf alike (the export's
+        datavolumeUplink)."""
+        reported = [r.units for r in sent.used if "bytes_in" in r.units]
+        if not reported:
+            return
+        with self.read() as txn:
+            rated = [e["units"] for e in txn.events(seq) if e["kind"] == "usage" and e["session"] == req.session]
+        for units in reported:
+            verify("direction", units in rated, f"{req.session}#{req.number}: reported {units}, rated {rated}")
 
     def _check_grant(self, answer: ChargingAnswer, session_key: str) -> None:
         """A new money grant fits the account's funds right after it (no overspend)."""
@@ -424,10 +437,14 @@ class ChargingSystem(RuleBasedStateMachine):
             sess.number += 1
             if sess.rating_group == 40 and used <= 2500:
                 used = min(used, 2)
-            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1)
+            uplink = data.draw(st.none() | st.integers(0, max(used, 0)), label="uplink")
+            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1, uplink)
+            with self.read() as txn:
+                seq = txn.last_event_seq()
             (answer,) = self.send([req])
             if isinstance(answer, ChargingAnswer) and not answer.duplicate:
                 self._check_grant(answer, req.session)
+                self._check_directions(req, unit_request(sess.rating_group, False, used, uplink=uplink), seq)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), used=st.integers(0, 2500))
@@ -513,6 +530,43 @@ class ChargingSystem(RuleBasedStateMachine):
         if req.action == DIRECT_DEBITING:
             assert (answer.cost or 0) <= max(funds, 0), (answer, funds)  # a debit never spends what is not there
 
+    @rule(
+        data=st.data(),
+        currency=st.sampled_from([None, "EUR", "USD", "GBP"]),
+        amount=st.integers(1, 3_000),
+        in_session=st.booleans(),
+    )
+    def money_in_a_currency(self, data: st.DataObject, currency: str | None, amount: int, in_session: bool) -> None:
+        """Money named on the wire with its currency (Gy CC-Money's Currency-Code): as a one-shot debit, or as money
+        reported used in an open session. Money in a currency other than the account's is refused and changes
+        nothing (oracle rule currency); no rule converts currencies."""
+        sess = None
+        if in_session and self.open:
+            sess = self.open[data.draw(st.sampled_from(sorted(self.open)), label="session")]
+            if sess.protocol != "gy":  # (Nchf has no monetary units)
+                return
+            line = self.lines[sess.line]
+            units = [UnitRequest(sess.rating_group, requested={}, used=[UsageReport({"money": amount})])]
+            req = gy_request(UPDATE, sess.key, sess.number + 1, line.imsi or "0", units, currency=currency)
+        else:
+            line = self.lines[data.draw(st.integers(0, len(self.lines) - 1), label="line")]
+            if line.imsi is None:
+                return
+            units = [UnitRequest(rating_group=40, requested={"money": amount})]
+            req = gy_request(EVENT, self.name("m"), 0, line.imsi, units, action=DIRECT_DEBITING, currency=currency)
+        with self.read() as txn:
+            held = txn.get_account(txn.get_subscriber(line.id).account).currency
+            seq = txn.last_event_seq()
+        (answer,) = self.send([req])
+        if currency is None or currency == held:
+            if sess is not None and isinstance(answer, ChargingAnswer):
+                sess.number += 1
+            return
+        refused = isinstance(answer, RequestError) and answer.field == "currency"
+        verify("currency", refused, f"money in {currency} for a {held} account: {answer!r}")
+        with self.read() as txn:
+            verify("currency", txn.last_event_seq() == seq, f"money in {currency} for a {held} account wrote events")
+
     # -- money ------------------------------------------------------------------------------------------------------
     @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(1, 5_000), keyed=st.booleans())
     def topup(self, account: str, amount: int, keyed: bool) -> None:
@@ -554,24 +608,32 @@ class ChargingSystem(RuleBasedStateMachine):
         if not isinstance(result, RequestError):
             self._count("adjustment", f"{line_owner(sub.id)}:bucket:{bucket}", amount)
 
-    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40))
-    def grant_bucket(self, data: st.DataObject, amount: int, days: int) -> None:
+    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40), keyed=st.booleans())
+    def grant_bucket(self, data: st.DataObject, amount: int, days: int, keyed: bool) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
         rg = data.draw(st.sampled_from(self.rating_groups(index)), label="rating group")
         line_id = self.lines[index].id
-        result = self.sys.operate(
+        grant = ("grant", line_id, rg, amount, self.sys.now + days * 86_400 + 1, self.name("g") if keyed else None)
+        result = self._grant(grant)
+        if not isinstance(result, RequestError):
+            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
+            if keyed:
+                self.history.append(Sent(grant, result.value, self.sys.now))
+
+    def _grant(self, grant: tuple[Any, ...]) -> OpResult | RequestError:
+        _, line_id, rg, amount, valid_to, key = grant
+        return self.sys.operate(
             provisioning.grant_bucket,
             line_id,
             name="goodwill",
             unit=UNIT_OF.get(rg, "bytes"),
             amount=amount,
-            valid_to=self.sys.now + days * 86_400 + 1,
+            valid_to=valid_to,
             actor="oracle",
             reason="goodwill",
             rating_groups=[rg],
+            idempotency_key=key,
         )
-        if not isinstance(result, RequestError):
-            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
 
     # -- plans, lifecycle, moves, new lines -------------------------------------------------------------------------
     @rule(data=st.data(), plan=st.sampled_from(LINE_PLANS))
@@ -588,7 +650,18 @@ class ChargingSystem(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.sampled_from(["active", "active", "suspended", "suspended", "terminated"]))
     def set_state(self, data: st.DataObject, state: str) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
-        line = self.lines[index]
+        self._set_state(data, self.lines[index], state)
+
+    @rule(data=st.data(), account=st.sampled_from(["fam", "iot", "iot2"]))
+    def close_account(self, data: st.DataObject, account: str) -> None:
+        """Every line of an account on a plan terminated (a family or fleet leaves): at the next boundaries its
+        plan must charge and grant nothing (oracle rule fee_state), until a line joins it again."""
+        with self.read() as txn:
+            members = set(txn.lines_of_account(account))
+        for line in [ln for ln in self.lines if ln.id in members]:
+            self._set_state(data, line, TERMINATED)
+
+    def _set_state(self, data: st.DataObject, line: Line, state: str) -> None:
         with self.read() as txn:
             open_sessions = {s.key for s in txn.sessions_of_line(line.id) if not s.closed}
             before = txn.get_subscriber(line.id).state
@@ -678,13 +751,16 @@ class ChargingSystem(RuleBasedStateMachine):
         window = self.sys.engine.config.idempotency_window
         with self.read() as txn:
             before = snapshot(txn)
-        if isinstance(sent.request, tuple):  # an admin top-up with an idempotency key
+        if isinstance(sent.request, tuple):  # an admin top-up or bucket grant with an idempotency key
             if self.sys.now >= sent.at + window:
-                return  # the key has expired: a new top-up by design
-            _, account, amount, key = sent.request
-            again = self.sys.operate(
-                provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
-            )
+                return  # the key has expired: a new top-up (grant) by design
+            if sent.request[0] == "grant":
+                again = self._grant(sent.request)
+            else:
+                _, account, amount, key = sent.request
+                again = self.sys.operate(
+                    provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
+                )
             assert isinstance(again, OpResult) and again.duplicate and again.value == sent.answer
         elif not self._replay_request(sent):
             return

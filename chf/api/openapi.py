@@ -334,7 +334,7 @@ OPENAPI: dict[str, Any] = {
                 "Add a one-off bucket (goodwill, add-on) to a line",
                 _json(_ref("Bucket"), "Created"),
                 status="201",
-                params=[_LINE],
+                params=[_LINE, _IDEMPOTENCY],
                 change=True,
                 body=_body(bodies.BucketGrant),
             )

@@ -26,6 +26,7 @@ from typing import Any
 
 from chf.core.catalogue import Catalogue, GrantPolicy, Plan, Tariff
 from chf.core.context import Context, bucket_impact, funds
+from chf.core.currency import check_currency
 from chf.core.events import charge_event
 from chf.core.model import (
     CREDIT_LIMIT_REACHED,
@@ -332,6 +333,8 @@ class Engine:
                 raise RequestError("session", f"session {req.session} belongs to a deleted line")
             ctx = self.context(txn, sub, now, session.account)
             self._follow_client(session, req)
+        if req.currency is not None:  # before anything is written (the context buffers its changes)
+            check_currency(req, ctx.account)
         answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
         if sub.state != ACTIVE and req.kind == INITIAL:
             answer.result = END_USER_SERVICE_DENIED

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from chf.core.catalogue import Plan, Tariff
 from chf.core.context import Context, bucket_impact, funds
+from chf.core.currency import check_currency
 from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
@@ -106,6 +107,7 @@ def charge_event(engine: Engine, txn: Txn, req: ChargingRequest, now: int) -> Ch
     if sub is None:
         return ChargingAnswer(USER_UNKNOWN, req.session, req.number, detail="no line with these identities")
     ctx = engine.context(txn, sub, now)
+    check_currency(req, ctx.account)  # before anything is written (the context buffers its changes)
     answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
     writes = False
     job = Job(ctx, engine.line_plan(ctx), req, answer, engine.config.refund_window)

@@ -17,7 +17,13 @@ from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
-from chf.core.renewals import assign_plan_to, resize_pool, retry_pending_renewal, start_line_plan
+from chf.core.renewals import (
+    assign_plan_to,
+    resize_pool,
+    restart_account_plan,
+    retry_pending_renewal,
+    start_line_plan,
+)
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -320,27 +326,32 @@ def grant_bucket(
     reason: str,
     rating_groups: list[int] | None = None,
     priority: int = 50,
+    idempotency_key: str | None = None,
 ) -> OpResult:
-    """Add a one-off bucket to a line (goodwill, add-on purchase)."""
+    """Add a one-off bucket to a line (goodwill, add-on purchase); once per idempotency key, as a top-up."""
     if unit not in UNIT_TYPES:
         raise RequestError("unit", f"must be bytes, seconds, events or money, got {unit!r}")
     check_amount("amount", amount)
-    sub = txn.get_subscriber(line_id)
-    if sub is None:
-        raise NotFound("line", f"no line {line_id}")
-    ctx = engine.context(txn, sub, now)
-    assert ctx.line_bs is not None
-    bs = ctx.line_bs
-    bucket = Bucket(
-        bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
-    )
-    bs.buckets.append(bucket)
-    ctx.line_bs_dirty = True
-    event = ctx.base_event("bucket_grant", actor, reason)
-    event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
-    ctx.events.append(event)
-    ctx.flush()
-    return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    def run() -> OpResult:
+        sub = txn.get_subscriber(line_id)
+        if sub is None:
+            raise NotFound("line", f"no line {line_id}")
+        ctx = engine.context(txn, sub, now)
+        assert ctx.line_bs is not None
+        bs = ctx.line_bs
+        bucket = Bucket(
+            bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
+        )
+        bs.buckets.append(bucket)
+        ctx.line_bs_dirty = True
+        event = ctx.base_event("bucket_grant", actor, reason)
+        event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
+        ctx.events.append(event)
+        ctx.flush()
+        return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    return idempotent(txn, idempotency_key, now, engine.config.idempotency_window, run)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -495,6 +506,7 @@ def add_line(
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
     _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
+    restart_account_plan(ctx, actor, f"line {sub.id} added")
     if state == ACTIVE:
         resize_pool(ctx, f"line {sub.id} added")
     ctx.flush()
@@ -711,6 +723,7 @@ def add_lines(
         return actx.account if actx is not None else None
 
     catalogue = engine.catalogue_at(now)
+    joined: set[str] = set()  # the accounts a row added a line to
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
@@ -752,6 +765,7 @@ def add_lines(
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
         results.append(sub.id)
+        joined.add(acct.id)
         # A line of an account with an IoT pool changes the pool (and so writes an event) if it is active: the pool
         # is derived after each such row, as add_line does. Other accounts' count of active lines is derived once,
         # after the last row, when the account is written.
@@ -801,6 +815,8 @@ def add_lines(
     txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
+            if actx.account.id in joined:
+                restart_account_plan(actx, actor, "lines imported")
             resize_pool(actx, "lines imported")  # the count of active lines (pools were derived row by row)
             actx.flush()
     return results
@@ -881,6 +897,7 @@ def move_line(
         if plan is None:
             raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
         check_plan_fits(plan, target, "account")
+    _check_money_moves(txn, sub, target, now)
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
@@ -895,9 +912,27 @@ def move_line(
     resize_pool(old_ctx, f"line {sub.id} moved to {target.id}")
     old_ctx.flush()
     new_ctx = engine.context(txn, sub, now)
+    restart_account_plan(new_ctx, actor, f"line {sub.id} moved from {previous.account}")
     resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)
+
+
+def _check_money_moves(txn: Txn, sub: Subscriber, target: Account, now: int) -> None:
+    """A line's money buckets (goodwill or add-on money, a plan's money allowance) are in its account's currency:
+    moved to an account in another currency they would be spent there as that currency (relabelled). Such a move
+    is refused while one holds money; the operator spends or adjusts it away first (README, "Currencies")."""
+    source = txn.get_account(sub.account)
+    if source is None or source.currency == target.currency:
+        return
+    bs = txn.get_line_balances(sub.id)
+    for bucket in bs.buckets if bs is not None else ():
+        if bucket.unit == "money" and bucket.remaining > 0 and bucket.valid_to > now:
+            raise Conflict(
+                "account",
+                f"line #{sub.id} holds {bucket.remaining} micro-units of {source.currency} in bucket {bucket.id} "
+                f"({bucket.name}); account {target.id!r} is in {target.currency}",
+            )
 
 
 def assign_plan(
@@ -919,6 +954,8 @@ def assign_plan(
         if sub.state == TERMINATED:
             raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
         plan_rec = _plan(engine, plan, now, txn.get_account(sub.account))
+        if sub.plan == plan_rec.name and _runs(txn.get_line_balances(sub.id), plan_rec, sub.state):
+            return OpResult(sub.as_dict())  # already on it: a PUT repeated (RFC 9110 9.2.2) charges nothing
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
@@ -937,9 +974,19 @@ def assign_plan(
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
     plan_rec = _plan(engine, plan, now, ctx.account)
+    if ctx.account.plan == plan_rec.name and _runs(ctx.acct_bs, plan_rec, ACTIVE):
+        return OpResult(ctx.account.as_dict())  # already on it (the periods brought up to date are not written)
     assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
+
+
+def _runs(bs: BalanceSet | None, plan: Plan, state: str) -> bool:
+    """Whether `plan` is what the balance set's periods run (a provisioned line: what it will run when activated).
+    Putting a line or account on that plan again changes nothing: its fee is not charged twice for one period."""
+    if state == PROVISIONED:
+        return True
+    return bs is not None and bs.plan == plan.name
 
 
 IDENTITY_KINDS = ("imsi", "msisdn", "iccid")
