@@ -112,9 +112,12 @@ from chf.core.catalogue import (
     CatalogueError,
     GrantPolicy,
     Plan,
+    PriceList,
     Promotion,
     Settings,
     Tariff,
+    TaxProfile,
+    TaxRule,
     Tier,
     ZoneRule,
 )
@@ -851,7 +854,66 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
     return out
 
 
-_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
+_PRICE_LIST_KEYS = ("currency", "description", "device_fee", "rating")
+_TAX_PROFILE_KEYS = ("prices", "rate", "rates", "description")
+_TAX_RULE_KEYS = ("zones", "rating_groups", "rate")
+_RATE_RE = re.compile(r"^(0|[1-9][0-9]{0,2})(\.[0-9]{1,4})?%$")
+
+
+def _load_price_list(
+    errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None], settings: Settings
+) -> PriceList | None:
+    """``[price_lists.<name>]``: a tenant's prices for the account below it (chf.core.wholesale)."""
+    t = _Table(errs, f"price list {name!r}", "", raw, _PRICE_LIST_KEYS)
+    if not t.ok:
+        return None
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    description = t.get_str("description", "")
+    device_fee = t.get_int("device_fee", 0, minimum=0)
+    rating = _load_rating(t, tariffs)
+    for key, tariff in [*((str(rg), tr) for rg, tr in rating.by_rg.items()), ("default", rating.default)]:
+        if tariff is not None and tariff.tiers:
+            # Tiers count a line's usage in its plan period; a price list charges the account above, which has none.
+            t.err("", f"tariff {tariff.name!r} has tiers; a price list's tariffs are flat", f"rating.{key}")
+    return PriceList(name, currency, MappingProxyType(rating.by_rg), rating.default, device_fee, description)
+
+
+def _parse_rate(t: _Table, key: str) -> int:
+    """A tax rate "19%" / "7.7%" (at most 100 %, 4 decimals) as parts per million of the net amount."""
+    v = t.get_str(key)
+    m = _RATE_RE.match(v) if v else None
+    if m is None or int(m.group(1)) > 100 or (int(m.group(1)) == 100 and (m.group(2) or ".0").strip(".0")):
+        if v:
+            t.err(key, f'must be a percentage such as "19%" or "7.7%" (0..100, at most 4 decimals), got {v!r}')
+        return 0
+    return int(m.group(1)) * 10_000 + int((m.group(2) or ".")[1:].ljust(4, "0"))
+
+
+def _load_tax_profile(errs: _Errors, name: str, raw: Any, known_zones: frozenset[str]) -> TaxProfile | None:
+    """``[tax_profiles.<name>]``: rates by jurisdiction (zone) and service (rating group), prices net or gross."""
+    owner = f"tax profile {name!r}"
+    t = _Table(errs, owner, "", raw, _TAX_PROFILE_KEYS)
+    if not t.ok:
+        return None
+    prices = t.get_str("prices", choices=("net", "gross"))
+    rate = _parse_rate(t, "rate")
+    rules = []
+    for i, rule_raw in enumerate(t.array_of_tables("rates")):
+        rt = _Table(errs, owner, f"rates[{i}].", rule_raw, _TAX_RULE_KEYS)
+        zones_raw = rt.get_list("zones")
+        zones = None
+        if zones_raw is not None:
+            zones = frozenset(z for z in zones_raw if isinstance(z, str))
+            unknown = [z for z in zones_raw if z not in known_zones]
+            if unknown or not zones_raw:
+                rt.err("zones", f"must list known zones (unknown: {unknown})" if unknown else "must not be empty")
+        rules.append(TaxRule(zones, rt.rating_groups("rating_groups"), _parse_rate(rt, "rate")))
+    return TaxProfile(name, prices, rate, tuple(rules), t.get_str("description", ""))
+
+
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "price_lists", "tax_profiles")
 
 
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
@@ -883,6 +945,12 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
+    price_lists: dict[str, PriceList | None] = _named_tables(
+        errs, "price list", doc.get("price_lists"), lambda n, r: _load_price_list(errs, n, r, tariffs, settings)
+    )
+    tax_profiles: dict[str, TaxProfile | None] = _named_tables(
+        errs, "tax profile", doc.get("tax_profiles"), lambda n, r: _load_tax_profile(errs, n, r, known)
+    )
 
     if errs.items:
         raise CatalogueError(errs.items)
@@ -896,6 +964,8 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         zones=MappingProxyType(zones),
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        price_lists=MappingProxyType({k: v for k, v in price_lists.items() if v is not None}),
+        tax_profiles=MappingProxyType({k: v for k, v in tax_profiles.items() if v is not None}),
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )

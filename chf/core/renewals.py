@@ -28,6 +28,8 @@ from typing import Any
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
+from chf.core.tax import annotate, gross_up
+from chf.core.wholesale import charge_device_fees
 from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
@@ -204,6 +206,9 @@ def _start_period(
     account = ctx.account
     if fee and plan.prorate:
         fee = prorate(fee, plan.period, at, bs.period_end, account.cycle_day, ctx.catalogue.settings.timezone)
+    price = fee
+    if fee and ctx.tax is not None:
+        fee = gross_up(ctx.tax, fee, ctx.catalogue.settings.home_zone, None)  # what the wallet pays (chf.core.tax)
     if fee:
         if account.payment == "prepaid" and account.available() < fee:
             bs.renewal_pending = True
@@ -212,6 +217,8 @@ def _start_period(
             event["charge"] = 0
             ctx.events.append(event)
             return
+        if ctx.tax is not None:
+            annotate(event, ctx.tax, price, ctx.catalogue.settings.home_zone, None)
         account.balance -= fee
         ctx.account_dirty = True
         event["charge"] = fee
@@ -222,6 +229,8 @@ def _start_period(
         event["held"] = "allowances held back until the line is active"
         ctx.events.append(event)
         return
+    if not is_account and account.parent is not None:
+        charge_device_fees(ctx, at)  # B2B2B: the accounts above pay for the line too (chf.core.wholesale)
     valid_to = bs.period_end
     allowances = [a for a in plan.allowances if a.shared == is_account]
     if is_account and plan.pool is not None:
