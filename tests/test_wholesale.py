@@ -2,11 +2,11 @@
 
 The hierarchy of these tests: the operator (tenant "op", EUR) sells to the IoT service provider "iot" (tenant
 "iot", USD, parent "op") through the account "iot-at-op" (in the operator's books, EUR, price list
-"op-wholesale"); "iot" sells to the enterprise account "acme" (USD, price list "iot-enterprise"), whose
-department account "acme-fleet" holds the lines, on the retail plan "pre-usd". One report of 1000 bytes on rating
-group 10 is rated three times: "pre-usd" for acme-fleet (its allowance, then 10 per 100 bytes), "iot-enterprise"
-for acme (tariff data: 10 per 100 bytes = 100 USD micro-units), "op-wholesale" for iot-at-op (tariff iot: 1 per
-100 bytes = 10 EUR micro-units).
+"op-wholesale"); "iot" sells to the enterprise "acme" (tenant "acme", USD, parent "iot") through the account
+"acme-at-iot" (in iot's books, price list "iot-enterprise"); acme's account "acme-fleet" holds the lines, on the
+retail plan "pre-usd". One report of 1000 bytes on rating group 10 is rated three times: "pre-usd" for
+acme-fleet (its allowance, then 10 per 100 bytes), "iot-enterprise" for acme-at-iot (tariff data: 10 per 100
+bytes = 100 USD micro-units), "op-wholesale" for iot-at-op (tariff iot: 1 per 100 bytes = 10 EUR micro-units).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from chf.core.model import (
     UsageReport,
 )
 from chf.core.tax import split
+from tools.reconcile import DAY
+from tools.reports import build_report, margin_text
 from tests.corekit import CATALOGUE_TOML, World, check_invariants, event, initial, terminate, update
 
 COMMERCE_TOML = """
@@ -107,6 +109,13 @@ def check_tax_fields(txn: Any) -> None:
             assert ev["gross"] == ev["charge"], ev
 
 
+def set_tax_profile(txn: Any, account_id: str, profile: str) -> None:
+    """A profile given to an account after its creation (the record as a later store write would leave it)."""
+    acct = txn.get_account(account_id)
+    acct.tax_profile = profile
+    txn.put_account(acct)
+
+
 def tenant(world: World, tenant_id: str, currency: str, **kw: Any) -> None:
     world.write(
         lambda txn: provisioning.create_tenant(
@@ -125,9 +134,10 @@ def hierarchy(world: World, **fleet: Any) -> tuple[int, str]:
     """The three levels of the module docstring; returns the line (id, IMSI) of acme-fleet."""
     tenant(world, "op", "EUR")
     tenant(world, "iot", "USD", parent="op")
+    tenant(world, "acme", "USD", parent="iot")
     account(world, "iot-at-op", "op", price_list="op-wholesale")
-    account(world, "acme", "iot", parent="iot-at-op", price_list="iot-enterprise")
-    account(world, "acme-fleet", "iot", "prepaid", parent="acme", balance=100_000, **fleet)
+    account(world, "acme-at-iot", "iot", parent="iot-at-op", price_list="iot-enterprise")
+    account(world, "acme-fleet", "acme", "prepaid", parent="acme-at-iot", balance=100_000, **fleet)
     world._imsi += 1
     imsi = str(world._imsi)
     result = world.admin(provisioning.add_line, account="acme-fleet", imsi=imsi, plan="pre-usd", state="active")
@@ -147,9 +157,9 @@ def test_one_report_is_rated_once_per_level(world: World) -> None:
     line, imsi = hierarchy(world)
     fees = of_kind(world, "wholesale")  # the line's first period: the device fee of iot-enterprise
     assert [(e["account"], e["customer"], e["charge"], e["currency"]) for e in fees] == [
-        ("acme", "acme-fleet", 7, "USD")
+        ("acme-at-iot", "acme-fleet", 7, "USD")
     ]
-    assert world.acct("acme").balance == -7
+    assert world.acct("acme-at-iot").balance == -7
     assert world.charge(initial("s1", imsi)).result == SUCCESS
     assert world.charge(update("s1", 1, imsi, used=1000)).result == SUCCESS
     usage = [e for e in of_kind(world, "usage") if e["session"] == "s1"]
@@ -157,13 +167,13 @@ def test_one_report_is_rated_once_per_level(world: World) -> None:
     rated = [e for e in of_kind(world, "wholesale") if e.get("session") == "s1"]
     assert [
         (e["level"], e["account"], e["tenant"], e["customer"], e["customer_tenant"], e["currency"]) for e in rated
-    ] == [(1, "acme", "iot", "acme-fleet", "iot", "USD"), (2, "iot-at-op", "op", "acme", "iot", "EUR")]
+    ] == [(1, "acme-at-iot", "iot", "acme-fleet", "acme", "USD"), (2, "iot-at-op", "op", "acme-at-iot", "iot", "EUR")]
     assert [(e["price_list"], e["tariff"], e["unit"], e["used"], e["charge"]) for e in rated] == [
         ("iot-enterprise", "data", "bytes", 1000, 100),
         ("op-wholesale", "iot", "bytes", 1000, 10),
     ]
     assert all(e["subscriber"] == line and e["imsi"] == imsi and e["rating_group"] == 10 for e in rated)
-    assert world.acct("acme").balance == -107
+    assert world.acct("acme-at-iot").balance == -107
     assert world.acct("iot-at-op").balance == -10
     # Each level is rated by its own prices only: the retail wallet paid the fee, nothing for the usage.
     assert world.acct("acme-fleet").balance == 100_000 - 1000
@@ -176,7 +186,7 @@ def test_usage_beyond_the_allowance_is_rated_at_every_level(world: World) -> Non
     usage = [e for e in world.events() if e.get("session") == "s1" and e["kind"] in ("usage", "wholesale")]
     assert sorted((e["kind"], e["account"], e["charge"]) for e in usage) == [
         ("usage", "acme-fleet", 100),
-        ("wholesale", "acme", 400),
+        ("wholesale", "acme-at-iot", 400),
         ("wholesale", "iot-at-op", 40),
     ]
 
@@ -185,17 +195,17 @@ def test_per_event_charge_of_a_reseller(world: World) -> None:
     """A sensor measurement, free at retail, is charged per event by the reseller (and by the data tariff of
     the operator's default: its unit is bytes, so the measurement costs the reseller nothing there)."""
     _, imsi = hierarchy(world)
-    before = world.acct("acme").balance
+    before = world.acct("acme-at-iot").balance
     ans = world.charge(event("m1", imsi, DIRECT_DEBITING, rg=50))
     assert ans.result == SUCCESS and ans.units[0].charged == 0
     rated = [e for e in of_kind(world, "wholesale") if e.get("session") == "m1"]
-    assert [(e["account"], e["unit"], e["used"], e["charge"]) for e in rated] == [("acme", "events", 1, 3)]
-    assert world.acct("acme").balance == before - 3
+    assert [(e["account"], e["unit"], e["used"], e["charge"]) for e in rated] == [("acme-at-iot", "events", 1, 3)]
+    assert world.acct("acme-at-iot").balance == before - 3
     # Five measurements reported after the fact (Nchf PEC): five events at every level that prices them.
     units = [UnitRequest(rating_group=50, used=[UsageReport({"events": 5})])]
     world.charge(ChargingRequest(EVENT, "m2", 0, [("imsi", imsi)], units, action=POST_EVENT))
     rated = [e for e in of_kind(world, "wholesale") if e.get("session") == "m2"]
-    assert [(e["account"], e["used"], e["charge"]) for e in rated] == [("acme", 5, 15)]
+    assert [(e["account"], e["used"], e["charge"]) for e in rated] == [("acme-at-iot", 5, 15)]
 
 
 def test_device_fee_each_period(world: World) -> None:
@@ -203,15 +213,17 @@ def test_device_fee_each_period(world: World) -> None:
     world.now += 40 * 86_400  # past the first monthly renewal of the line's plan
     world.charge(initial("s1", imsi))
     fees = [e for e in of_kind(world, "wholesale") if e["reason"] == "device fee"]
-    assert [(e["account"], e["charge"]) for e in fees] == [("acme", 7), ("acme", 7)]
+    assert [(e["account"], e["charge"]) for e in fees] == [("acme-at-iot", 7), ("acme-at-iot", 7)]
     assert fees[1]["time"] > fees[0]["time"]
 
 
 def test_a_level_without_price_list_charges_nothing_but_the_levels_above_do(world: World) -> None:
+    """An enterprise's departments: the department's parent is the enterprise's own account, in the same
+    tenant's books, without a price list (it pays nothing per report); the reseller above pays the operator."""
     tenant(world, "op", "EUR")
     tenant(world, "iot", "EUR", parent="op")
     account(world, "iot-at-op", "op", price_list="op-wholesale")
-    account(world, "acme", "iot", parent="iot-at-op")  # no price list: the enterprise pays nothing per report
+    account(world, "acme", "iot", parent="iot-at-op")
     account(world, "acme-fleet", "iot", "prepaid", parent="acme", balance=100_000)
     world._imsi += 1
     imsi = str(world._imsi)
@@ -322,19 +334,13 @@ def test_tenant_tax_profile_applies_to_its_accounts_and_refunds_split(world: Wor
 
 
 def test_wholesale_charges_are_taxed_by_the_payers_profile(world: World) -> None:
-    tenant(world, "op", "EUR")
-    tenant(world, "iot", "USD", parent="op")
-    account(world, "iot-at-op", "op", price_list="op-wholesale", tax_profile="vat-net")
-    account(world, "acme", "iot", parent="iot-at-op", price_list="iot-enterprise")
-    account(world, "acme-fleet", "iot", "prepaid", parent="acme", balance=100_000)
-    world._imsi += 1
-    imsi = str(world._imsi)
-    world.admin(provisioning.add_line, account="acme-fleet", imsi=imsi, plan="pre-usd", state="active")
+    _, imsi = hierarchy(world)
+    world.write(lambda txn: set_tax_profile(txn, "iot-at-op", "vat-net"))
     world.charge(initial("s1", imsi))
     world.charge(update("s1", 1, imsi, used=10_000))
     rated = [e for e in of_kind(world, "wholesale") if e.get("session") == "s1"]
     assert [(e["account"], e["charge"], e.get("net"), e.get("tax")) for e in rated] == [
-        ("acme", 1000, None, None),
+        ("acme-at-iot", 1000, None, None),
         ("iot-at-op", 119, 100, 19),
     ]
 
@@ -347,3 +353,28 @@ def test_split_rounds_half_up_in_integers() -> None:
     assert split(net, 3, "home", None) == (3, 1, 4, 190_000)  # 0.57 rounds to 1
     assert split(gross, 5, "home", None) == (4, 1, 5, 250_000)
     assert split(gross, -5, "home", None) == (-4, -1, -5, 250_000)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------------------------------
+def test_margin_per_reseller(world: World) -> None:
+    _, imsi = hierarchy(world)
+    world.write(lambda txn: set_tax_profile(txn, "acme-fleet", "vat-gross"))
+    world.charge(initial("s1", imsi))
+    world.charge(terminate("s1", 1, imsi, used=4000))
+    day = world.now // DAY
+    groups = {g["group"]: g for g in build_report(world.store, day, day, "tenant")["groups"]}
+    # acme sold 1000 (fee) + 100 (usage) at retail and paid iot 7 (device fee) + 400 for it.
+    assert groups["acme"]["revenue"] == {"USD": 1100} and groups["acme"]["costs"] == {"USD": 407}
+    assert groups["acme"]["margin"] == {"USD": 693}
+    # Only the usage was charged under the profile (given after the fee): 100 gross = 80 net + 20 tax.
+    assert groups["acme"]["net"] == {"USD": 1080} and groups["acme"]["tax"] == {"USD": 20}
+    # iot sold 407 USD to acme and paid the operator 40 EUR: currencies are never converted.
+    assert groups["iot"]["wholesale"] == {"USD": 407}
+    assert groups["iot"]["margin"] == {"EUR": -40, "USD": 407}
+    assert groups["op"]["margin"] == {"EUR": 40} and groups["op"]["costs"] == {}
+    text = margin_text({**build_report(world.store, day, day, "tenant"), "report": "margin"})
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()[3:6]}
+    assert rows[("acme", "USD")] == ["0.0011", "0.000407", "0.000693"]
+    assert rows[("iot", "EUR")] == ["0.00", "0.00004", "-0.00004"]
