@@ -31,9 +31,11 @@ from chf.core.model import (
     UsageReport,
 )
 from chf.core.tax import split
+from chf.export.chfrecord import ChfRecordEncoder
+from chf.export.records import to_record
+from tests.corekit import CATALOGUE_TOML, World, check_invariants, event, initial, terminate, update
 from tools.reconcile import DAY
 from tools.reports import build_report, margin_text
-from tests.corekit import CATALOGUE_TOML, World, check_invariants, event, initial, terminate, update
 
 COMMERCE_TOML = """
 [tariffs.sensor]
@@ -378,3 +380,34 @@ def test_margin_per_reseller(world: World) -> None:
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()[3:6]}
     assert rows[("acme", "USD")] == ["0.0011", "0.000407", "0.000693"]
     assert rows[("iot", "EUR")] == ["0.00", "0.00004", "-0.00004"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Export records and CDRs
+# ------------------------------------------------------------------------------------------------------------------
+def test_export_records_carry_payer_customer_and_tax(world: World) -> None:
+    _, imsi = hierarchy(world)
+    world.write(lambda txn: set_tax_profile(txn, "acme-fleet", "vat-gross"))
+    world.charge(initial("s1", imsi))
+    world.charge(terminate("s1", 1, imsi, used=4000))
+    events = [e for e in world.events() if e.get("session") == "s1" and e["kind"] in ("usage", "wholesale")]
+    records = sorted((to_record(e) for e in events), key=lambda r: r.get("hierarchyLevel", 0))
+    usage, level1, level2 = records
+    assert (usage["account"], usage["charge"], usage["netAmount"], usage["taxAmount"], usage["grossAmount"]) == (
+        "acme-fleet", 100, 80, 20, 100
+    )  # fmt: skip
+    assert usage["taxRate"] == 250_000 and usage["taxProfile"] == "vat-gross"
+    assert (level1["recordType"], level1["account"], level1["customer"], level1["customerTenant"]) == (
+        "wholesale", "acme-at-iot", "acme-fleet", "acme"
+    )  # fmt: skip
+    assert (level1["hierarchyLevel"], level1["priceList"], level1["charge"], level1["currency"]) == (
+        1, "iot-enterprise", 400, "USD"
+    )  # fmt: skip
+    assert "netAmount" not in level1 and "details" not in level1  # acme-at-iot has no tax profile
+    assert (level2["account"], level2["customer"], level2["charge"], level2["currency"]) == (
+        "iot-at-op", "acme-at-iot", 40, "EUR"
+    )  # fmt: skip
+    # A CDR describes the network usage once (the usage record); the wholesale charges are billing records.
+    encoder = ChfRecordEncoder("5b1c6a52-5c87-4b0e-9c4e-8d0c3a1f2e77")
+    assert encoder.encode(usage) is not None
+    assert encoder.encode(level1) is None and encoder.encode(level2) is None

@@ -209,6 +209,17 @@ def _cost_group(groups: dict[str, Group], by: str, name: str, event: dict[str, A
 _REVENUE_KINDS = frozenset({"usage", "renewal", "refund", "wholesale"})
 
 
+def _tally_money(group: Group, event: dict[str, Any], currency: str) -> None:
+    """Wholesale charges, and the net and tax of every charge (no tax profile: net = gross, tax 0)."""
+    if event.get("kind") not in _REVENUE_KINDS:
+        return
+    charge = _charge(event)
+    if event.get("kind") == "wholesale":
+        _add(group.wholesale, currency, charge)
+    _add(group.net, currency, int(event.get("net", charge)))
+    _add(group.tax, currency, int(event.get("tax", 0)))
+
+
 def _tally(
     group: Group,
     name: str,
@@ -219,13 +230,8 @@ def _tally(
     kind = event.get("kind")
     currency = str(event.get("currency") or "")
     line = event.get("subscriber")
-    if kind in _REVENUE_KINDS:
-        charge = _charge(event)
-        _add(group.net, currency, int(event.get("net", charge)))  # no tax profile: net = gross, tax 0
-        _add(group.tax, currency, int(event.get("tax", 0)))
-    if kind == "wholesale":
-        _add(group.wholesale, currency, _charge(event))
-    elif kind == "usage":
+    _tally_money(group, event, currency)
+    if kind == "usage":
         unit = event.get("unit")
         if unit in group.used:
             group.used[unit] += int(event.get("used", 0))

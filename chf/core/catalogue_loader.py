@@ -913,6 +913,22 @@ def _load_tax_profile(errs: _Errors, name: str, raw: Any, known_zones: frozenset
     return TaxProfile(name, prices, rate, tuple(rules), t.get_str("description", ""))
 
 
+def _load_commerce(
+    errs: _Errors, doc: dict[str, Any], tariffs: Mapping[str, Tariff | None], settings: Settings, known: frozenset[str]
+) -> tuple[Mapping[str, PriceList], Mapping[str, TaxProfile]]:
+    """``[price_lists]`` and ``[tax_profiles]`` (the valid ones: the invalid are reported in `errs`)."""
+    price_lists: dict[str, PriceList | None] = _named_tables(
+        errs, "price list", doc.get("price_lists"), lambda n, r: _load_price_list(errs, n, r, tariffs, settings)
+    )
+    tax_profiles: dict[str, TaxProfile | None] = _named_tables(
+        errs, "tax profile", doc.get("tax_profiles"), lambda n, r: _load_tax_profile(errs, n, r, known)
+    )
+    return (
+        MappingProxyType({k: v for k, v in price_lists.items() if v is not None}),
+        MappingProxyType({k: v for k, v in tax_profiles.items() if v is not None}),
+    )
+
+
 _TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "price_lists", "tax_profiles")
 
 
@@ -945,12 +961,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
-    price_lists: dict[str, PriceList | None] = _named_tables(
-        errs, "price list", doc.get("price_lists"), lambda n, r: _load_price_list(errs, n, r, tariffs, settings)
-    )
-    tax_profiles: dict[str, TaxProfile | None] = _named_tables(
-        errs, "tax profile", doc.get("tax_profiles"), lambda n, r: _load_tax_profile(errs, n, r, known)
-    )
+    price_lists, tax_profiles = _load_commerce(errs, doc, tariffs, settings, known)
 
     if errs.items:
         raise CatalogueError(errs.items)
@@ -964,8 +975,8 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         zones=MappingProxyType(zones),
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        price_lists=MappingProxyType({k: v for k, v in price_lists.items() if v is not None}),
-        tax_profiles=MappingProxyType({k: v for k, v in tax_profiles.items() if v is not None}),
+        price_lists=price_lists,
+        tax_profiles=tax_profiles,
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )

@@ -91,6 +91,8 @@ def charge_device_fees(ctx: Context, at: int) -> None:
     a `device_fee` pays it for the line, once per period of the line's plan."""
     catalogue = ctx.catalogue
     child = ctx.account
+    if child.parent is None:
+        return
     for level, payer in enumerate(payer_chain(ctx), 1):
         price_list = catalogue.price_list_in(payer.price_list, payer.currency)
         if price_list is not None and price_list.device_fee:
