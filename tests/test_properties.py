@@ -11,6 +11,9 @@ pools, lines in every lifecycle state. At random, in any order:
 - lifecycle changes (activate, suspend, terminate), new lines (provisioned or active, pool members), moves between
   accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets;
 - the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper).
+- B2B2B and tax (the wholesale block below): a reseller hierarchy (operator <- reseller <- enterprise <- the lines'
+  accounts) whose lines take part in every rule above, each report rated again at every level's price list; net
+  and gross tax profiles on accounts and a tenant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -52,9 +55,10 @@ from chf.core.model import (
 )
 from chf.core.periods import period_end
 from store.schema import ACTIVE, TERMINATED
-from tests.corekit import snapshot, test_catalogue
+from tests.corekit import CATALOGUE_TOML, snapshot, test_catalogue
 from tests.oracle import Ledger, verify
 from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
+from tests.support import fixture_text
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 
@@ -86,7 +90,16 @@ LINES = [
     ("usd", "payg", "active"),
     ("usd", "pre", "active"),
 ]
-MAX_LINES = len(LINES) + 4
+# The wholesale block (B2B2B and tax profiles): account id -> (tenant, payment, credit limit, opening balance,
+# hierarchy and tax), and its lines (account, plan).
+WHOLESALE_ACCOUNTS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
+    "resl-at-op": ("op", "postpaid", 10**9, 0, {"price_list": "op-wh", "tax_profile": "vat-net"}),
+    "biz-at-resl": ("resl", "postpaid", 10**9, 0, {"parent": "resl-at-op", "price_list": "resl-biz"}),
+    "biz-fleet": ("biz", "prepaid", 0, 3_000, {"parent": "biz-at-resl"}),
+    "biz-post": ("biz", "postpaid", 4_000, 0, {"parent": "biz-at-resl", "tax_profile": "vat-net"}),
+}
+WHOLESALE_LINES = [("biz-fleet", "payg"), ("biz-fleet", "pre"), ("biz-post", "post")]
+MAX_LINES = len(LINES) + len(WHOLESALE_LINES) + 4
 LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir"]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic"]
 NETWORKS = [None, None, "20801", "26201", "310260"]
@@ -131,7 +144,7 @@ class ChargingSystem(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="chf-oracle-", dir=SCRATCH))
-        self.catalogue = test_catalogue()
+        self.catalogue = test_catalogue(CATALOGUE_TOML + fixture_text("wholesale.toml"))
         self.sys = System(self.dir / "store", self.catalogue)
         self.ledger = Ledger(self.catalogue)
         self.lines: list[Line] = []
@@ -511,6 +524,40 @@ class ChargingSystem(RuleBasedStateMachine):
     def sweep(self) -> None:
         self.sys.sweep()
         self._forget_closed()
+
+    # -- B2B2B and tax profiles (chf.core.wholesale, chf.core.tax; tests/fixtures/wholesale.toml) ------------------
+    @initialize()
+    def provision_wholesale(self) -> None:
+        """The operator "op" sells to the reseller "resl" (its account "resl-at-op", net prices taxed at 19 %),
+        which sells to the enterprise "biz" (its account "biz-at-resl", with a device fee; the tenant's accounts
+        pay gross prices taxed at 25 %); biz's accounts hold lines that every other rule charges too."""
+        for tenant, parent, profile in (("op", None, None), ("resl", "op", None), ("biz", "resl", "vat-gross")):
+            self.sys.operate(
+                lambda txn, engine, now, t=tenant, p=parent, f=profile: provisioning.create_tenant(
+                    txn, t, t, "EUR", now, parent=p, tax_profile=f, catalogue=engine.catalogue
+                )
+            )
+        for account_id, (tenant, payment, credit_limit, balance, extra) in WHOLESALE_ACCOUNTS.items():
+            result = self.sys.operate(
+                provisioning.create_account,
+                account_id=account_id,
+                tenant=tenant,
+                payment=payment,
+                credit_limit=credit_limit,
+                balance=balance,
+                **extra,
+            )
+            assert not isinstance(result, RequestError), result
+            if balance:
+                self._count("topup", f"{account_owner(account_id)}:wallet", balance)
+        for account_id, plan in WHOLESALE_LINES:
+            self._add_line(account_id, plan, "active")
+
+    @precondition(lambda self: len(self.lines) < MAX_LINES)
+    @rule(account=st.sampled_from(["biz-fleet", "biz-post"]), plan=st.sampled_from(["payg", "pre", "post"]))
+    def add_wholesale_line(self, account: str, plan: str) -> None:
+        """A new line below the hierarchy: its first period's device fee is charged at the levels above."""
+        self._add_line(account, plan, "active")
 
     # -- exactly once -----------------------------------------------------------------------------------------------
     @precondition(lambda self: self.history)

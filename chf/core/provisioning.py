@@ -268,6 +268,7 @@ def topup(
                     continue
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue, now, sub, account)
+                line_ctx.tax = ctx.tax
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
@@ -654,9 +655,12 @@ def _trace_template(
         sub = _new_subscriber(line_id, account, imsi, msisdn, iccid, eid, state, plan_name, actx.now, actor)
         sub_before = sub.encode()
         ctx = Context(txn, actx.catalogue, actx.now, sub, account)
+        ctx.tax = actx.tax
         ctx.line_bs = BalanceSet()
         ctx.acct_bs = acct_bs
         _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
+        if ctx.upline:
+            return None  # the line charges the accounts above its own (a device fee): the engine does it per line
         if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
             return None  # the line changes a shared balance set: the engine does it per line
         if sub.encode() != sub_before:
@@ -797,6 +801,7 @@ def add_lines(
             ctx = Context(txn, catalogue, now, sub, acct)
         else:
             ctx = Context(txn, catalogue, now, sub, acct)
+            ctx.tax = actx.tax
             ctx.line_bs = BalanceSet()
             _write_new_line(engine, ctx, plan_rec, actor)
         ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
