@@ -12,14 +12,21 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from chf.api.server import ApiConfig, ApiServer
 from chf.core import provisioning
+from chf.core.catalogue_loader import load_catalogue
+from chf.runtime.service import ChargingService
 from gy.client import Mscc
+from store.lmdbstore import Store
+from store.schema import SCHEMA_VERSION, Account, Tenant, pack
 from tests import gy_support, nchf_harness
 from tests.gy_support import running_server
 from tests.nchf_harness import Chf, request_body, start_chf, stop_chf, usage
 from tests.nchf_openapi import specs_or_skip
+from tests.test_api import TOKEN, Api, assert_problem
 from tests.test_gy_server import ccr, msccs, rc
 
 COMMERCE = """
@@ -52,6 +59,7 @@ rate = "19%"
 """
 
 IMSI = "001010000000077"
+CONF_CATALOGUE = Path(__file__).resolve().parents[1] / "conf" / "catalogue.toml"
 MB = 1_000_000
 
 
@@ -183,3 +191,54 @@ async def test_nchf_session_and_iec_are_rated_at_every_level(chf: Chf) -> None:
             ("acme-at-iot", "acme-fleet", 15_000),
             ("iot-at-op", "acme-at-iot", 3_000),
         ]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Management API and CLI
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    store = Store(tmp_path / "chf.lmdb")
+    service = ChargingService(store, load_catalogue(CONF_CATALOGUE), catalogue_path=str(CONF_CATALOGUE))
+    await service.start()
+    server = ApiServer(service, ApiConfig(port=0, tokens={"crm": TOKEN}))
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        yield Api(server, http, service)
+    await server.stop()
+    await service.stop()
+    store.close()
+
+
+async def test_api_creates_the_hierarchy_and_refuses_what_does_not_fit(api: Api) -> None:
+    assert (await api.call("POST", "/v1/tenants", {"id": "op", "currency": "EUR"}))[0] == 201
+    status, tenant, _ = await api.call(
+        "POST", "/v1/tenants", {"id": "resl", "currency": "EUR", "parent": "op", "tax_profile": "fr-business"}
+    )
+    assert status == 201 and (tenant["parent"], tenant["tax_profile"]) == ("op", "fr-business")
+    body = {"id": "resl-at-op", "tenant": "op", "payment": "postpaid", "price_list": "operator-to-reseller"}
+    status, acct, _ = await api.call("POST", "/v1/accounts", body)
+    assert status == 201 and acct["price_list"] == "operator-to-reseller" and acct["tax_profile"] is None
+    body = {"id": "ent", "tenant": "resl", "payment": "postpaid", "parent": "resl-at-op", "tax_profile": "nope"}
+    before = api.snapshot()
+    status, problem, resp = await api.call("POST", "/v1/accounts", body)
+    assert_problem(status, problem, resp, 400, "tax_profile")
+    status, problem, resp = await api.call("POST", "/v1/tenants", {"id": "x", "currency": "EUR", "parent": "nope"})
+    assert_problem(status, problem, resp, 404, "parent")
+    assert api.snapshot() == before
+    body = {"id": "ent", "tenant": "resl", "payment": "postpaid", "parent": "resl-at-op"}
+    status, acct, _ = await api.call("POST", "/v1/accounts", body)
+    assert status == 201 and acct["parent"] == "resl-at-op"
+
+
+def test_records_stored_before_read_the_added_fields_as_none() -> None:
+    """A tenant and an account record as stores held them before parents, price lists and tax profiles."""
+    tenant = Tenant.decode(pack([SCHEMA_VERSION, "t", "T", "EUR", 5]))
+    assert (tenant.parent, tenant.tax_profile) == (None, None)
+    assert tenant.encode() == pack([SCHEMA_VERSION, "t", "T", "EUR", 5])  # written back as it was
+    old = [SCHEMA_VERSION, "a", "t", "prepaid", "EUR", 1, 0, 0, 1, None, None, 5, 0]
+    account = Account.decode(pack(old))
+    assert (account.price_list, account.tax_profile) == (None, None) and account.encode() == pack(old)
+    account.price_list = "wholesale"
+    again = Account.decode(account.encode())
+    assert (again.price_list, again.tax_profile) == ("wholesale", None)

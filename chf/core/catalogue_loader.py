@@ -83,6 +83,20 @@ File format
     held period started on reactivation) is charged for the local days left of it, rounded down to the
     micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
     stop at the end of the one in progress.
+
+``[price_lists.<name>]`` (B2B2B, :mod:`chf.core.wholesale`)
+    What an account pays, as another account's ``parent``, for the usage of the lines below it: ``currency``
+    (ISO 4217, default the ``[settings]`` one; only accounts of that currency pay by it), ``description``,
+    ``device_fee`` (micro-units, >= 0, default 0: charged per line below, per period of the line's plan), and
+    ``[price_lists.<name>.rating]`` as a plan's ``[rating]``: ``"<rg>" = "<tariff>"`` and ``default``. Its
+    tariffs must be flat (no ``tiers``: tiers count a line's period usage, which a payer above has none of).
+
+``[tax_profiles.<name>]`` (:mod:`chf.core.tax`)
+    ``prices`` = ``net`` | ``gross`` (catalogue prices exclude or include the tax), ``rate`` (a percentage
+    string, ``"19%"``, ``"7.7%"``: 0..100, at most 4 decimals), ``description``, and ``[[tax_profiles.<name>.rates]]``
+    with ``rate`` and optionally ``zones`` (the jurisdiction: zones where the service is used; fees count as
+    the home zone) and ``rating_groups`` (the services; fees have none): the first entry that matches applies,
+    else ``rate``.
 """
 
 from __future__ import annotations
