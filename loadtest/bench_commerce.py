@@ -100,9 +100,12 @@ def provision(store: Store, engine: Engine, lines: int) -> dict[str, list[str]]:
         imsis[kind] = [f"2080199{n}{i:07d}" for i in range(lines)]
         rows = [{"account": account, "imsi": imsi, "plan": "bench"} for imsi in imsis[kind]]
         for first in range(0, lines, 500):
-            store.write(
-                lambda txn, r=rows[first : first + 500]: provisioning.add_lines(txn, engine, r, now=NOW, actor="bench")
-            )
+            chunk = rows[first : first + 500]
+
+            def add(txn: Any, chunk: list[dict[str, Any]] = chunk) -> None:
+                provisioning.add_lines(txn, engine, chunk, now=NOW, actor="bench")
+
+            store.write(add)
     return imsis
 
 
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             for imsi in imsis[kind]:
                 request = ChargingRequest(INITIAL, f"s-{imsi}", 0, [("imsi", imsi)], [UnitRequest(10, requested={})])
-                store.write(lambda txn, r=request: engine.charge(txn, r, NOW))
+
+                def start(txn: Any, request: ChargingRequest = request) -> None:
+                    engine.charge(txn, request, NOW)
+
+                store.write(start)
                 numbers[imsi] = 0
         cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
         cursor = dict.fromkeys(KINDS, 0)
