@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             for imsi in imsis[kind]:
                 request = ChargingRequest(INITIAL, f"s-{imsi}", 0, [("imsi", imsi)], [UnitRequest(10, requested={})])
 
-                def start(txn: Any, request: ChargingRequest = request) -> None:
+                def open_session(txn: Any, request: ChargingRequest = request) -> None:
                     engine.charge(txn, request, NOW)
 
-                store.write(start)
+                store.write(open_session)
                 numbers[imsi] = 0
         cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
         cursor = dict.fromkeys(KINDS, 0)
