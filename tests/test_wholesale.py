@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from chf.core import provisioning
-from chf.core.catalogue_loader import parse_catalogue
+from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import check_replacement, parse_catalogue
 from chf.core.model import (
     DIRECT_DEBITING,
     EVENT,
@@ -411,3 +412,53 @@ def test_export_records_carry_payer_customer_and_tax(world: World) -> None:
     encoder = ChfRecordEncoder("5b1c6a52-5c87-4b0e-9c4e-8d0c3a1f2e77")
     assert encoder.encode(usage) is not None
     assert encoder.encode(level1) is None and encoder.encode(level2) is None
+
+
+def test_catalogue_errors_and_reload_keep_a_price_lists_currency() -> None:
+    bad = """
+[tariffs.tiered-wh]
+unit = "bytes"
+  [[tariffs.tiered-wh.tiers]]
+  upto = 1000
+  price = 1
+  [[tariffs.tiered-wh.tiers]]
+  price = 2
+
+[price_lists.pl]
+currency = "eur"
+device_fee = -1
+colour = "red"
+  [price_lists.pl.rating]
+  "10" = "tiered-wh"
+  "11" = "nope"
+
+[tax_profiles.tp]
+prices = "both"
+rate = "101%"
+  [[tax_profiles.tp.rates]]
+  zones = ["mars"]
+  rate = "7,5%"
+"""
+    with pytest.raises(CatalogueError) as exc:
+        parse_catalogue(CATALOGUE_TOML + bad, "bad.toml")
+    errors = "\n".join(exc.value.errors)
+    for expected in (
+        "price list 'pl': currency: must be an ISO 4217 code",
+        "price list 'pl': device_fee: must be a non-negative integer",
+        "price list 'pl': colour: unknown key",
+        "price list 'pl': rating.10: tariff 'tiered-wh' has tiers",
+        "price list 'pl': rating.11: unknown tariff 'nope'",
+        "tax profile 'tp': prices: must be one of net | gross",
+        "tax profile 'tp': rate: must be a percentage",
+        "tax profile 'tp': rates[0].zones: must list known zones",
+        "tax profile 'tp': rates[0].rate: must be a percentage",
+    ):
+        assert expected in errors, errors
+    running = commerce_catalogue()
+    moved = parse_catalogue(
+        CATALOGUE_TOML + COMMERCE_TOML.replace('currency = "USD"\ndevice_fee', 'currency = "GBP"\ndevice_fee'),
+        "new.toml",
+    )
+    with pytest.raises(CatalogueError, match="price list 'iot-enterprise': currency: was USD, now GBP"):
+        check_replacement(running, moved)
+    check_replacement(running, commerce_catalogue())

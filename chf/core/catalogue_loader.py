@@ -1012,14 +1012,21 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
 
 
 def check_replacement(running: Catalogue, new: Catalogue) -> None:
-    """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
-    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
-    reused numbers")."""
+    """Refuse a catalogue that would replace `running` (a reload) if a plan or a price list of both changes
+    currency: the lines and accounts on it hold money in the old one, and their prices would be relabelled
+    (README, "Currencies and reused numbers")."""
     errors = [
         f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
         "its currency (give a plan in another currency another name)"
         for name, plan in running.plans.items()
         if name in new.plans and new.plans[name].currency != plan.currency
+    ]
+    errors += [  # the accounts paying by a price list hold money in its currency, as a plan's do
+        f"{new.source}: price list {name!r}: currency: was {price_list.currency}, now "
+        f"{new.price_lists[name].currency}; a price list keeps its currency (give one in another currency another "
+        "name)"
+        for name, price_list in running.price_lists.items()
+        if name in new.price_lists and new.price_lists[name].currency != price_list.currency
     ]
     if errors:
         raise CatalogueError(errors)
