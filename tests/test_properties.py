@@ -95,7 +95,7 @@ LINES = [
 WHOLESALE_ACCOUNTS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
     "resl-at-op": ("op", "postpaid", 10**9, 0, {"price_list": "op-wh", "tax_profile": "vat-net"}),
     "biz-at-resl": ("resl", "postpaid", 10**9, 0, {"parent": "resl-at-op", "price_list": "resl-biz"}),
-    "biz-fleet": ("biz", "prepaid", 0, 3_000, {"parent": "biz-at-resl"}),
+    "biz-fleet": ("biz", "prepaid", 0, 1_200, {"parent": "biz-at-resl"}),  # short of the second month's fee
     "biz-post": ("biz", "postpaid", 4_000, 0, {"parent": "biz-at-resl", "tax_profile": "vat-net"}),
 }
 WHOLESALE_LINES = [("biz-fleet", "payg"), ("biz-fleet", "pre"), ("biz-post", "post")]
@@ -552,6 +552,13 @@ class ChargingSystem(RuleBasedStateMachine):
                 self._count("topup", f"{account_owner(account_id)}:wallet", balance)
         for account_id, plan in WHOLESALE_LINES:
             self._add_line(account_id, plan, "active")
+
+    @rule(amount=st.integers(1, 3_000))
+    def topup_wholesale(self, amount: int) -> None:
+        """A top-up of the prepaid account below the hierarchy: periods left unpaid start, with their device fees."""
+        result = self.sys.operate(provisioning.topup, "biz-fleet", amount, actor="oracle", reason="top-up")
+        if not isinstance(result, RequestError):
+            self._count("topup", f"{account_owner('biz-fleet')}:wallet", amount)
 
     @precondition(lambda self: len(self.lines) < MAX_LINES)
     @rule(account=st.sampled_from(["biz-fleet", "biz-post"]), plan=st.sampled_from(["payg", "pre", "post"]))

@@ -269,6 +269,11 @@ def topup(
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue, now, sub, account)
                 line_ctx.tax = ctx.tax
+                # The accounts above (a device fee of the period started) are the same objects for every line,
+                # written once by `ctx` (chf.core.wholesale).
+                if ctx.upline is None:
+                    ctx.upline = {}
+                line_ctx.upline = ctx.upline
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
