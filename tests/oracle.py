@@ -22,6 +22,10 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
+- versioned      (effective-dated catalogue, chf.core.versions) every event names a version of the catalogue; a
+                 period's renewal names the version in force when the period starts and is judged by that
+                 version's plan (fee_state, justified); the stateful test checks that no grant outlives the
+                 version it was made in and that usage names the version of its grant.
 - wholesale_rated (B2B2B) right after each usage event come exactly the wholesale events of the accounts above
                  the line's account whose price list prices it, nearest first: each names its payer (`account`),
                  the account below (`customer`) and its level, in the payer's currency, for the usage's units at
@@ -46,6 +50,7 @@ from typing import Any
 
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import account_owner, line_owner
+from chf.core.versions import CatalogueVersions
 from store.lmdbstore import Txn
 from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, Account, BalanceSet
 
@@ -102,8 +107,9 @@ def _split(balance: str) -> tuple[str, str]:
 class Ledger:
     """Follows the event spool and keeps what the rules need: running sums, lines' states, open debits."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, versions: CatalogueVersions | None = None) -> None:
         self.catalogue = catalogue
+        self.versions = versions or CatalogueVersions.of(catalogue)
         self.seq = 0
         self.ids: set[str] = set()
         self.running: dict[str, int] = {}
@@ -116,7 +122,7 @@ class Ledger:
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
         self.fees: int = 0
-        self.levels = Levels(catalogue)
+        self.levels = Levels(self.versions)
 
     # -- following the spool ----------------------------------------------------------------------------------------
     def follow(self, txn: Txn) -> set[str]:
@@ -148,6 +154,7 @@ class Ledger:
             self._justified(ev, impact, where)
             if impact["balance"].endswith(":wallet"):
                 self._currency(ev, impact, currencies, where)
+        self._versioned(ev, where)
         kind = ev["kind"]
         if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
             owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
@@ -256,7 +263,7 @@ class Ledger:
         return state
 
     def _renewal(self, ev: dict[str, Any], where: str) -> None:
-        plan = self.catalogue.plans.get(ev.get("plan") or "")
+        plan = self.version_of(ev).plans.get(ev.get("plan") or "")
         fee = -sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
         fee = ev.get("net", fee)  # the plan's fee before tax (chf.core.tax: a net-priced profile adds the tax)
         self.fees += fee
@@ -294,10 +301,30 @@ class Ledger:
 
     def _bonus(self, ev: dict[str, Any], where: str) -> None:
         amounts = {
-            p.allowance.amount for plan in self.catalogue.plans.values() for p in plan.bonus_allowances() if p.allowance
+            p.allowance.amount
+            for catalogue in self.versions.versions
+            for plan in catalogue.plans.values()
+            for p in plan.bonus_allowances()
+            if p.allowance
         }
         for impact in ev["impacts"]:
             verify("justified", impact["delta"] in amounts, f"{where}: a bonus of {impact['delta']}")
+
+    # -- versioned: the effective-dated catalogue --------------------------------------------------------------------
+    def version_of(self, ev: dict[str, Any]) -> Catalogue:
+        """The version of the catalogue the event names (the first when it names none: `versioned` fails)."""
+        return self.versions.by_version(ev.get("catalogue") or "") or self.versions.versions[0]
+
+    def _versioned(self, ev: dict[str, Any], where: str) -> None:
+        named = self.versions.by_version(ev.get("catalogue") or "")
+        verify("versioned", named is not None, f"{where}: names catalogue version {ev.get('catalogue')!r}")
+        if ev["kind"] in ("renewal", "renewal_failed") and named is not None:
+            in_force = self.versions.at(ev["time"])[0]
+            verify(
+                "versioned",
+                named is in_force,
+                f"{where}: a period starting at {ev['time']} priced by {named.source}, not {in_force.source}",
+            )
 
     # -- the rules, on the stored state -----------------------------------------------------------------------------
     def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:
@@ -426,11 +453,13 @@ def _half_up(numerator: int, denominator: int) -> int:
 class Levels:
     """What the wholesale events must be, worked out from the catalogue and the accounts, and the tax splits."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
-        self.catalogue = catalogue
+    def __init__(self, versions: CatalogueVersions) -> None:
+        self.versions = versions
+        self.catalogue = versions.versions[0]  # the version that priced the event being judged
         self.accounts: dict[str, Account] = {}
         self.tenant_profiles: dict[str, str | None] = {}
-        self.expected: list[tuple[str, str, int, int]] = []  # (payer, customer, level, charge) still to come
+        # (payer, customer, level, charge, catalogue version) still to come
+        self.expected: list[tuple[str, str, int, int, str]] = []
         self.after = ""  # the usage event they follow
 
     def read(self, txn: Txn) -> None:
@@ -460,11 +489,14 @@ class Levels:
         return price + _half_up(price * profile.rate_for(zone, rg), PPM)
 
     def judge(self, ev: dict[str, Any] | None) -> None:
+        if ev is not None:
+            # Each charge is priced by the version its event names (a usage event: its grant's; its levels too).
+            self.catalogue = self.versions.by_version(ev.get("catalogue") or "") or self.versions.versions[0]
         if ev is not None and ev["kind"] == "wholesale" and ev.get("reason") != "device fee":
             where = f"event {ev['seq']} wholesale after {self.after}"
             verify("wholesale_rated", bool(self.expected), f"{where}: no level was left to charge")
             if self.expected:
-                got = (ev["account"], ev["customer"], ev["level"], ev["charge"])
+                got = (ev["account"], ev["customer"], ev["level"], ev["charge"], ev.get("catalogue"))
                 verify("wholesale_rated", got == self.expected[0], f"{where}: {got}, expected {self.expected[0]}")
                 self.expected.pop(0)
             return
@@ -479,7 +511,7 @@ class Levels:
             self._device_fee(ev)
         self._tax(ev)
 
-    def _levels(self, ev: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+    def _levels(self, ev: dict[str, Any]) -> list[tuple[str, str, int, int, str]]:
         """The wholesale charges a usage event calls for, nearest level first."""
         home = self.catalogue.settings.home_zone
         zone = ev.get("zone") or home
@@ -499,7 +531,8 @@ class Levels:
                 if quantity > 0:
                     price_zone = home if tariff.is_denied(zone) else zone
                     price = tariff.charge(quantity, price_zone, self.catalogue.local_time(ev["time"]), 0)
-                    out.append((payer.id, customer, level, self.gross(payer.id, price, zone, ev["rating_group"])))
+                    charge = self.gross(payer.id, price, zone, ev["rating_group"])
+                    out.append((payer.id, customer, level, charge, self.catalogue.version))
             customer = payer.id
         return out
 

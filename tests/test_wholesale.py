@@ -239,7 +239,8 @@ def test_a_level_without_price_list_charges_nothing_but_the_levels_above_do(worl
 
 
 def test_single_level_events_are_recorded_as_before(world: World) -> None:
-    """No parent, no tax profile: the usage event has exactly the fields it always had."""
+    """No parent, no tax profile: the usage event has exactly the fields it had without them (with the catalogue
+    version of chf.core.versions)."""
     world.account("a", balance=10_000)
     _, imsi = world.line("a", plan="pre")
     world.charge(initial("s1", imsi))
@@ -248,7 +249,7 @@ def test_single_level_events_are_recorded_as_before(world: World) -> None:
     assert set(usage) == {
         "kind", "time", "actor", "reason", "tenant", "account", "subscriber", "imsi", "msisdn", "currency",
         "impacts", "session", "rating_group", "service_id", "units", "unit", "used", "opened", "session_started",
-        "zone", "charge", "tariff", "over_grant", "id", "seq",
+        "zone", "charge", "tariff", "over_grant", "catalogue", "id", "seq",
     }  # fmt: skip
     assert not of_kind(world, "wholesale")
 

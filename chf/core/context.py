@@ -63,6 +63,7 @@ class Context:
         "tax",
         "txn",
         "upline",
+        "versions",
     )
 
     def __init__(self, txn: Txn, catalogue: Catalogue, now: int, sub: Subscriber, account: Account) -> None:
@@ -81,6 +82,17 @@ class Context:
         self.upline: dict[str, Account] | None = None
         # The account's tax profile (chf.core.tax), set by the engine when the catalogue has any; None: untaxed.
         self.tax: TaxProfile | None = None
+        # Every version of the catalogue (chf.core.versions), when the engine made this context: a period that
+        # started before `now` is priced by the version in force when it started. None: `catalogue` alone.
+        self.versions: Any = None
+
+    def catalogue_at(self, at: int) -> Catalogue:
+        """The version of the catalogue in force at `at` (not after `now`): `catalogue` unless another was."""
+        versions = self.versions
+        if versions is None or len(versions.versions) == 1:
+            return self.catalogue
+        found: Catalogue = versions.at(at)[0]
+        return found
 
     def flush(self) -> None:
         txn = self.txn
@@ -113,6 +125,8 @@ class Context:
             "msisdn": sub.msisdn if line else None,
             "currency": self.account.currency,
             "impacts": [],
+            # The version of the catalogue that priced it (chf.core.versions); usage names its grant's version.
+            "catalogue": self.catalogue.version,
         }
 
     def wallet_impact(self, delta: int) -> dict[str, Any]:

@@ -63,10 +63,22 @@ def _quantity(units: dict[str, int], unit: str, one_shot: bool) -> int:
     return used
 
 
+def _version(ctx: Context, version: str | None) -> Catalogue:
+    """The version of the catalogue that priced a usage event (chf.core.versions: its grant's), while it is one of
+    the running versions; else the version in force now."""
+    versions = ctx.versions
+    if version and versions is not None:
+        found: Catalogue | None = versions.by_version(version)
+        if found is not None:
+            return found
+    return ctx.catalogue
+
+
 def rate_levels(ctx: Context, source: dict[str, Any], units: dict[str, int], *, one_shot: bool = False) -> None:
     """Charge each account above the line's account for the units of the usage event `source` (its rating
-    group, zone and session), at that account's own price list; one "wholesale" event per charged level."""
-    catalogue = ctx.catalogue
+    group, zone and session), at that account's own price list in the version of the catalogue that priced the
+    usage; one "wholesale" event per charged level."""
+    catalogue = _version(ctx, source.get("catalogue"))
     rg = source["rating_group"]
     zone = source.get("zone") or catalogue.settings.home_zone
     child = ctx.account
@@ -78,18 +90,20 @@ def rate_levels(ctx: Context, source: dict[str, Any], units: dict[str, int], *, 
             # A zone the price list bars was still served (the line's plan granted it): priced at home.
             price_zone = catalogue.settings.home_zone if tariff.is_denied(zone) else zone
             event = _event(ctx, source, payer, child, level, price_list)
+            event["catalogue"] = catalogue.version
             event["tariff"] = tariff.name
             event["unit"] = tariff.unit
             event["used"] = quantity
             price = tariff.charge(quantity, price_zone, catalogue.local_time(ctx.now), 0)
-            _charge(ctx, payer, event, price, zone, rg)
+            _charge(ctx, catalogue, payer, event, price, zone, rg)
         child = payer
 
 
 def charge_device_fees(ctx: Context, at: int) -> None:
     """A line's period started at `at` (chf.core.renewals): each account above its account whose price list has
-    a `device_fee` pays it for the line, once per period of the line's plan."""
-    catalogue = ctx.catalogue
+    a `device_fee` pays it for the line, once per period of the line's plan, at the price list of the version of
+    the catalogue in force when the period started."""
+    catalogue = ctx.catalogue_at(at)
     child = ctx.account
     if child.parent is None:
         return
@@ -99,14 +113,16 @@ def charge_device_fees(ctx: Context, at: int) -> None:
             source = {"actor": "system", "reason": "device fee", "rating_group": None}
             event = _event(ctx, source, payer, child, level, price_list)
             event["time"] = at
-            _charge(ctx, payer, event, price_list.device_fee, catalogue.settings.home_zone, None)
+            event["catalogue"] = catalogue.version
+            _charge(ctx, catalogue, payer, event, price_list.device_fee, catalogue.settings.home_zone, None)
         child = payer
 
 
-def _charge(ctx: Context, payer: Account, event: dict[str, Any], price: int, zone: str, rg: int | None) -> None:
+def _charge(
+    ctx: Context, catalogue: Catalogue, payer: Account, event: dict[str, Any], price: int, zone: str, rg: int | None
+) -> None:
     """Debit the payer's wallet for `price` (grossed up and split by its tax profile: chf.core.tax) and append
     the event recording it."""
-    catalogue = ctx.catalogue
     if catalogue.tax_profiles:
         price = annotate(event, profile_of(catalogue, ctx.txn, payer), price, zone, rg)
     event["charge"] = price
