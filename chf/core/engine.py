@@ -50,6 +50,7 @@ from chf.core.model import (
     UsageReport,
     all_failed,
 )
+from chf.core.pools import top_off
 from chf.core.renewals import bring_up_to_date
 from chf.core.tax import annotate, gross_up, net_budget, profile_of
 from chf.core.versions import CatalogueVersions
@@ -198,6 +199,13 @@ class Engine:
         while len(self._by_version) > self.KEPT_CATALOGUES + len(versions.versions):
             del self._by_version[next(iter(self._by_version))]
         self._span = versions.at(0)
+
+    def remember(self, catalogue: Catalogue) -> None:
+        """Make a version that is not (or no longer) among the running ones reachable by its name, for the open
+        reservations granted in it (chf.runtime.catalogues reads the kept ones back after a restart)."""
+        if catalogue.version not in self._by_version:
+            self._by_version[catalogue.version] = catalogue
+            self.versions = self._versions  # evicts beyond KEPT_CATALOGUES, the running versions kept
 
     @property
     def catalogue(self) -> Catalogue:
@@ -493,7 +501,8 @@ class Engine:
         unit_answer.charged += charge
         ctx.events.append(event)
         if ctx.account.parent is not None:
-            rate_levels(ctx, event, units)  # B2B2B: the same units, once per level above (chf.core.wholesale)
+            # B2B2B: the same units, once per level above, by the version that priced them (chf.core.wholesale).
+            rate_levels(ctx, event, units, self._by_version.get(event["catalogue"], ctx.catalogue))
 
     def _usage_event(
         self, ctx: Context, session: Session, unit_req: UnitRequest, units: dict[str, int], unit: str, used: int
@@ -666,6 +675,9 @@ class Engine:
             want = quantum
         portions: list[list[int]] = []
         covered = self._reserve_buckets(ctx, unit, rg, want, portions)
+        # An adaptive pool with top-off grows to its next tier when exhausted (chf.core.pools), before the wallet.
+        while covered < want and top_off(ctx, unit, rg):
+            covered += self._reserve_buckets(ctx, unit, rg, want - covered, portions)
         money = 0
         granted = covered
         if covered < want and plan.overage == "charge":

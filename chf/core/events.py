@@ -284,7 +284,7 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         ctx.line_bs_dirty = True
     ctx.events.append(event)
     if ctx.account.parent is not None:
-        rate_levels(ctx, event, {p.tariff.unit: p.units}, one_shot=True)  # B2B2B (chf.core.wholesale)
+        rate_levels(ctx, event, {p.tariff.unit: p.units}, ctx.catalogue, one_shot=True)  # B2B2B (chf.core.wholesale)
     ua.granted = p.units
     ua.charged = p.cost
     job.cost += p.cost

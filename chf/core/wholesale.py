@@ -63,22 +63,12 @@ def _quantity(units: dict[str, int], unit: str, one_shot: bool) -> int:
     return used
 
 
-def _version(ctx: Context, version: str | None) -> Catalogue:
-    """The version of the catalogue that priced a usage event (chf.core.versions: its grant's), while it is one of
-    the running versions; else the version in force now."""
-    versions = ctx.versions
-    if version and versions is not None:
-        found: Catalogue | None = versions.by_version(version)
-        if found is not None:
-            return found
-    return ctx.catalogue
-
-
-def rate_levels(ctx: Context, source: dict[str, Any], units: dict[str, int], *, one_shot: bool = False) -> None:
+def rate_levels(
+    ctx: Context, source: dict[str, Any], units: dict[str, int], catalogue: Catalogue, *, one_shot: bool = False
+) -> None:
     """Charge each account above the line's account for the units of the usage event `source` (its rating
-    group, zone and session), at that account's own price list in the version of the catalogue that priced the
-    usage; one "wholesale" event per charged level."""
-    catalogue = _version(ctx, source.get("catalogue"))
+    group, zone and session), at that account's own price list in `catalogue`, the version of the catalogue that
+    priced the usage (chf.core.versions: its grant's); one "wholesale" event per charged level."""
     rg = source["rating_group"]
     zone = source.get("zone") or catalogue.settings.home_zone
     child = ctx.account

@@ -7,6 +7,7 @@ exists; the rest are the rating fields of this charging function:
     recordSequenceNumber spool sequence number (monotonic, no gaps within one store)
     recordType           event kind: usage | refund | topup | adjustment | renewal | renewal_failed | expiry |
                          bonus | bucket_grant | plan_change | lifecycle | line_move | release | pool_resize |
+                         pool_topoff | pool_tier (an adaptive pool's close: tier, pool_used, why) | addon |
                          wholesale
     timeOfReport         ISO 8601 UTC time of the event; `time` the same in UNIX seconds
     tenant, account      the MVNO brand (the seller) and the paying account
