@@ -346,7 +346,8 @@ class Ledger:
         verify(
             "pool_tier", covering is not None and tier["fee"] >= covering[1], f"{where}: {tier} for {ev['pool_used']}"
         )
-        verify("pool_tier", -wallet == tier["fee"] == ev["charge"], f"{where}: charged {-wallet} for {tier}")
+        verify("pool_tier", -wallet == ev["charge"], f"{where}: charged {-wallet}, the event says {ev['charge']}")
+        verify("pool_tier", self.levels.priced(ev) == tier["fee"], f"{where}: charged {-wallet} for {tier}")
         if plan is not None and not plan.pool_topoff:
             verify("pool_tier", (tier["amount"], tier["fee"]) == covering, f"{where}: {tier}, cheapest {covering}")
 
@@ -355,7 +356,8 @@ class Ledger:
         verify("addon", addon is not None, f"{where}: no add-on {ev.get('addon')!r} in the catalogue")
         if addon is None:
             return
-        verify("addon", -wallet == addon.price == ev["charge"], f"{where}: paid {-wallet}, price {addon.price}")
+        verify("addon", -wallet == ev["charge"], f"{where}: paid {-wallet}, charged {ev['charge']}")
+        verify("addon", self.levels.priced(ev) == addon.price, f"{where}: paid {-wallet}, price {addon.price}")
         deltas = [i["delta"] for i in buckets]
         verify("addon", deltas == [addon.allowance.amount], f"{where}: granted {deltas}")
         verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
@@ -519,7 +521,7 @@ def _reservations(txn: Txn, state: Stored) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 PPM = 1_000_000
 MAX_LEVELS = 4
-MONEY_KINDS = frozenset({"usage", "renewal", "refund", "wholesale"})
+MONEY_KINDS = frozenset({"usage", "renewal", "refund", "wholesale", "pool_tier", "addon"})
 
 
 def _half_up(numerator: int, denominator: int) -> int:
@@ -558,6 +560,14 @@ class Levels:
             if account is not None:
                 out.append(account)
         return out
+
+    def priced(self, ev: dict[str, Any]) -> int:
+        """The catalogue price behind an event's charge: the charge itself, or with a tax split the net (net
+        prices) or the gross (gross prices)."""
+        if "gross" not in ev:
+            return int(ev.get("charge") or 0)
+        profile = self.version_of(ev).tax_profiles.get(ev.get("tax_profile") or "")
+        return int(ev["net"] if profile is not None and profile.prices == "net" else ev["gross"])
 
     def gross(self, account_id: str, price: int, zone: str, rg: int | None) -> int:
         profile = self.profile(account_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chf.core import provisioning
+from chf.core import addons, provisioning
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import check_replacement, parse_catalogue
 from chf.core.model import (
@@ -463,3 +463,19 @@ rate = "101%"
     with pytest.raises(CatalogueError, match="price list 'iot-enterprise': currency: was USD, now GBP"):
         check_replacement(running, moved)
     check_replacement(running, commerce_catalogue())
+
+
+def test_an_add_on_of_a_net_priced_account_costs_its_price_and_tax(world: World) -> None:
+    world.account("a", balance=10_000, tax_profile="vat-net")
+    line, _ = world.line("a", plan="pre")  # fee 1000 + 190
+    before = world.acct("a").balance
+    result = world.admin(addons.buy_addon, f"#{line}", "data-1k", actor="t", reason="bought")  # 300 + 19 %
+    (bought,) = of_kind(world, "addon")
+    assert (bought["price"], bought["net"], bought["tax"], bought["gross"], bought["charge"]) == (
+        300,
+        300,
+        57,
+        357,
+        357,
+    )
+    assert world.acct("a").balance == before - 357 and result.value["price"] == 300
