@@ -37,8 +37,8 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  the account below (`customer`) and its level, in the payer's currency, for the usage's units at
                  the price list's price; a device fee is the price list's, for a line of the chain's bottom.
 - tax_split      an event with a tax split has net + tax = gross = its charge, at a rate of the profile it names,
-                 rounded half up once; a charge (usage, fee, refund, wholesale) of an account with a tax profile
-                 (its own, else its tenant's) always carries one, an account without none.
+                 rounded half up once; a charge (usage, fee, refund, wholesale, pool tier, add-on) of an account
+                 with a tax profile (its own, else its tenant's) always carries one, an account without none.
 The stateful test checks more on the answers: identity (every answer names the request it answers),
 exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
 INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
