@@ -70,6 +70,21 @@ def _loaded(layout: Layout, name: str, value: str) -> str:
     return f"{{x[{many.layout.position(many.key)}]: {inner}(*x) for x in {value}}}"
 
 
+def _encoder(layout: Layout, fields: list[str], kept: int) -> list[str]:
+    """The body of `encode`. Fields added to a layout later (`Layout.added`) are written only when one of them is
+    set: a record that uses none keeps its earlier bytes."""
+    if not layout.added:
+        return ["        return pack(", *_exploded("[", ["SCHEMA_VERSION", *fields], "]", 12), "        )"]
+    added = fields[kept:]
+    test = " or ".join(f"{f} is not None" for f in added)
+    return [
+        *_exploded("r = [", ["SCHEMA_VERSION", *fields[:kept]], "]", 8),
+        f"        if {test}:",
+        "            r.extend((" + ", ".join(added) + "))",
+        "        return pack(r)",
+    ]
+
+
 def methods(layout: Layout) -> list[str]:
     """The generated methods of one record class, as lines."""
     fields = [_field(layout, name, "self") for name in layout.fields]
@@ -79,12 +94,12 @@ def methods(layout: Layout) -> list[str]:
             *_exploded("return [", fields, "]", 8),
         ]
     name = layout.cls.__name__
-    loaded = [_loaded(layout, f, f"r[{layout.position(f)}]") for f in layout.fields]
+    kept = len(layout.fields) - layout.added
+    loaded = [_loaded(layout, f, f"r[{layout.position(f)}]") for f in layout.fields[:kept]]
+    loaded += [f"r[{layout.position(f)}] if len(r) > {layout.position(f)} else None" for f in layout.fields[kept:]]
     return [
         "    def encode(self) -> bytes:",
-        "        return pack(",
-        *_exploded("[", ["SCHEMA_VERSION", *fields], "]", 12),
-        "        )",
+        *_encoder(layout, fields, kept),
         "",
         "    @classmethod",
         f"    def decode(cls, data: bytes) -> {name}:",

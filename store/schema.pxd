@@ -6,11 +6,11 @@
 # the engine reads and writes these fields many times per request.
 
 cdef class Tenant:
-    cdef public object id, name, currency, created
+    cdef public object id, name, currency, created, parent, tax_profile
 
 cdef class Account:
     cdef public object id, tenant, payment, currency, balance, reserved, credit_limit, cycle_day, parent, plan, created
-    cdef public object active_lines
+    cdef public object active_lines, price_list, tax_profile
 
 cdef class Subscriber:
     cdef public object id, tenant, account, imsi, msisdn, iccid, eid, state, state_since, plan, created, history

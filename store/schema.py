@@ -137,7 +137,7 @@ class Layout:
     `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
     store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
 
-    __slots__ = ("cls", "fields", "kind", "nested", "shown", "versioned", "views")
+    __slots__ = ("added", "cls", "fields", "kind", "nested", "shown", "versioned", "views")
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class Layout:
         shown: tuple[str, ...] | None = None,
         views: dict[str, Callable[[Any], Any]] | None = None,
         versioned: bool = True,
+        added: int = 0,
     ) -> None:
         self.kind = kind  # in messages: "balance set record has schema version ..."
         self.fields = fields
@@ -155,6 +156,10 @@ class Layout:
         self.shown = shown if shown is not None else fields
         self.views = views or {}
         self.versioned = versioned
+        # The last `added` fields came after records were stored without them: they are written only when one of
+        # them is not None (a record that uses none of them keeps the bytes it had before), and a record without
+        # them reads them as None.
+        self.added = added
         self.cls: Any = None  # the record class, once it is defined (end of this module)
 
     def position(self, name: str) -> int:
@@ -172,7 +177,9 @@ class Layout:
         return as_dict
 
 
-TENANT = Layout("tenant", ("id", "name", "currency", "created"))
+# A tenant's `parent` is the tenant above it (the operator above a reseller, a reseller above an enterprise:
+# chf.core.wholesale); `tax_profile` names the catalogue's tax profile of its accounts (chf.core.tax).
+TENANT = Layout("tenant", ("id", "name", "currency", "created", "parent", "tax_profile"), added=2)
 ACCOUNT = Layout(
     "account",
     (
@@ -188,7 +195,10 @@ ACCOUNT = Layout(
         "plan",
         "created",
         "active_lines",
+        "price_list",
+        "tax_profile",
     ),
+    added=2,
     shown=(
         "id",
         "tenant",
@@ -203,6 +213,8 @@ ACCOUNT = Layout(
         "plan",
         "active_lines",
         "created",
+        "price_list",
+        "tax_profile",
     ),
     views={"available": lambda account: account.available()},
 )
@@ -315,25 +327,30 @@ DEBIT = Layout(
 class Tenant:
     __slots__ = TENANT.fields
 
-    def __init__(self, id: str, name: str, currency: str, created: int) -> None:
+    def __init__(
+        self, id: str, name: str, currency: str, created: int, parent: str | None = None, tax_profile: str | None = None
+    ) -> None:
         self.id = id
         self.name = name
         self.currency = currency
         self.created = created
+        self.parent = parent
+        self.tax_profile = tax_profile
 
     as_dict = TENANT.viewer()
 
     # <generated from TENANT>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.id,
-                self.name,
-                self.currency,
-                self.created,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.id,
+            self.name,
+            self.currency,
+            self.created,
+        ]
+        if self.parent is not None or self.tax_profile is not None:
+            r.extend((self.parent, self.tax_profile))
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Tenant:
@@ -344,6 +361,8 @@ class Tenant:
             r[2],
             r[3],
             r[4],
+            r[5] if len(r) > 5 else None,
+            r[6] if len(r) > 6 else None,
         )
 
     # </generated>
@@ -373,6 +392,8 @@ class Account:
         plan: str | None = None,
         created: int = 0,
         active_lines: int = 0,
+        price_list: str | None = None,
+        tax_profile: str | None = None,
     ) -> None:
         self.id = id
         self.tenant = tenant
@@ -386,6 +407,10 @@ class Account:
         self.plan = plan
         self.created = created
         self.active_lines = active_lines
+        # The price list this account pays by for the usage of the lines below it, when it is another account's
+        # parent (chf.core.wholesale), and its tax profile (chf.core.tax; None: its tenant's).
+        self.price_list = price_list
+        self.tax_profile = tax_profile
 
     def available(self) -> int:
         return self.balance - self.reserved + self.credit_limit
@@ -394,23 +419,24 @@ class Account:
 
     # <generated from ACCOUNT>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.id,
-                self.tenant,
-                self.payment,
-                self.currency,
-                self.balance,
-                self.reserved,
-                self.credit_limit,
-                self.cycle_day,
-                self.parent,
-                self.plan,
-                self.created,
-                self.active_lines,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.id,
+            self.tenant,
+            self.payment,
+            self.currency,
+            self.balance,
+            self.reserved,
+            self.credit_limit,
+            self.cycle_day,
+            self.parent,
+            self.plan,
+            self.created,
+            self.active_lines,
+        ]
+        if self.price_list is not None or self.tax_profile is not None:
+            r.extend((self.price_list, self.tax_profile))
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
@@ -429,6 +455,8 @@ class Account:
             r[10],
             r[11],
             r[12],
+            r[13] if len(r) > 13 else None,
+            r[14] if len(r) > 14 else None,
         )
 
     # </generated>

@@ -38,6 +38,13 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  period's renewal names the version in force when the period starts and is judged by that
                  version's plan (fee_state, justified); the stateful test checks that no grant outlives the
                  version it was made in and that usage names the version of its grant.
+- wholesale_rated (B2B2B) right after each usage event come exactly the wholesale events of the accounts above
+                 the line's account whose price list prices it, nearest first: each names its payer (`account`),
+                 the account below (`customer`) and its level, in the payer's currency, for the usage's units at
+                 the price list's price; a device fee is the price list's, for a line of the chain's bottom.
+- tax_split      an event with a tax split has net + tax = gross = its charge, at a rate of the profile it names,
+                 rounded half up once; a charge (usage, fee, refund, wholesale, pool tier, add-on) of an account
+                 with a tax profile (its own, else its tenant's) always carries one, an account without none.
 The stateful test checks more on the answers: identity (every answer names the request it answers),
 exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
 INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
@@ -51,6 +58,7 @@ rule names, comma-separated) fails on them too.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from chf.core.catalogue import Catalogue, Plan
@@ -66,7 +74,7 @@ ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
 
 # Which event kinds may move a balance in which direction (see "justified").
 WALLET_CREDITS = frozenset({"topup", "adjustment", "refund"})
-WALLET_DEBITS = frozenset({"usage", "renewal", "adjustment", "pool_tier", "addon"})
+WALLET_DEBITS = frozenset({"usage", "renewal", "adjustment", "pool_tier", "addon", "wholesale"})
 BUCKET_CREDITS = frozenset(
     {"renewal", "expiry", "bonus", "bucket_grant", "adjustment", "pool_resize", "refund", "pool_topoff", "addon"}
 )
@@ -131,16 +139,20 @@ class Ledger:
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
         self.members: dict[int, str] = {}  # line id -> its account, as creations and moves set it
         self.fees: int = 0
+        self.levels = Levels(self.version_of)
 
     # -- following the spool ----------------------------------------------------------------------------------------
     def follow(self, txn: Txn) -> set[str]:
         """Judge the events appended since the last call; returns their kinds (with the reason of the refunds
         and renewals)."""
         currencies = {a.id: a.currency for a in txn.accounts()}
+        self.levels.read(txn)
         kinds: set[str] = set()
         for ev in txn.events(self.seq):
             self._event(ev, currencies)
+            self.levels.judge(ev)
             kinds.add(ev["kind"] if ev["kind"] not in ("renewal", "refund") else f"{ev['kind']} ({ev.get('reason')})")
+        self.levels.judge(None)
         verify("conservation", txn.last_event_seq() == self.seq, "event counter and spool disagree")
         return kinds
 
@@ -281,6 +293,7 @@ class Ledger:
     def _renewal(self, ev: dict[str, Any], where: str) -> None:
         plan = self.version_of(ev).plans.get(ev.get("plan") or "")
         fee = -sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
+        fee = ev.get("net", fee)  # the plan's fee before tax (chf.core.tax: a net-priced profile adds the tax)
         self.fees += fee
         line = ev.get("subscriber")
         if plan is None:
@@ -356,7 +369,8 @@ class Ledger:
         verify(
             "pool_tier", covering is not None and tier["fee"] >= covering[1], f"{where}: {tier} for {ev['pool_used']}"
         )
-        verify("pool_tier", -wallet == tier["fee"] == ev["charge"], f"{where}: charged {-wallet} for {tier}")
+        verify("pool_tier", -wallet == ev["charge"], f"{where}: charged {-wallet}, the event says {ev['charge']}")
+        verify("pool_tier", self.levels.priced(ev) == tier["fee"], f"{where}: charged {-wallet} for {tier}")
         if plan is not None and not plan.pool_topoff:
             verify("pool_tier", (tier["amount"], tier["fee"]) == covering, f"{where}: {tier}, cheapest {covering}")
 
@@ -365,7 +379,8 @@ class Ledger:
         verify("addon", addon is not None, f"{where}: no add-on {ev.get('addon')!r} in the catalogue")
         if addon is None:
             return
-        verify("addon", -wallet == addon.price == ev["charge"], f"{where}: paid {-wallet}, price {addon.price}")
+        verify("addon", -wallet == ev["charge"], f"{where}: paid {-wallet}, charged {ev['charge']}")
+        verify("addon", self.levels.priced(ev) == addon.price, f"{where}: paid {-wallet}, price {addon.price}")
         deltas = [i["delta"] for i in buckets]
         verify("addon", deltas == [addon.allowance.amount], f"{where}: granted {deltas}")
         verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
@@ -522,3 +537,142 @@ def _reservations(txn: Txn, state: Stored) -> None:
             most = b.remaining if b.kind != "pool" else max(b.remaining, b.reserved)
             verify("reservations", 0 <= b.reserved <= most, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
             verify("reservations", b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions {held}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# B2B2B and tax profiles (chf.core.wholesale, chf.core.tax): wholesale_rated, tax_split
+# ------------------------------------------------------------------------------------------------------------------
+PPM = 1_000_000
+MAX_LEVELS = 4
+MONEY_KINDS = frozenset({"usage", "renewal", "refund", "wholesale", "pool_tier", "addon"})
+
+
+def _half_up(numerator: int, denominator: int) -> int:
+    sign = -1 if numerator < 0 else 1
+    return sign * ((2 * abs(numerator) + denominator) // (2 * denominator))
+
+
+class Levels:
+    """What the wholesale events must be, worked out from the catalogue and the accounts, and the tax splits."""
+
+    def __init__(self, version_of: Callable[[dict[str, Any]], Catalogue]) -> None:
+        self.version_of = version_of  # the ledger's: every version loaded, by the name an event gives
+        self.catalogue = version_of({})  # the version that priced the event being judged
+        self.accounts: dict[str, Account] = {}
+        self.tenant_profiles: dict[str, str | None] = {}
+        # (payer, customer, level, charge, catalogue version) still to come
+        self.expected: list[tuple[str, str, int, int, str]] = []
+        self.after = ""  # the usage event they follow
+
+    def read(self, txn: Txn) -> None:
+        self.accounts = {a.id: a for a in txn.accounts()}
+        self.tenant_profiles = {t.id: t.tax_profile for t in txn.tenants()}
+
+    def profile(self, account_id: str) -> Any:
+        account = self.accounts.get(account_id)
+        if account is None:
+            return None
+        name = account.tax_profile or self.tenant_profiles.get(account.tenant)
+        return self.catalogue.tax_profiles.get(name or "")
+
+    def chain(self, account_id: str) -> list[Account]:
+        out: list[Account] = []
+        account = self.accounts.get(account_id)
+        while account is not None and account.parent is not None and len(out) < MAX_LEVELS:
+            account = self.accounts.get(account.parent)
+            if account is not None:
+                out.append(account)
+        return out
+
+    def priced(self, ev: dict[str, Any]) -> int:
+        """The catalogue price behind an event's charge: the charge itself, or with a tax split the net (net
+        prices) or the gross (gross prices)."""
+        if "gross" not in ev:
+            return int(ev.get("charge") or 0)
+        profile = self.version_of(ev).tax_profiles.get(ev.get("tax_profile") or "")
+        return int(ev["net"] if profile is not None and profile.prices == "net" else ev["gross"])
+
+    def gross(self, account_id: str, price: int, zone: str, rg: int | None) -> int:
+        profile = self.profile(account_id)
+        if profile is None or profile.prices != "net":
+            return price
+        return price + _half_up(price * profile.rate_for(zone, rg), PPM)
+
+    def judge(self, ev: dict[str, Any] | None) -> None:
+        if ev is not None:
+            # Each charge is priced by the version its event names (a usage event: its grant's; its levels too).
+            self.catalogue = self.version_of(ev)
+        if ev is not None and ev["kind"] == "wholesale" and ev.get("reason") != "device fee":
+            where = f"event {ev['seq']} wholesale after {self.after}"
+            verify("wholesale_rated", bool(self.expected), f"{where}: no level was left to charge")
+            if self.expected:
+                got = (ev["account"], ev["customer"], ev["level"], ev["charge"], ev.get("catalogue"))
+                verify("wholesale_rated", got == self.expected[0], f"{where}: {got}, expected {self.expected[0]}")
+                self.expected.pop(0)
+            return
+        verify("wholesale_rated", not self.expected, f"levels not charged after {self.after}: {self.expected}")
+        self.expected = []
+        if ev is None:
+            return
+        if ev["kind"] == "usage":
+            self.after = f"event {ev['seq']} usage"
+            self.expected = self._levels(ev)
+        elif ev["kind"] == "wholesale":
+            self._device_fee(ev)
+        self._tax(ev)
+
+    def _levels(self, ev: dict[str, Any]) -> list[tuple[str, str, int, int, str]]:
+        """The wholesale charges a usage event calls for, nearest level first."""
+        home = self.catalogue.settings.home_zone
+        zone = ev.get("zone") or home
+        one_shot = "units" not in ev
+        units = ev["units"] if not one_shot else {ev.get("unit"): ev.get("used", 0)}
+        out = []
+        customer = ev["account"]
+        for level, payer in enumerate(self.chain(ev["account"]), 1):
+            price_list = self.catalogue.price_list_in(payer.price_list, payer.currency)
+            tariff = price_list.tariff_for(ev["rating_group"]) if price_list is not None else None
+            if tariff is not None:
+                quantity = units.get(tariff.unit, 0)
+                if tariff.unit == "bytes" and not quantity:
+                    quantity = units.get("bytes_in", 0) + units.get("bytes_out", 0)
+                if one_shot and tariff.unit == "events" and not quantity:
+                    quantity = 1
+                if quantity > 0:
+                    price_zone = home if tariff.is_denied(zone) else zone
+                    price = tariff.charge(quantity, price_zone, self.catalogue.local_time(ev["time"]), 0)
+                    charge = self.gross(payer.id, price, zone, ev["rating_group"])
+                    out.append((payer.id, customer, level, charge, self.catalogue.version))
+            customer = payer.id
+        return out
+
+    def _device_fee(self, ev: dict[str, Any]) -> None:
+        where = f"event {ev['seq']} device fee"
+        chain = self.chain(ev["customer"])
+        payer = self.accounts.get(ev["account"])
+        price_list = self.catalogue.price_list_in(payer.price_list, payer.currency) if payer is not None else None
+        fee = price_list.device_fee if price_list is not None else 0
+        verify("wholesale_rated", bool(fee), f"{where}: {ev['account']} has no device fee to charge")
+        home = self.catalogue.settings.home_zone
+        verify("wholesale_rated", ev["charge"] == self.gross(ev["account"], fee, home, None), f"{where}: {ev}")
+        below = [a.id for a in [self.accounts.get(ev["customer"]), *chain] if a is not None]
+        verify("wholesale_rated", ev["account"] in below[1:], f"{where}: {ev['account']} is not above {below[0]}")
+
+    def _tax(self, ev: dict[str, Any]) -> None:
+        where = f"event {ev['seq']} {ev['kind']}"
+        charge = ev.get("charge") or 0
+        if ev["kind"] not in MONEY_KINDS or not charge:
+            verify("tax_split", "gross" not in ev, f"{where}: a tax split of no charge")
+            return
+        profile = self.profile(ev["account"])
+        verify("tax_split", (profile is not None) == ("gross" in ev), f"{where}: profile {profile}, event {ev}")
+        if profile is None or "gross" not in ev:
+            return
+        net, tax, gross, rate = ev["net"], ev["tax"], ev["gross"], ev["tax_rate"]
+        verify("tax_split", net + tax == gross == charge, f"{where}: {net} + {tax} != {gross} / {charge}")
+        rates = {profile.rate, *(r.rate for r in profile.rules)}
+        verify("tax_split", ev["tax_profile"] == profile.name and rate in rates, f"{where}: {ev}")
+        if profile.prices == "net" and ev["kind"] != "refund":
+            verify("tax_split", tax == _half_up(net * rate, PPM), f"{where}: tax {tax} of {net} at {rate}")
+        else:
+            verify("tax_split", net == _half_up(gross * PPM, PPM + rate), f"{where}: net {net} of {gross} at {rate}")

@@ -17,7 +17,10 @@ any order:
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
   1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
   versions (or the first ones back); no grant outlives the version it was made in and every usage event
-  names the version of its grant.
+  names the version of its grant;
+- B2B2B and tax (the wholesale block below): a reseller hierarchy (operator <- reseller <- enterprise <- the lines'
+  accounts) whose lines take part in every rule above, each report rated again at every level's price list; net
+  and gross tax profiles on accounts and a tenant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -63,9 +66,10 @@ from chf.core.model import (
 from chf.core.periods import period_end
 from chf.core.versions import CatalogueVersions, version_of_tariff
 from store.schema import ACTIVE, TERMINATED
-from tests.corekit import CATALOGUE_TOML, snapshot, test_catalogue
+from tests.corekit import CATALOGUE_TOML, snapshot
 from tests.oracle import Ledger, verify
 from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
+from tests.support import fixture_text
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 
@@ -105,7 +109,16 @@ LINES += [("fleet", "fleet-s", "active"), ("fleet", "fleet-l", "active"), ("ent"
 POOL_LINE_PLANS = ["fleet-s", "fleet-l"]
 POOL_ACCOUNT_PLANS = ["fleetpool", "tiered", "topoff"]
 # ------------------------------------------------------------------------------------------------------------------
-MAX_LINES = len(LINES) + 4
+# The wholesale block (B2B2B and tax profiles): account id -> (tenant, payment, credit limit, opening balance,
+# hierarchy and tax), and its lines (account, plan).
+WHOLESALE_ACCOUNTS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
+    "resl-at-op": ("op", "postpaid", 10**9, 0, {"price_list": "op-wh", "tax_profile": "vat-net"}),
+    "biz-at-resl": ("resl", "postpaid", 10**9, 0, {"parent": "resl-at-op", "price_list": "resl-biz"}),
+    "biz-fleet": ("biz", "prepaid", 0, 1_200, {"parent": "biz-at-resl"}),  # short of the second month's fee
+    "biz-post": ("biz", "postpaid", 4_000, 0, {"parent": "biz-at-resl", "tax_profile": "vat-net"}),
+}
+WHOLESALE_LINES = [("biz-fleet", "payg"), ("biz-fleet", "pre"), ("biz-post", "post")]
+MAX_LINES = len(LINES) + len(WHOLESALE_LINES) + 4
 LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", *POOL_LINE_PLANS]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic", *POOL_ACCOUNT_PLANS]
 NETWORKS = [None, None, "20801", "26201", "310260"]
@@ -175,10 +188,13 @@ def _sms_dearer(text: str) -> str:
 
 
 def catalogue_versions(edited: bool = False) -> CatalogueVersions:
-    texts = [CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML]
+    # Every version has the wholesale block's price lists and tax profiles (their prices change with the tariffs).
+    wholesale = fixture_text("wholesale.toml")
+    base = [text + wholesale for text in (CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML)]
+    texts = base
     if edited:
         texts = [_sms_dearer(t) for t in texts]
-        assert not set(texts) & {CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML}
+        assert not set(texts) & set(base)
     name = "corekit-catalogue.toml" if not edited else "v1-edited.toml"
     first = parse_catalogue(texts[0], name)
     later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in enumerate(texts[1:], 2)]
@@ -211,8 +227,8 @@ class ChargingSystem(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="chf-oracle-", dir=SCRATCH))
-        self.catalogue = test_catalogue()
         self.versions = catalogue_versions()
+        self.catalogue = self.versions.versions[0]
         self.sys = System(self.dir / "store", self.versions)
         self.ledger = Ledger(self.catalogue, self.versions)
         self.lines: list[Line] = []
@@ -740,6 +756,47 @@ class ChargingSystem(RuleBasedStateMachine):
     def sweep(self) -> None:
         self.sys.sweep()
         self._forget_closed()
+
+    # -- B2B2B and tax profiles (chf.core.wholesale, chf.core.tax; tests/fixtures/wholesale.toml) ------------------
+    @initialize()
+    def provision_wholesale(self) -> None:
+        """The operator "op" sells to the reseller "resl" (its account "resl-at-op", net prices taxed at 19 %),
+        which sells to the enterprise "biz" (its account "biz-at-resl", with a device fee; the tenant's accounts
+        pay gross prices taxed at 25 %); biz's accounts hold lines that every other rule charges too."""
+        for tenant, parent, profile in (("op", None, None), ("resl", "op", None), ("biz", "resl", "vat-gross")):
+            self.sys.operate(
+                lambda txn, engine, now, t=tenant, p=parent, f=profile: provisioning.create_tenant(
+                    txn, t, t, "EUR", now, parent=p, tax_profile=f, catalogue=engine.catalogue
+                )
+            )
+        for account_id, (tenant, payment, credit_limit, balance, extra) in WHOLESALE_ACCOUNTS.items():
+            result = self.sys.operate(
+                provisioning.create_account,
+                account_id=account_id,
+                tenant=tenant,
+                payment=payment,
+                credit_limit=credit_limit,
+                balance=balance,
+                **extra,
+            )
+            assert not isinstance(result, RequestError), result
+            if balance:
+                self._count("topup", f"{account_owner(account_id)}:wallet", balance)
+        for account_id, plan in WHOLESALE_LINES:
+            self._add_line(account_id, plan, "active")
+
+    @rule(amount=st.integers(1, 3_000))
+    def topup_wholesale(self, amount: int) -> None:
+        """A top-up of the prepaid account below the hierarchy: periods left unpaid start, with their device fees."""
+        result = self.sys.operate(provisioning.topup, "biz-fleet", amount, actor="oracle", reason="top-up")
+        if not isinstance(result, RequestError):
+            self._count("topup", f"{account_owner('biz-fleet')}:wallet", amount)
+
+    @precondition(lambda self: len(self.lines) < MAX_LINES)
+    @rule(account=st.sampled_from(["biz-fleet", "biz-post"]), plan=st.sampled_from(["payg", "pre", "post"]))
+    def add_wholesale_line(self, account: str, plan: str) -> None:
+        """A new line below the hierarchy: its first period's device fee is charged at the levels above."""
+        self._add_line(account, plan, "active")
 
     # -- exactly once -----------------------------------------------------------------------------------------------
     @precondition(lambda self: self.history)

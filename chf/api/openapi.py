@@ -436,7 +436,14 @@ OPENAPI: dict[str, Any] = {
             },
             "Tenant": {
                 "type": "object",
-                "properties": {"id": _STR, "name": _STR, "currency": _STR, "created": _TIME},
+                "properties": {
+                    "id": _STR,
+                    "name": _STR,
+                    "currency": _STR,
+                    "created": _TIME,
+                    "parent": {"type": "string", "nullable": True},
+                    "tax_profile": {"type": "string", "nullable": True},
+                },
             },
             "Account": {
                 "type": "object",
@@ -454,6 +461,8 @@ OPENAPI: dict[str, Any] = {
                     "plan": {"type": "string", "nullable": True},
                     "active_lines": _INT,
                     "created": _TIME,
+                    "price_list": {"type": "string", "nullable": True},
+                    "tax_profile": {"type": "string", "nullable": True},
                 },
             },
             "Line": {

@@ -96,6 +96,20 @@ File format
     micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
     stop at the end of the one in progress.
 
+``[price_lists.<name>]`` (B2B2B, :mod:`chf.core.wholesale`)
+    What an account pays, as another account's ``parent``, for the usage of the lines below it: ``currency``
+    (ISO 4217, default the ``[settings]`` one; only accounts of that currency pay by it), ``description``,
+    ``device_fee`` (micro-units, >= 0, default 0: charged per line below, per period of the line's plan), and
+    ``[price_lists.<name>.rating]`` as a plan's ``[rating]``: ``"<rg>" = "<tariff>"`` and ``default``. Its
+    tariffs must be flat (no ``tiers``: tiers count a line's period usage, which a payer above has none of).
+
+``[tax_profiles.<name>]`` (:mod:`chf.core.tax`)
+    ``prices`` = ``net`` | ``gross`` (catalogue prices exclude or include the tax), ``rate`` (a percentage
+    string, ``"19%"``, ``"7.7%"``: 0..100, at most 4 decimals), ``description``, and ``[[tax_profiles.<name>.rates]]``
+    with ``rate`` and optionally ``zones`` (the jurisdiction: zones where the service is used; fees count as
+    the home zone) and ``rating_groups`` (the services; fees have none): the first entry that matches applies,
+    else ``rate``.
+
 ``[addons.<name>]`` (chf.core.addons)
     A priced add-on (bolt-on), bought for a line through the API or the CLI: ``price`` (micro-units, >= 0) in
     ``currency`` (default the ``[settings]`` one); the bucket: ``unit``, ``amount`` (> 0), ``rating_groups``
@@ -134,9 +148,12 @@ from chf.core.catalogue import (
     GrantPolicy,
     Plan,
     PoolTier,
+    PriceList,
     Promotion,
     Settings,
     Tariff,
+    TaxProfile,
+    TaxRule,
     Tier,
     ZoneRule,
 )
@@ -1045,7 +1062,82 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
     return out
 
 
-_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons")
+_PRICE_LIST_KEYS = ("currency", "description", "device_fee", "rating")
+_TAX_PROFILE_KEYS = ("prices", "rate", "rates", "description")
+_TAX_RULE_KEYS = ("zones", "rating_groups", "rate")
+_RATE_RE = re.compile(r"^(0|[1-9][0-9]{0,2})(\.[0-9]{1,4})?%$")
+
+
+def _load_price_list(
+    errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None], settings: Settings
+) -> PriceList | None:
+    """``[price_lists.<name>]``: a tenant's prices for the account below it (chf.core.wholesale)."""
+    t = _Table(errs, f"price list {name!r}", "", raw, _PRICE_LIST_KEYS)
+    if not t.ok:
+        return None
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    description = t.get_str("description", "")
+    device_fee = t.get_int("device_fee", 0, minimum=0)
+    rating = _load_rating(t, tariffs)
+    for key, tariff in [*((str(rg), tr) for rg, tr in rating.by_rg.items()), ("default", rating.default)]:
+        if tariff is not None and tariff.tiers:
+            # Tiers count a line's usage in its plan period; a price list charges the account above, which has none.
+            t.err("", f"tariff {tariff.name!r} has tiers; a price list's tariffs are flat", f"rating.{key}")
+    return PriceList(name, currency, MappingProxyType(rating.by_rg), rating.default, device_fee, description)
+
+
+def _parse_rate(t: _Table, key: str) -> int:
+    """A tax rate "19%" / "7.7%" (at most 100 %, 4 decimals) as parts per million of the net amount."""
+    v = t.get_str(key)
+    m = _RATE_RE.match(v) if v else None
+    if m is None or int(m.group(1)) > 100 or (int(m.group(1)) == 100 and (m.group(2) or ".0").strip(".0")):
+        if v:
+            t.err(key, f'must be a percentage such as "19%" or "7.7%" (0..100, at most 4 decimals), got {v!r}')
+        return 0
+    return int(m.group(1)) * 10_000 + int((m.group(2) or ".")[1:].ljust(4, "0"))
+
+
+def _load_tax_profile(errs: _Errors, name: str, raw: Any, known_zones: frozenset[str]) -> TaxProfile | None:
+    """``[tax_profiles.<name>]``: rates by jurisdiction (zone) and service (rating group), prices net or gross."""
+    owner = f"tax profile {name!r}"
+    t = _Table(errs, owner, "", raw, _TAX_PROFILE_KEYS)
+    if not t.ok:
+        return None
+    prices = t.get_str("prices", choices=("net", "gross"))
+    rate = _parse_rate(t, "rate")
+    rules = []
+    for i, rule_raw in enumerate(t.array_of_tables("rates")):
+        rt = _Table(errs, owner, f"rates[{i}].", rule_raw, _TAX_RULE_KEYS)
+        zones_raw = rt.get_list("zones")
+        zones = None
+        if zones_raw is not None:
+            zones = frozenset(z for z in zones_raw if isinstance(z, str))
+            unknown = [z for z in zones_raw if z not in known_zones]
+            if unknown or not zones_raw:
+                rt.err("zones", f"must list known zones (unknown: {unknown})" if unknown else "must not be empty")
+        rules.append(TaxRule(zones, rt.rating_groups("rating_groups"), _parse_rate(rt, "rate")))
+    return TaxProfile(name, prices, rate, tuple(rules), t.get_str("description", ""))
+
+
+def _load_commerce(
+    errs: _Errors, doc: dict[str, Any], tariffs: Mapping[str, Tariff | None], settings: Settings, known: frozenset[str]
+) -> tuple[Mapping[str, PriceList], Mapping[str, TaxProfile]]:
+    """``[price_lists]`` and ``[tax_profiles]`` (the valid ones: the invalid are reported in `errs`)."""
+    price_lists: dict[str, PriceList | None] = _named_tables(
+        errs, "price list", doc.get("price_lists"), lambda n, r: _load_price_list(errs, n, r, tariffs, settings)
+    )
+    tax_profiles: dict[str, TaxProfile | None] = _named_tables(
+        errs, "tax profile", doc.get("tax_profiles"), lambda n, r: _load_tax_profile(errs, n, r, known)
+    )
+    return (
+        MappingProxyType({k: v for k, v in price_lists.items() if v is not None}),
+        MappingProxyType({k: v for k, v in tax_profiles.items() if v is not None}),
+    )
+
+
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons", "price_lists", "tax_profiles")
 
 
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
@@ -1079,6 +1171,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         errs.add("plans", "no plans defined")
     _check_pool_families(errs, plans)
     addons = _load_addons(errs, doc.get("addons"), plans, settings)
+    price_lists, tax_profiles = _load_commerce(errs, doc, tariffs, settings, known)
 
     effective = _load_effective(errs, doc.get("settings"), settings.timezone)
     if errs.items:
@@ -1097,6 +1190,8 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         effective=effective,
         version=digest[:VERSION_DIGITS],
         addons=addons,
+        price_lists=price_lists,
+        tax_profiles=tax_profiles,
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )
@@ -1118,14 +1213,21 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
 
 
 def check_replacement(running: Catalogue, new: Catalogue) -> None:
-    """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
-    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
-    reused numbers")."""
+    """Refuse a catalogue that would replace `running` (a reload) if a plan or a price list of both changes
+    currency: the lines and accounts on it hold money in the old one, and their prices would be relabelled
+    (README, "Currencies and reused numbers")."""
     errors = [
         f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
         "its currency (give a plan in another currency another name)"
         for name, plan in running.plans.items()
         if name in new.plans and new.plans[name].currency != plan.currency
+    ]
+    errors += [  # the accounts paying by a price list hold money in its currency, as a plan's do
+        f"{new.source}: price list {name!r}: currency: was {price_list.currency}, now "
+        f"{new.price_lists[name].currency}; a price list keeps its currency (give one in another currency another "
+        "name)"
+        for name, price_list in running.price_lists.items()
+        if name in new.price_lists and new.price_lists[name].currency != price_list.currency
     ]
     if errors:
         raise CatalogueError(errors)

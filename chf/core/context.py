@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chf.core.catalogue import Catalogue
+from chf.core.catalogue import Catalogue, TaxProfile
 from store.interface import Txn
 from store.schema import SRC_ACCOUNT, SRC_LINE, Account, BalanceSet, Bucket, Subscriber
 
@@ -60,7 +60,9 @@ class Context:
         "line_bs_dirty",
         "now",
         "sub",
+        "tax",
         "txn",
+        "upline",
         "versions",
     )
 
@@ -76,6 +78,10 @@ class Context:
         self.acct_bs: BalanceSet | None = None
         self.acct_bs_dirty = False
         self.events: list[dict[str, Any]] = []
+        # Accounts above this one charged in this operation (chf.core.wholesale), by id; None: none read.
+        self.upline: dict[str, Account] | None = None
+        # The account's tax profile (chf.core.tax), set by the engine when the catalogue has any; None: untaxed.
+        self.tax: TaxProfile | None = None
         # Every version of the catalogue (chf.core.versions), when the engine made this context: a period that
         # started before `now` is priced by the version in force when it started. None: `catalogue` alone.
         self.versions: Any = None
@@ -96,6 +102,10 @@ class Context:
             txn.put_line_balances(self.sub.id, self.line_bs)
         if self.acct_bs_dirty and self.acct_bs is not None:
             txn.put_account_balances(self.account.id, self.acct_bs)
+        if self.upline:
+            for account in self.upline.values():
+                txn.put_account(account)
+            self.upline = None
         for event in self.events:
             txn.append_event(event)
         self.events.clear()

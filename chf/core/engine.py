@@ -53,7 +53,9 @@ from chf.core.model import (
 )
 from chf.core.pools import top_off
 from chf.core.renewals import bring_up_to_date
+from chf.core.tax import annotate, gross_up, net_budget, profile_of
 from chf.core.versions import CatalogueVersions
+from chf.core.wholesale import rate_levels
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
 
@@ -260,6 +262,8 @@ class Engine:
             raise RequestError("account", f"line {sub.id} belongs to unknown account {sub.account!r}")
         ctx = Context(txn, self.catalogue_at(now), now, sub, account)
         ctx.versions = self._versions
+        if ctx.catalogue.tax_profiles:
+            ctx.tax = profile_of(ctx.catalogue, txn, account)
         ctx.line_bs = txn.get_line_balances(sub.id) or BalanceSet()
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
@@ -274,6 +278,8 @@ class Engine:
         pseudo = Subscriber(0, account.tenant, account.id, "", None, None, None, ACTIVE, 0, account.plan, 0)
         ctx = Context(txn, self.catalogue_at(now), now, pseudo, account)
         ctx.versions = self._versions
+        if ctx.catalogue.tax_profiles:
+            ctx.tax = profile_of(ctx.catalogue, txn, account)
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
             bring_up_to_date(ctx)
@@ -497,6 +503,9 @@ class Engine:
         event["charge"] = charge
         unit_answer.charged += charge
         ctx.events.append(event)
+        if ctx.account.parent is not None:
+            # B2B2B: the same units, once per level above, by the version that priced them (chf.core.wholesale).
+            rate_levels(ctx, event, units, self._by_version.get(event["catalogue"], ctx.catalogue))
 
     def _usage_event(
         self, ctx: Context, session: Session, unit_req: UnitRequest, units: dict[str, int], unit: str, used: int
@@ -563,6 +572,8 @@ class Engine:
         # price: revenue is never dropped.
         price_zone = ctx.catalogue.settings.home_zone if tariff.is_denied(zone) else zone
         charge = tariff.charge(units, price_zone, local, usage)
+        if ctx.tax is not None:
+            charge = annotate(event, ctx.tax, charge, zone, rg)  # the gross: net + tax (chf.core.tax)
         if charge:
             ctx.account.balance -= charge
             ctx.account_dirty = True
@@ -676,9 +687,14 @@ class Engine:
             # Beyond the allowances the wallet pays at the tariff price (postpaid: down to its credit limit).
             local = catalogue.local_time(ctx.now)
             usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
-            units = min(want - covered, tariff.affordable(max(funds(ctx.account), 0), zone, local, usage))
+            budget = max(funds(ctx.account), 0)
+            if ctx.tax is not None:
+                budget = net_budget(ctx.tax, budget, zone, rg)  # net prices: the tax is reserved too
+            units = min(want - covered, tariff.affordable(budget, zone, local, usage))
             if units:
                 money = tariff.charge(units, zone, local, usage)
+                if ctx.tax is not None:
+                    money = gross_up(ctx.tax, money, zone, rg)
                 granted += units
                 if money:
                     ctx.account.reserved += money

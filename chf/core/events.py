@@ -48,6 +48,8 @@ from chf.core.model import (
     UnitRequest,
     all_failed,
 )
+from chf.core.tax import annotate, annotate_gross, gross_up
+from chf.core.wholesale import rate_levels
 from store.interface import Txn
 from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
@@ -78,7 +80,8 @@ class Priced:
     usage: int  # the line's usage of the rating group in the period, before this event
     buckets: list[tuple[Bucket, int, str]]  # the buckets that may pay, in consumption order
     from_buckets: int  # the units they pay (debits and balance check only)
-    cost: int  # money for the rest, at the tariff price
+    cost: int  # money for the rest, at the tariff price (with the tax, when prices are net: chf.core.tax)
+    price: int  # the tariff price of the rest, before tax
 
 
 @dataclass(slots=True)
@@ -198,8 +201,9 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
         for b, _src, _owner in buckets:
             held += b.available()
         taken = min(units, held)
-    cost = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
-    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost)
+    price = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
+    cost = gross_up(ctx.tax, price, zone, rg) if ctx.tax is not None else price
+    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost, price)
 
 
 # -- the actions: each acts on one rating group and returns whether it wrote anything --------------------------------
@@ -271,6 +275,8 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         event["impacts"].append(bucket_impact(owner, bucket, -take))
         portions.append([src, bucket.id, take])
         left -= take
+    if ctx.tax is not None:
+        annotate(event, ctx.tax, p.price, p.zone, p.rating_group)
     if p.cost:
         ctx.account.balance -= p.cost
         ctx.account_dirty = True
@@ -279,6 +285,8 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         ctx.line_bs.usage[p.rating_group] = p.usage + p.units
         ctx.line_bs_dirty = True
     ctx.events.append(event)
+    if ctx.account.parent is not None:
+        rate_levels(ctx, event, {p.tariff.unit: p.units}, ctx.catalogue, one_shot=True)  # B2B2B (chf.core.wholesale)
     ua.granted = p.units
     ua.charged = p.cost
     job.cost += p.cost
@@ -365,6 +373,8 @@ def _reverse(job: Job, debit: Debit, want: int) -> int:
         bs.usage[rg] = max(0, bs.usage[rg] - done)  # the units no longer count towards this period's tiers
         ctx.line_bs_dirty = True
     event.update(session=req.session, rating_group=rg, unit=debit.unit, used=-done, charge=-money, reverses=debit.event)
+    if ctx.tax is not None:
+        annotate_gross(event, ctx.tax, -money, ctx.catalogue.zone_of(req.serving_network), rg)
     ctx.events.append(event)
     if debit.left() > 0:
         ctx.txn.put_debit(debit)

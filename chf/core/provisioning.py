@@ -13,6 +13,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from chf.core import wholesale
 from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
@@ -24,6 +25,7 @@ from chf.core.renewals import (
     retry_pending_renewal,
     start_line_plan,
 )
+from chf.core.tax import check_tax_profile
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -105,13 +107,29 @@ def idempotent(txn: Txn, key: str | None, now: int, window: int, fn: Callable[[]
 # ------------------------------------------------------------------------------------------------------------------
 # Tenants and accounts
 # ------------------------------------------------------------------------------------------------------------------
-def create_tenant(txn: Txn, tenant_id: str, name: str, currency: str, now: int) -> OpResult:
+def create_tenant(
+    txn: Txn,
+    tenant_id: str,
+    name: str,
+    currency: str,
+    now: int,
+    *,
+    parent: str | None = None,
+    tax_profile: str | None = None,
+    catalogue: Catalogue | None = None,
+) -> OpResult:
     check_id("tenant", tenant_id)
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
     if txn.get_tenant(tenant_id) is not None:
         raise Conflict("tenant", f"tenant {tenant_id!r} already exists")
-    tenant = Tenant(tenant_id, name or tenant_id, currency, now)
+    if parent is not None:
+        if txn.get_tenant(check_id("parent", parent)) is None:
+            raise NotFound("parent", f"no tenant {parent!r}")
+        wholesale.check_tenant_parent(txn, tenant_id, parent)
+    if tax_profile is not None:
+        check_tax_profile(catalogue, tax_profile)
+    tenant = Tenant(tenant_id, name or tenant_id, currency, now, parent, tax_profile)
     txn.put_tenant(tenant)
     return OpResult(tenant.as_dict())
 
@@ -131,6 +149,8 @@ def create_account(
     parent: str | None = None,
     plan: str | None = None,
     actor: str = "admin",
+    price_list: str | None = None,
+    tax_profile: str | None = None,
 ) -> OpResult:
     check_id("account", account_id)
     tenant_rec = txn.get_tenant(check_id("tenant", tenant))
@@ -142,11 +162,20 @@ def create_account(
     if not _CURRENCY_RE.match(currency):
         raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
     _check_account_terms(payment, balance, credit_limit, cycle_day)
-    if parent is not None and txn.get_account(check_id("parent", parent)) is None:
-        raise NotFound("parent", f"no account {parent!r}")
+    if parent is not None:
+        parent_rec = txn.get_account(check_id("parent", parent))
+        if parent_rec is None:
+            raise NotFound("parent", f"no account {parent!r}")
+        wholesale.check_account_parent(txn, tenant_rec, parent_rec)
+    if price_list is not None:
+        wholesale.check_price_list(engine.catalogue, price_list, currency)
+    if tax_profile is not None:
+        check_tax_profile(engine.catalogue, tax_profile)
     if txn.get_account(account_id) is not None:
         raise Conflict("account", f"account {account_id!r} already exists")
     account = Account(account_id, tenant, payment, currency, 0, 0, credit_limit, cycle_day, parent, None, now, 0)
+    account.price_list = price_list
+    account.tax_profile = tax_profile
     plan_rec = _plan(engine, plan, now, account) if plan is not None else None
     txn.put_account(account)
     if balance or plan_rec is not None:
@@ -246,6 +275,12 @@ def topup(
                     continue
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue_at(now), now, sub, account)
+                line_ctx.tax = ctx.tax
+                # The accounts above (a device fee of the period started) are the same objects for every line,
+                # written once by `ctx` (chf.core.wholesale).
+                if ctx.upline is None:
+                    ctx.upline = {}
+                line_ctx.upline = ctx.upline
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
@@ -638,9 +673,12 @@ def _trace_template(
         sub = _new_subscriber(line_id, account, imsi, msisdn, iccid, eid, state, plan_name, actx.now, actor)
         sub_before = sub.encode()
         ctx = Context(txn, actx.catalogue, actx.now, sub, account)
+        ctx.tax = actx.tax
         ctx.line_bs = BalanceSet()
         ctx.acct_bs = acct_bs
         _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
+        if ctx.upline:
+            return None  # the line charges the accounts above its own (a device fee): the engine does it per line
         if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
             return None  # the line changes a shared balance set: the engine does it per line
         if sub.encode() != sub_before:
@@ -783,6 +821,7 @@ def add_lines(
             ctx = Context(txn, catalogue, now, sub, acct)
         else:
             ctx = Context(txn, catalogue, now, sub, acct)
+            ctx.tax = actx.tax
             ctx.line_bs = BalanceSet()
             _write_new_line(engine, ctx, plan_rec, actor)
         ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it

@@ -32,6 +32,8 @@ from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
 from chf.core.pools import active_lines, bill_adaptive, derived_size, period_allowance
+from chf.core.tax import annotate, gross_up
+from chf.core.wholesale import charge_device_fees
 from store.schema import ACTIVE, SUSPENDED, TERMINATED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
@@ -254,24 +256,21 @@ def _start_period(
     account = ctx.account
     if fee and plan.prorate:
         fee = prorate(fee, plan.period, at, bs.period_end, account.cycle_day, ctx.catalogue.settings.timezone)
-    if fee:
-        if account.payment == "prepaid" and account.available() < fee:
-            bs.renewal_pending = True
-            event["kind"] = "renewal_failed"
-            event["reason"] = "insufficient balance for the plan fee"
-            event["charge"] = 0
-            ctx.events.append(event)
-            return
-        account.balance -= fee
-        ctx.account_dirty = True
-        event["charge"] = fee
-        event["impacts"].append(ctx.wallet_impact(-fee))
+    if fee and not _pay_fee(ctx, event, fee):
+        bs.renewal_pending = True
+        event["kind"] = "renewal_failed"
+        event["reason"] = "insufficient balance for the plan fee"
+        event["charge"] = 0
+        ctx.events.append(event)
+        return
     bs.renewal_pending = not grants
     if not grants:
         event["state"] = state
         event["held"] = "allowances held back until the line is active"
         ctx.events.append(event)
         return
+    if not is_account:
+        charge_device_fees(ctx, at)  # B2B2B: the accounts above pay for the line too (chf.core.wholesale)
     valid_to = bs.period_end
     allowances = [a for a in plan.allowances if a.shared == is_account]
     if is_account and plan.pool is not None:
@@ -285,6 +284,23 @@ def _start_period(
         bs.buckets.append(b)
         event["impacts"].append(bucket_impact(owner, b, a.amount))
     ctx.events.append(event)
+
+
+def _pay_fee(ctx: Context, event: dict[str, Any], fee: int) -> bool:
+    """Debit a period's fee (with its tax when the account's prices are net: chf.core.tax); False, and nothing
+    debited, when a prepaid wallet cannot pay it."""
+    account = ctx.account
+    home = ctx.catalogue.settings.home_zone
+    gross = gross_up(ctx.tax, fee, home, None) if ctx.tax is not None else fee
+    if account.payment == "prepaid" and account.available() < gross:
+        return False
+    if ctx.tax is not None:
+        annotate(event, ctx.tax, fee, home, None)
+    account.balance -= gross
+    ctx.account_dirty = True
+    event["charge"] = gross
+    event["impacts"].append(ctx.wallet_impact(-gross))
+    return True
 
 
 def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, reason: str | None) -> None:
