@@ -17,6 +17,7 @@ cdef class Subscriber:
 
 cdef class Bucket:
     cdef public object id, name, kind, unit, rating_groups, priority, initial, remaining, reserved, valid_from, valid_to
+    cdef public object zones, fair_use_left
 
 cdef class BalanceSet:
     cdef public object plan, period_start, period_end, period_index, buckets, usage, next_bucket_id, renewal_pending

@@ -137,7 +137,7 @@ class Layout:
     `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
     store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
 
-    __slots__ = ("cls", "fields", "kind", "nested", "shown", "versioned", "views")
+    __slots__ = ("cls", "fields", "kind", "nested", "optional", "shown", "versioned", "views")
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class Layout:
         shown: tuple[str, ...] | None = None,
         views: dict[str, Callable[[Any], Any]] | None = None,
         versioned: bool = True,
+        optional: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind  # in messages: "balance set record has schema version ..."
         self.fields = fields
@@ -155,6 +156,11 @@ class Layout:
         self.shown = shown if shown is not None else fields
         self.views = views or {}
         self.versioned = versioned
+        # Trailing fields (the last of `fields`, default None) stored only when one of them is set: a record that
+        # uses none of them keeps the bytes it had before they were added, and an older record reads as unset.
+        if fields[len(fields) - len(optional) :] != optional:
+            raise ValueError(f"{kind}: optional fields {optional} must be the last fields")
+        self.optional = optional
         self.cls: Any = None  # the record class, once it is defined (end of this module)
 
     def position(self, name: str) -> int:
@@ -242,6 +248,8 @@ BUCKET = Layout(
         "reserved",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     shown=(
         "id",
@@ -256,9 +264,12 @@ BUCKET = Layout(
         "available",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     views={"available": lambda bucket: bucket.available()},
     versioned=False,
+    optional=("zones", "fair_use_left"),
 )
 BALANCE_SET = Layout(
     "balance set",
@@ -529,6 +540,8 @@ class Bucket:
         reserved: int,
         valid_from: int,
         valid_to: int,
+        zones: list[str] | None = None,
+        fair_use_left: int | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -541,6 +554,11 @@ class Bucket:
         self.reserved = reserved
         self.valid_from = valid_from
         self.valid_to = valid_to
+        # The zones (catalogue zone names) whose usage this bucket pays; None: every zone (chf/core/zones.py).
+        self.zones = zones
+        # Fair use: units of it that usage outside the home zone may still take or hold this period; None: no
+        # limit. Held at a grant, given back for what the grant did not use (chf/core/zones.py).
+        self.fair_use_left = fair_use_left
 
     def available(self) -> int:
         return self.remaining - self.reserved
@@ -556,7 +574,7 @@ class Bucket:
 
     # <generated from BUCKET>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.id,
             self.name,
             self.kind,
@@ -569,6 +587,10 @@ class Bucket:
             self.valid_from,
             self.valid_to,
         ]
+        if self.zones is not None or self.fair_use_left is not None:
+            r.append(self.zones)
+            r.append(self.fair_use_left)
+        return r
 
     # </generated>
 

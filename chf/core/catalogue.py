@@ -243,6 +243,10 @@ class Allowance:
     priority: int
     shared: bool
     rollover: bool
+    # The zones whose usage the allowance pays (chf.core.zones); None: every zone.
+    zones: frozenset[str] | None = None
+    # Fair use: the most of each period's amount that usage outside the home zone may take; None: no limit.
+    fair_use: int | None = None
 
     def covers(self, rating_group: int) -> bool:
         """True if the allowance's rating-group list admits ``rating_group`` (None = any).
@@ -290,6 +294,9 @@ class Plan:
     # A period that starts between two renewal dates (activation, plan change, a held or unpaid period started
     # later) is charged for the local days left of it, rounded down to the micro-unit (chf.core.periods.prorate).
     prorate: bool = False
+    # Usage outside the home zone beyond the allowances valid there: None = as `overage` says; "deny" = refused
+    # (chf.core.zones.overage_in).
+    roaming_overage: str | None = None
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
     _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)

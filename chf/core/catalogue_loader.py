@@ -56,7 +56,8 @@ File format
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
     and/or ``restriction_rules`` (at least one required iff overage = restrict); ``roaming`` (default true;
-    false = only the home zone may be used); ``description``.
+    false = only the home zone may be used); ``roaming_overage`` = charge | deny (absent: as ``overage``):
+    what happens outside the home zone once the allowances valid there are used up; ``description``.
 
     ``[plans.<name>.rating]``: ``"<rg>" = "<tariff>"`` and optionally ``default = "<tariff>"`` for any other
     rating group. At least one entry is required. A rating group with no tariff is denied.
@@ -64,8 +65,12 @@ File format
     ``[[plans.<name>.allowances]]``: ``name`` (unique in the plan), ``unit``, ``amount`` (> 0),
     ``rating_groups`` (absent = every rating group whose tariff has this unit), ``priority`` (lower is
     consumed first, default 100), ``shared`` (account-level bucket for all lines), ``rollover`` (unused
-    remaining carried into the next period). A ``money`` allowance pays charges of any rating group it
-    covers.
+    remaining carried into the next period), ``zones`` (the zones whose usage it pays, e.g. ``["home", "eu"]``;
+    absent = every zone; names from ``[zones]``, ``home_zone`` or ``default_zone``), ``fair_use`` (units: the
+    most of each period's amount that usage outside the home zone may take, e.g. EU roam-like-at-home; a
+    rollover of it pays at home only). A ``money`` allowance pays charges of any rating group it covers.
+    Roaming usage draws only on allowances valid in its zone (chf/core/zones.py); beyond them the wallet pays at
+    the tariff's zone price, or, with the plan's ``roaming_overage = "deny"``, it is refused.
 
     ``[[plans.<name>.promotions]]``: ``kind = "intro_price"`` with ``fee`` and ``periods`` (fee replaced for
     the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
@@ -119,6 +124,7 @@ from chf.core.catalogue import (
     ZoneRule,
 )
 from chf.core.periods import period_error
+from chf.core.zones import ROAMING_OVERAGES, check_plan_zones
 
 __all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
 
@@ -508,7 +514,7 @@ def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozense
     return zone_rules
 
 
-_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
+_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover", "zones", "fair_use")
 _PLAN_KEYS = (
     "payment",
     "currency",
@@ -530,6 +536,7 @@ _PLAN_KEYS = (
     "pool_rating_groups",
     "suspended_fee",
     "prorate",
+    "roaming_overage",
 )
 
 
@@ -542,7 +549,19 @@ def _allowance(t: _Table) -> Allowance:
         priority=t.get_int("priority", 100),
         shared=t.get_bool("shared", False),
         rollover=t.get_bool("rollover", False),
+        zones=_zone_names(t, "zones"),  # checked against the catalogue's zones by chf.core.zones.check_plan_zones
+        fair_use=t.get_int("fair_use", minimum=1) if t.has("fair_use") else None,
     )
+
+
+def _zone_names(t: _Table, key: str) -> frozenset[str] | None:
+    v = t.get_list(key)
+    if v is None:
+        return None
+    if not v or not all(isinstance(z, str) and z for z in v):
+        t.err(key, f"must be a non-empty array of zone names, got {v!r}")
+        return None
+    return frozenset(v)
 
 
 def _load_plan(
@@ -572,6 +591,7 @@ def _load_plan(
     pool = _load_pool(t, rating)
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
+    roaming_overage = t.get_str("roaming_overage", None, choices=ROAMING_OVERAGES) if t.has("roaming_overage") else None
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
@@ -596,6 +616,7 @@ def _load_plan(
         default_tariff=rating.default,
         suspended_fee=suspended_fee,
         prorate=prorate,
+        roaming_overage=roaming_overage,
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
@@ -883,6 +904,10 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
+    for name, plan in plans.items():
+        if plan is not None:
+            for where, msg in check_plan_zones(plan, known, settings.home_zone):
+                errs.add(_fmt_where(f"plan {name!r}", where), msg)
 
     if errs.items:
         raise CatalogueError(errs.items)

@@ -16,4 +16,4 @@ cdef class Context:
     cpdef mark(self, src)
 
     @cython.locals(b=Bucket)
-    cpdef usable_buckets(self, unit, rg)
+    cpdef usable_buckets(self, unit, rg, zone=*)

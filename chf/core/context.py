@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from chf.core.catalogue import Catalogue
+from chf.core.zones import admits
 from store.interface import Txn
 from store.schema import SRC_ACCOUNT, SRC_LINE, Account, BalanceSet, Bucket, Subscriber
 
@@ -133,20 +134,22 @@ class Context:
         else:
             self.account_dirty = True
 
-    def usable_buckets(self, unit: str, rg: int) -> list[tuple[Bucket, int, str]]:
-        """The buckets, the line's and the account's, that can pay `unit`s of rating group `rg` now and have
-        units left, in consumption order (priority, then the soonest to expire): (bucket, source, owner)."""
+    def usable_buckets(self, unit: str, rg: int, zone: str | None = None) -> list[tuple[Bucket, int, str]]:
+        """The buckets, the line's and the account's, that can pay `unit`s of rating group `rg` used in `zone` now
+        and have units left, in consumption order (priority, then the soonest to expire): (bucket, source, owner).
+        A bucket that names its zones pays only there (chf/core/zones.py); `zone` None: any bucket. What a bucket
+        may give to usage in `zone` is `chf.core.zones.room`."""
         now = self.now
         found: list[tuple[int, int, Bucket, int, str]] = []
         if self.line_bs is not None:
             owner = line_owner(self.sub.id)
             for b in self.line_bs.buckets:
-                if b.usable(unit, rg, now) and b.available() > 0:
+                if b.usable(unit, rg, now) and b.available() > 0 and (b.zones is None or admits(b, zone)):
                     found.append((b.priority, b.valid_to, b, SRC_LINE, owner))
         if self.acct_bs is not None:
             owner = account_owner(self.account.id)
             for b in self.acct_bs.buckets:
-                if b.usable(unit, rg, now) and b.available() > 0:
+                if b.usable(unit, rg, now) and b.available() > 0 and (b.zones is None or admits(b, zone)):
                     found.append((b.priority, b.valid_to, b, SRC_ACCOUNT, owner))
         if len(found) > 1:
             found.sort(key=_priority_order)

@@ -35,7 +35,7 @@ cdef class Engine:
     cpdef _settle_reservation(self, Context ctx, Reservation reservation, left, impacts)
 
     @cython.locals(bucket=Bucket)
-    cpdef _take_unreserved(self, Context ctx, unit, rg, left, over, impacts)
+    cpdef _take_unreserved(self, Context ctx, unit, rg, left, over, impacts, zone)
 
     cpdef _charge_wallet(self, Context ctx, tariff, rg, zone, units, event)
 
@@ -48,7 +48,7 @@ cdef class Engine:
     cpdef _grant(self, Context ctx, Session session, unit_req, unit_answer, plan, serving_network)
 
     @cython.locals(bucket=Bucket)
-    cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions)
+    cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions, zone)
 
     @cython.locals(account=Account, ctx=Context)
     cpdef context(self, txn, Subscriber sub, now, account_id=*)

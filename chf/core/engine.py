@@ -51,6 +51,7 @@ from chf.core.model import (
     all_failed,
 )
 from chf.core.renewals import bring_up_to_date
+from chf.core.zones import give_back, hold, overage_in, room
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
 
@@ -434,7 +435,7 @@ class Engine:
             left = self._settle_reservation(ctx, reservation, left, impacts)
         over = max(0, used - granted) if reservation is not None else used
         if left > 0 and over > 0:
-            left = self._take_unreserved(ctx, unit, rg, left, over, impacts)
+            left = self._take_unreserved(ctx, unit, rg, left, over, impacts, zone)
         charge = 0
         if left > 0:
             charge = self._charge_wallet(ctx, tariff, rg, zone, left, event)
@@ -475,6 +476,8 @@ class Engine:
             take = min(left, amount)
             if bucket is not None:
                 bucket.reserved -= amount
+                if bucket.fair_use_left is not None and take < amount:
+                    give_back(bucket, reservation.zone, ctx.catalogue.settings.home_zone, amount - take)
                 if take:
                     bucket.remaining -= take
                     impacts.append(bucket_impact(owner, bucket, -take))
@@ -485,13 +488,18 @@ class Engine:
             ctx.account_dirty = True
         return left
 
-    def _take_unreserved(self, ctx: Context, unit: str, rg: int, left: int, over: int, impacts: list[Any]) -> int:
-        """Usage beyond the grant (`over` units of it): unreserved allowance pays first. Returns the units still to
-        pay."""
-        for bucket, src, owner in ctx.usable_buckets(unit, rg):
-            take = min(left, over, bucket.available())
+    def _take_unreserved(
+        self, ctx: Context, unit: str, rg: int, left: int, over: int, impacts: list[Any], zone: str
+    ) -> int:
+        """Usage beyond the grant (`over` units of it): unreserved allowance valid in `zone` pays first. Returns the
+        units still to pay."""
+        home = self._catalogue.settings.home_zone
+        for bucket, src, owner in ctx.usable_buckets(unit, rg, zone):
+            take = min(left, over, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:
                 continue
+            if bucket.fair_use_left is not None:
+                hold(bucket, zone, home, take)
             bucket.remaining -= take
             impacts.append(bucket_impact(owner, bucket, -take))
             ctx.mark(src)
@@ -541,6 +549,8 @@ class Engine:
             bucket, _ = ctx.bucket(src, bucket_id)
             if bucket is not None:
                 bucket.reserved -= amount
+                if bucket.fair_use_left is not None:
+                    give_back(bucket, reservation.zone, self._catalogue.settings.home_zone, amount)
                 ctx.mark(src)
         if reservation.money:
             ctx.account.reserved -= reservation.money
@@ -617,10 +627,11 @@ class Engine:
         if want > quantum:
             want = quantum
         portions: list[list[int]] = []
-        covered = self._reserve_buckets(ctx, unit, rg, want, portions)
+        covered = self._reserve_buckets(ctx, unit, rg, want, portions, zone)
         money = 0
         granted = covered
-        if covered < want and plan.overage == "charge":
+        overage = plan.overage if plan.roaming_overage is None else overage_in(plan, zone, catalogue.settings.home_zone)
+        if covered < want and overage == "charge":
             # Beyond the allowances the wallet pays at the tariff price (postpaid: down to its credit limit).
             local = catalogue.local_time(ctx.now)
             usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
@@ -635,10 +646,12 @@ class Engine:
         unit_answer.validity_time = policy.validity_time
         if policy.quota_holding_time:
             unit_answer.quota_holding_time = policy.quota_holding_time
+        # Outside the home zone the plan may refuse what the allowances valid there do not cover (chf/core/zones.py).
+        refused = overage == "deny" and overage != plan.overage
         if granted < want:
-            unit_answer.final = _final_unit(plan)
+            unit_answer.final = FinalUnit(FUA_TERMINATE) if refused else _final_unit(plan)
         if granted == 0:
-            unit_answer.result = CREDIT_LIMIT_REACHED
+            unit_answer.result = END_USER_SERVICE_DENIED if refused else CREDIT_LIMIT_REACHED
             unit_answer.granted = 0
             return
         unit_answer.granted = granted
@@ -647,14 +660,19 @@ class Engine:
             rg, unit, granted, portions, money, f"{tariff.name}@{self._version}", zone
         )
 
-    def _reserve_buckets(self, ctx: Context, unit: str, rg: int, want: int, portions: list[list[int]]) -> int:
-        """Reserve up to `want` units from the usable buckets in consumption order, recording each bucket's part
-        in `portions` ([source, bucket id, units]). Returns the units reserved."""
+    def _reserve_buckets(
+        self, ctx: Context, unit: str, rg: int, want: int, portions: list[list[int]], zone: str
+    ) -> int:
+        """Reserve up to `want` units from the buckets usable in `zone` in consumption order, recording each
+        bucket's part in `portions` ([source, bucket id, units]). Returns the units reserved."""
         covered = 0
-        for bucket, src, _owner in ctx.usable_buckets(unit, rg):
-            take = min(want - covered, bucket.available())
+        home = self._catalogue.settings.home_zone
+        for bucket, src, _owner in ctx.usable_buckets(unit, rg, zone):
+            take = min(want - covered, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:
                 continue
+            if bucket.fair_use_left is not None:
+                hold(bucket, zone, home, take)
             bucket.reserved += take
             ctx.mark(src)
             portions.append([src, bucket.id, take])

@@ -47,6 +47,7 @@ from chf.core.model import (
     UnitRequest,
     all_failed,
 )
+from chf.core.zones import hold, room
 from store.interface import Txn
 from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
@@ -78,6 +79,7 @@ class Priced:
     buckets: list[tuple[Bucket, int, str]]  # the buckets that may pay, in consumption order
     from_buckets: int  # the units they pay (debits and balance check only)
     cost: int  # money for the rest, at the tariff price
+    used_in: str = ""  # the zone of the serving network (`zone` prices; a barred zone is priced at home)
 
 
 @dataclass(slots=True)
@@ -179,6 +181,7 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
         return None
     post_event = job.req.action == POST_EVENT
     zone = catalogue.zone_of(job.req.serving_network)
+    used_in = zone  # allowances pay by where the event happened, whatever zone prices it (chf/core/zones.py)
     if catalogue.is_denied(plan, rg, zone):
         if not post_event:
             ua.result = END_USER_SERVICE_DENIED
@@ -190,14 +193,15 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
     ua.unit = tariff.unit
     usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
     taken = 0
-    buckets = ctx.usable_buckets(tariff.unit, rg)
+    buckets = ctx.usable_buckets(tariff.unit, rg, used_in)
     if from_buckets:
         held = 0
+        home = catalogue.settings.home_zone
         for b, _src, _owner in buckets:
-            held += b.available()
+            held += room(b, used_in, home)
         taken = min(units, held)
     cost = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
-    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost)
+    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost, used_in)
 
 
 # -- the actions: each acts on one rating group and returns whether it wrote anything --------------------------------
@@ -258,12 +262,14 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
     )
     portions: list[list[int]] = []
     left = p.from_buckets
+    home = ctx.catalogue.settings.home_zone
     for bucket, src, owner in p.buckets:
         if left == 0:
             break
-        take = min(left, bucket.available())
+        take = min(left, room(bucket, p.used_in, home))
         if take <= 0:
             continue
+        hold(bucket, p.used_in, home, take)
         bucket.remaining -= take
         ctx.mark(src)
         event["impacts"].append(bucket_impact(owner, bucket, -take))
