@@ -104,6 +104,30 @@ async def test_result_codes(tmp_path: Path) -> None:
         assert rc(cca) == 5002
 
 
+async def test_roaming_draws_only_on_allowances_of_its_zone(tmp_path: Path) -> None:
+    """3GPP-SGSN-MCC-MNC picks the zone (chf/core/zones.py): the home-and-EU bundle pays nothing in the US, the EU
+    takes at most its fair use of it, and a plan may refuse roaming beyond its allowances."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(plan="rlah"))
+        await srv.op(provision(account="a2", imsi="208010000000002", msisdn=None, plan="rlah-deny"))
+        client = await srv.client()
+        us = "pgw.test;z;1"
+        cca = await client.ccr(ccr(us, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr(us, 3, 1, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert rc(cca) == 2001
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000  # the world price, not the bundle
+        eu = "pgw.test;z;2"
+        cca = await client.ccr(ccr(eu, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="26201"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # the fair use
+        cca = await client.ccr(ccr(eu, 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # from the wallet now, at the (home) price
+        cca = await client.ccr(ccr(eu, 3, 2, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000 - 10_000
+        cca = await client.ccr(ccr("pgw.test;z;3", 1, 0, imsi="208010000000002", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert rc(cca) == 4010 and msccs(cca)[10]["rc"] == 4010
+
+
 @pytest.mark.parametrize(
     ("plan", "action"),
     [("capped", 0), ("redirect", 1), ("restrict", 2)],
