@@ -22,6 +22,9 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
+- zoned          (issue 15 item 5, chf/core/zones.py) usage takes units only from buckets that pay in its zone;
+                 what usage outside the home zone took of a fair-use bucket never exceeds its fair use, and the fair
+                 use a bucket has left is its limit less what roaming took and what open roaming grants hold.
 The stateful test checks more on the answers: identity (every answer names the request it answers),
 exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
 INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
@@ -109,12 +112,14 @@ class Ledger:
         self.admin: dict[tuple[str, str], int] = {}  # (kind, balance) -> sum of deltas of top-ups, adjustments, ...
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
         self.fees: int = 0
+        self.zones = Zones(catalogue)
 
     # -- following the spool ----------------------------------------------------------------------------------------
     def follow(self, txn: Txn) -> set[str]:
         """Judge the events appended since the last call; returns their kinds (with the reason of the refunds
         and renewals)."""
         currencies = {a.id: a.currency for a in txn.accounts()}
+        self.zones.learn(Stored(txn))
         kinds: set[str] = set()
         for ev in txn.events(self.seq):
             self._event(ev, currencies)
@@ -145,6 +150,7 @@ class Ledger:
             self.states.setdefault(ev["subscriber"], []).append((ev["time"], ev["seq"], ev["state"]))
         elif kind == "usage":
             self._debited(ev)
+            self.zones.usage(ev, where)
             used = ev.get("used", 0)
             verify("usage_bounded", abs(used) <= PLAUSIBLE, f"{where}: {used} {ev.get('unit')} committed")
         elif kind == "refund":
@@ -304,6 +310,7 @@ class Ledger:
             verify("justified", made == seen, f"{key[0]} of {key[1]}: the test made {made}, the spool holds {seen}")
         _reservations(txn, state)
         self._lines_and_pools(state)
+        self.zones.check_state(txn, state)
 
     def _lines_and_pools(self, state: Stored) -> None:
         catalogue = self.catalogue
@@ -396,3 +403,71 @@ def _reservations(txn: Txn, state: Stored) -> None:
             most = b.remaining if b.kind != "pool" else max(b.remaining, b.reserved)
             verify("reservations", 0 <= b.reserved <= most, f"{owner} bucket {b.id}: {b.reserved}/{b.remaining}")
             verify("reservations", b.reserved == held, f"{owner} bucket {b.id}: reserved {b.reserved}, sessions {held}")
+
+
+# ======================================================================================================================
+# Zones (issue 15 item 5): the "zoned" rule
+# ======================================================================================================================
+class Zones:
+    """What the "zoned" rule keeps: each bucket's zones and fair use as first seen stored, and what usage outside the
+    home zone took of each fair-use bucket."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.home = catalogue.settings.home_zone
+        self.seen: dict[str, tuple[list[str] | None, int | None]] = {}  # bucket balance -> (zones, fair-use limit)
+        self.roamed: dict[str, int] = {}  # bucket balance -> units roaming usage took of it
+        # The fair use a bucket starts with: its allowance's (the fixtures give it by name), none on a rollover.
+        self.limits: dict[str, int] = {}
+        for plan in catalogue.plans.values():
+            allowances = [*plan.allowances, *(p.allowance for p in plan.bonus_allowances() if p.allowance)]
+            for a in allowances:
+                if a.fair_use is not None:
+                    self.limits[a.name] = max(self.limits.get(a.name, 0), a.fair_use)
+
+    def learn(self, state: Stored) -> None:
+        """Note the zones of buckets not seen before (before the events that take from them are judged)."""
+        for owner, bs in state.owners():
+            for b in bs.buckets if bs is not None else ():
+                name = f"{owner}:bucket:{b.id}"
+                if name not in self.seen:
+                    limit = None
+                    if b.fair_use_left is not None:
+                        limit = 0 if b.kind == "rollover" else self.limits.get(b.name, 0)
+                    self.seen[name] = (b.zones, limit)
+
+    def usage(self, ev: dict[str, Any], where: str) -> None:
+        zone = ev.get("zone")
+        for impact in ev["impacts"]:
+            name = impact["balance"]
+            if impact["delta"] >= 0 or ":bucket:" not in name or name not in self.seen:
+                continue
+            zones, limit = self.seen[name]
+            verify("zoned", zones is None or zone in zones, f"{where}: {name} pays in {zones}, used in {zone}")
+            if limit is not None and zone != self.home:
+                took = self.roamed.get(name, 0) - impact["delta"]
+                self.roamed[name] = took
+                verify("zoned", took <= limit, f"{where}: roaming took {took} of {name}, its fair use is {limit}")
+
+    def check_state(self, txn: Txn, state: Stored) -> None:
+        held: dict[str, int] = {}  # bucket balance -> units open grants outside the home zone hold of it
+        for session in txn.sessions():
+            for r in session.reservations.values() if not session.closed else ():
+                if r.zone == self.home:
+                    continue
+                for src, bucket_id, amount in r.portions:
+                    owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                    name = f"{owner}:bucket:{bucket_id}"
+                    held[name] = held.get(name, 0) + amount
+        for owner, bs in state.owners():
+            for b in bs.buckets if bs is not None else ():
+                name = f"{owner}:bucket:{b.id}"
+                limit = self.seen.get(name, (None, None))[1]
+                if b.fair_use_left is None or limit is None:
+                    continue
+                accounted = b.fair_use_left + held.get(name, 0) + self.roamed.get(name, 0)
+                verify(
+                    "zoned",
+                    b.fair_use_left >= 0 and accounted == limit,
+                    f"{name}: fair use left {b.fair_use_left}, held {held.get(name, 0)}, roamed "
+                    f"{self.roamed.get(name, 0)}: {accounted}, its limit {limit}",
+                )

@@ -85,9 +85,12 @@ LINES = [
     ("iot2", "iotflex", "provisioned"),
     ("usd", "payg", "active"),
     ("usd", "pre", "active"),
+    # Zones (issue 15 item 5): EU roam like at home with a fair use; roaming beyond it refused.
+    ("pre1", "rlah", "active"),
+    ("pre2", "rlah-deny", "active"),
 ]
 MAX_LINES = len(LINES) + 4
-LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir"]
+LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", "rlah", "rlah-deny"]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic"]
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
@@ -563,6 +566,32 @@ class ChargingSystem(RuleBasedStateMachine):
         else:
             verify(rule, again.result != SUCCESS, f"{request.session}#{request.number} applied again")
         return True
+
+    # -- zones (issue 15 item 5) --------------------------------------------------------------------------------------
+    @rule(
+        data=st.data(),
+        network=st.sampled_from(NETWORKS),
+        action=st.sampled_from([DIRECT_DEBITING, "PEC", PRICE_ENQUIRY]),
+        count=st.integers(1, 30),
+    )
+    def roaming_event(self, data: st.DataObject, network: str | None, action: str, count: int) -> None:
+        """A one-shot data event from a serving network (the session rules start sessions from any network too): it
+        draws only on allowances of its zone, within their fair use ("zoned")."""
+        index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        line = self.lines[index]
+        if line.imsi is None:
+            return
+        key = self.name("z")
+        amount = {"bytes": count * 100}
+        if action == "PEC":
+            req = nchf_event(key, line.imsi, action, 10, amount)
+            req.serving_network = network
+        else:
+            units = [UnitRequest(rating_group=10, requested=amount)]
+            req = gy_request(EVENT, key, 0, line.imsi, units, action=action, serving_network=network)
+        (answer,) = self.send([req], record=action != PRICE_ENQUIRY)
+        if isinstance(answer, ChargingAnswer) and answer.result == SUCCESS and action != PRICE_ENQUIRY:
+            self.debited.add((index, 10))
 
     # -- after every step -------------------------------------------------------------------------------------------
     @invariant()

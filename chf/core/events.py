@@ -257,7 +257,7 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         unit=p.tariff.unit,
         used=p.units,
         tariff=p.tariff.name,
-        zone=p.zone,
+        zone=p.used_in,  # where it happened, as for session usage (a barred zone is priced at home)
         charge=p.cost,
     )
     portions: list[list[int]] = []
