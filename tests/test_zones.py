@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import (
     CREDIT_LIMIT_REACHED,
     DIRECT_DEBITING,
@@ -27,6 +28,7 @@ from chf.core.model import (
 )
 from store.schema import BalanceSet, Bucket
 from tests.corekit import CATALOGUE_TOML, T0, World, check_invariants, event, initial, terminate, test_catalogue, update
+from tests.support import REPO
 
 HOME, EU, US = "20801", "26201", "310260"
 
@@ -227,3 +229,30 @@ def test_catalogue_checks_roaming_overage() -> None:
     catalogue = test_catalogue()
     assert catalogue.plans["rlah-deny"].roaming_overage == "deny"
     assert catalogue.plans["rlah"].roaming_overage is None
+
+
+def test_the_issue_case_on_the_demo_catalogue(tmp_path: Path) -> None:
+    """conf/catalogue.toml: 5 MB used roaming in the US on prepaid-s no longer come out of the home data bundle at 0
+    EUR: they cost 0.20 EUR per MB; at home and in the EU the bundle pays."""
+    catalogue = load_catalogue(REPO / "conf" / "catalogue.toml")
+    world = World(tmp_path / "store", catalogue=catalogue)
+    try:
+        world.tenant()
+        world.account("alice", balance=20_000_000)
+        line, imsi = world.line("alice", plan="prepaid-s")  # 4.99 EUR, the intro price
+        world.charge(initial("us", imsi, serving_network=US))
+        ans = world.charge(terminate("us", 1, imsi, used=5_000_000))
+        assert unit_of(ans).charged == 1_000_000
+        assert buckets(world, line)["data"].remaining == 5_000_000_000
+        for key, network in (("eu", EU), ("home", HOME)):
+            world.charge(initial(key, imsi, serving_network=network))
+            assert unit_of(world.charge(terminate(key, 1, imsi, used=5_000_000))).charged == 0
+        b = buckets(world, line)
+        # The welcome bonus (home only, used first) paid at home; the EU took its 5 MB of the data's fair use.
+        assert (b["data"].remaining, b["data"].fair_use_left) == (4_995_000_000, 1_995_000_000)
+        assert b["welcome-data"].remaining == 995_000_000
+        assert world.acct("alice").balance == 20_000_000 - 4_990_000 - 1_000_000
+        with world.store.read() as txn:
+            check_invariants(txn)
+    finally:
+        world.close()
