@@ -146,7 +146,8 @@ def test_the_plan_may_refuse_roaming_beyond_its_allowances(world: World) -> None
     line, imsi = roaming_line(world, plan="rlah-deny")
     ans = world.charge(initial("us", imsi, serving_network=US))
     assert (ans.result, unit_of(ans).result) == (END_USER_SERVICE_DENIED, END_USER_SERVICE_DENIED)
-    assert unit_of(ans).final is not None and unit_of(ans).final.action == FUA_TERMINATE
+    final = unit_of(ans).final
+    assert final is not None and final.action == FUA_TERMINATE
     ans = world.charge(initial("eu", imsi, serving_network=EU))
     assert unit_of(ans).granted == 1000  # the fair use
     ans = world.charge(update("eu", 1, imsi, used=1000))

@@ -875,6 +875,14 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
 _TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
 
 
+def _check_zones(errs: _Errors, plans: Mapping[str, Plan | None], known: frozenset[str], home: str) -> None:
+    """The zones plans' allowances name exist (chf.core.zones), once every zone is known."""
+    for name, plan in plans.items():
+        if plan is not None:
+            for where, msg in check_plan_zones(plan, known, home):
+                errs.add(_fmt_where(f"plan {name!r}", where), msg)
+
+
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     """Parse and validate catalogue TOML ``text``; ``source`` names the file in error messages."""
     errs = _Errors(source)
@@ -904,10 +912,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
-    for name, plan in plans.items():
-        if plan is not None:
-            for where, msg in check_plan_zones(plan, known, settings.home_zone):
-                errs.add(_fmt_where(f"plan {name!r}", where), msg)
+    _check_zones(errs, plans, known, settings.home_zone)
 
     if errs.items:
         raise CatalogueError(errs.items)
