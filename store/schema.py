@@ -278,9 +278,10 @@ BALANCE_SET = Layout(
 )
 RESERVATION = Layout(
     "reservation",
-    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone"),
-    shown=("rating_group", "unit", "granted", "money", "tariff", "zone"),
+    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone", "payer"),
+    shown=("rating_group", "unit", "granted", "money", "tariff", "zone", "payer"),
     versioned=False,
+    optional=("payer",),
 )
 SESSION = Layout(
     "session",
@@ -299,8 +300,11 @@ SESSION = Layout(
         "serving_network",
         "notify",
         "seen",
+        "apn",
+        "rat",
     ),
     nested={"reservations": Many(RESERVATION, key="rating_group")},
+    optional=("apn", "rat"),
     shown=(
         "key",
         "subscriber",
@@ -688,6 +692,7 @@ class Reservation:
         money: int,
         tariff: str | None,
         zone: str,
+        payer: str | None = None,
     ) -> None:
         self.rating_group = rating_group
         self.unit = unit
@@ -696,12 +701,15 @@ class Reservation:
         self.money = money
         self.tariff = tariff
         self.zone = zone
+        # The account that pays it when a split-billing rule routed it to another than the line's (chf/core/split.py):
+        # its buckets hold `portions` of source SRC_ACCOUNT and its wallet `money`. None: the line's account.
+        self.payer = payer
 
     as_dict = RESERVATION.viewer()
 
     # <generated from RESERVATION>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.rating_group,
             self.unit,
             self.granted,
@@ -710,6 +718,9 @@ class Reservation:
             self.tariff,
             self.zone,
         ]
+        if self.payer is not None:
+            r.append(self.payer)
+        return r
 
     # </generated>
 
@@ -739,6 +750,8 @@ class Session:
         serving_network: str | None,
         notify: Any = None,
         seen: int = 1,
+        apn: str | None = None,
+        rat: str | None = None,
     ) -> None:
         self.key = key
         self.subscriber = subscriber
@@ -756,30 +769,35 @@ class Session:
         # Request numbers already applied, as a bit mask below last_request (bit i: last_request - i), so that
         # requests arriving out of order are applied once each, even after their answers left `answers`.
         self.seen = seen
+        # The APN / DNN and RAT type the client reported (split billing routes by them, chf/core/split.py).
+        self.apn = apn
+        self.rat = rat
 
     as_dict = SESSION.viewer()
 
     # <generated from SESSION>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.key,
-                self.subscriber,
-                self.account,
-                self.protocol,
-                self.created,
-                self.updated,
-                self.expires,
-                self.last_request,
-                self.closed,
-                [x.pack() for x in self.reservations.values()],
-                self.answers,
-                self.serving_network,
-                self.notify,
-                self.seen,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.key,
+            self.subscriber,
+            self.account,
+            self.protocol,
+            self.created,
+            self.updated,
+            self.expires,
+            self.last_request,
+            self.closed,
+            [x.pack() for x in self.reservations.values()],
+            self.answers,
+            self.serving_network,
+            self.notify,
+            self.seen,
+        ]
+        if self.apn is not None or self.rat is not None:
+            r.append(self.apn)
+            r.append(self.rat)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Session:
@@ -800,6 +818,8 @@ class Session:
             r[12],
             r[13],
             r[14],
+            r[15] if len(r) > 15 else None,
+            r[16] if len(r) > 16 else None,
         )
 
     # </generated>

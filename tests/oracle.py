@@ -389,9 +389,10 @@ def _reservations(txn: Txn, state: Stored) -> None:
         for r in session.reservations.values():
             verify("reservations", r.granted > 0 and r.money >= 0, f"session {session.key}: {r.pack()}")
             verify("reservations", sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: {r.pack()}")
-            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            payer = r.payer or session.account  # split billing: the payer's wallet and buckets hold it
+            held_money[payer] = held_money.get(payer, 0) + r.money
             for src, bucket_id, amount in r.portions:
-                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(payer)
                 held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
     for account in state.accounts.values():
         held = held_money.get(account.id, 0)
@@ -455,7 +456,9 @@ class Zones:
                 if r.zone == self.home:
                     continue
                 for src, bucket_id, amount in r.portions:
-                    owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                    owner = (
+                        line_owner(session.subscriber) if src == SRC_LINE else account_owner(r.payer or session.account)
+                    )
                     name = f"{owner}:bucket:{bucket_id}"
                     held[name] = held.get(name, 0) + amount
         for owner, bs in state.owners():

@@ -207,7 +207,7 @@ def test_buckets_without_zones_are_stored_as_before() -> None:
         ('zones = ["home", "eu"]\n  fair_use = 1000', None),
         ('zones = ["home", "mars"]', "plan 'rlah': allowance 'data': zones: unknown zone 'mars'"),
         ('zones = ["home"]\n  fair_use = 1000', "allowance 'data': fair_use: limits usage outside the home zone"),
-        ("zones = []", "allowances[0].zones: must be a non-empty array of zone names"),
+        ("zones = []", "allowances[0].zones: must be a non-empty array of names"),
         ('zones = ["home", "eu"]\n  fair_use = 0', "allowances[0].fair_use: must be a positive integer"),
     ],
 )

@@ -33,6 +33,7 @@ __all__ = [
     "Plan",
     "Promotion",
     "Settings",
+    "SplitRule",
     "Tariff",
     "Tier",
     "ZoneRule",
@@ -266,6 +267,20 @@ class Promotion:
 
 
 @dataclass(frozen=True, slots=True)
+class SplitRule:
+    """Split billing (chf.core.split): usage that matches every condition the rule sets is paid by `payer`."""
+
+    payer: str  # "parent" (the line's account's parent account) | "account:<id>"
+    apns: frozenset[str] | None = None  # APN / DNN network identifiers, lower case; None: any
+    rating_groups: frozenset[int] | None = None
+    zones: frozenset[str] | None = None
+    networks: frozenset[str] | None = None  # serving networks (MCC-MNC)
+    rats: frozenset[str] | None = None  # RAT types as the front-ends name them, lower case
+    window: Band | None = None  # local days and hours (price unused)
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     payment: str
@@ -297,6 +312,8 @@ class Plan:
     # Usage outside the home zone beyond the allowances valid there: None = as `overage` says; "deny" = refused
     # (chf.core.zones.overage_in).
     roaming_overage: str | None = None
+    # Split billing: the first rule that matches a rating group's usage names who pays it (chf.core.split).
+    split: tuple[SplitRule, ...] = ()
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
     _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)

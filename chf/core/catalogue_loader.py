@@ -119,11 +119,13 @@ from chf.core.catalogue import (
     Plan,
     Promotion,
     Settings,
+    SplitRule,
     Tariff,
     Tier,
     ZoneRule,
 )
 from chf.core.periods import period_error
+from chf.core.split import ACCOUNT_PREFIX, PARENT, check_split_zones
 from chf.core.zones import ROAMING_OVERAGES, check_plan_zones
 
 __all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
@@ -537,6 +539,7 @@ _PLAN_KEYS = (
     "suspended_fee",
     "prorate",
     "roaming_overage",
+    "split",
 )
 
 
@@ -559,7 +562,7 @@ def _zone_names(t: _Table, key: str) -> frozenset[str] | None:
     if v is None:
         return None
     if not v or not all(isinstance(z, str) and z for z in v):
-        t.err(key, f"must be a non-empty array of zone names, got {v!r}")
+        t.err(key, f"must be a non-empty array of names, got {v!r}")
         return None
     return frozenset(v)
 
@@ -592,6 +595,7 @@ def _load_plan(
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
     roaming_overage = t.get_str("roaming_overage", None, choices=ROAMING_OVERAGES) if t.has("roaming_overage") else None
+    split = _load_split(errs, owner, t, rating)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
@@ -617,6 +621,7 @@ def _load_plan(
         suspended_fee=suspended_fee,
         prorate=prorate,
         roaming_overage=roaming_overage,
+        split=tuple(split),
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
@@ -876,11 +881,49 @@ _TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
 
 
 def _check_zones(errs: _Errors, plans: Mapping[str, Plan | None], known: frozenset[str], home: str) -> None:
-    """The zones plans' allowances name exist (chf.core.zones), once every zone is known."""
+    """The zones plans' allowances and split-billing rules name exist (chf.core.zones), once every zone is
+    known."""
     for name, plan in plans.items():
         if plan is not None:
-            for where, msg in check_plan_zones(plan, known, home):
+            for where, msg in [*check_plan_zones(plan, known, home), *check_split_zones(plan, known)]:
                 errs.add(_fmt_where(f"plan {name!r}", where), msg)
+
+
+_SPLIT_KEYS = ("name", "payer", "apn", "rating_groups", "zones", "networks", "rat", "days", "from", "to")
+
+
+def _load_split(errs: _Errors, owner: str, t: _Table, rating: _Rating) -> list[SplitRule]:
+    """``[[split]]``: split-billing rules, in the order they are tried (chf.core.split)."""
+    rules: list[SplitRule] = []
+    for i, raw in enumerate(t.array_of_tables("split")):
+        st = _Table(errs, owner, f"split[{i}].", raw, _SPLIT_KEYS)
+        if not st.ok:
+            continue
+        payer = st.get_str("payer")
+        if payer and payer != PARENT and not (payer.startswith(ACCOUNT_PREFIX) and len(payer) > len(ACCOUNT_PREFIX)):
+            st.err("payer", f"must be {PARENT!r} or 'account:<account id>', got {payer!r}")
+        window = None
+        if any(st.has(k) for k in ("days", "from", "to")):
+            st.data.setdefault("price", 0)  # a time window is a band without a price
+            window = _load_band(st)
+        rules.append(
+            SplitRule(
+                payer=payer,
+                apns=_lower_names(st, "apn"),
+                rating_groups=st.rating_groups("rating_groups"),
+                zones=_zone_names(st, "zones"),
+                networks=_lower_names(st, "networks"),
+                rats=_lower_names(st, "rat"),
+                window=window,
+                name=st.get_str("name", f"split[{i}]"),
+            )
+        )
+    return rules
+
+
+def _lower_names(t: _Table, key: str) -> frozenset[str] | None:
+    names = _zone_names(t, key)
+    return frozenset(n.lower() for n in names) if names is not None else None
 
 
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:

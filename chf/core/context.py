@@ -60,6 +60,7 @@ class Context:
         "line_bs",
         "line_bs_dirty",
         "now",
+        "payers",
         "sub",
         "txn",
     )
@@ -76,9 +77,15 @@ class Context:
         self.acct_bs: BalanceSet | None = None
         self.acct_bs_dirty = False
         self.events: list[dict[str, Any]] = []
+        # Contexts of the other accounts split-billing rules made pay for this operation (chf/core/split.py), by
+        # account id: flushed with this one.
+        self.payers: dict[str, Context] = {}
 
     def flush(self) -> None:
         txn = self.txn
+        if self.payers:
+            for payer in self.payers.values():
+                payer.flush()
         if self.account_dirty:
             txn.put_account(self.account)
         if self.line_bs_dirty and self.line_bs is not None:

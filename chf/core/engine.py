@@ -51,6 +51,7 @@ from chf.core.model import (
     all_failed,
 )
 from chf.core.renewals import bring_up_to_date
+from chf.core.split import payer_id, rule_for
 from chf.core.zones import give_back, hold, overage_in, room
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
@@ -281,6 +282,8 @@ class Engine:
                 req.serving_network,
                 req.notify,
             )
+            session.apn = req.apn
+            session.rat = req.rat
             if previous is not None:
                 _keep_replay_state(previous, session)
         else:
@@ -341,6 +344,10 @@ class Engine:
         """A request may come from another serving network (roaming) or name another way to reach the client."""
         if req.serving_network:
             session.serving_network = req.serving_network
+        if req.apn:
+            session.apn = req.apn
+        if req.rat:
+            session.rat = req.rat
         if req.notify is not None:
             session.notify = req.notify
 
@@ -432,13 +439,17 @@ class Engine:
         if reservation is not None:
             granted = reservation.granted
             zone = reservation.zone
-            left = self._settle_reservation(ctx, reservation, left, impacts)
+        pay = self._usage_payer(ctx, session, reservation, plan, rg, zone)
+        if reservation is not None:
+            left = self._settle_reservation(pay, reservation, left, impacts)
+        if pay is not ctx:
+            event["payer"] = pay.account.id
         over = max(0, used - granted) if reservation is not None else used
         if left > 0 and over > 0:
-            left = self._take_unreserved(ctx, unit, rg, left, over, impacts, zone)
+            left = self._take_unreserved(pay, unit, rg, left, over, impacts, zone)
         charge = 0
         if left > 0:
-            charge = self._charge_wallet(ctx, tariff, rg, zone, left, event)
+            charge = self._charge_wallet(ctx, tariff, rg, zone, left, event, pay)
         if ctx.line_bs is not None:
             ctx.line_bs.usage[rg] = ctx.line_bs.usage.get(rg, 0) + used
             ctx.line_bs_dirty = True
@@ -510,9 +521,10 @@ class Engine:
         return left
 
     def _charge_wallet(
-        self, ctx: Context, tariff: Tariff | None, rg: int, zone: str, units: int, event: dict[str, Any]
+        self, ctx: Context, tariff: Tariff | None, rg: int, zone: str, units: int, event: dict[str, Any], pay: Context
     ) -> int:
-        """Charge `units` that no bucket paid to the wallet at the tariff price; returns the money charged."""
+        """Charge `units` that no bucket paid to the wallet of `pay` (the line's context, or its split-billing
+        payer's) at the tariff price, tiers counted on the line's usage; returns the money charged."""
         if tariff is None:
             event["flag"] = "unrated"
             return 0
@@ -523,9 +535,9 @@ class Engine:
         price_zone = self._catalogue.settings.home_zone if tariff.is_denied(zone) else zone
         charge = tariff.charge(units, price_zone, local, usage)
         if charge:
-            ctx.account.balance -= charge
-            ctx.account_dirty = True
-            event["impacts"].append(ctx.wallet_impact(-charge))
+            pay.account.balance -= charge
+            pay.account_dirty = True
+            event["impacts"].append(pay.wallet_impact(-charge))
         event["tariff"] = tariff.name
         return charge
 
@@ -545,6 +557,8 @@ class Engine:
         reservation = session.reservations.pop(rg, None)
         if reservation is None:
             return
+        if reservation.payer is not None:
+            ctx = self._payer_by_id(ctx, reservation.payer) or ctx
         for src, bucket_id, amount in reservation.portions:
             bucket, _ = ctx.bucket(src, bucket_id)
             if bucket is not None:
@@ -596,6 +610,45 @@ class Engine:
             return True
         return self.release_session(txn, session_key, now, "reservation timeout: client silent")
 
+    # -- split billing (chf/core/split.py) ---------------------------------------------------------------------------
+    def _payer(self, ctx: Context, session: Session, plan: Plan, rg: int, zone: str) -> Context | None:
+        """The context of whoever pays rating group `rg` of this session: the line's (no split rule matches), its
+        payer's, or None when a rule names a payer that cannot pay (missing, or another currency than the plan's)."""
+        local = self._catalogue.local_time(ctx.now)
+        rule = rule_for(plan, rg, session.apn, session.rat, zone, session.serving_network, local)
+        if rule is None:
+            return ctx
+        account_id = payer_id(rule, ctx.account)
+        pay = self._payer_by_id(ctx, account_id) if account_id is not None else None
+        if pay is None or pay.account.currency != plan.currency:
+            return None
+        return pay
+
+    def _usage_payer(
+        self, ctx: Context, session: Session, reservation: Reservation | None, plan: Plan | None, rg: int, zone: str
+    ) -> Context:
+        """Who pays usage being committed: the payer of the grant it was used from; without a grant, whom the plan's
+        rules name (the line's account when none matches, or the one named cannot pay: revenue is never dropped)."""
+        if reservation is not None:
+            if reservation.payer is None:
+                return ctx
+            return self._payer_by_id(ctx, reservation.payer) or ctx
+        if plan is None or not plan.split:
+            return ctx
+        return self._payer(ctx, session, plan, rg, zone) or ctx
+
+    def _payer_by_id(self, ctx: Context, account_id: str) -> Context | None:
+        """The context of account `account_id` in this operation (loaded once, flushed with `ctx`)."""
+        if account_id == ctx.account.id:
+            return ctx
+        pay = ctx.payers.get(account_id)
+        if pay is None:
+            pay = self.account_context(ctx.txn, account_id, ctx.now)
+            if pay is None:
+                return None
+            ctx.payers[account_id] = pay
+        return pay
+
     # -- grant ------------------------------------------------------------------------------------------------------
     def _grant(
         self,
@@ -619,6 +672,13 @@ class Engine:
         if catalogue.is_denied(plan, rg, zone):
             unit_answer.result = END_USER_SERVICE_DENIED
             return
+        pay: Context | None = ctx
+        if plan.split:
+            # Split billing: another account may pay this rating group (chf/core/split.py).
+            pay = self._payer(ctx, session, plan, rg, zone)
+        if pay is None:
+            unit_answer.result = RATING_FAILED
+            return
         unit = tariff.unit
         policy = catalogue.grant_policy(rg)
         quantum = policy.quantum(unit)
@@ -627,21 +687,14 @@ class Engine:
         if want > quantum:
             want = quantum
         portions: list[list[int]] = []
-        covered = self._reserve_buckets(ctx, unit, rg, want, portions, zone)
+        covered = self._reserve_buckets(pay, unit, rg, want, portions, zone)
         money = 0
         granted = covered
         overage = plan.overage if plan.roaming_overage is None else overage_in(plan, zone, catalogue.settings.home_zone)
         if covered < want and overage == "charge":
             # Beyond the allowances the wallet pays at the tariff price (postpaid: down to its credit limit).
-            local = catalogue.local_time(ctx.now)
-            usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
-            units = min(want - covered, tariff.affordable(max(funds(ctx.account), 0), zone, local, usage))
-            if units:
-                money = tariff.charge(units, zone, local, usage)
-                granted += units
-                if money:
-                    ctx.account.reserved += money
-                    ctx.account_dirty = True
+            units, money = self._reserve_money(ctx, pay, tariff, rg, zone, want - covered)
+            granted += units
         unit_answer.unit = unit
         unit_answer.validity_time = policy.validity_time
         if policy.quota_holding_time:
@@ -659,6 +712,22 @@ class Engine:
         session.reservations[rg] = Reservation(
             rg, unit, granted, portions, money, f"{tariff.name}@{self._version}", zone
         )
+        if pay is not ctx:
+            session.reservations[rg].payer = pay.account.id
+
+    def _reserve_money(
+        self, ctx: Context, pay: Context, tariff: Tariff, rg: int, zone: str, want: int
+    ) -> tuple[int, int]:
+        """Reserve in the wallet of `pay` (the line's account or its split-billing payer's) the money for up to
+        `want` units at the tariff price, tiers counted on the line's usage. Returns (units, money)."""
+        local = self._catalogue.local_time(ctx.now)
+        usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
+        units = min(want, tariff.affordable(max(funds(pay.account), 0), zone, local, usage))
+        money = tariff.charge(units, zone, local, usage) if units else 0
+        if money:
+            pay.account.reserved += money
+            pay.account_dirty = True
+        return units, money
 
     def _reserve_buckets(
         self, ctx: Context, unit: str, rg: int, want: int, portions: list[list[int]], zone: str
