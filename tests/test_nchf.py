@@ -236,6 +236,34 @@ async def test_roaming_draws_only_on_allowances_of_its_zone(chf: Chf) -> None:
     await client.close()
 
 
+async def test_split_billing_routes_the_dnn_to_its_payer(chf: Chf) -> None:
+    """dnnId picks the payer (chf/core/split.py): the car maker, the driver's account's parent, pays the telematics
+    DNN from its bill; the driver's internet DNN is the driver's."""
+    imsi = "001010000000010"
+
+    def op(txn: Any, engine: Any, now: int) -> Any:
+        provisioning.create_account(
+            txn, engine, account_id="oem", tenant="mvno", payment="postpaid", now=now, credit_limit=100_000_000
+        )
+        provisioning.create_account(
+            txn, engine, account_id="drv", tenant="mvno", payment="prepaid", now=now, balance=5_000_000, parent="oem"
+        )
+        return provisioning.add_line(txn, engine, account="drv", imsi=imsi, now=now, plan="car")
+
+    chf.lines[imsi] = (await chf.service.operate(op)).value["id"]
+    client = await chf.client()
+    for dnn, payer in (("telematics.oem", "oem"), ("internet", "drv")):
+        body = request_body(1, supi="imsi-" + imsi, units=[usage(10)])
+        body["pDUSessionChargingInformation"]["pduSessionInformation"]["dnnId"] = dnn
+        created = await chf.call(client, "create", body)
+        assert created.status == 201
+        assert chf.wallet(payer)[1] == 100_000  # 10 MB at 0.01 EUR, held in the payer's wallet
+        done = request_body(2, supi=None, units=[usage(10, {"totalVolume": 3 * MB}, request=False, final=True)])
+        assert (await chf.call(client, "release", done, created.ref)).status == 204
+    assert chf.wallet("oem") == (-30_000, 0) and chf.wallet("drv") == (5_000_000 - 30_000, 0)
+    await client.close()
+
+
 async def test_invalid_requests_name_every_bad_field_and_change_nothing(chf: Chf) -> None:
     client = await chf.client()
     created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
