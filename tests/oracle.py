@@ -22,6 +22,9 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
+- split          (issue 15 item 4, chf/core/split.py) usage of a rating group a plan's unconditional split rule
+                 routes is paid by the payer the rule names (the line's account's parent), never by the line's
+                 account or buckets; a usage event with a payer moves only that payer's balances.
 - zoned          (issue 15 item 5, chf/core/zones.py) usage takes units only from buckets that pay in its zone;
                  what usage outside the home zone took of a fair-use bucket never exceeds its fair use, and the fair
                  use a bucket has left is its limit less what roaming took and what open roaming grants hold.
@@ -113,12 +116,14 @@ class Ledger:
         self.plans: dict[str, str | None] = {}  # balance owner -> its plan, as the plan changes set it
         self.fees: int = 0
         self.zones = Zones(catalogue)
+        self.parents: dict[str, str | None] = {}  # account id -> its parent
 
     # -- following the spool ----------------------------------------------------------------------------------------
     def follow(self, txn: Txn) -> set[str]:
         """Judge the events appended since the last call; returns their kinds (with the reason of the refunds
         and renewals)."""
         currencies = {a.id: a.currency for a in txn.accounts()}
+        self.parents = {a.id: a.parent for a in txn.accounts()}
         self.zones.learn(Stored(txn))
         kinds: set[str] = set()
         for ev in txn.events(self.seq):
@@ -151,6 +156,7 @@ class Ledger:
         elif kind == "usage":
             self._debited(ev)
             self.zones.usage(ev, where)
+            self._split(ev, where)
             used = ev.get("used", 0)
             verify("usage_bounded", abs(used) <= PLAUSIBLE, f"{where}: {used} {ev.get('unit')} committed")
         elif kind == "refund":
@@ -292,6 +298,28 @@ class Ledger:
         }
         for impact in ev["impacts"]:
             verify("justified", impact["delta"] in amounts, f"{where}: a bonus of {impact['delta']}")
+
+    def _split(self, ev: dict[str, Any], where: str) -> None:
+        """The "split" rule: who paid a usage event."""
+        payer = ev.get("payer")
+        if payer is not None:
+            for impact in ev["impacts"]:
+                verify("split", impact["balance"].startswith(f"account:{payer}:"), f"{where}: {impact} for {payer}")
+        line = ev.get("subscriber")
+        plan = self.catalogue.plans.get(self.plans.get(line_owner(line)) or "") if line is not None else None
+        for rule in plan.split if plan is not None else ():
+            unconditional = rule.apns is rule.rats is rule.zones is rule.networks is rule.window is None
+            if unconditional and rule.rating_groups and ev.get("rating_group") in rule.rating_groups:
+                expected = self.parents.get(ev["account"]) if rule.payer == "parent" else rule.payer.partition(":")[2]
+                if expected is None:
+                    return  # no such payer: grants are refused, usage reported anyway is the line's (revenue kept)
+                rg = ev.get("rating_group")
+                verify(
+                    "split",
+                    payer == expected or (payer is None and not ev["impacts"]),
+                    f"{where}: rating group {rg} paid by {payer}, rule {rule.name} names {expected}",
+                )
+                return
 
     # -- the rules, on the stored state -----------------------------------------------------------------------------
     def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:

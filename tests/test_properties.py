@@ -69,7 +69,12 @@ ACCOUNTS: dict[str, tuple[str, str, str | None, int, int]] = {
     "iot": ("eu", "postpaid", "iotflex", 2_000, 0),
     "iot2": ("eu", "postpaid", "iotflex", 2_000, 0),
     "usd": ("us", "prepaid", None, 0, 2_000),
+    # Split billing (issue 15 item 4): the car maker pays its cars' rating group 50 from its pool, then its bill.
+    "oem": ("eu", "postpaid", "oempool", 3_000, 0),
+    "drv": ("eu", "prepaid", None, 0, 1_000),
 }
+# account id -> its parent (the payer split-billing rules name "parent"); parents are created first (above).
+PARENTS = {"drv": "oem"}
 # (account, line plan, initial state)
 LINES = [
     ("pre1", "payg", "active"),
@@ -88,6 +93,9 @@ LINES = [
     # Zones (issue 15 item 5): EU roam like at home with a fair use; roaming beyond it refused.
     ("pre1", "rlah", "active"),
     ("pre2", "rlah-deny", "active"),
+    # Split billing: rating group 10 the driver's, 50 the car maker's.
+    ("drv", "car", "active"),
+    ("drv", "car", "active"),
 ]
 MAX_LINES = len(LINES) + 4
 LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", "rlah", "rlah-deny"]
@@ -225,13 +233,14 @@ class ChargingSystem(RuleBasedStateMachine):
             session = txn.get_session(session_key)
             if session is None:
                 return
-            account = txn.get_account(session.account)
+            accounts = {a.id: a for a in txn.accounts()}
         for n, ua in enumerate(answer.units):
             if not ua.granted or ua.unit is None or ua.rating_group not in session.reservations:
                 continue
             policy = self.catalogue.grant_policy(ua.rating_group)
             assert ua.granted <= policy.quantum(ua.unit), ua
             reservation = session.reservations[ua.rating_group]
+            account = accounts[reservation.payer or session.account]  # split billing: the payer's funds
             assert reservation.granted == ua.granted
             if reservation.money:
                 charged_after = sum(u.charged for u in answer.units[n + 1 :])
@@ -254,6 +263,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 plan=plan,
                 credit_limit=credit_limit,
                 balance=balance,
+                parent=PARENTS.get(account_id),
             )
             if not isinstance(result, RequestError) and balance:
                 self._count("topup", f"{account_owner(account_id)}:wallet", balance)
