@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from chf.core.catalogue import CatalogueError
+from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, RATING_FAILED, SUCCESS, TERMINATE, ChargingAnswer, ChargingRequest, UnitAnswer
 from tests.corekit import CATALOGUE_TOML, World, check_invariants, initial, terminate, test_catalogue, unit, update
+from tests.support import REPO
 
 TELEMATICS = "telematics.oem.mnc001.mcc208.gprs"
 SATURDAY = int(datetime(2026, 3, 7, 12, 0, tzinfo=UTC).timestamp())
@@ -146,3 +148,30 @@ def test_catalogue_checks_split_rules() -> None:
     with pytest.raises(CatalogueError) as err:
         test_catalogue(CATALOGUE_TOML.replace('name = "fleet-data"', 'name = "fleet-data"\n  payment = "x"'))
     assert "split[1].payment: unknown key" in str(err.value)
+
+
+def test_the_connected_car_of_the_demo_catalogue(tmp_path: Path) -> None:
+    """conf/catalogue.toml and conf/demo.toml: Lena's infotainment comes out of her bundle and wallet; her car's
+    telematics out of the car maker's 50 GB pool, and its APN out of the car maker's bill."""
+    world = World(tmp_path / "store", catalogue=load_catalogue(REPO / "conf" / "catalogue.toml"))
+    try:
+        world.tenant()
+        world.account("carmaker", payment="postpaid", credit_limit=1_000_000_000, plan="oem-fleet")
+        world.account("lena", balance=15_000_000, parent="carmaker")
+        line, imsi = world.line("lena", plan="connected-car")
+        req = ChargingRequest(INITIAL, "car", 0, [("imsi", imsi)], [unit(10, {}), unit(30, {})], apn="internet")
+        ans = world.charge(req)
+        assert (unit_of(ans, 10).granted, unit_of(ans, 30).granted) == (10_000_000, 1_000_000)
+        used = [unit(10, None, {"bytes": 4_000_000}), unit(30, None, {"bytes": 300_000})]
+        world.charge(ChargingRequest(TERMINATE, "car", 1, [("imsi", imsi)], used))
+        assert next(b for b in world.line_buckets(line) if b.name == "infotainment").remaining == 1_996_000_000
+        fleet_pool = next(b for b in world.account_buckets("carmaker") if b.kind == "pool")
+        assert fleet_pool.remaining == 50_000_000_000 - 300_000
+        world.charge(initial("oem", imsi, apn="telematics.oem"))
+        world.charge(terminate("oem", 1, imsi, used=2_500_000))
+        assert world.acct("carmaker").balance == -99_000_000 - 30_000  # the fleet fee, 3 started MB of data-payg
+        assert world.acct("lena").balance == 15_000_000 - 4_990_000  # her plan's fee only
+        with world.store.read() as txn:
+            check_invariants(txn)
+    finally:
+        world.close()
