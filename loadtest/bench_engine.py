@@ -26,12 +26,14 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from chf.core import provisioning
 from chf.core.catalogue_loader import parse_catalogue
 from chf.core.engine import Engine
 from chf.core.model import INITIAL, UPDATE, ChargingRequest, UnitRequest, UsageReport
+from chf.core.versions import CatalogueVersions
 from chf.runtime.service import tune_collector
 from store.lmdbstore import Store, Txn
 from tests.support import fixture_text
@@ -177,6 +179,16 @@ async def drive(
     }
 
 
+def bench_versions(count: int, now: int) -> CatalogueVersions:
+    """The bench catalogue in `count` versions, an hour apart, the last taking effect an hour before `now`."""
+    versions = [parse_catalogue(CATALOGUE, "bench-catalogue.toml")]
+    for k in range(1, count):
+        at = datetime.fromtimestamp(now - (count - k) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = CATALOGUE.replace("[settings]\n", f"[settings]\neffective = {at}\n", 1)
+        versions.append(parse_catalogue(text, f"bench-catalogue-{k}.toml"))
+    return CatalogueVersions(versions)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -187,10 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     ap.add_argument("--writer", choices=["thread", "inline"], default="inline")
     ap.add_argument("--keep", action="store_true", help="keep the store for the next run")
+    ap.add_argument(
+        "--versions",
+        type=int,
+        default=1,
+        help="the catalogue in this many versions, the last in force from an hour ago (chf.core.versions)",
+    )
     args = ap.parse_args(argv)
 
-    engine = Engine(parse_catalogue(CATALOGUE, "bench-catalogue.toml"))
     now = int(time.time())
+    engine = Engine(bench_versions(args.versions, now))
     path = args.store or tempfile.mkdtemp(prefix="chf-bench-")
     preload(path, args.lines, engine, now)
     modes = ["fsync", "os"] if args.durability == "both" else [args.durability]

@@ -28,6 +28,10 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
 - zoned          (issue 15 item 5, chf/core/zones.py) usage takes units only from buckets that pay in its zone;
                  what usage outside the home zone took of a fair-use bucket never exceeds its fair use, and the fair
                  use a bucket has left is its limit less what roaming took and what open roaming grants hold.
+- versioned      (effective-dated catalogue, chf.core.versions) every event names a version of the catalogue; a
+                 period's renewal names the version in force when the period starts and is judged by that
+                 version's plan (fee_state, justified); the stateful test checks that no grant outlives the
+                 version it was made in and that usage names the version of its grant.
 The stateful test checks more on the answers: identity (every answer names the request it answers),
 exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
 INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
@@ -45,6 +49,7 @@ from typing import Any
 
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import account_owner, line_owner
+from chf.core.versions import CatalogueVersions
 from store.lmdbstore import Txn
 from store.schema import ACTIVE, PROVISIONED, SRC_LINE, SUSPENDED, TERMINATED, Account, BalanceSet
 
@@ -101,8 +106,9 @@ def _split(balance: str) -> tuple[str, str]:
 class Ledger:
     """Follows the event spool and keeps what the rules need: running sums, lines' states, open debits."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, versions: CatalogueVersions | None = None) -> None:
         self.catalogue = catalogue
+        self.versions = versions or CatalogueVersions.of(catalogue)
         self.seq = 0
         self.ids: set[str] = set()
         self.running: dict[str, int] = {}
@@ -147,6 +153,7 @@ class Ledger:
             self._justified(ev, impact, where)
             if impact["balance"].endswith(":wallet"):
                 self._currency(ev, impact, currencies, where)
+        self._versioned(ev, where)
         kind = ev["kind"]
         if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
             owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
@@ -156,7 +163,7 @@ class Ledger:
         elif kind == "usage":
             self._debited(ev)
             self.zones.usage(ev, where)
-            self._split(ev, where)
+            self._split_payer(ev, where)
             used = ev.get("used", 0)
             verify("usage_bounded", abs(used) <= PLAUSIBLE, f"{where}: {used} {ev.get('unit')} committed")
         elif kind == "refund":
@@ -257,7 +264,7 @@ class Ledger:
         return state
 
     def _renewal(self, ev: dict[str, Any], where: str) -> None:
-        plan = self.catalogue.plans.get(ev.get("plan") or "")
+        plan = self.version_of(ev).plans.get(ev.get("plan") or "")
         fee = -sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
         self.fees += fee
         line = ev.get("subscriber")
@@ -294,12 +301,16 @@ class Ledger:
 
     def _bonus(self, ev: dict[str, Any], where: str) -> None:
         amounts = {
-            p.allowance.amount for plan in self.catalogue.plans.values() for p in plan.bonus_allowances() if p.allowance
+            p.allowance.amount
+            for catalogue in self.versions.versions
+            for plan in catalogue.plans.values()
+            for p in plan.bonus_allowances()
+            if p.allowance
         }
         for impact in ev["impacts"]:
             verify("justified", impact["delta"] in amounts, f"{where}: a bonus of {impact['delta']}")
 
-    def _split(self, ev: dict[str, Any], where: str) -> None:
+    def _split_payer(self, ev: dict[str, Any], where: str) -> None:
         """The "split" rule: who paid a usage event."""
         payer = ev.get("payer")
         if payer is not None:
@@ -320,6 +331,22 @@ class Ledger:
                     f"{where}: rating group {rg} paid by {payer}, rule {rule.name} names {expected}",
                 )
                 return
+
+    # -- versioned: the effective-dated catalogue --------------------------------------------------------------------
+    def version_of(self, ev: dict[str, Any]) -> Catalogue:
+        """The version of the catalogue the event names (the first when it names none: `versioned` fails)."""
+        return self.versions.by_version(ev.get("catalogue") or "") or self.versions.versions[0]
+
+    def _versioned(self, ev: dict[str, Any], where: str) -> None:
+        named = self.versions.by_version(ev.get("catalogue") or "")
+        verify("versioned", named is not None, f"{where}: names catalogue version {ev.get('catalogue')!r}")
+        if ev["kind"] in ("renewal", "renewal_failed") and named is not None:
+            in_force = self.versions.at(ev["time"])[0]
+            verify(
+                "versioned",
+                named is in_force,
+                f"{where}: a period starting at {ev['time']} priced by {named.source}, not {in_force.source}",
+            )
 
     # -- the rules, on the stored state -----------------------------------------------------------------------------
     def check_state(self, txn: Txn, admin_expected: dict[tuple[str, str], int]) -> None:

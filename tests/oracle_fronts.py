@@ -21,6 +21,7 @@ from chf.core.model import (
     UnitRequest,
     UsageReport,
 )
+from chf.core.versions import CatalogueVersions
 from chf.runtime.service import ChargingService
 from nchf.mapping import parse_request, to_charging_request
 from store.lmdbstore import Store
@@ -38,7 +39,7 @@ class System:
     moves only when the test moves it. Requests go through `ChargingService.charge_then` (the front-ends' port,
     group commit included); management operations through `ChargingService.operate`."""
 
-    def __init__(self, path: Path, catalogue: Catalogue) -> None:
+    def __init__(self, path: Path, catalogue: Catalogue | CatalogueVersions) -> None:
         self.now = T0
         self.loop = asyncio.new_event_loop()
         # Durability "os": these tests never lose power, and fsync per step would make shrinking crawl. Two kept

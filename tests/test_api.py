@@ -203,6 +203,8 @@ async def test_provisioning_reads_and_lifecycle_with_signals(api: Api) -> None:
 
     status, cat, _ = await api.call("POST", "/v1/catalogue/reload")
     assert status == 200 and "prepaid-s" in cat["plans"]
+    [version] = cat["versions"]  # one file: one version, in force from the start
+    assert version == {"version": cat["digest"][:12], "file": "catalogue.toml", "effective": None, "in_force": True}
 
 
 async def test_idempotent_topup_replay(api: Api) -> None:

@@ -463,6 +463,65 @@ def test_catalogue_check_against_the_store(demo: Any, home: Path) -> None:
     assert r.status == 2 and "payg" in r.err and "missing" in r.err
 
 
+def test_catalogue_versions_check_and_show(chf: Any, home: Path) -> None:
+    """The README's recipe for new prices on a date (README, "Effective-dated catalogue"): a directory of versions,
+    each a whole catalogue with its `effective` time; `chf catalogue check` shows what changes at each date."""
+    text = CATALOGUE.read_text()
+    versions = home / "catalogue.d"
+    versions.mkdir()
+
+    def version(name: str, effective: str | None, fee: str = "9_990_000") -> None:
+        body = text.replace("fee = 9_990_000 ", f"fee = {fee} ", 1)
+        if effective is not None:
+            body = body.replace('home_zone = "home"\n', f'home_zone = "home"\neffective = {effective}\n', 1)
+        (versions / name).write_text(body)
+
+    version("2019.toml", None)
+    version("2020-01.toml", "2020-01-01T00:00:00+01:00", "8_990_000")
+    version("2099-01.toml", "2099-01-01", "10_990_000")
+    r = chf("catalogue", "check", "catalogue.d")
+    assert r.status == 0, r.err
+    assert "catalogue.d: valid, 3 versions" in r.out
+    assert "2020-01-01 00:00 CET: version" in r.out and "(2020-01.toml) (in force now)" in r.out
+    assert "2099-01-01 00:00 CET: version" in r.out and "(replaced)" in r.out
+    assert "plan 'prepaid-s' changed: fee 8990000 -> 10990000" in r.out
+    listed = chf("--json", "catalogue", "check", "catalogue.d").json()["versions"]
+    assert [(v["file"], v["in_force"], v["effective"]) for v in listed] == [
+        ("2019.toml", False, None),
+        ("2020-01.toml", True, 1577833200),
+        ("2099-01.toml", False, 4070905200),
+    ]
+    assert listed[1]["changes"] == ["plan 'prepaid-s' changed: fee 9990000 -> 8990000"]
+    version("2099-02.toml", "2099-01-01", "11_990_000")
+    r = chf("catalogue", "check", "catalogue.d")
+    assert r.status == 2 and "2099-02.toml: settings: effective: the same effective time as 2099-01.toml" in r.err
+    (versions / "2099-02.toml").unlink()
+
+    (home / "chf.toml").write_text((home / "chf.toml").read_text().replace('"catalogue.toml"', '"catalogue.d"'))
+    assert "8.99 EUR" in chf("catalogue", "show", "prepaid-s").out  # the version in force now
+
+
+@pytest.mark.interop
+def test_catalogue_show_in_the_future(chf: Any, home: Path) -> None:
+    """`chf catalogue show` under faketime in 2099: the version that takes effect in 2099 is the one in force."""
+    versions = home / "catalogue.d"
+    versions.mkdir()
+    text = CATALOGUE.read_text()
+    (versions / "now.toml").write_text(text)
+    later_text = text.replace("fee = 9_990_000 ", "fee = 10_990_000 ", 1)
+    later_text = later_text.replace('home_zone = "home"\n', 'home_zone = "home"\neffective = 2099-01-01\n', 1)
+    (versions / "2099-01.toml").write_text(later_text)
+    (home / "chf.toml").write_text((home / "chf.toml").read_text().replace('"catalogue.toml"', '"catalogue.d"'))
+    assert "9.99 EUR" in chf("catalogue", "show", "prepaid-s").out
+    faketime = require_tool("faketime")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    later = [faketime, "2099-06-01 12:00:00", sys.executable, "-m", "tools.cli", "--config", "chf.toml"]
+    shown = subprocess.run(
+        [*later, "catalogue", "show", "prepaid-s"], cwd=home, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "10.99 EUR" in shown.stdout, shown.stderr
+
+
 def test_catalogue_reload_without_a_server(chf: Any, home: Path) -> None:
     r = chf("catalogue", "reload")
     assert r.status == 1 and "no chf serve is running" in r.err

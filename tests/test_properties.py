@@ -10,7 +10,11 @@ pools, lines in every lifecycle state. At random, in any order:
 - retransmissions: any earlier request again, also long after and after other requests, also in the same batch;
 - lifecycle changes (activate, suspend, terminate), new lines (provisioned or active, pool members), moves between
   accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets;
-- the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper).
+- the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper);
+- the catalogue in four versions (chf.core.versions: prices, fees and an allowance change on 7 March, on 3 April
+  (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
+  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; no grant outlives
+  the version it was made in and every usage event names the version of its grant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -32,6 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chf.core import provisioning
+from chf.core.catalogue_loader import parse_catalogue
 from chf.core.context import account_owner, line_owner
 from chf.core.model import (
     CHECK_BALANCE,
@@ -51,8 +56,9 @@ from chf.core.model import (
     UnitRequest,
 )
 from chf.core.periods import period_end
+from chf.core.versions import CatalogueVersions, version_of_tariff
 from store.schema import ACTIVE, TERMINATED
-from tests.corekit import snapshot, test_catalogue
+from tests.corekit import CATALOGUE_TOML, snapshot, test_catalogue
 from tests.oracle import Ledger, verify
 from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
 
@@ -116,6 +122,51 @@ ONE_SHOT = [
 USAGE = st.integers(0, 2500) | st.sampled_from([2**32, 2**63, 2**64 - 1])
 
 
+# -- the effective-dated catalogue (chf.core.versions) --------------------------------------------------------------
+def _version(text: str, effective: str, changes: list[tuple[str, str]]) -> str:
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text.replace('default_zone = "world"\n', f'default_zone = "world"\neffective = {effective}\n', 1)
+
+
+# From 7 March: dearer data, a dearer `pre` with more data; from 3 April: cheaper SMS, a dearer family plan, a
+# cheaper postpaid one; from 1 May (a period boundary of every account): `pre` cheaper again.
+V2_TOML = _version(
+    CATALOGUE_TOML,
+    "2026-03-07T00:00:00Z",
+    [
+        ("block = 100\nprice = 10\n", "block = 100\nprice = 30\n"),
+        ('[plans.pre]\npayment = "prepaid"\nfee = 1000', '[plans.pre]\npayment = "prepaid"\nfee = 1500'),
+        ('  name = "data"\n  unit = "bytes"\n  amount = 3000', '  name = "data"\n  unit = "bytes"\n  amount = 4000'),
+    ],
+)
+V3_TOML = _version(
+    V2_TOML.replace("effective = 2026-03-07T00:00:00Z\n", ""),
+    "2026-04-03T00:00:00Z",
+    [
+        (
+            '[tariffs.sms]\nunit = "events"\nblock = 1\nprice = 50',
+            '[tariffs.sms]\nunit = "events"\nblock = 1\nprice = 40',
+        ),
+        ('[plans.fam]\npayment = "postpaid"\nfee = 3000', '[plans.fam]\npayment = "postpaid"\nfee = 3500'),
+        ('[plans.post]\npayment = "postpaid"\nfee = 2000', '[plans.post]\npayment = "postpaid"\nfee = 1800'),
+    ],
+)
+
+
+V4_TOML = _version(
+    V3_TOML.replace("effective = 2026-04-03T00:00:00Z\n", ""),
+    "2026-05-01T00:00:00Z",
+    [('[plans.pre]\npayment = "prepaid"\nfee = 1500', '[plans.pre]\npayment = "prepaid"\nfee = 1200')],
+)
+
+
+def catalogue_versions() -> CatalogueVersions:
+    later = [parse_catalogue(text, f"v{n}.toml") for n, text in ((2, V2_TOML), (3, V3_TOML), (4, V4_TOML))]
+    return CatalogueVersions([test_catalogue(), *later])
+
+
 @dataclass
 class Line:
     id: int
@@ -143,8 +194,9 @@ class ChargingSystem(RuleBasedStateMachine):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="chf-oracle-", dir=SCRATCH))
         self.catalogue = test_catalogue()
-        self.sys = System(self.dir / "store", self.catalogue)
-        self.ledger = Ledger(self.catalogue)
+        self.versions = catalogue_versions()
+        self.sys = System(self.dir / "store", self.versions)
+        self.ledger = Ledger(self.catalogue, self.versions)
         self.lines: list[Line] = []
         self.open: dict[str, Sess] = {}
         self.made = 0  # sessions, events and keys made so far (their names)
@@ -194,7 +246,10 @@ class ChargingSystem(RuleBasedStateMachine):
 
     def send(self, requests: list[ChargingRequest], *, record: bool = True) -> list[Any]:
         """Charge requests in one batch; every answer must name its own request. Answers go to the history."""
+        grants = self._grant_versions(requests[0]) if len(requests) == 1 else None
         answers = self.sys.charge(requests)
+        if grants is not None:
+            self._check_usage_versions(requests[0], *grants)
         for request, answer in zip(requests, answers, strict=True):
             if isinstance(answer, RequestError):
                 continue
@@ -239,6 +294,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 continue
             policy = self.catalogue.grant_policy(ua.rating_group)
             assert ua.granted <= policy.quantum(ua.unit), ua
+            self._check_validity(ua.validity_time or 0, ua)
             reservation = session.reservations[ua.rating_group]
             account = accounts[reservation.payer or session.account]  # split billing: the payer's funds
             assert reservation.granted == ua.granted
@@ -246,6 +302,46 @@ class ChargingSystem(RuleBasedStateMachine):
                 charged_after = sum(u.charged for u in answer.units[n + 1 :])
                 limit = account.balance + account.credit_limit
                 assert account.reserved <= limit + charged_after, (account.as_dict(), reservation.pack())
+
+    # -- versioned: the effective-dated catalogue (chf.core.versions) -----------------------------------------------
+    def _check_validity(self, validity: int, unit_answer: Any) -> None:
+        """No grant outlives the version of the catalogue it was made in: its validity ends by the next change."""
+        until = self.versions.at(self.sys.now)[2]
+        verify(
+            "versioned",
+            validity > 0 and self.sys.now + validity <= until,
+            f"at {self.sys.now} a grant valid {validity} s spans the change at {until}: {unit_answer}",
+        )
+
+    def _grant_versions(self, request: ChargingRequest) -> tuple[dict[int, str | None], int]:
+        """Before a request: the versions its session's reservations were granted in, and the spool's end."""
+        with self.read() as txn:
+            session = txn.get_session(request.session)
+            last = txn.last_event_seq()
+        if session is None or session.closed:
+            return {}, last
+        return {rg: version_of_tariff(r.tariff) for rg, r in session.reservations.items()}, last
+
+    def _check_usage_versions(self, request: ChargingRequest, grants: dict[int, str | None], last: int) -> None:
+        """Usage is priced by the version its grant was made in; usage without a grant by the version in force."""
+        now_version = self.versions.at(self.sys.now)[0].version
+        with self.read() as txn:
+            events = [e for e in txn.events(last) if e["kind"] == "usage" and e.get("session") == request.session]
+        for ev in events:
+            expected = grants.get(ev["rating_group"]) or now_version
+            verify(
+                "versioned",
+                ev["catalogue"] == expected,
+                f"usage of {request.session} rg {ev['rating_group']}: version {ev['catalogue']}, granted in {expected}",
+            )
+
+    @rule(where=st.sampled_from(["on", "before", "after"]))
+    def clock_to_a_version_change(self, where: str) -> None:
+        """The clock lands on the next change of the catalogue, a second before it, or a minute past it."""
+        until = self.versions.at(self.sys.now)[2]
+        if until >= 2**62:
+            return
+        self.sys.now = until + {"on": 0, "before": -1, "after": 60}[where]
 
     # -- setup ------------------------------------------------------------------------------------------------------
     @initialize()
@@ -342,7 +438,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 requests.append(data.draw(st.sampled_from(requests), label="retransmission"))
             elif self.history:
                 sent = data.draw(st.sampled_from(self.history[-6:]), label="recent")
-                if isinstance(sent.request, ChargingRequest):
+                if isinstance(sent.request, ChargingRequest) and self._replayable(sent):
                     requests.append(sent.request)
         if not requests:
             return
@@ -548,6 +644,16 @@ class ChargingSystem(RuleBasedStateMachine):
         rule = self._replay_rule(sent.request) if isinstance(sent.request, ChargingRequest) else "exactly_once"
         with self.read() as txn:
             verify(rule, snapshot(txn) == before, f"a retransmission of {sent.request} changed the store")
+
+    def _replayable(self, sent: Sent) -> bool:
+        """Whether a retransmission of `sent` is in scope: a session request while its session is kept (after its
+        replay window a closed session is forgotten, and an INITIAL again is a new session), a one-shot event
+        within the idempotency window (as `_replay_request`)."""
+        request: ChargingRequest = sent.request
+        if request.kind == EVENT:
+            return self.sys.now < sent.at + self.sys.engine.config.idempotency_window
+        with self.read() as txn:
+            return txn.get_session(request.session) is not None
 
     def _replay_rule(self, request: ChargingRequest) -> str:
         """Retransmissions on a session restarted by a new INITIAL while open are their own rule."""

@@ -14,14 +14,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from chf.core import provisioning
 from chf.core.catalogue import Catalogue, CatalogueError, Plan
-from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
 from chf.core.provisioning import LINE_STATES, PAYMENT_TYPES
+from chf.core.versions import CatalogueVersions, changes, load_versions
 from chf.runtime.storage import Txn
 from tools.cli_env import EXIT_OK, EXIT_USAGE, Env, actor
 from tools.cli_format import fields, money, parse_money, parse_units, quantity, table, when
@@ -458,35 +459,85 @@ def plans_in_use(env: Env) -> dict[str, dict[str, int]]:
     return used
 
 
-def check_catalogue(env: Env, path: str) -> Catalogue:
-    """Validate a catalogue file; with --store also check that every plan in use is still in it, priced in the
-    currency of the accounts on it (a plan in another currency would no longer rate them)."""
-    catalogue = load_catalogue(path)
+def check_catalogue(env: Env, path: str) -> CatalogueVersions:
+    """Validate a catalogue file (or the directory of its versions, chf.core.versions); with --store also check
+    that every plan in use is in each version in force now or later, priced in the currency of the accounts on it
+    (a plan in another currency would no longer rate them)."""
+    versions = load_versions(path)
     if getattr(env.args, "store", False):
-        source = os.path.basename(path)
+        in_use = plans_in_use(env)
+        first = versions.at(int(time.time()))[0]
         errors = []
-        for name, currencies in plans_in_use(env).items():
-            plan = catalogue.plans.get(name)
-            if plan is None:
-                errors.append(
-                    f"{source}: plan {name!r}: missing, but {sum(currencies.values())} account(s) or line(s) are on it"
-                )
-                continue
-            errors += [
-                f"{source}: plan {name!r}: currency: {plan.currency}, but {n} account(s) or line(s) in {currency} "
-                "are on it"
-                for currency, n in sorted(currencies.items())
-                if currency != plan.currency
-            ]
+        for catalogue in versions.versions[versions.versions.index(first) :]:
+            errors += _plans_in_use_errors(catalogue, in_use)
         if errors:
             raise CatalogueError(errors)
-    return catalogue
+    return versions
+
+
+def _plans_in_use_errors(catalogue: Catalogue, in_use: dict[str, dict[str, int]]) -> list[str]:
+    source = catalogue.source
+    errors = []
+    for name, currencies in in_use.items():
+        plan = catalogue.plans.get(name)
+        if plan is None:
+            errors.append(
+                f"{source}: plan {name!r}: missing, but {sum(currencies.values())} account(s) or line(s) are on it"
+            )
+            continue
+        errors += [
+            f"{source}: plan {name!r}: currency: {plan.currency}, but {n} account(s) or line(s) in {currency} are on it"
+            for currency, n in sorted(currencies.items())
+            if currency != plan.currency
+        ]
+    return errors
+
+
+def version_timeline(versions: CatalogueVersions, now: int) -> list[dict[str, Any]]:
+    """Each version of the catalogue: when it takes effect, whether it is in force at `now`, and what it changes
+    from the version before it (`chf catalogue check`)."""
+    in_force = versions.at(now)[0]
+    out: list[dict[str, Any]] = []
+    previous: Catalogue | None = None
+    for c in versions.versions:
+        tz = c.settings.timezone
+        out.append(
+            {
+                "version": c.version,
+                "file": c.source,
+                "effective": c.effective,
+                "effective_text": (
+                    "from the start"
+                    if c.effective is None or previous is None
+                    else datetime.fromtimestamp(c.effective, tz).strftime("%Y-%m-%d %H:%M %Z")
+                ),
+                "in_force": c is in_force,
+                "past": c is not in_force and (c.effective or 0) <= now,
+                "plans": len(c.plans),
+                "tariffs": len(c.tariffs),
+                "changes": changes(previous, c) if previous is not None else [],
+            }
+        )
+        previous = c
+    return out
+
+
+def _timeline_text(path: str, timeline: list[dict[str, Any]]) -> str:
+    lines = [f"{path}: valid, {len(timeline)} versions"]
+    for v in timeline:
+        state = " (in force now)" if v["in_force"] else " (replaced)" if v["past"] else ""
+        lines.append(
+            f"  {v['effective_text']}: version {v['version']} ({v['file']}){state}, "
+            f"{v['plans']} plans, {v['tariffs']} tariffs"
+        )
+        lines.extend(f"    {change}" for change in v["changes"] or (["no change"] if v is not timeline[0] else []))
+    return "\n".join(lines)
 
 
 def cmd_catalogue_check(env: Env) -> int:
     path = env.args.file or env.config.catalogue
     try:
-        catalogue = check_catalogue(env, path)
+        versions = check_catalogue(env, path)
     except CatalogueError as exc:
         if env.json:
             env.out({"file": path, "valid": False, "errors": exc.errors})
@@ -494,14 +545,20 @@ def cmd_catalogue_check(env: Env) -> int:
             print("\n".join(f"chf: {e}" for e in exc.errors), file=sys.stderr)
             print(f"chf: {path}: {len(exc.errors)} error(s)", file=sys.stderr)
         return EXIT_USAGE
+    catalogue = versions.latest()
+    timeline = version_timeline(versions, int(time.time()))
     out = {
         "file": path,
         "valid": True,
         "digest": catalogue.digest,
         "plans": len(catalogue.plans),
         "tariffs": len(catalogue.tariffs),
+        "versions": timeline,
     }
-    env.out(out, f"{path}: valid, {len(catalogue.plans)} plans, {len(catalogue.tariffs)} tariffs")
+    if len(timeline) == 1:
+        env.out(out, f"{path}: valid, {len(catalogue.plans)} plans, {len(catalogue.tariffs)} tariffs")
+    else:
+        env.out(out, _timeline_text(path, timeline))
     return EXIT_OK
 
 
@@ -565,7 +622,7 @@ def suspended_text(fee: int | None, currency: str) -> str:
 
 def cmd_catalogue_show(env: Env) -> int:
     path = env.args.file or env.config.catalogue
-    catalogue = load_catalogue(path)
+    catalogue = load_versions(path).at(int(time.time()))[0]  # the version in force now
     currency = catalogue.settings.currency
     if env.args.plan is None:
         plans = [plan_summary(p) for p in catalogue.plans.values()]
@@ -667,7 +724,7 @@ def server_path(pid: int | None, path: str) -> str:
 def cmd_catalogue_reload(env: Env) -> int:
     pid, why_not = server_pid(env)
     path = server_path(pid, env.config.catalogue)
-    catalogue = check_catalogue(env, path)  # an invalid file never reaches the server
+    catalogue = check_catalogue(env, path).latest()  # an invalid file never reaches the server
     if pid is None:
         raise provisioning.NotFound("server", f"{why_not}; {path} is valid but nothing was reloaded")
     try:

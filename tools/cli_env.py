@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chf.core.catalogue_loader import load_catalogue
 from chf.core.engine import Engine
+from chf.core.versions import load_versions
 from chf.runtime.config import Config, load_config
 from chf.runtime.storage import Store, open_store
 
@@ -52,7 +52,7 @@ class Env:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(load_catalogue(self.config.catalogue), self.config.engine.engine_config())
+            self._engine = Engine(load_versions(self.config.catalogue), self.config.engine.engine_config())
         return self._engine
 
     @property

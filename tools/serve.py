@@ -30,9 +30,10 @@ from typing import Any, Literal, Protocol
 
 from chf.api.server import api_components
 from chf.core.catalogue import CatalogueError
-from chf.core.catalogue_loader import load_catalogue
+from chf.core.versions import load_versions
 from chf.export import export_components
 from chf.runtime import metrics
+from chf.runtime.catalogues import ARCHIVE_DIR
 from chf.runtime.config import Config, ConfigError
 from chf.runtime.corelink import ASSIGN_NUMBER, CoreLinkServer, RemoteService, link_path
 from chf.runtime.port import ChargingPort
@@ -156,9 +157,12 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def build_service(config: Config, store: Store) -> ChargingService:
-    catalogue = load_catalogue(config.catalogue)
+    versions = load_versions(config.catalogue)
     engine_config = config.engine.engine_config()
-    return ChargingService(store, catalogue, catalogue_path=config.catalogue, engine_config=engine_config)
+    archive = os.path.join(config.data_dir, ARCHIVE_DIR)
+    return ChargingService(
+        store, versions, catalogue_path=config.catalogue, catalogue_archive=archive, engine_config=engine_config
+    )
 
 
 WORKER_START_TIMEOUT = 60.0  # seconds for every worker to listen before start-up fails

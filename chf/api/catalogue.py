@@ -1,4 +1,5 @@
-"""The catalogue: load and validate the file again; an invalid file keeps the running one."""
+"""The catalogue: load and validate the file (or the directory of its versions) again; an invalid one keeps the
+running catalogue."""
 
 from __future__ import annotations
 
@@ -27,4 +28,12 @@ async def reload_catalogue(request: web.Request) -> web.Response:
         )
     except (OSError, RuntimeError) as exc:
         return problem_response(422, "Unprocessable Content", f"cannot load the catalogue: {exc}", "catalogue")
-    return web.json_response({"digest": catalogue.digest, "plans": sorted(catalogue.plans)})
+    service = context(request).service
+    now = service.now()
+    # The versions of the catalogue (chf.core.versions): each with its effective time and whether it is in force.
+    in_force = service.engine.versions.at(now)[0]
+    versions = [
+        {"version": c.version, "file": c.source, "effective": c.effective, "in_force": c is in_force}
+        for c in service.engine.versions.versions
+    ]
+    return web.json_response({"digest": catalogue.digest, "plans": sorted(catalogue.plans), "versions": versions})

@@ -378,9 +378,15 @@ OPENAPI: dict[str, Any] = {
         "/v1/catalogue/reload": {
             "post": {
                 "operationId": "reload_catalogue",
-                "summary": "Load and validate the catalogue file again; an invalid file keeps the running one",
+                "summary": "Load and validate the catalogue (its file or its directory of versions) again; an invalid "
+                "one keeps the running catalogue",
                 "responses": {
-                    "200": _json({"type": "object"}, "The new catalogue's digest and plans"),
+                    "200": _json(
+                        {"type": "object"},
+                        "The digest and plans of the version that takes effect last, and every version: its name "
+                        "(events' catalogue field), file, effective time (UNIX seconds, null: from the start) and "
+                        "whether it is in force now",
+                    ),
                     "401": {"$ref": "#/components/responses/Unauthorized"},
                     "422": _problem("The file is invalid; errors lists every problem"),
                 },

@@ -366,6 +366,10 @@ class Catalogue:
     zones: Mapping[str, frozenset[str]]  # zone name -> MCC-MNCs
     source: str
     digest: str  # sha256 hex of the file text
+    # When this version of the catalogue takes effect (epoch seconds; None: in force from the start), and its name
+    # in events and reservations: the digest's first 12 hex digits (chf.core.versions).
+    effective: int | None = None
+    version: str = ""
     _zone_by_network: Mapping[str, str] = field(default_factory=_empty_map, repr=False, compare=False)
     _grants_by_rg: Mapping[int, GrantPolicy] = field(default_factory=_empty_map, repr=False, compare=False)
 

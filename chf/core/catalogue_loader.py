@@ -10,7 +10,11 @@ File format
 -----------
 ``[settings]``
     ``currency`` (ISO 4217, 3 upper-case letters), ``timezone`` (zoneinfo name; time-of-day bands and monthly
-    periods use it), ``home_zone``, ``default_zone`` (zone of a serving network not listed in ``[zones]``).
+    periods use it), ``home_zone``, ``default_zone`` (zone of a serving network not listed in ``[zones]``);
+    ``effective`` (optional): when this version of the catalogue takes effect, a TOML date-time
+    (``2027-01-01T00:00:00+01:00``; without an offset, or a date alone, in ``timezone``), to the second. The
+    configured catalogue is this file or a directory of such files, one per version (:mod:`chf.core.versions`:
+    each is in force from its ``effective`` until the next one's; at most one has none, the first).
 
 ``[grants]``
     Quota-grant defaults (docs/architecture.md): ``bytes``, ``seconds``, ``events``, ``money`` (quantum per
@@ -92,6 +96,7 @@ File format
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import os
@@ -144,6 +149,9 @@ DEFAULT_GRANTS: Final[Mapping[str, int]] = MappingProxyType(
         "time_threshold_percent": 20,
     }
 )
+
+# A version's name: the first digits of its file's sha256 (events and reservations carry it; chf.core.versions).
+VERSION_DIGITS: Final = 12
 
 _MISSING: Any = object()
 _MCC_MNC_RE = re.compile(r"^[0-9]{5,6}$")
@@ -309,7 +317,7 @@ def _parse_time(s: str, *, allow_24: bool) -> int | None:
 
 
 def _load_settings(errs: _Errors, raw: Any) -> tuple[Settings, str]:
-    t = _Table(errs, "settings", "", raw, ("currency", "timezone", "home_zone", "default_zone"))
+    t = _Table(errs, "settings", "", raw, ("currency", "timezone", "home_zone", "default_zone", "effective"))
     currency = t.get_str("currency")
     if currency and not _CURRENCY_RE.match(currency):
         t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
@@ -323,6 +331,26 @@ def _load_settings(errs: _Errors, raw: Any) -> tuple[Settings, str]:
     home = t.get_str("home_zone")
     default = t.get_str("default_zone")
     return Settings(currency, tz, home, default), tzname
+
+
+def _load_effective(errs: _Errors, raw: Any, tz: ZoneInfo) -> int | None:
+    """``[settings] effective``: when this version takes effect, as epoch seconds (chf.core.versions)."""
+    value = raw.get("effective") if isinstance(raw, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        at = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+    elif isinstance(value, datetime.date):
+        at = datetime.datetime(value.year, value.month, value.day, tzinfo=tz)
+    else:
+        what = "a TOML date-time (2027-01-01T00:00:00+01:00) or date"
+        errs.add("settings: effective", f"must be {what}, got {_tname(value)}")
+        return None
+    seconds = at.timestamp()
+    if seconds != int(seconds):
+        errs.add("settings: effective", "must be a whole second")
+        return None
+    return int(seconds)
 
 
 def _grant_fields(t: _Table, base: Mapping[str, int]) -> dict[str, int]:
@@ -957,9 +985,11 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         errs.add("plans", "no plans defined")
     _check_zones(errs, plans, known, settings.home_zone)
 
+    effective = _load_effective(errs, doc.get("settings"), settings.timezone)
     if errs.items:
         raise CatalogueError(errs.items)
 
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     zone_by_network = {net: z for z, nets in zones.items() for net in nets}
     return Catalogue(
         settings=settings,
@@ -968,7 +998,9 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         tariffs=MappingProxyType({k: v for k, v in tariffs.items() if v is not None}),
         zones=MappingProxyType(zones),
         source=source,
-        digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        digest=digest,
+        effective=effective,
+        version=digest[:VERSION_DIGITS],
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )

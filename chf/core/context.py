@@ -63,6 +63,7 @@ class Context:
         "payers",
         "sub",
         "txn",
+        "versions",
     )
 
     def __init__(self, txn: Txn, catalogue: Catalogue, now: int, sub: Subscriber, account: Account) -> None:
@@ -80,6 +81,17 @@ class Context:
         # Contexts of the other accounts split-billing rules made pay for this operation (chf/core/split.py), by
         # account id: flushed with this one.
         self.payers: dict[str, Context] = {}
+        # Every version of the catalogue (chf.core.versions), when the engine made this context: a period that
+        # started before `now` is priced by the version in force when it started. None: `catalogue` alone.
+        self.versions: Any = None
+
+    def catalogue_at(self, at: int) -> Catalogue:
+        """The version of the catalogue in force at `at` (not after `now`): `catalogue` unless another was."""
+        versions = self.versions
+        if versions is None or len(versions.versions) == 1:
+            return self.catalogue
+        found: Catalogue = versions.at(at)[0]
+        return found
 
     def flush(self) -> None:
         txn = self.txn
@@ -111,6 +123,8 @@ class Context:
             "msisdn": sub.msisdn if line else None,
             "currency": self.account.currency,
             "impacts": [],
+            # The version of the catalogue that priced it (chf.core.versions); usage names its grant's version.
+            "catalogue": self.catalogue.version,
         }
 
     def wallet_impact(self, delta: int) -> dict[str, Any]:

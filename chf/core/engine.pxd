@@ -11,7 +11,7 @@ from store.schema cimport Account, BalanceSet, Bucket, Reservation, Session, Sub
 
 
 cdef class Engine:
-    cdef public object _by_version, _catalogue, _version, config
+    cdef public object _by_version, _span, _versions, config
 
     @cython.locals(ctx=Context, session=Session, sub=Subscriber)
     # `txn` is untyped: the store's transaction is LMDB's or the Redis store's (store/redisstore.py); see
@@ -40,7 +40,7 @@ cdef class Engine:
     cpdef _charge_wallet(self, Context ctx, tariff, rg, zone, units, event, Context pay)
 
     @cython.locals(reservation=Reservation)
-    cpdef _tariff(self, plan, rg, reservation)
+    cpdef _tariff(self, Context ctx, plan, rg, reservation)
 
     @cython.locals(reservation=Reservation, bucket=Bucket)
     cpdef _release(self, Context ctx, Session session, rg)

@@ -52,6 +52,7 @@ from chf.core.model import (
 )
 from chf.core.renewals import bring_up_to_date
 from chf.core.split import payer_id, rule_for
+from chf.core.versions import CatalogueVersions
 from chf.core.zones import give_back, hold, overage_in, room
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
@@ -174,27 +175,58 @@ def _keep_replay_state(previous: Session, session: Session) -> None:
 
 
 class Engine:
-    # Catalogues replaced by a reload stay reachable by their digest for this many reloads, so that usage inside
+    # Catalogues replaced by a reload stay reachable by their version for this many reloads, so that usage inside
     # a grant is charged at the price the grant was made with (docs/architecture.md: reloads apply to new grants).
+    # The versions of the running catalogue (chf.core.versions) are always reachable.
     KEPT_CATALOGUES = 8
 
-    def __init__(self, catalogue: Catalogue, config: EngineConfig | None = None) -> None:
+    def __init__(self, catalogue: Catalogue | CatalogueVersions, config: EngineConfig | None = None) -> None:
         self._by_version: dict[str, Catalogue] = {}
-        self.catalogue = catalogue
+        self.versions = CatalogueVersions.of(catalogue)
         self.config = config or EngineConfig()
 
     @property
+    def versions(self) -> CatalogueVersions:
+        return self._versions
+
+    @versions.setter
+    def versions(self, versions: CatalogueVersions) -> None:
+        self._versions = versions
+        for c in versions.versions:
+            self._by_version.pop(c.version, None)
+            self._by_version[c.version] = c
+        while len(self._by_version) > self.KEPT_CATALOGUES + len(versions.versions):
+            del self._by_version[next(iter(self._by_version))]
+        self._span = versions.at(0)
+
+    @property
     def catalogue(self) -> Catalogue:
-        return self._catalogue
+        """The version that takes effect last (with one version: the catalogue). Requests use `catalogue_at`."""
+        return self._versions.latest()
 
     @catalogue.setter
     def catalogue(self, catalogue: Catalogue) -> None:
-        self._catalogue = catalogue
-        self._version = catalogue.digest[:12]
-        self._by_version.pop(self._version, None)
-        self._by_version[self._version] = catalogue
-        while len(self._by_version) > self.KEPT_CATALOGUES:
-            del self._by_version[next(iter(self._by_version))]
+        self.versions = CatalogueVersions.of(catalogue)
+
+    def catalogue_at(self, now: int) -> Catalogue:
+        """The version of the catalogue in force at `now` (chf.core.versions). The last one found is kept with
+        the span it is in force (one tuple, replaced whole: the Redis store runs requests in several threads), so
+        that a request in that span costs two comparisons."""
+        span = self._span
+        if span[1] <= now < span[2]:
+            return span[0]
+        span = self._versions.at(now)
+        self._span = span
+        return span[0]
+
+    def _validity_until_change(self, now: int, validity: int) -> int:
+        """A grant's Validity-Time, cut so that it ends when the next version of the catalogue takes effect: a
+        grant never spans a change, and its usage is priced by the version it was made in (chf.core.versions)."""
+        span = self._span
+        until = span[2] if span[1] <= now < span[2] else self._versions.at(now)[2]
+        if now + validity > until:
+            return until - now
+        return validity
 
     # ==============================================================================================================
     # Loading what a request needs
@@ -219,7 +251,8 @@ class Engine:
         account = txn.get_account(account_id or sub.account)
         if account is None:
             raise RequestError("account", f"line {sub.id} belongs to unknown account {sub.account!r}")
-        ctx = Context(txn, self.catalogue, now, sub, account)
+        ctx = Context(txn, self.catalogue_at(now), now, sub, account)
+        ctx.versions = self._versions
         ctx.line_bs = txn.get_line_balances(sub.id) or BalanceSet()
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
@@ -232,7 +265,8 @@ class Engine:
         if account is None:
             return None
         pseudo = Subscriber(0, account.tenant, account.id, "", None, None, None, ACTIVE, 0, account.plan, 0)
-        ctx = Context(txn, self._catalogue, now, pseudo, account)
+        ctx = Context(txn, self.catalogue_at(now), now, pseudo, account)
+        ctx.versions = self._versions
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
             bring_up_to_date(ctx)
@@ -241,7 +275,7 @@ class Engine:
     def line_plan(self, ctx: Context) -> Plan | None:
         """The plan that rates the line: its own, else its account's; None (nothing is granted) when it is not in
         the catalogue or not priced in the account's currency (never relabelled: chf.core.catalogue.plan_in)."""
-        return self._catalogue.plan_in(ctx.sub.plan or ctx.account.plan, ctx.account.currency)
+        return ctx.catalogue.plan_in(ctx.sub.plan or ctx.account.plan, ctx.account.currency)
 
     # ==============================================================================================================
     # Session requests
@@ -387,7 +421,7 @@ class Engine:
             session.expires = now + self.config.idempotency_window
         else:
             if not validity:
-                validity = self._catalogue.grants.validity_time
+                validity = ctx.catalogue.grants.validity_time
             session.expires = now + self.config.reap_factor * validity
         answers = session.answers
         # Packed once here: every later update of the session then carries the kept answers as opaque bytes
@@ -416,7 +450,7 @@ class Engine:
         reports = unit_req.used
         units = _reported(reports)
         reservation = session.reservations.get(rg)
-        tariff = self._tariff(plan, rg, reservation)
+        tariff = self._tariff(ctx, plan, rg, reservation)
         unit = reservation.unit if reservation is not None else (tariff.unit if tariff is not None else None)
         if unit is None:
             # No tariff and nothing reserved: rate by the first unit type reported, against buckets only.
@@ -432,10 +466,14 @@ class Engine:
             return
         session.reservations.pop(rg, None)
         event = self._usage_event(ctx, session, unit_req, units, unit, used)
+        if reservation is not None and reservation.tariff is not None:
+            version = reservation.tariff.partition("@")[2]
+            if version in self._by_version:
+                event["catalogue"] = version  # the grant's version priced it (chf.core.versions)
         impacts = event["impacts"]
         left = used
         granted = 0
-        zone = self._catalogue.zone_of(session.serving_network)
+        zone = ctx.catalogue.zone_of(session.serving_network)
         if reservation is not None:
             granted = reservation.granted
             zone = reservation.zone
@@ -504,7 +542,7 @@ class Engine:
     ) -> int:
         """Usage beyond the grant (`over` units of it): unreserved allowance valid in `zone` pays first. Returns the
         units still to pay."""
-        home = self._catalogue.settings.home_zone
+        home = ctx.catalogue.settings.home_zone
         for bucket, src, owner in ctx.usable_buckets(unit, rg, zone):
             take = min(left, over, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:
@@ -528,11 +566,11 @@ class Engine:
         if tariff is None:
             event["flag"] = "unrated"
             return 0
-        local = self._catalogue.local_time(ctx.now)
+        local = ctx.catalogue.local_time(ctx.now)
         usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
         # Usage reported from a zone the tariff bars (it was never granted there) is still charged, at the home
         # price: revenue is never dropped.
-        price_zone = self._catalogue.settings.home_zone if tariff.is_denied(zone) else zone
+        price_zone = ctx.catalogue.settings.home_zone if tariff.is_denied(zone) else zone
         charge = tariff.charge(units, price_zone, local, usage)
         if charge:
             pay.account.balance -= charge
@@ -541,13 +579,13 @@ class Engine:
         event["tariff"] = tariff.name
         return charge
 
-    def _tariff(self, plan: Plan | None, rg: int, reservation: Reservation | None) -> Tariff | None:
+    def _tariff(self, ctx: Context, plan: Plan | None, rg: int, reservation: Reservation | None) -> Tariff | None:
         """The tariff that prices usage: the one the reservation was granted with ("name@catalogue-version"),
-        from the catalogue of that version while it is kept (after a restart, the current one)."""
+        from the catalogue of that version while it is kept (after a restart, the version in force now)."""
         if reservation is not None and reservation.tariff is not None:
             name, _, version = reservation.tariff.partition("@")
-            catalogue = self._by_version.get(version, self._catalogue)
-            t = catalogue.tariffs.get(name) or self._catalogue.tariffs.get(name)
+            catalogue = self._by_version.get(version, ctx.catalogue)
+            t = catalogue.tariffs.get(name) or ctx.catalogue.tariffs.get(name)
             if t is not None:
                 return t
         return plan.tariff_for(rg) if plan is not None else None
@@ -564,7 +602,7 @@ class Engine:
             if bucket is not None:
                 bucket.reserved -= amount
                 if bucket.fair_use_left is not None:
-                    give_back(bucket, reservation.zone, self._catalogue.settings.home_zone, amount)
+                    give_back(bucket, reservation.zone, ctx.catalogue.settings.home_zone, amount)
                 ctx.mark(src)
         if reservation.money:
             ctx.account.reserved -= reservation.money
@@ -614,7 +652,7 @@ class Engine:
     def _payer(self, ctx: Context, session: Session, plan: Plan, rg: int, zone: str) -> Context | None:
         """The context of whoever pays rating group `rg` of this session: the line's (no split rule matches), its
         payer's, or None when a rule names a payer that cannot pay (missing, or another currency than the plan's)."""
-        local = self._catalogue.local_time(ctx.now)
+        local = ctx.catalogue.local_time(ctx.now)
         rule = rule_for(plan, rg, session.apn, session.rat, zone, session.serving_network, local)
         if rule is None:
             return ctx
@@ -660,7 +698,7 @@ class Engine:
         serving_network: str | None,
     ) -> None:
         rg = unit_req.rating_group
-        catalogue = self._catalogue
+        catalogue = ctx.catalogue
         if plan is None:
             unit_answer.result = RATING_FAILED
             return
@@ -696,7 +734,7 @@ class Engine:
             units, money = self._reserve_money(ctx, pay, tariff, rg, zone, want - covered)
             granted += units
         unit_answer.unit = unit
-        unit_answer.validity_time = policy.validity_time
+        unit_answer.validity_time = self._validity_until_change(ctx.now, policy.validity_time)
         if policy.quota_holding_time:
             unit_answer.quota_holding_time = policy.quota_holding_time
         # Outside the home zone the plan may refuse what the allowances valid there do not cover (chf/core/zones.py).
@@ -710,7 +748,7 @@ class Engine:
         unit_answer.granted = granted
         _set_thresholds(unit_answer, unit, policy, granted)
         session.reservations[rg] = Reservation(
-            rg, unit, granted, portions, money, f"{tariff.name}@{self._version}", zone
+            rg, unit, granted, portions, money, f"{tariff.name}@{catalogue.version}", zone
         )
         if pay is not ctx:
             session.reservations[rg].payer = pay.account.id
@@ -720,7 +758,7 @@ class Engine:
     ) -> tuple[int, int]:
         """Reserve in the wallet of `pay` (the line's account or its split-billing payer's) the money for up to
         `want` units at the tariff price, tiers counted on the line's usage. Returns (units, money)."""
-        local = self._catalogue.local_time(ctx.now)
+        local = ctx.catalogue.local_time(ctx.now)
         usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
         units = min(want, tariff.affordable(max(funds(pay.account), 0), zone, local, usage))
         money = tariff.charge(units, zone, local, usage) if units else 0
@@ -735,7 +773,7 @@ class Engine:
         """Reserve up to `want` units from the buckets usable in `zone` in consumption order, recording each
         bucket's part in `portions` ([source, bucket id, units]). Returns the units reserved."""
         covered = 0
-        home = self._catalogue.settings.home_zone
+        home = ctx.catalogue.settings.home_zone
         for bucket, src, _owner in ctx.usable_buckets(unit, rg, zone):
             take = min(want - covered, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:

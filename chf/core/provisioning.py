@@ -141,7 +141,7 @@ def create_account(
     if txn.get_account(account_id) is not None:
         raise Conflict("account", f"account {account_id!r} already exists")
     account = Account(account_id, tenant, payment, currency, 0, 0, credit_limit, cycle_day, parent, None, now, 0)
-    plan_rec = _plan(engine, plan, account) if plan is not None else None
+    plan_rec = _plan(engine, plan, now, account) if plan is not None else None
     txn.put_account(account)
     if balance or plan_rec is not None:
         ctx = engine.account_context(txn, account.id, now)
@@ -183,9 +183,10 @@ def _account_context(txn: Txn, engine: Engine, account_id: str, now: int) -> Con
     return ctx
 
 
-def _plan(engine: Engine, name: str, account: Account | None = None) -> Plan:
+def _plan(engine: Engine, name: str, now: int, account: Account | None = None) -> Plan:
+    """Plan `name` of the catalogue version in force at `now` (chf.core.versions)."""
     try:
-        plan = engine.catalogue.plan(name)
+        plan = engine.catalogue_at(now).plan(name)
     except CatalogueError as exc:
         raise NotFound("plan", f"no plan {name!r} in the catalogue") from exc
     if account is not None:
@@ -238,7 +239,7 @@ def topup(
                 if sub is None:
                     continue
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
-                line_ctx = Context(txn, engine.catalogue, now, sub, account)
+                line_ctx = Context(txn, engine.catalogue_at(now), now, sub, account)
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
@@ -373,7 +374,7 @@ def _check_new_line(
     acct = get_account(check_id("account", account))
     if acct is None:
         raise NotFound("account", f"no account {account!r}")
-    plan_rec = _plan(engine, plan, acct) if plan is not None else None
+    plan_rec = _plan(engine, plan, now, acct) if plan is not None else None
     releases = _claim_identities(txn, engine, (("imsi", imsi), ("msisdn", msisdn), ("iccid", iccid)), now)
     return acct, plan_rec, releases
 
@@ -600,7 +601,7 @@ class LineTemplates:
         state: str,
         actor: str,
     ) -> _LineTemplate | None:
-        bound = (engine.catalogue, actx.now, actor)
+        bound = (actx.catalogue, actx.now, actor)
         if self._bound != bound:
             self._bound = bound
             self._templates.clear()
@@ -709,7 +710,7 @@ def add_lines(
         actx = accounts[account_id]
         return actx.account if actx is not None else None
 
-    catalogue = engine.catalogue
+    catalogue = engine.catalogue_at(now)
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
@@ -874,7 +875,7 @@ def move_line(
     if target.tenant != sub.tenant:
         raise Conflict("account", f"account {account_id!r} belongs to another tenant")
     if sub.plan is not None:  # a line without a plan of its own is rated by its account's plan, which fits it
-        plan = engine.catalogue.plans.get(sub.plan)
+        plan = engine.catalogue_at(now).plans.get(sub.plan)
         if plan is None:
             raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
         check_plan_fits(plan, target, "account")
@@ -915,7 +916,7 @@ def assign_plan(
         sub = get_line(txn, line_ref)
         if sub.state == TERMINATED:
             raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
-        plan_rec = _plan(engine, plan, txn.get_account(sub.account))
+        plan_rec = _plan(engine, plan, now, txn.get_account(sub.account))
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
@@ -932,7 +933,7 @@ def assign_plan(
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
-    plan_rec = _plan(engine, plan, ctx.account)
+    plan_rec = _plan(engine, plan, now, ctx.account)
     assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))

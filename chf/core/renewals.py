@@ -84,14 +84,31 @@ def line_terms(plan: Plan, state: str, period_index: int) -> tuple[int, bool]:
 
 
 def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
-    catalogue = ctx.catalogue
     owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
-    plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
+    in_force_now = ctx.catalogue
+    try:
+        _renew_periods(ctx, bs, owner, is_account=is_account)
+    finally:
+        ctx.catalogue = in_force_now
+    _expire_buckets(ctx, bs, owner, ctx.now, period_ended=False)
+    if is_account:
+        ctx.acct_bs_dirty = True
+    else:
+        ctx.line_bs_dirty = True
+
+
+def _renew_periods(ctx: Context, bs: BalanceSet, owner: str, *, is_account: bool) -> None:
+    """The periods of `bs` that started by `now`, each priced by the version of the catalogue in force when it
+    started (chf.core.versions): the context's catalogue is that version while the period is started."""
     # Periods: at most one catch-up per missed period, bounded so a long-idle line cannot stall a batch.
     for _ in range(400):
-        if plan is None or ctx.now < bs.period_end:
+        if ctx.now < bs.period_end:
             break
         boundary = bs.period_end
+        catalogue = ctx.catalogue = ctx.catalogue_at(boundary)
+        plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
+        if plan is None:
+            break
         state = ACTIVE if is_account else state_at(ctx.sub, boundary)
         if state not in (ACTIVE, SUSPENDED):
             _end_line_plan(ctx, bs, owner, boundary, state)
@@ -102,11 +119,6 @@ def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
         bs.period_index += 1
         bs.usage = {}
         _start_period(ctx, bs, plan, owner, is_account=is_account, at=boundary, reason="renewal", state=state)
-    _expire_buckets(ctx, bs, owner, ctx.now, period_ended=False)
-    if is_account:
-        ctx.acct_bs_dirty = True
-    else:
-        ctx.line_bs_dirty = True
 
 
 def _event(ctx: Context, kind: str, actor: str, reason: str | None, owner: str) -> dict[str, Any]:

@@ -21,6 +21,9 @@ exists; the rest are the rating fields of this charging function:
     zone, tariff, charge, currency
                          rating: the tariff applied, the money charged (integer micro-units, negative for a
                          refund) in the account's currency
+    catalogueVersion     the version of the catalogue that priced the event (README, "Effective-dated
+                         catalogue"): the first 12 hex digits of its file's sha256, kept by `chf serve` in
+                         <data_dir>/catalogues/<version>.toml
     balanceImpacts       [{balance, unit, delta, after}] every balance the event changed, with its value after
     overGrant            units reported beyond the grant (still charged)
     actor, reason        who or what caused the event and why (audit)
@@ -64,6 +67,7 @@ _MAPPED = frozenset(
         "reason",
         "zone",
         "tariff",
+        "catalogue",
         "charge",
         "currency",
         "impacts",
@@ -110,6 +114,7 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "tariff": event.get("tariff"),
         "charge": event.get("charge"),
         "currency": event.get("currency"),
+        "catalogueVersion": event.get("catalogue"),
         "balanceImpacts": event.get("impacts", []),
         "overGrant": event.get("over_grant"),
         "recordOpeningTime": iso_time(int(event["opened"])) if event.get("opened") is not None else None,

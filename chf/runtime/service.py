@@ -24,11 +24,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from chf.core.catalogue import Catalogue
-from chf.core.catalogue_loader import check_replacement, load_catalogue
+from chf.core.catalogue_loader import check_replacement
 from chf.core.engine import Engine, EngineConfig
 from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
 from chf.core.renewals import needs_upkeep
+from chf.core.versions import CatalogueVersions, load_versions
 from chf.runtime import metrics
+from chf.runtime.catalogues import keep_versions
 from store.interface import Owner, Store, StoreBusy, StoreClosed, Txn
 from store.schema import Session
 
@@ -86,9 +88,10 @@ class ChargingService:
     def __init__(
         self,
         store: Store,
-        catalogue: Catalogue,
+        catalogue: Catalogue | CatalogueVersions,
         *,
         catalogue_path: str | None = None,
+        catalogue_archive: str | None = None,
         engine_config: EngineConfig | None = None,
         clock: Clock = time.time,
         sweep_interval: float = 0.25,  # 500 records every 0.25 s: 2,000 records/s, a full pass over 1M lines in
@@ -98,6 +101,10 @@ class ChargingService:
         self.store = store
         self.engine = Engine(catalogue, engine_config)
         self.catalogue_path = catalogue_path
+        # Where every version of the catalogue loaded is kept (chf.runtime.catalogues); None: not kept.
+        self.catalogue_archive = catalogue_archive
+        if catalogue_archive is not None and catalogue_path is not None:
+            keep_versions(catalogue_archive, catalogue_path, self.engine.versions)
         self.clock = clock
         self.bus = SignalBus()
         self.sweep_interval = sweep_interval
@@ -145,20 +152,31 @@ class ChargingService:
         await self.store.stop()
 
     def reload_catalogue(self) -> Catalogue:
-        """Load and validate the catalogue file again; on success new grants use it (open reservations keep
-        the tariff they were priced with). On failure the running catalogue stays and CatalogueError rises; a
-        plan of both that changes currency is a failure (`check_replacement`)."""
+        """Load and validate the catalogue (its file, or the directory of its versions: chf.core.versions) again;
+        on success new grants use it (open reservations keep the tariff they were priced with) and its versions
+        are kept (chf.runtime.catalogues). On failure the running catalogue stays and CatalogueError rises; a plan
+        of both that changes currency is a failure (`check_replacement`). Returns the version that takes effect
+        last."""
         if self.catalogue_path is None:
             raise RuntimeError("the service was started without a catalogue file")
         try:
-            catalogue = load_catalogue(self.catalogue_path)
-            check_replacement(self.engine.catalogue, catalogue)
+            versions = load_versions(self.catalogue_path)
+            for version in versions.versions:
+                check_replacement(self.engine.catalogue, version)
+            if self.catalogue_archive is not None:
+                keep_versions(self.catalogue_archive, self.catalogue_path, versions)
         except Exception:
             metrics.observe_catalogue_reload(False)
             raise
         metrics.observe_catalogue_reload(True)
-        self.engine.catalogue = catalogue
-        log.info("event=catalogue_reloaded digest=%s plans=%d", catalogue.digest[:12], len(catalogue.plans))
+        self.engine.versions = versions
+        catalogue = versions.latest()
+        log.info(
+            "event=catalogue_reloaded digest=%s plans=%d versions=%s",
+            catalogue.digest[:12],
+            len(catalogue.plans),
+            ",".join(c.version for c in versions.versions),
+        )
         return catalogue
 
     # -- requests ---------------------------------------------------------------------------------------------------
