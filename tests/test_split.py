@@ -20,8 +20,10 @@ import pytest
 from chf.core.catalogue import CatalogueError
 from chf.core.catalogue_loader import load_catalogue
 from chf.core.model import INITIAL, RATING_FAILED, SUCCESS, TERMINATE, ChargingAnswer, ChargingRequest, UnitAnswer
+from chf.export.records import to_record
 from tests.corekit import CATALOGUE_TOML, World, check_invariants, initial, terminate, test_catalogue, unit, update
 from tests.support import REPO
+from tools.reports import build_report
 
 TELEMATICS = "telematics.oem.mnc001.mcc208.gprs"
 SATURDAY = int(datetime(2026, 3, 7, 12, 0, tzinfo=UTC).timestamp())
@@ -175,3 +177,21 @@ def test_the_connected_car_of_the_demo_catalogue(tmp_path: Path) -> None:
             check_invariants(txn)
     finally:
         world.close()
+
+
+def test_exports_and_reports_name_the_payer(world: World) -> None:
+    """The export record's account is the paying one (the line's own in details.lineAccount); `chf report --by
+    account` counts a split-billed charge to its payer."""
+    _, imsi = world.line("drv", plan="car")
+    world.charge(ChargingRequest(INITIAL, "s", 0, [("imsi", imsi)], [unit(10, {}), unit(50, {})]))
+    used = [unit(10, None, {"bytes": 1500}), unit(50, None, {"bytes": 2500})]
+    world.charge(ChargingRequest(TERMINATE, "s", 1, [("imsi", imsi)], used))
+    usage = {e["rating_group"]: e for e in world.events() if e["kind"] == "usage"}
+    oem = to_record(usage[50])
+    assert (oem["account"], oem["details"]["lineAccount"], oem["charge"]) == ("oem", "drv", 25)
+    own = to_record(usage[10])
+    assert own["account"] == "drv" and "lineAccount" not in own.get("details", {})
+    day = world.now // 86_400
+    report = build_report(world.store, day, day, "account")
+    charges = {g["group"]: g["charges"] for g in report["groups"]}
+    assert charges["oem"] == {"EUR": 25} and charges["drv"] == {"EUR": 50}

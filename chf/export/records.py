@@ -8,7 +8,8 @@ exists; the rest are the rating fields of this charging function:
     recordType           event kind: usage | refund | topup | adjustment | renewal | renewal_failed | expiry |
                          bonus | bucket_grant | plan_change | lifecycle | line_move | release | pool_resize
     timeOfReport         ISO 8601 UTC time of the event; `time` the same in UNIX seconds
-    tenant, account      the MVNO brand and the paying account
+    tenant, account      the MVNO brand and the paying account (for usage a split-billing rule sent to another
+                         account, that payer; the line's own account is then details.lineAccount)
     subscriberId         internal line id; servedIMSI, servedMSISDN its identities (null for account events)
     chargingSessionId    the session (usage, refund, release)
     ratingGroup, serviceIdentifier
@@ -73,6 +74,7 @@ _MAPPED = frozenset(
         "impacts",
         "over_grant",
         "actor",
+        "payer",
     }
 )
 _UNIT_NAMES = {
@@ -126,6 +128,10 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "reason": event.get("reason"),
     }
     details = {k: v for k, v in event.items() if k not in _MAPPED}
+    payer = event.get("payer")
+    if payer is not None:  # split billing (chf/core/split.py): the payer is the paying account
+        record["account"] = payer
+        details["lineAccount"] = event.get("account")
     if details:
         record["details"] = details
     return {k: v for k, v in record.items() if v is not None}
