@@ -80,6 +80,13 @@ File format
     the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
     ``validity_days`` (optional, absent = no expiry): a one-off bucket granted when the plan is assigned.
 
+    ``[[plans.<name>.split]]``: split billing (chf/core/split.py), rules tried in order; the first whose every
+    condition holds routes a rating group's usage to ``payer`` = ``"parent"`` (the line's account's parent) |
+    ``"account:<id>"``. Conditions, all optional: ``apn`` (APN / DNN network identifiers), ``rating_groups``,
+    ``zones``, ``networks`` (MCC-MNC), ``rat`` (RAT type names), ``days`` / ``from`` / ``to`` (local time, as in
+    tariff bands); ``name`` for messages. The payer's shared allowances and pools pay first, then its wallet, at
+    this plan's tariffs; a payer that does not exist or holds another currency refuses the rating group.
+
     IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
     all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
     per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes state);
