@@ -24,8 +24,6 @@ from chf.runtime.catalogues import ARCHIVE_DIR
 from chf.runtime.service import ChargingService
 from tests.corekit import CATALOGUE_TOML, T0, World, check_invariants, initial, terminate, update
 
-pytestmark = pytest.mark.unit
-
 # T0 + 50 s, in the catalogue's time zone (UTC): when the second version takes effect.
 CHANGE = T0 + 50
 CHANGE_TEXT = "2026-03-04T12:00:50Z"
