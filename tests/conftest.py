@@ -76,6 +76,7 @@ SLOW = {
     "test_nchf.py::test_create_update_release_flow",
     "test_monitoring.py::test_prometheus_scrapes_chf_serve_and_every_dashboard_query_has_data",
     "test_nchf_schemathesis.py",
+    "test_pools_wire.py::test_nchf_stacked_pool_then_adaptive_top_off",
     "test_packaging.py::test_the_wheel_installed_in_a_fresh_venv_gives_a_working_chf",
     "test_progress.py::test_import_bar_on_a_terminal_only",
     "test_progress.py::test_reconcile_bars_on_a_terminal_only",

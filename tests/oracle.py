@@ -16,8 +16,14 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  period's start: never provisioned or terminated; suspended only as its plan says; never more
                  than the plan's fee for that period.
 - currency       a wallet is only ever moved in its account's currency, by prices in that currency.
-- pool_derived   a pool's size for the current period is what its plan derives from the account's lines; an
-                 account's count of active lines is the number of its lines that are active.
+- pool_derived   a pool's size for the current period is what its plan derives from the account's lines (a
+                 stacked pool: the sum of what its member lines' plans bring, in the states that keep allowances;
+                 an adaptive pool: a tier, the first with top-off, else the top one); an account's count of active
+                 lines is the number of its lines that are active.
+- pool_tier      an adaptive pool's close bills one of its tiers: the cheapest that covers what was used, or the
+                 tier it was topped off to if higher; a top-off grows the pool by exactly one tier step.
+- addon          an add-on purchase debits its catalogue price from the wallet and credits its amount to one new
+                 bucket of the line, in one event, in the add-on's currency.
 - plan_payment   a line's own plan has its account's payment type (and currency).
 - reservations   what buckets and wallets hold reserved is what the open sessions hold against them.
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
@@ -60,8 +66,10 @@ ENFORCE = frozenset(os.environ.get("ORACLE_ENFORCE", "").split(","))
 
 # Which event kinds may move a balance in which direction (see "justified").
 WALLET_CREDITS = frozenset({"topup", "adjustment", "refund"})
-WALLET_DEBITS = frozenset({"usage", "renewal", "adjustment"})
-BUCKET_CREDITS = frozenset({"renewal", "expiry", "bonus", "bucket_grant", "adjustment", "pool_resize", "refund"})
+WALLET_DEBITS = frozenset({"usage", "renewal", "adjustment", "pool_tier", "addon"})
+BUCKET_CREDITS = frozenset(
+    {"renewal", "expiry", "bonus", "bucket_grant", "adjustment", "pool_resize", "refund", "pool_topoff", "addon"}
+)
 BUCKET_DEBITS = frozenset({"usage", "expiry", "adjustment", "pool_resize"})
 # Credits the stateful test makes itself and counts: (kind, balance) -> amount.
 ADMIN_KINDS = frozenset({"topup", "adjustment", "bucket_grant"})
@@ -108,7 +116,8 @@ class Ledger:
 
     def __init__(self, catalogue: Catalogue, versions: CatalogueVersions | None = None) -> None:
         self.catalogue = catalogue
-        self.versions = versions or CatalogueVersions.of(catalogue)
+        self.versions = versions or CatalogueVersions.of(catalogue)  # the running versions (`reload` swaps them)
+        self.known: dict[str, Catalogue] = {c.version: c for c in self.versions.versions}  # every version loaded
         self.seq = 0
         self.ids: set[str] = set()
         self.running: dict[str, int] = {}
@@ -174,6 +183,8 @@ class Ledger:
             self._expiry(ev, where)
         elif kind == "bonus":
             self._bonus(ev, where)
+        elif kind in ("pool_tier", "pool_topoff", "addon"):
+            self._commerce(ev, where)
         if kind in ADMIN_KINDS:
             for impact in ev["impacts"]:
                 key = (kind, impact["balance"])
@@ -199,7 +210,11 @@ class Ledger:
             ev.get("currency") == wallet_currency,
             f"{where}: {ev.get('currency')} in a {wallet_currency} wallet",
         )
-        if ev["kind"] in ("usage", "renewal"):
+        if ev["kind"] == "addon":
+            addon = self.version_of(ev).addons.get(ev.get("addon") or "")
+            priced = addon.currency if addon is not None else None
+            verify("currency", priced == wallet_currency, f"{where}: {priced} add-on, {wallet_currency} wallet")
+        if ev["kind"] in ("usage", "renewal", "pool_tier"):
             plan = ev.get("plan")
             if ev["kind"] == "usage":  # priced by the plan that rates the line: its own, else its account's
                 line = ev.get("subscriber")
@@ -302,7 +317,7 @@ class Ledger:
     def _bonus(self, ev: dict[str, Any], where: str) -> None:
         amounts = {
             p.allowance.amount
-            for catalogue in self.versions.versions
+            for catalogue in self.known.values()
             for plan in catalogue.plans.values()
             for p in plan.bonus_allowances()
             if p.allowance
@@ -332,13 +347,52 @@ class Ledger:
                 )
                 return
 
+    # -- issue 15: adaptive pools and add-ons ------------------------------------------------------------------------
+    def _commerce(self, ev: dict[str, Any], where: str) -> None:
+        wallet = sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
+        buckets = [i for i in ev["impacts"] if ":bucket:" in i["balance"]]
+        if ev["kind"] == "addon":
+            self._addon(ev, wallet, buckets, where)
+            return
+        plan = self.version_of(ev).plans.get(ev.get("plan") or "")
+        tiers = [(t.amount, t.fee) for t in plan.pool_tiers] if plan is not None else []
+        tier = ev.get("tier") or {}
+        verify("pool_tier", (tier.get("amount"), tier.get("fee")) in tiers, f"{where}: tier {tier} not in {tiers}")
+        if ev["kind"] == "pool_topoff":
+            (impact,) = buckets
+            below = [a for a, _ in tiers if a < tier.get("amount", 0)]
+            verify("pool_tier", bool(below) and impact["delta"] == tier["amount"] - below[-1], f"{where}: {impact}")
+            return
+        covering = next((t for t in tiers if t[0] >= ev["pool_used"]), tiers[-1] if tiers else None)
+        verify(
+            "pool_tier", covering is not None and tier["fee"] >= covering[1], f"{where}: {tier} for {ev['pool_used']}"
+        )
+        verify("pool_tier", -wallet == tier["fee"] == ev["charge"], f"{where}: charged {-wallet} for {tier}")
+        if plan is not None and not plan.pool_topoff:
+            verify("pool_tier", (tier["amount"], tier["fee"]) == covering, f"{where}: {tier}, cheapest {covering}")
+
+    def _addon(self, ev: dict[str, Any], wallet: int, buckets: list[dict[str, Any]], where: str) -> None:
+        addon = self.version_of(ev).addons.get(ev.get("addon") or "")
+        verify("addon", addon is not None, f"{where}: no add-on {ev.get('addon')!r} in the catalogue")
+        if addon is None:
+            return
+        verify("addon", -wallet == addon.price == ev["charge"], f"{where}: paid {-wallet}, price {addon.price}")
+        deltas = [i["delta"] for i in buckets]
+        verify("addon", deltas == [addon.allowance.amount], f"{where}: granted {deltas}")
+        verify("addon", all(i["balance"].startswith("line:") for i in buckets), f"{where}: not a line's")
+
     # -- versioned: the effective-dated catalogue --------------------------------------------------------------------
+    def reload(self, versions: CatalogueVersions) -> None:
+        """The catalogue was reloaded: events from now on are made by these versions."""
+        self.versions = versions
+        self.known.update((c.version, c) for c in versions.versions)
+
     def version_of(self, ev: dict[str, Any]) -> Catalogue:
         """The version of the catalogue the event names (the first when it names none: `versioned` fails)."""
-        return self.versions.by_version(ev.get("catalogue") or "") or self.versions.versions[0]
+        return self.known.get(ev.get("catalogue") or "") or self.versions.versions[0]
 
     def _versioned(self, ev: dict[str, Any], where: str) -> None:
-        named = self.versions.by_version(ev.get("catalogue") or "")
+        named = self.known.get(ev.get("catalogue") or "")
         verify("versioned", named is not None, f"{where}: names catalogue version {ev.get('catalogue')!r}")
         if ev["kind"] in ("renewal", "renewal_failed") and named is not None:
             in_force = self.versions.at(ev["time"])[0]
@@ -392,14 +446,25 @@ class Ledger:
                 account.active_lines == active[account.id],
                 f"account {account.id}: active_lines {account.active_lines}, {active[account.id]} lines active",
             )
-            self._pool(state.account_sets.get(account.id), account, active[account.id])
+            lines = [sub for sub in state.lines if sub.account == account.id]
+            self._pool(state.account_sets.get(account.id), account, active[account.id], lines)
 
-    def _pool(self, bs: BalanceSet | None, account: Account, active: int) -> None:
+    def _pool(self, bs: BalanceSet | None, account: Account, active: int, lines: list[Any]) -> None:
         plan = self.catalogue.plans.get(account.plan or "")
         if plan is None or plan.pool is None or bs is None:
             return
-        expected = plan.pool_allowance(active)
-        size = expected.amount if expected is not None else 0
+        if plan.pool == "adaptive":
+            tiers = [t.amount for t in plan.pool_tiers]
+            allowed = tiers if plan.pool_topoff else tiers[-1:]
+            for bucket in bs.buckets:
+                if bucket.kind == "pool":
+                    verify("pool_derived", bucket.initial in allowed, f"account {account.id}: pool {bucket.initial}")
+            return
+        if plan.pool == "stacked":
+            size = self._stacked_size(plan, lines)
+        else:
+            expected = plan.pool_allowance(active)
+            size = expected.amount if expected is not None else 0
         for bucket in bs.buckets:
             if bucket.kind == "pool":
                 verify(
@@ -407,6 +472,17 @@ class Ledger:
                     bucket.initial == size,
                     f"account {account.id}: pool of {bucket.initial}, {size} derived from {active} active lines",
                 )
+
+    def _stacked_size(self, plan: Plan, lines: list[Any]) -> int:
+        """The members: lines whose own plan is of the pool's family, in a state that keeps allowances."""
+        size = 0
+        for sub in lines:
+            member = self.catalogue.plans.get(sub.plan or "")
+            if member is None or member.pool_family != plan.pool_family or not member.pool_contribution:
+                continue
+            if sub.state == ACTIVE or (sub.state == SUSPENDED and member.suspended_fee is None):
+                size += member.pool_contribution
+        return size
 
 
 class Stored:

@@ -876,3 +876,32 @@ async def test_flexible_pool_follows_its_lines_through_the_api(api: Api) -> None
     resized = [e for e in page["events"] if e["kind"] == "pool_resize"]
     # The line's own: added (+50 MB), then three times suspended and re-activated.
     assert [e["impacts"][0]["delta"] for e in resized] == [50_000_000] + [-50_000_000, 50_000_000] * 3
+
+
+async def test_addon_through_the_api_is_one_purchase_or_nothing(api: Api) -> None:
+    """Issue 15 item 8: POST /v1/lines/{line}/addons debits the wallet and grants the bucket in one transaction;
+    a wallet that cannot pay gets 409 naming `wallet` and nothing changes; an Idempotency-Key replays."""
+    assert (await api.call("POST", "/v1/tenants", {"id": "demo", "name": "Demo", "currency": "EUR"}))[0] == 201
+    body = {"id": "ann", "tenant": "demo", "payment": "prepaid", "balance": 7_000_000}
+    assert (await api.call("POST", "/v1/accounts", body))[0] == 201
+    line = await add_line(api, "ann", "208019000000901", "prepaid-s")  # 4.99 EUR intro fee: 2.01 EUR left
+    key = {"Idempotency-Key": "buy-1"}
+    status, bought, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": "roam-eu-500m"}, headers=key)
+    assert status == 409 and bought["invalidParams"][0]["param"] == "wallet", bought
+    before = api.snapshot()
+    status, bought, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": "data-1g-7d"}, headers=key)
+    assert_problem(status, bought, resp, 409, "wallet")
+    assert api.snapshot() == before
+    assert (await api.call("POST", "/v1/accounts/ann/topups", {"amount": 5_000_000, "reason": "shop"}))[0] == 200
+    status, bought, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": "data-1g-7d"}, headers=key)
+    assert status == 200 and bought["price"] == 2_990_000 and bought["account"]["balance"] == 4_020_000
+    assert bought["bucket"]["kind"] == "addon" and bought["bucket"]["remaining"] == 1_000_000_000
+    status, again, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": "data-1g-7d"}, headers=key)
+    assert status == 200 and again == bought and resp.headers.get("Idempotency-Replayed") == "true"
+    status, problem, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": "none"})
+    assert_problem(status, problem, resp, 404, "addon")
+    status, problem, resp = await api.call("POST", f"/v1/lines/{line}/addons", {"addon": 5})
+    assert_problem(status, problem, resp, 400, "addon")
+    status, page, _ = await api.call("GET", f"/v1/lines/{line}/events?limit=100")
+    (purchase,) = [e for e in page["events"] if e["kind"] == "addon"]
+    assert [i["delta"] for i in purchase["impacts"]] == [-2_990_000, 1_000_000_000]

@@ -337,7 +337,7 @@ overage = "redirect"
             'pool = "flexible"\npool_unit = "bytes"',
             "plan 'p': pool_per_line: required when pool = 'flexible'",
         ),
-        ('pool = "elastic"', "plan 'p': pool: must be one of static | flexible, got 'elastic'"),
+        ('pool = "elastic"', "plan 'p': pool: must be one of static | flexible | stacked | adaptive, got 'elastic'"),
         ("pool_amount = 5", "plan 'p': pool_amount: only used with pool = 'static' or 'flexible'"),
         (
             'pool = "static"\npool_unit = "events"\npool_amount = 5',

@@ -496,6 +496,9 @@ def test_catalogue_versions_check_and_show(chf: Any, home: Path) -> None:
     r = chf("catalogue", "check", "catalogue.d")
     assert r.status == 2 and "2099-02.toml: settings: effective: the same effective time as 2099-01.toml" in r.err
     (versions / "2099-02.toml").unlink()
+    (versions / "2019.toml").unlink()  # the first version is in force before its effective time too
+    r = chf("catalogue", "check", "catalogue.d")
+    assert "from the start (effective 2020-01-01 00:00 CET, the first version): version" in r.out
 
     (home / "chf.toml").write_text((home / "chf.toml").read_text().replace('"catalogue.toml"', '"catalogue.d"'))
     assert "8.99 EUR" in chf("catalogue", "show", "prepaid-s").out  # the version in force now
@@ -787,3 +790,34 @@ def test_a_terminated_line_cannot_change_plan_and_a_provisioned_one_pays_from_ac
     assert demo("--json", "account", "show", "alice").json()["balance"] == wallet
     demo("subscriber", "set-state", "208019000000005", "terminated", "--reason", "never sold")
     refused(demo, home, ["subscriber", "set-plan", "208019000000005", "payg"], "line", status=1)
+
+
+def test_stacked_pool_and_addons_on_the_command_line(demo: Any, home: Path) -> None:
+    """Issue 15 items 1 and 8 with the demo data: globex-fleet's stacked pool (2 x 100 MB + 1 x 1 GB) follows its
+    lines; `subscriber buy-addon` sells an add-on whole or refuses it naming the wallet and writes nothing."""
+    shown = demo("--json", "account", "show", "globex-fleet").json()
+    (pool,) = [b for b in shown["shared_buckets"] if b["kind"] == "pool"]
+    assert pool["initial"] == 1_200_000_000
+    demo("subscriber", "set-state", "208019000000303", "suspended", "--reason", "parked")  # iot-fleet-1g: "none"
+    shown = demo("--json", "account", "show", "globex-fleet").json()
+    (pool,) = [b for b in shown["shared_buckets"] if b["kind"] == "pool"]
+    assert pool["initial"] == 200_000_000
+    (resize,) = [
+        json.loads(x) for x in demo("--json", "events", "tail", "-n", "1", "--kind", "pool_resize").out.splitlines()
+    ]
+    assert resize["members"] == {"iot-fleet-100m": [2, 200_000_000]}
+
+    refused(demo, home, ["subscriber", "buy-addon", "208019000000004", "data-1g-7d"], "wallet", status=1)  # 1 EUR
+    refused(demo, home, ["subscriber", "buy-addon", "208019000000004", "no-such"], "addon", status=1)
+    demo("account", "topup", "dave", "5", "--reason", "shop")
+    r = demo("subscriber", "buy-addon", "208019000000004", "data-1g-7d", "--idempotency-key", "b1")
+    assert r.status == 0 and "bought data-1g-7d for 2.99 EUR" in r.out, r.err
+    r = demo("--json", "subscriber", "buy-addon", "208019000000004", "data-1g-7d", "--idempotency-key", "b1")
+    assert r.json()["duplicate"] and demo("--json", "account", "show", "dave").json()["balance"] == 3_010_000
+    listing = demo("--json", "catalogue", "show").json()
+    assert {a["name"]: a["price"] for a in listing["addons"]} == {"data-1g-7d": 2_990_000, "roam-eu-500m": 4_990_000}
+    shown = demo("--json", "catalogue", "show", "iot-topoff").json()
+    assert shown["pool_topoff"] and [t["amount"] for t in shown["pool_tiers"]] == [10**10, 5 * 10**10, 10**11]
+    assert "pool tier 2: 50.00 GB for 200.00 EUR" in demo("catalogue", "show", "iot-topoff").out
+    (bought,) = [json.loads(x) for x in demo("--json", "events", "tail", "--kind", "addon").out.splitlines()]
+    assert (bought["addon"], bought["charge"], bought["actor"][:4]) == ("data-1g-7d", 2_990_000, "cli:")

@@ -1,7 +1,8 @@
 """The oracle: a stateful property test of the whole charging function, checked for conservation after every step.
 
-Two tenants (EUR and USD), prepaid, postpaid and hybrid accounts, a family shared allowance and two flexible IoT
-pools, lines in every lifecycle state. At random, in any order:
+Two tenants (EUR and USD), prepaid, postpaid and hybrid accounts, a family shared allowance, two flexible IoT
+pools, a stacked pool and an adaptive pool with top-off (issue 15), lines in every lifecycle state. At random, in
+any order:
 - session usage through the charging service's request path (`ChargingService.charge_then`, group commit):
   Gy-like requests and Nchf-like ones (made from ChargingDataRequest JSON by nchf.mapping), INITIAL / UPDATE /
   TERMINATE with used and requested units, several requests in one batch, a session restarted by a new
@@ -9,12 +10,14 @@ pools, lines in every lifecycle state. At random, in any order:
 - one-shot events (CCR-E): direct debits, refunds, balance checks, price enquiries;
 - retransmissions: any earlier request again, also long after and after other requests, also in the same batch;
 - lifecycle changes (activate, suspend, terminate), new lines (provisioned or active, pool members), moves between
-  accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets;
+  accounts, plan changes of lines and accounts, top-ups, wallet and bucket adjustments, goodwill buckets, add-ons
+  bought (or refused whole), with and without an idempotency key;
 - the clock: small steps, days, exact period boundaries; the sweeper (renewals of idle owners, reaper);
 - the catalogue in four versions (chf.core.versions: prices, fees and an allowance change on 7 March, on 3 April
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
-  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; no grant outlives
-  the version it was made in and every usage event names the version of its grant.
+  1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
+  versions (or the first ones back); no grant outlives the version it was made in and every usage event
+  names the version of its grant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -36,6 +39,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chf.core import provisioning
+from chf.core.addons import buy_addon
 from chf.core.catalogue_loader import parse_catalogue
 from chf.core.context import account_owner, line_owner
 from chf.core.model import (
@@ -82,7 +86,7 @@ ACCOUNTS: dict[str, tuple[str, str, str | None, int, int]] = {
 # account id -> its parent (the payer split-billing rules name "parent"); parents are created first (above).
 PARENTS = {"drv": "oem"}
 # (account, line plan, initial state)
-LINES = [
+LINES: list[tuple[str, str | None, str]] = [
     ("pre1", "payg", "active"),
     ("pre1", "pre", "active"),
     ("pre1", "pre", "provisioned"),
@@ -103,9 +107,30 @@ LINES = [
     ("drv", "car", "active"),
     ("drv", "car", "active"),
 ]
+# -- issue 15: pools and add-ons (chf/core/pools.py, chf/core/addons.py) ------------------------------------------
+# A stacked pool (fleet-s lines bring 100 bytes, fleet-l lines 1000 and nothing while suspended) and an adaptive
+# pool with top-off (1000 then 2000 bytes, billed at the close). Add-ons are bought by the `buy_addon` rule.
+ACCOUNTS.update({"fleet": ("eu", "postpaid", "fleetpool", 3_000, 0), "ent": ("eu", "postpaid", "topoff", 3_000, 0)})
+LINES += [("fleet", "fleet-s", "active"), ("fleet", "fleet-l", "active"), ("ent", None, "active")]
+POOL_LINE_PLANS = ["fleet-s", "fleet-l"]
+POOL_ACCOUNT_PLANS = ["fleetpool", "tiered", "topoff"]
+# ------------------------------------------------------------------------------------------------------------------
 MAX_LINES = len(LINES) + 4
-LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", "rlah", "rlah-deny"]
-ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic"]
+LINE_PLANS = [
+    "pre",
+    "promo",
+    "payg",
+    "post",
+    "hyb",
+    "fam",
+    "iotflex",
+    "deny",
+    "redir",
+    *POOL_LINE_PLANS,
+    "rlah",
+    "rlah-deny",
+]
+ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic", *POOL_ACCOUNT_PLANS]
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
 ONE_SHOT = [
@@ -162,9 +187,25 @@ V4_TOML = _version(
 )
 
 
-def catalogue_versions() -> CatalogueVersions:
-    later = [parse_catalogue(text, f"v{n}.toml") for n, text in ((2, V2_TOML), (3, V3_TOML), (4, V4_TOML))]
-    return CatalogueVersions([test_catalogue(), *later])
+def _sms_dearer(text: str) -> str:
+    """What a reload may bring instead (the operator edits every version): SMS 5 micro-units dearer."""
+    for old, new in (
+        ("block = 1\nprice = 50", "block = 1\nprice = 55"),
+        ("block = 1\nprice = 40", "block = 1\nprice = 45"),
+    ):
+        text = text.replace(f'[tariffs.sms]\nunit = "events"\n{old}', f'[tariffs.sms]\nunit = "events"\n{new}', 1)
+    return text
+
+
+def catalogue_versions(edited: bool = False) -> CatalogueVersions:
+    texts = [CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML]
+    if edited:
+        texts = [_sms_dearer(t) for t in texts]
+        assert not set(texts) & {CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML}
+    name = "corekit-catalogue.toml" if not edited else "v1-edited.toml"
+    first = parse_catalogue(texts[0], name)
+    later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in enumerate(texts[1:], 2)]
+    return CatalogueVersions([first, *later])
 
 
 @dataclass
@@ -334,6 +375,14 @@ class ChargingSystem(RuleBasedStateMachine):
                 ev["catalogue"] == expected,
                 f"usage of {request.session} rg {ev['rating_group']}: version {ev['catalogue']}, granted in {expected}",
             )
+
+    @rule(edited=st.booleans())
+    def reload_catalogue(self, edited: bool) -> None:
+        """A reload (SIGHUP, API) that brings edited versions (dearer SMS in each), or the first ones back: new
+        grants and periods use the running versions; open grants keep the version they were made in."""
+        self.versions = catalogue_versions(edited)
+        self.sys.engine.versions = self.versions
+        self.ledger.reload(self.versions)
 
     @rule(where=st.sampled_from(["on", "before", "after"]))
     def clock_to_a_version_change(self, where: str) -> None:
@@ -558,7 +607,7 @@ class ChargingSystem(RuleBasedStateMachine):
             provisioning.assign_plan, plan, actor="oracle", reason="plan change", line_ref=f"#{self.lines[index].id}"
         )
 
-    @rule(account=st.sampled_from(["fam", "iot", "iot2"]), plan=st.sampled_from(ACCOUNT_PLANS))
+    @rule(account=st.sampled_from(["fam", "iot", "iot2", "fleet", "ent"]), plan=st.sampled_from(ACCOUNT_PLANS))
     def change_account_plan(self, account: str, plan: str) -> None:
         self.sys.operate(provisioning.assign_plan, plan, actor="oracle", reason="plan change", account_id=account)
 
@@ -590,7 +639,7 @@ class ChargingSystem(RuleBasedStateMachine):
     @precondition(lambda self: len(self.lines) < MAX_LINES)
     @rule(
         account=st.sampled_from(sorted(ACCOUNTS)),
-        plan=st.sampled_from([None, "payg", "pre", "post", "iotflex", "fam"]),
+        plan=st.sampled_from([None, "payg", "pre", "post", "iotflex", "fam", *POOL_LINE_PLANS]),
         state=st.sampled_from(["active", "provisioned"]),
         reuse=st.booleans(),
     )
@@ -606,6 +655,30 @@ class ChargingSystem(RuleBasedStateMachine):
         imsi = self.lines[old].imsi if old is not None else None
         if self._add_line(account, plan, state, imsi) is not None and old is not None:
             self.lines[old].imsi = None  # the number is the new line's now
+
+    # -- issue 15: add-ons ------------------------------------------------------------------------------------------
+    @rule(data=st.data(), addon=st.sampled_from(["data-1k", "sms-5", "nope"]), keyed=st.booleans())
+    def buy_addon(self, data: st.DataObject, addon: str, keyed: bool) -> None:
+        """An add-on for a line: bought whole (price and bucket in one event) or refused with nothing changed."""
+        index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        key = self.name("a") if keyed else None
+        with self.read() as txn:
+            before = snapshot(txn)
+        result = self.sys.operate(
+            buy_addon, f"#{self.lines[index].id}", addon, actor="oracle", reason="bolt-on", idempotency_key=key
+        )
+        with self.read() as txn:
+            after = snapshot(txn)
+        if isinstance(result, RequestError):
+            verify("addon", after == before, f"a refused add-on {addon} ({result}) changed the store")
+            return
+        if key is not None:
+            again = self.sys.operate(
+                buy_addon, f"#{self.lines[index].id}", addon, actor="oracle", reason="bolt-on", idempotency_key=key
+            )
+            assert isinstance(again, OpResult) and again.duplicate and again.value == result.value
+            with self.read() as txn:
+                verify("exactly_once", snapshot(txn) == after, f"add-on {addon} bought again with key {key}")
 
     # -- time and background work -----------------------------------------------------------------------------------
     @rule(step=st.sampled_from([1, 50, 199, 200, 3_599, 86_400, 10 * 86_400, "boundary"]))

@@ -264,3 +264,49 @@ def test_a_period_fee_is_priced_by_the_version_in_force_when_the_period_starts(
     with world.store.read() as txn:
         check_invariants(txn)
     world.close()
+
+
+async def test_a_restart_prices_open_grants_by_their_kept_version(
+    tmp_path: Path, open_store: Callable[..., Any]
+) -> None:
+    """A grant made, the catalogue file edited, the service restarted: the usage of the grant is priced by the
+    version it was made in, read back from the kept versions (chf.runtime.catalogues)."""
+    path = tmp_path / "catalogue.toml"
+    path.write_text(CATALOGUE_TOML)
+    archive = tmp_path / ARCHIVE_DIR
+    world = World(tmp_path / "store", opener=open_store)
+    world.tenant()
+    world.account("a", balance=100_000)
+    _, imsi = world.line("a", plan="payg")
+
+    def service() -> ChargingService:
+        return ChargingService(
+            world.store,
+            load_versions(path),
+            catalogue_path=str(path),
+            catalogue_archive=str(archive),
+            clock=lambda: T0,
+            sweep_interval=3600,
+        )
+
+    first = service()
+    v1 = first.catalogue
+    await first.start()
+    assert unit_of(await first.charge(initial("s", imsi))).granted == 1000
+    await first.stop()
+    path.write_text(CATALOGUE_TOML.replace("block = 100\nprice = 10\n", "block = 100\nprice = 30\n", 1))
+    world.reopen()
+    second = service()
+    assert second.catalogue.version != v1.version
+    await second.start()
+    try:
+        assert unit_of(await second.charge(terminate("s", 1, imsi, used=1000))).charged == 100  # v1's price
+        await second.charge(initial("t", imsi))
+        assert unit_of(await second.charge(terminate("t", 1, imsi, used=1000))).charged == 300
+    finally:
+        await second.stop()
+    usage = usage_events(world)
+    assert [(e["charge"], e["catalogue"]) for e in usage] == [(100, v1.version), (300, second.catalogue.version)]
+    with world.store.read() as txn:
+        check_invariants(txn)
+    world.close()

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from chf.core import provisioning
-from chf.core.catalogue import Catalogue, CatalogueError, Plan
+from chf.core.addons import buy_addon
+from chf.core.catalogue import AddOn, Catalogue, CatalogueError, Plan
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
 from chf.core.provisioning import LINE_STATES, PAYMENT_TYPES
@@ -436,6 +437,28 @@ def cmd_subscriber_set_plan(env: Env) -> int:
     return EXIT_OK
 
 
+def cmd_subscriber_buy_addon(env: Env) -> int:
+    a = env.args
+    who = actor()
+    reason = a.reason or f"add-on {a.addon}"
+    result = change(
+        env,
+        lambda txn, engine, now: buy_addon(
+            txn, engine, a.ref, a.addon, now=now, actor=who, reason=reason, idempotency_key=a.idempotency_key
+        ),
+    )
+    value = result.value
+    account = value["account"]
+    note = " (repeated idempotency key: nothing changed)" if result.duplicate else ""
+
+    def text() -> str:
+        head = f"bought {value['addon']} for {money(value['price'], account['currency'])}{note}"
+        return head + "\n" + buckets_text([value["bucket"]], account["currency"]) + "\n" + account_text(account)
+
+    env.out({**value, "duplicate": result.duplicate}, text)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # catalogue
 # ----------------------------------------------------------------------------------------------------------------------
@@ -500,17 +523,12 @@ def version_timeline(versions: CatalogueVersions, now: int) -> list[dict[str, An
     out: list[dict[str, Any]] = []
     previous: Catalogue | None = None
     for c in versions.versions:
-        tz = c.settings.timezone
         out.append(
             {
                 "version": c.version,
                 "file": c.source,
                 "effective": c.effective,
-                "effective_text": (
-                    "from the start"
-                    if c.effective is None or previous is None
-                    else datetime.fromtimestamp(c.effective, tz).strftime("%Y-%m-%d %H:%M %Z")
-                ),
+                "effective_text": _effective_text(c, first=previous is None),
                 "in_force": c is in_force,
                 "past": c is not in_force and (c.effective or 0) <= now,
                 "plans": len(c.plans),
@@ -520,6 +538,14 @@ def version_timeline(versions: CatalogueVersions, now: int) -> list[dict[str, An
         )
         previous = c
     return out
+
+
+def _effective_text(c: Catalogue, *, first: bool) -> str:
+    if c.effective is None:
+        return "from the start"
+    at = datetime.fromtimestamp(c.effective, c.settings.timezone).strftime("%Y-%m-%d %H:%M %Z")
+    # The first version is in force before its effective time too (chf.core.versions).
+    return f"from the start (effective {at}, the first version)" if first else at
 
 
 def _timeline_text(path: str, timeline: list[dict[str, Any]]) -> str:
@@ -577,6 +603,25 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     }
 
 
+def addon_summary(addon: AddOn) -> dict[str, Any]:
+    a = addon.allowance
+    days = addon.validity_seconds // 86400 if addon.validity_seconds is not None else None
+    return {
+        "name": addon.name,
+        "currency": addon.currency,
+        "price": addon.price,
+        "price_text": money(addon.price, addon.currency),
+        "unit": a.unit,
+        "amount": a.amount,
+        "rating_groups": sorted(a.rating_groups) if a.rating_groups is not None else None,
+        "validity_days": days,
+        "plans": sorted(addon.plans) if addon.plans is not None else None,
+        "bucket": quantity(a.amount, a.unit, addon.currency),
+        "validity": f"{days} days" if days is not None else "to the period's end",
+        "description": addon.description,
+    }
+
+
 def plan_detail(plan: Plan) -> dict[str, Any]:
     out = plan_summary(plan)
     out["allowances"] = [
@@ -609,8 +654,28 @@ def plan_detail(plan: Plan) -> dict[str, Any]:
     out["pool_unit"] = plan.pool_unit
     out["pool_amount"] = plan.pool_amount
     out["pool_per_line"] = plan.pool_per_line
+    out["pool_family"] = plan.pool_family
+    out["pool_contribution"] = plan.pool_contribution
+    out["pool_tiers"] = [{"amount": t.amount, "fee": t.fee} for t in plan.pool_tiers]
+    out["pool_topoff"] = plan.pool_topoff
     out["suspended_fee"] = plan.suspended_fee  # None: the full fee (README, "Fees and the line lifecycle")
     out["prorate"] = plan.prorate
+    return out
+
+
+def pool_text(d: dict[str, Any], currency: str) -> list[str]:
+    """A plan's stacked-pool family (as a pool or as a member) and adaptive tiers, as `catalogue show` says them."""
+    out = []
+    unit = d["pool_unit"] or "bytes"
+    if d["pool_family"] and d["pool"] == "stacked":
+        out.append(f"pool family: {d['pool_family']} (each member line brings its plan's contribution)")
+    elif d["pool_family"]:
+        brings = quantity(d["pool_contribution"], unit, currency)
+        out.append(f"pool family: {d['pool_family']}, each line brings {brings} to its account's stacked pool")
+    for n, tier in enumerate(d["pool_tiers"]):
+        out.append(f"pool tier {n + 1}: {quantity(tier['amount'], unit, currency)} for {money(tier['fee'], currency)}")
+    if d["pool_topoff"]:
+        out.append("pool top-off: starts at the first tier, grows a tier when exhausted")
     return out
 
 
@@ -626,12 +691,20 @@ def cmd_catalogue_show(env: Env) -> int:
     currency = catalogue.settings.currency
     if env.args.plan is None:
         plans = [plan_summary(p) for p in catalogue.plans.values()]
-        env.out(
-            {"file": path, "digest": catalogue.digest, "currency": currency, "plans": plans},
-            lambda: table(
+        addons = [addon_summary(a) for a in catalogue.addons.values()]
+
+        def listing() -> str:
+            out = table(
                 [[p["name"], p["payment"], p["fee_text"], p["period"], p["overage"], p["description"]] for p in plans],
                 ["PLAN", "PAYMENT", "FEE", "PERIOD", "OVERAGE", "DESCRIPTION"],
-            ),
+            )
+            if addons:
+                rows = [[a["name"], a["price_text"], a["bucket"], a["validity"], a["description"]] for a in addons]
+                out += "\n\n" + table(rows, ["ADD-ON", "PRICE", "BUCKET", "VALID", "DESCRIPTION"])
+            return out
+
+        env.out(
+            {"file": path, "digest": catalogue.digest, "currency": currency, "plans": plans, "addons": addons}, listing
         )
         return EXIT_OK
     plan = catalogue.plans.get(env.args.plan)
@@ -673,6 +746,7 @@ def cmd_catalogue_show(env: Env) -> int:
                 for x in d["allowances"]
             ]
             out += ["", table(rows, ["ALLOWANCE", "AMOUNT", "RATING GROUPS", "PRIORITY", "OWNER", "ROLLOVER"])]
+        out += pool_text(d, currency)
         for p in d["promotions"]:
             if p["kind"] == "intro_price":
                 out.append(f"promotion: {money(p['fee'], currency)} for the first {p['periods']} period(s)")
@@ -948,6 +1022,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_subscriber_set_plan)
+
+    p = g.add_parser(
+        "buy-addon",
+        parents=[common],
+        help="sell a catalogue add-on to a line: its price from the wallet, its bucket to the line, or nothing",
+    )
+    p.add_argument("ref")
+    p.add_argument("addon", help="an [addons.<name>] of the catalogue")
+    p.add_argument("--reason", help="recorded in the audit event")
+    p.add_argument("--idempotency-key", help="a repeated key changes nothing and answers as the first time")
+    p.set_defaults(func=cmd_subscriber_buy_addon)
 
     register_import(g, common)
 

@@ -9,11 +9,12 @@ plan. Money is integer micro-units, shown with the currency; nothing is rounded 
 usage
     Units used by unit type (bytes, seconds, events, money) and rated usage events; charges for usage;
     active lines (lines with at least one usage event); allowance utilisation per allowance name: units
-    granted in the period (plan renewals, bonuses, pool growth, rollovers, goodwill buckets, positive bucket
-    adjustments) against the units consumed from those same buckets by usage up to --to.
+    granted in the period (plan renewals, bonuses, pool growth and top-offs, rollovers, goodwill buckets,
+    add-ons, positive bucket adjustments) against the units consumed from those same buckets by usage up to --to.
 
 revenue
-    Per currency: usage charges, recurring fees, refunds (negative), revenue = usage + fees + refunds;
+    Per currency: usage charges, fees (recurring plan fees, adaptive pool tiers billed at a period's close,
+    add-on prices), refunds (negative), revenue = usage + fees + refunds;
     wallet adjustments are shown apart and not counted as revenue (they are corrections). Active lines are
     lines with a usage event or a fee of their own in the period (a fee paid by an account for its shared
     plan names no line); ARPU = revenue / active lines, rounded half to even to a micro-unit.
@@ -42,7 +43,9 @@ from tools.reconcile import DAY, ReconcileError, day_text, parse_day
 GROUPINGS = ("tenant", "account", "plan")
 UNITS = ("bytes", "seconds", "events", "money")
 # Events whose positive bucket impacts grant allowance units.
-GRANT_KINDS = frozenset({"renewal", "bonus", "pool_resize", "bucket_grant", "expiry", "adjustment"})
+GRANT_KINDS = frozenset(
+    {"renewal", "bonus", "pool_resize", "bucket_grant", "expiry", "adjustment", "pool_topoff", "addon"}
+)
 NO_PLAN = "(no plan)"
 
 
@@ -202,7 +205,7 @@ def _tally(
             if grant is not None and delta < 0:
                 owner, allowance = grant
                 groups[owner].allowances[allowance][1] += -delta
-    elif kind == "renewal":
+    elif kind in ("renewal", "pool_tier", "addon"):
         fee = int(event.get("charge", 0))
         if fee:
             _add(group.fees, currency, fee)

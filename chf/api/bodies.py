@@ -171,6 +171,11 @@ class BucketGrant(_Body, kw_only=True):
     priority: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1, description="Lower is used first.")] = 50
 
 
+class AddOnPurchase(_Body, kw_only=True):
+    addon: Annotated[NonEmptyStr, Meta(description="An add-on of the catalogue ([addons.<name>])")]
+    reason: Reason = "add-on bought"
+
+
 BODIES: tuple[type[_Body], ...] = (
     TenantCreate,
     AccountCreate,
@@ -181,6 +186,7 @@ BODIES: tuple[type[_Body], ...] = (
     LineStateChange,
     LineMove,
     BucketGrant,
+    AddOnPurchase,
 )
 
 

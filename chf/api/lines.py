@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from chf.api.accounts import assign_plan
-from chf.api.bodies import BucketGrant, LineCreate, LineMove, LineStateChange, read_body
+from chf.api.accounts import assign_plan, claim_key, replayable, within_ceiling
+from chf.api.bodies import AddOnPurchase, BucketGrant, LineCreate, LineMove, LineStateChange, idempotency_key, read_body
 from chf.api.context import ACTOR, context
 from chf.core import provisioning
+from chf.core.addons import buy_addon
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError
 from store.interface import Txn
@@ -140,3 +141,20 @@ async def grant_bucket(request: web.Request) -> web.Response:
 
     result = await context(request).operate(op)
     return web.json_response(result.value, status=201)
+
+
+@routes.post("/v1/lines/{line}/addons", name="buy_addon")
+async def buy_addon_route(request: web.Request) -> web.Response:
+    """A catalogue add-on for the line: its price from the wallet and its bucket in one transaction, or nothing
+    (409 with `wallet` when the wallet cannot pay)."""
+    ref = request.match_info["line"]
+    body = await read_body(request, AddOnPurchase)
+    actor = request[ACTOR]
+    key = idempotency_key(request, actor)
+
+    def op(txn: Txn, engine: Engine, now: int) -> OpResult:
+        claim_key(txn, key, body, now, engine.config.idempotency_window)
+        result = buy_addon(txn, engine, ref, body.addon, now=now, actor=actor, reason=body.reason, idempotency_key=key)
+        return within_ceiling(result)
+
+    return replayable(await context(request).operate(op))

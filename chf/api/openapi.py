@@ -339,6 +339,16 @@ OPENAPI: dict[str, Any] = {
                 body=_body(bodies.BucketGrant),
             )
         },
+        "/v1/lines/{line}/addons": {
+            "post": _op(
+                "buy_addon",
+                "Buy a catalogue add-on for a line: the price from the wallet and the bucket, in one transaction",
+                _json({"type": "object"}, "The add-on, its bucket and the account after the purchase"),
+                params=[_LINE, _IDEMPOTENCY],
+                change=True,
+                body=_body(bodies.AddOnPurchase),
+            )
+        },
         "/v1/lines/{line}/sessions": {
             "get": _op(
                 "line_sessions", "Open sessions of a line", _json({"type": "object"}, "Sessions"), params=[_LINE]

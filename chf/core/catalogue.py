@@ -25,12 +25,14 @@ __all__ = [
     "PAYMENT_TYPES",
     "UNIT_TYPES",
     "UNLIMITED",
+    "AddOn",
     "Allowance",
     "Band",
     "Catalogue",
     "CatalogueError",
     "GrantPolicy",
     "Plan",
+    "PoolTier",
     "Promotion",
     "Settings",
     "SplitRule",
@@ -43,7 +45,9 @@ UNIT_TYPES: Final = ("bytes", "seconds", "events", "money")
 PAYMENT_TYPES: Final = ("prepaid", "postpaid", "hybrid")
 OVERAGE_ACTIONS: Final = ("charge", "deny", "redirect", "restrict")
 ROUNDING_MODES: Final = ("up", "down", "nearest")
-POOL_KINDS: Final = ("static", "flexible")
+# static: a fixed size; flexible: per active line; stacked: the sum of what each member line's plan brings;
+# adaptive: tiers billed at the period's close (chf.core.pools).
+POOL_KINDS: Final = ("static", "flexible", "stacked", "adaptive")
 PROMOTION_KINDS: Final = ("intro_price", "bonus")
 #: Returned by :meth:`Tariff.affordable` when the applicable price is zero.
 UNLIMITED: Final = 2**62
@@ -281,6 +285,28 @@ class SplitRule:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolTier:
+    """A tier of an adaptive pool: `amount` units for the period at `fee` (micro-units)."""
+
+    amount: int
+    fee: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddOn:
+    """A priced add-on (bolt-on): `price` from the wallet buys a bucket of `allowance` on a line
+    (chf.core.addons). `validity_seconds` None: valid to the end of the line's current period."""
+
+    name: str
+    currency: str
+    price: int
+    allowance: Allowance
+    validity_seconds: int | None
+    plans: frozenset[str] | None  # the line plans that may buy it (None: any plan of its currency)
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     payment: str
@@ -314,6 +340,14 @@ class Plan:
     roaming_overage: str | None = None
     # Split billing: the first rule that matches a rating group's usage names who pays it (chf.core.split).
     split: tuple[SplitRule, ...] = ()
+    # Stacked pools (chf.core.pools): a line plan of family `pool_family` brings `pool_contribution` units to its
+    # account's stacked pool of the same family; an account plan with pool = "stacked" names its family.
+    pool_family: str | None = None
+    pool_contribution: int | None = None
+    # Adaptive pools: the tiers (ascending amounts and fees), and whether an exhausted pool is topped off to the
+    # next tier mid-period (else it holds the top tier from the start and the close picks the cheapest tier).
+    pool_tiers: tuple[PoolTier, ...] = ()
+    pool_topoff: bool = False
     _bonuses: tuple[Promotion, ...] = field(default=(), repr=False, compare=False)
     _intro: Promotion | None = field(default=None, repr=False, compare=False)
     _allow_by_rg: Mapping[int, tuple[Allowance, ...]] = field(default_factory=_empty_map, repr=False, compare=False)
@@ -347,13 +381,16 @@ class Plan:
         return self._bonuses
 
     def pool_allowance(self, active_lines: int) -> Allowance | None:
-        """The IoT pool as a shared account-level allowance for one period (None if the plan has no pool)."""
+        """The IoT pool as a shared account-level allowance for one period (None if the plan has no pool). A
+        stacked or an adaptive pool's size is not the plan's alone: chf.core.pools derives it."""
         if self.pool is None or self.pool_unit is None:
             return None
         if self.pool == "static":
             amount = self.pool_amount or 0
-        else:
+        elif self.pool == "flexible":
             amount = (self.pool_per_line or 0) * max(active_lines, 0)
+        else:
+            amount = 0
         return Allowance("pool", self.pool_unit, amount, self.pool_rating_groups, 0, True, False)
 
 
@@ -370,6 +407,7 @@ class Catalogue:
     # in events and reservations: the digest's first 12 hex digits (chf.core.versions).
     effective: int | None = None
     version: str = ""
+    addons: Mapping[str, AddOn] = field(default_factory=_empty_map)
     _zone_by_network: Mapping[str, str] = field(default_factory=_empty_map, repr=False, compare=False)
     _grants_by_rg: Mapping[int, GrantPolicy] = field(default_factory=_empty_map, repr=False, compare=False)
 

@@ -87,9 +87,17 @@ File format
     tariff bands); ``name`` for messages. The payer's shared allowances and pools pay first, then its wallet, at
     this plan's tariffs; a payer that does not exist or holds another currency refuses the rating group.
 
-    IoT pools: ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per period shared by
-    all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line`` (total =
-    per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes state);
+    IoT pools (chf.core.pools): ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per
+    period shared by all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line``
+    (total = per-line amount x the account's active lines, recomputed whenever a line joins, leaves or changes
+    state); ``pool = "stacked"`` with ``pool_unit`` and ``pool_family`` (total = what the account's member lines
+    bring: a line whose own plan has ``pool_family`` equal to it and a ``pool_contribution`` (> 0, in the pool's
+    unit) brings that amount while active, or suspended on a plan with the full suspended fee; recomputed from all
+    the lines whenever one joins, leaves, changes plan or state; the plans of one family share its currency);
+    ``pool = "adaptive"`` (postpaid plans only) with ``pool_unit`` and ``[[pool_tiers]]`` (``amount`` > 0 strictly
+    ascending, ``fee`` >= 0 never decreasing; at the period's close the cheapest tier covering what was used is
+    charged) and ``pool_topoff`` (default false: the pool holds the top tier all period; true: it starts at the
+    first tier and grows to the next one when exhausted, and the close charges at least the tier reached).
     ``pool_rating_groups`` optional.
 
     Line lifecycle (README, "Fees and the line lifecycle"): ``suspended_fee`` = ``"full"`` (default: a
@@ -99,6 +107,13 @@ File format
     held period started on reactivation) is charged for the local days left of it, rounded down to the
     micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
     stop at the end of the one in progress.
+
+``[addons.<name>]`` (chf.core.addons)
+    A priced add-on (bolt-on), bought for a line through the API or the CLI: ``price`` (micro-units, >= 0) in
+    ``currency`` (default the ``[settings]`` one); the bucket: ``unit``, ``amount`` (> 0), ``rating_groups``
+    (absent = every rating group of its unit), ``priority`` (default 50); ``validity_days`` (absent = to the
+    end of the line's current period); ``plans`` (the plans, of the line or else its account, it is sold with;
+    absent = any plan of its currency); ``description``.
 """
 
 from __future__ import annotations
@@ -123,12 +138,14 @@ from chf.core.catalogue import (
     PROMOTION_KINDS,
     ROUNDING_MODES,
     UNIT_TYPES,
+    AddOn,
     Allowance,
     Band,
     Catalogue,
     CatalogueError,
     GrantPolicy,
     Plan,
+    PoolTier,
     Promotion,
     Settings,
     SplitRule,
@@ -571,6 +588,10 @@ _PLAN_KEYS = (
     "pool_amount",
     "pool_per_line",
     "pool_rating_groups",
+    "pool_family",
+    "pool_contribution",
+    "pool_tiers",
+    "pool_topoff",
     "suspended_fee",
     "prorate",
     "roaming_overage",
@@ -627,6 +648,8 @@ def _load_plan(
     allowances = _load_allowances(errs, owner, t, rating, names)
     promotions, intro = _load_promotions(errs, owner, t, rating, names)
     pool = _load_pool(t, rating)
+    if pool.kind == "adaptive" and payment != "postpaid":
+        t.err("pool", "an adaptive pool is billed at the period's close: its plan must be postpaid")
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
     roaming_overage = t.get_str("roaming_overage", None, choices=ROAMING_OVERAGES) if t.has("roaming_overage") else None
@@ -657,6 +680,10 @@ def _load_plan(
         prorate=prorate,
         roaming_overage=roaming_overage,
         split=tuple(split),
+        pool_family=pool.family,
+        pool_contribution=pool.contribution,
+        pool_tiers=pool.tiers,
+        pool_topoff=pool.topoff,
         _bonuses=tuple(p for p in promotions if p.kind == "bonus"),
         _intro=intro,
         _allow_by_rg=MappingProxyType(by_rg),
@@ -841,19 +868,38 @@ class _Pool:
     amount: int | None
     per_line: int | None
     rating_groups: frozenset[int] | None
+    family: str | None = None
+    contribution: int | None = None
+    tiers: tuple[PoolTier, ...] = ()
+    topoff: bool = False
+
+
+# The keys each pool kind takes besides pool, pool_unit and pool_rating_groups (a member line plan of a stacked
+# pool has no `pool`: it takes pool_family and pool_contribution).
+_POOL_KIND_KEYS: Final = {
+    "static": ("pool_amount",),
+    "flexible": ("pool_per_line",),
+    "stacked": ("pool_family",),
+    "adaptive": ("pool_tiers", "pool_topoff"),
+}
+_POOL_KEYS: Final = ("pool_amount", "pool_per_line", "pool_family", "pool_contribution", "pool_tiers", "pool_topoff")
 
 
 def _load_pool(t: _Table, rating: _Rating) -> _Pool:
-    """The IoT pool keys: ``pool`` and the keys its kind takes (static: an amount; flexible: a per-line one)."""
+    """The IoT pool keys: ``pool`` and the keys its kind takes (static: an amount; flexible: a per-line one;
+    stacked: a family; adaptive: tiers); or, on a member plan of a stacked pool, its family and contribution."""
     pool = t.opt_str("pool")
     pool_unit = t.opt_str("pool_unit")
     pool_amount = t.get_int("pool_amount", minimum=1) if t.has("pool_amount") else None
     pool_per_line = t.get_int("pool_per_line", minimum=1) if t.has("pool_per_line") else None
     pool_rgs = t.rating_groups("pool_rating_groups")
+    family = t.opt_str("pool_family")
+    contribution = t.get_int("pool_contribution", minimum=1) if t.has("pool_contribution") else None
+    tiers = _load_pool_tiers(t)
+    topoff = t.get_bool("pool_topoff", False)
+    out = _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs, family, contribution, tiers, topoff)
     if pool is None:
-        for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups"):
-            if t.has(key):
-                t.err(key, "only used with pool = 'static' or 'flexible'")
+        _check_member_keys(t)
     elif pool not in POOL_KINDS:
         t.err("pool", f"must be one of {' | '.join(POOL_KINDS)}, got {pool!r}")
     else:
@@ -863,17 +909,137 @@ def _load_pool(t: _Table, rating: _Rating) -> _Pool:
             t.err("pool_unit", f"must be one of {' | '.join(UNIT_TYPES)}, got {pool_unit!r}")
         else:
             rating.check_unit(t, "pool_unit", pool_unit, pool_rgs)
-        if pool == "static":
-            if pool_amount is None:
-                t.err("pool_amount", "required when pool = 'static'")
-            if pool_per_line is not None:
-                t.err("pool_per_line", "only used when pool = 'flexible' (use pool_amount)")
-        else:
-            if pool_per_line is None:
-                t.err("pool_per_line", "required when pool = 'flexible'")
-            if pool_amount is not None:
-                t.err("pool_amount", "only used when pool = 'static' (use pool_per_line)")
-    return _Pool(pool, pool_unit, pool_amount, pool_per_line, pool_rgs)
+        _check_pool_kind_keys(t, pool)
+    return out
+
+
+def _check_member_keys(t: _Table) -> None:
+    """A plan without a pool: no pool keys but, on a member plan of a stacked pool, its family and contribution
+    (both)."""
+    for key in ("pool_unit", "pool_amount", "pool_per_line", "pool_rating_groups", "pool_tiers", "pool_topoff"):
+        if t.has(key):
+            t.err(key, f"only used with pool = {' or '.join(repr(k) for k in POOL_KINDS)}")
+    if t.has("pool_contribution") and not t.has("pool_family"):
+        t.err("pool_family", "required with pool_contribution (the stacked pool this plan's lines join)")
+    elif t.has("pool_family") and not t.has("pool_contribution"):
+        t.err("pool_contribution", "required with pool_family (what each line brings to the stacked pool)")
+
+
+def _check_pool_kind_keys(t: _Table, pool: str) -> None:
+    """The keys pool kind `pool` takes are there (pool_topoff is optional); the other kinds' keys are not."""
+    takes = _POOL_KIND_KEYS[pool]
+    for key in _POOL_KEYS:
+        if key in takes:
+            if not t.has(key) and key != "pool_topoff":
+                t.err(key, f"required when pool = {pool!r}")
+        elif t.has(key):
+            kinds = [k for k, keys in _POOL_KIND_KEYS.items() if key in keys]
+            where = f"pool = {kinds[0]!r}" if kinds else "pool_family, on a member plan of a stacked pool"
+            t.err(key, f"only used when {where} (this plan's pool is {pool!r})")
+
+
+def _load_pool_tiers(t: _Table) -> tuple[PoolTier, ...]:
+    """``[[pool_tiers]]`` (amount, fee): strictly ascending amounts; a larger tier never costs less (else the
+    smaller one would never be the cheapest that covers)."""
+    tiers: list[PoolTier] = []
+    for i, raw in enumerate(t.array_of_tables("pool_tiers")):
+        tt = _Table(t.errs, t.owner, f"pool_tiers[{i}].", raw, ("amount", "fee"))
+        if not tt.ok:
+            continue
+        tier = PoolTier(tt.get_int("amount", minimum=1), tt.get_int("fee", minimum=0))
+        if tiers and tier.amount <= tiers[-1].amount:
+            tt.err("amount", f"must be above the previous tier's ({tiers[-1].amount})")
+        elif tiers and tier.fee < tiers[-1].fee:
+            tt.err("fee", f"must be at least the previous tier's ({tiers[-1].fee}): a larger tier never costs less")
+        tiers.append(tier)
+    if t.has("pool_tiers") and not tiers:
+        t.err("pool_tiers", "must name at least one tier")
+    return tuple(tiers)
+
+
+def _check_pool_families(errs: _Errors, plans: Mapping[str, Plan | None]) -> None:
+    """A stacked pool's family: the plans whose lines bring their contribution to it. Every member plan's family
+    has a stacked pool plan, and the stacked plans of a family agree on its unit and currency."""
+    pools: dict[str, Plan] = {}
+    for name, plan in plans.items():
+        if plan is None or plan.pool != "stacked" or plan.pool_family is None:
+            continue
+        first = pools.setdefault(plan.pool_family, plan)
+        if (first.pool_unit, first.currency) != (plan.pool_unit, plan.currency):
+            errs.add(
+                f"plan {name!r}: pool_family",
+                f"family {plan.pool_family!r} is a pool of {first.pool_unit} in {first.currency} (plan "
+                f"{first.name!r}), not {plan.pool_unit} in {plan.currency}",
+            )
+    for name, plan in plans.items():
+        if plan is None or plan.pool is not None or plan.pool_family is None:
+            continue
+        pool = pools.get(plan.pool_family)
+        if pool is None:
+            errs.add(
+                f"plan {name!r}: pool_family", f"no plan has pool = 'stacked' with pool_family = {plan.pool_family!r}"
+            )
+        elif pool.currency != plan.currency:
+            errs.add(f"plan {name!r}: pool_family", f"family {plan.pool_family!r} is priced in {pool.currency}")
+
+
+_ADDON_KEYS = (
+    "price",
+    "currency",
+    "unit",
+    "amount",
+    "rating_groups",
+    "priority",
+    "validity_days",
+    "plans",
+    "description",
+)
+
+
+def _load_addons(errs: _Errors, raw: Any, plans: Mapping[str, Plan | None], settings: Settings) -> Mapping[str, AddOn]:
+    loaded: dict[str, AddOn | None] = _named_tables(
+        errs, "addon", raw, lambda n, r: _load_addon(errs, n, r, plans, settings)
+    )
+    return MappingProxyType({k: v for k, v in loaded.items() if v is not None})
+
+
+def _load_addon(
+    errs: _Errors, name: str, raw: Any, plans: Mapping[str, Plan | None], settings: Settings
+) -> AddOn | None:
+    """``[addons.<name>]``: a bucket sold for a price (chf.core.addons)."""
+    owner = f"addon {name!r}"
+    t = _Table(errs, owner, "", raw, _ADDON_KEYS)
+    if not t.ok:
+        return None
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    price = t.get_int("price", minimum=0)
+    unit = t.get_str("unit", choices=UNIT_TYPES)
+    allowance = Allowance(
+        name,
+        unit,
+        t.get_int("amount", minimum=1),
+        t.rating_groups("rating_groups"),
+        t.get_int("priority", 50),
+        False,
+        False,
+    )
+    days = t.get_int("validity_days", minimum=1) if t.has("validity_days") else None
+    for_plans: frozenset[str] | None = None
+    listed = t.get_list("plans")
+    if listed is not None:
+        for_plans = frozenset(p for p in listed if isinstance(p, str))
+        for i, p in enumerate(listed):
+            plan = plans.get(p) if isinstance(p, str) else None
+            if plan is None:
+                t.err(f"plans[{i}]", f"no plan {p!r}")
+            elif plan.currency != currency:
+                t.err(f"plans[{i}]", f"plan {p!r} is priced in {plan.currency}, the add-on in {currency}")
+        if not listed:
+            t.err("plans", "must not be empty (omit it for every plan)")
+    description = t.get_str("description", "")
+    return AddOn(name, currency, price, allowance, None if days is None else days * 86400, for_plans, description)
 
 
 def _allowance_lookups(
@@ -912,7 +1078,7 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
     return out
 
 
-_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans")
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons")
 
 
 def _check_zones(errs: _Errors, plans: Mapping[str, Plan | None], known: frozenset[str], home: str) -> None:
@@ -991,6 +1157,8 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
     _check_zones(errs, plans, known, settings.home_zone)
+    _check_pool_families(errs, plans)
+    addons = _load_addons(errs, doc.get("addons"), plans, settings)
 
     effective = _load_effective(errs, doc.get("settings"), settings.timezone)
     if errs.items:
@@ -1008,6 +1176,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         digest=digest,
         effective=effective,
         version=digest[:VERSION_DIGITS],
+        addons=addons,
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )

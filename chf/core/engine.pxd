@@ -65,3 +65,5 @@ cdef class Engine:
     cpdef _usage_payer(self, Context ctx, Session session, reservation, plan, rg, zone)
 
     cpdef _reserve_money(self, Context ctx, Context pay, tariff, rg, zone, want)
+
+    cpdef _reserve_allowances(self, Context pay, unit, rg, want, portions, zone)

@@ -50,6 +50,7 @@ from chf.core.model import (
     UsageReport,
     all_failed,
 )
+from chf.core.pools import top_off
 from chf.core.renewals import bring_up_to_date
 from chf.core.split import payer_id, rule_for
 from chf.core.versions import CatalogueVersions
@@ -198,6 +199,13 @@ class Engine:
         while len(self._by_version) > self.KEPT_CATALOGUES + len(versions.versions):
             del self._by_version[next(iter(self._by_version))]
         self._span = versions.at(0)
+
+    def remember(self, catalogue: Catalogue) -> None:
+        """Make a version that is not (or no longer) among the running ones reachable by its name, for the open
+        reservations granted in it (chf.runtime.catalogues reads the kept ones back after a restart)."""
+        if catalogue.version not in self._by_version:
+            self._by_version[catalogue.version] = catalogue
+            self.versions = self._versions  # evicts beyond KEPT_CATALOGUES, the running versions kept
 
     @property
     def catalogue(self) -> Catalogue:
@@ -725,7 +733,7 @@ class Engine:
         if want > quantum:
             want = quantum
         portions: list[list[int]] = []
-        covered = self._reserve_buckets(pay, unit, rg, want, portions, zone)
+        covered = self._reserve_allowances(pay, unit, rg, want, portions, zone)
         money = 0
         granted = covered
         overage = plan.overage if plan.roaming_overage is None else overage_in(plan, zone, catalogue.settings.home_zone)
@@ -752,6 +760,17 @@ class Engine:
         )
         if pay is not ctx:
             session.reservations[rg].payer = pay.account.id
+
+    def _reserve_allowances(
+        self, pay: Context, unit: str, rg: int, want: int, portions: list[list[int]], zone: str
+    ) -> int:
+        """Reserve up to `want` units from the buckets of whoever pays (`pay`: the line's context or a split-billing
+        payer's, chf/core/split.py). An adaptive pool with top-off grows to its next tier when exhausted
+        (chf.core.pools), before the wallet. Returns the units reserved."""
+        covered = self._reserve_buckets(pay, unit, rg, want, portions, zone)
+        while covered < want and top_off(pay, unit, rg):
+            covered += self._reserve_buckets(pay, unit, rg, want - covered, portions, zone)
+        return covered
 
     def _reserve_money(
         self, ctx: Context, pay: Context, tariff: Tariff, rg: int, zone: str, want: int

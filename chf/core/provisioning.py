@@ -807,8 +807,10 @@ def add_lines(
 
 
 def _has_pool(catalogue: Catalogue, account: Account) -> bool:
+    """Whether a new active line changes the account's pool row by row. A stacked pool is derived from all its
+    lines, one read each: it is derived once after the last row (`resize_pool` in `add_lines`), not per row."""
     plan = catalogue.plans.get(account.plan) if account.plan is not None else None
-    return plan is not None and plan.pool is not None
+    return plan is not None and plan.pool is not None and plan.pool != "stacked"
 
 
 def get_line(txn: Txn, ref: str) -> Subscriber:
@@ -929,6 +931,7 @@ def assign_plan(
             ctx.events.append(change)
         else:
             assign_plan_to(ctx, plan_rec, is_account=False, actor=actor, reason=reason)
+        resize_pool(ctx, f"line {sub.id} on plan {plan_rec.name}")  # a stacked pool: what the line brings changed
         ctx.flush()
         return OpResult(sub.as_dict(), _signals(txn, [sub.id], "reauth"))
     assert account_id is not None

@@ -14,8 +14,9 @@ back (`renewal_pending`) until the line is active again. Provisioned or terminat
 of periods stops at that boundary and only activation starts a new one (`start_line_plan`). Where the plan
 prorates, a period that starts between two boundaries is charged for the days left of it.
 
-An IoT pool's size is derived from its members: `resize_pool` sets it from the account's active lines whenever
-one joins, leaves or changes state, with an event for each change.
+An IoT pool's size is derived from its members (chf.core.pools): `resize_pool` sets it from the account's lines
+whenever one joins, leaves or changes plan or state, with an event for each change. An adaptive pool is billed at
+its period's close (`chf.core.pools.bill_adaptive`), before its bucket expires.
 
 Everything here works on a `Context` and the catalogue it was loaded with; it writes nothing itself (the
 caller flushes the context).
@@ -28,6 +29,7 @@ from typing import Any
 from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
+from chf.core.pools import active_lines, bill_adaptive, derived_size, period_allowance
 from chf.core.zones import bucket_zones
 from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket, Subscriber
 
@@ -113,6 +115,8 @@ def _renew_periods(ctx: Context, bs: BalanceSet, owner: str, *, is_account: bool
         if state not in (ACTIVE, SUSPENDED):
             _end_line_plan(ctx, bs, owner, boundary, state)
             break
+        if is_account and plan.pool == "adaptive":
+            bill_adaptive(ctx, bs, plan, boundary, "period closed")
         _expire_buckets(ctx, bs, owner, boundary, period_ended=True)
         bs.period_start = boundary
         bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, catalogue.settings.timezone)
@@ -241,7 +245,7 @@ def _start_period(
     valid_to = bs.period_end
     allowances = [a for a in plan.allowances if a.shared == is_account]
     if is_account and plan.pool is not None:
-        pool = plan.pool_allowance(_active_lines(ctx))
+        pool = period_allowance(ctx, plan)
         if pool is not None:
             allowances.append(pool)
     for a in allowances:
@@ -273,6 +277,9 @@ def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, re
         bs = ctx.line_bs
         ctx.line_bs_dirty = True
         owner = line_owner(ctx.sub.id)
+    previous = ctx.catalogue.plan_in(bs.plan, ctx.account.currency) if is_account else None
+    if previous is not None and previous.pool == "adaptive":
+        bill_adaptive(ctx, bs, previous, now, f"plan changed to {plan.name}")
     for b in bs.buckets:
         if b.kind in ("plan", "pool", "rollover"):
             b.valid_to = min(b.valid_to, now)
@@ -354,41 +361,33 @@ def start_line_plan(ctx: Context, actor: str, reason: str) -> None:
         retry_pending_renewal(ctx, reason)
 
 
-def _active_lines(ctx: Context) -> int:
-    """The account's active lines, counted from its line records (the store's index of them); the account
-    record keeps the count for display."""
-    account = ctx.account
-    active = ctx.txn.active_line_count(account.id)
-    if account.active_lines != active:
-        account.active_lines = active
-        ctx.account_dirty = True
-    return active
-
-
 def resize_pool(ctx: Context, reason: str) -> None:
     """Derive the account's count of active lines and its pool's size for the current period from its member
-    lines, after a line joined or left the account or changed state (or several did: a bulk import). A flexible
-    pool's bucket is set to that size (what was used of it stays used: a pool that shrinks below its use is
-    exhausted until it grows again or the period ends); every change of the size is a pool_resize event."""
-    active = _active_lines(ctx)
+    lines, after a line joined or left the account or changed plan or state (or several did: a bulk import). A
+    flexible or stacked pool's bucket is set to that size (what was used of it stays used: a pool that shrinks
+    below its use is exhausted until it grows again or the period ends); every change of the size is a
+    pool_resize event (a stacked pool's names what each member plan brings)."""
+    active = active_lines(ctx)
     bs = ctx.acct_bs
     account = ctx.account
     plan = ctx.catalogue.plans.get(account.plan) if account.plan is not None else None
     if bs is None or plan is None or plan.pool is None or bs.plan != plan.name:
         return
-    pool = plan.pool_allowance(active)
-    if pool is None:
+    size, members = derived_size(ctx, plan)
+    if size is None:
         return
     now = ctx.now
     for b in bs.buckets:
-        if b.kind != "pool" or not b.valid_from <= now < b.valid_to or b.initial == pool.amount:
+        if b.kind != "pool" or not b.valid_from <= now < b.valid_to or b.initial == size:
             continue
-        delta = pool.amount - b.initial
-        b.initial = pool.amount
+        delta = size - b.initial
+        b.initial = size
         b.remaining += delta
         ctx.acct_bs_dirty = True
         event = ctx.base_event("pool_resize", "system", reason)
         event["active_lines"] = active
-        event["pool_size"] = pool.amount
+        event["pool_size"] = size
+        if members is not None:
+            event["members"] = members
         event["impacts"].append(bucket_impact(account_owner(account.id), b, delta))
         ctx.events.append(event)

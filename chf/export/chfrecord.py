@@ -46,7 +46,8 @@ Fields written (JSON record field -> CHFRecord field):
 
 Not written: chargingID (the PGW/SMF Charging-Id is not kept with the events), recordSequenceNumber (partial
 record numbering per session; the spool sequence is localRecordSequenceNumber), the money charged (CHFRecord has
-no field for it; it is in the JSON record). Times are UTC, written with offset +0000.
+no field for it; it is in the JSON record), the catalogue version that priced it (catalogueVersion of the JSON
+record; CHFRecord has none). Times are UTC, written with offset +0000.
 """
 
 from __future__ import annotations

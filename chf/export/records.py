@@ -6,7 +6,8 @@ exists; the rest are the rating fields of this charging function:
     recordId             unique event id "<store id>-<sequence>" (de-duplication key)
     recordSequenceNumber spool sequence number (monotonic, no gaps within one store)
     recordType           event kind: usage | refund | topup | adjustment | renewal | renewal_failed | expiry |
-                         bonus | bucket_grant | plan_change | lifecycle | line_move | release | pool_resize
+                         bonus | bucket_grant | plan_change | lifecycle | line_move | release | pool_resize |
+                         pool_topoff | pool_tier (an adaptive pool's close: tier, pool_used, why) | addon
     timeOfReport         ISO 8601 UTC time of the event; `time` the same in UNIX seconds
     tenant, account      the MVNO brand and the paying account (for usage a split-billing rule sent to another
                          account, that payer; the line's own account is then details.lineAccount)

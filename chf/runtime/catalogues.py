@@ -8,7 +8,8 @@ import hashlib
 import logging
 import os
 
-from chf.core.catalogue_loader import VERSION_DIGITS
+from chf.core.catalogue import Catalogue, CatalogueError
+from chf.core.catalogue_loader import VERSION_DIGITS, load_catalogue
 from chf.core.versions import CatalogueVersions
 
 log = logging.getLogger("chf.catalogue")
@@ -49,3 +50,25 @@ def keep_versions(archive: str, path: str, versions: CatalogueVersions) -> list[
         written.append(version)
         log.info("event=catalogue_version_kept version=%s file=%s", version, target)
     return written
+
+
+def kept_versions(archive: str, running: CatalogueVersions, limit: int) -> list[Catalogue]:
+    """The `limit` most recently kept versions that are not running, oldest first: after a restart, the open
+    reservations granted in them are still priced by them. A kept file that no longer loads (a format this code
+    refuses) is skipped and logged."""
+    if not os.path.isdir(archive):
+        return []
+    names = {c.version for c in running.versions}
+    found = []
+    for name in os.listdir(archive):
+        version, ext = os.path.splitext(name)
+        if ext == ".toml" and len(version) == VERSION_DIGITS and version not in names:
+            path = os.path.join(archive, name)
+            found.append((os.stat(path).st_mtime, path))
+    out = []
+    for _, path in sorted(found)[-limit:] if limit > 0 else []:
+        try:
+            out.append(load_catalogue(path))
+        except CatalogueError as exc:
+            log.warning("event=catalogue_version_unreadable file=%s errors=%d", path, len(exc.errors))
+    return out

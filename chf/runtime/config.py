@@ -43,7 +43,7 @@ class ChfSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[chf]"""
 
     data_dir: NonEmptyStr = "var"
-    catalogue: NonEmptyStr = "conf/catalogue.toml"
+    catalogue: NonEmptyStr = "conf/catalogue.toml"  # a file, or a directory of its versions (chf.core.versions)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["kv", "json"] = "kv"
 

@@ -30,7 +30,7 @@ from chf.core.model import ChargingAnswer, ChargingRequest, OpResult, Signal
 from chf.core.renewals import needs_upkeep
 from chf.core.versions import CatalogueVersions, load_versions
 from chf.runtime import metrics
-from chf.runtime.catalogues import keep_versions
+from chf.runtime.catalogues import keep_versions, kept_versions
 from store.interface import Owner, Store, StoreBusy, StoreClosed, Txn
 from store.schema import Session
 
@@ -105,6 +105,8 @@ class ChargingService:
         self.catalogue_archive = catalogue_archive
         if catalogue_archive is not None and catalogue_path is not None:
             keep_versions(catalogue_archive, catalogue_path, self.engine.versions)
+            for kept in kept_versions(catalogue_archive, self.engine.versions, Engine.KEPT_CATALOGUES):
+                self.engine.remember(kept)
         self.clock = clock
         self.bus = SignalBus()
         self.sweep_interval = sweep_interval
