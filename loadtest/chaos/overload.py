@@ -553,6 +553,18 @@ class OverloadResult:
     server_cpu_percent: float
     tracebacks: int = 0
     generator_cpu_percent: float = 0.0  # near 100: the generator, not the server, set the pace (and the latencies)
+    # The server's CPU while its capacity was measured: on a shared machine its core is shared too, and a capacity
+    # measured with more of it than the overload then got is not the capacity the overload met.
+    capacity_cpu_percent: float = 0.0
+
+    @property
+    def goodput_per_cpu_share(self) -> float:
+        """Goodput per CPU second of the server as a share of the capacity's: what the overload cost the server,
+        whatever share of its core the machine gave it in each phase."""
+        if not (self.capacity_per_s and self.server_cpu_percent and self.capacity_cpu_percent):
+            return 0.0
+        per_cpu = self.goodput_per_s / self.server_cpu_percent
+        return per_cpu / (self.capacity_per_s / self.capacity_cpu_percent)
 
     @property
     def goodput_share(self) -> float:
@@ -592,7 +604,9 @@ async def run(
         return await nchf_h2load(port, lines=lines, seconds=seconds, streams=16)
 
     await load(pause)  # warm up
+    capacity_cpu0 = server.cpu_seconds()
     capacity_stats, _ = await load(capacity_seconds)
+    capacity_cpu = (server.cpu_seconds() - capacity_cpu0) / capacity_seconds
     capacity = capacity_stats.ok / capacity_seconds
     await asyncio.sleep(pause)
     before = server.rss_kb()
@@ -632,6 +646,7 @@ async def run(
         round(100 * cpu),
         server.tracebacks() - tracebacks,
         round(100 * own),
+        round(100 * capacity_cpu),
     )
 
 

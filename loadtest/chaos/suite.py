@@ -246,20 +246,23 @@ async def overload_rows(home: Path, s: Settings, cpu: int | None) -> list[Row]:
             refusal = "3004" if interface == "gy" else "503"
             offered = f"offered {r.offered_per_s}/s"
             if short:
-                offered += f" (the generator's maximum; target {r.target_per_s}/s)"
+                # h2load and the Gy generator send no faster than the server reads (TCP and HTTP/2 flow control):
+                # below the target, either the generator's CPU or the server's backpressure held it back.
+                offered += f" (target {r.target_per_s}/s: the generator's maximum or the server's backpressure)"
             figures = (
-                f"capacity {r.capacity_per_s}/s; {offered}; goodput {r.goodput_per_s}/s = {100 * share:.0f} % of "
-                f"capacity; {r.refused} x {refusal} p50/p99 {r.refusal_p50_ms}/{r.refusal_p99_ms} ms; accepted "
-                f"p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; new peer during: {_seconds(r.new_peer_during_s)};"
-                f" recovery {_seconds(r.recovery_s)}; RSS {_mb(r.rss_before_kb)} -> {_mb(r.rss_peak_kb)} -> "
-                f"{_mb(r.rss_after_kb)} MB; server CPU {r.server_cpu_percent} %, generator CPU "
-                f"{r.generator_cpu_percent} %; {r.tracebacks} tracebacks in the log"
+                f"capacity {r.capacity_per_s}/s (server CPU {r.capacity_cpu_percent} %); {offered}; goodput "
+                f"{r.goodput_per_s}/s = {100 * share:.0f} % of capacity ({100 * r.goodput_per_cpu_share:.0f} % per "
+                f"server CPU second); {r.refused} x {refusal} p50/p99 {r.refusal_p50_ms}/{r.refusal_p99_ms} ms; "
+                f"accepted p50/p99 {r.accepted_p50_ms}/{r.accepted_p99_ms} ms; new peer during: "
+                f"{_seconds(r.new_peer_during_s)}; recovery {_seconds(r.recovery_s)}; RSS {_mb(r.rss_before_kb)} -> "
+                f"{_mb(r.rss_peak_kb)} -> {_mb(r.rss_after_kb)} MB; server CPU {r.server_cpu_percent} %, generator "
+                f"CPU {r.generator_cpu_percent} %; {r.tracebacks} tracebacks in the log"
             )
             target = (
                 f"goodput >= {100 * GOODPUT_SHARE:.0f} %, refusal p99 < {REFUSAL_P99_MS:g} ms, accepted p99 < "
                 f"{ACCEPTED_P99_MS:g} ms, new peer < {NEW_PEER_S:g} s, recovery < {RECOVERY_S:g} s"
             )
-            data = {**asdict(r), "goodput_share": share}
+            data = {**asdict(r), "goodput_share": share, "goodput_per_cpu_share": r.goodput_per_cpu_share}
             rows.append(Row("overload", f"{interface} at {s.overload_factor:g}x", figures, target, ok, data))
     return rows
 
