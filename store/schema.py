@@ -137,7 +137,7 @@ class Layout:
     `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
     store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
 
-    __slots__ = ("added", "cls", "fields", "kind", "nested", "shown", "versioned", "views")
+    __slots__ = ("cls", "fields", "kind", "nested", "optional", "shown", "versioned", "views")
 
     def __init__(
         self,
@@ -148,7 +148,7 @@ class Layout:
         shown: tuple[str, ...] | None = None,
         views: dict[str, Callable[[Any], Any]] | None = None,
         versioned: bool = True,
-        added: int = 0,
+        optional: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind  # in messages: "balance set record has schema version ..."
         self.fields = fields
@@ -156,10 +156,11 @@ class Layout:
         self.shown = shown if shown is not None else fields
         self.views = views or {}
         self.versioned = versioned
-        # The last `added` fields came after records were stored without them: they are written only when one of
-        # them is not None (a record that uses none of them keeps the bytes it had before), and a record without
-        # them reads them as None.
-        self.added = added
+        # Trailing fields (the last of `fields`, default None) stored only when one of them is set: a record that
+        # uses none of them keeps the bytes it had before they were added, and an older record reads as unset.
+        if fields[len(fields) - len(optional) :] != optional:
+            raise ValueError(f"{kind}: optional fields {optional} must be the last fields")
+        self.optional = optional
         self.cls: Any = None  # the record class, once it is defined (end of this module)
 
     def position(self, name: str) -> int:
@@ -179,7 +180,9 @@ class Layout:
 
 # A tenant's `parent` is the tenant above it (the operator above a reseller, a reseller above an enterprise:
 # chf.core.wholesale); `tax_profile` names the catalogue's tax profile of its accounts (chf.core.tax).
-TENANT = Layout("tenant", ("id", "name", "currency", "created", "parent", "tax_profile"), added=2)
+TENANT = Layout(
+    "tenant", ("id", "name", "currency", "created", "parent", "tax_profile"), optional=("parent", "tax_profile")
+)
 ACCOUNT = Layout(
     "account",
     (
@@ -198,7 +201,7 @@ ACCOUNT = Layout(
         "price_list",
         "tax_profile",
     ),
-    added=2,
+    optional=("price_list", "tax_profile"),
     shown=(
         "id",
         "tenant",
@@ -254,6 +257,8 @@ BUCKET = Layout(
         "reserved",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     shown=(
         "id",
@@ -268,9 +273,12 @@ BUCKET = Layout(
         "available",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     views={"available": lambda bucket: bucket.available()},
     versioned=False,
+    optional=("zones", "fair_use_left"),
 )
 BALANCE_SET = Layout(
     "balance set",
@@ -279,9 +287,10 @@ BALANCE_SET = Layout(
 )
 RESERVATION = Layout(
     "reservation",
-    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone"),
-    shown=("rating_group", "unit", "granted", "money", "tariff", "zone"),
+    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone", "payer"),
+    shown=("rating_group", "unit", "granted", "money", "tariff", "zone", "payer"),
     versioned=False,
+    optional=("payer",),
 )
 SESSION = Layout(
     "session",
@@ -300,8 +309,11 @@ SESSION = Layout(
         "serving_network",
         "notify",
         "seen",
+        "apn",
+        "rat",
     ),
     nested={"reservations": Many(RESERVATION, key="rating_group")},
+    optional=("apn", "rat"),
     shown=(
         "key",
         "subscriber",
@@ -349,7 +361,8 @@ class Tenant:
             self.created,
         ]
         if self.parent is not None or self.tax_profile is not None:
-            r.extend((self.parent, self.tax_profile))
+            r.append(self.parent)
+            r.append(self.tax_profile)
         return pack(r)
 
     @classmethod
@@ -435,7 +448,8 @@ class Account:
             self.active_lines,
         ]
         if self.price_list is not None or self.tax_profile is not None:
-            r.extend((self.price_list, self.tax_profile))
+            r.append(self.price_list)
+            r.append(self.tax_profile)
         return pack(r)
 
     @classmethod
@@ -557,6 +571,8 @@ class Bucket:
         reserved: int,
         valid_from: int,
         valid_to: int,
+        zones: list[str] | None = None,
+        fair_use_left: int | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -569,6 +585,11 @@ class Bucket:
         self.reserved = reserved
         self.valid_from = valid_from
         self.valid_to = valid_to
+        # The zones (catalogue zone names) whose usage this bucket pays; None: every zone (chf/core/zones.py).
+        self.zones = zones
+        # Fair use: units of it that usage outside the home zone may still take or hold this period; None: no
+        # limit. Held at a grant, given back for what the grant did not use (chf/core/zones.py).
+        self.fair_use_left = fair_use_left
 
     def available(self) -> int:
         return self.remaining - self.reserved
@@ -584,7 +605,7 @@ class Bucket:
 
     # <generated from BUCKET>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.id,
             self.name,
             self.kind,
@@ -597,6 +618,10 @@ class Bucket:
             self.valid_from,
             self.valid_to,
         ]
+        if self.zones is not None or self.fair_use_left is not None:
+            r.append(self.zones)
+            r.append(self.fair_use_left)
+        return r
 
     # </generated>
 
@@ -694,6 +719,7 @@ class Reservation:
         money: int,
         tariff: str | None,
         zone: str,
+        payer: str | None = None,
     ) -> None:
         self.rating_group = rating_group
         self.unit = unit
@@ -702,12 +728,15 @@ class Reservation:
         self.money = money
         self.tariff = tariff
         self.zone = zone
+        # The account that pays it when a split-billing rule routed it to another than the line's (chf/core/split.py):
+        # its buckets hold `portions` of source SRC_ACCOUNT and its wallet `money`. None: the line's account.
+        self.payer = payer
 
     as_dict = RESERVATION.viewer()
 
     # <generated from RESERVATION>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.rating_group,
             self.unit,
             self.granted,
@@ -716,6 +745,9 @@ class Reservation:
             self.tariff,
             self.zone,
         ]
+        if self.payer is not None:
+            r.append(self.payer)
+        return r
 
     # </generated>
 
@@ -745,6 +777,8 @@ class Session:
         serving_network: str | None,
         notify: Any = None,
         seen: int = 1,
+        apn: str | None = None,
+        rat: str | None = None,
     ) -> None:
         self.key = key
         self.subscriber = subscriber
@@ -762,30 +796,35 @@ class Session:
         # Request numbers already applied, as a bit mask below last_request (bit i: last_request - i), so that
         # requests arriving out of order are applied once each, even after their answers left `answers`.
         self.seen = seen
+        # The APN / DNN and RAT type the client reported (split billing routes by them, chf/core/split.py).
+        self.apn = apn
+        self.rat = rat
 
     as_dict = SESSION.viewer()
 
     # <generated from SESSION>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.key,
-                self.subscriber,
-                self.account,
-                self.protocol,
-                self.created,
-                self.updated,
-                self.expires,
-                self.last_request,
-                self.closed,
-                [x.pack() for x in self.reservations.values()],
-                self.answers,
-                self.serving_network,
-                self.notify,
-                self.seen,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.key,
+            self.subscriber,
+            self.account,
+            self.protocol,
+            self.created,
+            self.updated,
+            self.expires,
+            self.last_request,
+            self.closed,
+            [x.pack() for x in self.reservations.values()],
+            self.answers,
+            self.serving_network,
+            self.notify,
+            self.seen,
+        ]
+        if self.apn is not None or self.rat is not None:
+            r.append(self.apn)
+            r.append(self.rat)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Session:
@@ -806,6 +845,8 @@ class Session:
             r[12],
             r[13],
             r[14],
+            r[15] if len(r) > 15 else None,
+            r[16] if len(r) > 16 else None,
         )
 
     # </generated>

@@ -34,6 +34,12 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
                  uplinkVolume) is bytes_in on both front-ends (checked by the stateful test on each update).
 - usage_bounded  no usage event commits an implausible amount (PLAUSIBLE: more than a terabyte, a month of
                  seconds, ... in one report).
+- split          (issue 15 item 4, chf/core/split.py) usage of a rating group a plan's unconditional split rule
+                 routes is paid by the payer the rule names (the line's account's parent), never by the line's
+                 account or buckets; a usage event with a payer moves only that payer's balances.
+- zoned          (issue 15 item 5, chf/core/zones.py) usage takes units only from buckets that pay in its zone;
+                 what usage outside the home zone took of a fair-use bucket never exceeds its fair use, and the fair
+                 use a bucket has left is its limit less what roaming took and what open roaming grants hold.
 - versioned      (effective-dated catalogue, chf.core.versions) every event names a version of the catalogue; a
                  period's renewal names the version in force when the period starts and is judged by that
                  version's plan (fee_state, justified); the stateful test checks that no grant outlives the
@@ -140,6 +146,8 @@ class Ledger:
         self.members: dict[int, str] = {}  # line id -> its account, as creations and moves set it
         self.fees: int = 0
         self.levels = Levels(self.version_of)
+        self.zones = Zones(catalogue)
+        self.parents: dict[str, str | None] = {}  # account id -> its parent
 
     # -- following the spool ----------------------------------------------------------------------------------------
     def follow(self, txn: Txn) -> set[str]:
@@ -147,6 +155,8 @@ class Ledger:
         and renewals)."""
         currencies = {a.id: a.currency for a in txn.accounts()}
         self.levels.read(txn)
+        self.parents = {a.id: a.parent for a in txn.accounts()}
+        self.zones.learn(Stored(txn))
         kinds: set[str] = set()
         for ev in txn.events(self.seq):
             self._event(ev, currencies)
@@ -185,6 +195,8 @@ class Ledger:
             self.members[ev["subscriber"]] = ev["to_account"]
         elif kind == "usage":
             self._debited(ev)
+            self.zones.usage(ev, where)
+            self._split_payer(ev, where)
             used = ev.get("used", 0)
             verify("usage_bounded", abs(used) <= PLAUSIBLE, f"{where}: {used} {ev.get('unit')} committed")
         elif kind == "refund":
@@ -349,6 +361,28 @@ class Ledger:
         for impact in ev["impacts"]:
             verify("justified", impact["delta"] in amounts, f"{where}: a bonus of {impact['delta']}")
 
+    def _split_payer(self, ev: dict[str, Any], where: str) -> None:
+        """The "split" rule: who paid a usage event."""
+        payer = ev.get("payer")
+        if payer is not None:
+            for impact in ev["impacts"]:
+                verify("split", impact["balance"].startswith(f"account:{payer}:"), f"{where}: {impact} for {payer}")
+        line = ev.get("subscriber")
+        plan = self.catalogue.plans.get(self.plans.get(line_owner(line)) or "") if line is not None else None
+        for rule in plan.split if plan is not None else ():
+            unconditional = rule.apns is rule.rats is rule.zones is rule.networks is rule.window is None
+            if unconditional and rule.rating_groups and ev.get("rating_group") in rule.rating_groups:
+                expected = self.parents.get(ev["account"]) if rule.payer == "parent" else rule.payer.partition(":")[2]
+                if expected is None:
+                    return  # no such payer: grants are refused, usage reported anyway is the line's (revenue kept)
+                rg = ev.get("rating_group")
+                verify(
+                    "split",
+                    payer == expected or (payer is None and not ev["impacts"]),
+                    f"{where}: rating group {rg} paid by {payer}, rule {rule.name} names {expected}",
+                )
+                return
+
     # -- issue 15: adaptive pools and add-ons ------------------------------------------------------------------------
     def _commerce(self, ev: dict[str, Any], where: str) -> None:
         wallet = sum(i["delta"] for i in ev["impacts"] if i["balance"].endswith(":wallet"))
@@ -423,6 +457,7 @@ class Ledger:
             verify("justified", made == seen, f"{key[0]} of {key[1]}: the test made {made}, the spool holds {seen}")
         _reservations(txn, state)
         self._lines_and_pools(state)
+        self.zones.check_state(txn, state)
 
     def _lines_and_pools(self, state: Stored) -> None:
         catalogue = self.catalogue
@@ -523,9 +558,10 @@ def _reservations(txn: Txn, state: Stored) -> None:
         for r in session.reservations.values():
             verify("reservations", r.granted > 0 and r.money >= 0, f"session {session.key}: {r.pack()}")
             verify("reservations", sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: {r.pack()}")
-            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            payer = r.payer or session.account  # split billing: the payer's wallet and buckets hold it
+            held_money[payer] = held_money.get(payer, 0) + r.money
             for src, bucket_id, amount in r.portions:
-                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(payer)
                 held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
     for account in state.accounts.values():
         held = held_money.get(account.id, 0)
@@ -676,3 +712,73 @@ class Levels:
             verify("tax_split", tax == _half_up(net * rate, PPM), f"{where}: tax {tax} of {net} at {rate}")
         else:
             verify("tax_split", net == _half_up(gross * PPM, PPM + rate), f"{where}: net {net} of {gross} at {rate}")
+
+
+# ======================================================================================================================
+# Zones (issue 15 item 5): the "zoned" rule
+# ======================================================================================================================
+class Zones:
+    """What the "zoned" rule keeps: each bucket's zones and fair use as first seen stored, and what usage outside the
+    home zone took of each fair-use bucket."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.home = catalogue.settings.home_zone
+        self.seen: dict[str, tuple[list[str] | None, int | None]] = {}  # bucket balance -> (zones, fair-use limit)
+        self.roamed: dict[str, int] = {}  # bucket balance -> units roaming usage took of it
+        # The fair use a bucket starts with: its allowance's (the fixtures give it by name), none on a rollover.
+        self.limits: dict[str, int] = {}
+        for plan in catalogue.plans.values():
+            allowances = [*plan.allowances, *(p.allowance for p in plan.bonus_allowances() if p.allowance)]
+            for a in allowances:
+                if a.fair_use is not None:
+                    self.limits[a.name] = max(self.limits.get(a.name, 0), a.fair_use)
+
+    def learn(self, state: Stored) -> None:
+        """Note the zones of buckets not seen before (before the events that take from them are judged)."""
+        for owner, bs in state.owners():
+            for b in bs.buckets if bs is not None else ():
+                name = f"{owner}:bucket:{b.id}"
+                if name not in self.seen:
+                    limit = None
+                    if b.fair_use_left is not None:
+                        limit = 0 if b.kind == "rollover" else self.limits.get(b.name, 0)
+                    self.seen[name] = (b.zones, limit)
+
+    def usage(self, ev: dict[str, Any], where: str) -> None:
+        zone = ev.get("zone")
+        for impact in ev["impacts"]:
+            name = impact["balance"]
+            if impact["delta"] >= 0 or ":bucket:" not in name or name not in self.seen:
+                continue
+            zones, limit = self.seen[name]
+            verify("zoned", zones is None or zone in zones, f"{where}: {name} pays in {zones}, used in {zone}")
+            if limit is not None and zone != self.home:
+                took = self.roamed.get(name, 0) - impact["delta"]
+                self.roamed[name] = took
+                verify("zoned", took <= limit, f"{where}: roaming took {took} of {name}, its fair use is {limit}")
+
+    def check_state(self, txn: Txn, state: Stored) -> None:
+        held: dict[str, int] = {}  # bucket balance -> units open grants outside the home zone hold of it
+        for session in txn.sessions():
+            for r in session.reservations.values() if not session.closed else ():
+                if r.zone == self.home:
+                    continue
+                for src, bucket_id, amount in r.portions:
+                    owner = (
+                        line_owner(session.subscriber) if src == SRC_LINE else account_owner(r.payer or session.account)
+                    )
+                    name = f"{owner}:bucket:{bucket_id}"
+                    held[name] = held.get(name, 0) + amount
+        for owner, bs in state.owners():
+            for b in bs.buckets if bs is not None else ():
+                name = f"{owner}:bucket:{b.id}"
+                limit = self.seen.get(name, (None, None))[1]
+                if b.fair_use_left is None or limit is None:
+                    continue
+                accounted = b.fair_use_left + held.get(name, 0) + self.roamed.get(name, 0)
+                verify(
+                    "zoned",
+                    b.fair_use_left >= 0 and accounted == limit,
+                    f"{name}: fair use left {b.fair_use_left}, held {held.get(name, 0)}, roamed "
+                    f"{self.roamed.get(name, 0)}: {accounted}, its limit {limit}",
+                )

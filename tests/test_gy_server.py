@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chf.core import provisioning
 from gy.client import Mscc, ccr_avps
-from gy.codec import find, find_all
+from gy.codec import E, find, find_all
 from tests import gy_support
 from tests.gy_support import balance_of, provision, running_server
 
@@ -102,6 +103,70 @@ async def test_result_codes(tmp_path: Path) -> None:
         assert msccs(cca)[10]["rc"] == 4010
         cca = await client.ccr(ccr("s;6", 2, 1, mscc=[Mscc(10, {})]))
         assert rc(cca) == 5002
+
+
+async def test_roaming_draws_only_on_allowances_of_its_zone(tmp_path: Path) -> None:
+    """3GPP-SGSN-MCC-MNC picks the zone (chf/core/zones.py): the home-and-EU bundle pays nothing in the US, the EU
+    takes at most its fair use of it, and a plan may refuse roaming beyond its allowances."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(plan="rlah"))
+        await srv.op(provision(account="a2", imsi="208010000000002", msisdn=None, plan="rlah-deny"))
+        client = await srv.client()
+        us = "pgw.test;z;1"
+        cca = await client.ccr(ccr(us, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr(us, 3, 1, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert rc(cca) == 2001
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000  # the world price, not the bundle
+        eu = "pgw.test;z;2"
+        cca = await client.ccr(ccr(eu, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="26201"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # the fair use
+        cca = await client.ccr(ccr(eu, 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # from the wallet now, at the (home) price
+        cca = await client.ccr(ccr(eu, 3, 2, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000 - 10_000
+        cca = await client.ccr(ccr("pgw.test;z;3", 1, 0, imsi="208010000000002", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert rc(cca) == 4010 and msccs(cca)[10]["rc"] == 4010
+
+
+def _car_accounts(txn, engine, now):  # type: ignore[no-untyped-def]
+    """A car maker (postpaid) and a driver (prepaid, 10 EUR) whose account's parent it is, with a line on `car`."""
+    provisioning.create_tenant(txn, "t1", "t1", "EUR", now)
+    provisioning.create_account(
+        txn, engine, account_id="oem", tenant="t1", payment="postpaid", now=now, credit_limit=100_000_000
+    )
+    provisioning.create_account(
+        txn, engine, account_id="drv", tenant="t1", payment="prepaid", now=now, balance=10_000_000, parent="oem"
+    )
+    return provisioning.add_line(txn, engine, account="drv", imsi="208010000000001", plan="car", now=now)
+
+
+def _ps_information(apn: str) -> bytes:
+    return E("Service-Information").grouped([E("PS-Information").grouped([E("Called-Station-Id").text(apn)])])
+
+
+async def test_split_billing_routes_usage_to_the_payer_by_apn_and_rating_group(tmp_path: Path) -> None:
+    """Called-Station-Id and the rating group pick the payer (chf/core/split.py): one CCR whose rating groups go
+    to the driver and to the car maker is reserved and charged against both."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(_car_accounts)
+        client = await srv.client()
+        imsi = "208010000000001"
+        tele = "pgw.test;car;1"
+        extra = [_ps_information("telematics.oem.mnc001.mcc208.gprs")]
+        cca = await client.ccr(ccr(tele, 1, 0, imsi=imsi, mscc=[Mscc(10, {})], extra=extra))
+        assert msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr(tele, 3, 1, mscc=[Mscc(10, used=[{"bytes": 2_000_000}])]))
+        assert rc(cca) == 2001
+        assert (balance_of(srv, "oem"), balance_of(srv, "drv")) == (-20_000, 10_000_000)
+        both = "pgw.test;car;2"
+        extra = [_ps_information("internet")]
+        cca = await client.ccr(ccr(both, 1, 0, imsi=imsi, mscc=[Mscc(10, {}), Mscc(50, {})], extra=extra))
+        assert {rg: m["bytes"] for rg, m in msccs(cca).items()} == {10: 1_000_000, 50: 1_000_000}
+        used = [Mscc(10, used=[{"bytes": 1_000_000}]), Mscc(50, used=[{"bytes": 3_000_000}])]
+        cca = await client.ccr(ccr(both, 3, 1, mscc=used))
+        assert rc(cca) == 2001
+        assert (balance_of(srv, "oem"), balance_of(srv, "drv")) == (-50_000, 9_990_000)
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,12 @@ ACCOUNTS: dict[str, tuple[str, str, str | None, int, int]] = {
     "iot": ("eu", "postpaid", "iotflex", 2_000, 0),
     "iot2": ("eu", "postpaid", "iotflex", 2_000, 0),
     "usd": ("us", "prepaid", None, 0, 2_000),
+    # Split billing (issue 15 item 4): the car maker pays its cars' rating group 50 from its pool, then its bill.
+    "oem": ("eu", "postpaid", "oempool", 3_000, 0),
+    "drv": ("eu", "prepaid", None, 0, 1_000),
 }
+# account id -> its parent (the payer split-billing rules name "parent"); parents are created first (above).
+PARENTS = {"drv": "oem"}
 # (account, line plan, initial state)
 LINES: list[tuple[str, str | None, str]] = [
     ("pre1", "payg", "active"),
@@ -100,6 +105,12 @@ LINES: list[tuple[str, str | None, str]] = [
     ("iot2", "iotflex", "provisioned"),
     ("usd", "payg", "active"),
     ("usd", "pre", "active"),
+    # Zones (issue 15 item 5): EU roam like at home with a fair use; roaming beyond it refused.
+    ("pre1", "rlah", "active"),
+    ("pre2", "rlah-deny", "active"),
+    # Split billing: rating group 10 the driver's, 50 the car maker's.
+    ("drv", "car", "active"),
+    ("drv", "car", "active"),
 ]
 # -- issue 15: pools and add-ons (chf/core/pools.py, chf/core/addons.py) ------------------------------------------
 # A stacked pool (fleet-s lines bring 100 bytes, fleet-l lines 1000 and nothing while suspended) and an adaptive
@@ -119,7 +130,20 @@ WHOLESALE_ACCOUNTS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
 }
 WHOLESALE_LINES = [("biz-fleet", "payg"), ("biz-fleet", "pre"), ("biz-post", "post")]
 MAX_LINES = len(LINES) + len(WHOLESALE_LINES) + 4
-LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", *POOL_LINE_PLANS]
+LINE_PLANS = [
+    "pre",
+    "promo",
+    "payg",
+    "post",
+    "hyb",
+    "fam",
+    "iotflex",
+    "deny",
+    "redir",
+    *POOL_LINE_PLANS,
+    "rlah",
+    "rlah-deny",
+]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic", *POOL_ACCOUNT_PLANS]
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
@@ -334,7 +358,7 @@ class ChargingSystem(RuleBasedStateMachine):
             session = txn.get_session(session_key)
             if session is None:
                 return
-            account = txn.get_account(session.account)
+            accounts = {a.id: a for a in txn.accounts()}
         for n, ua in enumerate(answer.units):
             if not ua.granted or ua.unit is None or ua.rating_group not in session.reservations:
                 continue
@@ -342,6 +366,7 @@ class ChargingSystem(RuleBasedStateMachine):
             assert ua.granted <= policy.quantum(ua.unit), ua
             self._check_validity(ua.validity_time or 0, ua)
             reservation = session.reservations[ua.rating_group]
+            account = accounts[reservation.payer or session.account]  # split billing: the payer's funds
             assert reservation.granted == ua.granted
             if reservation.money:
                 charged_after = sum(u.charged for u in answer.units[n + 1 :])
@@ -412,6 +437,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 plan=plan,
                 credit_limit=credit_limit,
                 balance=balance,
+                parent=PARENTS.get(account_id),
             )
             if not isinstance(result, RequestError) and balance:
                 self._count("topup", f"{account_owner(account_id)}:wallet", balance)
@@ -862,6 +888,32 @@ class ChargingSystem(RuleBasedStateMachine):
         else:
             verify(rule, again.result != SUCCESS, f"{request.session}#{request.number} applied again")
         return True
+
+    # -- zones (issue 15 item 5) --------------------------------------------------------------------------------------
+    @rule(
+        data=st.data(),
+        network=st.sampled_from(NETWORKS),
+        action=st.sampled_from([DIRECT_DEBITING, "PEC", PRICE_ENQUIRY]),
+        count=st.integers(1, 30),
+    )
+    def roaming_event(self, data: st.DataObject, network: str | None, action: str, count: int) -> None:
+        """A one-shot data event from a serving network (the session rules start sessions from any network too): it
+        draws only on allowances of its zone, within their fair use ("zoned")."""
+        index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        line = self.lines[index]
+        if line.imsi is None:
+            return
+        key = self.name("z")
+        amount = {"bytes": count * 100}
+        if action == "PEC":
+            req = nchf_event(key, line.imsi, action, 10, amount)
+            req.serving_network = network
+        else:
+            units = [UnitRequest(rating_group=10, requested=amount)]
+            req = gy_request(EVENT, key, 0, line.imsi, units, action=action, serving_network=network)
+        (answer,) = self.send([req], record=action != PRICE_ENQUIRY)
+        if isinstance(answer, ChargingAnswer) and answer.result == SUCCESS and action != PRICE_ENQUIRY:
+            self.debited.add((index, 10))
 
     # -- after every step -------------------------------------------------------------------------------------------
     @invariant()

@@ -142,11 +142,23 @@ def buckets_text(buckets: list[dict[str, Any]], currency: str | None) -> str:
             quantity(b["reserved"], b["unit"], currency),
             quantity(b["initial"], b["unit"], currency),
             ",".join(str(rg) for rg in b["rating_groups"]) if b["rating_groups"] is not None else "all",
+            _zones_text(b, currency),
             when(b["valid_to"]),
         ]
         for b in buckets
     ]
-    return table(rows, ["BUCKET", "NAME", "KIND", "REMAINING", "RESERVED", "INITIAL", "RATING GROUPS", "VALID TO"])
+    headers = ["BUCKET", "NAME", "KIND", "REMAINING", "RESERVED", "INITIAL", "RATING GROUPS", "ZONES", "VALID TO"]
+    return table(rows, headers)
+
+
+def _zones_text(bucket: dict[str, Any], currency: str | None) -> str:
+    """Where a bucket pays (chf/core/zones.py), and what its fair use leaves to roaming."""
+    zones = bucket.get("zones")
+    text = ",".join(zones) if zones else "all"
+    left = bucket.get("fair_use_left")
+    if left is not None:
+        text += f" (roaming: {quantity(left, bucket['unit'], currency)} left)"
+    return text
 
 
 ACCOUNT_LINES_SHOWN = 100  # an IoT account can hold a million lines: show the first ones and the count

@@ -174,6 +174,8 @@ def build_report(store: Store, day_from: int, day_to: int, by: str, show_progres
                 continue
             if by == "plan":
                 name = plans.of(event)
+            elif by == "account":  # the paying account: a split-billed usage's payer (chf/core/split.py)
+                name = str(event.get("payer") or event.get("account") or "(none)")
             else:
                 name = str(event.get(by) or "(none)")
             group = groups.get(name)

@@ -508,6 +508,18 @@ OPENAPI: dict[str, Any] = {
                     "available": _INT,
                     "valid_from": _TIME,
                     "valid_to": _TIME,
+                    "zones": {
+                        "type": "array",
+                        "items": _STR,
+                        "nullable": True,
+                        "description": "The catalogue zones whose usage the bucket pays; null: every zone",
+                    },
+                    "fair_use_left": {
+                        **_INT,
+                        "nullable": True,
+                        "description": "Units usage outside the home zone may still take of it this period (fair "
+                        "use); null: no limit",
+                    },
                 },
             },
         },

@@ -36,6 +36,7 @@ __all__ = [
     "PriceList",
     "Promotion",
     "Settings",
+    "SplitRule",
     "Tariff",
     "TaxProfile",
     "TaxRule",
@@ -250,6 +251,10 @@ class Allowance:
     priority: int
     shared: bool
     rollover: bool
+    # The zones whose usage the allowance pays (chf.core.zones); None: every zone.
+    zones: frozenset[str] | None = None
+    # Fair use: the most of each period's amount that usage outside the home zone may take; None: no limit.
+    fair_use: int | None = None
 
     def covers(self, rating_group: int) -> bool:
         """True if the allowance's rating-group list admits ``rating_group`` (None = any).
@@ -266,6 +271,20 @@ class Promotion:
     periods: int  # intro_price: number of periods; bonus: 0
     allowance: Allowance | None  # bonus: the bucket to grant; intro_price: None
     validity_seconds: int | None  # bonus: lifetime of the bucket (None = no expiry); intro_price: None
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRule:
+    """Split billing (chf.core.split): usage that matches every condition the rule sets is paid by `payer`."""
+
+    payer: str  # "parent" (the line's account's parent account) | "account:<id>"
+    apns: frozenset[str] | None = None  # APN / DNN network identifiers, lower case; None: any
+    rating_groups: frozenset[int] | None = None
+    zones: frozenset[str] | None = None
+    networks: frozenset[str] | None = None  # serving networks (MCC-MNC)
+    rats: frozenset[str] | None = None  # RAT types as the front-ends name them, lower case
+    window: Band | None = None  # local days and hours (price unused)
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +338,11 @@ class Plan:
     # A period that starts between two renewal dates (activation, plan change, a held or unpaid period started
     # later) is charged for the local days left of it, rounded down to the micro-unit (chf.core.periods.prorate).
     prorate: bool = False
+    # Usage outside the home zone beyond the allowances valid there: None = as `overage` says; "deny" = refused
+    # (chf.core.zones.overage_in).
+    roaming_overage: str | None = None
+    # Split billing: the first rule that matches a rating group's usage names who pays it (chf.core.split).
+    split: tuple[SplitRule, ...] = ()
     # Stacked pools (chf.core.pools): a line plan of family `pool_family` brings `pool_contribution` units to its
     # account's stacked pool of the same family; an account plan with pool = "stacked" names its family.
     pool_family: str | None = None

@@ -60,7 +60,8 @@ File format
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
     and/or ``restriction_rules`` (at least one required iff overage = restrict); ``roaming`` (default true;
-    false = only the home zone may be used); ``description``.
+    false = only the home zone may be used); ``roaming_overage`` = charge | deny (absent: as ``overage``):
+    what happens outside the home zone once the allowances valid there are used up; ``description``.
 
     ``[plans.<name>.rating]``: ``"<rg>" = "<tariff>"`` and optionally ``default = "<tariff>"`` for any other
     rating group. At least one entry is required. A rating group with no tariff is denied.
@@ -68,12 +69,23 @@ File format
     ``[[plans.<name>.allowances]]``: ``name`` (unique in the plan), ``unit``, ``amount`` (> 0),
     ``rating_groups`` (absent = every rating group whose tariff has this unit), ``priority`` (lower is
     consumed first, default 100), ``shared`` (account-level bucket for all lines), ``rollover`` (unused
-    remaining carried into the next period). A ``money`` allowance pays charges of any rating group it
-    covers.
+    remaining carried into the next period), ``zones`` (the zones whose usage it pays, e.g. ``["home", "eu"]``;
+    absent = every zone; names from ``[zones]``, ``home_zone`` or ``default_zone``), ``fair_use`` (units: the
+    most of each period's amount that usage outside the home zone may take, e.g. EU roam-like-at-home; a
+    rollover of it pays at home only). A ``money`` allowance pays charges of any rating group it covers.
+    Roaming usage draws only on allowances valid in its zone (chf/core/zones.py); beyond them the wallet pays at
+    the tariff's zone price, or, with the plan's ``roaming_overage = "deny"``, it is refused.
 
     ``[[plans.<name>.promotions]]``: ``kind = "intro_price"`` with ``fee`` and ``periods`` (fee replaced for
     the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
     ``validity_days`` (optional, absent = no expiry): a one-off bucket granted when the plan is assigned.
+
+    ``[[plans.<name>.split]]``: split billing (chf/core/split.py), rules tried in order; the first whose every
+    condition holds routes a rating group's usage to ``payer`` = ``"parent"`` (the line's account's parent) |
+    ``"account:<id>"``. Conditions, all optional: ``apn`` (APN / DNN network identifiers), ``rating_groups``,
+    ``zones``, ``networks`` (MCC-MNC), ``rat`` (RAT type names), ``days`` / ``from`` / ``to`` (local time, as in
+    tariff bands); ``name`` for messages. The payer's shared allowances and pools pay first, then its wallet, at
+    this plan's tariffs; a payer that does not exist or holds another currency refuses the rating group.
 
     IoT pools (chf.core.pools): ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per
     period shared by all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line``
@@ -151,6 +163,7 @@ from chf.core.catalogue import (
     PriceList,
     Promotion,
     Settings,
+    SplitRule,
     Tariff,
     TaxProfile,
     TaxRule,
@@ -158,6 +171,8 @@ from chf.core.catalogue import (
     ZoneRule,
 )
 from chf.core.periods import period_error
+from chf.core.split import ACCOUNT_PREFIX, PARENT, check_split_zones
+from chf.core.zones import ROAMING_OVERAGES, check_plan_zones
 
 __all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
 
@@ -570,7 +585,7 @@ def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozense
     return zone_rules
 
 
-_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
+_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover", "zones", "fair_use")
 _PLAN_KEYS = (
     "payment",
     "currency",
@@ -596,6 +611,8 @@ _PLAN_KEYS = (
     "pool_topoff",
     "suspended_fee",
     "prorate",
+    "roaming_overage",
+    "split",
 )
 
 
@@ -608,7 +625,19 @@ def _allowance(t: _Table) -> Allowance:
         priority=t.get_int("priority", 100),
         shared=t.get_bool("shared", False),
         rollover=t.get_bool("rollover", False),
+        zones=_zone_names(t, "zones"),  # checked against the catalogue's zones by chf.core.zones.check_plan_zones
+        fair_use=t.get_int("fair_use", minimum=1) if t.has("fair_use") else None,
     )
+
+
+def _zone_names(t: _Table, key: str) -> frozenset[str] | None:
+    v = t.get_list(key)
+    if v is None:
+        return None
+    if not v or not all(isinstance(z, str) and z for z in v):
+        t.err(key, f"must be a non-empty array of names, got {v!r}")
+        return None
+    return frozenset(v)
 
 
 def _load_plan(
@@ -640,6 +669,8 @@ def _load_plan(
         t.err("pool", "an adaptive pool is billed at the period's close: its plan must be postpaid")
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
+    roaming_overage = t.get_str("roaming_overage", None, choices=ROAMING_OVERAGES) if t.has("roaming_overage") else None
+    split = _load_split(errs, owner, t, rating)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
@@ -664,6 +695,8 @@ def _load_plan(
         default_tariff=rating.default,
         suspended_fee=suspended_fee,
         prorate=prorate,
+        roaming_overage=roaming_overage,
+        split=tuple(split),
         pool_family=pool.family,
         pool_contribution=pool.contribution,
         pool_tiers=pool.tiers,
@@ -1140,6 +1173,52 @@ def _load_commerce(
 _TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons", "price_lists", "tax_profiles")
 
 
+def _check_zones(errs: _Errors, plans: Mapping[str, Plan | None], known: frozenset[str], home: str) -> None:
+    """The zones plans' allowances and split-billing rules name exist (chf.core.zones), once every zone is
+    known."""
+    for name, plan in plans.items():
+        if plan is not None:
+            for where, msg in [*check_plan_zones(plan, known, home), *check_split_zones(plan, known)]:
+                errs.add(_fmt_where(f"plan {name!r}", where), msg)
+
+
+_SPLIT_KEYS = ("name", "payer", "apn", "rating_groups", "zones", "networks", "rat", "days", "from", "to")
+
+
+def _load_split(errs: _Errors, owner: str, t: _Table, rating: _Rating) -> list[SplitRule]:
+    """``[[split]]``: split-billing rules, in the order they are tried (chf.core.split)."""
+    rules: list[SplitRule] = []
+    for i, raw in enumerate(t.array_of_tables("split")):
+        st = _Table(errs, owner, f"split[{i}].", raw, _SPLIT_KEYS)
+        if not st.ok:
+            continue
+        payer = st.get_str("payer")
+        if payer and payer != PARENT and not (payer.startswith(ACCOUNT_PREFIX) and len(payer) > len(ACCOUNT_PREFIX)):
+            st.err("payer", f"must be {PARENT!r} or 'account:<account id>', got {payer!r}")
+        window = None
+        if any(st.has(k) for k in ("days", "from", "to")):
+            st.data.setdefault("price", 0)  # a time window is a band without a price
+            window = _load_band(st)
+        rules.append(
+            SplitRule(
+                payer=payer,
+                apns=_lower_names(st, "apn"),
+                rating_groups=st.rating_groups("rating_groups"),
+                zones=_zone_names(st, "zones"),
+                networks=_lower_names(st, "networks"),
+                rats=_lower_names(st, "rat"),
+                window=window,
+                name=st.get_str("name", f"split[{i}]"),
+            )
+        )
+    return rules
+
+
+def _lower_names(t: _Table, key: str) -> frozenset[str] | None:
+    names = _zone_names(t, key)
+    return frozenset(n.lower() for n in names) if names is not None else None
+
+
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     """Parse and validate catalogue TOML ``text``; ``source`` names the file in error messages."""
     errs = _Errors(source)
@@ -1169,6 +1248,7 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
+    _check_zones(errs, plans, known, settings.home_zone)
     _check_pool_families(errs, plans)
     addons = _load_addons(errs, doc.get("addons"), plans, settings)
     price_lists, tax_profiles = _load_commerce(errs, doc, tariffs, settings, known)

@@ -50,6 +50,7 @@ from chf.core.model import (
 )
 from chf.core.tax import annotate, annotate_gross, gross_up
 from chf.core.wholesale import rate_levels
+from chf.core.zones import hold, room
 from store.interface import Txn
 from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
@@ -82,6 +83,7 @@ class Priced:
     from_buckets: int  # the units they pay (debits and balance check only)
     cost: int  # money for the rest, at the tariff price (with the tax, when prices are net: chf.core.tax)
     price: int  # the tariff price of the rest, before tax
+    used_in: str = ""  # the zone of the serving network (`zone` prices; a barred zone is priced at home)
 
 
 @dataclass(slots=True)
@@ -184,6 +186,7 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
         return None
     post_event = job.req.action == POST_EVENT
     zone = catalogue.zone_of(job.req.serving_network)
+    used_in = zone  # allowances pay by where the event happened, whatever zone prices it (chf/core/zones.py)
     if catalogue.is_denied(plan, rg, zone):
         if not post_event:
             ua.result = END_USER_SERVICE_DENIED
@@ -195,15 +198,16 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
     ua.unit = tariff.unit
     usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
     taken = 0
-    buckets = ctx.usable_buckets(tariff.unit, rg)
+    buckets = ctx.usable_buckets(tariff.unit, rg, used_in)
     if from_buckets:
         held = 0
+        home = catalogue.settings.home_zone
         for b, _src, _owner in buckets:
-            held += b.available()
+            held += room(b, used_in, home)
         taken = min(units, held)
     price = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
     cost = gross_up(ctx.tax, price, zone, rg) if ctx.tax is not None else price
-    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost, price)
+    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost, price, used_in)
 
 
 # -- the actions: each acts on one rating group and returns whether it wrote anything --------------------------------
@@ -259,17 +263,19 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         unit=p.tariff.unit,
         used=p.units,
         tariff=p.tariff.name,
-        zone=p.zone,
+        zone=p.used_in,  # where it happened, as for session usage (a barred zone is priced at home)
         charge=p.cost,
     )
     portions: list[list[int]] = []
     left = p.from_buckets
+    home = ctx.catalogue.settings.home_zone
     for bucket, src, owner in p.buckets:
         if left == 0:
             break
-        take = min(left, bucket.available())
+        take = min(left, room(bucket, p.used_in, home))
         if take <= 0:
             continue
+        hold(bucket, p.used_in, home, take)
         bucket.remaining -= take
         ctx.mark(src)
         event["impacts"].append(bucket_impact(owner, bucket, -take))

@@ -34,6 +34,7 @@ from chf.core.periods import period_end, prorate
 from chf.core.pools import active_lines, bill_adaptive, derived_size, period_allowance
 from chf.core.tax import annotate, gross_up
 from chf.core.wholesale import charge_device_fees
+from chf.core.zones import bucket_zones
 from store.schema import ACTIVE, SUSPENDED, TERMINATED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
@@ -229,6 +230,9 @@ def _rollover(ctx: Context, bs: BalanceSet, plan: Plan, b: Bucket, carried: int,
         0,
         at,
         period_end_of(ctx.catalogue, plan, at, ctx.account.cycle_day),
+        b.zones,
+        # Fair use is per period: what a fair-use bucket carries over pays at home only (chf/core/zones.py).
+        0 if b.fair_use_left is not None else None,
     )
 
 
@@ -281,6 +285,8 @@ def _start_period(
         kind = "pool" if a.name == "pool" and is_account and plan.pool else "plan"
         rgs = sorted(a.rating_groups) if a.rating_groups is not None else None
         b = Bucket(bs.new_bucket_id(), a.name, kind, a.unit, rgs, a.priority, a.amount, a.amount, 0, at, valid_to)
+        b.zones = bucket_zones(a)
+        b.fair_use_left = a.fair_use
         bs.buckets.append(b)
         event["impacts"].append(bucket_impact(owner, b, a.amount))
     ctx.events.append(event)
@@ -353,6 +359,8 @@ def _grant_bonuses(ctx: Context, bs: BalanceSet, plan: Plan, owner: str, actor: 
         valid_to = now + promo.validity_seconds if promo.validity_seconds else FOREVER
         rgs = sorted(a.rating_groups) if a.rating_groups is not None else None
         b = Bucket(bs.new_bucket_id(), a.name, "bonus", a.unit, rgs, a.priority, a.amount, a.amount, 0, now, valid_to)
+        b.zones = bucket_zones(a)
+        b.fair_use_left = a.fair_use
         bs.buckets.append(b)
         event = ctx.base_event("bonus", actor, f"promotion {a.name}")
         event["impacts"].append(bucket_impact(owner, b, a.amount))

@@ -10,7 +10,8 @@ exists; the rest are the rating fields of this charging function:
                          pool_topoff | pool_tier (an adaptive pool's close: tier, pool_used, why) | addon |
                          wholesale
     timeOfReport         ISO 8601 UTC time of the event; `time` the same in UNIX seconds
-    tenant, account      the MVNO brand (the seller) and the paying account
+    tenant, account      the MVNO brand and the paying account (for usage a split-billing rule sent to another
+                         account, that payer; the line's own account is then details.lineAccount)
     subscriberId         internal line id; servedIMSI, servedMSISDN its identities (null for account events)
     chargingSessionId    the session (usage, refund, release)
     ratingGroup, serviceIdentifier
@@ -92,6 +93,7 @@ _MAPPED = frozenset(
         "customer_tenant",
         "level",
         "price_list",
+        "payer",
     }
 )
 _UNIT_NAMES = {
@@ -154,6 +156,10 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "reason": event.get("reason"),
     }
     details = {k: v for k, v in event.items() if k not in _MAPPED}
+    payer = event.get("payer")
+    if payer is not None:  # split billing (chf/core/split.py): the payer is the paying account
+        record["account"] = payer
+        details["lineAccount"] = event.get("account")
     if details:
         record["details"] = details
     return {k: v for k, v in record.items() if v is not None}
