@@ -21,6 +21,7 @@ cdef class Bucket:
 
 cdef class BalanceSet:
     cdef public object plan, period_start, period_end, period_index, buckets, usage, next_bucket_id, renewal_pending
+    cdef public object extras
 
 cdef class Reservation:
     cdef public object rating_group, unit, granted, portions, money, tariff, zone, payer

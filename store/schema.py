@@ -282,8 +282,19 @@ BUCKET = Layout(
 )
 BALANCE_SET = Layout(
     "balance set",
-    ("plan", "period_start", "period_end", "period_index", "buckets", "usage", "next_bucket_id", "renewal_pending"),
+    (
+        "plan",
+        "period_start",
+        "period_end",
+        "period_index",
+        "buckets",
+        "usage",
+        "next_bucket_id",
+        "renewal_pending",
+        "extras",
+    ),
     nested={"buckets": Many(BUCKET)},
+    optional=("extras",),
 )
 RESERVATION = Layout(
     "reservation",
@@ -645,6 +656,7 @@ class BalanceSet:
         usage: dict[int, int] | None = None,
         next_bucket_id: int = 1,
         renewal_pending: bool = False,
+        extras: list[list[Any]] | None = None,
     ) -> None:
         self.plan = plan
         self.period_start = period_start
@@ -655,6 +667,9 @@ class BalanceSet:
         self.next_bucket_id = next_bucket_id
         # The period's fee could not be paid: its allowances were not granted.
         self.renewal_pending = renewal_pending
+        # A line's extra plans (multi-subscription, chf/core/subscriptions.py), each [plan, period_start,
+        # period_end, period_index] with its own period and fee; None: none (the record keeps its earlier bytes).
+        self.extras = extras
 
     def bucket(self, bucket_id: int) -> Bucket | None:
         for b in self.buckets:
@@ -669,19 +684,20 @@ class BalanceSet:
 
     # <generated from BALANCE_SET>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.plan,
-                self.period_start,
-                self.period_end,
-                self.period_index,
-                [x.pack() for x in self.buckets],
-                self.usage,
-                self.next_bucket_id,
-                self.renewal_pending,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.plan,
+            self.period_start,
+            self.period_end,
+            self.period_index,
+            [x.pack() for x in self.buckets],
+            self.usage,
+            self.next_bucket_id,
+            self.renewal_pending,
+        ]
+        if self.extras is not None:
+            r.append(self.extras)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> BalanceSet:
@@ -696,6 +712,7 @@ class BalanceSet:
             r[6],
             r[7],
             r[8],
+            r[9] if len(r) > 9 else None,
         )
 
     # </generated>

@@ -32,6 +32,7 @@ from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
 from chf.core.pools import active_lines, bill_adaptive, derived_size, period_allowance
+from chf.core.subscriptions import extras_due, renew_extras
 from chf.core.tax import annotate, gross_up
 from chf.core.wholesale import charge_device_fees
 from chf.core.zones import bucket_zones
@@ -47,6 +48,8 @@ def period_end_of(catalogue: Catalogue, plan: Plan, start: int, cycle_day: int) 
 def needs_upkeep(bs: BalanceSet, now: int) -> bool:
     """Whether a balance set has a period that ended or a bucket whose validity ended (the sweeper asks too)."""
     if bs.plan is not None and now >= bs.period_end:
+        return True
+    if bs.extras is not None and extras_due(bs, now):  # a line's extra plans (chf.core.subscriptions)
         return True
     # A loop, not any(...): chf/core/renewals.pxd compiles this as a cpdef function, which cannot hold a generator.
     for b in bs.buckets:  # noqa: SIM110
@@ -126,6 +129,8 @@ def _renew_owner(ctx: Context, bs: BalanceSet, *, is_account: bool) -> None:
         _renew_periods(ctx, bs, owner, is_account=is_account)
     finally:
         ctx.catalogue = in_force_now
+    if not is_account:
+        renew_extras(ctx, bs)
     _expire_buckets(ctx, bs, owner, ctx.now, period_ended=False)
     if is_account:
         ctx.acct_bs_dirty = True
