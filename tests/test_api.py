@@ -917,3 +917,31 @@ async def test_addon_through_the_api_is_one_purchase_or_nothing(api: Api) -> Non
     status, page, _ = await api.call("GET", f"/v1/lines/{line}/events?limit=100")
     (purchase,) = [e for e in page["events"] if e["kind"] == "addon"]
     assert [i["delta"] for i in purchase["impacts"]] == [-2_990_000, 1_000_000_000]
+
+
+async def test_extra_plan_through_the_api(api: Api) -> None:
+    """Issue 15 item 9: POST /v1/lines/{line}/plans/{plan} starts an extra plan (its fee, its buckets) or nothing
+    (409 naming `wallet`); a repeat charges nothing; DELETE ends it, refunding nothing; 404 for what is not there."""
+    assert (await api.call("POST", "/v1/tenants", {"id": "demo", "name": "Demo", "currency": "EUR"}))[0] == 201
+    body = {"id": "ann", "tenant": "demo", "payment": "prepaid", "balance": 8_500_000}
+    assert (await api.call("POST", "/v1/accounts", body))[0] == 201
+    line = await add_line(api, "ann", "208019000000901", "data-only-10g")  # 7.99 EUR: 0.51 EUR left
+    before = api.snapshot()
+    status, problem, resp = await api.call("POST", f"/v1/lines/{line}/plans/video-pass")
+    assert_problem(status, problem, resp, 409, "wallet")
+    status, problem, resp = await api.call("POST", f"/v1/lines/{line}/plans/none")
+    assert_problem(status, problem, resp, 404, "plan")
+    assert api.snapshot() == before
+    assert (await api.call("POST", "/v1/accounts/ann/topups", {"amount": 5_000_000, "reason": "shop"}))[0] == 200
+    status, added, _ = await api.call("POST", f"/v1/lines/{line}/plans/video-pass")
+    assert status == 200 and added == {"line": line, "plan": "data-only-10g", "extra_plans": ["video-pass"]}
+    assert (await api.call("POST", f"/v1/lines/{line}/plans/video-pass"))[1] == added  # no second fee
+    status, bal, _ = await api.call("GET", f"/v1/lines/{line}/balances")
+    assert bal["wallet"]["balance"] == 5_510_000 - 2_990_000
+    assert [b["name"] for b in bal["buckets"] if b["kind"] == "extra"] == ["video-pass:video"]
+    status, removed, _ = await api.call("DELETE", f"/v1/lines/{line}/plans/video-pass")
+    assert status == 200 and removed["extra_plans"] == []
+    status, problem, resp = await api.call("DELETE", f"/v1/lines/{line}/plans/video-pass")
+    assert_problem(status, problem, resp, 404, "plan")
+    status, bal, _ = await api.call("GET", f"/v1/lines/{line}/balances")
+    assert bal["wallet"]["balance"] == 2_520_000 and not [b for b in bal["buckets"] if b["kind"] == "extra"]

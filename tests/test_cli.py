@@ -821,3 +821,22 @@ def test_stacked_pool_and_addons_on_the_command_line(demo: Any, home: Path) -> N
     assert "pool tier 2: 50.00 GB for 200.00 EUR" in demo("catalogue", "show", "iot-topoff").out
     (bought,) = [json.loads(x) for x in demo("--json", "events", "tail", "--kind", "addon").out.splitlines()]
     assert (bought["addon"], bought["charge"], bought["actor"][:4]) == ("data-1g-7d", 2_990_000, "cli:")
+
+
+def test_extra_plan_on_the_command_line(demo: Any, home: Path) -> None:
+    """Issue 15 item 9: `subscriber add-plan` starts an extra plan (its fee from the wallet, its buckets) or refuses
+    it whole naming the field; `remove-plan` ends it, refunding nothing."""
+    refused(demo, home, ["subscriber", "add-plan", "208019000000004", "video-pass"], "wallet", status=1)  # 1 EUR
+    refused(demo, home, ["subscriber", "add-plan", "208019000000004", "no-such"], "plan", status=1)
+    refused(demo, home, ["subscriber", "add-plan", "208019000000004", "data-only-10g"], "plan", status=1)  # its own
+    demo("account", "topup", "dave", "5", "--reason", "shop")
+    r = demo("subscriber", "add-plan", "208019000000004", "video-pass")
+    assert r.status == 0 and "extra plans video-pass" in r.out, r.err
+    shown = demo("--json", "subscriber", "show", "208019000000004").json()
+    (video,) = [b for b in shown["buckets"] if b["kind"] == "extra"]
+    assert (video["name"], video["remaining"], video["priority"]) == ("video-pass:video", 20_000_000_000, 20)
+    assert demo("--json", "account", "show", "dave").json()["balance"] == 6_000_000 - 2_990_000
+    r = demo("--json", "subscriber", "remove-plan", "208019000000004", "video-pass")
+    assert r.status == 0 and r.json()["extra_plans"] == []
+    assert demo("--json", "account", "show", "dave").json()["balance"] == 3_010_000
+    refused(demo, home, ["subscriber", "remove-plan", "208019000000004", "video-pass"], "plan", status=1)

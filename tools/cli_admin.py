@@ -21,6 +21,7 @@ from chf.core import provisioning
 from chf.core.addons import buy_addon
 from chf.core.catalogue import AddOn, Catalogue, CatalogueError, Plan
 from chf.core.engine import Engine
+from chf.core.extraplans import add_plan, remove_plan
 from chf.core.model import OpResult, RequestError
 from chf.core.provisioning import LINE_STATES, PAYMENT_TYPES
 from chf.core.versions import CatalogueVersions, changes, load_versions
@@ -41,6 +42,33 @@ def need_text(field: str, value: str | None) -> str:
     if value is None or not value.strip():
         raise RequestError(field, "must not be empty")
     return value
+
+
+def cmd_subscriber_add_plan(env: Env) -> int:
+    a = env.args
+    who = actor()
+    reason = a.reason or f"extra plan {a.plan} added"
+    result = change(
+        env, lambda txn, engine, now: add_plan(txn, engine, a.ref, a.plan, now=now, actor=who, reason=reason)
+    )
+    value = result.value
+    env.out(
+        value, lambda: f"line #{value['line']}: plan {value['plan']}, extra plans {', '.join(value['extra_plans'])}"
+    )
+    return EXIT_OK
+
+
+def cmd_subscriber_remove_plan(env: Env) -> int:
+    a = env.args
+    who = actor()
+    reason = a.reason or f"extra plan {a.plan} removed"
+    result = change(
+        env, lambda txn, engine, now: remove_plan(txn, engine, a.ref, a.plan, now=now, actor=who, reason=reason)
+    )
+    value = result.value
+    extras = ", ".join(value["extra_plans"]) or "none"
+    env.out(value, lambda: f"line #{value['line']}: plan {value['plan']}, extra plans {extras}")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1055,6 +1083,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", help="recorded in the audit event")
     p.add_argument("--idempotency-key", help="a repeated key changes nothing and answers as the first time")
     p.set_defaults(func=cmd_subscriber_buy_addon)
+
+    p = g.add_parser(
+        "add-plan",
+        parents=[common],
+        help="add an extra plan to a line beside its main plan: its first fee and its allowances now, or nothing",
+    )
+    p.add_argument("ref")
+    p.add_argument("plan", help="a plan of the catalogue")
+    p.add_argument("--reason", help="recorded in the audit event")
+    p.set_defaults(func=cmd_subscriber_add_plan)
+
+    p = g.add_parser("remove-plan", parents=[common], help="end an extra plan of a line now (no refund)")
+    p.add_argument("ref")
+    p.add_argument("plan")
+    p.add_argument("--reason", help="recorded in the audit event")
+    p.set_defaults(func=cmd_subscriber_remove_plan)
 
     register_import(g, common)
 

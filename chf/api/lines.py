@@ -14,6 +14,7 @@ from chf.api.context import ACTOR, context
 from chf.core import provisioning
 from chf.core.addons import buy_addon
 from chf.core.engine import Engine
+from chf.core.extraplans import add_plan, remove_plan
 from chf.core.model import OpResult, RequestError
 from store.interface import Txn
 
@@ -162,3 +163,27 @@ async def buy_addon_route(request: web.Request) -> web.Response:
         return within_ceiling(result)
 
     return replayable(await context(request).operate(op))
+
+
+@routes.post("/v1/lines/{line}/plans/{plan}", name="add_extra_plan")
+async def add_extra_plan(request: web.Request) -> web.Response:
+    """An extra plan beside the line's main plan (multi-subscription, chf/core/subscriptions.py): its first fee
+    and its allowances now, or nothing (409 with `wallet` when the wallet cannot pay). A plan already running is
+    answered as it is, without a second fee."""
+    ref, plan = request.match_info["line"], request.match_info["plan"]
+    actor = request[ACTOR]
+    result = await context(request).operate(
+        lambda txn, engine, now: add_plan(txn, engine, ref, plan, now=now, actor=actor, reason="extra plan added")
+    )
+    return web.json_response(result.value)
+
+
+@routes.delete("/v1/lines/{line}/plans/{plan}", name="remove_extra_plan")
+async def remove_extra_plan(request: web.Request) -> web.Response:
+    """End an extra plan of the line now: its buckets expire, nothing of its fee is refunded."""
+    ref, plan = request.match_info["line"], request.match_info["plan"]
+    actor = request[ACTOR]
+    result = await context(request).operate(
+        lambda txn, engine, now: remove_plan(txn, engine, ref, plan, now=now, actor=actor, reason="extra plan removed")
+    )
+    return web.json_response(result.value)

@@ -85,6 +85,7 @@ _IDEMPOTENCY = {
 }
 _LINE = _path_param("line", "The line: internal id, IMSI, MSISDN or ICCID.")
 _ACCOUNT = _path_param("account", "The account id.")
+_PLAN = _path_param("plan", "A plan of the catalogue.")
 
 
 def _body(struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -348,6 +349,22 @@ OPENAPI: dict[str, Any] = {
                 change=True,
                 body=_body(bodies.AddOnPurchase),
             )
+        },
+        "/v1/lines/{line}/plans/{plan}": {
+            "post": _op(
+                "add_extra_plan",
+                "Add an extra plan to a line beside its main plan: its first fee and its allowances now",
+                _json({"type": "object"}, "The line's main plan and extra plans"),
+                params=[_LINE, _PLAN],
+                change=True,
+            ),
+            "delete": _op(
+                "remove_extra_plan",
+                "End an extra plan of a line now: its buckets expire, its fee is not refunded",
+                _json({"type": "object"}, "The line's main plan and extra plans"),
+                params=[_LINE, _PLAN],
+                change=True,
+            ),
         },
         "/v1/lines/{line}/sessions": {
             "get": _op(
