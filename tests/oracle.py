@@ -51,6 +51,11 @@ stateful test (tests/test_properties.py) calls both after every step. The rules,
 - tax_split      an event with a tax split has net + tax = gross = its charge, at a rate of the profile it names,
                  rounded half up once; a charge (usage, fee, refund, wholesale, pool tier, add-on) of an account
                  with a tax profile (its own, else its tenant's) always carries one, an account without none.
+- extra_plan     (issue 15 item 9, chf/core/subscriptions.py) a line's extra plan is judged as a plan by fee_state
+                 and justified (its renewal names the plan and `extra`); it never becomes the line's main plan; a
+                 bucket of an extra plan is named "<plan>:<allowance>", and while valid its plan runs on the line
+                 (removing the plan or its periods stopping ends its buckets); every running extra plan is a plan
+                 of the catalogue in the account's currency.
 The stateful test checks more on the answers: identity (every answer names the request it answers),
 exactly_once (a retransmission gets the first answer and changes nothing; restart_keeps_replays: also after a new
 INITIAL on the open session) and no_internal_error (a request is answered or refused as the client's fault,
@@ -185,7 +190,8 @@ class Ledger:
         kind = ev["kind"]
         if kind == "plan_change":  # putting an owner on the plan it runs again starts no new period (fee_state)
             verify("fee_state", ev.get("plan") != ev.get("previous_plan"), f"{where}: plan {ev.get('plan')} again")
-        if kind == "plan_change" and ev.get("plan") is not None:  # (None: a line's periods stop, its plan stays)
+        if kind == "plan_change" and ev.get("plan") is not None and not ev.get("extra"):
+            # (None: a line's periods stop, its plan stays; `extra`: a line's extra plan, not its main one)
             owner = line_owner(ev["subscriber"]) if ev.get("subscriber") is not None else account_owner(ev["account"])
             self.plans[owner] = ev["plan"]
         if kind == "lifecycle" and ev.get("subscriber") is not None:
@@ -312,6 +318,10 @@ class Ledger:
             verify("justified", not ev["impacts"], f"{where}: a renewal of an unknown plan moves balances")
             return
         granted = {i["name"]: i["delta"] for i in ev["impacts"] if ":bucket:" in i["balance"]}
+        if ev.get("extra"):  # an extra plan's buckets are "<plan>:<allowance>" (extra_plan)
+            prefix = plan.name + ":"
+            verify("extra_plan", all(n.startswith(prefix) for n in granted), f"{where}: buckets {sorted(granted)}")
+            granted = {n.removeprefix(prefix): amount for n, amount in granted.items()}
         for name, amount in granted.items():
             self._allowance_amount(plan, name, amount, where)
         if line is None:
@@ -457,6 +467,7 @@ class Ledger:
             verify("justified", made == seen, f"{key[0]} of {key[1]}: the test made {made}, the spool holds {seen}")
         _reservations(txn, state)
         self._lines_and_pools(state)
+        self._extra_plans(state)
         self.zones.check_state(txn, state)
 
     def _lines_and_pools(self, state: Stored) -> None:
@@ -486,6 +497,30 @@ class Ledger:
             )
             lines = [sub for sub in state.lines if sub.account == account.id]
             self._pool(state.account_sets.get(account.id), account, active[account.id], lines)
+
+    def _extra_plans(self, state: Stored) -> None:
+        """extra_plan, on the stored state: each extra bucket still held belongs to an extra plan running on its
+        line (a plan that ends takes its buckets with it in the same operation), and each running extra plan is a
+        plan of the catalogue in the account's currency."""
+        for sub in state.lines:
+            bs = state.line_sets.get(sub.id)
+            if bs is None:
+                continue
+            running = [e[0] for e in bs.extras or []]
+            currency = state.accounts[sub.account].currency
+            for name in running:
+                plan = self.catalogue.plans.get(name)
+                verify("extra_plan", plan is not None, f"line {sub.id}: extra plan {name} not in the catalogue")
+                priced = price_currency(self.catalogue, name) if plan is not None else None
+                verify("extra_plan", priced == currency, f"line {sub.id}: {priced} extra plan, {currency} account")
+            verify("extra_plan", len(set(running)) == len(running), f"line {sub.id}: extra plans {running}")
+            for b in bs.buckets:
+                if b.kind == "extra":
+                    verify(
+                        "extra_plan",
+                        b.name.partition(":")[0] in running,
+                        f"line {sub.id}: bucket {b.name} held, extra plans {running}",
+                    )
 
     def _pool(self, bs: BalanceSet | None, account: Account, active: int, lines: list[Any]) -> None:
         plan = self.catalogue.plans.get(account.plan or "")

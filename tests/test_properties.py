@@ -43,6 +43,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from chf.core import provisioning
 from chf.core.addons import buy_addon
+from chf.core.extraplans import add_plan, remove_plan
 from chf.core.catalogue_loader import parse_catalogue
 from chf.core.context import account_owner, line_owner
 from chf.core.model import (
@@ -65,7 +66,7 @@ from chf.core.model import (
 )
 from chf.core.periods import period_end
 from chf.core.versions import CatalogueVersions, version_of_tariff
-from store.schema import ACTIVE, TERMINATED
+from store.schema import ACTIVE, TERMINATED, BalanceSet
 from tests.corekit import CATALOGUE_TOML, snapshot
 from tests.oracle import Ledger, verify
 from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
@@ -768,6 +769,29 @@ class ChargingSystem(RuleBasedStateMachine):
             assert isinstance(again, OpResult) and again.duplicate and again.value == result.value
             with self.read() as txn:
                 verify("exactly_once", snapshot(txn) == after, f"add-on {addon} bought again with key {key}")
+
+    # -- issue 15 item 9: multi-subscription (chf/core/subscriptions.py, chf/core/extraplans.py) --------------------
+    @rule(data=st.data(), plan=st.sampled_from(["svc", "svc", "pre", "nope"]), remove=st.booleans())
+    def extra_plan(self, data: st.DataObject, plan: str, remove: bool) -> None:
+        """Add an extra plan to a line (its first fee and allowances, or refused with nothing changed) or remove one
+        (its buckets end, no refund); the ledger judges its renewals at every boundary after (extra_plan)."""
+        with self.read() as txn:  # a removal mostly of a line that runs one (else it is refused)
+            running = [n for n, ln in enumerate(self.lines) if (txn.get_line_balances(ln.id) or BalanceSet()).extras]
+        if remove and running and data.draw(st.booleans(), label="running"):
+            index = data.draw(st.sampled_from(running), label="line")
+            plan = "svc"
+        else:
+            index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        op = remove_plan if remove else add_plan
+        with self.read() as txn:
+            before = snapshot(txn)
+        result = self.sys.operate(op, f"#{self.lines[index].id}", plan, actor="oracle", reason="extra plan")
+        event(f"extra plan: {op.__name__} {'refused' if isinstance(result, RequestError) else 'done'}")
+        if isinstance(result, RequestError):
+            with self.read() as txn:
+                verify("extra_plan", snapshot(txn) == before, f"a refused {op.__name__} {plan} ({result}) wrote")
+            return
+        verify("extra_plan", (plan in result.value["extra_plans"]) != remove, f"{op.__name__} {plan}: {result.value}")
 
     # -- time and background work -----------------------------------------------------------------------------------
     @rule(step=st.sampled_from([1, 50, 199, 200, 3_599, 86_400, 10 * 86_400, "boundary"]))
