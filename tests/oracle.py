@@ -318,10 +318,8 @@ class Ledger:
             verify("justified", not ev["impacts"], f"{where}: a renewal of an unknown plan moves balances")
             return
         granted = {i["name"]: i["delta"] for i in ev["impacts"] if ":bucket:" in i["balance"]}
-        if ev.get("extra"):  # an extra plan's buckets are "<plan>:<allowance>" (extra_plan)
-            prefix = plan.name + ":"
-            verify("extra_plan", all(n.startswith(prefix) for n in granted), f"{where}: buckets {sorted(granted)}")
-            granted = {n.removeprefix(prefix): amount for n, amount in granted.items()}
+        if ev.get("extra"):
+            granted = _extra_granted(plan, granted, where)
         for name, amount in granted.items():
             self._allowance_amount(plan, name, amount, where)
         if line is None:
@@ -556,6 +554,13 @@ class Ledger:
             if sub.state == ACTIVE or (sub.state == SUSPENDED and member.suspended_fee is None):
                 size += member.pool_contribution
         return size
+
+
+def _extra_granted(plan: Plan, granted: dict[str, int], where: str) -> dict[str, int]:
+    """An extra plan's buckets are "<plan>:<allowance>" (extra_plan): the allowances they were granted as."""
+    prefix = plan.name + ":"
+    verify("extra_plan", all(n.startswith(prefix) for n in granted), f"{where}: buckets {sorted(granted)}")
+    return {n.removeprefix(prefix): amount for n, amount in granted.items()}
 
 
 class Stored:

@@ -31,6 +31,10 @@ def at(year: int, month: int, day: int) -> int:
     return int(datetime(year, month, day, tzinfo=UTC).timestamp())
 
 
+def _gone() -> Any:
+    raise AssertionError("the line is gone")
+
+
 def add(world: World, line: int, plan: str = "svc", key: str | None = None) -> Any:
     return world.admin(add_plan, f"#{line}", plan, actor="shop", reason="bought", idempotency_key=key)
 
@@ -79,10 +83,11 @@ def test_extra_plan_renews_with_its_own_period_while_the_line_is_in_service(worl
     world.admin(provisioning.set_state, f"#{line}", "terminated", actor="ops", reason="ops")
     world.now = at(2026, 6, 2)
     # Bring the line up to date: its periods stop at the boundary, no fee for a terminated line.
-    world.store.write(lambda txn: world.engine.context(txn, txn.get_subscriber(line), world.now).flush())
+    world.store.write(lambda txn: world.engine.context(txn, txn.get_subscriber(line) or _gone(), world.now).flush())
     assert world.acct("a").balance == 5_000 - 2400
     with world.store.read() as txn:
-        assert txn.get_line_balances(line).extras is None
+        bs = txn.get_line_balances(line)
+        assert bs is not None and bs.extras is None
 
 
 def test_removing_an_extra_plan_ends_its_buckets_without_refund(world: World) -> None:

@@ -43,9 +43,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from chf.core import provisioning
 from chf.core.addons import buy_addon
-from chf.core.extraplans import add_plan, remove_plan
 from chf.core.catalogue_loader import parse_catalogue
 from chf.core.context import account_owner, line_owner
+from chf.core.extraplans import add_plan, remove_plan
 from chf.core.model import (
     CHECK_BALANCE,
     DIRECT_DEBITING,

@@ -16,6 +16,9 @@ prorates, a period that starts between two boundaries is charged for the days le
 renews while one of its lines is not terminated at the boundary (`account_state_at`); with none its chain of
 periods stops the same way, and a line joining the account starts it again (`restart_account_plan`).
 
+A line's extra plans (chf.core.subscriptions) renew the same way, each at its own boundaries, in the same
+upkeep (`renew_extras`, called for the line's balance set).
+
 An IoT pool's size is derived from its members (chf.core.pools): `resize_pool` sets it from the account's lines
 whenever one joins, leaves or changes plan or state, with an event for each change. An adaptive pool is billed at
 its period's close (`chf.core.pools.bill_adaptive`), before its bucket expires.
