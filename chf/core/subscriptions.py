@@ -22,7 +22,7 @@ from chf.core.catalogue import Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
 from chf.core.zones import bucket_zones
-from store.schema import ACTIVE, SUSPENDED, TERMINATED, BalanceSet, Bucket
+from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket
 
 EXTRA = "extra"  # Bucket.kind of an extra plan's allowance
 
@@ -146,11 +146,10 @@ def add_extra(ctx: Context, plan: Plan, *, actor: str, reason: str) -> None:
     change["plan"] = plan.name
     change["previous_plan"] = None
     change["extra"] = True
-    state = ctx.sub.state if ctx.sub.state != TERMINATED else TERMINATED
     # The change and the first period are one operation: refused whole when the fee cannot be paid.
     events_before = len(ctx.events)
     ctx.events.append(change)
-    if not start_extra(ctx, bs, plan, now, 0, reason, state):
+    if not start_extra(ctx, bs, plan, now, 0, reason, ctx.sub.state):
         del ctx.events[events_before:]
         bs.extras = [e for e in bs.extras if e[0] != plan.name] or None
         raise ValueError("fee")
