@@ -36,6 +36,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
+from chf.core.currency import CURRENCY_FIELD
 from chf.core.engine import USAGE_BOUND_FIELD
 from chf.core.model import ChargingAnswer, RequestError, Signal
 from chf.runtime import metrics
@@ -51,6 +52,7 @@ from gy.codes import (
     DIAMETER_COMMAND_UNSUPPORTED,
     DIAMETER_INVALID_AVP_VALUE,
     DIAMETER_LIMITED_SUCCESS,
+    DIAMETER_RATING_FAILED,
     DIAMETER_SUCCESS,
     DIAMETER_TOO_BUSY,
     RESULT_CODE,
@@ -339,6 +341,11 @@ class GyApplication:
                 # Implausible usage (over [engine] max_report_*): 5004 naming the Used-Service-Unit (RFC 6733 7.5).
                 code = DIAMETER_INVALID_AVP_VALUE
                 failed = used_unit_failed_avp(ccr, exc.field)
+            elif isinstance(exc, RequestError) and exc.field == CURRENCY_FIELD and ccr.currency_avp is not None:
+                # Money in a currency the account is not in: RFC 4006 9.1 5031, "an AVP value that is not ...
+                # supported in the rating"; the Failed-AVP MUST be included: the Currency-Code received.
+                code = DIAMETER_RATING_FAILED
+                failed = ccr.currency_avp
             data = link.peer.answer(msg, self.encoder.failure(msg, code, failed, text))
         metrics.PROTOCOL_ERRORS.labels("gy", str(code)).inc()
         _requests("gy", operation, str(code)).inc()

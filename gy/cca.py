@@ -47,6 +47,7 @@ from gy.codes import (
     SERVICE_IDENTIFIER,
     SESSION_ID,
 )
+from gy.currencies import CURRENCIES
 from gy.grammar import APP_CREDIT_CONTROL, CMD_CC
 
 # The core's results (chf/core/model.py) as Result-Codes; anything else is DIAMETER_UNABLE_TO_COMPLY.
@@ -61,12 +62,6 @@ RESULT_CODES = {
 }
 UNABLE_TO_COMPLY = DIAMETER_UNABLE_TO_COMPLY
 FINAL_UNIT_ACTIONS = {"terminate": 0, FUA_REDIRECT: 1, FUA_RESTRICT: 2}  # RFC 4006 8.35 Final-Unit-Action
-# ISO 4217 numeric codes (Currency-Code is numeric on the wire, RFC 4006 8.11).
-_ISO_4217 = """
-    EUR:978 USD:840 GBP:826 CHF:756 INR:356 JPY:392 SEK:752 NOK:578 DKK:208 PLN:985 CZK:203 HUF:348 RON:946 CAD:124
-    AUD:036 BRL:986 MXN:484 ZAR:710 TRY:949 CNY:156 MAD:504 XOF:952 XAF:950 NGN:566 KES:404 IDR:360 PHP:608
-"""
-CURRENCIES = {alpha: int(numeric) for alpha, numeric in (pair.split(":") for pair in _ISO_4217.split())}
 
 _E_SESSION = E("Session-Id")
 _E_USU = E("Used-Service-Unit")

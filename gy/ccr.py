@@ -67,7 +67,8 @@ class ParsedCCR:
     origin_realm: str
     uses_mscc: bool = False
     top_level_units: bool = False
-    currency_code: int | None = None
+    # The Currency-Code of the CCR's CC-Money (request.currency), as received: the Failed-AVP of its refusal.
+    currency_avp: bytes | None = None
     requested_action: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 

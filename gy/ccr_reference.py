@@ -41,6 +41,7 @@ from gy.codes import (
     DIAMETER_INVALID_AVP_BITS,
     DIAMETER_INVALID_AVP_VALUE,
     DIAMETER_MISSING_AVP,
+    DIAMETER_RATING_FAILED,
     EXPONENT,
     MULTIPLE_SERVICES_CREDIT_CONTROL,
     ORIGIN_HOST,
@@ -65,6 +66,7 @@ from gy.codes import (
     USER_NAME,
     VALUE_DIGITS,
 )
+from gy.currencies import alphabetic
 from gy.dictionary import VENDOR_3GPP, lookup
 from gy.grammar import APP_CREDIT_CONTROL
 
@@ -243,14 +245,28 @@ def parse_units(group: Avp, ccr: ParsedCCR) -> dict[str, int]:
         elif a.code == CC_MONEY:
             units["money"], currency = money_micro(a)
             if currency is not None:
-                ccr.currency_code = currency
+                _money_currency(ccr, currency)
     if "bytes" not in units and ("bytes_in" in units or "bytes_out" in units):
         units["bytes"] = units.get("bytes_in", 0) + units.get("bytes_out", 0)
     return units
 
 
-def money_micro(cc_money: Avp) -> tuple[int, int | None]:
-    """CC-Money -> (integer micro-units, Currency-Code). Unit-Value = Value-Digits x 10^Exponent, exactly."""
+def _money_currency(ccr: ParsedCCR, currency: Avp) -> None:
+    """The currency a CC-Money names (RFC 4006 8.22, 8.11; without one, the account's): the request's money must
+    all be in one, which the core holds to the account's (chf/core/currency.py). Two currencies in one CCR:
+    5031 DIAMETER_RATING_FAILED (no rule converts between them), Failed-AVP the second Currency-Code."""
+    code = alphabetic(currency.u32())
+    if ccr.request.currency is None:
+        ccr.request.currency = code
+        ccr.currency_avp = currency.raw()
+    elif ccr.request.currency != code:
+        raise DecodeError(
+            DIAMETER_RATING_FAILED, f"CC-Money in {ccr.request.currency} and in {code} in one request", currency.raw()
+        )
+
+
+def money_micro(cc_money: Avp) -> tuple[int, Avp | None]:
+    """CC-Money -> (integer micro-units, its Currency-Code AVP). Unit-Value = Value-Digits x 10^Exponent, exactly."""
     children = cc_money.children
     unit_value = _once(children, UNIT_VALUE)
     if unit_value is None:
@@ -273,8 +289,7 @@ def money_micro(cc_money: Avp) -> tuple[int, int | None]:
         micro = digits // divisor
     if micro < 0:
         raise _invalid(unit_value, "negative amount")
-    currency = _once(children, CURRENCY_CODE)
-    return micro, currency.u32() if currency is not None else None
+    return micro, _once(children, CURRENCY_CODE)
 
 
 def _service_information(avps: list[Avp], request: ChargingRequest) -> None:

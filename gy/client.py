@@ -48,10 +48,11 @@ def units_avps(units: dict[str, int]) -> list[bytes]:
             out.append(E("CC-Time").u32(value))
         elif key == "events":
             out.append(E("CC-Service-Specific-Units").u64(value))
-        elif key == "money":  # micro-units
-            out.append(
-                E("CC-Money").grouped([E("Unit-Value").grouped([E("Value-Digits").i64(value), E("Exponent").i32(-6)])])
-            )
+        elif key == "money":  # micro-units, in the ISO 4217 numeric currency of key "currency" if given
+            money = [E("Unit-Value").grouped([E("Value-Digits").i64(value), E("Exponent").i32(-6)])]
+            if "currency" in units:
+                money.append(E("Currency-Code").u32(units["currency"]))
+            out.append(E("CC-Money").grouped(money))
         elif key == "reason":
             out.append(E("3GPP-Reporting-Reason").i32(value))
         elif key == "tariff_change":
@@ -197,7 +198,8 @@ class DiameterClient(asyncio.Protocol):
             self.server_requests.put_nowait(msg)
 
     def send_raw(self, data: bytes) -> None:
-        assert self.transport is not None
+        if self.transport is None:  # the peer closed the connection (a server killed between two requests)
+            raise ConnectionResetError("the connection to the Diameter server is closed")
         self.transport.write(data)
 
     def request_bytes(

@@ -51,7 +51,7 @@ def server_config(
     workers: int = 0,
     redis: str = "",
     namespace: str = "",
-    redis_workers: int = 64,
+    redis_workers: int = 4,
 ) -> Path:
     """A `chf serve` configuration in `tmp`: LMDB there, or the Redis cluster `redis` ("host:port,...") under
     `namespace` (every node of a multi-node run gets the same store, each its own directory and Gy port)."""
@@ -89,6 +89,7 @@ origin_realm = "localdomain"
 allow_unknown_peers = true
 max_inflight_per_peer = 100000
 max_inflight = 100000
+latency_budget_ms = 0  # no refusals: the rate at --sessions in flight is measured (admission: loadtest.chaos)
 """
     )
     return path
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis", default="", help="host:port,... of a Redis cluster: the servers' store (redis-cluster)")
     p.add_argument("--nodes", type=int, default=1, help="chf serve nodes to start (with --redis; LMDB: 1)")
     p.add_argument("--accounts", type=int, default=1, help="accounts the lines are spread over (default: one)")
-    p.add_argument("--redis-workers", type=int, default=64, help="[store] workers of the nodes (with --redis)")
+    p.add_argument("--redis-workers", type=int, default=4, help="[store] workers of the nodes (with --redis)")
     p.add_argument(
         "--provision-only",
         metavar="CONFIG",

@@ -63,8 +63,8 @@ CORE_FIELDS = {
 # The JSON field of a usedUnitContainer that carried each unit type (nchf/mapping.py).
 _USED_FIELD = {
     "bytes": "totalVolume",
-    "bytes_in": "downlinkVolume",
-    "bytes_out": "uplinkVolume",
+    "bytes_in": "uplinkVolume",
+    "bytes_out": "downlinkVolume",
     "seconds": "time",
     "events": "serviceSpecificUnits",
 }

@@ -237,10 +237,12 @@ def _usage(check: _Checker, value: Any, pointer: str) -> UsageReport | None:
                 units[unit] = n
     up = check.uint(uc["uplinkVolume"], f"{pointer}/uplinkVolume", UINT64_MAX) if "uplinkVolume" in uc else None
     down = check.uint(uc["downlinkVolume"], f"{pointer}/downlinkVolume", UINT64_MAX) if "downlinkVolume" in uc else None
+    # The core's bytes_in / bytes_out are Gy's CC-Input-Octets / CC-Output-Octets (RFC 4006 8.24, 8.25): octets
+    # received from / sent to the end user. Uplink is what the UE sends (TS 32.291 uplinkVolume): bytes_in.
     if up:
-        units["bytes_out"] = up  # uplink leaves the UE
+        units["bytes_in"] = up
     if down:
-        units["bytes_in"] = down
+        units["bytes_out"] = down
     reasons = check.triggers(uc["triggers"], f"{pointer}/triggers") if "triggers" in uc else []
     reason = REASON_FINAL if REASON_FINAL in reasons else (reasons[0] if reasons else None)
     return UsageReport(units, reason)

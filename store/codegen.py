@@ -70,21 +70,46 @@ def _loaded(layout: Layout, name: str, value: str) -> str:
     return f"{{x[{many.layout.position(many.key)}]: {inner}(*x) for x in {value}}}"
 
 
+def _optional_tail(layout: Layout) -> list[str]:
+    """The lines that append the layout's optional trailing fields to `r` when one of them is set: left out
+    while all are None, so that a record using none of them is stored byte for byte as before they existed."""
+    if not layout.optional:
+        return []
+    test = " or ".join(f"self.{name} is not None" for name in layout.optional)
+    return [f"        if {test}:", *(f"            r.append(self.{name})" for name in layout.optional)]
+
+
 def methods(layout: Layout) -> list[str]:
     """The generated methods of one record class, as lines."""
-    fields = [_field(layout, name, "self") for name in layout.fields]
+    required = layout.fields[: len(layout.fields) - len(layout.optional)]
+    fields = [_field(layout, name, "self") for name in required]
+    tail = _optional_tail(layout)
     if not layout.versioned:
+        if tail:
+            return ["    def pack(self) -> list[Any]:", *_exploded("r = [", fields, "]", 8), *tail, "        return r"]
         return [
             "    def pack(self) -> list[Any]:",
             *_exploded("return [", fields, "]", 8),
         ]
     name = layout.cls.__name__
-    loaded = [_loaded(layout, f, f"r[{layout.position(f)}]") for f in layout.fields]
+    loaded = [_loaded(layout, f, f"r[{layout.position(f)}]") for f in required]
+    loaded += [f"r[{layout.position(f)}] if len(r) > {layout.position(f)} else None" for f in layout.optional]
+    if tail:
+        encode = [
+            "    def encode(self) -> bytes:",
+            *_exploded("r = [", ["SCHEMA_VERSION", *fields], "]", 8),
+            *tail,
+            "        return pack(r)",
+        ]
+    else:
+        encode = [
+            "    def encode(self) -> bytes:",
+            "        return pack(",
+            *_exploded("[", ["SCHEMA_VERSION", *fields], "]", 12),
+            "        )",
+        ]
     return [
-        "    def encode(self) -> bytes:",
-        "        return pack(",
-        *_exploded("[", ["SCHEMA_VERSION", *fields], "]", 12),
-        "        )",
+        *encode,
         "",
         "    @classmethod",
         f"    def decode(cls, data: bytes) -> {name}:",

@@ -44,7 +44,9 @@ Pointers (sx, ln, ip) are written before the commit and are hints: a pointer who
 commit that failed) reads as nothing.
 
 Durability: the commit script and then `WAIT <min_replicas_acked> <wait_timeout>` go down one connection in
-one round trip; an operation is answered only when both returned and the replicas confirmed. A commit whose
+one round trip (in a batch, store.redisbatch: the batch's scripts for one primary, then one WAIT, which confirms
+every write the connection sent before it); an operation is answered only when both returned and the replicas
+confirmed. A commit whose
 outcome is unknown (connection lost) or not confirmed by enough replicas is answered StoreBusy (Diameter 3004,
 HTTP 503): a client retry is answered from the stored answer, so nothing is charged twice.
 
@@ -289,6 +291,19 @@ class Retry(Exception):
         self.wait = wait
 
 
+class Miss(BaseException):
+    """A read of a record its batch has not fetched yet (store.redisbatch): the operation stops here and runs again
+    once the batch has read `keys` (of hash slot `slot`). A BaseException, so that no `except Exception` of an
+    operation takes it for the operation's own failure."""
+
+    __slots__ = ("keys", "slot")
+
+    def __init__(self, slot: int, keys: list[str]) -> None:
+        super().__init__(slot)
+        self.slot = slot
+        self.keys = keys
+
+
 class _Writes:
     """What one operation writes into one partition (the argument of its commit or APPLY script)."""
 
@@ -349,6 +364,9 @@ class RedisTxn:
         self._next_line: int | None = None
         self._copied: list[tuple[int, bytes, int, str]] = []  # (partition, event, its seq, its id)
         self._copy_floor: int | None = None
+        # In a batch (store.redisbatch): the records the batch has read, raw (version stamp first; None: absent).
+        # A read of anything else raises Miss instead of going to the network.
+        self._seed: dict[str, bytes | None] | None = None
 
     # -- keys -------------------------------------------------------------------------------------------------------
     def _k(self, p: int, suffix: str) -> str:
@@ -358,13 +376,7 @@ class RedisTxn:
         return f"{{{self._store.namespace}}}:{suffix}"
 
     def _acct_part(self, account_id: str) -> int:
-        parts = self._store.account_parts
-        p = parts.get(account_id)
-        if p is None:
-            p = parts[account_id] = _part(account_id, self._store.partitions)
-            if len(parts) > 1 << 20:
-                parts.clear()
-        return p
+        return self._store.account_part(account_id)
 
     # -- reading records ---------------------------------------------------------------------------------------------
     def _load(self, p: int, keys: Sequence[str]) -> None:
@@ -377,7 +389,14 @@ class RedisTxn:
         if check_lock:
             fetch.append(self._k(p, "lock"))
         store = self._store
-        raws = store.mget(fetch) if p < 0 else list(store._slot_get(store._slots[p], fetch))
+        seed = self._seed
+        if seed is not None:
+            missing = [k for k in fetch if k not in seed]
+            if missing:
+                raise Miss(store.slot_of_partition(p), missing)
+            raws = [seed[k] for k in fetch]
+        else:
+            raws = store.mget(fetch) if p < 0 else list(store._slot_get(store._slots[p], fetch))
         if check_lock:
             lock = raws.pop()
             if lock is not None:
@@ -423,9 +442,15 @@ class RedisTxn:
     # -- pointers ---------------------------------------------------------------------------------------------------
     def _pointer(self, kind: str, value: str) -> tuple[str, bytes | None]:
         """A pointer's key and raw value (a hint: no version is kept)."""
-        key = self._k(_part(value, self._store.partitions), f"{kind}:{value}")
+        q = _part(value, self._store.partitions)
+        key = self._k(q, f"{kind}:{value}")
         if key in self._ahead:
             return key, self._ahead[key]
+        seed = self._seed
+        if seed is not None:
+            if key not in seed:
+                raise Miss(self._store.slot_of_partition(q), [key])
+            return key, seed[key]
         return key, self._store.get(key)
 
     def _point(self, key: str, value: bytes, current: bytes | None) -> None:
@@ -1160,10 +1185,16 @@ class _RawConnection:
 
     def call(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send the commands in one write, read their answers; an error answer is its redis-py exception."""
+        self.send(commands)
+        return self.receive(len(commands))
+
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
         self.sock.sendall(b"".join([pack_command(c) for c in commands]))
+
+    def receive(self, count: int) -> list[Any]:
         reader = self.reader
         out: list[Any] = []
-        while len(out) < len(commands):
+        while len(out) < count:
             answer = reader.gets()
             if answer is False:
                 data = self.sock.recv(1 << 16)
@@ -1180,22 +1211,27 @@ class _RawConnection:
 
 
 class _Pending:
-    __slots__ = ("done", "fn", "future", "result")
+    __slots__ = ("affinity", "done", "fn", "future", "result")
 
-    def __init__(self, fn: Any, future: asyncio.Future[Any] | None, done: Callable[[Any], None] | None) -> None:
+    def __init__(
+        self, fn: Any, future: asyncio.Future[Any] | None, done: Callable[[Any], None] | None, affinity: Any = None
+    ) -> None:
         self.fn = fn
         self.future = future
         self.done = done
+        self.affinity = affinity  # the session key of a charging request (its records are fetched before it runs)
         self.result: Any = None
 
 
 class RedisStore:
-    """A balance store on a Redis Cluster: typed optimistic transactions, run by a pool of worker threads.
+    """A balance store on a Redis Cluster: typed optimistic transactions, run in batches by a few worker threads.
 
-    The engine's operations are synchronous functions of a `Txn`, and a read from Redis is a round trip: each
-    runs in one of `workers` threads (redis-py's synchronous cluster client, hiredis parser; a thread blocked on
-    the network releases the GIL), so that many requests are in flight while the event loop goes on. Operations
-    of one session (`affinity`) go to the same thread, in order; operations without one go to thread 0.
+    The engine's operations are synchronous functions of a `Txn`, and a read from Redis is a round trip. Each of
+    `workers` threads runs what is queued for it in batches of up to `max_batch` operations (store.redisbatch):
+    the batch's reads go in one pipeline per primary, its commits in another, with one WAIT per primary, so a
+    request costs a share of a few round trips instead of two of its own. Operations of one account (found from
+    the session key, `affinity`) go to the same thread, in order; operations without one go to thread 0.
+    `apply()` runs one operation alone, synchronously (the CLI, tests).
     """
 
     def __init__(
@@ -1212,7 +1248,8 @@ class RedisStore:
         tls_key: str | None = None,
         min_replicas_acked: int = 1,
         wait_timeout: float = 1.0,
-        workers: int = 64,
+        workers: int = 4,
+        max_batch: int = 256,
         max_queue: int = 65536,
         connect_timeout: float = 2.0,
         op_timeout: float = 5.0,
@@ -1280,6 +1317,7 @@ class RedisStore:
         self.tags = partition_tags(namespace, self.partitions)
         self._slots = [slot_of(f"{{{t}}}") for t in self.tags]
         self._workers = workers
+        self.max_batch = max_batch
         self._queues: list[queue.SimpleQueue[_Pending | None]] = []
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1312,8 +1350,52 @@ class RedisStore:
     def _key_of(self, p: int) -> str:
         return f"{{{self.tag(p)}}}:x"
 
+    def account_part(self, account_id: str) -> int:
+        """The partition of an account (computed once per account)."""
+        parts = self.account_parts
+        p = parts.get(account_id)
+        if p is None:
+            p = parts[account_id] = _part(account_id, self.partitions)
+            if len(parts) > 1 << 20:
+                parts.clear()
+        return p
+
+    def slot_of_partition(self, p: int) -> int:
+        return self._slots[p] if p >= 0 else slot_of(self._key_of(p))
+
+    def node_of_partition(self, p: int) -> ClusterNode:
+        return self._node(p)
+
+    def node_of_slot(self, slot: int) -> ClusterNode | None:
+        """The primary serving `slot` as this process last learnt it (None: unknown; the cluster map is refreshed)."""
+        try:
+            return self.rc.nodes_manager.slots_cache[slot][0]
+        except (KeyError, IndexError):
+            self._refresh()
+            return None
+
+    def node_of_key(self, key: str) -> ClusterNode:
+        return self.rc.get_node_from_key(key)
+
+    def script_sha(self, name: str) -> str:
+        return self._scripts[name][1]
+
+    def refresh(self) -> None:
+        """Learn the cluster's map again (after a redirection or a lost connection)."""
+        self._refresh()
+
+    def direct_reads(self, reset: bool = False) -> bool:
+        """Whether this thread read from the cluster through `call`, `get`, `mget` or `each_partition` since the
+        last reset (store.redisbatch: such reads do not see the writes of the batch not committed yet)."""
+        local = self._local
+        found = bool(getattr(local, "direct", False))
+        if reset:
+            local.direct = False
+        return found
+
     def call(self, p: int, *args: Any) -> Any:
         """One command on partition `p` (-1: global), through the cluster client (redirections handled)."""
+        self._local.direct = True
         return self._retrying(lambda: self.rc.execute_command(*args))
 
     def _node(self, p: int) -> ClusterNode:
@@ -1325,10 +1407,12 @@ class RedisStore:
             return self.rc.get_node_from_key(self._key_of(p))
 
     def get(self, key: str) -> bytes | None:
+        self._local.direct = True
         return self._retrying(lambda: self.rc.execute_command("GET", key))
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of keys of any slots: one MGET per slot, pipelined per node."""
+        self._local.direct = True
         if not keys:
             return []
         if len(keys) == 1:
@@ -1355,6 +1439,7 @@ class RedisStore:
 
     def each_partition(self, command: Callable[[int], tuple[Any, ...]]) -> list[Any]:
         """One command per partition, pipelined per node; the answers in partition order."""
+        self._local.direct = True
 
         def run() -> list[Any]:
             pipe = self.rc.pipeline()
@@ -1456,6 +1541,43 @@ class RedisStore:
             conns.pop(node.name, None)
             conn.close()
             raise
+
+    def raw_pipelines(
+        self, work: dict[str, tuple[ClusterNode, list[tuple[Any, ...]]]]
+    ) -> dict[str, list[Any] | BaseException]:
+        """Each node's commands pipelined on this thread's connection to it, every node's sent before any answer is
+        read (the nodes work at the same time). Per node: its answers (an error answer is its exception), or the
+        exception that lost the connection (then the node's commands may or may not have run)."""
+        conns: dict[str, _RawConnection] = self._local.__dict__.setdefault("conns", {})
+        out: dict[str, list[Any] | BaseException] = {}
+        sent: list[tuple[str, _RawConnection, int]] = []
+        for name, (node, commands) in work.items():
+            if not commands:
+                out[name] = []
+                continue
+            try:
+                conn = conns.get(name)
+                if conn is None:
+                    conn = conns[name] = _RawConnection(node.host, node.port, self._conn_settings)
+                conn.send(commands)
+            except (RedisError, OSError) as exc:
+                self._drop(conns, name)
+                out[name] = exc
+                continue
+            sent.append((name, conn, len(commands)))
+        for name, conn, count in sent:
+            try:
+                out[name] = conn.receive(count)
+            except (RedisError, OSError) as exc:
+                self._drop(conns, name)
+                out[name] = exc
+        return out
+
+    @staticmethod
+    def _drop(conns: dict[str, _RawConnection], name: str) -> None:
+        conn = conns.pop(name, None)
+        if conn is not None:
+            conn.close()
 
     def _slot_get(self, slot: int, keys: Sequence[str]) -> list[bytes | None]:
         """MGET of keys of one slot on its primary's raw connection (see _raw), redirections retried."""
@@ -1649,7 +1771,10 @@ class RedisStore:
         return StoreBusy(f"redis-cluster: gave up after {self.max_attempts} conflicting attempts")
 
     def _commit(self, txn: RedisTxn) -> None:
-        by_part = txn._writes()
+        self.commit_parts(txn, txn._writes())
+
+    def commit_parts(self, txn: RedisTxn, by_part: dict[int, _Writes]) -> None:
+        """Commit an operation's writes (`txn._writes()`): its pointers, then one script, or the two-phase commit."""
         if txn._ahead:
             self._point_ahead(txn._ahead)
         if not by_part:
@@ -1727,23 +1852,24 @@ class RedisStore:
             return
         self._loop = loop or asyncio.get_running_loop()
         self._queues = [queue.SimpleQueue() for _ in range(self._workers)]
+        from store.redisbatch import BatchWorker  # it builds on this module
+
         for i, q in enumerate(self._queues):
-            t = threading.Thread(target=self._work, args=(q,), name=f"chf-redis-{i}", daemon=True)
+            worker = BatchWorker(self, q, self.max_batch)
+            t = threading.Thread(target=worker.run, name=f"chf-redis-{i}", daemon=True)
             t.start()
             self._threads.append(t)
 
-    def _work(self, q: queue.SimpleQueue[_Pending | None]) -> None:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            item.result = self.apply(item.fn)
-            with self._queued_lock:
-                self._queued -= 1
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(_resolve, item)
+    def finished(self, items: list[_Pending]) -> None:
+        """Operations of a batch are done: answer them on the event loop, in one call."""
+        if not items:
+            return
+        with self._queued_lock:
+            self._queued -= len(items)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve_all, items)
 
     async def stop(self) -> None:
         threads, self._threads = self._threads, []
@@ -1771,11 +1897,11 @@ class RedisStore:
         if loop is None or not self._threads:
             raise StoreClosed("store workers are not running")
         future = loop.create_future()
-        self._enqueue(_Pending(fn, future, None), affinity)
+        self._enqueue(_Pending(fn, future, None, affinity), affinity)
         return future
 
     def submit_then(self, fn: Any, done: Callable[[Any], None], *, nested: bool = True, affinity: Any = None) -> None:
-        self._enqueue(_Pending(fn, None, done), affinity)
+        self._enqueue(_Pending(fn, None, done, affinity), affinity)
 
     def _enqueue(self, pending: _Pending, affinity: Any) -> None:
         if self._loop is None or not self._threads:
@@ -1793,6 +1919,11 @@ class RedisStore:
             home = self.hints.get(("sx", affinity))
             index = hash(home[0] if home is not None else affinity) % len(self._queues)
         self._queues[index].put(pending)
+
+
+def _resolve_all(items: list[_Pending]) -> None:
+    for item in items:
+        _resolve(item)
 
 
 def _resolve(item: _Pending) -> None:

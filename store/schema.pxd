@@ -6,27 +6,28 @@
 # the engine reads and writes these fields many times per request.
 
 cdef class Tenant:
-    cdef public object id, name, currency, created
+    cdef public object id, name, currency, created, parent, tax_profile
 
 cdef class Account:
     cdef public object id, tenant, payment, currency, balance, reserved, credit_limit, cycle_day, parent, plan, created
-    cdef public object active_lines
+    cdef public object active_lines, price_list, tax_profile
 
 cdef class Subscriber:
     cdef public object id, tenant, account, imsi, msisdn, iccid, eid, state, state_since, plan, created, history
 
 cdef class Bucket:
     cdef public object id, name, kind, unit, rating_groups, priority, initial, remaining, reserved, valid_from, valid_to
+    cdef public object zones, fair_use_left
 
 cdef class BalanceSet:
     cdef public object plan, period_start, period_end, period_index, buckets, usage, next_bucket_id, renewal_pending
 
 cdef class Reservation:
-    cdef public object rating_group, unit, granted, portions, money, tariff, zone
+    cdef public object rating_group, unit, granted, portions, money, tariff, zone, payer
 
 cdef class Session:
     cdef public object key, subscriber, account, protocol, created, updated, expires, last_request, closed, reservations
-    cdef public object answers, serving_network, notify, seen
+    cdef public object answers, serving_network, notify, seen, apn, rat
 
 cdef class Debit:
     cdef public object line, rating_group, seq, event, time, account, unit, portions, units, money

@@ -137,7 +137,7 @@ class Layout:
     `encode` and `decode` (or `pack`, for a record stored inside another) are written out from the layout by
     store/codegen.py, which says why. `as_dict`, off the hot path, is built from the layout at import."""
 
-    __slots__ = ("cls", "fields", "kind", "nested", "shown", "versioned", "views")
+    __slots__ = ("cls", "fields", "kind", "nested", "optional", "shown", "versioned", "views")
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class Layout:
         shown: tuple[str, ...] | None = None,
         views: dict[str, Callable[[Any], Any]] | None = None,
         versioned: bool = True,
+        optional: tuple[str, ...] = (),
     ) -> None:
         self.kind = kind  # in messages: "balance set record has schema version ..."
         self.fields = fields
@@ -155,6 +156,11 @@ class Layout:
         self.shown = shown if shown is not None else fields
         self.views = views or {}
         self.versioned = versioned
+        # Trailing fields (the last of `fields`, default None) stored only when one of them is set: a record that
+        # uses none of them keeps the bytes it had before they were added, and an older record reads as unset.
+        if fields[len(fields) - len(optional) :] != optional:
+            raise ValueError(f"{kind}: optional fields {optional} must be the last fields")
+        self.optional = optional
         self.cls: Any = None  # the record class, once it is defined (end of this module)
 
     def position(self, name: str) -> int:
@@ -172,7 +178,11 @@ class Layout:
         return as_dict
 
 
-TENANT = Layout("tenant", ("id", "name", "currency", "created"))
+# A tenant's `parent` is the tenant above it (the operator above a reseller, a reseller above an enterprise:
+# chf.core.wholesale); `tax_profile` names the catalogue's tax profile of its accounts (chf.core.tax).
+TENANT = Layout(
+    "tenant", ("id", "name", "currency", "created", "parent", "tax_profile"), optional=("parent", "tax_profile")
+)
 ACCOUNT = Layout(
     "account",
     (
@@ -188,7 +198,10 @@ ACCOUNT = Layout(
         "plan",
         "created",
         "active_lines",
+        "price_list",
+        "tax_profile",
     ),
+    optional=("price_list", "tax_profile"),
     shown=(
         "id",
         "tenant",
@@ -203,6 +216,8 @@ ACCOUNT = Layout(
         "plan",
         "active_lines",
         "created",
+        "price_list",
+        "tax_profile",
     ),
     views={"available": lambda account: account.available()},
 )
@@ -242,6 +257,8 @@ BUCKET = Layout(
         "reserved",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     shown=(
         "id",
@@ -256,9 +273,12 @@ BUCKET = Layout(
         "available",
         "valid_from",
         "valid_to",
+        "zones",
+        "fair_use_left",
     ),
     views={"available": lambda bucket: bucket.available()},
     versioned=False,
+    optional=("zones", "fair_use_left"),
 )
 BALANCE_SET = Layout(
     "balance set",
@@ -267,9 +287,10 @@ BALANCE_SET = Layout(
 )
 RESERVATION = Layout(
     "reservation",
-    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone"),
-    shown=("rating_group", "unit", "granted", "money", "tariff", "zone"),
+    ("rating_group", "unit", "granted", "portions", "money", "tariff", "zone", "payer"),
+    shown=("rating_group", "unit", "granted", "money", "tariff", "zone", "payer"),
     versioned=False,
+    optional=("payer",),
 )
 SESSION = Layout(
     "session",
@@ -288,8 +309,11 @@ SESSION = Layout(
         "serving_network",
         "notify",
         "seen",
+        "apn",
+        "rat",
     ),
     nested={"reservations": Many(RESERVATION, key="rating_group")},
+    optional=("apn", "rat"),
     shown=(
         "key",
         "subscriber",
@@ -315,25 +339,31 @@ DEBIT = Layout(
 class Tenant:
     __slots__ = TENANT.fields
 
-    def __init__(self, id: str, name: str, currency: str, created: int) -> None:
+    def __init__(
+        self, id: str, name: str, currency: str, created: int, parent: str | None = None, tax_profile: str | None = None
+    ) -> None:
         self.id = id
         self.name = name
         self.currency = currency
         self.created = created
+        self.parent = parent
+        self.tax_profile = tax_profile
 
     as_dict = TENANT.viewer()
 
     # <generated from TENANT>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.id,
-                self.name,
-                self.currency,
-                self.created,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.id,
+            self.name,
+            self.currency,
+            self.created,
+        ]
+        if self.parent is not None or self.tax_profile is not None:
+            r.append(self.parent)
+            r.append(self.tax_profile)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Tenant:
@@ -344,6 +374,8 @@ class Tenant:
             r[2],
             r[3],
             r[4],
+            r[5] if len(r) > 5 else None,
+            r[6] if len(r) > 6 else None,
         )
 
     # </generated>
@@ -373,6 +405,8 @@ class Account:
         plan: str | None = None,
         created: int = 0,
         active_lines: int = 0,
+        price_list: str | None = None,
+        tax_profile: str | None = None,
     ) -> None:
         self.id = id
         self.tenant = tenant
@@ -386,6 +420,10 @@ class Account:
         self.plan = plan
         self.created = created
         self.active_lines = active_lines
+        # The price list this account pays by for the usage of the lines below it, when it is another account's
+        # parent (chf.core.wholesale), and its tax profile (chf.core.tax; None: its tenant's).
+        self.price_list = price_list
+        self.tax_profile = tax_profile
 
     def available(self) -> int:
         return self.balance - self.reserved + self.credit_limit
@@ -394,23 +432,25 @@ class Account:
 
     # <generated from ACCOUNT>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.id,
-                self.tenant,
-                self.payment,
-                self.currency,
-                self.balance,
-                self.reserved,
-                self.credit_limit,
-                self.cycle_day,
-                self.parent,
-                self.plan,
-                self.created,
-                self.active_lines,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.id,
+            self.tenant,
+            self.payment,
+            self.currency,
+            self.balance,
+            self.reserved,
+            self.credit_limit,
+            self.cycle_day,
+            self.parent,
+            self.plan,
+            self.created,
+            self.active_lines,
+        ]
+        if self.price_list is not None or self.tax_profile is not None:
+            r.append(self.price_list)
+            r.append(self.tax_profile)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
@@ -429,6 +469,8 @@ class Account:
             r[10],
             r[11],
             r[12],
+            r[13] if len(r) > 13 else None,
+            r[14] if len(r) > 14 else None,
         )
 
     # </generated>
@@ -529,6 +571,8 @@ class Bucket:
         reserved: int,
         valid_from: int,
         valid_to: int,
+        zones: list[str] | None = None,
+        fair_use_left: int | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -541,6 +585,11 @@ class Bucket:
         self.reserved = reserved
         self.valid_from = valid_from
         self.valid_to = valid_to
+        # The zones (catalogue zone names) whose usage this bucket pays; None: every zone (chf/core/zones.py).
+        self.zones = zones
+        # Fair use: units of it that usage outside the home zone may still take or hold this period; None: no
+        # limit. Held at a grant, given back for what the grant did not use (chf/core/zones.py).
+        self.fair_use_left = fair_use_left
 
     def available(self) -> int:
         return self.remaining - self.reserved
@@ -556,7 +605,7 @@ class Bucket:
 
     # <generated from BUCKET>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.id,
             self.name,
             self.kind,
@@ -569,6 +618,10 @@ class Bucket:
             self.valid_from,
             self.valid_to,
         ]
+        if self.zones is not None or self.fair_use_left is not None:
+            r.append(self.zones)
+            r.append(self.fair_use_left)
+        return r
 
     # </generated>
 
@@ -666,6 +719,7 @@ class Reservation:
         money: int,
         tariff: str | None,
         zone: str,
+        payer: str | None = None,
     ) -> None:
         self.rating_group = rating_group
         self.unit = unit
@@ -674,12 +728,15 @@ class Reservation:
         self.money = money
         self.tariff = tariff
         self.zone = zone
+        # The account that pays it when a split-billing rule routed it to another than the line's (chf/core/split.py):
+        # its buckets hold `portions` of source SRC_ACCOUNT and its wallet `money`. None: the line's account.
+        self.payer = payer
 
     as_dict = RESERVATION.viewer()
 
     # <generated from RESERVATION>
     def pack(self) -> list[Any]:
-        return [
+        r = [
             self.rating_group,
             self.unit,
             self.granted,
@@ -688,6 +745,9 @@ class Reservation:
             self.tariff,
             self.zone,
         ]
+        if self.payer is not None:
+            r.append(self.payer)
+        return r
 
     # </generated>
 
@@ -717,6 +777,8 @@ class Session:
         serving_network: str | None,
         notify: Any = None,
         seen: int = 1,
+        apn: str | None = None,
+        rat: str | None = None,
     ) -> None:
         self.key = key
         self.subscriber = subscriber
@@ -734,30 +796,35 @@ class Session:
         # Request numbers already applied, as a bit mask below last_request (bit i: last_request - i), so that
         # requests arriving out of order are applied once each, even after their answers left `answers`.
         self.seen = seen
+        # The APN / DNN and RAT type the client reported (split billing routes by them, chf/core/split.py).
+        self.apn = apn
+        self.rat = rat
 
     as_dict = SESSION.viewer()
 
     # <generated from SESSION>
     def encode(self) -> bytes:
-        return pack(
-            [
-                SCHEMA_VERSION,
-                self.key,
-                self.subscriber,
-                self.account,
-                self.protocol,
-                self.created,
-                self.updated,
-                self.expires,
-                self.last_request,
-                self.closed,
-                [x.pack() for x in self.reservations.values()],
-                self.answers,
-                self.serving_network,
-                self.notify,
-                self.seen,
-            ]
-        )
+        r = [
+            SCHEMA_VERSION,
+            self.key,
+            self.subscriber,
+            self.account,
+            self.protocol,
+            self.created,
+            self.updated,
+            self.expires,
+            self.last_request,
+            self.closed,
+            [x.pack() for x in self.reservations.values()],
+            self.answers,
+            self.serving_network,
+            self.notify,
+            self.seen,
+        ]
+        if self.apn is not None or self.rat is not None:
+            r.append(self.apn)
+            r.append(self.rat)
+        return pack(r)
 
     @classmethod
     def decode(cls, data: bytes) -> Session:
@@ -778,6 +845,8 @@ class Session:
             r[12],
             r[13],
             r[14],
+            r[15] if len(r) > 15 else None,
+            r[16] if len(r) > 16 else None,
         )
 
     # </generated>

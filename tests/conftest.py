@@ -90,6 +90,7 @@ SLOW = {
     "test_systemd.py::test_ready_after_the_listeners_watchdog_pings_stopping_and_drain",
     "test_systemd.py::test_ready_waits_for_the_frontend_workers",
     "test_workers.py::test_serve_with_two_frontend_workers",
+    "test_wholesale_wire.py::test_nchf_session_and_iec_are_rated_at_every_level",
 }
 SLOW_UNIT_SECONDS = 2.0
 

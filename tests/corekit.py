@@ -275,10 +275,11 @@ def _check_reservations(txn: Txn) -> None:
         for r in session.reservations.values():
             assert r.granted > 0 and r.money >= 0, f"session {session.key}: reservation {r.pack()}"
             assert sum(p[2] for p in r.portions) <= r.granted, f"session {session.key}: portions exceed the grant"
-            held_money[session.account] = held_money.get(session.account, 0) + r.money
+            payer = r.payer or session.account  # split billing: the payer's wallet and buckets hold it
+            held_money[payer] = held_money.get(payer, 0) + r.money
             for src, bucket_id, amount in r.portions:
                 assert amount > 0
-                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(session.account)
+                owner = line_owner(session.subscriber) if src == SRC_LINE else account_owner(payer)
                 held_bucket[(owner, bucket_id)] = held_bucket.get((owner, bucket_id), 0) + amount
     for account in txn.accounts():
         assert account.reserved == held_money.get(account.id, 0), (

@@ -28,7 +28,13 @@ from store.lmdbstore import Store
 from tests.corekit import T0
 
 UNIT_OF = {10: "bytes", 11: "bytes", 20: "seconds", 30: "bytes", 40: "events"}
-NCHF_FIELD = {"bytes": "totalVolume", "seconds": "time", "events": "serviceSpecificUnits"}
+NCHF_FIELD = {
+    "bytes": "totalVolume",
+    "bytes_in": "uplinkVolume",  # from the UE: Gy's CC-Input-Octets
+    "bytes_out": "downlinkVolume",  # to the UE: Gy's CC-Output-Octets
+    "seconds": "time",
+    "events": "serviceSpecificUnits",
+}
 # Stores live in memory where there is a tmpfs: these tests never lose power, and a sync per example costs more
 # than the example's own work.
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -149,9 +155,14 @@ def nchf_event(ref: str, imsi: str, kind: str, rg: int, amount: dict[str, int]) 
     return to_charging_request(parsed, EVENT, "nchf:" + ref, 0, action=parsed.one_time_event)
 
 
-def unit_request(rg: int, requested: bool, used: int) -> UnitRequest:
+def unit_request(rg: int, requested: bool, used: int, *, uplink: int | None = None) -> UnitRequest:
+    """`uplink`: octets reported as uplink and downlink only (Gy CC-Input- and CC-Output-Octets, Nchf uplinkVolume
+    and downlinkVolume), `uplink` of `used` from the UE."""
     unit = UNIT_OF.get(rg, "bytes")
     if unit == "seconds":
         used = min(used, 2**32 - 1)  # CC-Time and Nchf's time are 32-bit: no client can say more
-    reports = [UsageReport({unit: used})] if used else []
+    units = {unit: used}
+    if unit == "bytes" and uplink is not None and 0 < uplink < used:
+        units = {"bytes_in": uplink, "bytes_out": used - uplink}
+    reports = [UsageReport(units)] if used else []
     return UnitRequest(rg, requested={} if requested else None, used=reports)

@@ -358,6 +358,51 @@ async def test_engine_never_applies_a_plan_of_another_currency(api: tuple[Api, C
     assert acct["balance"] == 16_000_000  # the first USD fee, nothing since
 
 
+async def test_activation_never_starts_a_plan_of_another_currency(api: tuple[Api, Clock]) -> None:
+    """A provisioned USD line on a euro plan (stored before the check existed): activating it starts no period of
+    that plan, so no euro fee is taken from the dollar wallet (chf.core.renewals.start_line_plan)."""
+    client, _ = api
+    body = {"account": "uma", "imsi": "310150000000001", "plan": "prepaid-usd", "state": "provisioned"}
+    line = await new_line(client, body)
+
+    def forge(txn: Any, _engine: Any, _now: int) -> Any:
+        sub = txn.get_subscriber(line["id"])
+        previous = Subscriber.decode(sub.encode())
+        sub.plan = "prepaid-s"
+        txn.put_subscriber(sub, previous)
+        return OpResult(None)
+
+    await client.service.operate(forge)
+    status, _, _ = await client.call("POST", f"/v1/lines/{line['id']}/state", {"state": "active", "reason": "x"})
+    assert status == 200
+    _, acct, _ = await client.call("GET", "/v1/accounts/uma")
+    assert acct["balance"] == 20_000_000  # nothing charged: no USD plan runs, the euro one is never applied
+    status, page, _ = await client.call("GET", f"/v1/lines/{line['id']}/events?limit=1000")
+    assert status == 200
+    assert [e for e in page["events"] if e["kind"] in ("renewal", "plan_change", "bonus")] == []
+
+
+async def test_api_putting_the_plan_a_line_or_account_is_on_again_charges_nothing(api: tuple[Api, Clock]) -> None:
+    """PUT is idempotent (RFC 9110 9.2.2): a client that retries a plan change after a timeout, or sets the plan
+    already running, must not pay the period's fee again nor get its allowances again."""
+    client, clock = api
+    line = await new_line(client, {"account": "alice", "imsi": "208010000000001", "plan": "prepaid-s"})
+    status, _, _ = await client.call("PUT", "/v1/accounts/bob/plan", {"plan": "family-50g", "reason": "new"})
+    assert status == 200
+    before = client.snapshot()
+    wallets = [(await client.call("GET", f"/v1/accounts/{a}"))[1]["balance"] for a in ("alice", "bob")]
+    clock.now += 3600
+    for _ in range(2):
+        status, got, _ = await client.call("PUT", f"/v1/lines/{line['id']}/plan", {"plan": "prepaid-s", "reason": "x"})
+        assert status == 200 and got["plan"] == "prepaid-s"
+        status, got, _ = await client.call("PUT", "/v1/accounts/bob/plan", {"plan": "family-50g", "reason": "x"})
+        assert status == 200 and got["plan"] == "family-50g"
+    assert client.snapshot() == before
+    assert [(await client.call("GET", f"/v1/accounts/{a}"))[1]["balance"] for a in ("alice", "bob")] == wallets
+    status, changed, _ = await client.call("PUT", f"/v1/lines/{line['id']}/plan", {"plan": "payg", "reason": "x"})
+    assert status == 200 and changed["plan"] == "payg" and client.snapshot() != before  # a change still changes
+
+
 async def test_api_a_terminated_number_is_reused_after_its_quarantine(api: tuple[Api, Clock]) -> None:
     client, clock = api
     body = {"account": "alice", "imsi": "208010000000001", "msisdn": "33600000001", "iccid": "8933010000000000001"}

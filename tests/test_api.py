@@ -233,6 +233,18 @@ async def test_idempotent_topup_replay(api: Api) -> None:
         assert status == 200
     status, acct, _ = await api.call("GET", "/v1/accounts/alice")
     assert acct["balance"] == 1_010_000
+    # A goodwill bucket with a key is granted once: the client that timed out and posts again gets the first one.
+    grant = {"name": "goodwill", "unit": "money", "amount": 700_000, "valid_to": int(time.time()) + 3600}
+    answers = []
+    for _ in range(2):
+        status, bucket, resp = await api.call(
+            "POST", "/v1/lines/1/buckets", {**grant, "reason": "sorry"}, headers={"Idempotency-Key": "gw-1"}
+        )
+        assert status == 201, bucket
+        answers.append((bucket, resp.headers.get("Idempotency-Replayed")))
+    assert answers[1] == (answers[0][0], "true") and answers[0][1] is None
+    status, bal, _ = await api.call("GET", "/v1/lines/1/balances")
+    assert [b["remaining"] for b in bal["buckets"] if b["name"] == "goodwill"] == [700_000]
 
 
 BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [

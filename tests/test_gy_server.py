@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chf.core import provisioning
 from gy.client import Mscc, ccr_avps
-from gy.codec import find, find_all
+from gy.codec import E, find, find_all
 from tests import gy_support
 from tests.gy_support import balance_of, provision, running_server
 
@@ -104,6 +105,70 @@ async def test_result_codes(tmp_path: Path) -> None:
         assert rc(cca) == 5002
 
 
+async def test_roaming_draws_only_on_allowances_of_its_zone(tmp_path: Path) -> None:
+    """3GPP-SGSN-MCC-MNC picks the zone (chf/core/zones.py): the home-and-EU bundle pays nothing in the US, the EU
+    takes at most its fair use of it, and a plan may refuse roaming beyond its allowances."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(plan="rlah"))
+        await srv.op(provision(account="a2", imsi="208010000000002", msisdn=None, plan="rlah-deny"))
+        client = await srv.client()
+        us = "pgw.test;z;1"
+        cca = await client.ccr(ccr(us, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr(us, 3, 1, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert rc(cca) == 2001
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000  # the world price, not the bundle
+        eu = "pgw.test;z;2"
+        cca = await client.ccr(ccr(eu, 1, 0, imsi="208010000000001", mscc=[Mscc(10, {})], mcc_mnc="26201"))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # the fair use
+        cca = await client.ccr(ccr(eu, 2, 1, mscc=[Mscc(10, {}, used=[{"bytes": 1_000_000}])]))
+        assert msccs(cca)[10]["bytes"] == 1_000_000  # from the wallet now, at the (home) price
+        cca = await client.ccr(ccr(eu, 3, 2, mscc=[Mscc(10, used=[{"bytes": 1_000_000}])]))
+        assert balance_of(srv, "a1") == 10_000_000 - 200_000 - 10_000
+        cca = await client.ccr(ccr("pgw.test;z;3", 1, 0, imsi="208010000000002", mscc=[Mscc(10, {})], mcc_mnc="310260"))
+        assert rc(cca) == 4010 and msccs(cca)[10]["rc"] == 4010
+
+
+def _car_accounts(txn, engine, now):  # type: ignore[no-untyped-def]
+    """A car maker (postpaid) and a driver (prepaid, 10 EUR) whose account's parent it is, with a line on `car`."""
+    provisioning.create_tenant(txn, "t1", "t1", "EUR", now)
+    provisioning.create_account(
+        txn, engine, account_id="oem", tenant="t1", payment="postpaid", now=now, credit_limit=100_000_000
+    )
+    provisioning.create_account(
+        txn, engine, account_id="drv", tenant="t1", payment="prepaid", now=now, balance=10_000_000, parent="oem"
+    )
+    return provisioning.add_line(txn, engine, account="drv", imsi="208010000000001", plan="car", now=now)
+
+
+def _ps_information(apn: str) -> bytes:
+    return E("Service-Information").grouped([E("PS-Information").grouped([E("Called-Station-Id").text(apn)])])
+
+
+async def test_split_billing_routes_usage_to_the_payer_by_apn_and_rating_group(tmp_path: Path) -> None:
+    """Called-Station-Id and the rating group pick the payer (chf/core/split.py): one CCR whose rating groups go
+    to the driver and to the car maker is reserved and charged against both."""
+    async with running_server(tmp_path) as srv:
+        await srv.op(_car_accounts)
+        client = await srv.client()
+        imsi = "208010000000001"
+        tele = "pgw.test;car;1"
+        extra = [_ps_information("telematics.oem.mnc001.mcc208.gprs")]
+        cca = await client.ccr(ccr(tele, 1, 0, imsi=imsi, mscc=[Mscc(10, {})], extra=extra))
+        assert msccs(cca)[10]["bytes"] == 1_000_000
+        cca = await client.ccr(ccr(tele, 3, 1, mscc=[Mscc(10, used=[{"bytes": 2_000_000}])]))
+        assert rc(cca) == 2001
+        assert (balance_of(srv, "oem"), balance_of(srv, "drv")) == (-20_000, 10_000_000)
+        both = "pgw.test;car;2"
+        extra = [_ps_information("internet")]
+        cca = await client.ccr(ccr(both, 1, 0, imsi=imsi, mscc=[Mscc(10, {}), Mscc(50, {})], extra=extra))
+        assert {rg: m["bytes"] for rg, m in msccs(cca).items()} == {10: 1_000_000, 50: 1_000_000}
+        used = [Mscc(10, used=[{"bytes": 1_000_000}]), Mscc(50, used=[{"bytes": 3_000_000}])]
+        cca = await client.ccr(ccr(both, 3, 1, mscc=used))
+        assert rc(cca) == 2001
+        assert (balance_of(srv, "oem"), balance_of(srv, "drv")) == (-50_000, 9_990_000)
+
+
 @pytest.mark.parametrize(
     ("plan", "action"),
     [("capped", 0), ("redirect", 1), ("restrict", 2)],
@@ -162,6 +227,72 @@ async def test_events(tmp_path: Path) -> None:
         assert find(cca.avps, 422).i32() == 1
         cca = await client.ccr(ccr("e;6", 4, 0, imsi=imsi, requested_action=0, mscc=[Mscc(40, {"events": 20})]))
         assert rc(cca) == 4012
+
+
+def money_of(avps) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]
+    """(micro-units, Currency-Code) of the CC-Money among `avps`."""
+    money = find(avps, 413).children
+    uv = find(money, 445).children
+    currency = find(money, 425)
+    return find(uv, 447).i64() * 10 ** (find(uv, 429).i32() + 6), currency.u32() if currency is not None else None
+
+
+def failed_currency(msg) -> int:  # type: ignore[no-untyped-def]
+    return find(find(msg.avps, 279).children, 425).u32()
+
+
+async def test_money_in_another_currency_is_refused_never_charged(tmp_path: Path) -> None:
+    """CC-Money's Currency-Code (RFC 4006 8.22, 8.11): money in the account's currency is charged, and the CCA
+    names that currency; money in another is refused with 5031 and the Currency-Code as Failed-AVP, and changes
+    nothing (no rule converts currencies), whether reported, requested, debited or mixed in one CCR."""
+    eur, usd = 978, 840
+    async with running_server(tmp_path) as srv:
+        await srv.op(provision(plan="wallet"))
+        client = await srv.client()
+        imsi = "208010000000001"
+        cca = await client.ccr(ccr("m;1", 1, 0, imsi=imsi, mscc=[Mscc(7, {"money": 1_000_000, "currency": eur})]))
+        assert rc(cca) == 2001
+        [mscc] = find_all(cca.avps, 456)
+        assert money_of(find(mscc.children, 431).children) == (1_000_000, eur)
+
+        def reserved() -> int:
+            with srv.service.read() as txn:
+                return int(txn.get_account("a1").reserved)  # type: ignore[union-attr]
+
+        assert (balance_of(srv, "a1"), reserved()) == (10_000_000, 1_000_000)
+        with srv.service.read() as txn:
+            events = len(list(txn.events()))
+        refused = [
+            ccr("m;1", 2, 1, mscc=[Mscc(7, {}, used=[{"money": 500_000, "currency": usd}])]),
+            ccr("m;1", 2, 1, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;2", 4, 0, imsi=imsi, requested_action=0, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;3", 4, 0, imsi=imsi, requested_action=1, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr("m;4", 4, 0, imsi=imsi, requested_action=3, mscc=[Mscc(7, {"money": 500_000, "currency": usd})]),
+            ccr(
+                "m;5",
+                4,
+                0,
+                imsi=imsi,
+                requested_action=0,
+                mscc=[Mscc(7, {"money": 1, "currency": eur}), Mscc(8, {"money": 1, "currency": usd})],
+            ),
+        ]
+        for request in refused:
+            cca = await client.ccr(request)
+            assert rc(cca) == 5031 and failed_currency(cca) == usd
+        unassigned = ccr("m;6", 4, 0, imsi=imsi, requested_action=0, mscc=[Mscc(7, {"money": 1, "currency": 1})])
+        cca = await client.ccr(unassigned)
+        assert rc(cca) == 5031 and failed_currency(cca) == 1
+        assert (balance_of(srv, "a1"), reserved()) == (10_000_000, 1_000_000)
+        with srv.service.read() as txn:
+            assert len(list(txn.events())) == events
+        # The session goes on in the account's currency, named or not.
+        used = [{"money": 400_000, "currency": eur}, {"money": 100_000}]
+        cca = await client.ccr(ccr("m;1", 2, 1, mscc=[Mscc(7, {"money": 1_000_000}, used=used)]))
+        assert rc(cca) == 2001
+        [mscc] = find_all(cca.avps, 456)
+        assert money_of(find(mscc.children, 431).children) == (1_000_000, eur)
+        assert (balance_of(srv, "a1"), reserved()) == (9_500_000, 1_000_000)
 
 
 async def test_duplicates_by_end_to_end_id_and_after_restart(tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ def test_renewals_due_when_the_import_begins_come_first_in_one_gap_free_sequence
     world = World(tmp_path / "w")
     try:
         provision(world)
+        world.line("fam")  # a line in service: the account's plan renews (README, "Fees and the line lifecycle")
         world.now += 40 * 86400  # past the end of the accounts' first monthly period
         rows = [{"account": "fam", "imsi": f"0010100000002{i:02d}", "plan": "fam"} for i in range(5)]
         results = world.store.write(lambda txn: provisioning.add_lines(txn, world.engine, rows, now=world.now))

@@ -37,6 +37,18 @@ prorate = true
   rating_groups = [10]
   priority = 10
 
+[plans.famp]
+payment = "prepaid"
+fee = 3000
+  [plans.famp.rating]
+  "10" = "data"
+  [[plans.famp.allowances]]
+  name = "family-data"
+  unit = "bytes"
+  amount = 5000
+  rating_groups = [10]
+  shared = true
+
 [plans.halt]
 payment = "prepaid"
 fee = 3000
@@ -353,3 +365,143 @@ def test_an_account_fee_renewed_by_a_line_request_names_no_line(world: World) ->
     renewals = [e for e in world.events(seq) if e["kind"] in ("renewal", "expiry")]
     assert renewals and all(e["subscriber"] is None and e["account"] == "fam" for e in renewals)
     assert [e["charge"] for e in renewals if e["kind"] == "renewal"] == [3000]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# An account's plan and its lines
+# ------------------------------------------------------------------------------------------------------------------
+def account_fees(world: World, account: str, after: int = 0) -> list[tuple[int, int]]:
+    """The account plan's period fees as (time, money taken from the wallet)."""
+    return [
+        (e["time"], e.get("charge") or 0)
+        for e in world.events(after)
+        if e["kind"] == "renewal" and e["account"] == account and e["subscriber"] is None
+    ]
+
+
+def account_plan(world: World, account: str) -> str | None:
+    with world.store.read() as txn:
+        bs = txn.get_account_balances(account)
+    assert bs is not None
+    return bs.plan
+
+
+def test_an_account_plan_stops_when_no_line_is_in_service_and_starts_when_one_joins(world: World) -> None:
+    """An account's plan (a family plan: its fee and shared allowances) renews at a boundary only while at least
+    one of its lines is not terminated then. With every line terminated (or moved away) its periods stop at the
+    next boundary: no fee, nothing granted, one plan_change naming no line; a line that joins the account (added
+    or moved in) starts the plan again at once, fee and allowances."""
+    world.account("fam", payment="postpaid", credit_limit=100_000, plan="fam")
+    first, _ = world.line("fam")
+    second, _ = world.line("fam", state="provisioned")
+    assert account_fees(world, "fam") == [(T0, 3000)]
+    world.now = at(2026, 4, 10)  # the provisioned and the active line keep the plan: 1 April is charged
+    sweep(world)
+    assert account_fees(world, "fam")[1:] == [(at(2026, 4, 1), 3000)]
+    world.now = at(2026, 4, 20)
+    state(world, first, "terminated")
+    state(world, second, "terminated")
+
+    world.now = at(2026, 7, 15)  # three boundaries: 1 May, June, July
+    seq = world.last_seq()
+    sweep(world)
+    assert account_fees(world, "fam", seq) == []
+    assert world.acct("fam").balance == -2 * 3000
+    [stop] = [e for e in world.events(seq) if e["kind"] == "plan_change"]
+    assert (stop["time"], stop["plan"], stop["previous_plan"]) == (at(2026, 5, 1), None, "fam")
+    assert stop["account"] == "fam" and stop["subscriber"] is None and stop["reason"].startswith("no line")
+    assert account_plan(world, "fam") is None and world.acct("fam").plan == "fam"  # kept, to start again
+    assert all(b.remaining == 0 or b.valid_to <= world.now for b in world.account_buckets("fam"))
+    world.now = at(2027, 3, 15)
+    seq = world.last_seq()
+    sweep(world)
+    assert [e for e in world.events(seq) if e["account"] == "fam"] == []
+
+    third, _ = world.line("fam")  # a line joins: the plan starts again now, with its fee and allowances
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)] and account_plan(world, "fam") == "fam"
+    family = next(b for b in world.account_buckets("fam") if b.name == "family-data")
+    assert (family.remaining, family.valid_from, family.valid_to) == (5000, world.now, at(2027, 4, 1))
+    world.now = at(2027, 4, 2)
+    sweep(world)
+    assert account_fees(world, "fam", seq)[1:] == [(at(2027, 4, 1), 3000)]
+    assert world.acct("fam").balance == -4 * 3000
+
+    # A line moved away is no longer the account's: the same holds, and moving it back starts the plan again.
+    world.account("other", payment="postpaid", credit_limit=100_000)
+    world.admin(provisioning.move_line, f"#{third}", "other", actor="ops", reason="split")
+    world.now = at(2027, 5, 2)
+    seq = world.last_seq()
+    sweep(world)
+    assert account_fees(world, "fam", seq) == [] and account_plan(world, "fam") is None
+    world.admin(provisioning.move_line, f"#{third}", "fam", actor="ops", reason="back")
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)]
+    assert world.acct("fam").balance == -5 * 3000
+
+
+def test_a_line_holding_money_does_not_move_to_an_account_in_another_currency(world: World) -> None:
+    """A line's money bucket (here a goodwill grant) is in its account's currency: a move to an account of the
+    same tenant in another currency would spend it as that currency. Refused, naming the account, changing
+    nothing; once the money is gone (adjusted away) the line moves."""
+    world.account("eur", payment="postpaid", credit_limit=10_000)
+    world.account("usd", payment="postpaid", credit_limit=10_000, currency="USD")
+    line, _ = world.line("eur")
+    granted = world.admin(
+        provisioning.grant_bucket,
+        line,
+        name="goodwill",
+        unit="money",
+        amount=2_000_000,
+        valid_to=world.now + 30 * 86_400,
+        actor="ops",
+        reason="goodwill",
+    )
+    seq = world.last_seq()
+    with pytest.raises(RequestError) as refused:
+        world.admin(provisioning.move_line, f"#{line}", "usd", actor="ops", reason="x")
+    assert refused.value.field == "account" and "EUR" in refused.value.message and "USD" in refused.value.message
+    assert world.last_seq() == seq
+    with world.store.read() as txn:
+        assert txn.get_subscriber(line).account == "eur"  # type: ignore[union-attr]
+    bucket = granted.value["id"]
+    world.admin(provisioning.adjust, "eur", -2_000_000, actor="ops", reason="spent", line_id=line, bucket_id=bucket)
+    world.admin(provisioning.move_line, f"#{line}", "usd", actor="ops", reason="x")
+    with world.store.read() as txn:
+        assert txn.get_subscriber(line).account == "usd"  # type: ignore[union-attr]
+
+
+def test_a_top_up_does_not_start_a_held_account_period_with_no_line_in_service(world: World) -> None:
+    """A prepaid account plan whose fee could not be paid waits for a top-up (renewal_pending). If by then every
+    line of the account is terminated, the top-up starts nothing: no fee, no allowances; a line in service does."""
+    world.account("fam", plan="famp")
+    line, _ = world.line("fam")
+    with world.store.read() as txn:
+        assert txn.get_account_balances("fam").renewal_pending  # type: ignore[union-attr]
+    world.now += 3600
+    state(world, line, "terminated")
+    world.now += 3600
+    seq = world.last_seq()
+    world.admin(provisioning.topup, "fam", 10_000, actor="ops", reason="shop")
+    assert account_fees(world, "fam", seq) == [] and world.acct("fam").balance == 10_000
+    assert not [b for b in world.account_buckets("fam") if b.name == "family-data"]
+    world.line("fam")  # a line in service: the held period starts with the next top-up
+    world.admin(provisioning.topup, "fam", 1, actor="ops", reason="shop")
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)] and world.acct("fam").balance == 10_001 - 3000
+
+
+def test_an_import_into_an_account_whose_plan_stopped_starts_it_once(world: World) -> None:
+    """Bulk import (chf import, add_lines): rows joining an account whose plan stopped start it once, after the
+    rows; a row refused does not (no line joined)."""
+    world.account("fam", payment="postpaid", credit_limit=100_000, plan="fam")
+    line, _ = world.line("fam")
+    state(world, line, "terminated")
+    world.now = at(2026, 4, 2)
+    sweep(world)
+    assert account_plan(world, "fam") is None
+    seq = world.last_seq()
+    bad = [{"account": "fam", "imsi": "12"}]
+    world.write(lambda txn: provisioning.add_lines(txn, world.engine, bad, now=world.now))
+    assert account_fees(world, "fam", seq) == [] and account_plan(world, "fam") is None
+    rows = [{"account": "fam", "imsi": f"20801880000000{n}"} for n in range(3)]
+    world.write(lambda txn: provisioning.add_lines(txn, world.engine, rows, now=world.now))
+    assert account_fees(world, "fam", seq) == [(world.now, 3000)] and account_plan(world, "fam") == "fam"
+    assert world.acct("fam").balance == -2 * 3000  # at creation, and once for the import

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chf.core import provisioning
+from chf.export.records import to_record
 from nchf.auth import make_jwt
 from nchf.client import H2Client
 from nchf.config import NchfSettings, parse_settings
@@ -142,6 +143,30 @@ async def test_retransmitted_create_reserves_once(chf: Chf) -> None:
     await client.close()
 
 
+async def test_uplink_and_downlink_keep_their_direction(chf: Chf) -> None:
+    """uplinkVolume is what the UE sent (TS 32.291 UsedUnitContainer; Gy's CC-Input-Octets, RFC 4006 8.24) and
+    downlinkVolume what it received (CC-Output-Octets, 8.25): the spool and the export records keep them so, as
+    they do for Gy, and a refusal names the field the client sent."""
+    client = await chf.client()
+    created = await chf.call(client, "create", request_body(1, units=[usage(10)]))
+    used = {"uplinkVolume": MB // 4, "downlinkVolume": 3 * MB // 4}
+    updated = await chf.call(client, "update", request_body(2, units=[usage(10, used)]), created.ref)
+    assert updated.status == 200, updated.body
+    with chf.store.read() as txn:
+        [rated] = [e for e in txn.events() if e["kind"] == "usage"]
+    assert rated["units"] == {"bytes_in": MB // 4, "bytes_out": 3 * MB // 4}
+    assert to_record(rated)["usedUnits"] == {"datavolumeUplink": MB // 4, "datavolumeDownlink": 3 * MB // 4}
+    state = chf.bucket(IMSI)
+    for name in ("uplinkVolume", "downlinkVolume"):
+        implausible = {name: 2**41}
+        refused = await chf.call(client, "update", request_body(3, units=[usage(10, implausible)]), created.ref)
+        assert refused.status == 400, refused.body
+        [param] = refused.body["invalidParams"]
+        assert param["param"] == f"/multipleUnitUsage/0/usedUnitContainer/0/{name}"
+    assert chf.bucket(IMSI) == state
+    await client.close()
+
+
 async def test_unnumbered_client_like_free5gc(chf: Chf) -> None:
     """free5GC's SMF sends Create with no multipleUnitUsage and leaves invocationSequenceNumber at 0."""
     client = await chf.client()
@@ -202,6 +227,65 @@ async def test_session_level_refusals(chf: Chf) -> None:
     gone = await chf.call(client, "release", request_body(1), "no-such-ref")
     assert gone.status == 404
     assert chf.bucket(IMSI) == (100 * MB, 0)
+    await client.close()
+
+
+async def test_roaming_draws_only_on_allowances_of_its_zone(chf: Chf) -> None:
+    """servingCNPlmnId picks the zone (chf/core/zones.py): the home-and-EU bundle pays nothing in the US, and the
+    EU takes at most its fair use of it."""
+    imsi = "001010000000009"
+
+    def op(txn: Any, engine: Any, now: int) -> Any:
+        provisioning.create_account(
+            txn, engine, account_id="acct-r", tenant="mvno", payment="prepaid", now=now, balance=5_000_000
+        )
+        return provisioning.add_line(txn, engine, account="acct-r", imsi=imsi, now=now, plan="rlah")
+
+    chf.lines[imsi] = (await chf.service.operate(op)).value["id"]
+    client = await chf.client()
+    supi = "imsi-" + imsi
+    us = await chf.call(client, "create", request_body(1, supi=supi, units=[usage(10)], plmn=("310", "260")))
+    assert us.status == 201 and us.body["multipleUnitInformation"][0]["grantedUnit"] == {"totalVolume": 10 * MB}
+    assert chf.bucket(imsi) == (20 * MB, 0) and chf.wallet("acct-r") == (5_000_000, 2_000_000)
+    done = request_body(2, supi=supi, units=[usage(10, {"totalVolume": 2 * MB}, request=False, final=True)])
+    assert (await chf.call(client, "release", done, us.ref)).status == 204
+    assert chf.wallet("acct-r") == (5_000_000 - 400_000, 0)  # 2 MB at the world price
+    eu = await chf.call(client, "create", request_body(1, supi=supi, units=[usage(10)], plmn=("262", "01")))
+    assert eu.body["multipleUnitInformation"][0]["grantedUnit"] == {"totalVolume": 10 * MB}
+    assert chf.bucket(imsi) == (20 * MB, 10 * MB)  # the whole fair use, held
+    more = request_body(2, supi=supi, units=[usage(10, {"totalVolume": 10 * MB})], plmn=("262", "01"))
+    updated = await chf.call(client, "update", more, eu.ref)
+    assert updated.body["multipleUnitInformation"][0]["grantedUnit"] == {"totalVolume": 10 * MB}
+    assert chf.bucket(imsi) == (10 * MB, 0)  # beyond the fair use: the wallet holds the next grant
+    assert chf.wallet("acct-r") == (5_000_000 - 400_000, 100_000)
+    await client.close()
+
+
+async def test_split_billing_routes_the_dnn_to_its_payer(chf: Chf) -> None:
+    """dnnId picks the payer (chf/core/split.py): the car maker, the driver's account's parent, pays the telematics
+    DNN from its bill; the driver's internet DNN is the driver's."""
+    imsi = "001010000000010"
+
+    def op(txn: Any, engine: Any, now: int) -> Any:
+        provisioning.create_account(
+            txn, engine, account_id="oem", tenant="mvno", payment="postpaid", now=now, credit_limit=100_000_000
+        )
+        provisioning.create_account(
+            txn, engine, account_id="drv", tenant="mvno", payment="prepaid", now=now, balance=5_000_000, parent="oem"
+        )
+        return provisioning.add_line(txn, engine, account="drv", imsi=imsi, now=now, plan="car")
+
+    chf.lines[imsi] = (await chf.service.operate(op)).value["id"]
+    client = await chf.client()
+    for dnn, payer in (("telematics.oem", "oem"), ("internet", "drv")):
+        body = request_body(1, supi="imsi-" + imsi, units=[usage(10)])
+        body["pDUSessionChargingInformation"]["pduSessionInformation"]["dnnId"] = dnn
+        created = await chf.call(client, "create", body)
+        assert created.status == 201
+        assert chf.wallet(payer)[1] == 100_000  # 10 MB at 0.01 EUR, held in the payer's wallet
+        done = request_body(2, supi=None, units=[usage(10, {"totalVolume": 3 * MB}, request=False, final=True)])
+        assert (await chf.call(client, "release", done, created.ref)).status == 204
+    assert chf.wallet("oem") == (-30_000, 0) and chf.wallet("drv") == (5_000_000 - 30_000, 0)
     await client.close()
 
 

@@ -168,6 +168,19 @@ def test_adaptive_pool_is_billed_at_the_cheapest_tier_covering_the_use(world: Wo
     assert world.acct("ent").balance == -250
 
 
+def test_adaptive_pool_of_an_account_whose_lines_all_ended_bills_its_last_period_then_stops(world: World) -> None:
+    """The period that ends is billed at its close even when no line is in service any more (its usage happened);
+    then the account's plan stops (README, "Fees and the line lifecycle"): no tier after that."""
+    world.account("ent", payment="postpaid", credit_limit=100_000, plan="tiered")
+    line, imsi = world.line("ent")
+    use(world, "s1", imsi, 1500)
+    state(world, line, "terminated")
+    world.now = at(2026, 5, 2)  # two boundaries: 1 April bills March's use, then the plan stops
+    world.admin(provisioning.topup, "ent", 1, actor="ops", reason="brings the account up to date")
+    assert [(e["time"], e["charge"]) for e in kinds(world, "pool_tier")] == [(at(2026, 4, 1), 150)]
+    assert world.acct("ent").balance == -150 + 1
+
+
 def test_adaptive_pool_beyond_the_top_tier_is_overage_and_a_plan_change_bills_the_period(world: World) -> None:
     world.account("ent", payment="postpaid", credit_limit=100_000, plan="tiered")
     _, imsi = world.line("ent")

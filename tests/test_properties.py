@@ -17,7 +17,10 @@ any order:
   (two days after a period boundary: the periods of idle lines renewed then start in the version before) and on
   1 May (a period boundary itself)): the clock lands on a change, just before it, or past it; reloads bring edited
   versions (or the first ones back); no grant outlives the version it was made in and every usage event
-  names the version of its grant.
+  names the version of its grant;
+- B2B2B and tax (the wholesale block below): a reseller hierarchy (operator <- reseller <- enterprise <- the lines'
+  accounts) whose lines take part in every rule above, each report rated again at every level's price list; net
+  and gross tax profiles on accounts and a tenant.
 After every step tests/oracle.py judges the new events and the stored state (its docstring lists the rules), and
 every answer names the request it answers. A retransmission returns the first answer and changes nothing.
 
@@ -58,13 +61,15 @@ from chf.core.model import (
     OpResult,
     RequestError,
     UnitRequest,
+    UsageReport,
 )
 from chf.core.periods import period_end
 from chf.core.versions import CatalogueVersions, version_of_tariff
 from store.schema import ACTIVE, TERMINATED
-from tests.corekit import CATALOGUE_TOML, snapshot, test_catalogue
+from tests.corekit import CATALOGUE_TOML, snapshot
 from tests.oracle import Ledger, verify
 from tests.oracle_fronts import SCRATCH, UNIT_OF, System, gy_request, nchf_event, nchf_request, unit_request
+from tests.support import fixture_text
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 
@@ -79,7 +84,12 @@ ACCOUNTS: dict[str, tuple[str, str, str | None, int, int]] = {
     "iot": ("eu", "postpaid", "iotflex", 2_000, 0),
     "iot2": ("eu", "postpaid", "iotflex", 2_000, 0),
     "usd": ("us", "prepaid", None, 0, 2_000),
+    # Split billing (issue 15 item 4): the car maker pays its cars' rating group 50 from its pool, then its bill.
+    "oem": ("eu", "postpaid", "oempool", 3_000, 0),
+    "drv": ("eu", "prepaid", None, 0, 1_000),
 }
+# account id -> its parent (the payer split-billing rules name "parent"); parents are created first (above).
+PARENTS = {"drv": "oem"}
 # (account, line plan, initial state)
 LINES: list[tuple[str, str | None, str]] = [
     ("pre1", "payg", "active"),
@@ -95,6 +105,12 @@ LINES: list[tuple[str, str | None, str]] = [
     ("iot2", "iotflex", "provisioned"),
     ("usd", "payg", "active"),
     ("usd", "pre", "active"),
+    # Zones (issue 15 item 5): EU roam like at home with a fair use; roaming beyond it refused.
+    ("pre1", "rlah", "active"),
+    ("pre2", "rlah-deny", "active"),
+    # Split billing: rating group 10 the driver's, 50 the car maker's.
+    ("drv", "car", "active"),
+    ("drv", "car", "active"),
 ]
 # -- issue 15: pools and add-ons (chf/core/pools.py, chf/core/addons.py) ------------------------------------------
 # A stacked pool (fleet-s lines bring 100 bytes, fleet-l lines 1000 and nothing while suspended) and an adaptive
@@ -104,8 +120,30 @@ LINES += [("fleet", "fleet-s", "active"), ("fleet", "fleet-l", "active"), ("ent"
 POOL_LINE_PLANS = ["fleet-s", "fleet-l"]
 POOL_ACCOUNT_PLANS = ["fleetpool", "tiered", "topoff"]
 # ------------------------------------------------------------------------------------------------------------------
-MAX_LINES = len(LINES) + 4
-LINE_PLANS = ["pre", "promo", "payg", "post", "hyb", "fam", "iotflex", "deny", "redir", *POOL_LINE_PLANS]
+# The wholesale block (B2B2B and tax profiles): account id -> (tenant, payment, credit limit, opening balance,
+# hierarchy and tax), and its lines (account, plan).
+WHOLESALE_ACCOUNTS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
+    "resl-at-op": ("op", "postpaid", 10**9, 0, {"price_list": "op-wh", "tax_profile": "vat-net"}),
+    "biz-at-resl": ("resl", "postpaid", 10**9, 0, {"parent": "resl-at-op", "price_list": "resl-biz"}),
+    "biz-fleet": ("biz", "prepaid", 0, 1_200, {"parent": "biz-at-resl"}),  # short of the second month's fee
+    "biz-post": ("biz", "postpaid", 4_000, 0, {"parent": "biz-at-resl", "tax_profile": "vat-net"}),
+}
+WHOLESALE_LINES = [("biz-fleet", "payg"), ("biz-fleet", "pre"), ("biz-post", "post")]
+MAX_LINES = len(LINES) + len(WHOLESALE_LINES) + 4
+LINE_PLANS = [
+    "pre",
+    "promo",
+    "payg",
+    "post",
+    "hyb",
+    "fam",
+    "iotflex",
+    "deny",
+    "redir",
+    *POOL_LINE_PLANS,
+    "rlah",
+    "rlah-deny",
+]
 ACCOUNT_PLANS = ["fam", "iotflex", "iotstatic", *POOL_ACCOUNT_PLANS]
 NETWORKS = [None, None, "20801", "26201", "310260"]
 # One-shot events: Gy CCR-Event Requested-Actions, and Nchf one-time event types.
@@ -174,10 +212,13 @@ def _sms_dearer(text: str) -> str:
 
 
 def catalogue_versions(edited: bool = False) -> CatalogueVersions:
-    texts = [CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML]
+    # Every version has the wholesale block's price lists and tax profiles (their prices change with the tariffs).
+    wholesale = fixture_text("wholesale.toml")
+    base = [text + wholesale for text in (CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML)]
+    texts = base
     if edited:
         texts = [_sms_dearer(t) for t in texts]
-        assert not set(texts) & {CATALOGUE_TOML, V2_TOML, V3_TOML, V4_TOML}
+        assert not set(texts) & set(base)
     name = "corekit-catalogue.toml" if not edited else "v1-edited.toml"
     first = parse_catalogue(texts[0], name)
     later = [parse_catalogue(text, f"v{n}{'-edited' if edited else ''}.toml") for n, text in enumerate(texts[1:], 2)]
@@ -210,8 +251,8 @@ class ChargingSystem(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="chf-oracle-", dir=SCRATCH))
-        self.catalogue = test_catalogue()
         self.versions = catalogue_versions()
+        self.catalogue = self.versions.versions[0]
         self.sys = System(self.dir / "store", self.versions)
         self.ledger = Ledger(self.catalogue, self.versions)
         self.lines: list[Line] = []
@@ -290,14 +331,26 @@ class ChargingSystem(RuleBasedStateMachine):
                 if session is None or session.closed:
                     del self.open[key]
 
-    def _request(self, sess: Sess, kind: str, used: int, more: bool) -> ChargingRequest:
+    def _request(self, sess: Sess, kind: str, used: int, more: bool, uplink: int | None = None) -> ChargingRequest:
         line = self.lines[sess.line]
         imsi = line.imsi or "0"
-        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used)
+        unit = unit_request(sess.rating_group, more and kind != TERMINATE, used, uplink=uplink)
         units = [unit] if used or unit.requested is not None else []
         if sess.protocol == "nchf":
             return nchf_request(kind, sess.key, sess.number, imsi, units)
         return gy_request(kind, sess.key, sess.number, imsi, units)
+
+    def _check_directions(self, req: ChargingRequest, sent: UnitRequest, seq: int) -> None:
+        """Octets reported by direction (`sent`, as the client meant them, before a front-end's mapping) are rated
+        and recorded in that direction: uplink (from the UE) is bytes_in on Gy and on Nchf alike (the export's
+        datavolumeUplink)."""
+        reported = [r.units for r in sent.used if "bytes_in" in r.units]
+        if not reported:
+            return
+        with self.read() as txn:
+            rated = [e["units"] for e in txn.events(seq) if e["kind"] == "usage" and e["session"] == req.session]
+        for units in reported:
+            verify("direction", units in rated, f"{req.session}#{req.number}: reported {units}, rated {rated}")
 
     def _check_grant(self, answer: ChargingAnswer, session_key: str) -> None:
         """A new money grant fits the account's funds right after it (no overspend)."""
@@ -305,7 +358,7 @@ class ChargingSystem(RuleBasedStateMachine):
             session = txn.get_session(session_key)
             if session is None:
                 return
-            account = txn.get_account(session.account)
+            accounts = {a.id: a for a in txn.accounts()}
         for n, ua in enumerate(answer.units):
             if not ua.granted or ua.unit is None or ua.rating_group not in session.reservations:
                 continue
@@ -313,6 +366,7 @@ class ChargingSystem(RuleBasedStateMachine):
             assert ua.granted <= policy.quantum(ua.unit), ua
             self._check_validity(ua.validity_time or 0, ua)
             reservation = session.reservations[ua.rating_group]
+            account = accounts[reservation.payer or session.account]  # split billing: the payer's funds
             assert reservation.granted == ua.granted
             if reservation.money:
                 charged_after = sum(u.charged for u in answer.units[n + 1 :])
@@ -383,6 +437,7 @@ class ChargingSystem(RuleBasedStateMachine):
                 plan=plan,
                 credit_limit=credit_limit,
                 balance=balance,
+                parent=PARENTS.get(account_id),
             )
             if not isinstance(result, RequestError) and balance:
                 self._count("topup", f"{account_owner(account_id)}:wallet", balance)
@@ -424,10 +479,14 @@ class ChargingSystem(RuleBasedStateMachine):
             sess.number += 1
             if sess.rating_group == 40 and used <= 2500:
                 used = min(used, 2)
-            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1)
+            uplink = data.draw(st.none() | st.integers(0, max(used, 0)), label="uplink")
+            req = self._request(sess, UPDATE, used, more or n < len(reports) - 1, uplink)
+            with self.read() as txn:
+                seq = txn.last_event_seq()
             (answer,) = self.send([req])
             if isinstance(answer, ChargingAnswer) and not answer.duplicate:
                 self._check_grant(answer, req.session)
+                self._check_directions(req, unit_request(sess.rating_group, False, used, uplink=uplink), seq)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), used=st.integers(0, 2500))
@@ -513,6 +572,43 @@ class ChargingSystem(RuleBasedStateMachine):
         if req.action == DIRECT_DEBITING:
             assert (answer.cost or 0) <= max(funds, 0), (answer, funds)  # a debit never spends what is not there
 
+    @rule(
+        data=st.data(),
+        currency=st.sampled_from([None, "EUR", "USD", "GBP"]),
+        amount=st.integers(1, 3_000),
+        in_session=st.booleans(),
+    )
+    def money_in_a_currency(self, data: st.DataObject, currency: str | None, amount: int, in_session: bool) -> None:
+        """Money named on the wire with its currency (Gy CC-Money's Currency-Code): as a one-shot debit, or as money
+        reported used in an open session. Money in a currency other than the account's is refused and changes
+        nothing (oracle rule currency); no rule converts currencies."""
+        sess = None
+        if in_session and self.open:
+            sess = self.open[data.draw(st.sampled_from(sorted(self.open)), label="session")]
+            if sess.protocol != "gy":  # (Nchf has no monetary units)
+                return
+            line = self.lines[sess.line]
+            units = [UnitRequest(sess.rating_group, requested={}, used=[UsageReport({"money": amount})])]
+            req = gy_request(UPDATE, sess.key, sess.number + 1, line.imsi or "0", units, currency=currency)
+        else:
+            line = self.lines[data.draw(st.integers(0, len(self.lines) - 1), label="line")]
+            if line.imsi is None:
+                return
+            units = [UnitRequest(rating_group=40, requested={"money": amount})]
+            req = gy_request(EVENT, self.name("m"), 0, line.imsi, units, action=DIRECT_DEBITING, currency=currency)
+        with self.read() as txn:
+            held = txn.get_account(txn.get_subscriber(line.id).account).currency
+            seq = txn.last_event_seq()
+        (answer,) = self.send([req])
+        if currency is None or currency == held:
+            if sess is not None and isinstance(answer, ChargingAnswer):
+                sess.number += 1
+            return
+        refused = isinstance(answer, RequestError) and answer.field == "currency"
+        verify("currency", refused, f"money in {currency} for a {held} account: {answer!r}")
+        with self.read() as txn:
+            verify("currency", txn.last_event_seq() == seq, f"money in {currency} for a {held} account wrote events")
+
     # -- money ------------------------------------------------------------------------------------------------------
     @rule(account=st.sampled_from(sorted(ACCOUNTS)), amount=st.integers(1, 5_000), keyed=st.booleans())
     def topup(self, account: str, amount: int, keyed: bool) -> None:
@@ -554,24 +650,32 @@ class ChargingSystem(RuleBasedStateMachine):
         if not isinstance(result, RequestError):
             self._count("adjustment", f"{line_owner(sub.id)}:bucket:{bucket}", amount)
 
-    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40))
-    def grant_bucket(self, data: st.DataObject, amount: int, days: int) -> None:
+    @rule(data=st.data(), amount=st.integers(1, 3_000), days=st.integers(0, 40), keyed=st.booleans())
+    def grant_bucket(self, data: st.DataObject, amount: int, days: int, keyed: bool) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
         rg = data.draw(st.sampled_from(self.rating_groups(index)), label="rating group")
         line_id = self.lines[index].id
-        result = self.sys.operate(
+        grant = ("grant", line_id, rg, amount, self.sys.now + days * 86_400 + 1, self.name("g") if keyed else None)
+        result = self._grant(grant)
+        if not isinstance(result, RequestError):
+            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
+            if keyed:
+                self.history.append(Sent(grant, result.value, self.sys.now))
+
+    def _grant(self, grant: tuple[Any, ...]) -> OpResult | RequestError:
+        _, line_id, rg, amount, valid_to, key = grant
+        return self.sys.operate(
             provisioning.grant_bucket,
             line_id,
             name="goodwill",
             unit=UNIT_OF.get(rg, "bytes"),
             amount=amount,
-            valid_to=self.sys.now + days * 86_400 + 1,
+            valid_to=valid_to,
             actor="oracle",
             reason="goodwill",
             rating_groups=[rg],
+            idempotency_key=key,
         )
-        if not isinstance(result, RequestError):
-            self._count("bucket_grant", f"{line_owner(line_id)}:bucket:{result.value['id']}", amount)
 
     # -- plans, lifecycle, moves, new lines -------------------------------------------------------------------------
     @rule(data=st.data(), plan=st.sampled_from(LINE_PLANS))
@@ -588,7 +692,18 @@ class ChargingSystem(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.sampled_from(["active", "active", "suspended", "suspended", "terminated"]))
     def set_state(self, data: st.DataObject, state: str) -> None:
         index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
-        line = self.lines[index]
+        self._set_state(data, self.lines[index], state)
+
+    @rule(data=st.data(), account=st.sampled_from(["fam", "iot", "iot2"]))
+    def close_account(self, data: st.DataObject, account: str) -> None:
+        """Every line of an account on a plan terminated (a family or fleet leaves): at the next boundaries its
+        plan must charge and grant nothing (oracle rule fee_state), until a line joins it again."""
+        with self.read() as txn:
+            members = set(txn.lines_of_account(account))
+        for line in [ln for ln in self.lines if ln.id in members]:
+            self._set_state(data, line, TERMINATED)
+
+    def _set_state(self, data: st.DataObject, line: Line, state: str) -> None:
         with self.read() as txn:
             open_sessions = {s.key for s in txn.sessions_of_line(line.id) if not s.closed}
             before = txn.get_subscriber(line.id).state
@@ -668,6 +783,47 @@ class ChargingSystem(RuleBasedStateMachine):
         self.sys.sweep()
         self._forget_closed()
 
+    # -- B2B2B and tax profiles (chf.core.wholesale, chf.core.tax; tests/fixtures/wholesale.toml) ------------------
+    @initialize()
+    def provision_wholesale(self) -> None:
+        """The operator "op" sells to the reseller "resl" (its account "resl-at-op", net prices taxed at 19 %),
+        which sells to the enterprise "biz" (its account "biz-at-resl", with a device fee; the tenant's accounts
+        pay gross prices taxed at 25 %); biz's accounts hold lines that every other rule charges too."""
+        for tenant, parent, profile in (("op", None, None), ("resl", "op", None), ("biz", "resl", "vat-gross")):
+            self.sys.operate(
+                lambda txn, engine, now, t=tenant, p=parent, f=profile: provisioning.create_tenant(
+                    txn, t, t, "EUR", now, parent=p, tax_profile=f, catalogue=engine.catalogue
+                )
+            )
+        for account_id, (tenant, payment, credit_limit, balance, extra) in WHOLESALE_ACCOUNTS.items():
+            result = self.sys.operate(
+                provisioning.create_account,
+                account_id=account_id,
+                tenant=tenant,
+                payment=payment,
+                credit_limit=credit_limit,
+                balance=balance,
+                **extra,
+            )
+            assert not isinstance(result, RequestError), result
+            if balance:
+                self._count("topup", f"{account_owner(account_id)}:wallet", balance)
+        for account_id, plan in WHOLESALE_LINES:
+            self._add_line(account_id, plan, "active")
+
+    @rule(amount=st.integers(1, 3_000))
+    def topup_wholesale(self, amount: int) -> None:
+        """A top-up of the prepaid account below the hierarchy: periods left unpaid start, with their device fees."""
+        result = self.sys.operate(provisioning.topup, "biz-fleet", amount, actor="oracle", reason="top-up")
+        if not isinstance(result, RequestError):
+            self._count("topup", f"{account_owner('biz-fleet')}:wallet", amount)
+
+    @precondition(lambda self: len(self.lines) < MAX_LINES)
+    @rule(account=st.sampled_from(["biz-fleet", "biz-post"]), plan=st.sampled_from(["payg", "pre", "post"]))
+    def add_wholesale_line(self, account: str, plan: str) -> None:
+        """A new line below the hierarchy: its first period's device fee is charged at the levels above."""
+        self._add_line(account, plan, "active")
+
     # -- exactly once -----------------------------------------------------------------------------------------------
     @precondition(lambda self: self.history)
     @rule(data=st.data())
@@ -678,13 +834,16 @@ class ChargingSystem(RuleBasedStateMachine):
         window = self.sys.engine.config.idempotency_window
         with self.read() as txn:
             before = snapshot(txn)
-        if isinstance(sent.request, tuple):  # an admin top-up with an idempotency key
+        if isinstance(sent.request, tuple):  # an admin top-up or bucket grant with an idempotency key
             if self.sys.now >= sent.at + window:
-                return  # the key has expired: a new top-up by design
-            _, account, amount, key = sent.request
-            again = self.sys.operate(
-                provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
-            )
+                return  # the key has expired: a new top-up (grant) by design
+            if sent.request[0] == "grant":
+                again = self._grant(sent.request)
+            else:
+                _, account, amount, key = sent.request
+                again = self.sys.operate(
+                    provisioning.topup, account, amount, actor="oracle", reason="top-up", idempotency_key=key
+                )
             assert isinstance(again, OpResult) and again.duplicate and again.value == sent.answer
         elif not self._replay_request(sent):
             return
@@ -729,6 +888,32 @@ class ChargingSystem(RuleBasedStateMachine):
         else:
             verify(rule, again.result != SUCCESS, f"{request.session}#{request.number} applied again")
         return True
+
+    # -- zones (issue 15 item 5) --------------------------------------------------------------------------------------
+    @rule(
+        data=st.data(),
+        network=st.sampled_from(NETWORKS),
+        action=st.sampled_from([DIRECT_DEBITING, "PEC", PRICE_ENQUIRY]),
+        count=st.integers(1, 30),
+    )
+    def roaming_event(self, data: st.DataObject, network: str | None, action: str, count: int) -> None:
+        """A one-shot data event from a serving network (the session rules start sessions from any network too): it
+        draws only on allowances of its zone, within their fair use ("zoned")."""
+        index = data.draw(st.integers(0, len(self.lines) - 1), label="line")
+        line = self.lines[index]
+        if line.imsi is None:
+            return
+        key = self.name("z")
+        amount = {"bytes": count * 100}
+        if action == "PEC":
+            req = nchf_event(key, line.imsi, action, 10, amount)
+            req.serving_network = network
+        else:
+            units = [UnitRequest(rating_group=10, requested=amount)]
+            req = gy_request(EVENT, key, 0, line.imsi, units, action=action, serving_network=network)
+        (answer,) = self.send([req], record=action != PRICE_ENQUIRY)
+        if isinstance(answer, ChargingAnswer) and answer.result == SUCCESS and action != PRICE_ENQUIRY:
+            self.debited.add((index, 10))
 
     # -- after every step -------------------------------------------------------------------------------------------
     @invariant()

@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import os
+import queue
 import secrets
 import signal
 import threading
@@ -107,6 +108,92 @@ def test_two_nodes_charging_one_shared_account_never_overspend(world: World, red
         assert account is not None and account.reserved == 0
         # Grants are never more than the wallet holds; usage inside grants cannot overdraw it.
         assert account.balance >= 0
+
+
+def test_batches_of_two_nodes_charging_one_shared_account_lose_and_double_nothing(
+    world: World, redis_cluster: RedisCluster
+) -> None:
+    """The batched path (store.redisbatch) the servers take: two stores on one namespace, each with two batch
+    workers, every session's requests submitted at once on the event loop. Requests of one wallet meet in one
+    batch (the later ones wait for the next) and across the two nodes (optimistic commits, conflicts). Every
+    answer is a success, every balance is its events, and the wallet is charged exactly what the same sessions
+    cost one after the other: no acknowledged debit lost, none twice."""
+    world.account("ref", balance=20_000)
+    _, ref_imsi = world.line("ref", plan="payg")
+    for request in _session_requests("ref-0", ref_imsi, 5):
+        assert world.charge(request).result == SUCCESS
+    one_session = 20_000 - world.acct("ref").balance
+    world.account("fam", balance=20_000)
+    lines = [world.line("fam", plan="payg") for _ in range(8)]
+    stores = [redis_cluster.store(namespace=rs(world).namespace, workers=2) for _ in range(2)]
+
+    async def session(store: RedisStore, key: str, imsi: str) -> list[str]:
+        results = []
+        for request in _session_requests(key, imsi, 5):
+            answer = await store.submit(lambda txn, r=request: world.engine.charge(txn, r, world.now), affinity=key)
+            results.append(answer.result)
+        return results
+
+    async def run() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        for store in stores:
+            store.start(loop)
+        try:
+            keys = [(f"b{i}-{j}", imsi) for i, (_, imsi) in enumerate(lines) for j in range(3)]
+            return await asyncio.gather(*[session(stores[n % 2], key, imsi) for n, (key, imsi) in enumerate(keys)])
+        finally:
+            for store in stores:
+                await store.stop()
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        for store in stores:
+            store.close()
+    assert {r for a in answers for r in a} == {SUCCESS}
+    assert all(store.commits > 0 for store in stores) and sum(store.conflicts for store in stores) > 0
+    with world.store.read() as txn:
+        check_invariants(txn)
+        account = txn.get_account("fam")
+        assert account is not None and account.reserved == 0
+        assert account.balance == 20_000 - len(answers) * one_session
+
+
+def test_a_retransmission_in_the_batch_of_its_original_waits_for_the_commit(world: World) -> None:
+    """A request and its retransmission in one batch: the retransmission would be answered from the original's
+    stored answer, which is not committed yet (its commit could fail): it waits for the next batch and is then
+    answered from the committed answer, charged once."""
+    from store.redisbatch import BatchWorker, _Job
+    from store.redisstore import _Pending
+
+    world.account("a", balance=10_000)
+    _, imsi = world.line("a", plan="payg")
+    assert world.charge(initial("s1", imsi)).result == SUCCESS
+    store = rs(world)
+    worker = BatchWorker(store, queue.SimpleQueue(), 256)
+    request = update("s1", 1, imsi, used=700)
+
+    def job() -> Any:
+        return _Job(_Pending(lambda txn: world.engine.charge(txn, request, world.now), None, None, "s1"), 5.0)
+
+    original, again = job(), job()
+    done = worker.run_batch([original, again])
+    assert done == [original.pending] and list(worker.carry) == [again]
+    worker.carry.clear()
+    assert worker.run_batch([again]) == [again.pending]
+    assert again.pending.result.result == original.pending.result.result == SUCCESS
+    usage = [e for e in world.events() if e["kind"] == "usage" and e.get("session") == "s1"]
+    assert [e["used"] for e in usage] == [700]
+    with world.store.read() as txn:
+        check_invariants(txn)
+
+
+def _session_requests(key: str, imsi: str, rounds: int) -> list[Any]:
+    return [
+        initial(key, imsi),
+        *[update(key, n, imsi, used=700) for n in range(1, rounds + 1)],
+        terminate(key, rounds + 1, imsi, used=300),
+    ]
 
 
 def test_cross_partition_commit_is_atomic(world: World) -> None:

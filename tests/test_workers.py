@@ -47,11 +47,15 @@ def test_charging_request_round_trip() -> None:
         apn="internet",
         notify=["pgw", "realm"],
         idempotency_key="k",
+        currency="USD",
     )
     import msgpack
 
     wire = msgpack.unpackb(msgpack.packb(request.pack()))  # what crosses the link: lists, not tuples
     assert ChargingRequest.unpack(wire) == request
+    # A worker of the release before names no currency: the account's.
+    request.currency = None
+    assert ChargingRequest.unpack(wire[:13]) == request
     signal_ = Signal("reauth", "gy:s;1", "gy", ["pgw", "realm"], (10, 20))
     assert Signal.unpack(msgpack.unpackb(msgpack.packb(signal_.pack()))) == signal_
     with pytest.raises(ValueError):

@@ -40,7 +40,16 @@ def load_demo(env: Env, path: str) -> dict[str, int]:
             if txn.get_tenant(t["id"]) is not None:
                 counts["skipped"] += 1
                 continue
-            provisioning.create_tenant(txn, t["id"], t.get("name", t["id"]), t.get("currency", "EUR"), now)
+            provisioning.create_tenant(
+                txn,
+                t["id"],
+                t.get("name", t["id"]),
+                t.get("currency", "EUR"),
+                now,
+                parent=t.get("parent"),
+                tax_profile=t.get("tax_profile"),
+                catalogue=engine.catalogue,
+            )
             counts["tenants"] += 1
         for a in data.get("accounts", []):
             if txn.get_account(a["id"]) is not None:
@@ -60,6 +69,8 @@ def load_demo(env: Env, path: str) -> dict[str, int]:
                 parent=a.get("parent"),
                 plan=a.get("plan"),
                 actor="demo",
+                price_list=a.get("price_list"),
+                tax_profile=a.get("tax_profile"),
             )
             counts["accounts"] += 1
         for line in data.get("lines", []):

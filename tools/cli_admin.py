@@ -49,7 +49,17 @@ def need_text(field: str, value: str | None) -> str:
 def cmd_tenant_create(env: Env) -> int:
     a = env.args
     result = change(
-        env, lambda txn, engine, now: provisioning.create_tenant(txn, a.id, a.name or a.id, a.currency, now)
+        env,
+        lambda txn, engine, now: provisioning.create_tenant(
+            txn,
+            a.id,
+            a.name or a.id,
+            a.currency,
+            now,
+            parent=a.parent,
+            tax_profile=a.tax_profile,
+            catalogue=engine.catalogue,
+        ),
     )
     t = result.value
     env.out(t, f"tenant {t['id']} created ({t['name']}, {t['currency']})")
@@ -88,6 +98,8 @@ def cmd_account_create(env: Env) -> int:
             parent=a.parent,
             plan=a.plan,
             actor=who,
+            price_list=a.price_list,
+            tax_profile=a.tax_profile,
         )
 
     acct = change(env, run).value
@@ -111,6 +123,12 @@ def account_text(acct: dict[str, Any]) -> str:
             ("plan", acct["plan"]),
             ("active lines", acct["active_lines"]),
         ]
+        # B2B2B and tax (README, "Commerce models"): shown when set.
+        + [
+            (name, acct[key])
+            for name, key in (("price list", "price_list"), ("tax profile", "tax_profile"))
+            if acct.get(key)
+        ]
     )
 
 
@@ -124,11 +142,23 @@ def buckets_text(buckets: list[dict[str, Any]], currency: str | None) -> str:
             quantity(b["reserved"], b["unit"], currency),
             quantity(b["initial"], b["unit"], currency),
             ",".join(str(rg) for rg in b["rating_groups"]) if b["rating_groups"] is not None else "all",
+            _zones_text(b, currency),
             when(b["valid_to"]),
         ]
         for b in buckets
     ]
-    return table(rows, ["BUCKET", "NAME", "KIND", "REMAINING", "RESERVED", "INITIAL", "RATING GROUPS", "VALID TO"])
+    headers = ["BUCKET", "NAME", "KIND", "REMAINING", "RESERVED", "INITIAL", "RATING GROUPS", "ZONES", "VALID TO"]
+    return table(rows, headers)
+
+
+def _zones_text(bucket: dict[str, Any], currency: str | None) -> str:
+    """Where a bucket pays (chf/core/zones.py), and what its fair use leaves to roaming."""
+    zones = bucket.get("zones")
+    text = ",".join(zones) if zones else "all"
+    left = bucket.get("fair_use_left")
+    if left is not None:
+        text += f" (roaming: {quantity(left, bucket['unit'], currency)} left)"
+    return text
 
 
 ACCOUNT_LINES_SHOWN = 100  # an IoT account can hold a million lines: show the first ones and the count
@@ -916,6 +946,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="tenant id (letters, digits, '_', '.', ':', '-')")
     p.add_argument("--name", help="display name (default: the id)")
     p.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR")
+    p.add_argument("--parent", help="the tenant above (a reseller's operator, an enterprise's reseller)")
+    p.add_argument("--tax-profile", help="tax profile of its accounts (catalogue [tax_profiles])")
     p.set_defaults(func=cmd_tenant_create)
     p = g.add_parser("list", parents=[common], help="list tenants")
     p.set_defaults(func=cmd_tenant_list)
@@ -929,8 +961,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", help=f"opening wallet balance, {MONEY_HELP}")
     p.add_argument("--credit-limit", help=f"postpaid/hybrid credit limit, {MONEY_HELP}")
     p.add_argument("--cycle-day", type=int, default=1, help="billing cycle day of the month, 1-28")
-    p.add_argument("--parent", help="parent account (enterprise hierarchy)")
+    p.add_argument("--parent", help="parent account (enterprise hierarchy; charged again at its price list)")
     p.add_argument("--plan", help="account-level plan (shared allowances, IoT pools)")
+    p.add_argument("--price-list", help="price list it pays for the lines below it (catalogue [price_lists])")
+    p.add_argument("--tax-profile", help="tax profile (catalogue [tax_profiles]; default: the tenant's)")
     p.set_defaults(func=cmd_account_create)
 
     p = g.add_parser("show", parents=[common], help="wallet, reservations, credit, plan, shared buckets, lines")

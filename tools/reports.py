@@ -1,4 +1,5 @@
-"""`chf report usage|revenue --from DATE --to DATE [--by plan|tenant|account]`: usage and revenue from the spool.
+"""`chf report usage|revenue|margin --from DATE --to DATE [--by plan|tenant|account]`: usage, revenue and margins
+from the spool.
 
 Both reports read the store's event spool (every rated and audit event, in sequence order) in one pass, and
 group what falls between --from and --to (UTC days, both inclusive) by tenant (default), account or plan.
@@ -14,10 +15,18 @@ usage
 
 revenue
     Per currency: usage charges, fees (recurring plan fees, adaptive pool tiers billed at a period's close,
-    add-on prices), refunds (negative), revenue = usage + fees + refunds;
-    wallet adjustments are shown apart and not counted as revenue (they are corrections). Active lines are
-    lines with a usage event or a fee of their own in the period (a fee paid by an account for its shared
-    plan names no line); ARPU = revenue / active lines, rounded half to even to a micro-unit.
+    add-on prices), refunds (negative), wholesale charges to the accounts below (B2B2B: what a reseller charges
+    its enterprises, an operator its resellers), revenue = usage + fees + refunds + wholesale; wallet
+    adjustments are shown apart and not counted as revenue (they are corrections). Active lines are lines with a
+    usage event or a fee of their own in the period (a fee paid by an account for its shared plan names no
+    line); ARPU = revenue / active lines, rounded half to even to a micro-unit. Revenue is gross; its net and tax
+    are the totals of the events' own (an event without a tax profile: tax 0).
+
+margin
+    Per group (a reseller, by tenant) and currency: sales (the revenue above), cost (the wholesale charges the
+    level above charged for the group's customers' usage: the events whose `customer` is of the group) and
+    margin = sales - cost. Currencies are never converted: a reseller that sells in USD and buys in EUR has a
+    USD row and an EUR row.
 
 Both end with the usage not yet exported: for each exporter cursor, the events after it (all kinds) and the
 usage events among them by unit type, with their charges, whatever their day. Without any cursor the report
@@ -81,6 +90,10 @@ class Group:
     fees: dict[str, int] = field(default_factory=dict)
     refunds: dict[str, int] = field(default_factory=dict)
     adjustments: dict[str, int] = field(default_factory=dict)
+    wholesale: dict[str, int] = field(default_factory=dict)  # charged to the group's accounts for those below
+    costs: dict[str, int] = field(default_factory=dict)  # charged to the level above for the group's customers
+    net: dict[str, int] = field(default_factory=dict)  # of the revenue (chf.core.tax)
+    tax: dict[str, int] = field(default_factory=dict)
     usage_lines: set[int] = field(default_factory=set)
     revenue_lines: dict[str, set[int]] = field(default_factory=dict)  # per currency
     allowances: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (name, unit) -> [granted, used]
@@ -161,12 +174,16 @@ def build_report(store: Store, day_from: int, day_to: int, by: str, show_progres
                 continue
             if by == "plan":
                 name = plans.of(event)
+            elif by == "account":  # the paying account: a split-billed usage's payer (chf/core/split.py)
+                name = str(event.get("payer") or event.get("account") or "(none)")
             else:
                 name = str(event.get(by) or "(none)")
             group = groups.get(name)
             if group is None:
                 group = groups[name] = Group()
             _tally(group, name, event, granted_in_period, groups)
+            if kind == "wholesale":
+                _add(_cost_group(groups, by, name, event).costs, str(event.get("currency") or ""), _charge(event))
         progress.update(last_seq, scanned, final=True)
     out_groups = [_group_dict(name, groups[name]) for name in sorted(groups)]
     return {
@@ -176,6 +193,36 @@ def build_report(store: Store, day_from: int, day_to: int, by: str, show_progres
         "groups": out_groups,
         "unexported": _backlog_dict(backlogs, last_seq),
     }
+
+
+def _charge(event: dict[str, Any]) -> int:
+    return int(event.get("charge", 0) or 0)
+
+
+def _cost_group(groups: dict[str, Group], by: str, name: str, event: dict[str, Any]) -> Group:
+    """The group a wholesale charge is a cost of: that of the customer it was charged for (by plan: the line's)."""
+    if by == "tenant":
+        name = str(event.get("customer_tenant") or "(none)")
+    elif by == "account":
+        name = str(event.get("customer") or "(none)")
+    group = groups.get(name)
+    if group is None:
+        group = groups[name] = Group()
+    return group
+
+
+_REVENUE_KINDS = frozenset({"usage", "renewal", "refund", "wholesale"})
+
+
+def _tally_money(group: Group, event: dict[str, Any], currency: str) -> None:
+    """Wholesale charges, and the net and tax of every charge (no tax profile: net = gross, tax 0)."""
+    if event.get("kind") not in _REVENUE_KINDS:
+        return
+    charge = _charge(event)
+    if event.get("kind") == "wholesale":
+        _add(group.wholesale, currency, charge)
+    _add(group.net, currency, int(event.get("net", charge)))
+    _add(group.tax, currency, int(event.get("tax", 0)))
 
 
 def _tally(
@@ -188,6 +235,7 @@ def _tally(
     kind = event.get("kind")
     currency = str(event.get("currency") or "")
     line = event.get("subscriber")
+    _tally_money(group, event, currency)
     if kind == "usage":
         unit = event.get("unit")
         if unit in group.used:
@@ -241,7 +289,7 @@ def _backlog(backlogs: list[Backlog], event: dict[str, Any]) -> None:
 
 def _group_dict(name: str, g: Group) -> dict[str, Any]:
     revenue: dict[str, int] = {}
-    for totals in (g.charges, g.fees, g.refunds):
+    for totals in (g.charges, g.fees, g.refunds, g.wholesale):
         for currency, amount in totals.items():
             _add(revenue, currency, amount)
     arpu: dict[str, int | None] = {}
@@ -258,7 +306,12 @@ def _group_dict(name: str, g: Group) -> dict[str, Any]:
         "fees": dict(sorted(g.fees.items())),
         "refunds": dict(sorted(g.refunds.items())),
         "adjustments": dict(sorted(g.adjustments.items())),
+        "wholesale": dict(sorted(g.wholesale.items())),
         "revenue": dict(sorted(revenue.items())),
+        "net": dict(sorted(g.net.items())),
+        "tax": dict(sorted(g.tax.items())),
+        "costs": dict(sorted(g.costs.items())),
+        "margin": {c: revenue.get(c, 0) - g.costs.get(c, 0) for c in sorted(revenue.keys() | g.costs.keys())},
         "active_lines": dict(sorted(active.items())),
         "arpu": dict(sorted(arpu.items())),
         "allowances": [
@@ -361,7 +414,38 @@ def revenue_text(report: dict[str, Any]) -> str:
                 ]
             )
     header = [report["by"], "cur", "usage", "fees", "refunds", "revenue", "lines", "ARPU", "adjustments"]
+    if any(g["wholesale"] for g in report["groups"]):
+        # B2B2B: the wholesale charges as a column of their own, before the revenue that includes them.
+        header[4:4] = ["wholesale"]
+        for row in rows:
+            group = next(g for g in report["groups"] if g["group"] == row[0])
+            row[4:4] = [money(group["wholesale"].get(row[1], 0))]
     lines += _table(header, rows, text_columns=2) if rows else ["  no revenue in the period"]
+    lines += tax_text(report)
+    return "\n".join([*lines, "", *backlog_text(report["unexported"])])
+
+
+def tax_text(report: dict[str, Any]) -> list[str]:
+    """The net and tax of the revenue, when any event was taxed (chf.core.tax)."""
+    rows = [
+        [g["group"], c, money(g["net"].get(c, 0)), money(g["tax"].get(c, 0)), money(g["revenue"].get(c, 0))]
+        for g in report["groups"]
+        for c in sorted(g["revenue"])
+    ]
+    if not any(g["tax"].get(c) for g in report["groups"] for c in g["tax"]):
+        return []
+    return ["", "revenue net and tax", *_table([report["by"], "cur", "net", "tax", "gross"], rows, text_columns=2)]
+
+
+def margin_text(report: dict[str, Any]) -> str:
+    lines = [f"margin {report['from']} .. {report['to']} (UTC days) by {report['by']}", ""]
+    rows = [
+        [g["group"], c, money(g["revenue"].get(c, 0)), money(g["costs"].get(c, 0)), money(m)]
+        for g in report["groups"]
+        for c, m in g["margin"].items()
+    ]
+    header = [report["by"], "cur", "sales", "cost", "margin"]
+    lines += _table(header, rows, text_columns=2) if rows else ["  no sales or costs in the period"]
     return "\n".join([*lines, "", *backlog_text(report["unexported"])])
 
 
@@ -403,7 +487,8 @@ def cmd_report(env: Env) -> int:
     if env.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(usage_text(report) if args.kind == "usage" else revenue_text(report))
+        texts = {"usage": usage_text, "revenue": revenue_text, "margin": margin_text}
+        print(texts[args.kind](report))
     return 0
 
 
@@ -411,11 +496,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "report",
         parents=[common],
-        help="usage and revenue reports from the event spool",
+        help="usage, revenue and margin reports from the event spool",
         description=(__doc__ or "").partition("\n\n")[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=("usage", "revenue"), help="which report")
+    p.add_argument("kind", choices=("usage", "revenue", "margin"), help="which report")
     p.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="first UTC day, YYYY-MM-DD")
     p.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="last UTC day (inclusive)")
     p.add_argument("--by", choices=GROUPINGS, default="tenant", help="grouping (default tenant)")

@@ -63,6 +63,8 @@ async def create_account(request: web.Request) -> web.Response:
             parent=body.parent,
             plan=body.plan,
             actor=actor,
+            price_list=body.price_list,
+            tax_profile=body.tax_profile,
             now=now,
         )
     )

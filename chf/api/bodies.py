@@ -99,6 +99,8 @@ class TenantCreate(_Body, kw_only=True):
     id: NonEmptyStr
     name: NonEmptyStr | None = None  # default: the id
     currency: Currency
+    parent: NonEmptyStr | None = None  # the tenant above (chf.core.wholesale)
+    tax_profile: NonEmptyStr | None = None  # its accounts' tax profile, unless they name one (chf.core.tax)
 
 
 class AccountCreate(_Body, kw_only=True):
@@ -111,6 +113,8 @@ class AccountCreate(_Body, kw_only=True):
     cycle_day: Annotated[int, Meta(ge=1, le=28, extra=expected("a day of the month from 1 to 28"))] = 1
     parent: NonEmptyStr | None = None
     plan: NonEmptyStr | None = None
+    price_list: NonEmptyStr | None = None  # what it pays for the lines below it, as a parent (chf.core.wholesale)
+    tax_profile: NonEmptyStr | None = None  # default: its tenant's (chf.core.tax)
 
 
 class PlanAssignment(_Body, kw_only=True):

@@ -120,8 +120,10 @@ async def grant_bucket(request: web.Request) -> web.Response:
     ref = request.match_info["line"]
     body = await read_body(request, BucketGrant)
     actor = request[ACTOR]
+    key = idempotency_key(request, actor)
 
     def op(txn: Txn, engine: Engine, now: int) -> OpResult:
+        claim_key(txn, key, body, now, engine.config.idempotency_window)
         if body.valid_to <= now:
             raise RequestError("valid_to", f"must be in the future, got {body.valid_to}")
         return provisioning.grant_bucket(
@@ -137,10 +139,12 @@ async def grant_bucket(request: web.Request) -> web.Response:
             reason=body.reason,
             rating_groups=body.rating_groups,
             priority=body.priority,
+            idempotency_key=key,
         )
 
     result = await context(request).operate(op)
-    return web.json_response(result.value, status=201)
+    headers = {"Idempotency-Replayed": "true"} if result.duplicate else None
+    return web.json_response(result.value, status=201, headers=headers)
 
 
 @routes.post("/v1/lines/{line}/addons", name="buy_addon")

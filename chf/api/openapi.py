@@ -334,7 +334,7 @@ OPENAPI: dict[str, Any] = {
                 "Add a one-off bucket (goodwill, add-on) to a line",
                 _json(_ref("Bucket"), "Created"),
                 status="201",
-                params=[_LINE],
+                params=[_LINE, _IDEMPOTENCY],
                 change=True,
                 body=_body(bodies.BucketGrant),
             )
@@ -436,7 +436,14 @@ OPENAPI: dict[str, Any] = {
             },
             "Tenant": {
                 "type": "object",
-                "properties": {"id": _STR, "name": _STR, "currency": _STR, "created": _TIME},
+                "properties": {
+                    "id": _STR,
+                    "name": _STR,
+                    "currency": _STR,
+                    "created": _TIME,
+                    "parent": {"type": "string", "nullable": True},
+                    "tax_profile": {"type": "string", "nullable": True},
+                },
             },
             "Account": {
                 "type": "object",
@@ -454,6 +461,8 @@ OPENAPI: dict[str, Any] = {
                     "plan": {"type": "string", "nullable": True},
                     "active_lines": _INT,
                     "created": _TIME,
+                    "price_list": {"type": "string", "nullable": True},
+                    "tax_profile": {"type": "string", "nullable": True},
                 },
             },
             "Line": {
@@ -499,6 +508,18 @@ OPENAPI: dict[str, Any] = {
                     "available": _INT,
                     "valid_from": _TIME,
                     "valid_to": _TIME,
+                    "zones": {
+                        "type": "array",
+                        "items": _STR,
+                        "nullable": True,
+                        "description": "The catalogue zones whose usage the bucket pays; null: every zone",
+                    },
+                    "fair_use_left": {
+                        **_INT,
+                        "nullable": True,
+                        "description": "Units usage outside the home zone may still take of it this period (fair "
+                        "use); null: no limit",
+                    },
                 },
             },
         },

@@ -24,7 +24,16 @@ async def create_tenant(request: web.Request) -> web.Response:
     body = await read_body(request, TenantCreate)
     name = body.name or body.id
     result = await context(request).operate(
-        lambda txn, _e, now: provisioning.create_tenant(txn, body.id, name, body.currency, now)
+        lambda txn, engine, now: provisioning.create_tenant(
+            txn,
+            body.id,
+            name,
+            body.currency,
+            now,
+            parent=body.parent,
+            tax_profile=body.tax_profile,
+            catalogue=engine.catalogue,
+        )
     )
     return web.json_response(result.value, status=201)
 

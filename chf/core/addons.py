@@ -15,6 +15,7 @@ from chf.core.context import bucket_impact, funds, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult
 from chf.core.provisioning import Conflict, NotFound, _signals, get_line, idempotent
+from chf.core.tax import annotate, gross_up
 from store.interface import Txn
 from store.schema import ACTIVE, Bucket
 
@@ -62,8 +63,10 @@ def buy_addon(
                 f"add-on {addon.name!r} is valid to the end of the line's period: line #{sub.id} has none running",
             )
         available = funds(account)
-        if available < addon.price:
-            raise Conflict("wallet", f"the wallet cannot pay {addon.price} micro-units: {max(available, 0)} available")
+        home = ctx.catalogue.settings.home_zone
+        price = gross_up(ctx.tax, addon.price, home, None) if ctx.tax is not None else addon.price  # chf.core.tax
+        if available < price:
+            raise Conflict("wallet", f"the wallet cannot pay {price} micro-units: {max(available, 0)} available")
         a = addon.allowance
         rgs = sorted(a.rating_groups) if a.rating_groups is not None else None
         bucket = Bucket(
@@ -71,14 +74,16 @@ def buy_addon(
         )
         bs.buckets.append(bucket)
         ctx.line_bs_dirty = True
-        account.balance -= addon.price
+        account.balance -= price
         ctx.account_dirty = True
         event = ctx.base_event("addon", actor, reason)
         event["addon"] = addon.name
         event["price"] = addon.price
-        event["charge"] = addon.price
-        if addon.price:
-            event["impacts"].append(ctx.wallet_impact(-addon.price))
+        event["charge"] = price
+        if ctx.tax is not None:
+            annotate(event, ctx.tax, addon.price, home, None)
+        if price:
+            event["impacts"].append(ctx.wallet_impact(-price))
         event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, a.amount))
         ctx.events.append(event)
         ctx.flush()

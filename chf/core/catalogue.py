@@ -33,9 +33,13 @@ __all__ = [
     "GrantPolicy",
     "Plan",
     "PoolTier",
+    "PriceList",
     "Promotion",
     "Settings",
+    "SplitRule",
     "Tariff",
+    "TaxProfile",
+    "TaxRule",
     "Tier",
     "ZoneRule",
 ]
@@ -247,6 +251,10 @@ class Allowance:
     priority: int
     shared: bool
     rollover: bool
+    # The zones whose usage the allowance pays (chf.core.zones); None: every zone.
+    zones: frozenset[str] | None = None
+    # Fair use: the most of each period's amount that usage outside the home zone may take; None: no limit.
+    fair_use: int | None = None
 
     def covers(self, rating_group: int) -> bool:
         """True if the allowance's rating-group list admits ``rating_group`` (None = any).
@@ -263,6 +271,20 @@ class Promotion:
     periods: int  # intro_price: number of periods; bonus: 0
     allowance: Allowance | None  # bonus: the bucket to grant; intro_price: None
     validity_seconds: int | None  # bonus: lifetime of the bucket (None = no expiry); intro_price: None
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRule:
+    """Split billing (chf.core.split): usage that matches every condition the rule sets is paid by `payer`."""
+
+    payer: str  # "parent" (the line's account's parent account) | "account:<id>"
+    apns: frozenset[str] | None = None  # APN / DNN network identifiers, lower case; None: any
+    rating_groups: frozenset[int] | None = None
+    zones: frozenset[str] | None = None
+    networks: frozenset[str] | None = None  # serving networks (MCC-MNC)
+    rats: frozenset[str] | None = None  # RAT types as the front-ends name them, lower case
+    window: Band | None = None  # local days and hours (price unused)
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +338,11 @@ class Plan:
     # A period that starts between two renewal dates (activation, plan change, a held or unpaid period started
     # later) is charged for the local days left of it, rounded down to the micro-unit (chf.core.periods.prorate).
     prorate: bool = False
+    # Usage outside the home zone beyond the allowances valid there: None = as `overage` says; "deny" = refused
+    # (chf.core.zones.overage_in).
+    roaming_overage: str | None = None
+    # Split billing: the first rule that matches a rating group's usage names who pays it (chf.core.split).
+    split: tuple[SplitRule, ...] = ()
     # Stacked pools (chf.core.pools): a line plan of family `pool_family` brings `pool_contribution` units to its
     # account's stacked pool of the same family; an account plan with pool = "stacked" names its family.
     pool_family: str | None = None
@@ -371,6 +398,56 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceList:
+    """What a tenant charges the account below it for the usage of the lines under that account (B2B2B,
+    chf.core.wholesale): tariffs by rating group in its own currency, whatever the line's plan is."""
+
+    name: str
+    currency: str
+    rating: Mapping[int, Tariff]
+    default_tariff: Tariff | None
+    device_fee: int = 0  # per line below, per period of the line's plan (a device per month, on monthly plans)
+    description: str = ""
+
+    def tariff_for(self, rating_group: int) -> Tariff | None:
+        t = self.rating.get(rating_group)
+        return t if t is not None else self.default_tariff
+
+
+@dataclass(frozen=True, slots=True)
+class TaxRule:
+    """One rate of a tax profile: where it applies (zones: the jurisdiction; rating groups: the service; None =
+    any) and the rate in parts per million of the net amount (19 % = 190_000)."""
+
+    zones: frozenset[str] | None
+    rating_groups: frozenset[int] | None
+    rate: int
+
+    def matches(self, zone: str, rating_group: int | None) -> bool:
+        return (self.zones is None or zone in self.zones) and (
+            self.rating_groups is None or (rating_group is not None and rating_group in self.rating_groups)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaxProfile:
+    """How the money of an account is taxed (chf.core.tax): the rules in order (the first that matches applies,
+    else `rate`), and whether catalogue prices include the tax (`gross`) or have it added on top (`net`)."""
+
+    name: str
+    prices: str  # "net" | "gross"
+    rate: int  # ppm, when no rule matches
+    rules: tuple[TaxRule, ...]
+    description: str = ""
+
+    def rate_for(self, zone: str, rating_group: int | None) -> int:
+        for rule in self.rules:
+            if rule.matches(zone, rating_group):
+                return rule.rate
+        return self.rate
+
+
+@dataclass(frozen=True, slots=True)
 class Catalogue:
     settings: Settings
     grants: GrantPolicy
@@ -384,6 +461,8 @@ class Catalogue:
     effective: int | None = None
     version: str = ""
     addons: Mapping[str, AddOn] = field(default_factory=_empty_map)
+    price_lists: Mapping[str, PriceList] = field(default_factory=_empty_map)  # chf.core.wholesale
+    tax_profiles: Mapping[str, TaxProfile] = field(default_factory=_empty_map)  # chf.core.tax
     _zone_by_network: Mapping[str, str] = field(default_factory=_empty_map, repr=False, compare=False)
     _grants_by_rg: Mapping[int, GrantPolicy] = field(default_factory=_empty_map, repr=False, compare=False)
 
@@ -412,6 +491,11 @@ class Catalogue:
         another currency (relabelled). Provisioning refuses such a pairing; this keeps the engine from applying
         one that got into the store anyway (a line stored before the check, a catalogue edited under it)."""
         p = self.plans.get(name) if name is not None else None
+        return p if p is not None and p.currency == currency else None
+
+    def price_list_in(self, name: str | None, currency: str) -> PriceList | None:
+        """Price list ``name`` if it is priced in ``currency``, else None (as :meth:`plan_in`)."""
+        p = self.price_lists.get(name) if name is not None else None
         return p if p is not None and p.currency == currency else None
 
     def is_denied(self, plan: Plan, rating_group: int, zone: str) -> bool:

@@ -60,7 +60,8 @@ File format
     restrict (default charge): what happens when allowances are exhausted: ``charge`` the wallet at tariff,
     or end with a Final-Unit-Indication; ``redirect_address`` (required iff overage = redirect); ``filter_id``
     and/or ``restriction_rules`` (at least one required iff overage = restrict); ``roaming`` (default true;
-    false = only the home zone may be used); ``description``.
+    false = only the home zone may be used); ``roaming_overage`` = charge | deny (absent: as ``overage``):
+    what happens outside the home zone once the allowances valid there are used up; ``description``.
 
     ``[plans.<name>.rating]``: ``"<rg>" = "<tariff>"`` and optionally ``default = "<tariff>"`` for any other
     rating group. At least one entry is required. A rating group with no tariff is denied.
@@ -68,12 +69,23 @@ File format
     ``[[plans.<name>.allowances]]``: ``name`` (unique in the plan), ``unit``, ``amount`` (> 0),
     ``rating_groups`` (absent = every rating group whose tariff has this unit), ``priority`` (lower is
     consumed first, default 100), ``shared`` (account-level bucket for all lines), ``rollover`` (unused
-    remaining carried into the next period). A ``money`` allowance pays charges of any rating group it
-    covers.
+    remaining carried into the next period), ``zones`` (the zones whose usage it pays, e.g. ``["home", "eu"]``;
+    absent = every zone; names from ``[zones]``, ``home_zone`` or ``default_zone``), ``fair_use`` (units: the
+    most of each period's amount that usage outside the home zone may take, e.g. EU roam-like-at-home; a
+    rollover of it pays at home only). A ``money`` allowance pays charges of any rating group it covers.
+    Roaming usage draws only on allowances valid in its zone (chf/core/zones.py); beyond them the wallet pays at
+    the tariff's zone price, or, with the plan's ``roaming_overage = "deny"``, it is refused.
 
     ``[[plans.<name>.promotions]]``: ``kind = "intro_price"`` with ``fee`` and ``periods`` (fee replaced for
     the first N periods; at most one per plan), or ``kind = "bonus"`` with the allowance fields above plus
     ``validity_days`` (optional, absent = no expiry): a one-off bucket granted when the plan is assigned.
+
+    ``[[plans.<name>.split]]``: split billing (chf/core/split.py), rules tried in order; the first whose every
+    condition holds routes a rating group's usage to ``payer`` = ``"parent"`` (the line's account's parent) |
+    ``"account:<id>"``. Conditions, all optional: ``apn`` (APN / DNN network identifiers), ``rating_groups``,
+    ``zones``, ``networks`` (MCC-MNC), ``rat`` (RAT type names), ``days`` / ``from`` / ``to`` (local time, as in
+    tariff bands); ``name`` for messages. The payer's shared allowances and pools pay first, then its wallet, at
+    this plan's tariffs; a payer that does not exist or holds another currency refuses the rating group.
 
     IoT pools (chf.core.pools): ``pool = "static"`` with ``pool_unit`` and ``pool_amount`` (fixed total per
     period shared by all lines of the account) or ``pool = "flexible"`` with ``pool_unit`` and ``pool_per_line``
@@ -95,6 +107,20 @@ File format
     held period started on reactivation) is charged for the local days left of it, rounded down to the
     micro-unit. A provisioned line's first period starts when it is activated; a terminated line's periods
     stop at the end of the one in progress.
+
+``[price_lists.<name>]`` (B2B2B, :mod:`chf.core.wholesale`)
+    What an account pays, as another account's ``parent``, for the usage of the lines below it: ``currency``
+    (ISO 4217, default the ``[settings]`` one; only accounts of that currency pay by it), ``description``,
+    ``device_fee`` (micro-units, >= 0, default 0: charged per line below, per period of the line's plan), and
+    ``[price_lists.<name>.rating]`` as a plan's ``[rating]``: ``"<rg>" = "<tariff>"`` and ``default``. Its
+    tariffs must be flat (no ``tiers``: tiers count a line's period usage, which a payer above has none of).
+
+``[tax_profiles.<name>]`` (:mod:`chf.core.tax`)
+    ``prices`` = ``net`` | ``gross`` (catalogue prices exclude or include the tax), ``rate`` (a percentage
+    string, ``"19%"``, ``"7.7%"``: 0..100, at most 4 decimals), ``description``, and ``[[tax_profiles.<name>.rates]]``
+    with ``rate`` and optionally ``zones`` (the jurisdiction: zones where the service is used; fees count as
+    the home zone) and ``rating_groups`` (the services; fees have none): the first entry that matches applies,
+    else ``rate``.
 
 ``[addons.<name>]`` (chf.core.addons)
     A priced add-on (bolt-on), bought for a line through the API or the CLI: ``price`` (micro-units, >= 0) in
@@ -134,13 +160,19 @@ from chf.core.catalogue import (
     GrantPolicy,
     Plan,
     PoolTier,
+    PriceList,
     Promotion,
     Settings,
+    SplitRule,
     Tariff,
+    TaxProfile,
+    TaxRule,
     Tier,
     ZoneRule,
 )
 from chf.core.periods import period_error
+from chf.core.split import ACCOUNT_PREFIX, PARENT, check_split_zones
+from chf.core.zones import ROAMING_OVERAGES, check_plan_zones
 
 __all__ = ["DEFAULT_GRANTS", "CatalogueError", "check_replacement", "load_catalogue", "parse_catalogue"]
 
@@ -553,7 +585,7 @@ def _load_zone_rules(errs: _Errors, owner: str, t: _Table, known_zones: frozense
     return zone_rules
 
 
-_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover")
+_ALLOWANCE_KEYS = ("name", "unit", "amount", "rating_groups", "priority", "shared", "rollover", "zones", "fair_use")
 _PLAN_KEYS = (
     "payment",
     "currency",
@@ -579,6 +611,8 @@ _PLAN_KEYS = (
     "pool_topoff",
     "suspended_fee",
     "prorate",
+    "roaming_overage",
+    "split",
 )
 
 
@@ -591,7 +625,19 @@ def _allowance(t: _Table) -> Allowance:
         priority=t.get_int("priority", 100),
         shared=t.get_bool("shared", False),
         rollover=t.get_bool("rollover", False),
+        zones=_zone_names(t, "zones"),  # checked against the catalogue's zones by chf.core.zones.check_plan_zones
+        fair_use=t.get_int("fair_use", minimum=1) if t.has("fair_use") else None,
     )
+
+
+def _zone_names(t: _Table, key: str) -> frozenset[str] | None:
+    v = t.get_list(key)
+    if v is None:
+        return None
+    if not v or not all(isinstance(z, str) and z for z in v):
+        t.err(key, f"must be a non-empty array of names, got {v!r}")
+        return None
+    return frozenset(v)
 
 
 def _load_plan(
@@ -623,6 +669,8 @@ def _load_plan(
         t.err("pool", "an adaptive pool is billed at the period's close: its plan must be postpaid")
     suspended_fee = _load_suspended_fee(t, fee)
     prorate = t.get_bool("prorate", False)
+    roaming_overage = t.get_str("roaming_overage", None, choices=ROAMING_OVERAGES) if t.has("roaming_overage") else None
+    split = _load_split(errs, owner, t, rating)
     by_rg, allow_default = _allowance_lookups(allowances, rating)
     return Plan(
         name=name,
@@ -647,6 +695,8 @@ def _load_plan(
         default_tariff=rating.default,
         suspended_fee=suspended_fee,
         prorate=prorate,
+        roaming_overage=roaming_overage,
+        split=tuple(split),
         pool_family=pool.family,
         pool_contribution=pool.contribution,
         pool_tiers=pool.tiers,
@@ -1045,7 +1095,128 @@ def _named_tables(errs: _Errors, section: str, raw: Any, build: Callable[[str, A
     return out
 
 
-_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons")
+_PRICE_LIST_KEYS = ("currency", "description", "device_fee", "rating")
+_TAX_PROFILE_KEYS = ("prices", "rate", "rates", "description")
+_TAX_RULE_KEYS = ("zones", "rating_groups", "rate")
+_RATE_RE = re.compile(r"^(0|[1-9][0-9]{0,2})(\.[0-9]{1,4})?%$")
+
+
+def _load_price_list(
+    errs: _Errors, name: str, raw: Any, tariffs: Mapping[str, Tariff | None], settings: Settings
+) -> PriceList | None:
+    """``[price_lists.<name>]``: a tenant's prices for the account below it (chf.core.wholesale)."""
+    t = _Table(errs, f"price list {name!r}", "", raw, _PRICE_LIST_KEYS)
+    if not t.ok:
+        return None
+    currency = t.get_str("currency", settings.currency)
+    if t.has("currency") and currency and not _CURRENCY_RE.match(currency):
+        t.err("currency", f"must be an ISO 4217 code of 3 upper-case letters, got {currency!r}")
+    description = t.get_str("description", "")
+    device_fee = t.get_int("device_fee", 0, minimum=0)
+    rating = _load_rating(t, tariffs)
+    for key, tariff in [*((str(rg), tr) for rg, tr in rating.by_rg.items()), ("default", rating.default)]:
+        if tariff is not None and tariff.tiers:
+            # Tiers count a line's usage in its plan period; a price list charges the account above, which has none.
+            t.err("", f"tariff {tariff.name!r} has tiers; a price list's tariffs are flat", f"rating.{key}")
+    return PriceList(name, currency, MappingProxyType(rating.by_rg), rating.default, device_fee, description)
+
+
+def _parse_rate(t: _Table, key: str) -> int:
+    """A tax rate "19%" / "7.7%" (at most 100 %, 4 decimals) as parts per million of the net amount."""
+    v = t.get_str(key)
+    m = _RATE_RE.match(v) if v else None
+    if m is None or int(m.group(1)) > 100 or (int(m.group(1)) == 100 and (m.group(2) or ".0").strip(".0")):
+        if v:
+            t.err(key, f'must be a percentage such as "19%" or "7.7%" (0..100, at most 4 decimals), got {v!r}')
+        return 0
+    return int(m.group(1)) * 10_000 + int((m.group(2) or ".")[1:].ljust(4, "0"))
+
+
+def _load_tax_profile(errs: _Errors, name: str, raw: Any, known_zones: frozenset[str]) -> TaxProfile | None:
+    """``[tax_profiles.<name>]``: rates by jurisdiction (zone) and service (rating group), prices net or gross."""
+    owner = f"tax profile {name!r}"
+    t = _Table(errs, owner, "", raw, _TAX_PROFILE_KEYS)
+    if not t.ok:
+        return None
+    prices = t.get_str("prices", choices=("net", "gross"))
+    rate = _parse_rate(t, "rate")
+    rules = []
+    for i, rule_raw in enumerate(t.array_of_tables("rates")):
+        rt = _Table(errs, owner, f"rates[{i}].", rule_raw, _TAX_RULE_KEYS)
+        zones_raw = rt.get_list("zones")
+        zones = None
+        if zones_raw is not None:
+            zones = frozenset(z for z in zones_raw if isinstance(z, str))
+            unknown = [z for z in zones_raw if z not in known_zones]
+            if unknown or not zones_raw:
+                rt.err("zones", f"must list known zones (unknown: {unknown})" if unknown else "must not be empty")
+        rules.append(TaxRule(zones, rt.rating_groups("rating_groups"), _parse_rate(rt, "rate")))
+    return TaxProfile(name, prices, rate, tuple(rules), t.get_str("description", ""))
+
+
+def _load_commerce(
+    errs: _Errors, doc: dict[str, Any], tariffs: Mapping[str, Tariff | None], settings: Settings, known: frozenset[str]
+) -> tuple[Mapping[str, PriceList], Mapping[str, TaxProfile]]:
+    """``[price_lists]`` and ``[tax_profiles]`` (the valid ones: the invalid are reported in `errs`)."""
+    price_lists: dict[str, PriceList | None] = _named_tables(
+        errs, "price list", doc.get("price_lists"), lambda n, r: _load_price_list(errs, n, r, tariffs, settings)
+    )
+    tax_profiles: dict[str, TaxProfile | None] = _named_tables(
+        errs, "tax profile", doc.get("tax_profiles"), lambda n, r: _load_tax_profile(errs, n, r, known)
+    )
+    return (
+        MappingProxyType({k: v for k, v in price_lists.items() if v is not None}),
+        MappingProxyType({k: v for k, v in tax_profiles.items() if v is not None}),
+    )
+
+
+_TOP_KEYS = ("settings", "grants", "zones", "tariffs", "plans", "addons", "price_lists", "tax_profiles")
+
+
+def _check_zones(errs: _Errors, plans: Mapping[str, Plan | None], known: frozenset[str], home: str) -> None:
+    """The zones plans' allowances and split-billing rules name exist (chf.core.zones), once every zone is
+    known."""
+    for name, plan in plans.items():
+        if plan is not None:
+            for where, msg in [*check_plan_zones(plan, known, home), *check_split_zones(plan, known)]:
+                errs.add(_fmt_where(f"plan {name!r}", where), msg)
+
+
+_SPLIT_KEYS = ("name", "payer", "apn", "rating_groups", "zones", "networks", "rat", "days", "from", "to")
+
+
+def _load_split(errs: _Errors, owner: str, t: _Table, rating: _Rating) -> list[SplitRule]:
+    """``[[split]]``: split-billing rules, in the order they are tried (chf.core.split)."""
+    rules: list[SplitRule] = []
+    for i, raw in enumerate(t.array_of_tables("split")):
+        st = _Table(errs, owner, f"split[{i}].", raw, _SPLIT_KEYS)
+        if not st.ok:
+            continue
+        payer = st.get_str("payer")
+        if payer and payer != PARENT and not (payer.startswith(ACCOUNT_PREFIX) and len(payer) > len(ACCOUNT_PREFIX)):
+            st.err("payer", f"must be {PARENT!r} or 'account:<account id>', got {payer!r}")
+        window = None
+        if any(st.has(k) for k in ("days", "from", "to")):
+            st.data.setdefault("price", 0)  # a time window is a band without a price
+            window = _load_band(st)
+        rules.append(
+            SplitRule(
+                payer=payer,
+                apns=_lower_names(st, "apn"),
+                rating_groups=st.rating_groups("rating_groups"),
+                zones=_zone_names(st, "zones"),
+                networks=_lower_names(st, "networks"),
+                rats=_lower_names(st, "rat"),
+                window=window,
+                name=st.get_str("name", f"split[{i}]"),
+            )
+        )
+    return rules
+
+
+def _lower_names(t: _Table, key: str) -> frozenset[str] | None:
+    names = _zone_names(t, key)
+    return frozenset(n.lower() for n in names) if names is not None else None
 
 
 def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
@@ -1077,8 +1248,10 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
     )
     if not plans and "plans" in doc:
         errs.add("plans", "no plans defined")
+    _check_zones(errs, plans, known, settings.home_zone)
     _check_pool_families(errs, plans)
     addons = _load_addons(errs, doc.get("addons"), plans, settings)
+    price_lists, tax_profiles = _load_commerce(errs, doc, tariffs, settings, known)
 
     effective = _load_effective(errs, doc.get("settings"), settings.timezone)
     if errs.items:
@@ -1097,6 +1270,8 @@ def parse_catalogue(text: str, source: str = "catalogue.toml") -> Catalogue:
         effective=effective,
         version=digest[:VERSION_DIGITS],
         addons=addons,
+        price_lists=price_lists,
+        tax_profiles=tax_profiles,
         _zone_by_network=MappingProxyType(zone_by_network),
         _grants_by_rg=MappingProxyType(grants_by_rg),
     )
@@ -1118,14 +1293,21 @@ def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
 
 
 def check_replacement(running: Catalogue, new: Catalogue) -> None:
-    """Refuse a catalogue that would replace `running` (a reload) if a plan of both changes currency: the lines
-    and accounts on it hold money in the old one, and their prices would be relabelled (README, "Currencies and
-    reused numbers")."""
+    """Refuse a catalogue that would replace `running` (a reload) if a plan or a price list of both changes
+    currency: the lines and accounts on it hold money in the old one, and their prices would be relabelled
+    (README, "Currencies and reused numbers")."""
     errors = [
         f"{new.source}: plan {name!r}: currency: was {plan.currency}, now {new.plans[name].currency}; a plan keeps "
         "its currency (give a plan in another currency another name)"
         for name, plan in running.plans.items()
         if name in new.plans and new.plans[name].currency != plan.currency
+    ]
+    errors += [  # the accounts paying by a price list hold money in its currency, as a plan's do
+        f"{new.source}: price list {name!r}: currency: was {price_list.currency}, now "
+        f"{new.price_lists[name].currency}; a price list keeps its currency (give one in another currency another "
+        "name)"
+        for name, price_list in running.price_lists.items()
+        if name in new.price_lists and new.price_lists[name].currency != price_list.currency
     ]
     if errors:
         raise CatalogueError(errors)

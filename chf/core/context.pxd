@@ -8,7 +8,7 @@ from store.schema cimport BalanceSet, Bucket
 
 cdef class Context:
     cdef public object account, account_dirty, acct_bs, acct_bs_dirty, catalogue, events, line_bs, line_bs_dirty
-    cdef public object now, sub, txn, versions  # txn: LMDB's or the Redis store's (see engine.pxd)
+    cdef public object now, payers, sub, tax, txn, upline, versions  # txn: LMDB's or the Redis store's (see engine.pxd)
 
     @cython.locals(bs=BalanceSet)
     cpdef bucket(self, src, bucket_id)
@@ -16,4 +16,4 @@ cdef class Context:
     cpdef mark(self, src)
 
     @cython.locals(b=Bucket)
-    cpdef usable_buckets(self, unit, rg)
+    cpdef usable_buckets(self, unit, rg, zone=*)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chf.core.catalogue import Catalogue
+from chf.core.catalogue import Catalogue, TaxProfile
+from chf.core.zones import admits
 from store.interface import Txn
 from store.schema import SRC_ACCOUNT, SRC_LINE, Account, BalanceSet, Bucket, Subscriber
 
@@ -59,8 +60,11 @@ class Context:
         "line_bs",
         "line_bs_dirty",
         "now",
+        "payers",
         "sub",
+        "tax",
         "txn",
+        "upline",
         "versions",
     )
 
@@ -76,6 +80,13 @@ class Context:
         self.acct_bs: BalanceSet | None = None
         self.acct_bs_dirty = False
         self.events: list[dict[str, Any]] = []
+        # Accounts above this one charged in this operation (chf.core.wholesale), by id; None: none read.
+        self.upline: dict[str, Account] | None = None
+        # The account's tax profile (chf.core.tax), set by the engine when the catalogue has any; None: untaxed.
+        self.tax: TaxProfile | None = None
+        # Contexts of the other accounts split-billing rules made pay for this operation (chf/core/split.py), by
+        # account id: flushed with this one.
+        self.payers: dict[str, Context] = {}
         # Every version of the catalogue (chf.core.versions), when the engine made this context: a period that
         # started before `now` is priced by the version in force when it started. None: `catalogue` alone.
         self.versions: Any = None
@@ -90,12 +101,19 @@ class Context:
 
     def flush(self) -> None:
         txn = self.txn
+        if self.payers:
+            for payer in self.payers.values():
+                payer.flush()
         if self.account_dirty:
             txn.put_account(self.account)
         if self.line_bs_dirty and self.line_bs is not None:
             txn.put_line_balances(self.sub.id, self.line_bs)
         if self.acct_bs_dirty and self.acct_bs is not None:
             txn.put_account_balances(self.account.id, self.acct_bs)
+        if self.upline:
+            for account in self.upline.values():
+                txn.put_account(account)
+            self.upline = None
         for event in self.events:
             txn.append_event(event)
         self.events.clear()
@@ -147,20 +165,22 @@ class Context:
         else:
             self.account_dirty = True
 
-    def usable_buckets(self, unit: str, rg: int) -> list[tuple[Bucket, int, str]]:
-        """The buckets, the line's and the account's, that can pay `unit`s of rating group `rg` now and have
-        units left, in consumption order (priority, then the soonest to expire): (bucket, source, owner)."""
+    def usable_buckets(self, unit: str, rg: int, zone: str | None = None) -> list[tuple[Bucket, int, str]]:
+        """The buckets, the line's and the account's, that can pay `unit`s of rating group `rg` used in `zone` now
+        and have units left, in consumption order (priority, then the soonest to expire): (bucket, source, owner).
+        A bucket that names its zones pays only there (chf/core/zones.py); `zone` None: any bucket. What a bucket
+        may give to usage in `zone` is `chf.core.zones.room`."""
         now = self.now
         found: list[tuple[int, int, Bucket, int, str]] = []
         if self.line_bs is not None:
             owner = line_owner(self.sub.id)
             for b in self.line_bs.buckets:
-                if b.usable(unit, rg, now) and b.available() > 0:
+                if b.usable(unit, rg, now) and b.available() > 0 and (b.zones is None or admits(b, zone)):
                     found.append((b.priority, b.valid_to, b, SRC_LINE, owner))
         if self.acct_bs is not None:
             owner = account_owner(self.account.id)
             for b in self.acct_bs.buckets:
-                if b.usable(unit, rg, now) and b.available() > 0:
+                if b.usable(unit, rg, now) and b.available() > 0 and (b.zones is None or admits(b, zone)):
                     found.append((b.priority, b.valid_to, b, SRC_ACCOUNT, owner))
         if len(found) > 1:
             found.sort(key=_priority_order)

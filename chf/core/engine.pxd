@@ -26,7 +26,7 @@ cdef class Engine:
 
     cpdef _finish(self, Context ctx, Session session, req, answer, validity, closed)
 
-    @cython.locals(reservation=Reservation)
+    @cython.locals(reservation=Reservation, pay=Context)
     cpdef _commit_usage(self, Context ctx, Session session, unit_req, unit_answer, plan)
 
     cpdef _usage_event(self, Context ctx, Session session, unit_req, units, unit, used)
@@ -35,9 +35,9 @@ cdef class Engine:
     cpdef _settle_reservation(self, Context ctx, Reservation reservation, left, impacts)
 
     @cython.locals(bucket=Bucket)
-    cpdef _take_unreserved(self, Context ctx, unit, rg, left, over, impacts)
+    cpdef _take_unreserved(self, Context ctx, unit, rg, left, over, impacts, zone)
 
-    cpdef _charge_wallet(self, Context ctx, tariff, rg, zone, units, event)
+    cpdef _charge_wallet(self, Context ctx, tariff, rg, zone, units, event, Context pay)
 
     @cython.locals(reservation=Reservation)
     cpdef _tariff(self, Context ctx, plan, rg, reservation)
@@ -45,12 +45,25 @@ cdef class Engine:
     @cython.locals(reservation=Reservation, bucket=Bucket)
     cpdef _release(self, Context ctx, Session session, rg)
 
+    @cython.locals(pay=Context)
     cpdef _grant(self, Context ctx, Session session, unit_req, unit_answer, plan, serving_network)
 
     @cython.locals(bucket=Bucket)
-    cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions)
+    cpdef _reserve_buckets(self, Context ctx, unit, rg, want, portions, zone)
 
     @cython.locals(account=Account, ctx=Context)
     cpdef context(self, txn, Subscriber sub, now, account_id=*)
 
     cpdef line_plan(self, Context ctx)
+
+    @cython.locals(pay=Context)
+    cpdef _payer(self, Context ctx, Session session, plan, rg, zone)
+
+    @cython.locals(pay=Context)
+    cpdef _payer_by_id(self, Context ctx, account_id)
+
+    cpdef _usage_payer(self, Context ctx, Session session, reservation, plan, rg, zone)
+
+    cpdef _reserve_money(self, Context ctx, Context pay, tariff, rg, zone, want)
+
+    cpdef _reserve_allowances(self, Context pay, unit, rg, want, portions, zone)

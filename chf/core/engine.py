@@ -26,6 +26,7 @@ from typing import Any
 
 from chf.core.catalogue import Catalogue, GrantPolicy, Plan, Tariff
 from chf.core.context import Context, bucket_impact, funds
+from chf.core.currency import check_currency
 from chf.core.events import charge_event
 from chf.core.model import (
     CREDIT_LIMIT_REACHED,
@@ -52,7 +53,11 @@ from chf.core.model import (
 )
 from chf.core.pools import top_off
 from chf.core.renewals import bring_up_to_date
+from chf.core.split import payer_id, rule_for
+from chf.core.tax import annotate, gross_up, net_budget, profile_of
 from chf.core.versions import CatalogueVersions
+from chf.core.wholesale import rate_levels
+from chf.core.zones import give_back, hold, overage_in, room
 from store.interface import Txn
 from store.schema import ACTIVE, BalanceSet, Reservation, Session, Subscriber, pack
 
@@ -259,6 +264,8 @@ class Engine:
             raise RequestError("account", f"line {sub.id} belongs to unknown account {sub.account!r}")
         ctx = Context(txn, self.catalogue_at(now), now, sub, account)
         ctx.versions = self._versions
+        if ctx.catalogue.tax_profiles:
+            ctx.tax = profile_of(ctx.catalogue, txn, account)
         ctx.line_bs = txn.get_line_balances(sub.id) or BalanceSet()
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
@@ -273,6 +280,8 @@ class Engine:
         pseudo = Subscriber(0, account.tenant, account.id, "", None, None, None, ACTIVE, 0, account.plan, 0)
         ctx = Context(txn, self.catalogue_at(now), now, pseudo, account)
         ctx.versions = self._versions
+        if ctx.catalogue.tax_profiles:
+            ctx.tax = profile_of(ctx.catalogue, txn, account)
         if account.plan is not None:
             ctx.acct_bs = txn.get_account_balances(account.id) or BalanceSet()
             bring_up_to_date(ctx)
@@ -322,6 +331,8 @@ class Engine:
                 req.serving_network,
                 req.notify,
             )
+            session.apn = req.apn
+            session.rat = req.rat
             if previous is not None:
                 _keep_replay_state(previous, session)
         else:
@@ -332,6 +343,8 @@ class Engine:
                 raise RequestError("session", f"session {req.session} belongs to a deleted line")
             ctx = self.context(txn, sub, now, session.account)
             self._follow_client(session, req)
+        if req.currency is not None:  # before anything is written (the context buffers its changes)
+            check_currency(req, ctx.account)
         answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
         if sub.state != ACTIVE and req.kind == INITIAL:
             answer.result = END_USER_SERVICE_DENIED
@@ -382,6 +395,10 @@ class Engine:
         """A request may come from another serving network (roaming) or name another way to reach the client."""
         if req.serving_network:
             session.serving_network = req.serving_network
+        if req.apn:
+            session.apn = req.apn
+        if req.rat:
+            session.rat = req.rat
         if req.notify is not None:
             session.notify = req.notify
 
@@ -477,13 +494,17 @@ class Engine:
         if reservation is not None:
             granted = reservation.granted
             zone = reservation.zone
-            left = self._settle_reservation(ctx, reservation, left, impacts)
+        pay = self._usage_payer(ctx, session, reservation, plan, rg, zone)
+        if reservation is not None:
+            left = self._settle_reservation(pay, reservation, left, impacts)
+        if pay is not ctx:
+            event["payer"] = pay.account.id
         over = max(0, used - granted) if reservation is not None else used
         if left > 0 and over > 0:
-            left = self._take_unreserved(ctx, unit, rg, left, over, impacts)
+            left = self._take_unreserved(pay, unit, rg, left, over, impacts, zone)
         charge = 0
         if left > 0:
-            charge = self._charge_wallet(ctx, tariff, rg, zone, left, event)
+            charge = self._charge_wallet(ctx, tariff, rg, zone, left, event, pay)
         if ctx.line_bs is not None:
             ctx.line_bs.usage[rg] = ctx.line_bs.usage.get(rg, 0) + used
             ctx.line_bs_dirty = True
@@ -494,6 +515,9 @@ class Engine:
         event["charge"] = charge
         unit_answer.charged += charge
         ctx.events.append(event)
+        if ctx.account.parent is not None:
+            # B2B2B: the same units, once per level above, by the version that priced them (chf.core.wholesale).
+            rate_levels(ctx, event, units, self._by_version.get(event["catalogue"], ctx.catalogue))
 
     def _usage_event(
         self, ctx: Context, session: Session, unit_req: UnitRequest, units: dict[str, int], unit: str, used: int
@@ -521,6 +545,8 @@ class Engine:
             take = min(left, amount)
             if bucket is not None:
                 bucket.reserved -= amount
+                if bucket.fair_use_left is not None and take < amount:
+                    give_back(bucket, reservation.zone, ctx.catalogue.settings.home_zone, amount - take)
                 if take:
                     bucket.remaining -= take
                     impacts.append(bucket_impact(owner, bucket, -take))
@@ -531,13 +557,18 @@ class Engine:
             ctx.account_dirty = True
         return left
 
-    def _take_unreserved(self, ctx: Context, unit: str, rg: int, left: int, over: int, impacts: list[Any]) -> int:
-        """Usage beyond the grant (`over` units of it): unreserved allowance pays first. Returns the units still to
-        pay."""
-        for bucket, src, owner in ctx.usable_buckets(unit, rg):
-            take = min(left, over, bucket.available())
+    def _take_unreserved(
+        self, ctx: Context, unit: str, rg: int, left: int, over: int, impacts: list[Any], zone: str
+    ) -> int:
+        """Usage beyond the grant (`over` units of it): unreserved allowance valid in `zone` pays first. Returns the
+        units still to pay."""
+        home = ctx.catalogue.settings.home_zone
+        for bucket, src, owner in ctx.usable_buckets(unit, rg, zone):
+            take = min(left, over, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:
                 continue
+            if bucket.fair_use_left is not None:
+                hold(bucket, zone, home, take)
             bucket.remaining -= take
             impacts.append(bucket_impact(owner, bucket, -take))
             ctx.mark(src)
@@ -548,9 +579,10 @@ class Engine:
         return left
 
     def _charge_wallet(
-        self, ctx: Context, tariff: Tariff | None, rg: int, zone: str, units: int, event: dict[str, Any]
+        self, ctx: Context, tariff: Tariff | None, rg: int, zone: str, units: int, event: dict[str, Any], pay: Context
     ) -> int:
-        """Charge `units` that no bucket paid to the wallet at the tariff price; returns the money charged."""
+        """Charge `units` that no bucket paid to the wallet of `pay` (the line's context, or its split-billing
+        payer's) at the tariff price, tiers counted on the line's usage; returns the money charged."""
         if tariff is None:
             event["flag"] = "unrated"
             return 0
@@ -560,10 +592,12 @@ class Engine:
         # price: revenue is never dropped.
         price_zone = ctx.catalogue.settings.home_zone if tariff.is_denied(zone) else zone
         charge = tariff.charge(units, price_zone, local, usage)
+        if pay.tax is not None:
+            charge = annotate(event, pay.tax, charge, zone, rg)  # the gross: net + tax (chf.core.tax)
         if charge:
-            ctx.account.balance -= charge
-            ctx.account_dirty = True
-            event["impacts"].append(ctx.wallet_impact(-charge))
+            pay.account.balance -= charge
+            pay.account_dirty = True
+            event["impacts"].append(pay.wallet_impact(-charge))
         event["tariff"] = tariff.name
         return charge
 
@@ -583,10 +617,14 @@ class Engine:
         reservation = session.reservations.pop(rg, None)
         if reservation is None:
             return
+        if reservation.payer is not None:
+            ctx = self._payer_by_id(ctx, reservation.payer) or ctx
         for src, bucket_id, amount in reservation.portions:
             bucket, _ = ctx.bucket(src, bucket_id)
             if bucket is not None:
                 bucket.reserved -= amount
+                if bucket.fair_use_left is not None:
+                    give_back(bucket, reservation.zone, ctx.catalogue.settings.home_zone, amount)
                 ctx.mark(src)
         if reservation.money:
             ctx.account.reserved -= reservation.money
@@ -632,6 +670,45 @@ class Engine:
             return True
         return self.release_session(txn, session_key, now, "reservation timeout: client silent")
 
+    # -- split billing (chf/core/split.py) ---------------------------------------------------------------------------
+    def _payer(self, ctx: Context, session: Session, plan: Plan, rg: int, zone: str) -> Context | None:
+        """The context of whoever pays rating group `rg` of this session: the line's (no split rule matches), its
+        payer's, or None when a rule names a payer that cannot pay (missing, or another currency than the plan's)."""
+        local = ctx.catalogue.local_time(ctx.now)
+        rule = rule_for(plan, rg, session.apn, session.rat, zone, session.serving_network, local)
+        if rule is None:
+            return ctx
+        account_id = payer_id(rule, ctx.account)
+        pay = self._payer_by_id(ctx, account_id) if account_id is not None else None
+        if pay is None or pay.account.currency != plan.currency:
+            return None
+        return pay
+
+    def _usage_payer(
+        self, ctx: Context, session: Session, reservation: Reservation | None, plan: Plan | None, rg: int, zone: str
+    ) -> Context:
+        """Who pays usage being committed: the payer of the grant it was used from; without a grant, whom the plan's
+        rules name (the line's account when none matches, or the one named cannot pay: revenue is never dropped)."""
+        if reservation is not None:
+            if reservation.payer is None:
+                return ctx
+            return self._payer_by_id(ctx, reservation.payer) or ctx
+        if plan is None or not plan.split:
+            return ctx
+        return self._payer(ctx, session, plan, rg, zone) or ctx
+
+    def _payer_by_id(self, ctx: Context, account_id: str) -> Context | None:
+        """The context of account `account_id` in this operation (loaded once, flushed with `ctx`)."""
+        if account_id == ctx.account.id:
+            return ctx
+        pay = ctx.payers.get(account_id)
+        if pay is None:
+            pay = self.account_context(ctx.txn, account_id, ctx.now)
+            if pay is None:
+                return None
+            ctx.payers[account_id] = pay
+        return pay
+
     # -- grant ------------------------------------------------------------------------------------------------------
     def _grant(
         self,
@@ -655,6 +732,13 @@ class Engine:
         if catalogue.is_denied(plan, rg, zone):
             unit_answer.result = END_USER_SERVICE_DENIED
             return
+        pay: Context | None = ctx
+        if plan.split:
+            # Split billing: another account may pay this rating group (chf/core/split.py).
+            pay = self._payer(ctx, session, plan, rg, zone)
+        if pay is None:
+            unit_answer.result = RATING_FAILED
+            return
         unit = tariff.unit
         policy = catalogue.grant_policy(rg)
         quantum = policy.quantum(unit)
@@ -663,31 +747,24 @@ class Engine:
         if want > quantum:
             want = quantum
         portions: list[list[int]] = []
-        covered = self._reserve_buckets(ctx, unit, rg, want, portions)
-        # An adaptive pool with top-off grows to its next tier when exhausted (chf.core.pools), before the wallet.
-        while covered < want and top_off(ctx, unit, rg):
-            covered += self._reserve_buckets(ctx, unit, rg, want - covered, portions)
+        covered = self._reserve_allowances(pay, unit, rg, want, portions, zone)
         money = 0
         granted = covered
-        if covered < want and plan.overage == "charge":
+        overage = plan.overage if plan.roaming_overage is None else overage_in(plan, zone, catalogue.settings.home_zone)
+        if covered < want and overage == "charge":
             # Beyond the allowances the wallet pays at the tariff price (postpaid: down to its credit limit).
-            local = catalogue.local_time(ctx.now)
-            usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
-            units = min(want - covered, tariff.affordable(max(funds(ctx.account), 0), zone, local, usage))
-            if units:
-                money = tariff.charge(units, zone, local, usage)
-                granted += units
-                if money:
-                    ctx.account.reserved += money
-                    ctx.account_dirty = True
+            units, money = self._reserve_money(ctx, pay, tariff, rg, zone, want - covered)
+            granted += units
         unit_answer.unit = unit
         unit_answer.validity_time = self._validity_until_change(ctx.now, policy.validity_time)
         if policy.quota_holding_time:
             unit_answer.quota_holding_time = policy.quota_holding_time
+        # Outside the home zone the plan may refuse what the allowances valid there do not cover (chf/core/zones.py).
+        refused = overage == "deny" and overage != plan.overage
         if granted < want:
-            unit_answer.final = _final_unit(plan)
+            unit_answer.final = FinalUnit(FUA_TERMINATE) if refused else _final_unit(plan)
         if granted == 0:
-            unit_answer.result = CREDIT_LIMIT_REACHED
+            unit_answer.result = END_USER_SERVICE_DENIED if refused else CREDIT_LIMIT_REACHED
             unit_answer.granted = 0
             return
         unit_answer.granted = granted
@@ -695,15 +772,52 @@ class Engine:
         session.reservations[rg] = Reservation(
             rg, unit, granted, portions, money, f"{tariff.name}@{catalogue.version}", zone
         )
+        if pay is not ctx:
+            session.reservations[rg].payer = pay.account.id
 
-    def _reserve_buckets(self, ctx: Context, unit: str, rg: int, want: int, portions: list[list[int]]) -> int:
-        """Reserve up to `want` units from the usable buckets in consumption order, recording each bucket's part
-        in `portions` ([source, bucket id, units]). Returns the units reserved."""
+    def _reserve_allowances(
+        self, pay: Context, unit: str, rg: int, want: int, portions: list[list[int]], zone: str
+    ) -> int:
+        """Reserve up to `want` units from the buckets of whoever pays (`pay`: the line's context or a split-billing
+        payer's, chf/core/split.py). An adaptive pool with top-off grows to its next tier when exhausted
+        (chf.core.pools), before the wallet. Returns the units reserved."""
+        covered = self._reserve_buckets(pay, unit, rg, want, portions, zone)
+        while covered < want and top_off(pay, unit, rg):
+            covered += self._reserve_buckets(pay, unit, rg, want - covered, portions, zone)
+        return covered
+
+    def _reserve_money(
+        self, ctx: Context, pay: Context, tariff: Tariff, rg: int, zone: str, want: int
+    ) -> tuple[int, int]:
+        """Reserve in the wallet of `pay` (the line's account or its split-billing payer's) the money for up to
+        `want` units at the tariff price, tiers counted on the line's usage. Returns (units, money)."""
+        local = ctx.catalogue.local_time(ctx.now)
+        usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
+        budget = max(funds(pay.account), 0)
+        if pay.tax is not None:
+            budget = net_budget(pay.tax, budget, zone, rg)  # net prices: the tax is reserved too
+        units = min(want, tariff.affordable(budget, zone, local, usage))
+        money = tariff.charge(units, zone, local, usage) if units else 0
+        if money and pay.tax is not None:
+            money = gross_up(pay.tax, money, zone, rg)
+        if money:
+            pay.account.reserved += money
+            pay.account_dirty = True
+        return units, money
+
+    def _reserve_buckets(
+        self, ctx: Context, unit: str, rg: int, want: int, portions: list[list[int]], zone: str
+    ) -> int:
+        """Reserve up to `want` units from the buckets usable in `zone` in consumption order, recording each
+        bucket's part in `portions` ([source, bucket id, units]). Returns the units reserved."""
         covered = 0
-        for bucket, src, _owner in ctx.usable_buckets(unit, rg):
-            take = min(want - covered, bucket.available())
+        home = ctx.catalogue.settings.home_zone
+        for bucket, src, _owner in ctx.usable_buckets(unit, rg, zone):
+            take = min(want - covered, bucket.available() if bucket.fair_use_left is None else room(bucket, zone, home))
             if take <= 0:
                 continue
+            if bucket.fair_use_left is not None:
+                hold(bucket, zone, home, take)
             bucket.reserved += take
             ctx.mark(src)
             portions.append([src, bucket.id, take])

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from chf.core.catalogue import Plan, Tariff
 from chf.core.context import Context, bucket_impact, funds
+from chf.core.currency import check_currency
 from chf.core.model import (
     CHECK_BALANCE,
     CREDIT_LIMIT_REACHED,
@@ -47,6 +48,9 @@ from chf.core.model import (
     UnitRequest,
     all_failed,
 )
+from chf.core.tax import annotate, annotate_gross, gross_up
+from chf.core.wholesale import rate_levels
+from chf.core.zones import hold, room
 from store.interface import Txn
 from store.schema import ACTIVE, SUSPENDED, Bucket, Debit
 
@@ -77,7 +81,9 @@ class Priced:
     usage: int  # the line's usage of the rating group in the period, before this event
     buckets: list[tuple[Bucket, int, str]]  # the buckets that may pay, in consumption order
     from_buckets: int  # the units they pay (debits and balance check only)
-    cost: int  # money for the rest, at the tariff price
+    cost: int  # money for the rest, at the tariff price (with the tax, when prices are net: chf.core.tax)
+    price: int  # the tariff price of the rest, before tax
+    used_in: str = ""  # the zone of the serving network (`zone` prices; a barred zone is priced at home)
 
 
 @dataclass(slots=True)
@@ -106,6 +112,7 @@ def charge_event(engine: Engine, txn: Txn, req: ChargingRequest, now: int) -> Ch
     if sub is None:
         return ChargingAnswer(USER_UNKNOWN, req.session, req.number, detail="no line with these identities")
     ctx = engine.context(txn, sub, now)
+    check_currency(req, ctx.account)  # before anything is written (the context buffers its changes)
     answer = ChargingAnswer(SUCCESS, req.session, req.number, currency=ctx.account.currency)
     writes = False
     job = Job(ctx, engine.line_plan(ctx), req, answer, engine.config.refund_window)
@@ -179,6 +186,7 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
         return None
     post_event = job.req.action == POST_EVENT
     zone = catalogue.zone_of(job.req.serving_network)
+    used_in = zone  # allowances pay by where the event happened, whatever zone prices it (chf/core/zones.py)
     if catalogue.is_denied(plan, rg, zone):
         if not post_event:
             ua.result = END_USER_SERVICE_DENIED
@@ -190,14 +198,16 @@ def _price(job: Job, unit_req: UnitRequest, ua: UnitAnswer, *, from_buckets: boo
     ua.unit = tariff.unit
     usage = ctx.line_bs.usage.get(rg, 0) if ctx.line_bs is not None else 0
     taken = 0
-    buckets = ctx.usable_buckets(tariff.unit, rg)
+    buckets = ctx.usable_buckets(tariff.unit, rg, used_in)
     if from_buckets:
         held = 0
+        home = catalogue.settings.home_zone
         for b, _src, _owner in buckets:
-            held += b.available()
+            held += room(b, used_in, home)
         taken = min(units, held)
-    cost = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
-    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost)
+    price = tariff.charge(units - taken, zone, catalogue.local_time(ctx.now), usage)
+    cost = gross_up(ctx.tax, price, zone, rg) if ctx.tax is not None else price
+    return Priced(rg, tariff, zone, units, usage, buckets, taken, cost, price, used_in)
 
 
 # -- the actions: each acts on one rating group and returns whether it wrote anything --------------------------------
@@ -253,22 +263,26 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         unit=p.tariff.unit,
         used=p.units,
         tariff=p.tariff.name,
-        zone=p.zone,
+        zone=p.used_in,  # where it happened, as for session usage (a barred zone is priced at home)
         charge=p.cost,
     )
     portions: list[list[int]] = []
     left = p.from_buckets
+    home = ctx.catalogue.settings.home_zone
     for bucket, src, owner in p.buckets:
         if left == 0:
             break
-        take = min(left, bucket.available())
+        take = min(left, room(bucket, p.used_in, home))
         if take <= 0:
             continue
+        hold(bucket, p.used_in, home, take)
         bucket.remaining -= take
         ctx.mark(src)
         event["impacts"].append(bucket_impact(owner, bucket, -take))
         portions.append([src, bucket.id, take])
         left -= take
+    if ctx.tax is not None:
+        annotate(event, ctx.tax, p.price, p.zone, p.rating_group)
     if p.cost:
         ctx.account.balance -= p.cost
         ctx.account_dirty = True
@@ -277,6 +291,8 @@ def _take(job: Job, unit_req: UnitRequest, ua: UnitAnswer, p: Priced, reason: st
         ctx.line_bs.usage[p.rating_group] = p.usage + p.units
         ctx.line_bs_dirty = True
     ctx.events.append(event)
+    if ctx.account.parent is not None:
+        rate_levels(ctx, event, {p.tariff.unit: p.units}, ctx.catalogue, one_shot=True)  # B2B2B (chf.core.wholesale)
     ua.granted = p.units
     ua.charged = p.cost
     job.cost += p.cost
@@ -363,6 +379,8 @@ def _reverse(job: Job, debit: Debit, want: int) -> int:
         bs.usage[rg] = max(0, bs.usage[rg] - done)  # the units no longer count towards this period's tiers
         ctx.line_bs_dirty = True
     event.update(session=req.session, rating_group=rg, unit=debit.unit, used=-done, charge=-money, reverses=debit.event)
+    if ctx.tax is not None:
+        annotate_gross(event, ctx.tax, -money, ctx.catalogue.zone_of(req.serving_network), rg)
     ctx.events.append(event)
     if debit.left() > 0:
         ctx.txn.put_debit(debit)

@@ -9,7 +9,7 @@ cdef class UnitRequest:
 
 cdef class ChargingRequest:
     cdef public object kind, session, number, identities, units, protocol, action, serving_network, rat, apn
-    cdef public object notify, idempotency_key
+    cdef public object notify, idempotency_key, currency
 
 cdef class FinalUnit:
     cdef public object action, redirect_address, filter_id, restriction_rules

@@ -87,6 +87,9 @@ class ChargingRequest:
     apn: str | None = None
     notify: Any = None  # what the front-end needs to reach the client later (peer, notify URI)
     idempotency_key: str | None = None  # for EVENT; defaults to session + number
+    # The currency of the money the request names (ISO 4217; Gy: its CC-Money's Currency-Code); None: the
+    # account's. Money in another currency is refused, never converted (chf/core/currency.py).
+    currency: str | None = None
 
     def pack(self) -> list[Any]:
         """Positional lists (msgpack-friendly): front-end worker processes send requests to the core this way.
@@ -108,6 +111,7 @@ class ChargingRequest:
             self.apn,
             self.notify,
             self.idempotency_key,
+            self.currency,
         ]
 
     @classmethod
@@ -116,7 +120,8 @@ class ChargingRequest:
             raise ValueError(f"unsupported ChargingRequest version {r[0] if r else None!r}")
         units = [UnitRequest(u[0], u[1], u[2], [UsageReport(x[0], x[1]) for x in u[3]], u[4]) for u in r[5]]
         identities = [(i[0], i[1]) for i in r[4]]
-        return cls(r[1], r[2], r[3], identities, units, r[6], r[7], r[8], r[9], r[10], r[11], r[12])
+        currency = r[13] if len(r) > 13 else None  # (a worker of the release before sends none)
+        return cls(r[1], r[2], r[3], identities, units, r[6], r[7], r[8], r[9], r[10], r[11], r[12], currency)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 
 from chf.core.catalogue import Allowance, Plan, PoolTier
 from chf.core.context import Context, account_owner, bucket_impact
+from chf.core.tax import annotate
 from store.schema import ACTIVE, SUSPENDED, BalanceSet, Subscriber
 
 
@@ -144,11 +145,14 @@ def bill_adaptive(ctx: Context, bs: BalanceSet, plan: Plan, at: int, reason: str
     event["pool_used"] = used
     event["tier"] = {"index": chosen, "amount": tier.amount, "fee": tier.fee}
     event["why"] = why
-    event["charge"] = tier.fee
-    if tier.fee:
-        ctx.account.balance -= tier.fee
+    fee = tier.fee
+    if ctx.tax is not None:  # the tier's fee with its tax split (net prices: added) (chf.core.tax)
+        fee = annotate(event, ctx.tax, fee, priced_by.settings.home_zone, None)
+    event["charge"] = fee
+    if fee:
+        ctx.account.balance -= fee
         ctx.account_dirty = True
-        event["impacts"].append(ctx.wallet_impact(-tier.fee))
+        event["impacts"].append(ctx.wallet_impact(-fee))
     ctx.events.append(event)
 
 

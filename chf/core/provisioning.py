@@ -13,11 +13,19 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from chf.core import wholesale
 from chf.core.catalogue import UNIT_TYPES, Catalogue, CatalogueError, Plan
 from chf.core.context import Context, bucket_impact, line_owner
 from chf.core.engine import Engine
 from chf.core.model import OpResult, RequestError, Signal
-from chf.core.renewals import assign_plan_to, resize_pool, retry_pending_renewal, start_line_plan
+from chf.core.renewals import (
+    assign_plan_to,
+    resize_pool,
+    restart_account_plan,
+    retry_pending_renewal,
+    start_line_plan,
+)
+from chf.core.tax import check_tax_profile
 from store.interface import Txn
 from store.schema import (
     ACTIVE,
@@ -99,13 +107,29 @@ def idempotent(txn: Txn, key: str | None, now: int, window: int, fn: Callable[[]
 # ------------------------------------------------------------------------------------------------------------------
 # Tenants and accounts
 # ------------------------------------------------------------------------------------------------------------------
-def create_tenant(txn: Txn, tenant_id: str, name: str, currency: str, now: int) -> OpResult:
+def create_tenant(
+    txn: Txn,
+    tenant_id: str,
+    name: str,
+    currency: str,
+    now: int,
+    *,
+    parent: str | None = None,
+    tax_profile: str | None = None,
+    catalogue: Catalogue | None = None,
+) -> OpResult:
     check_id("tenant", tenant_id)
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
     if txn.get_tenant(tenant_id) is not None:
         raise Conflict("tenant", f"tenant {tenant_id!r} already exists")
-    tenant = Tenant(tenant_id, name or tenant_id, currency, now)
+    if parent is not None:
+        if txn.get_tenant(check_id("parent", parent)) is None:
+            raise NotFound("parent", f"no tenant {parent!r}")
+        wholesale.check_tenant_parent(txn, tenant_id, parent)
+    if tax_profile is not None:
+        check_tax_profile(catalogue, tax_profile)
+    tenant = Tenant(tenant_id, name or tenant_id, currency, now, parent, tax_profile)
     txn.put_tenant(tenant)
     return OpResult(tenant.as_dict())
 
@@ -125,6 +149,8 @@ def create_account(
     parent: str | None = None,
     plan: str | None = None,
     actor: str = "admin",
+    price_list: str | None = None,
+    tax_profile: str | None = None,
 ) -> OpResult:
     check_id("account", account_id)
     tenant_rec = txn.get_tenant(check_id("tenant", tenant))
@@ -136,11 +162,20 @@ def create_account(
     if not _CURRENCY_RE.match(currency):
         raise RequestError("currency", f"must be an ISO 4217 code such as EUR, got {currency!r}")
     _check_account_terms(payment, balance, credit_limit, cycle_day)
-    if parent is not None and txn.get_account(check_id("parent", parent)) is None:
-        raise NotFound("parent", f"no account {parent!r}")
+    if parent is not None:
+        parent_rec = txn.get_account(check_id("parent", parent))
+        if parent_rec is None:
+            raise NotFound("parent", f"no account {parent!r}")
+        wholesale.check_account_parent(txn, tenant_rec, parent_rec)
+    if price_list is not None:
+        wholesale.check_price_list(engine.catalogue, price_list, currency)
+    if tax_profile is not None:
+        check_tax_profile(engine.catalogue, tax_profile)
     if txn.get_account(account_id) is not None:
         raise Conflict("account", f"account {account_id!r} already exists")
     account = Account(account_id, tenant, payment, currency, 0, 0, credit_limit, cycle_day, parent, None, now, 0)
+    account.price_list = price_list
+    account.tax_profile = tax_profile
     plan_rec = _plan(engine, plan, now, account) if plan is not None else None
     txn.put_account(account)
     if balance or plan_rec is not None:
@@ -240,6 +275,12 @@ def topup(
                     continue
                 # The line context shares `account`, so the fee lands in the wallet `ctx` writes back.
                 line_ctx = Context(txn, engine.catalogue_at(now), now, sub, account)
+                line_ctx.tax = ctx.tax
+                # The accounts above (a device fee of the period started) are the same objects for every line,
+                # written once by `ctx` (chf.core.wholesale).
+                if ctx.upline is None:
+                    ctx.upline = {}
+                line_ctx.upline = ctx.upline
                 line_ctx.line_bs = bs
                 retry_pending_renewal(line_ctx)
                 ctx.events.extend(line_ctx.events)
@@ -320,27 +361,32 @@ def grant_bucket(
     reason: str,
     rating_groups: list[int] | None = None,
     priority: int = 50,
+    idempotency_key: str | None = None,
 ) -> OpResult:
-    """Add a one-off bucket to a line (goodwill, add-on purchase)."""
+    """Add a one-off bucket to a line (goodwill, add-on purchase); once per idempotency key, as a top-up."""
     if unit not in UNIT_TYPES:
         raise RequestError("unit", f"must be bytes, seconds, events or money, got {unit!r}")
     check_amount("amount", amount)
-    sub = txn.get_subscriber(line_id)
-    if sub is None:
-        raise NotFound("line", f"no line {line_id}")
-    ctx = engine.context(txn, sub, now)
-    assert ctx.line_bs is not None
-    bs = ctx.line_bs
-    bucket = Bucket(
-        bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
-    )
-    bs.buckets.append(bucket)
-    ctx.line_bs_dirty = True
-    event = ctx.base_event("bucket_grant", actor, reason)
-    event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
-    ctx.events.append(event)
-    ctx.flush()
-    return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    def run() -> OpResult:
+        sub = txn.get_subscriber(line_id)
+        if sub is None:
+            raise NotFound("line", f"no line {line_id}")
+        ctx = engine.context(txn, sub, now)
+        assert ctx.line_bs is not None
+        bs = ctx.line_bs
+        bucket = Bucket(
+            bs.new_bucket_id(), name, "adjustment", unit, rating_groups, priority, amount, amount, 0, now, valid_to
+        )
+        bs.buckets.append(bucket)
+        ctx.line_bs_dirty = True
+        event = ctx.base_event("bucket_grant", actor, reason)
+        event["impacts"].append(bucket_impact(line_owner(sub.id), bucket, amount))
+        ctx.events.append(event)
+        ctx.flush()
+        return OpResult(bucket.as_dict(), _signals(txn, [sub.id], "reauth"))
+
+    return idempotent(txn, idempotency_key, now, engine.config.idempotency_window, run)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -495,6 +541,7 @@ def add_line(
     txn.put_subscriber(sub)
     ctx = engine.context(txn, sub, now)
     _write_new_line(engine, ctx, plan_rec, actor, record_line=False)
+    restart_account_plan(ctx, actor, f"line {sub.id} added")
     if state == ACTIVE:
         resize_pool(ctx, f"line {sub.id} added")
     ctx.flush()
@@ -626,9 +673,12 @@ def _trace_template(
         sub = _new_subscriber(line_id, account, imsi, msisdn, iccid, eid, state, plan_name, actx.now, actor)
         sub_before = sub.encode()
         ctx = Context(txn, actx.catalogue, actx.now, sub, account)
+        ctx.tax = actx.tax
         ctx.line_bs = BalanceSet()
         ctx.acct_bs = acct_bs
         _write_new_line(engine, ctx, plan_rec, actor, record_line=False)  # writes nothing: ctx is not flushed
+        if ctx.upline:
+            return None  # the line charges the accounts above its own (a device fee): the engine does it per line
         if ctx.acct_bs_dirty or (acct_bs.encode() if acct_bs is not None else None) != acct_bs_before:
             return None  # the line changes a shared balance set: the engine does it per line
         if sub.encode() != sub_before:
@@ -711,6 +761,7 @@ def add_lines(
         return actx.account if actx is not None else None
 
     catalogue = engine.catalogue_at(now)
+    joined: set[str] = set()  # the accounts a row added a line to
     for row in rows:
         state = row.get("state") or ACTIVE
         try:
@@ -752,6 +803,7 @@ def add_lines(
             template = templates.template(txn, engine, actx, account_keys[acct.id], plan_rec, state, actor)
             group_templates[group] = template
         results.append(sub.id)
+        joined.add(acct.id)
         # A line of an account with an IoT pool changes the pool (and so writes an event) if it is active: the pool
         # is derived after each such row, as add_line does. Other accounts' count of active lines is derived once,
         # after the last row, when the account is written.
@@ -769,6 +821,7 @@ def add_lines(
             ctx = Context(txn, catalogue, now, sub, acct)
         else:
             ctx = Context(txn, catalogue, now, sub, acct)
+            ctx.tax = actx.tax
             ctx.line_bs = BalanceSet()
             _write_new_line(engine, ctx, plan_rec, actor)
         ctx.acct_bs = actx.acct_bs  # shared with the account's context, which writes it
@@ -801,6 +854,8 @@ def add_lines(
     txn.append_encoded_events(encode_events)
     for actx in accounts.values():
         if actx is not None:
+            if actx.account.id in joined:
+                restart_account_plan(actx, actor, "lines imported")
             resize_pool(actx, "lines imported")  # the count of active lines (pools were derived row by row)
             actx.flush()
     return results
@@ -881,6 +936,7 @@ def move_line(
         if plan is None:
             raise Conflict("plan", f"line #{sub.id} is on plan {sub.plan!r}, no longer in the catalogue: set its plan")
         check_plan_fits(plan, target, "account")
+    _check_money_moves(txn, sub, target, now)
     signals = _signals(txn, [sub.id], "abort")
     for signal in signals:
         engine.release_session(txn, signal.session, now, "line moved to another account", actor)
@@ -895,9 +951,27 @@ def move_line(
     resize_pool(old_ctx, f"line {sub.id} moved to {target.id}")
     old_ctx.flush()
     new_ctx = engine.context(txn, sub, now)
+    restart_account_plan(new_ctx, actor, f"line {sub.id} moved from {previous.account}")
     resize_pool(new_ctx, f"line {sub.id} moved from {previous.account}")
     new_ctx.flush()
     return OpResult(sub.as_dict(), signals)
+
+
+def _check_money_moves(txn: Txn, sub: Subscriber, target: Account, now: int) -> None:
+    """A line's money buckets (goodwill or add-on money, a plan's money allowance) are in its account's currency:
+    moved to an account in another currency they would be spent there as that currency (relabelled). Such a move
+    is refused while one holds money; the operator spends or adjusts it away first (README, "Currencies")."""
+    source = txn.get_account(sub.account)
+    if source is None or source.currency == target.currency:
+        return
+    bs = txn.get_line_balances(sub.id)
+    for bucket in bs.buckets if bs is not None else ():
+        if bucket.unit == "money" and bucket.remaining > 0 and bucket.valid_to > now:
+            raise Conflict(
+                "account",
+                f"line #{sub.id} holds {bucket.remaining} micro-units of {source.currency} in bucket {bucket.id} "
+                f"({bucket.name}); account {target.id!r} is in {target.currency}",
+            )
 
 
 def assign_plan(
@@ -919,6 +993,8 @@ def assign_plan(
         if sub.state == TERMINATED:
             raise Conflict("line", f"line #{sub.id} is terminated: its plan cannot change")
         plan_rec = _plan(engine, plan, now, txn.get_account(sub.account))
+        if sub.plan == plan_rec.name and _runs(txn.get_line_balances(sub.id), plan_rec, sub.state):
+            return OpResult(sub.as_dict())  # already on it: a PUT repeated (RFC 9110 9.2.2) charges nothing
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
@@ -937,9 +1013,19 @@ def assign_plan(
     assert account_id is not None
     ctx = _account_context(txn, engine, account_id, now)
     plan_rec = _plan(engine, plan, now, ctx.account)
+    if ctx.account.plan == plan_rec.name and _runs(ctx.acct_bs, plan_rec, ACTIVE):
+        return OpResult(ctx.account.as_dict())  # already on it (the periods brought up to date are not written)
     assign_plan_to(ctx, plan_rec, is_account=True, actor=actor, reason=reason)
     ctx.flush()
     return OpResult(ctx.account.as_dict(), _signals(txn, list(txn.lines_of_account(account_id)), "reauth"))
+
+
+def _runs(bs: BalanceSet | None, plan: Plan, state: str) -> bool:
+    """Whether `plan` is what the balance set's periods run (a provisioned line: what it will run when activated).
+    Putting a line or account on that plan again changes nothing: its fee is not charged twice for one period."""
+    if state == PROVISIONED:
+        return True
+    return bs is not None and bs.plan == plan.name
 
 
 IDENTITY_KINDS = ("imsi", "msisdn", "iccid")

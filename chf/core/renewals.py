@@ -12,7 +12,9 @@ state at that moment decides. Active: the fee and the allowances. Suspended: as 
 (`Plan.suspended_fee`): the full fee and the allowances, or a reduced fee (or none) with the allowances held
 back (`renewal_pending`) until the line is active again. Provisioned or terminated: no period at all; the chain
 of periods stops at that boundary and only activation starts a new one (`start_line_plan`). Where the plan
-prorates, a period that starts between two boundaries is charged for the days left of it.
+prorates, a period that starts between two boundaries is charged for the days left of it. An account's plan
+renews while one of its lines is not terminated at the boundary (`account_state_at`); with none its chain of
+periods stops the same way, and a line joining the account starts it again (`restart_account_plan`).
 
 An IoT pool's size is derived from its members (chf.core.pools): `resize_pool` sets it from the account's lines
 whenever one joins, leaves or changes plan or state, with an event for each change. An adaptive pool is billed at
@@ -30,7 +32,10 @@ from chf.core.catalogue import Catalogue, Plan
 from chf.core.context import Context, account_owner, bucket_impact, line_owner
 from chf.core.periods import period_end, prorate
 from chf.core.pools import active_lines, bill_adaptive, derived_size, period_allowance
-from store.schema import ACTIVE, SUSPENDED, BalanceSet, Bucket, Subscriber
+from chf.core.tax import annotate, gross_up
+from chf.core.wholesale import charge_device_fees
+from chf.core.zones import bucket_zones
+from store.schema import ACTIVE, SUSPENDED, TERMINATED, BalanceSet, Bucket, Subscriber
 
 FOREVER = 2**62  # valid_to of a bonus bucket that never expires
 
@@ -69,6 +74,36 @@ def state_at(sub: Subscriber, at: int) -> str:
             break
         state = entry[1]
     return state if state is not None else sub.state
+
+
+def account_state_at(ctx: Context, at: int) -> str:
+    """The state in which an account's plan renews at boundary `at` (README, "Fees and the line lifecycle"): active
+    while at least one of its lines is not terminated at `at` (provisioned and suspended lines keep an account
+    plan, as a family or fleet plan is sold to the account); terminated when it has none (every line terminated,
+    moved away, or none yet), so that its periods stop there, like a line's, until a line joins the account
+    (`restart_account_plan`). The lines are the account's now, in their state at `at`; a line created after `at`
+    was not there. Read at each of the account's boundaries only, and a first line in service ends the search."""
+    txn = ctx.txn
+    for line_id in txn.lines_of_account(ctx.account.id):
+        sub = ctx.sub if line_id == ctx.sub.id else txn.get_subscriber(line_id)
+        if sub is None or (sub.history and sub.history[0][2] >= at):
+            continue
+        if state_at(sub, at) != TERMINATED:
+            return ACTIVE
+    return TERMINATED
+
+
+def restart_account_plan(ctx: Context, actor: str, reason: str) -> None:
+    """A line joined the account (added, imported, moved in): if the account's plan stopped at a boundary for want
+    of a line in service (`account_state_at`), it starts again now (`assign_plan_to`: its fee, prorated where the
+    plan says, and its shared allowances and pool)."""
+    account = ctx.account
+    bs = ctx.acct_bs
+    if account.plan is None or bs is None or bs.plan is not None:
+        return
+    plan = ctx.catalogue.plan_in(account.plan, account.currency)  # another currency's fee is never charged
+    if plan is not None:
+        assign_plan_to(ctx, plan, is_account=True, actor=actor, reason=reason)
 
 
 def line_terms(plan: Plan, state: str, period_index: int) -> tuple[int, bool]:
@@ -110,12 +145,12 @@ def _renew_periods(ctx: Context, bs: BalanceSet, owner: str, *, is_account: bool
         plan = catalogue.plan_in(bs.plan, ctx.account.currency)  # another currency's fee is never charged
         if plan is None:
             break
-        state = ACTIVE if is_account else state_at(ctx.sub, boundary)
+        if is_account and plan.pool == "adaptive":  # the period that ends is billed, whether another follows
+            bill_adaptive(ctx, bs, plan, boundary, "period closed")
+        state = account_state_at(ctx, boundary) if is_account else state_at(ctx.sub, boundary)
         if state not in (ACTIVE, SUSPENDED):
             _end_line_plan(ctx, bs, owner, boundary, state)
             break
-        if is_account and plan.pool == "adaptive":
-            bill_adaptive(ctx, bs, plan, boundary, "period closed")
         _expire_buckets(ctx, bs, owner, boundary, period_ended=True)
         bs.period_start = boundary
         bs.period_end = period_end(plan.period, boundary, ctx.account.cycle_day, catalogue.settings.timezone)
@@ -134,11 +169,13 @@ def _event(ctx: Context, kind: str, actor: str, reason: str | None, owner: str) 
 
 
 def _end_line_plan(ctx: Context, bs: BalanceSet, owner: str, at: int, state: str) -> None:
-    """A line that is not (or no longer) in service at a boundary: its plan's periods stop there. Its buckets
-    expire as they end, nothing rolls over, no fee is charged and nothing is granted; the line keeps its plan
-    (`Subscriber.plan`), which starts again only if the line is activated."""
+    """A line that is not (or no longer) in service at a boundary, or an account with no line in service: its
+    plan's periods stop there. Its buckets expire as they end, nothing rolls over, no fee is charged and nothing
+    is granted; the line (or account) keeps its plan (`Subscriber.plan`, `Account.plan`), which starts again only
+    if the line is activated (or a line joins the account)."""
     _expire_buckets(ctx, bs, owner, at, period_ended=False)
-    event = ctx.base_event("plan_change", "system", f"line {state}: its periods stop")
+    who = "no line in service" if owner.startswith("account:") else f"line {state}"
+    event = _event(ctx, "plan_change", "system", f"{who}: its periods stop", owner)
     event["time"] = at
     event["plan"] = None
     event["previous_plan"] = bs.plan
@@ -193,6 +230,9 @@ def _rollover(ctx: Context, bs: BalanceSet, plan: Plan, b: Bucket, carried: int,
         0,
         at,
         period_end_of(ctx.catalogue, plan, at, ctx.account.cycle_day),
+        b.zones,
+        # Fair use is per period: what a fair-use bucket carries over pays at home only (chf/core/zones.py).
+        0 if b.fair_use_left is not None else None,
     )
 
 
@@ -220,24 +260,21 @@ def _start_period(
     account = ctx.account
     if fee and plan.prorate:
         fee = prorate(fee, plan.period, at, bs.period_end, account.cycle_day, ctx.catalogue.settings.timezone)
-    if fee:
-        if account.payment == "prepaid" and account.available() < fee:
-            bs.renewal_pending = True
-            event["kind"] = "renewal_failed"
-            event["reason"] = "insufficient balance for the plan fee"
-            event["charge"] = 0
-            ctx.events.append(event)
-            return
-        account.balance -= fee
-        ctx.account_dirty = True
-        event["charge"] = fee
-        event["impacts"].append(ctx.wallet_impact(-fee))
+    if fee and not _pay_fee(ctx, event, fee):
+        bs.renewal_pending = True
+        event["kind"] = "renewal_failed"
+        event["reason"] = "insufficient balance for the plan fee"
+        event["charge"] = 0
+        ctx.events.append(event)
+        return
     bs.renewal_pending = not grants
     if not grants:
         event["state"] = state
         event["held"] = "allowances held back until the line is active"
         ctx.events.append(event)
         return
+    if not is_account:
+        charge_device_fees(ctx, at)  # B2B2B: the accounts above pay for the line too (chf.core.wholesale)
     valid_to = bs.period_end
     allowances = [a for a in plan.allowances if a.shared == is_account]
     if is_account and plan.pool is not None:
@@ -248,9 +285,28 @@ def _start_period(
         kind = "pool" if a.name == "pool" and is_account and plan.pool else "plan"
         rgs = sorted(a.rating_groups) if a.rating_groups is not None else None
         b = Bucket(bs.new_bucket_id(), a.name, kind, a.unit, rgs, a.priority, a.amount, a.amount, 0, at, valid_to)
+        b.zones = bucket_zones(a)
+        b.fair_use_left = a.fair_use
         bs.buckets.append(b)
         event["impacts"].append(bucket_impact(owner, b, a.amount))
     ctx.events.append(event)
+
+
+def _pay_fee(ctx: Context, event: dict[str, Any], fee: int) -> bool:
+    """Debit a period's fee (with its tax when the account's prices are net: chf.core.tax); False, and nothing
+    debited, when a prepaid wallet cannot pay it."""
+    account = ctx.account
+    home = ctx.catalogue.settings.home_zone
+    gross = gross_up(ctx.tax, fee, home, None) if ctx.tax is not None else fee
+    if account.payment == "prepaid" and account.available() < gross:
+        return False
+    if ctx.tax is not None:
+        annotate(event, ctx.tax, fee, home, None)
+    account.balance -= gross
+    ctx.account_dirty = True
+    event["charge"] = gross
+    event["impacts"].append(ctx.wallet_impact(-gross))
+    return True
 
 
 def assign_plan_to(ctx: Context, plan: Plan, *, is_account: bool, actor: str, reason: str | None) -> None:
@@ -303,6 +359,8 @@ def _grant_bonuses(ctx: Context, bs: BalanceSet, plan: Plan, owner: str, actor: 
         valid_to = now + promo.validity_seconds if promo.validity_seconds else FOREVER
         rgs = sorted(a.rating_groups) if a.rating_groups is not None else None
         b = Bucket(bs.new_bucket_id(), a.name, "bonus", a.unit, rgs, a.priority, a.amount, a.amount, 0, now, valid_to)
+        b.zones = bucket_zones(a)
+        b.fair_use_left = a.fair_use
         bs.buckets.append(b)
         event = ctx.base_event("bonus", actor, f"promotion {a.name}")
         event["impacts"].append(bucket_impact(owner, b, a.amount))
@@ -319,7 +377,8 @@ def retry_pending_renewal(ctx: Context, reason: str = "renewal retried") -> None
         plan = catalogue.plan_in(bs.plan, ctx.account.currency)
         if plan is None:
             continue
-        state = ACTIVE if is_account else ctx.sub.state
+        # An account's now: its lines after every change up to and including `now` (account_state_at).
+        state = account_state_at(ctx, ctx.now + 1) if is_account else ctx.sub.state
         if not line_terms(plan, state, bs.period_index)[1]:
             continue  # still suspended (or no longer in service): the allowances stay held back
         owner = account_owner(ctx.account.id) if is_account else line_owner(ctx.sub.id)
@@ -344,7 +403,7 @@ def start_line_plan(ctx: Context, actor: str, reason: str) -> None:
     bs = ctx.line_bs
     if sub.plan is None or bs is None:
         return
-    plan = ctx.catalogue.plans.get(sub.plan)
+    plan = ctx.catalogue.plan_in(sub.plan, ctx.account.currency)  # another currency's plan is never started
     if plan is None:
         return
     if bs.plan is None:

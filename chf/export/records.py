@@ -7,9 +7,11 @@ exists; the rest are the rating fields of this charging function:
     recordSequenceNumber spool sequence number (monotonic, no gaps within one store)
     recordType           event kind: usage | refund | topup | adjustment | renewal | renewal_failed | expiry |
                          bonus | bucket_grant | plan_change | lifecycle | line_move | release | pool_resize |
-                         pool_topoff | pool_tier (an adaptive pool's close: tier, pool_used, why) | addon
+                         pool_topoff | pool_tier (an adaptive pool's close: tier, pool_used, why) | addon |
+                         wholesale
     timeOfReport         ISO 8601 UTC time of the event; `time` the same in UNIX seconds
-    tenant, account      the MVNO brand and the paying account
+    tenant, account      the MVNO brand and the paying account (for usage a split-billing rule sent to another
+                         account, that payer; the line's own account is then details.lineAccount)
     subscriberId         internal line id; servedIMSI, servedMSISDN its identities (null for account events)
     chargingSessionId    the session (usage, refund, release)
     ratingGroup, serviceIdentifier
@@ -27,6 +29,14 @@ exists; the rest are the rating fields of this charging function:
                          <data_dir>/catalogues/<version>.toml
     balanceImpacts       [{balance, unit, delta, after}] every balance the event changed, with its value after
     overGrant            units reported beyond the grant (still charged)
+    netAmount, taxAmount, grossAmount, taxRate, taxProfile
+                         the charge's split under the paying account's tax profile (chf.core.tax): net + tax =
+                         gross = charge, the rate in parts per million; absent without a tax profile (tax 0,
+                         net = gross = charge)
+    customer, customerTenant, hierarchyLevel, priceList
+                         a wholesale charge (B2B2B, chf.core.wholesale): the account one level below on whose
+                         behalf the paying account is charged, its tenant, the payer's level above the line's
+                         account (1, 2, ...) and the price list that priced it
     actor, reason        who or what caused the event and why (audit)
     details              the remaining fields of the event (amount, state, from, plan, released, ...)
 
@@ -74,6 +84,16 @@ _MAPPED = frozenset(
         "impacts",
         "over_grant",
         "actor",
+        "net",
+        "tax",
+        "gross",
+        "tax_rate",
+        "tax_profile",
+        "customer",
+        "customer_tenant",
+        "level",
+        "price_list",
+        "payer",
     }
 )
 _UNIT_NAMES = {
@@ -118,6 +138,15 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "catalogueVersion": event.get("catalogue"),
         "balanceImpacts": event.get("impacts", []),
         "overGrant": event.get("over_grant"),
+        "netAmount": event.get("net"),
+        "taxAmount": event.get("tax"),
+        "grossAmount": event.get("gross"),
+        "taxRate": event.get("tax_rate"),
+        "taxProfile": event.get("tax_profile"),
+        "customer": event.get("customer"),
+        "customerTenant": event.get("customer_tenant"),
+        "hierarchyLevel": event.get("level"),
+        "priceList": event.get("price_list"),
         "recordOpeningTime": iso_time(int(event["opened"])) if event.get("opened") is not None else None,
         "duration": int(event["time"]) - int(event["opened"]) if event.get("opened") is not None else None,
         "sessionStartTime": iso_time(int(event["session_started"]))
@@ -127,6 +156,10 @@ def to_record(event: dict[str, Any]) -> dict[str, Any]:
         "reason": event.get("reason"),
     }
     details = {k: v for k, v in event.items() if k not in _MAPPED}
+    payer = event.get("payer")
+    if payer is not None:  # split billing (chf/core/split.py): the payer is the paying account
+        record["account"] = payer
+        details["lineAccount"] = event.get("account")
     if details:
         record["details"] = details
     return {k: v for k, v in record.items() if v is not None}

@@ -76,7 +76,7 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_key: NonEmptyStr | None = None
     min_replicas_acked: Annotated[int, Meta(ge=0)] = 1  # WAIT for this many replicas before answering
     wait_timeout: Annotated[float, Meta(gt=0)] = 1.0  # seconds WAIT waits; fewer replicas: "too busy"
-    workers: Annotated[int, Meta(ge=1, le=256)] = 64  # threads running operations (their round trips overlap)
+    workers: Annotated[int, Meta(ge=1, le=256)] = 4  # threads running operations in batches (their round trips overlap)
     op_timeout: Annotated[float, Meta(gt=0)] = 5.0  # seconds an operation may spend retrying before "too busy"
 
     @property
