@@ -81,7 +81,12 @@ def server_h2_config() -> h2.config.H2Configuration:
 
 
 class ServerH2Connection(h2.connection.H2Connection):
-    """h2's connection, less the trace formatting of every received frame (patch 1 above)."""
+    """h2's connection, less the trace formatting of every received frame (patch 1 above), counting the frames it
+    answers with RST_STREAM on a stream already reset (`stream_errors`): each still costs an HPACK decode, and a
+    client repeating the frames of reset streams (make bench-chaos's no-read peers did) made the server decode
+    megabytes a second of them with no event to see them by (Http2Session spends them from its reset budget)."""
+
+    stream_errors = 0
 
     def _receive_frame(self, frame: Any) -> list[Any]:
         try:
@@ -93,6 +98,7 @@ class ServerH2Connection(h2.connection.H2Connection):
                 f.error_code = e.error_code
                 self._prepare_for_sending([f])
                 events = e._events
+                self.stream_errors += 1
             else:
                 raise
         except h2.exceptions.StreamIDTooLowError as e:
@@ -101,6 +107,7 @@ class ServerH2Connection(h2.connection.H2Connection):
                 f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
                 self._prepare_for_sending([f])
                 events = []
+                self.stream_errors += 1
             elif self._stream_is_closed_by_end(e.stream_id):
                 raise h2.exceptions.StreamClosedError(e.stream_id) from e
             else:

@@ -89,14 +89,14 @@ class _Budget:
         self.tokens = float(burst)
         self.updated = now
 
-    def spend(self, now: float) -> bool:
-        """Take one token; False when there is none (the client is flooding)."""
+    def spend(self, now: float, count: int = 1) -> bool:
+        """Take `count` tokens; False when there are not enough (the client is flooding)."""
         tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if tokens < 1.0:
+        if tokens < count:
             self.tokens = tokens
             return False
-        self.tokens = tokens - 1.0
+        self.tokens = tokens - count
         return True
 
 
@@ -226,18 +226,24 @@ class Http2Session:
         )
         conn.initiate_connection()
         conn.increment_flow_control_window(limits.connection_window - 65535)
-        self.h2: h2.connection.H2Connection = conn
+        self.h2: ServerH2Connection = conn
         self.write_now()
 
     # -- from the connection ----------------------------------------------------------------------------------------
     def received(self, data: bytes) -> None:
         if self.closed or not self._frames_allowed(data):
             return
+        conn = self.h2
+        errors = conn.stream_errors
         try:
-            events = self.h2.receive_data(data)
+            events = conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("event=h2_protocol_error error=%r", exc)
             self.close()
+            return
+        errors = conn.stream_errors - errors
+        if errors and not self.resets.spend(self.server.now, errors):  # frames on streams already reset
+            self._refuse("stream_reset_flood", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             return
         for event in events:
             kind = type(event)
@@ -386,7 +392,8 @@ class Http2Session:
         self.server.dispatch(request, _Reply(self, stream_id, stream))
 
     def _stream_reset(self, event: h2.events.StreamReset) -> bool:
-        """The client reset a stream: forget it. False when that was one reset too many (the connection is ended)."""
+        """The client reset a stream, or h2 did for a stream error of the client's (HEADERS again on a stream still
+        being answered): forget it. False when that was one reset too many (the connection is ended)."""
         stream = self.streams.pop(event.stream_id, None)
         self.waiting_window.pop(event.stream_id, None)
         if stream is not None:
@@ -394,7 +401,7 @@ class Http2Session:
             if stream.held:
                 self._give_back(stream.held)
                 stream.held = 0
-        if event.remote_reset and not self.resets.spend(self.server.now):
+        if not self.resets.spend(self.server.now):
             self._refuse("stream_reset_flood", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             return False
         return True

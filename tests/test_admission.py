@@ -76,3 +76,27 @@ def test_the_count_and_the_floor() -> None:
     assert cold.expected_wait() == 0.0
     cold.finished(WINDOW * 2)
     assert cold.rate == 0.0 or cold.expected_wait() > 0
+
+
+def test_a_server_that_keeps_up_still_measures_a_rate_and_a_burst_past_the_budget_is_refused() -> None:
+    """A warm-up that never had more than `floor` in flight left the rate at 0, and then nothing was refused (issue
+    12's flaky Gy overload test): a window without a queue measures at least the rate the server kept up with."""
+    adm = Admission(0.02, 100_000, floor=64)
+    now = 0.0
+    for _ in range(50):  # 40 requests every 10 ms, each answered 10 ms later: never more than 40 in flight
+        for _ in range(40):
+            assert adm.admit()
+            adm.started(now)
+        now += 0.01
+        for _ in range(40):
+            adm.finished(now)
+    assert adm.rate >= 3000  # 40 answers per 10 ms busy: 4,000/s
+    kept_up = adm.rate
+    admitted = refused = 0
+    for _ in range(3000):  # a burst, all at once
+        if adm.admit():
+            adm.started(now)
+            admitted += 1
+        else:
+            refused += 1
+    assert refused and admitted <= max(64, 0.02 * kept_up) + 1

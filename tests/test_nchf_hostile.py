@@ -332,6 +332,29 @@ async def test_rapid_reset_flood_gets_goaway_enhance_your_calm(tmp_path: Path) -
         await stop_chf(chf)
 
 
+async def test_frames_repeated_on_a_reset_stream_spend_the_reset_budget(tmp_path: Path) -> None:
+    """The same create (HEADERS + DATA) over and over on one stream: h2 resets the stream, then answers each repeat
+    with RST_STREAM, without an event, after decoding its header block. make bench-chaos's no-read peers repeated
+    their batches so, megabytes a second, and the server spent its turns decoding them (a new client waited
+    seconds). Each such reset spends from the reset budget: past it, GOAWAY ENHANCE_YOUR_CALM; others are served."""
+    chf = await chf_with(tmp_path, stream_reset_burst=100, stream_reset_rate=10.0)
+    try:
+        client = await RawH2.connect(chf.port, handshake=True)
+        client.headers(1, f"{API}/chargingdata")
+        client.conn.send_data(1, json.dumps(request_body(1, units=[usage(10)])).encode(), end_stream=True)
+        create = client.conn.data_to_send()
+        with contextlib.suppress(ConnectionError):
+            # Again while it is with the handler: h2 resets the stream; the repeats after are on a reset stream.
+            await client.flush(create * 300)
+        await client.read_until(lambda: client.goaway() is not None, 5)
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert chf.component.server.refusals.totals.get("stream_reset_flood") == 1
+        await assert_still_serving(chf)
+    finally:
+        await stop_chf(chf)
+
+
 @pytest.mark.parametrize("control", ["settings", "ping"])
 async def test_settings_and_ping_floods_get_goaway_enhance_your_calm(tmp_path: Path, control: str) -> None:
     chf = await chf_with(tmp_path, control_frame_burst=50, control_frame_rate=5.0)
