@@ -119,3 +119,17 @@ def test_an_extra_plan_refused_changes_nothing(world: World) -> None:
         add(world, provisioned)
     with world.store.read() as txn:
         assert snapshot(txn) == before
+
+
+def test_the_main_plan_cannot_become_a_plan_the_line_runs_as_an_extra(world: World) -> None:
+    """Main and extra on one plan would charge its fee and grant its allowances twice: refused, nothing written."""
+    world.account("a", balance=10_000)
+    line, _ = world.line("a", plan="pre")
+    add(world, line)
+    with world.store.read() as txn:
+        before = snapshot(txn)
+    with pytest.raises(RequestError) as exc:
+        world.admin(provisioning.assign_plan, "svc", actor="shop", reason="upgrade", line_ref=f"#{line}")
+    assert exc.value.field == "plan"
+    with world.store.read() as txn:
+        assert snapshot(txn) == before

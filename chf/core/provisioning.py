@@ -25,6 +25,7 @@ from chf.core.renewals import (
     retry_pending_renewal,
     start_line_plan,
 )
+from chf.core.subscriptions import extra_plans
 from chf.core.tax import check_tax_profile
 from store.interface import Txn
 from store.schema import (
@@ -995,6 +996,9 @@ def assign_plan(
         plan_rec = _plan(engine, plan, now, txn.get_account(sub.account))
         if sub.plan == plan_rec.name and _runs(txn.get_line_balances(sub.id), plan_rec, sub.state):
             return OpResult(sub.as_dict())  # already on it: a PUT repeated (RFC 9110 9.2.2) charges nothing
+        if plan_rec.name in extra_plans(txn.get_line_balances(sub.id)):
+            # The same plan as main and extra would charge its fee and grant its allowances twice.
+            raise Conflict("plan", f"line #{sub.id} runs plan {plan_rec.name!r} as an extra plan: remove it first")
         previous = Subscriber.decode(sub.encode())
         sub.plan = plan_rec.name
         txn.put_subscriber(sub, previous)
