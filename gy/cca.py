@@ -192,6 +192,13 @@ def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
     out: list[bytes] = []
     if u.granted:
         out.append(_granted(u.unit, u.granted, currency))
+    _append_grant_terms(out, u)
+    return out
+
+
+def _append_grant_terms(out: list[bytes], u: UnitAnswer) -> None:
+    """Validity-Time, the thresholds, Quota-Holding-Time and Final-Unit-Indication of a rating group, in the
+    order of the MSCC grammar (after Granted-Service-Unit); shared by both encoders."""
     if u.validity_time and u.result in (SUCCESS, CREDIT_LIMIT_REACHED):
         out.append(_E_VALIDITY.u32(u.validity_time))
     if u.volume_threshold:
@@ -202,7 +209,6 @@ def unit_avps(u: UnitAnswer, currency: str | None) -> list[bytes]:
         out.append(_E_QHT.u32(u.quota_holding_time))
     if u.final is not None:
         out.append(final_unit_avp(u.final))
-    return out
 
 
 _pack_header = struct.Struct("!IIIII").pack
@@ -242,16 +248,7 @@ def _mscc_body(u: UnitAnswer, currency: str | None) -> bytes:
             parts.append(_GSU_U64(*_GSU_SSU, granted))
         else:
             parts.append(_granted(unit, granted, currency))
-    if u.validity_time and u.result in (SUCCESS, CREDIT_LIMIT_REACHED):
-        parts.append(_E_VALIDITY.u32(u.validity_time))
-    if u.volume_threshold:
-        parts.append(_E_VQT.u32(u.volume_threshold))
-    if u.time_threshold:
-        parts.append(_E_TQT.u32(u.time_threshold))
-    if u.quota_holding_time:
-        parts.append(_E_QHT.u32(u.quota_holding_time))
-    if u.final is not None:
-        parts.append(final_unit_avp(u.final))
+    _append_grant_terms(parts, u)
     return b"".join(parts)
 
 
