@@ -195,3 +195,26 @@ def test_exports_and_reports_name_the_payer(world: World) -> None:
     report = build_report(world.store, day, day, "account")
     charges = {g["group"]: g["charges"] for g in report["groups"]}
     assert charges["oem"] == {"EUR": 25} and charges["drv"] == {"EUR": 50}
+
+
+def test_a_payer_with_a_net_tax_profile_pays_the_gross(tmp_path: Path, open_store: Callable[..., Any]) -> None:
+    """The payer a rule names is taxed by its own profile (prices net: 20 % added), not by the line's account's."""
+    taxed = CATALOGUE_TOML + '\n[tax_profiles.vat-net]\nprices = "net"\nrate = "20%"\n'
+    w = World(tmp_path / "store", catalogue=test_catalogue(taxed), opener=open_store)
+    w.tenant()
+    w.account("oem", payment="postpaid", credit_limit=100_000, plan="oempool", tax_profile="vat-net")
+    w.account("drv", balance=10_000, parent="oem")
+    _, imsi = w.line("drv", plan="car")
+    w.charge(initial("s", imsi, rg=50))
+    w.charge(update("s", 1, imsi, used=1000, rg=50))
+    w.charge(update("s", 2, imsi, used=1000, rg=50))
+    assert w.acct("oem").reserved == 60  # the pool is used up: the bill holds 50 net + 10 tax for the next grant
+    ans = w.charge(terminate("s", 3, imsi, used=1000, rg=50))
+    assert unit_of(ans, 50).charged == 60
+    assert (w.acct("oem").balance, w.acct("oem").reserved) == (-60, 0)
+    assert (w.acct("drv").balance, w.acct("drv").reserved) == (10_000, 0)
+    last = [e for e in w.events() if e["kind"] == "usage"][-1]
+    assert (last["payer"], last["net"], last["tax"], last["gross"], last["charge"]) == ("oem", 50, 10, 60, 60)
+    with w.store.read() as txn:
+        check_invariants(txn)  # each balance = its opening value + its events
+    w.close()
